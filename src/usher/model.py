@@ -1,0 +1,264 @@
+"""Usher's shared vocabulary: the models that the controller, LNMs, plugins and clients exchange.
+
+Everything that crosses a process boundary (REST API, LNM link, plugin hooks, client library)
+is one of these pydantic models, so all parts agree on names and validation.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+def new_id(prefix: str) -> str:
+    """A short unique id with a readable prefix, e.g. ``vm-3f9a0c1b2d4e``."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def now() -> float:
+    """Wall-clock time in seconds since the epoch; every timestamp in Usher uses it."""
+    return time.time()
+
+
+class VMState(StrEnum):
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    MIGRATING = "migrating"
+    ERROR = "error"
+    LOST = "lost"
+
+
+TRANSITIONAL_STATES = frozenset(
+    {VMState.PENDING, VMState.STARTING, VMState.STOPPING, VMState.MIGRATING}
+)
+
+
+class NodeState(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    DRAINING = "draining"
+    MAINTENANCE = "maintenance"
+
+
+class OpKind(StrEnum):
+    """What an operation does. ``start`` creates new VMs, or boots stopped ones given by id."""
+
+    START = "start"
+    STOP = "stop"
+    DESTROY = "destroy"
+    PAUSE = "pause"
+    RESUME = "resume"
+    REBOOT = "reboot"
+    CYCLE = "cycle"
+    MIGRATE = "migrate"
+
+
+class OpStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    VETOED = "vetoed"
+
+
+FINAL_OP_STATUSES = frozenset({OpStatus.SUCCEEDED, OpStatus.FAILED, OpStatus.VETOED})
+
+
+class Strict(BaseModel):
+    """Base for request bodies: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class VMSpec(Strict):
+    """What a VM is made of. ``kwargs`` are free-form arguments for plugins and drivers."""
+
+    vcpus: int = Field(1, ge=1, le=512)
+    memory_mb: int = Field(256, ge=16, le=4 * 1024 * 1024)
+    image: str = Field("tiny", min_length=1, max_length=200)
+    disks: list[dict[str, Any]] = Field(default_factory=list)
+    nics: list[dict[str, Any]] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class VM(BaseModel):
+    id: str
+    name: str
+    owner: str
+    cluster: str | None = None
+    spec: VMSpec
+    node: str | None = None
+    state: VMState = VMState.PENDING
+    desired_state: VMState = VMState.RUNNING
+    state_reason: str | None = None
+    addresses: list[str] = Field(default_factory=list)
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+
+
+class Capacity(BaseModel):
+    vcpus: int = Field(0, ge=0)
+    memory_mb: int = Field(0, ge=0)
+    disk_gb: int = Field(0, ge=0)
+
+
+class Usage(BaseModel):
+    """A node's usage: what its VMs reserve and what they actually consume."""
+
+    vcpus: int = 0
+    memory_mb: int = 0
+    vms: int = 0
+    cpu_percent: float = 0.0
+    memory_used_mb: int = 0
+    per_vm: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class Node(BaseModel):
+    name: str
+    driver: str = "fake"
+    capacity: Capacity = Field(default_factory=Capacity)
+    labels: dict[str, str] = Field(default_factory=dict)
+    capabilities: list[str] = Field(default_factory=list)
+    state: NodeState = NodeState.DOWN
+    connected: bool = False
+    last_heartbeat: float | None = None
+    usage: Usage = Field(default_factory=Usage)
+    joined_at: float = Field(default_factory=now)
+
+
+class Principal(BaseModel):
+    """Who asks: the result of authentication."""
+
+    name: str
+    roles: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+class CreateVMs(Strict):
+    """Body of ``POST /v1/vms``: start ``count`` new VMs (or one per entry of ``names``)."""
+
+    count: int = Field(1, ge=1, le=10000)
+    names: list[str] | None = None
+    name_prefix: str | None = Field(None, pattern=NAME_PATTERN)
+    cluster: str | None = Field(None, pattern=NAME_PATTERN)
+    vcpus: int = Field(1, ge=1, le=512)
+    memory_mb: int = Field(256, ge=16, le=4 * 1024 * 1024)
+    image: str = Field("tiny", min_length=1, max_length=200)
+    node: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("names")
+    @classmethod
+    def _names_valid(cls, names: list[str] | None) -> list[str] | None:
+        import re
+
+        if names is None:
+            return None
+        if not names:
+            raise ValueError("names, when given, must not be empty")
+        for name in names:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"invalid VM name {name!r}: use letters, digits, '.', '_', '-'")
+        if len(set(names)) != len(names):
+            raise ValueError("names must be unique")
+        return names
+
+
+class VMAction(Strict):
+    """Body of ``POST /v1/vms/actions/{kind}``: the targets are ids/names, a cluster, or both."""
+
+    vms: list[str] = Field(default_factory=list, max_length=100000)
+    cluster: str | None = None
+    target_node: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class OpRequest(BaseModel):
+    """An operation as plugins see it in ``request`` and ``<op>_request`` hooks.
+
+    Request hooks may change fields in place (say, the spec or the target node) or veto the
+    request by raising :class:`usher.hookspecs.Veto`.
+    """
+
+    kind: OpKind
+    principal: Principal
+    client_address: str | None = None
+    vm_ids: list[str] = Field(default_factory=list)
+    names: list[str] = Field(default_factory=list)
+    cluster: str | None = None
+    spec: VMSpec | None = None
+    node: str | None = None
+    target_node: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Operation(BaseModel):
+    id: str
+    kind: OpKind
+    principal: str
+    targets: list[str] = Field(default_factory=list)
+    status: OpStatus = OpStatus.QUEUED
+    error: str | None = None
+    result: dict[str, Any] = Field(default_factory=dict)
+    created_at: float = Field(default_factory=now)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINAL_OP_STATUSES
+
+
+class Event(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("ev"))
+    name: str
+    time: float = Field(default_factory=now)
+    principal: str | None = None
+    vm_id: str | None = None
+    node: str | None = None
+    operation_id: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing; pass ``next`` back as ``cursor`` for the following page."""
+
+    items: list[T]
+    total: int
+    next: str | None = None
+
+
+class Placement(BaseModel):
+    """The scheduler's answer: a node per VM, or the reason nothing fits.
+
+    ``rejected`` tells, for every node not chosen, which filter rejected it and why: that is
+    what ``--dry-run`` prints.
+    """
+
+    nodes: list[str] = Field(default_factory=list)
+    rejected: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error the API returns has this shape."""
+
+    error: str
+    detail: Any | None = None
