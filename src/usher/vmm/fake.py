@@ -1,0 +1,454 @@
+"""The ``fake`` VMM driver: an honest in-memory hypervisor for tests and scale runs.
+
+It keeps a table of simulated guests and enforces what a real hypervisor would: the state
+machine, the host's vCPU and memory capacity, and live migration between two drivers. It costs
+a dict entry per VM (no task or thread per VM), so one process can simulate 10,000 VMs.
+
+Options (``options`` dict):
+
+* ``vcpus``, ``memory_mb``, ``disk_gb``: the host's capacity (default 64, 262144, 1024).
+* ``latency``: seconds every operation takes, or a dict from action name (see
+  :data:`ACTIONS`) to seconds; default 0.
+* ``fail``: the probability (0..1) that an action raises ``DriverError("simulated failure …")``,
+  or a dict of them by action name, for fault injection; ``seed`` seeds its RNG.
+
+With a ``state_dir`` the table is saved to ``<state_dir>/fake-vms.json`` (shortly after a
+change, at most once per :data:`FLUSH_INTERVAL` seconds, and on :meth:`FakeDriver.close`) and
+loaded by :meth:`FakeDriver.open`: a restarted LNM finds its guests still running, as it would
+with hypervisor processes that outlive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from usher.model import Capacity, VMSpec, VMState, now
+from usher.vmm.base import (
+    Capability,
+    DomainInfo,
+    Driver,
+    DriverError,
+    Guest,
+    InsufficientCapacity,
+    InvalidTransition,
+    MigrationResult,
+    UnknownVM,
+)
+
+log = logging.getLogger(__name__)
+
+ACTIONS = frozenset(
+    {
+        "start",
+        "stop",
+        "destroy",
+        "pause",
+        "resume",
+        "reboot",
+        "migrate",
+        "prepare_incoming",
+        "finish_incoming",
+    }
+)
+"""Actions that ``latency`` and ``fail`` options may name."""
+
+CPU_LOAD = 0.05
+"""CPU-seconds a running guest burns per second and per vCPU."""
+
+MEMORY_LOAD = 0.5
+"""Fraction of its memory a running or paused guest uses."""
+
+DOWNTIME_FRACTION = 0.1
+"""Share of a live migration's time during which the guest is frozen."""
+
+FLUSH_INTERVAL = 0.2
+"""Least number of seconds between two saves of the VM table."""
+
+STATE_FILE = "fake-vms.json"
+
+_STARTABLE = frozenset({VMState.STOPPED, VMState.ERROR})
+_ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
+_RUNNING = frozenset({VMState.RUNNING})
+_PAUSED = frozenset({VMState.PAUSED})
+_INCOMING = frozenset({VMState.MIGRATING})
+_RESERVING = _ACTIVE | _INCOMING
+"""States in which a guest holds its vCPUs and memory (a prepared incoming VM is migrating)."""
+
+
+@dataclass
+class _Domain:
+    """One simulated guest."""
+
+    id: str
+    name: str
+    spec: VMSpec
+    state: VMState = VMState.STOPPED
+    reason: str | None = None
+    cpu_seconds: float = 0.0
+    """CPU time burnt before ``running_since``."""
+    running_since: float | None = None
+    console: list[str] = field(default_factory=list)
+
+    def info(self) -> DomainInfo:
+        cpu = self.cpu_seconds
+        if self.running_since is not None:
+            cpu += max(0.0, now() - self.running_since) * CPU_LOAD * self.spec.vcpus
+        in_memory = self.state in _ACTIVE
+        return DomainInfo(
+            id=self.id,
+            name=self.name,
+            spec=self.spec,
+            state=self.state,
+            reason=self.reason,
+            cpu_seconds=cpu,
+            memory_used_mb=self.spec.memory_mb * MEMORY_LOAD if in_memory else 0.0,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "spec": self.spec.model_dump(mode="json"),
+            "state": self.state.value,
+            "reason": self.reason,
+            "cpu_seconds": self.cpu_seconds,
+            "running_since": self.running_since,
+            "console": self.console,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Domain:
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            spec=VMSpec.model_validate(data["spec"]),
+            state=VMState(data["state"]),
+            reason=data["reason"],
+            cpu_seconds=data["cpu_seconds"],
+            running_since=data["running_since"],
+            console=list(data["console"]),
+        )
+
+
+def _per_action(option: str, value: Any) -> dict[str, float]:
+    """Read a ``latency`` or ``fail`` option: one number for every action, or a dict."""
+    if not isinstance(value, dict):
+        return dict.fromkeys(ACTIONS, float(value))
+    unknown = set(value) - ACTIONS
+    if unknown:
+        raise DriverError(
+            f"fake driver option {option!r} names unknown actions {sorted(unknown)}; "
+            f"known: {sorted(ACTIONS)}"
+        )
+    return {action: float(seconds) for action, seconds in value.items()}
+
+
+def _is_uri_for(uri: str, vm_id: str) -> bool:
+    """Whether ``uri`` is a ``fake://<host>/<vm_id>`` migration URI."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return False
+    return parts.scheme == "fake" and bool(parts.hostname) and parts.path == f"/{vm_id}"
+
+
+class FakeDriver(Driver):
+    """A simulated hypervisor: see the module documentation for its options."""
+
+    name = "fake"
+    capabilities = frozenset(Capability)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._total = Capacity(
+            vcpus=int(self.options.get("vcpus", 64)),
+            memory_mb=int(self.options.get("memory_mb", 262144)),
+            disk_gb=int(self.options.get("disk_gb", 1024)),
+        )
+        self._latency = _per_action("latency", self.options.get("latency", 0.0))
+        self._fail = _per_action("fail", self.options.get("fail", {}))
+        for action, probability in self._fail.items():
+            if not 0.0 <= probability <= 1.0:
+                raise DriverError(f"fake driver: fail probability of {action} must be in [0, 1]")
+        self._rng = random.Random(self.options.get("seed"))
+        self._domains: dict[str, _Domain] = {}
+        self._used_vcpus = 0
+        self._used_memory_mb = 0
+        self._dirty = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    # capacity ------------------------------------------------------------------------------
+
+    def capacity(self) -> Capacity:
+        """The host's total capacity."""
+        return self._total.model_copy()
+
+    def reserved(self) -> Capacity:
+        """What running, paused and incoming VMs (and operations under way) hold."""
+        return Capacity(vcpus=self._used_vcpus, memory_mb=self._used_memory_mb)
+
+    def _reserve(self, spec: VMSpec, sign: int) -> None:
+        self._used_vcpus += sign * spec.vcpus
+        self._used_memory_mb += sign * spec.memory_mb
+
+    @contextlib.contextmanager
+    def _claim(self, vm_id: str, spec: VMSpec) -> Iterator[None]:
+        """Hold ``spec``'s resources while an operation runs, so concurrent ones cannot
+        overbook the host; the caller reserves them for good by changing the VM's state."""
+        free_vcpus = self._total.vcpus - self._used_vcpus
+        free_memory_mb = self._total.memory_mb - self._used_memory_mb
+        if spec.vcpus > free_vcpus or spec.memory_mb > free_memory_mb:
+            raise InsufficientCapacity(
+                f"VM {vm_id} needs {spec.vcpus} vCPUs and {spec.memory_mb} MB, but only "
+                f"{free_vcpus} vCPUs and {free_memory_mb} MB are free on this host"
+            )
+        self._reserve(spec, 1)
+        try:
+            yield
+        finally:
+            self._reserve(spec, -1)
+
+    # life cycle ----------------------------------------------------------------------------
+
+    @property
+    def _state_path(self) -> str:
+        assert self.state_dir is not None
+        return os.path.join(self.state_dir, STATE_FILE)
+
+    async def open(self) -> None:
+        """Load the guests an earlier driver left in ``state_dir`` and start saving changes."""
+        if self.state_dir is None:
+            return
+        os.makedirs(self.state_dir, exist_ok=True)
+        self._load()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="fake-driver-flush")
+
+    async def close(self) -> None:
+        """Save the VM table; the simulated guests keep "running" in it."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        if self._dirty.is_set():
+            self._flush()
+
+    def _load(self) -> None:
+        path = self._state_path
+        try:
+            with open(path, encoding="utf-8") as file:
+                records = json.load(file)["vms"]
+            domains = [_Domain.from_json(record) for record in records]
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DriverError(f"cannot read the fake driver's VM table {path}: {exc}") from exc
+        self._domains = {dom.id: dom for dom in domains}
+        self._used_vcpus = self._used_memory_mb = 0
+        for dom in domains:
+            if dom.state in _RESERVING:
+                self._reserve(dom.spec, 1)
+
+    def _changed(self) -> None:
+        if self.state_dir is not None:
+            self._dirty.set()
+
+    def _flush(self) -> None:
+        """Write the VM table atomically: a crash leaves the old file or the new one."""
+        path = self._state_path
+        tmp = f"{path}.tmp"
+        text = json.dumps({"vms": [dom.to_json() for dom in self._domains.values()]})
+        with open(tmp, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp, path)
+        self._dirty.clear()
+
+    async def _flush_loop(self) -> None:
+        """Save changes, then rest at least :data:`FLUSH_INTERVAL`, and at least four times as
+        long as the save took, so a huge table never hogs the event loop."""
+        while True:
+            await self._dirty.wait()
+            began = time.monotonic()
+            try:
+                self._flush()
+            except OSError:
+                log.exception("cannot save the fake driver's VM table; will retry")
+            await asyncio.sleep(max(FLUSH_INTERVAL, 4 * (time.monotonic() - began)))
+
+    # helpers -------------------------------------------------------------------------------
+
+    async def _act(self, action: str, vm_id: str) -> None:
+        """Spend the action's latency (yielding at least once), then maybe fail it."""
+        await asyncio.sleep(self._latency.get(action, 0.0))
+        probability = self._fail.get(action, 0.0)
+        if probability and self._rng.random() < probability:
+            raise DriverError(f"simulated failure of {action} on VM {vm_id}")
+
+    def _get(self, vm_id: str) -> _Domain:
+        try:
+            return self._domains[vm_id]
+        except KeyError:
+            raise UnknownVM(vm_id) from None
+
+    @staticmethod
+    def _require(dom: _Domain, action: str, states: frozenset[VMState]) -> None:
+        if dom.state not in states:
+            raise InvalidTransition(dom.id, dom.state, action)
+
+    def _add(self, guest: Guest) -> _Domain:
+        self._domains[guest.id] = _Domain(guest.id, guest.name, guest.spec)
+        return self._domains[guest.id]
+
+    def _remove(self, dom: _Domain) -> None:
+        if dom.state in _RESERVING:
+            self._reserve(dom.spec, -1)
+        del self._domains[dom.id]
+        self._changed()
+
+    def _set_state(self, dom: _Domain, state: VMState, reason: str | None = None) -> None:
+        """The one place a guest changes state: keeps CPU time, capacity and console right."""
+        t = now()
+        if dom.running_since is not None:
+            dom.cpu_seconds += max(0.0, t - dom.running_since) * CPU_LOAD * dom.spec.vcpus
+        dom.running_since = t if state is VMState.RUNNING else None
+        was_reserving, reserving = dom.state in _RESERVING, state in _RESERVING
+        if was_reserving != reserving:
+            self._reserve(dom.spec, 1 if reserving else -1)
+        dom.state, dom.reason = state, reason
+        dom.console.append(f"{dom.name}: {state.value}{f' ({reason})' if reason else ''}\n")
+        self._changed()
+
+    # inventory -----------------------------------------------------------------------------
+
+    async def list(self) -> list[DomainInfo]:
+        return [dom.info() for dom in self._domains.values()]
+
+    async def info(self, vm_id: str) -> DomainInfo:
+        return self._get(vm_id).info()
+
+    # operations ----------------------------------------------------------------------------
+
+    async def start(self, guest: Guest) -> DomainInfo:
+        """Boot a new, stopped or crashed (``error``) guest with ``guest``'s name and spec."""
+        dom = self._domains.get(guest.id)
+        if dom is not None:
+            self._require(dom, "start", _STARTABLE)
+        with self._claim(guest.id, guest.spec):
+            await self._act("start", guest.id)
+        if dom is None:
+            dom = self._add(guest)
+        dom.name, dom.spec = guest.name, guest.spec
+        dom.console.append(
+            f"fake BIOS: booting {dom.spec.image} with {dom.spec.vcpus} vCPUs, "
+            f"{dom.spec.memory_mb} MB\n"
+        )
+        self._set_state(dom, VMState.RUNNING)
+        return dom.info()
+
+    async def stop(self, vm_id: str, *, timeout: float | None = None, hard: bool = False) -> None:
+        """Power off; a simulated guest always shuts down within ``timeout``."""
+        dom = self._get(vm_id)
+        self._require(dom, "stop", _ACTIVE)
+        await self._act("stop", vm_id)
+        self._set_state(dom, VMState.STOPPED)
+
+    async def destroy(self, vm_id: str) -> None:
+        dom = self._domains.get(vm_id)
+        if dom is None:
+            await asyncio.sleep(0)
+            return
+        await self._act("destroy", vm_id)
+        self._remove(dom)
+
+    async def pause(self, vm_id: str) -> None:
+        dom = self._get(vm_id)
+        self._require(dom, "pause", _RUNNING)
+        await self._act("pause", vm_id)
+        self._set_state(dom, VMState.PAUSED)
+
+    async def resume(self, vm_id: str) -> None:
+        dom = self._get(vm_id)
+        self._require(dom, "resume", _PAUSED)
+        await self._act("resume", vm_id)
+        self._set_state(dom, VMState.RUNNING)
+
+    async def reboot(self, vm_id: str) -> None:
+        dom = self._get(vm_id)
+        self._require(dom, "reboot", _RUNNING)
+        await self._act("reboot", vm_id)
+        dom.console.append(f"{dom.name}: reboot\n")
+        self._set_state(dom, VMState.RUNNING)
+
+    # live migration ------------------------------------------------------------------------
+
+    async def prepare_incoming(self, guest: Guest, listen_host: str) -> str:
+        """Reserve ``guest``'s resources; it shows as ``migrating`` until finished or aborted."""
+        if guest.id in self._domains:
+            raise DriverError(f"cannot receive VM {guest.id}: it is already on this host")
+        with self._claim(guest.id, guest.spec):
+            await self._act("prepare_incoming", guest.id)
+        self._set_state(self._add(guest), VMState.MIGRATING)
+        return f"fake://{listen_host}/{guest.id}"
+
+    async def migrate(self, vm_id: str, uri: str, *, timeout: float) -> MigrationResult:
+        """Send a running or paused VM to a ``fake://<host>/<vm_id>`` URI."""
+        dom = self._get(vm_id)
+        self._require(dom, "migrate", _ACTIVE)
+        if not _is_uri_for(uri, vm_id):
+            raise DriverError(f"cannot migrate VM {vm_id}: {uri!r} is not fake://<host>/{vm_id}")
+        began = time.monotonic()
+        try:
+            await asyncio.wait_for(self._act("migrate", vm_id), timeout)
+        except TimeoutError:
+            raise DriverError(f"migration of VM {vm_id} timed out after {timeout} s") from None
+        total_ms = (time.monotonic() - began) * 1000
+        transferred = int(dom.info().memory_used_mb * 1024 * 1024)
+        self._remove(dom)
+        return MigrationResult(
+            total_ms=total_ms,
+            downtime_ms=total_ms * DOWNTIME_FRACTION,
+            transferred_bytes=transferred,
+        )
+
+    async def finish_incoming(self, vm_id: str) -> DomainInfo:
+        """Mark a prepared incoming VM as running here."""
+        dom = self._get(vm_id)
+        self._require(dom, "finish incoming migration of", _INCOMING)
+        await self._act("finish_incoming", vm_id)
+        self._set_state(dom, VMState.RUNNING)
+        return dom.info()
+
+    async def abort_incoming(self, vm_id: str) -> None:
+        """Release a prepared incoming VM; succeeds if it is gone, refuses if it runs here."""
+        await asyncio.sleep(0)
+        dom = self._domains.get(vm_id)
+        if dom is None:
+            return
+        self._require(dom, "abort incoming migration of", _INCOMING)
+        self._remove(dom)
+
+    # console and fault injection -----------------------------------------------------------
+
+    async def console_log(self, vm_id: str, *, offset: int = 0) -> bytes:
+        return "".join(self._get(vm_id).console).encode()[offset:]
+
+    async def crash(self, vm_id: str, reason: str = "crashed") -> None:
+        """Test helper: kill a guest's simulated process; it turns ``error`` and frees its
+        resources, and ``on_state_change`` hears about it as it would from a real driver."""
+        dom = self._get(vm_id)
+        self._require(dom, "crash", _RESERVING)
+        self._set_state(dom, VMState.ERROR, reason)
+        await self.on_state_change(vm_id, VMState.ERROR, reason)
+
+
+DRIVER = FakeDriver
