@@ -130,6 +130,7 @@ class Node(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     capabilities: list[str] = Field(default_factory=list)
     state: NodeState = NodeState.DOWN
+    drained: bool = False
     connected: bool = False
     last_heartbeat: float | None = None
     usage: Usage = Field(default_factory=Usage)

@@ -1,0 +1,241 @@
+"""``usher local``: a controller and N LNMs on this machine, state under one directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import httpx
+
+from usher.ctrl.config import DEFAULT_PORT
+from usher.ctrl.controller import ADMIN_TOKEN_FILE, NODE_TOKEN_FILE
+
+DEFAULT_STATE = Path.home() / ".usher" / "local"
+PIDFILE = "local.pid"
+
+
+def _usher(*args: str) -> list[str]:
+    return [sys.executable, "-m", "usher.cli.usher_cmd", *args]
+
+
+def _wait_ready(url: str, token_file: Path, proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """Wait until the controller answers with its admin token; return the token."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException("the controller exited at start; see its log")
+        if token_file.exists():
+            token = token_file.read_text().strip()
+            try:
+                r = httpx.get(
+                    f"{url}/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=2
+                )
+                if r.status_code == 200:
+                    return token
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.1)
+    raise click.ClickException(f"the controller did not answer at {url} in {timeout:.0f} s")
+
+
+def _write_client_config(url: str, token: str) -> Path:
+    home = Path(os.environ.get("USHER_HOME", Path.home() / ".usher"))
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.toml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f'url = "{url}"\ntoken = "{token}"\n')
+    return path
+
+
+def _stop(state: Path) -> None:
+    pidfile = state / PIDFILE
+    if not pidfile.exists():
+        raise click.ClickException(f"no local cluster runs from {state}")
+    pid = int(pidfile.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)
+        click.echo("the local cluster was not running")
+        return
+    for _ in range(200):
+        if not pidfile.exists():
+            break
+        time.sleep(0.05)
+    click.echo(f"stopped the local cluster of {state}")
+
+
+@click.command()
+@click.option(
+    "--nodes",
+    "n_nodes",
+    type=click.IntRange(min=1, max=64),
+    default=3,
+    show_default=True,
+    help="How many LNMs to run.",
+)
+@click.option("--driver", default="fake", show_default=True)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE,
+    show_default=True,
+)
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option("--vcpus", type=int, default=16, show_default=True, help="vCPUs per node.")
+@click.option("--memory-mb", type=int, default=32768, show_default=True, help="Memory per node.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Controller TOML config.",
+)
+@click.option("--detach", is_flag=True, help="Run in the background and return.")
+@click.option("--stop", "stop_", is_flag=True, help="Stop the cluster started with --detach.")
+def local(
+    n_nodes: int,
+    driver: str,
+    state_dir: Path,
+    port: int,
+    vcpus: int,
+    memory_mb: int,
+    config_file: str | None,
+    detach: bool,
+    stop_: bool,
+) -> None:
+    """Run a controller and N LNMs on this machine (the single-host default and the demo)."""
+    state = state_dir.resolve()
+    if stop_:
+        _stop(state)
+        return
+    state.mkdir(parents=True, exist_ok=True)
+    pidfile = state / PIDFILE
+    if pidfile.exists():
+        try:
+            os.kill(int(pidfile.read_text()), 0)
+            raise click.ClickException(
+                f"a local cluster already runs from {state} (usher local --stop to end it)"
+            )
+        except (ProcessLookupError, ValueError):
+            pidfile.unlink()
+    if detach:
+        args = [a for a in sys.argv[1:] if a != "--detach"]
+        log = open(state / "local.log", "ab")  # noqa: SIM115 - handed to the child
+        child = subprocess.Popen(
+            _usher(*args), stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        for _ in range(600):
+            if (state / "ready").exists():
+                break
+            if child.poll() is not None:
+                raise click.ClickException(f"usher local failed; see {state / 'local.log'}")
+            time.sleep(0.1)
+        click.echo((state / "ready").read_text(), nl=False)
+        return
+    _run(state, n_nodes, driver, port, vcpus, memory_mb, config_file)
+
+
+def _run(
+    state: Path,
+    n_nodes: int,
+    driver: str,
+    port: int,
+    vcpus: int,
+    memory_mb: int,
+    config_file: str | None,
+) -> None:
+    (state / "ready").unlink(missing_ok=True)
+    (state / PIDFILE).write_text(str(os.getpid()))
+    logs = state / "logs"
+    logs.mkdir(exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(_usher(*args), stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        procs.append(proc)
+        return proc
+
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        ctrl_args = ["ctrl", "--state-dir", str(state / "ctrl"), "--listen", f"127.0.0.1:{port}"]
+        if config_file:
+            ctrl_args += ["--config", config_file]
+        ctrl = spawn("ctrl", ctrl_args)
+        token = _wait_ready(url, state / "ctrl" / ADMIN_TOKEN_FILE, ctrl, timeout=60)
+        for i in range(1, n_nodes + 1):
+            spawn(
+                f"node-{i}",
+                [
+                    "lnm",
+                    "--ctrl",
+                    url,
+                    "--name",
+                    f"node-{i}",
+                    "--driver",
+                    driver,
+                    "--state-dir",
+                    str(state / "nodes" / f"node-{i}"),
+                    "--token-file",
+                    str(state / "ctrl" / NODE_TOKEN_FILE),
+                    "--vcpus",
+                    str(vcpus),
+                    "--memory-mb",
+                    str(memory_mb),
+                ],
+            )
+        _wait_nodes(url, token, n_nodes)
+        config = _write_client_config(url, token)
+        message = (
+            f"Usher runs: a controller at {url} with {n_nodes} {driver} nodes "
+            f"(state and logs in {state}).\n"
+            f"ush is set up through {config}: try `ush nodes`, "
+            "`ush start -n 4 --cluster web`, `ush list`, or just `ush` for the shell.\n"
+            f"Stop it with `usher local --stop --state-dir {state}`.\n"
+        )
+        (state / "ready").write_text(message)
+        click.echo(message, nl=False)
+        while not stopping:
+            if any(p.poll() is not None for p in procs):
+                dead = [
+                    p.args[3] if len(p.args) > 3 else "?" for p in procs if p.poll() is not None
+                ]
+                click.echo(f"a process of the local cluster exited ({dead}); stopping", err=True)
+                break
+            time.sleep(0.2)
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        (state / "ready").unlink(missing_ok=True)
+        (state / PIDFILE).unlink(missing_ok=True)
+
+
+def _wait_nodes(url: str, token: str, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    headers = {"Authorization": f"Bearer {token}"}
+    while time.monotonic() < deadline:
+        nodes = httpx.get(f"{url}/v1/nodes", headers=headers, timeout=5).json()
+        if sum(1 for n in nodes if n["connected"]) >= count:
+            return
+        time.sleep(0.1)
+    raise click.ClickException(f"not all {count} nodes joined in {timeout:.0f} s")

@@ -1,0 +1,331 @@
+"""How ush shows things: rich tables for people, JSON for programs.
+
+With ``-o json`` everything ush prints on stdout is one JSON document (a JSON object per
+line for a followed event stream); messages and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from usher.client.protocol import ProgressCallback
+from usher.model import VM, Event, Node, Operation, OpStatus, Principal
+
+STATUS_STYLES = {
+    OpStatus.SUCCEEDED: "green",
+    OpStatus.FAILED: "red",
+    OpStatus.VETOED: "red",
+}
+
+
+def fmt_time(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def fmt_value(value: Any) -> str:
+    """A field value on one line: ``-`` for nothing, lists comma-separated, dicts as k=v."""
+    if value is None or value == [] or value == {}:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(fmt_value(item) for item in value)
+    if isinstance(value, dict):
+        return " ".join(f"{key}={fmt_value(item)}" for key, item in value.items())
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def error_lines(detail: Any) -> list[str]:
+    """The field errors of a ``422`` answer (or of local validation), one line each."""
+    if not isinstance(detail, list):
+        return []
+    lines = []
+    for item in detail:
+        if isinstance(item, dict) and "msg" in item:
+            where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+            lines.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
+        else:
+            lines.append(fmt_value(item))
+    return lines
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def _row(table: Table, *values: Any) -> None:
+    table.add_row(*(Text(fmt_value(value)) for value in values))
+
+
+def _details(rows: dict[str, Any]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for key, value in rows.items():
+        grid.add_row(key, Text(fmt_value(value)))
+    return grid
+
+
+class Renderer:
+    """Prints results in the chosen output format (``table`` or ``json``)."""
+
+    def __init__(self, output: str) -> None:
+        self.json = output == "json"
+        self.console = Console(highlight=False)
+        if not self.console.is_terminal:  # piped: never truncate table cells
+            self.console.width = 10_000
+        self.err = Console(stderr=True, highlight=False)
+
+    def emit(self, data: Any) -> None:
+        click.echo(json.dumps(data, indent=2))
+
+    def _model(self, model: BaseModel, rows: dict[str, Any]) -> None:
+        if self.json:
+            self.emit(model.model_dump(mode="json"))
+        else:
+            self.console.print(_details(rows))
+
+    def note(self, message: str) -> None:
+        """A message for the person at the terminal, on stderr."""
+        self.err.print(Text(message))
+
+    def vms(self, vms: Iterable[VM]) -> None:
+        vms = list(vms)
+        if self.json:
+            self.emit([vm.model_dump(mode="json") for vm in vms])
+            return
+        table = _table("ID", "NAME", "CLUSTER", "NODE", "STATE", "VCPUS", "MEMORY", "ADDRESSES")
+        for vm in vms:
+            spec = vm.spec
+            _row(
+                table,
+                vm.id,
+                vm.name,
+                vm.cluster,
+                vm.node,
+                vm.state,
+                spec.vcpus,
+                f"{spec.memory_mb} MiB",
+                vm.addresses,
+            )
+        self.console.print(table)
+
+    def vm(self, vm: VM) -> None:
+        state = f"{vm.state} ({vm.state_reason})" if vm.state_reason else vm.state
+        self._model(
+            vm,
+            {
+                "id": vm.id,
+                "name": vm.name,
+                "owner": vm.owner,
+                "cluster": vm.cluster,
+                "state": state,
+                "desired": vm.desired_state,
+                "node": vm.node,
+                "vcpus": vm.spec.vcpus,
+                "memory": f"{vm.spec.memory_mb} MiB",
+                "image": vm.spec.image,
+                "addresses": vm.addresses,
+                "kwargs": vm.spec.kwargs,
+                "created": fmt_time(vm.created_at),
+                "updated": fmt_time(vm.updated_at),
+            },
+        )
+
+    def nodes(self, nodes: Iterable[Node]) -> None:
+        nodes = list(nodes)
+        if self.json:
+            self.emit([node.model_dump(mode="json") for node in nodes])
+            return
+        table = _table("NAME", "STATE", "CONNECTED", "DRIVER", "VMS", "VCPUS", "MEMORY", "CPU")
+        for node in nodes:
+            use, cap = node.usage, node.capacity
+            _row(
+                table,
+                node.name,
+                node.state,
+                "yes" if node.connected else "no",
+                node.driver,
+                use.vms,
+                f"{use.vcpus}/{cap.vcpus}",
+                f"{use.memory_mb}/{cap.memory_mb} MiB",
+                f"{use.cpu_percent:.0f}%",
+            )
+        self.console.print(table)
+
+    def node(self, node: Node) -> None:
+        use, cap = node.usage, node.capacity
+        self._model(
+            node,
+            {
+                "name": node.name,
+                "state": node.state,
+                "connected": node.connected,
+                "driver": node.driver,
+                "vms": use.vms,
+                "vcpus": f"{use.vcpus}/{cap.vcpus}",
+                "memory": f"{use.memory_mb}/{cap.memory_mb} MiB (used {use.memory_used_mb})",
+                "disk": f"{cap.disk_gb} GB",
+                "cpu": f"{use.cpu_percent:.0f}%",
+                "labels": node.labels,
+                "capabilities": node.capabilities,
+                "heartbeat": fmt_time(node.last_heartbeat),
+                "joined": fmt_time(node.joined_at),
+            },
+        )
+
+    def operations(self, ops: list[Operation], total: int) -> None:
+        if self.json:
+            self.emit([op.model_dump(mode="json") for op in ops])
+            return
+        table = _table("ID", "KIND", "STATUS", "PRINCIPAL", "TARGETS", "CREATED", "ERROR")
+        for op in ops:
+            _row(
+                table,
+                op.id,
+                op.kind,
+                op.status,
+                op.principal,
+                len(op.targets),
+                fmt_time(op.created_at),
+                op.error,
+            )
+        self.console.print(table)
+        if total > len(ops):
+            self.note(f"{len(ops)} of {total} operations shown; use --limit for more")
+
+    def operation(self, op: Operation) -> None:
+        self._model(
+            op,
+            {
+                "id": op.id,
+                "kind": op.kind,
+                "status": op.status,
+                "principal": op.principal,
+                "targets": op.targets,
+                "error": op.error,
+                "result": op.result,
+                "created": fmt_time(op.created_at),
+                "started": fmt_time(op.started_at),
+                "finished": fmt_time(op.finished_at),
+            },
+        )
+
+    def submitted(self, op: Operation) -> None:
+        """An operation the user chose not to wait for: its id, for ``ush wait``."""
+        if self.json:
+            self.emit(op.model_dump(mode="json"))
+        else:
+            click.echo(op.id)
+
+    def outcome(self, op: Operation) -> None:
+        """How a finished operation went, with the error of every VM that failed."""
+        if self.json:
+            self.emit(op.model_dump(mode="json"))
+            return
+        line = Text(f"{op.kind} {op.id} ")
+        line.append(str(op.status), style=STATUS_STYLES.get(op.status, "yellow"))
+        progress = op.result.get("progress") or {}
+        if "total" in progress:
+            line.append(f": {progress.get('done', 0)}/{progress['total']} done")
+            if progress.get("failed"):
+                line.append(f", {progress['failed']} failed")
+        if op.started_at is not None and op.finished_at is not None:
+            line.append(f" in {op.finished_at - op.started_at:.1f}s")
+        if "total_ms" in op.result:
+            line.append(f" (migration {op.result['total_ms']} ms, ")
+            line.append(f"downtime {op.result.get('downtime_ms', '?')} ms)")
+        if op.error:
+            line.append(f": {op.error}")
+        self.console.print(line)
+        for vm_id, message in (op.result.get("errors") or {}).items():
+            self.console.print(Text(f"  {vm_id}: {message}"))
+
+    def events(self, events: Iterable[Event]) -> None:
+        if self.json:
+            self.emit([event.model_dump(mode="json") for event in events])
+            return
+        for event in events:
+            self.event(event)
+
+    def event(self, event: Event) -> None:
+        """One event on one line (one JSON object per line with ``-o json``)."""
+        if self.json:
+            click.echo(event.model_dump_json())
+            return
+        line = Text(f"{fmt_time(event.time)} ")
+        line.append(event.name, style="bold")
+        for key, value in (
+            ("vm", event.vm_id),
+            ("node", event.node),
+            ("op", event.operation_id),
+            ("by", event.principal),
+        ):
+            if value is not None:
+                line.append(f" {key}={value}")
+        if event.data:
+            line.append(f" {json.dumps(event.data, separators=(',', ':'))}", style="dim")
+        self.console.print(line, soft_wrap=True)
+
+    def principal(self, principal: Principal) -> None:
+        self._model(
+            principal,
+            {
+                "name": principal.name,
+                "roles": principal.roles,
+                "groups": principal.groups,
+            },
+        )
+
+    @contextmanager
+    def progress(self) -> Iterator[ProgressCallback]:
+        """A progress bar on stderr (when it is a terminal), fed by the callback yielded."""
+        bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            console=self.err,
+            transient=True,
+            disable=not self.err.is_terminal,
+        )
+        with bar:
+            task = bar.add_task("waiting", total=None, failed=0)
+
+            def update(op: Operation) -> None:
+                counts = op.result.get("progress") or {}
+                failed = counts.get("failed", 0)
+                bar.update(
+                    task,
+                    description=f"{op.kind} {op.id} {op.status}",
+                    completed=counts.get("done", 0) + failed,
+                    total=counts.get("total") or len(op.targets) or None,
+                    failed=failed,
+                )
+
+            yield update

@@ -1,0 +1,101 @@
+"""The interactive Usher shell: every ush command, typed without ``ush``."""
+
+from __future__ import annotations
+
+import shlex
+
+import click
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import WordCompleter
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+
+from usher.cli.ush_session import Session
+from usher.client import UsherError
+from usher.client.config import usher_home
+
+BUILTINS = ("help", "connect", "quit", "exit")
+
+SHELL_HELP = """
+Shell commands:
+  help [COMMAND]        this help, or the help of COMMAND
+  connect URL [TOKEN]   talk to another controller for the rest of the session
+  quit, exit, Ctrl-D    leave
+"""
+
+
+class Shell:
+    """Reads lines and runs each as an ush command in the same :class:`Session`."""
+
+    def __init__(self, group: click.Group, session: Session) -> None:
+        self.group = group
+        self.session = session
+
+    def handle(self, line: str) -> bool:
+        """Run one line; ``False`` when the user asked to leave."""
+        try:
+            args = shlex.split(line, comments=True)
+        except ValueError as exc:
+            click.echo(f"error: {exc}", err=True)
+            return True
+        if args[:1] == ["ush"]:
+            args = args[1:]
+        if not args:
+            return True
+        command, *rest = args
+        if command in ("quit", "exit"):
+            return False
+        if command == "help":
+            self.invoke([*rest, "--help"])
+            if not rest:
+                click.echo(SHELL_HELP)
+        elif command == "connect":
+            self.connect(rest)
+        else:
+            self.invoke(args)
+        return True
+
+    def invoke(self, args: list[str]) -> None:
+        """Run one ush command; errors are shown, and the shell goes on."""
+        try:
+            self.group.main(args, prog_name="ush", standalone_mode=False, obj=self.session)
+        except click.ClickException as exc:
+            exc.show()
+        except click.Abort:
+            click.echo("interrupted", err=True)
+
+    def connect(self, args: list[str]) -> None:
+        if len(args) not in (1, 2):
+            click.echo("usage: connect URL [TOKEN]", err=True)
+            return
+        self.session.connect(args[0], args[1] if len(args) == 2 else None)
+        try:
+            client = self.session.client
+            click.echo(f"connected to {client.url} as {client.whoami().name}")
+        except UsherError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+
+    def run(self) -> None:
+        """The read-eval loop on the terminal, until ``quit`` or end of input."""
+        prompt: PromptSession[str] = PromptSession(
+            history=_history(),
+            completer=WordCompleter([*sorted(self.group.commands), *BUILTINS]),
+        )
+        while True:
+            try:
+                line = prompt.prompt("ush> ")
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                return
+            if not self.handle(line):
+                return
+
+
+def _history() -> History:
+    """Lines from earlier sessions, in ``~/.usher/history`` when that can be written."""
+    home = usher_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return InMemoryHistory()
+    return FileHistory(str(home / "history"))

@@ -1,0 +1,188 @@
+"""``usher``: run Usher's daemons — the controller, an LNM, or both on one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import click
+
+from usher.cli.local import local
+from usher.ctrl.config import DEFAULT_PORT, load_settings
+from usher.ctrl.controller import NODE_TOKEN_FILE
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group()
+@click.version_option(package_name="usher")
+def main() -> None:
+    """Usher: a virtual-machine cluster manager whose policy lives in plugins."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML config file.",
+)
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Where state is kept.")
+@click.option("--listen", help=f"HOST:PORT to serve on (default 127.0.0.1:{DEFAULT_PORT}).")
+@click.option("-v", "--verbose", is_flag=True)
+def ctrl(config_file: str | None, state_dir: str | None, listen: str | None, verbose: bool) -> None:
+    """Run the controller: REST API, operation engine, plugins, state store."""
+    import uvicorn
+
+    from usher.ctrl.app import create_app
+
+    _logging(verbose)
+    try:
+        settings = load_settings(config_file, state_dir=state_dir, listen=listen)
+    except Exception as exc:
+        raise click.ClickException(f"bad controller config: {exc}") from exc
+    host, port = settings.host_port
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        ws_max_size=2**24,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _parse_labels(value: str | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in filter(None, (value or "").split(",")):
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"label {item!r} is not key=value", param_hint="--labels")
+        labels[key.strip()] = val.strip()
+    return labels
+
+
+def _host_capacity() -> tuple[int, int]:
+    mem_kb = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return os.cpu_count() or 1, mem_kb // 1024
+
+
+@main.command()
+@click.option(
+    "--ctrl",
+    "ctrl_url",
+    required=True,
+    envvar="USHER_CTRL",
+    help="Controller URL, e.g. http://127.0.0.1:8760",
+)
+@click.option("--name", required=True, help="This node's name.")
+@click.option("--driver", default="fake", show_default=True, help="VMM driver: fake, qemu, …")
+@click.option(
+    "--state-dir", type=click.Path(file_okay=False), default="/var/lib/usher-lnm", show_default=True
+)
+@click.option("--vcpus", type=click.IntRange(min=1), help="vCPUs to offer (default: host's).")
+@click.option("--memory-mb", type=click.IntRange(min=1), help="Memory to offer (default: host's).")
+@click.option("--labels", help="k=v,k2=v2")
+@click.option("--token", envvar="USHER_NODE_TOKEN", help="Node credential.")
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help=f"File holding the node credential (the controller's {NODE_TOKEN_FILE}).",
+)
+@click.option(
+    "--migration-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address incoming live migrations listen on.",
+)
+@click.option(
+    "--driver-option",
+    "driver_options",
+    multiple=True,
+    metavar="KEY=JSON",
+    help="Driver option, e.g. latency=0.05",
+)
+@click.option("-v", "--verbose", is_flag=True)
+def lnm(
+    ctrl_url: str,
+    name: str,
+    driver: str,
+    state_dir: str,
+    vcpus: int | None,
+    memory_mb: int | None,
+    labels: str | None,
+    token: str | None,
+    token_file: str | None,
+    migration_host: str,
+    driver_options: tuple[str, ...],
+    verbose: bool,
+) -> None:
+    """Run a local node manager for this host."""
+    import json
+
+    from usher.lnm.agent import LNM, LNMConfig, Refused
+    from usher.vmm.base import DriverError, load_driver
+
+    _logging(verbose)
+    if token_file:
+        token = Path(token_file).read_text().strip()
+    if not token:
+        raise click.UsageError(
+            "a node credential is needed: --token, --token-file or USHER_NODE_TOKEN"
+        )
+    host_vcpus, host_mem = _host_capacity()
+    vcpus, memory_mb = vcpus or host_vcpus, memory_mb or host_mem
+    options: dict[str, object] = {"vcpus": vcpus, "memory_mb": memory_mb}
+    for item in driver_options:
+        key, _, raw = item.partition("=")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    node_dir = Path(state_dir)
+    node_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        drv = load_driver(driver, state_dir=str(node_dir / driver), options=options)
+    except DriverError as exc:
+        raise click.ClickException(str(exc)) from exc
+    config = LNMConfig(
+        ctrl_url=ctrl_url,
+        name=name,
+        token=token,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        labels=_parse_labels(labels),
+        migration_host=migration_host,
+    )
+    agent = LNM(config, drv)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await agent.run(stop)
+
+    try:
+        asyncio.run(run())
+    except Refused as exc:
+        raise click.ClickException(f"the controller refused this node: {exc}") from exc
+
+
+main.add_command(local)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""What every API route needs: the controller, the authenticated principal, authorization."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from usher.ctrl.authz import authorize
+from usher.ctrl.controller import Controller
+from usher.ctrl.engine import RequestError
+from usher.ctrl.plugins import PluginError
+from usher.model import Principal
+
+bearer = HTTPBearer(auto_error=False, description="an Usher API token")
+
+
+def get_ctrl(request: Request) -> Controller:
+    return request.app.state.ctrl
+
+
+async def authenticate_token(ctrl: Controller, token: str | None) -> Principal:
+    """The principal a bearer token belongs to, or a 401 RequestError."""
+    if not token:
+        raise RequestError(
+            401,
+            "missing token: send 'Authorization: Bearer <token>' (the "
+            "admin token is in the controller's state dir, admin.token)",
+        )
+    try:
+        principal = await ctrl.plugins.decide("authenticate", token=token)
+    except PluginError as exc:
+        raise RequestError(401, f"authentication failed: {exc}") from exc
+    if principal is None:
+        raise RequestError(401, "invalid, expired or revoked token")
+    return principal
+
+
+async def get_principal(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    return await authenticate_token(get_ctrl(request), creds.credentials if creds else None)
+
+
+CtrlDep = Annotated[Controller, Depends(get_ctrl)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def allow(ctrl: Controller, principal: Principal, action: str, **target: Any) -> None:
+    await authorize(ctrl.plugins, principal, action, target)
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None

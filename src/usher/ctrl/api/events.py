@@ -1,0 +1,73 @@
+"""``/v1/events``: what happened (persisted by the eventlog plugin) and a live stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
+from usher.model import Event, Page, Principal
+
+router = APIRouter(prefix="/v1", tags=["events"])
+KEEPALIVE_SECONDS = 15
+
+
+@router.get("/events", response_model=Page[Event])
+async def list_events(
+    ctrl: CtrlDep,
+    principal: PrincipalDep,
+    name: str | None = None,
+    vm: str | None = None,
+    node: str | None = None,
+    operation: str | None = None,
+    since: float | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> Page[Event]:
+    """Past events, oldest first."""
+    await allow(ctrl, principal, "event.list")
+    return await ctrl.store.list_events(
+        name=name, vm=vm, node=node, operation=operation, since=since, limit=limit, cursor=cursor
+    )
+
+
+@router.get("/events/stream")
+async def stream_events(
+    request: Request,
+    ctrl: CtrlDep,
+    principal: PrincipalDep,
+    name: str | None = None,
+    vm: str | None = None,
+    node: str | None = None,
+) -> EventSourceResponse:
+    """Server-Sent Events: one ``event: <name>`` / ``data: <Event JSON>`` per event."""
+    await allow(ctrl, principal, "event.stream")
+
+    def wanted(ev: Event) -> bool:
+        return (
+            (name is None or ev.name == name)
+            and (vm is None or ev.vm_id == vm)
+            and (node is None or ev.node == node)
+        )
+
+    async def feed() -> AsyncIterator[ServerSentEvent]:
+        async with ctrl.bus.subscribe(wanted) as queue:
+            yield ServerSentEvent(comment="subscribed")
+            while not await request.is_disconnected():
+                try:
+                    ev = await asyncio.wait_for(queue.get(), 1.0)
+                except TimeoutError:
+                    continue
+                yield ServerSentEvent(ev.model_dump_json(), event=ev.name, id=ev.id)
+
+    return EventSourceResponse(feed(), ping=KEEPALIVE_SECONDS)
+
+
+@router.get("/whoami", tags=["auth"], response_model=Principal)
+async def whoami(principal: PrincipalDep) -> Principal:
+    """Who the token belongs to."""
+    return principal

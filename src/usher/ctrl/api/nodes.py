@@ -1,0 +1,46 @@
+"""``/v1/nodes``: the physical hosts and their LNMs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
+from usher.ctrl.controller import Controller
+from usher.ctrl.engine import RequestError
+from usher.model import Node
+
+router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
+
+
+def _node(ctrl: Controller, name: str) -> Node:
+    node = ctrl.nodes.get(name)
+    if node is None:
+        raise RequestError(404, f"unknown node {name!r}")
+    return node
+
+
+@router.get("", response_model=list[Node])
+async def list_nodes(ctrl: CtrlDep, principal: PrincipalDep) -> list[Node]:
+    await allow(ctrl, principal, "node.list")
+    return ctrl.nodes.snapshot()
+
+
+@router.get("/{name}", response_model=Node)
+async def show_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
+    await allow(ctrl, principal, "node.show", node=name)
+    return _node(ctrl, name)
+
+
+@router.post("/{name}/drain", response_model=Node)
+async def drain_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
+    """No new VMs go to a drained node; those on it stay."""
+    _node(ctrl, name)
+    await allow(ctrl, principal, "node.drain", node=name)
+    return await ctrl.nodes.set_drained(name, True)
+
+
+@router.post("/{name}/undrain", response_model=Node)
+async def undrain_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
+    _node(ctrl, name)
+    await allow(ctrl, principal, "node.undrain", node=name)
+    return await ctrl.nodes.set_drained(name, False)

@@ -1,0 +1,53 @@
+"""``/v1/operations``: what was asked, and how it went."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
+from usher.model import Operation, OpKind, OpStatus, Page
+
+router = APIRouter(prefix="/v1/operations", tags=["operations"])
+
+
+@router.get("", response_model=Page[Operation])
+async def list_operations(
+    ctrl: CtrlDep,
+    principal: PrincipalDep,
+    status: OpStatus | None = None,
+    kind: OpKind | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> Page[Operation]:
+    """Operations, newest first."""
+    await allow(ctrl, principal, "operation.list")
+    page = await ctrl.store.list_ops(
+        status=status.value if status else None,
+        kind=kind.value if kind else None,
+        limit=limit,
+        cursor=cursor,
+    )
+    page.items = [ctrl.engine.live.get(op.id, op) for op in page.items]
+    return page
+
+
+@router.get("/{op_id}", response_model=Operation)
+async def get_operation(op_id: str, ctrl: CtrlDep, principal: PrincipalDep) -> Operation:
+    op = await ctrl.engine.get_op(op_id)
+    await allow(ctrl, principal, "operation.show", operation=op.model_dump(mode="json"))
+    return op
+
+
+@router.get("/{op_id}/wait", response_model=Operation)
+async def wait_operation(
+    op_id: str,
+    ctrl: CtrlDep,
+    principal: PrincipalDep,
+    timeout: Annotated[float, Query(ge=0, le=300)] = 30,
+) -> Operation:
+    """Answer once the operation is done, or as it stands after ``timeout`` seconds."""
+    op = await ctrl.engine.get_op(op_id)
+    await allow(ctrl, principal, "operation.show", operation=op.model_dump(mode="json"))
+    return await ctrl.engine.wait(op_id, timeout)

@@ -1,0 +1,60 @@
+"""``/v1/vms``: create, list, show, and act on VMs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, client_address
+from usher.ctrl.engine import RequestError
+from usher.model import VM, CreateVMs, Operation, OpKind, Page, VMAction, VMState
+
+router = APIRouter(prefix="/v1/vms", tags=["vms"])
+
+
+@router.post("", status_code=202, response_model=Operation)
+async def create_vms(
+    body: CreateVMs, request: Request, ctrl: CtrlDep, principal: PrincipalDep
+) -> Operation:
+    """Start new VMs; the answer is the operation, which runs on."""
+    return await ctrl.engine.create(principal, body, client_address(request))
+
+
+@router.get("", response_model=Page[VM])
+async def list_vms(
+    ctrl: CtrlDep,
+    principal: PrincipalDep,
+    cluster: str | None = None,
+    owner: str | None = None,
+    node: str | None = None,
+    state: VMState | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> Page[VM]:
+    await allow(ctrl, principal, "vm.list", cluster=cluster, owner=owner, node=node)
+    return await ctrl.store.list_vms(
+        cluster=cluster,
+        owner=owner,
+        node=node,
+        state=state.value if state else None,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get("/{vm}", response_model=VM)
+async def show_vm(vm: str, ctrl: CtrlDep, principal: PrincipalDep) -> VM:
+    found = await ctrl.store.get_vm(vm)
+    if found is None:
+        raise RequestError(404, f"unknown VM {vm!r}")
+    await allow(ctrl, principal, "vm.show", vms=[found.model_dump(mode="json")])
+    return found
+
+
+@router.post("/actions/{kind}", status_code=202, response_model=Operation)
+async def act(
+    kind: OpKind, body: VMAction, request: Request, ctrl: CtrlDep, principal: PrincipalDep
+) -> Operation:
+    """Run an action on many VMs (ids or names in ``vms``) and/or a whole ``cluster``."""
+    return await ctrl.engine.act(principal, kind, body, client_address(request))

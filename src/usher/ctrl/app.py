@@ -1,0 +1,38 @@
+"""The controller's ASGI application: REST API, event stream and LNM link."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+import usher
+from usher.ctrl.api import errors, events, lnm, nodes, operations, vms
+from usher.ctrl.config import Settings
+from usher.ctrl.controller import Controller
+
+
+def create_app(settings: Settings, extra_plugins: dict[str, Any] | None = None) -> FastAPI:
+    ctrl = Controller(settings, extra_plugins)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await ctrl.start()
+        try:
+            yield
+        finally:
+            await ctrl.stop()
+
+    app = FastAPI(
+        title="Usher",
+        version=usher.__version__,
+        description="Usher controller API: VM operations, nodes, operations and events.",
+        lifespan=lifespan,
+    )
+    app.state.ctrl = ctrl
+    errors.install(app)
+    for module in (vms, operations, nodes, events, lnm):
+        app.include_router(module.router)
+    return app

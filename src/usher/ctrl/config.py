@@ -1,0 +1,58 @@
+"""The controller's settings: a TOML file, overridden by command-line flags."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_PORT = 8760
+DEFAULT_PLUGINS = ["tokens", "scheduler", "eventlog"]
+
+
+class PluginSettings(BaseModel):
+    """``[plugins]``: which plugins run, in order; each may have its own table."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: list[str] = Field(default_factory=lambda: list(DEFAULT_PLUGINS))
+
+    def table(self, name: str) -> dict[str, Any]:
+        extra = self.model_extra or {}
+        value = extra.get(name, {})
+        return dict(value) if isinstance(value, dict) else {}
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    state_dir: Path = Path("/var/lib/usher")
+    database_url: str | None = None
+    node_timeout: float = Field(5.0, gt=0, description="seconds without heartbeat: node down")
+    notify_timeout: float = Field(5.0, gt=0, description="seconds a notification hook may take")
+    command_timeout: float = Field(300.0, gt=0, description="seconds an LNM command may take")
+    migrate_timeout: float = Field(120.0, gt=0)
+    max_parallel: int = Field(256, ge=1, description="VM steps run at once")
+    plugins: PluginSettings = Field(default_factory=PluginSettings)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'usher.db'}"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML config at ``path`` (if any), then apply non-None ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings.model_validate(data)

@@ -1,0 +1,99 @@
+"""The controller: wires the store, event bus, plugins, node registry and engine together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from usher.ctrl.config import Settings
+from usher.ctrl.context import PluginContext
+from usher.ctrl.engine import Engine
+from usher.ctrl.events import EventBus
+from usher.ctrl.nodes import NodeLink, NodeRegistry
+from usher.ctrl.plugins import PluginHost
+from usher.ctrl.store import Store
+from usher.ctrl.tokens import digest, issue_token
+
+log = logging.getLogger("usher.ctrl")
+ADMIN_TOKEN_FILE = "admin.token"
+NODE_TOKEN_FILE = "node.token"
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """Write a secret to a file only its owner (root) can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    os.chmod(path, 0o600)
+
+
+class Controller:
+    def __init__(self, settings: Settings, extra_plugins: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.store = Store(settings.db_url)
+        self.bus = EventBus()
+        self.ctx = PluginContext(store=self.store, bus=self.bus, settings=settings)
+        self.plugins = PluginHost(self.ctx, timeout=settings.notify_timeout)
+        self.nodes = NodeRegistry(self.store, self.bus, settings.node_timeout)
+        self.engine = Engine(settings, self.store, self.bus, self.plugins, self.nodes)
+        self._extra_plugins = extra_plugins or {}
+        self._watcher: asyncio.Task[None] | None = None
+        self.first_admin_token: str | None = None
+
+    async def start(self) -> None:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        await self.nodes.load()
+        self.plugins.load(self.settings.plugins.enabled, self._extra_plugins)
+        configs = {name: self.settings.plugins.table(name) for name in self.plugins.order}
+        await self.plugins.start(configs)
+        await self._bootstrap_tokens()
+        await self.engine.recover()
+        self._watcher = asyncio.create_task(self.nodes.watch_heartbeats(self.node_silent))
+        await self.bus.emit(
+            "ctrl_start", data={"listen": self.settings.listen, "plugins": self.plugins.order}
+        )
+
+    async def stop(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for link in list(self.nodes.links.values()):
+            await link.close("controller stopping")
+        await self.engine.close()
+        await self.plugins.stop()
+        await self.store.close()
+
+    async def _bootstrap_tokens(self) -> None:
+        """At first start: an admin token (shown once) and the node token LNMs join with."""
+        state = self.settings.state_dir
+        if not await self.store.tokens_with_role("admin"):
+            secret = await issue_token(
+                self.store, "admin", ["admin"], description="created at first start"
+            )
+            write_secret(state / ADMIN_TOKEN_FILE, secret)
+            self.first_admin_token = secret
+            log.warning(
+                "created the admin token (shown once, also in %s): %s",
+                state / ADMIN_TOKEN_FILE,
+                secret,
+            )
+        node_file = state / NODE_TOKEN_FILE
+        existing = node_file.read_text().strip() if node_file.exists() else ""
+        if not existing or await self.store.find_token(digest(existing)) is None:
+            secret = await issue_token(
+                self.store, "nodes", ["node"], description="LNMs join with this"
+            )
+            write_secret(node_file, secret)
+
+    async def node_silent(self, link: NodeLink) -> None:
+        await self.node_gone(link, "missed heartbeats")
+
+    async def node_gone(self, link: NodeLink, reason: str) -> None:
+        if await self.nodes.detach(link, reason):
+            await self.engine.node_lost(link.name, reason)

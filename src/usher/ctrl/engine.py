@@ -1,0 +1,658 @@
+"""The operation engine: every VM operation passes through the same phases.
+
+resolve targets → check prerequisites (states, capabilities) → authorize → ``request`` and
+``<op>_request`` hooks (may modify or veto) → schedule (start, migrate) → persist the operation
+→ dispatch one step per VM to the LNMs → record each outcome → ``<op>`` or ``<op>_failure``.
+
+Steps on the same VM never overlap (a lock per VM); steps on different VMs run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from usher.ctrl.authz import authorize
+from usher.ctrl.config import Settings
+from usher.ctrl.events import EventBus
+from usher.ctrl.locks import KeyedLocks
+from usher.ctrl.nodes import CommandFailed, NodeGone, NodeLink, NodeRegistry
+from usher.ctrl.plugins import PluginError, PluginHost, Vetoed
+from usher.ctrl.store import Store
+from usher.model import (
+    VM,
+    CreateVMs,
+    Operation,
+    OpKind,
+    OpRequest,
+    OpStatus,
+    Principal,
+    VMAction,
+    VMSpec,
+    VMState,
+    new_id,
+    now,
+)
+
+log = logging.getLogger("usher.engine")
+
+S = VMState
+# From which states each action may start, the state shown while it runs, the state after.
+TRANSITIONS: dict[OpKind, tuple[frozenset[VMState], VMState | None, VMState | None]] = {
+    OpKind.START: (frozenset({S.PENDING, S.STOPPED, S.ERROR, S.LOST}), S.STARTING, S.RUNNING),
+    OpKind.STOP: (frozenset({S.RUNNING, S.PAUSED, S.ERROR}), S.STOPPING, S.STOPPED),
+    OpKind.PAUSE: (frozenset({S.RUNNING}), None, S.PAUSED),
+    OpKind.RESUME: (frozenset({S.PAUSED}), None, S.RUNNING),
+    OpKind.REBOOT: (frozenset({S.RUNNING}), None, S.RUNNING),
+    OpKind.CYCLE: (
+        frozenset({S.RUNNING, S.PAUSED, S.STOPPED, S.ERROR, S.LOST}),
+        S.STARTING,
+        S.RUNNING,
+    ),
+    OpKind.MIGRATE: (frozenset({S.RUNNING, S.PAUSED}), S.MIGRATING, None),
+    OpKind.DESTROY: (frozenset(VMState), None, None),
+}
+NEEDS_CAPABILITY = {
+    OpKind.PAUSE: "pause",
+    OpKind.RESUME: "pause",
+    OpKind.REBOOT: "reboot",
+    OpKind.MIGRATE: "live_migrate",
+}
+
+
+class RequestError(Exception):
+    """A request the controller refuses; ``status`` is the HTTP status the API answers."""
+
+    def __init__(self, status: int, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.detail = detail
+
+
+class StepFailed(Exception):
+    """One VM's part of an operation failed; the message goes into the operation's errors."""
+
+
+Step = Callable[[Operation, VM], Awaitable[dict[str, Any] | None]]
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bus: EventBus,
+        plugins: PluginHost,
+        nodes: NodeRegistry,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.plugins = plugins
+        self.nodes = nodes
+        self.locks = KeyedLocks()
+        self.placement_lock = asyncio.Lock()
+        self.parallel = asyncio.Semaphore(settings.max_parallel)
+        self.live: dict[str, Operation] = {}
+        self._done: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- start-up and shut-down ---------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a restart: operations that were running when the controller died failed."""
+        for op in await self.store.unfinished_ops():
+            op.status = OpStatus.FAILED
+            op.error = (
+                "the controller restarted while this operation ran; VM states are "
+                "re-read from their nodes"
+            )
+            op.finished_at = now()
+            await self.store.update_op(op)
+            await self.bus.emit(
+                f"{op.kind.value}_failure",
+                operation_id=op.id,
+                principal=op.principal,
+                data={"error": op.error},
+            )
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- operations: reading -----------------------------------------------------------
+
+    async def get_op(self, op_id: str) -> Operation:
+        op = self.live.get(op_id) or await self.store.get_op(op_id)
+        if op is None:
+            raise RequestError(404, f"unknown operation {op_id!r}")
+        return op.model_copy(deep=True)
+
+    async def wait(self, op_id: str, timeout: float) -> Operation:
+        done = self._done.get(op_id)
+        if done is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout)
+        return await self.get_op(op_id)
+
+    # --- operations: asking ------------------------------------------------------------
+
+    async def create(self, principal: Principal, body: CreateVMs, client: str | None) -> Operation:
+        """Start new VMs (the ``start`` operation with no existing targets)."""
+        spec = VMSpec(
+            vcpus=body.vcpus, memory_mb=body.memory_mb, image=body.image, kwargs=body.kwargs
+        )
+        if body.names is not None and body.count not in (1, len(body.names)):
+            raise RequestError(422, f"count is {body.count} but {len(body.names)} names given")
+        req = OpRequest(
+            kind=OpKind.START,
+            principal=principal,
+            client_address=client,
+            names=list(body.names or []),
+            cluster=body.cluster,
+            spec=spec,
+            node=body.node,
+            kwargs=dict(body.kwargs),
+        )
+        count = len(body.names) if body.names else body.count
+        if body.node is not None and self.nodes.get(body.node) is None:
+            raise RequestError(404, f"unknown node {body.node!r}")
+        await authorize(
+            self.plugins,
+            principal,
+            "vm.start",
+            {"count": count, "cluster": body.cluster, "spec": spec.model_dump()},
+        )
+        op = self._new_op(req)
+        await self._request_hooks(op, req)
+        spec = req.spec or spec
+        async with self.placement_lock:
+            names = req.names or await self._auto_names(
+                req.kwargs.get("name_prefix") or body.name_prefix or req.cluster or "vm", count
+            )
+            taken = await self.store.names_taken(names)
+            if taken:
+                raise RequestError(409, f"VM name(s) already taken: {', '.join(sorted(taken))}")
+            placement = await self._schedule(req, [spec] * len(names))
+            vms = [
+                VM(
+                    id=new_id("vm"),
+                    name=name,
+                    owner=principal.name,
+                    cluster=req.cluster,
+                    spec=spec,
+                    node=node,
+                    state=S.PENDING,
+                )
+                for name, node in zip(names, placement, strict=True)
+            ]
+            await self.store.add_vms(vms)
+        op.targets = [vm.id for vm in vms]
+        await self.store.add_op(op)
+        for vm in vms:
+            await self.bus.emit(
+                "register",
+                vm_id=vm.id,
+                node=vm.node,
+                operation_id=op.id,
+                principal=principal.name,
+                data={"name": vm.name, "cluster": vm.cluster},
+            )
+        self._launch(op, [vm.id for vm in vms], self._step_start)
+        return op.model_copy(deep=True)
+
+    async def act(
+        self, principal: Principal, kind: OpKind, body: VMAction, client: str | None
+    ) -> Operation:
+        """Run ``kind`` on existing VMs named in ``body`` (ids, names and/or a cluster)."""
+        vms = await self._resolve_targets(body)
+        self._check_transitions(kind, vms)
+        self._check_capabilities(kind, vms)
+        if kind == OpKind.MIGRATE and body.target_node is not None:
+            self._check_target_node(body.target_node, vms)
+        req = OpRequest(
+            kind=kind,
+            principal=principal,
+            client_address=client,
+            vm_ids=[vm.id for vm in vms],
+            cluster=body.cluster,
+            target_node=body.target_node,
+            kwargs=dict(body.kwargs),
+        )
+        await authorize(
+            self.plugins,
+            principal,
+            f"vm.{kind.value}",
+            {"vms": [vm.model_dump(mode="json") for vm in vms], "cluster": body.cluster},
+        )
+        op = self._new_op(req)
+        await self._request_hooks(op, req)
+        op.targets = list(req.vm_ids)
+        await self.store.add_op(op)
+        step = {
+            OpKind.START: self._step_start,
+            OpKind.DESTROY: self._step_destroy,
+            OpKind.MIGRATE: self._step_migrate(req),
+            OpKind.CYCLE: self._step_cycle,
+        }.get(kind) or self._step_simple(kind)
+        self._launch(op, op.targets, step)
+        return op.model_copy(deep=True)
+
+    # --- phases ------------------------------------------------------------------------
+
+    def _new_op(self, req: OpRequest) -> Operation:
+        return Operation(
+            id=new_id("op"), kind=req.kind, principal=req.principal.name, targets=list(req.vm_ids)
+        )
+
+    async def _request_hooks(self, op: Operation, req: OpRequest) -> None:
+        try:
+            await self.plugins.run_request_hooks(req)
+        except (Vetoed, PluginError) as exc:
+            vetoed = isinstance(exc, Vetoed)
+            op.status = OpStatus.VETOED if vetoed else OpStatus.FAILED
+            op.error = str(exc)
+            op.finished_at = now()
+            await self.store.add_op(op)
+            await self.bus.emit(
+                f"{req.kind.value}_failure",
+                operation_id=op.id,
+                principal=op.principal,
+                data={"error": op.error, "vetoed": vetoed},
+            )
+            status = 403 if vetoed else 500
+            raise RequestError(
+                status,
+                f"{op.error}; nothing was changed",
+                {"operation": op.model_dump(mode="json")},
+            ) from exc
+        data = req.model_dump(mode="json", exclude={"principal"})
+        for name in ("request", f"{req.kind.value}_request"):
+            await self.bus.emit(name, operation_id=op.id, principal=op.principal, data=data)
+
+    async def _resolve_targets(self, body: VMAction) -> list[VM]:
+        vms, missing = await self.store.resolve_vms(body.vms)
+        if missing:
+            raise RequestError(404, f"unknown VM(s): {', '.join(missing)}")
+        if body.cluster is not None:
+            members = await self.store.vms_where(cluster=body.cluster)
+            if not members and not body.vms:
+                raise RequestError(404, f"virtual cluster {body.cluster!r} has no VMs")
+            seen = {vm.id for vm in vms}
+            vms += [vm for vm in members if vm.id not in seen]
+        if not vms:
+            raise RequestError(422, "name the VMs to act on (ids or names) or a --cluster")
+        return vms
+
+    @staticmethod
+    def _check_transitions(kind: OpKind, vms: list[VM]) -> None:
+        allowed = TRANSITIONS[kind][0]
+        bad = [f"{vm.name} is {vm.state.value}" for vm in vms if vm.state not in allowed]
+        if bad:
+            wanted = ", ".join(sorted(s.value for s in allowed))
+            raise RequestError(
+                409,
+                f"cannot {kind.value} {'; '.join(bad[:10])}"
+                + (f" (and {len(bad) - 10} more)" if len(bad) > 10 else "")
+                + f" — {kind.value} needs a VM that is {wanted}; nothing was changed",
+            )
+
+    def _check_capabilities(self, kind: OpKind, vms: list[VM]) -> None:
+        needed = NEEDS_CAPABILITY.get(kind)
+        if needed is None:
+            return
+        for vm in vms:
+            node = self.nodes.get(vm.node or "")
+            if node is not None and node.capabilities and needed not in node.capabilities:
+                raise RequestError(
+                    409,
+                    f"cannot {kind.value} {vm.name}: the {node.driver} "
+                    f"driver of node {node.name} cannot {needed}",
+                )
+
+    def _check_target_node(self, target: str, vms: list[VM]) -> None:
+        if self.nodes.get(target) is None:
+            raise RequestError(404, f"unknown node {target!r}")
+        here = [vm.name for vm in vms if vm.node == target]
+        if here:
+            raise RequestError(409, f"{', '.join(here)} already on node {target}")
+
+    async def _auto_names(self, prefix: str, count: int) -> list[str]:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,50}$", prefix):
+            raise RequestError(422, f"invalid name prefix {prefix!r}")
+        taken = await self.store.names_with_prefix(f"{prefix}-")
+        names: list[str] = []
+        n = 1
+        while len(names) < count:
+            name = f"{prefix}-{n}"
+            if name not in taken:
+                names.append(name)
+            n += 1
+        return names
+
+    async def _schedule(
+        self, req: OpRequest, specs: list[VMSpec], exclude: str | None = None
+    ) -> list[str]:
+        nodes = [n for n in self.nodes.snapshot() if n.name != exclude]
+        reserved = await self.store.reserved_by_node()
+        try:
+            placement = await self.plugins.decide(
+                "schedule", nodes=nodes, specs=specs, request=req, reserved=reserved
+            )
+        except PluginError as exc:
+            raise RequestError(500, f"{exc}; nothing was changed") from exc
+        if placement is None:
+            raise RequestError(409, "no scheduler plugin is enabled: cannot place VMs")
+        if placement.error:
+            raise RequestError(409, placement.error, {"rejected": placement.rejected})
+        known = {n.name for n in nodes}
+        if len(placement.nodes) != len(specs) or not set(placement.nodes) <= known:
+            raise RequestError(500, "the scheduler returned an invalid placement")
+        return list(placement.nodes)
+
+    # --- running -----------------------------------------------------------------------
+
+    def _launch(self, op: Operation, vm_ids: list[str], step: Step) -> None:
+        op.result = {"progress": {"done": 0, "failed": 0, "total": len(vm_ids)}, "errors": {}}
+        self.live[op.id] = op
+        self._done[op.id] = asyncio.Event()
+        self._spawn(self._run(op, vm_ids, step), f"op-{op.id}")
+
+    async def _run(self, op: Operation, vm_ids: list[str], step: Step) -> None:
+        progress = op.result["progress"]
+
+        async def one(vm_id: str) -> None:
+            async with self.parallel, self.locks.hold(vm_id):
+                if op.status == OpStatus.QUEUED:
+                    op.status = OpStatus.RUNNING
+                    op.started_at = now()
+                vm = await self.store.get_vm(vm_id)
+                try:
+                    if vm is None:
+                        raise StepFailed(f"VM {vm_id} no longer exists")
+                    details = await step(op, vm)
+                except StepFailed as exc:
+                    progress["failed"] += 1
+                    op.result["errors"][vm_id] = str(exc)
+                    await self.bus.emit(
+                        f"{op.kind.value}_failure",
+                        vm_id=vm_id,
+                        node=vm.node if vm else None,
+                        operation_id=op.id,
+                        principal=op.principal,
+                        data={"error": str(exc)},
+                    )
+                    return
+                except Exception as exc:  # a bug must fail the VM's step, not hang the op
+                    log.exception("operation %s failed on %s", op.id, vm_id)
+                    progress["failed"] += 1
+                    op.result["errors"][vm_id] = f"internal error: {exc!r}"
+                    return
+                progress["done"] += 1
+                if details:
+                    op.result.setdefault("details", {})[vm_id] = details
+                await self.bus.emit(
+                    op.kind.value,
+                    vm_id=vm_id,
+                    node=vm.node,
+                    operation_id=op.id,
+                    principal=op.principal,
+                    data=details or {},
+                )
+
+        try:
+            await asyncio.gather(*(one(v) for v in vm_ids))
+        finally:
+            failed = progress["failed"]
+            op.status = OpStatus.FAILED if failed else OpStatus.SUCCEEDED
+            if failed:
+                first = next(iter(op.result["errors"].values()))
+                op.error = f"{failed} of {progress['total']} VMs failed; first: {first}"
+            op.finished_at = now()
+            op.started_at = op.started_at or op.finished_at
+            await self.store.update_op(op)
+            self._done.pop(op.id).set()
+            self.live.pop(op.id, None)
+
+    async def _set_state(
+        self,
+        vm: VM,
+        state: VMState,
+        reason: str | None = None,
+        op: Operation | None = None,
+        **changes: Any,
+    ) -> None:
+        old = vm.state
+        vm.state = state
+        vm.state_reason = reason
+        vm.updated_at = now()
+        for key, value in changes.items():
+            setattr(vm, key, value)
+        await self.store.update_vm(vm)
+        if old != state or changes:
+            await self.bus.emit(
+                "state_change",
+                vm_id=vm.id,
+                node=vm.node,
+                operation_id=op.id if op else None,
+                data={
+                    "from": old.value,
+                    "to": state.value,
+                    "reason": reason,
+                    **{k: v for k, v in changes.items()},
+                },
+            )
+
+    @staticmethod
+    def _guest(vm: VM) -> dict[str, Any]:
+        return {"id": vm.id, "name": vm.name, "spec": vm.spec.model_dump(mode="json")}
+
+    def _check_state(self, op: Operation, vm: VM) -> None:
+        if vm.state not in TRANSITIONS[op.kind][0]:
+            raise StepFailed(f"cannot {op.kind.value} {vm.name}: it is {vm.state.value} now")
+
+    async def _call(
+        self, op: Operation, vm: VM, action: str, *, undo_state: VMState, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Send ``action`` for ``vm`` to its node; on failure record the VM's honest state:
+        as before (the driver refused, or the node was not there to ask) or ``lost`` (the link
+        dropped while the node worked on it)."""
+        try:
+            link = self.nodes.link(vm.node)
+        except NodeGone as exc:
+            await self._set_state(vm, undo_state, str(exc), op)
+            raise StepFailed(f"{vm.name}: {exc}") from exc
+        try:
+            return await link.call(
+                action, vm_id=vm.id, timeout=self.settings.command_timeout, **kwargs
+            )
+        except CommandFailed as exc:
+            await self._set_state(vm, undo_state, str(exc), op)
+            raise StepFailed(f"{vm.name}: {exc}") from exc
+        except NodeGone as exc:
+            await self._set_state(vm, S.LOST, str(exc), op)
+            raise StepFailed(f"{vm.name}: {exc}") from exc
+
+    async def _step_start(self, op: Operation, vm: VM) -> dict[str, Any] | None:
+        self._check_state(op, vm)
+        before = vm.state if vm.state != S.PENDING else S.ERROR
+        await self._set_state(vm, S.STARTING, op=op)
+        info = await self._call(op, vm, "start", undo_state=before, guest=self._guest(vm))
+        await self._set_state(vm, VMState(info.get("state", S.RUNNING)), op=op)
+        return None
+
+    async def _step_cycle(self, op: Operation, vm: VM) -> dict[str, Any] | None:
+        self._check_state(op, vm)
+        before = vm.state
+        await self._set_state(vm, S.STARTING, op=op)
+        info = await self._call(op, vm, "cycle", undo_state=before, guest=self._guest(vm))
+        await self._set_state(vm, VMState(info.get("state", S.RUNNING)), op=op)
+        return None
+
+    def _step_simple(self, kind: OpKind) -> Step:
+        _, during, after = TRANSITIONS[kind]
+        assert after is not None
+
+        async def step(op: Operation, vm: VM) -> dict[str, Any] | None:
+            self._check_state(op, vm)
+            before = vm.state
+            if during is not None:
+                await self._set_state(vm, during, op=op)
+            await self._call(op, vm, kind.value, undo_state=before)
+            await self._set_state(vm, after, op=op)
+            return None
+
+        return step
+
+    async def _step_destroy(self, op: Operation, vm: VM) -> dict[str, Any] | None:
+        if vm.node is not None:
+            try:
+                await self.nodes.link(vm.node).call(
+                    "destroy", vm_id=vm.id, timeout=self.settings.command_timeout
+                )
+            except (CommandFailed, NodeGone) as exc:
+                raise StepFailed(f"{vm.name}: {exc}; the VM record is kept") from exc
+        await self.store.delete_vm(vm.id)
+        await self.bus.emit(
+            "unregister",
+            vm_id=vm.id,
+            node=vm.node,
+            operation_id=op.id,
+            data={"name": vm.name, "cluster": vm.cluster},
+        )
+        return None
+
+    def _step_migrate(self, req: OpRequest) -> Step:
+        async def step(op: Operation, vm: VM) -> dict[str, Any] | None:
+            self._check_state(op, vm)
+            source = vm.node
+            if req.target_node is not None:
+                target = req.target_node
+            else:
+                async with self.placement_lock:
+                    try:
+                        target = (await self._schedule(req, [vm.spec], exclude=source))[0]
+                    except RequestError as exc:
+                        raise StepFailed(f"{vm.name}: no node to migrate to: {exc}") from exc
+            return await self._migrate(op, vm, target)
+
+        return step
+
+    async def _migrate(self, op: Operation, vm: VM, target: str) -> dict[str, Any]:
+        before, source = vm.state, vm.node
+        try:
+            src_link = self.nodes.link(source)
+            dst_link = self.nodes.link(target)
+        except NodeGone as exc:
+            raise StepFailed(f"{vm.name}: {exc}") from exc
+        await self._set_state(vm, S.MIGRATING, f"to {target}", op)
+        timeout = self.settings.migrate_timeout
+        started = now()
+        try:
+            prepared = await dst_link.call(
+                "prepare_incoming", vm_id=vm.id, guest=self._guest(vm), timeout=timeout
+            )
+            result = await src_link.call(
+                "migrate",
+                vm_id=vm.id,
+                timeout=timeout,
+                args={"uri": prepared["uri"], "timeout": timeout},
+            )
+            info = await dst_link.call("finish_incoming", vm_id=vm.id, timeout=timeout)
+        except (CommandFailed, NodeGone) as exc:
+            with contextlib.suppress(CommandFailed, NodeGone):
+                await dst_link.call("abort_incoming", vm_id=vm.id, timeout=timeout)
+            await self._settle_after_failed_migration(op, vm, src_link, before, str(exc))
+            raise StepFailed(f"{vm.name}: migration to {target} failed: {exc}") from exc
+        details = {
+            "from": source,
+            "to": target,
+            "total_ms": round((now() - started) * 1000, 1),
+            **{k: v for k, v in result.items() if k != "extra"},
+        }
+        await self._set_state(vm, VMState(info.get("state", before)), op=op, node=target)
+        return details
+
+    async def _settle_after_failed_migration(
+        self, op: Operation, vm: VM, src_link: NodeLink, before: VMState, reason: str
+    ) -> None:
+        """After a failed migration, record the VM as its source node reports it."""
+        try:
+            info = await src_link.call("info", vm_id=vm.id, timeout=30)
+            state = VMState(info.get("state", before))
+        except (CommandFailed, NodeGone):
+            state = S.LOST
+        await self._set_state(vm, state, f"migration failed: {reason}", op)
+
+    # --- what LNMs report --------------------------------------------------------------
+
+    async def node_joined(self, name: str, domains: list[dict[str, Any]]) -> None:
+        """Reconcile records with what a (re)connected node really runs."""
+        reported = {d["id"]: d for d in domains}
+        for vm in await self.store.vms_where(node=name):
+            dom = reported.pop(vm.id, None)
+            self._spawn(self._reconcile(vm.id, name, dom), f"reconcile-{vm.id}")
+        for vm_id, dom in reported.items():
+            self._spawn(self._adopt(vm_id, name, dom), f"adopt-{vm_id}")
+
+    async def _reconcile(self, vm_id: str, node: str, dom: dict[str, Any] | None) -> None:
+        async with self.locks.hold(vm_id):
+            vm = await self.store.get_vm(vm_id)
+            if vm is None or vm.node != node:
+                return
+            if dom is not None:
+                state, reason = VMState(dom["state"]), dom.get("reason")
+            elif vm.state in (S.STOPPED, S.PENDING):
+                return
+            else:
+                state, reason = S.LOST, f"node {node} does not report this VM"
+            if state != vm.state:
+                await self._set_state(vm, state, reason)
+
+    async def _adopt(self, vm_id: str, node: str, dom: dict[str, Any]) -> None:
+        async with self.locks.hold(vm_id):
+            vm = await self.store.get_vm(vm_id)
+            if vm is None:
+                await self.bus.emit("unknown_vm", vm_id=vm_id, node=node, data=dom)
+                return
+            owner = self.nodes.links.get(vm.node or "")
+            if owner is not None and vm.state not in (S.MIGRATING, S.LOST):
+                await self.bus.emit(
+                    "unknown_vm", vm_id=vm_id, node=node, data={**dom, "recorded_node": vm.node}
+                )
+                return
+            await self._set_state(vm, VMState(dom["state"]), f"found on node {node}", node=node)
+
+    async def node_lost(self, name: str, reason: str) -> None:
+        for vm in await self.store.vms_where(node=name):
+            if vm.state not in (S.STOPPED, S.PENDING, S.LOST):
+                self._spawn(self._mark_lost(vm.id, name, reason), f"lost-{vm.id}")
+
+    async def _mark_lost(self, vm_id: str, node: str, reason: str) -> None:
+        async with self.locks.hold(vm_id):
+            vm = await self.store.get_vm(vm_id)
+            if vm is not None and vm.node == node and vm.state not in (S.STOPPED, S.LOST):
+                await self._set_state(vm, S.LOST, f"node {node} lost: {reason}")
+
+    async def vm_reported(self, node: str, vm_id: str, state: VMState, reason: str | None) -> None:
+        """An LNM saw a VM change state on its own (a guest powered off, a process died)."""
+        async with self.locks.hold(vm_id):
+            vm = await self.store.get_vm(vm_id)
+            if vm is not None and vm.node == node and vm.state != state:
+                await self._set_state(vm, state, reason)
+
+    def report_later(self, coro: Awaitable[None], name: str) -> None:
+        """Run an LNM report off the link's read loop (it may wait for a VM lock)."""
+        self._spawn(coro, name)

@@ -1,0 +1,206 @@
+"""The node registry: the nodes the controller knows and the live links to their LNMs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from usher.ctrl.events import EventBus
+from usher.ctrl.store import Store
+from usher.model import Node, NodeState, Usage, new_id, now
+
+log = logging.getLogger("usher.nodes")
+USAGE_PERSIST_EVERY = 10.0
+
+Sender = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class NodeGone(Exception):
+    """The node's LNM is not connected (or its link dropped while a command ran)."""
+
+
+class CommandFailed(Exception):
+    """The LNM ran the command and its driver refused or failed; the message says why."""
+
+
+class NodeLink:
+    """One connected LNM: sends commands and matches their replies."""
+
+    def __init__(self, name: str, send: Sender, close: Callable[[], Awaitable[None]]) -> None:
+        self.name = name
+        self._send = send
+        self._close = close
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.closed = False
+
+    async def call(
+        self,
+        action: str,
+        *,
+        timeout: float,
+        vm_id: str | None = None,
+        guest: dict[str, Any] | None = None,
+        args: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``action`` on the LNM and return its result; raise CommandFailed or NodeGone."""
+        if self.closed:
+            raise NodeGone(f"node {self.name} is not connected")
+        cmd_id = new_id("cmd")
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[cmd_id] = future
+        msg = {
+            "type": "command",
+            "id": cmd_id,
+            "action": action,
+            "vm_id": vm_id,
+            "guest": guest,
+            "args": args or {},
+        }
+        try:
+            await self._send(msg)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise CommandFailed(
+                f"node {self.name} did not answer {action} in {timeout:.0f} s"
+            ) from None
+        except (ConnectionError, RuntimeError) as exc:
+            raise NodeGone(f"node {self.name}: link lost ({exc})") from exc
+        finally:
+            self._pending.pop(cmd_id, None)
+
+    def on_reply(self, msg: dict[str, Any]) -> None:
+        future = self._pending.get(str(msg.get("id")))
+        if future is None or future.done():
+            return
+        if msg.get("ok"):
+            future.set_result(msg.get("result") or {})
+        else:
+            future.set_exception(CommandFailed(str(msg.get("error") or "command failed")))
+
+    async def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(NodeGone(f"node {self.name} went away: {reason}"))
+        with contextlib.suppress(Exception):
+            await self._close()
+
+
+class NodeRegistry:
+    """Node records (persisted) plus the links of the nodes that are connected now."""
+
+    def __init__(self, store: Store, bus: EventBus, node_timeout: float) -> None:
+        self.store = store
+        self.bus = bus
+        self.node_timeout = node_timeout
+        self.nodes: dict[str, Node] = {}
+        self.links: dict[str, NodeLink] = {}
+        self._usage_saved: dict[str, float] = {}
+
+    async def load(self) -> None:
+        """Read node records at start: none is connected yet, so all are down until they dial."""
+        for node in await self.store.list_nodes():
+            node.connected = False
+            node.state = NodeState.DOWN
+            self.nodes[node.name] = node
+
+    def snapshot(self) -> list[Node]:
+        return [n.model_copy(deep=True) for n in self.nodes.values()]
+
+    def get(self, name: str) -> Node | None:
+        return self.nodes.get(name)
+
+    def link(self, name: str | None) -> NodeLink:
+        link = self.links.get(name) if name else None
+        if link is None or link.closed:
+            raise NodeGone(f"node {name} is not connected" if name else "the VM has no node")
+        return link
+
+    @staticmethod
+    def _derive_state(node: Node) -> NodeState:
+        if not node.connected:
+            return NodeState.DOWN
+        return NodeState.DRAINING if node.drained else NodeState.UP
+
+    async def attach(self, hello: dict[str, Any], link: NodeLink) -> Node:
+        """A node's LNM said hello: record it up (replacing any older link of that name)."""
+        name = link.name
+        old = self.links.get(name)
+        if old is not None:
+            await old.close("replaced by a new connection")
+        known = self.nodes.get(name)
+        node = Node(
+            name=name,
+            driver=hello.get("driver", "unknown"),
+            capacity=hello.get("capacity") or {},
+            labels=hello.get("labels") or {},
+            capabilities=hello.get("capabilities") or [],
+            drained=known.drained if known else False,
+            connected=True,
+            last_heartbeat=now(),
+            joined_at=known.joined_at if known else now(),
+        )
+        node.state = self._derive_state(node)
+        self.nodes[name] = node
+        self.links[name] = link
+        await self.store.save_node(node)
+        await self.bus.emit(
+            "node_join",
+            node=name,
+            data={
+                "driver": node.driver,
+                "capacity": node.capacity.model_dump(),
+                "labels": node.labels,
+            },
+        )
+        return node
+
+    async def detach(self, link: NodeLink, reason: str) -> bool:
+        """The link ended. Returns True if that made the node go down (not merely replaced)."""
+        await link.close(reason)
+        if self.links.get(link.name) is not link:
+            return False
+        del self.links[link.name]
+        node = self.nodes[link.name]
+        node.connected = False
+        node.state = NodeState.DOWN
+        await self.store.save_node(node)
+        await self.bus.emit("node_lost", node=link.name, data={"reason": reason})
+        return True
+
+    async def heartbeat(self, name: str, usage: dict[str, Any] | None) -> None:
+        node = self.nodes.get(name)
+        if node is None:
+            return
+        node.last_heartbeat = now()
+        if usage is None:
+            return
+        node.usage = Usage.model_validate(usage)
+        if now() - self._usage_saved.get(name, 0.0) >= USAGE_PERSIST_EVERY:
+            self._usage_saved[name] = now()
+            await self.store.save_node(node)
+            await self.bus.emit("usage", node=name, data=node.usage.model_dump())
+
+    async def set_drained(self, name: str, drained: bool) -> Node:
+        node = self.nodes[name]
+        node.drained = drained
+        node.state = self._derive_state(node)
+        await self.store.save_node(node)
+        await self.bus.emit("node_state", node=name, data={"state": node.state.value})
+        return node
+
+    async def watch_heartbeats(self, on_silent: Callable[[NodeLink], Awaitable[None]]) -> None:
+        """Forever: a connected node silent for longer than ``node_timeout`` is cut off."""
+        while True:
+            await asyncio.sleep(min(1.0, self.node_timeout / 3))
+            cutoff = now() - self.node_timeout
+            for name, link in list(self.links.items()):
+                beat = self.nodes[name].last_heartbeat or 0.0
+                if beat < cutoff:
+                    log.warning("node %s missed heartbeats for %.1f s", name, now() - beat)
+                    await on_silent(link)

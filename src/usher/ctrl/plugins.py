@@ -1,0 +1,198 @@
+"""The plugin host: finds plugins by entry point, registers them with pluggy, calls their hooks.
+
+pluggy validates every hook implementation against :mod:`usher.hookspecs`; the host calls the
+implementations itself so that each plugin can be awaited, timed out and blamed on its own:
+
+* decision hooks: plugins in configured order, the first answer wins;
+* request hooks: every plugin in order; :class:`~usher.hookspecs.Veto` refuses the request, any
+  other exception refuses it too (a broken policy plugin must not let requests through);
+* notification hooks: each plugin has its own queue and worker, so a slow or failing plugin
+  delays only itself; each call is timed out and its failure logged and published as a
+  ``plugin_error`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from usher import hookspecs
+from usher.ctrl.context import PluginContext
+from usher.hookspecs import Veto
+from usher.model import Event, OpRequest
+
+log = logging.getLogger("usher.plugins")
+ENTRY_POINT_GROUP = "usher.plugins"
+
+
+class PluginError(Exception):
+    """A plugin failed in a hook whose answer the controller needs."""
+
+    def __init__(self, plugin: str, hook: str, exc: BaseException) -> None:
+        super().__init__(f"plugin {plugin!r} failed in {hook}: {exc or type(exc).__name__}")
+        self.plugin = plugin
+        self.hook = hook
+
+
+class Vetoed(Exception):
+    """A request hook refused the request."""
+
+    def __init__(self, plugin: str, hook: str, reason: str) -> None:
+        super().__init__(f"refused by plugin {plugin!r} ({hook}): {reason}")
+        self.plugin = plugin
+        self.hook = hook
+        self.reason = reason
+
+
+def available_plugins() -> dict[str, Any]:
+    """Installed plugins by name: the entry points of group ``usher.plugins``."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+@dataclass
+class _Notifier:
+    plugin: str
+    impl: pluggy.HookImpl
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+
+class PluginHost:
+    def __init__(self, ctx: PluginContext, timeout: float = 5.0) -> None:
+        self.ctx = ctx
+        self.timeout = timeout
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.order: list[str] = []
+        self._notifiers: list[_Notifier] = []
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def load(self, names: list[str], extra: dict[str, Any] | None = None) -> None:
+        """Register the plugins ``names`` (entry-point names), or objects given in ``extra``.
+
+        An entry point names a module (its hook functions are the plugin) or a class (one
+        instance per controller, so two controllers in one process never share state).
+        """
+        extra = extra or {}
+        found = available_plugins()
+        for name in names:
+            if name in extra:
+                plugin = extra[name]
+            elif name in found:
+                plugin = found[name].load()
+                if inspect.isclass(plugin):  # a class is a plugin per controller
+                    plugin = plugin()
+            else:
+                known = ", ".join(sorted(found)) or "none"
+                raise ValueError(f"plugin {name!r} is enabled but not installed (known: {known})")
+            self.register(name, plugin)
+
+    def register(self, name: str, plugin: Any) -> None:
+        self.pm.register(plugin, name=name)
+        self.order.append(name)
+
+    async def start(self, configs: dict[str, dict[str, Any]]) -> None:
+        for plugin, impl in self._impls("usher_configure"):
+            await self._call(impl, ctx=self.ctx, config=configs.get(plugin, {}))
+        for plugin, impl in self._impls("usher_event"):
+            notifier = _Notifier(plugin, impl)
+            notifier.task = asyncio.create_task(self._deliver(notifier), name=f"notify-{plugin}")
+            self._notifiers.append(notifier)
+        self.ctx.bus.notifier = self.notify
+
+    async def stop(self, drain_timeout: float = 2.0) -> None:
+        self.ctx.bus.notifier = None
+        for n in self._notifiers:
+            try:
+                await asyncio.wait_for(n.queue.join(), drain_timeout)
+            except TimeoutError:
+                log.warning("plugin %s did not take its last events in time", n.plugin)
+            if n.task:
+                n.task.cancel()
+        self._notifiers.clear()
+        for plugin, impl in self._impls("usher_shutdown"):
+            try:
+                await asyncio.wait_for(self._call(impl), self.timeout)
+            except Exception:
+                log.exception("plugin %s failed in usher_shutdown", plugin)
+
+    # --- calling -----------------------------------------------------------------------
+
+    def _impls(self, hook: str) -> list[tuple[str, pluggy.HookImpl]]:
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
+        rank = {name: i for i, name in enumerate(self.order)}
+        return sorted(((i.plugin_name, i) for i in impls), key=lambda p: rank.get(p[0], 1 << 30))
+
+    def has_impl(self, hook: str) -> bool:
+        return bool(self._impls(hook))
+
+    @staticmethod
+    async def _call(impl: pluggy.HookImpl, **kwargs: Any) -> Any:
+        result = impl.function(**{k: kwargs[k] for k in impl.argnames if k in kwargs})
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def decide(self, hook: str, **kwargs: Any) -> Any:
+        """Call a decision hook: the first plugin answering something other than None wins."""
+        for plugin, impl in self._impls(hook):
+            try:
+                answer = await self._call(impl, **kwargs)
+            except Exception as exc:
+                log.exception("plugin %s failed in %s", plugin, hook)
+                raise PluginError(plugin, hook, exc) from exc
+            if answer is not None:
+                return answer
+        return None
+
+    async def run_request_hooks(self, request: OpRequest) -> None:
+        """Run ``request`` and ``<op>_request`` hooks; raise :class:`Vetoed` or PluginError."""
+        for hook in ("request", f"{request.kind.value}_request"):
+            for plugin, impl in self._impls(hook):
+                try:
+                    await self._call(impl, request=request)
+                except Veto as veto:
+                    raise Vetoed(plugin, hook, str(veto) or "no reason given") from veto
+                except Exception as exc:
+                    log.exception("plugin %s failed in %s", plugin, hook)
+                    raise PluginError(plugin, hook, exc) from exc
+
+    async def notify(self, event: Event) -> None:
+        for n in self._notifiers:
+            if event.name == "plugin_error" and event.data.get("plugin") == n.plugin:
+                continue  # never feed a plugin the news of its own failure
+            n.queue.put_nowait(event)
+
+    async def _deliver(self, n: _Notifier) -> None:
+        sync = not inspect.iscoroutinefunction(n.impl.function)
+        while True:
+            event = await n.queue.get()
+            try:
+                if sync:
+                    call = asyncio.to_thread(n.impl.function, event=event)
+                else:
+                    call = self._call(n.impl, event=event)
+                await asyncio.wait_for(call, self.timeout)
+            except Exception as exc:
+                reason = "timed out" if isinstance(exc, TimeoutError) else repr(exc)
+                log.warning("plugin %s failed on event %s: %s", n.plugin, event.name, reason)
+                await self.ctx.bus.publish(
+                    Event(
+                        name="plugin_error",
+                        data={
+                            "plugin": n.plugin,
+                            "hook": "usher_event",
+                            "error": reason,
+                            "event": event.name,
+                        },
+                    )
+                )
+            finally:
+                n.queue.task_done()

@@ -1,0 +1,367 @@
+"""The controller's state store: everything it must not forget, through SQLAlchemy.
+
+SQLite (one file in the state dir) by default, PostgreSQL when the config gives a
+``postgresql://`` URL. All methods take and return the pydantic models of :mod:`usher.model`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, event, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from usher.ctrl.tables import Base, EventRow, NodeRow, OperationRow, PluginDataRow, TokenRow, VMRow
+from usher.model import VM, Event, Node, Operation, OpStatus, Page, VMState
+
+MAX_PAGE = 1000
+
+
+def async_url(url: str) -> str:
+    """Map a plain database URL to the async driver Usher uses for it."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+def _row_values(model: Any, row_cls: type[Base]) -> dict[str, Any]:
+    columns = row_cls.__table__.columns.keys()
+    data = model.model_dump(mode="json")
+    return {k: v for k, v in data.items() if k in columns and k != "seq"}
+
+
+def _page(items: list[Any], rows: Sequence[Any], limit: int, total: int) -> Page[Any]:
+    more = len(rows) > limit
+    return Page(items=items[:limit], total=total, next=str(rows[limit - 1].seq) if more else None)
+
+
+def _cursor(cursor: str | None) -> int | None:
+    if cursor is None or cursor == "":
+        return None
+    try:
+        return int(cursor)
+    except ValueError:
+        raise ValueError(f"invalid cursor {cursor!r}: pass back the 'next' of a page") from None
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = async_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine = create_async_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time; queueing writers here beats retrying on "locked".
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    async def open(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock, self.sessions() as session, session.begin():
+            yield session
+
+    def _insert(self, row_cls: type[Base]) -> Any:
+        return (sqlite_insert if self.is_sqlite else pg_insert)(row_cls)
+
+    # --- VMs ---------------------------------------------------------------------------
+
+    async def add_vms(self, vms: Iterable[VM]) -> None:
+        rows = [_row_values(vm, VMRow) for vm in vms]
+        if rows:
+            async with self._write() as s:
+                await s.execute(self._insert(VMRow), rows)
+
+    async def update_vms(self, vms: Iterable[VM]) -> None:
+        async with self._write() as s:
+            for vm in vms:
+                await s.execute(
+                    update(VMRow).where(VMRow.id == vm.id).values(**_row_values(vm, VMRow))
+                )
+
+    async def update_vm(self, vm: VM) -> None:
+        await self.update_vms([vm])
+
+    async def delete_vm(self, vm_id: str) -> None:
+        async with self._write() as s:
+            await s.execute(delete(VMRow).where(VMRow.id == vm_id))
+
+    async def get_vm(self, ref: str) -> VM | None:
+        """A VM by id or by name."""
+        async with self.sessions() as s:
+            row = (await s.execute(select(VMRow).where(VMRow.id == ref))).scalar_one_or_none()
+            if row is None:
+                stmt = select(VMRow).where(VMRow.name == ref)
+                row = (await s.execute(stmt)).scalar_one_or_none()
+        return _vm(row) if row else None
+
+    async def get_vms(self, ids: Iterable[str]) -> dict[str, VM]:
+        ids = list(ids)
+        found: dict[str, VM] = {}
+        async with self.sessions() as s:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = (await s.execute(select(VMRow).where(VMRow.id.in_(chunk)))).scalars()
+                found.update((r.id, _vm(r)) for r in rows)
+        return found
+
+    async def resolve_vms(self, refs: Iterable[str]) -> tuple[list[VM], list[str]]:
+        """VMs by id or name, in the order given; also the references that match nothing."""
+        refs = list(dict.fromkeys(refs))
+        by_ref: dict[str, VM] = {}
+        async with self.sessions() as s:
+            for start in range(0, len(refs), 500):
+                chunk = refs[start : start + 500]
+                stmt = select(VMRow).where(VMRow.id.in_(chunk) | VMRow.name.in_(chunk))
+                for row in (await s.execute(stmt)).scalars():
+                    vm = _vm(row)
+                    by_ref[vm.id] = by_ref[vm.name] = vm
+        missing = [r for r in refs if r not in by_ref]
+        vms = list({by_ref[r].id: by_ref[r] for r in refs if r in by_ref}.values())
+        return vms, missing
+
+    async def list_vms(
+        self,
+        *,
+        cluster: str | None = None,
+        owner: str | None = None,
+        node: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[VM]:
+        filters = []
+        if cluster is not None:
+            filters.append(VMRow.cluster == cluster)
+        if owner is not None:
+            filters.append(VMRow.owner == owner)
+        if node is not None:
+            filters.append(VMRow.node == node)
+        if state is not None:
+            filters.append(VMRow.state == state)
+        after = _cursor(cursor)
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self.sessions() as s:
+            total = (
+                await s.execute(select(func.count()).select_from(VMRow).where(*filters))
+            ).scalar()
+            stmt = select(VMRow).where(*filters)
+            if after is not None:
+                stmt = stmt.where(VMRow.seq > after)
+            rows = (await s.execute(stmt.order_by(VMRow.seq).limit(limit + 1))).scalars().all()
+        return _page([_vm(r) for r in rows], rows, limit, total or 0)
+
+    async def names_with_prefix(self, prefix: str) -> set[str]:
+        async with self.sessions() as s:
+            stmt = select(VMRow.name).where(VMRow.name.startswith(prefix, autoescape=True))
+            return set((await s.execute(stmt)).scalars())
+
+    async def names_taken(self, names: Iterable[str]) -> list[str]:
+        names = list(names)
+        taken: list[str] = []
+        async with self.sessions() as s:
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                stmt = select(VMRow.name).where(VMRow.name.in_(chunk))
+                taken.extend((await s.execute(stmt)).scalars())
+        return taken
+
+    async def vms_where(self, *, node: str | None = None, cluster: str | None = None) -> list[VM]:
+        stmt = select(VMRow).order_by(VMRow.seq)
+        if node is not None:
+            stmt = stmt.where(VMRow.node == node)
+        if cluster is not None:
+            stmt = stmt.where(VMRow.cluster == cluster)
+        async with self.sessions() as s:
+            return [_vm(r) for r in (await s.execute(stmt)).scalars()]
+
+    async def reserved_by_node(self) -> dict[str, dict[str, int]]:
+        """Per node, what its VM records hold: every VM that is not stopped counts."""
+        stmt = (
+            select(
+                VMRow.node,
+                func.count(),
+                func.sum(VMRow.spec["vcpus"].as_integer()),
+                func.sum(VMRow.spec["memory_mb"].as_integer()),
+            )
+            .where(VMRow.node.is_not(None), VMRow.state != VMState.STOPPED.value)
+            .group_by(VMRow.node)
+        )
+        async with self.sessions() as s:
+            rows = (await s.execute(stmt)).all()
+        return {
+            node: {"vms": int(n), "vcpus": int(v or 0), "memory_mb": int(m or 0)}
+            for node, n, v, m in rows
+        }
+
+    # --- nodes -------------------------------------------------------------------------
+
+    async def save_node(self, node: Node) -> None:
+        values = _row_values(node, NodeRow)
+        stmt = self._insert(NodeRow).values(**values)
+        stmt = stmt.on_conflict_do_update(index_elements=["name"], set_=values)
+        async with self._write() as s:
+            await s.execute(stmt)
+
+    async def get_node(self, name: str) -> Node | None:
+        async with self.sessions() as s:
+            row = await s.get(NodeRow, name)
+        return Node.model_validate(row, from_attributes=True) if row else None
+
+    async def list_nodes(self) -> list[Node]:
+        async with self.sessions() as s:
+            rows = (await s.execute(select(NodeRow).order_by(NodeRow.name))).scalars()
+            return [Node.model_validate(r, from_attributes=True) for r in rows]
+
+    # --- operations --------------------------------------------------------------------
+
+    async def add_op(self, op: Operation) -> None:
+        async with self._write() as s:
+            await s.execute(self._insert(OperationRow), [_row_values(op, OperationRow)])
+
+    async def update_op(self, op: Operation) -> None:
+        async with self._write() as s:
+            values = _row_values(op, OperationRow)
+            await s.execute(update(OperationRow).where(OperationRow.id == op.id).values(**values))
+
+    async def get_op(self, op_id: str) -> Operation | None:
+        async with self.sessions() as s:
+            stmt = select(OperationRow).where(OperationRow.id == op_id)
+            row = (await s.execute(stmt)).scalar_one_or_none()
+        return Operation.model_validate(row, from_attributes=True) if row else None
+
+    async def list_ops(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[Operation]:
+        filters = []
+        if status is not None:
+            filters.append(OperationRow.status == status)
+        if kind is not None:
+            filters.append(OperationRow.kind == kind)
+        before = _cursor(cursor)
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self.sessions() as s:
+            count = select(func.count()).select_from(OperationRow).where(*filters)
+            total = (await s.execute(count)).scalar()
+            stmt = select(OperationRow).where(*filters)
+            if before is not None:
+                stmt = stmt.where(OperationRow.seq < before)
+            stmt = stmt.order_by(OperationRow.seq.desc()).limit(limit + 1)
+            rows = (await s.execute(stmt)).scalars().all()
+        items = [Operation.model_validate(r, from_attributes=True) for r in rows]
+        return _page(items, rows, limit, total or 0)
+
+    async def unfinished_ops(self) -> list[Operation]:
+        unfinished = [OpStatus.QUEUED.value, OpStatus.RUNNING.value]
+        async with self.sessions() as s:
+            stmt = select(OperationRow).where(OperationRow.status.in_(unfinished))
+            rows = (await s.execute(stmt)).scalars()
+            return [Operation.model_validate(r, from_attributes=True) for r in rows]
+
+    # --- events ------------------------------------------------------------------------
+
+    async def add_events(self, events: Iterable[Event]) -> None:
+        rows = [_row_values(e, EventRow) for e in events]
+        if rows:
+            async with self._write() as s:
+                await s.execute(self._insert(EventRow), rows)
+
+    async def list_events(
+        self,
+        *,
+        name: str | None = None,
+        vm: str | None = None,
+        node: str | None = None,
+        operation: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[Event]:
+        filters = []
+        for column, value in (
+            (EventRow.name, name),
+            (EventRow.vm_id, vm),
+            (EventRow.node, node),
+            (EventRow.operation_id, operation),
+        ):
+            if value is not None:
+                filters.append(column == value)
+        if since is not None:
+            filters.append(EventRow.time >= since)
+        after = _cursor(cursor)
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self.sessions() as s:
+            count = select(func.count()).select_from(EventRow).where(*filters)
+            total = (await s.execute(count)).scalar()
+            stmt = select(EventRow).where(*filters)
+            if after is not None:
+                stmt = stmt.where(EventRow.seq > after)
+            rows = (await s.execute(stmt.order_by(EventRow.seq).limit(limit + 1))).scalars().all()
+        items = [Event.model_validate(r, from_attributes=True) for r in rows]
+        return _page(items, rows, limit, total or 0)
+
+    # --- tokens ------------------------------------------------------------------------
+
+    async def add_token(self, row: TokenRow) -> None:
+        async with self._write() as s:
+            s.add(row)
+
+    async def find_token(self, digest: str) -> TokenRow | None:
+        async with self.sessions() as s:
+            stmt = select(TokenRow).where(TokenRow.digest == digest)
+            return (await s.execute(stmt)).scalar_one_or_none()
+
+    async def tokens_with_role(self, role: str) -> list[TokenRow]:
+        async with self.sessions() as s:
+            rows = (await s.execute(select(TokenRow))).scalars()
+            return [r for r in rows if role in r.roles]
+
+    # --- plugin data -------------------------------------------------------------------
+
+    async def plugin_get(self, plugin: str, key: str, default: Any = None) -> Any:
+        async with self.sessions() as s:
+            row = await s.get(PluginDataRow, (plugin, key))
+        return row.value if row else default
+
+    async def plugin_set(self, plugin: str, key: str, value: Any) -> None:
+        stmt = self._insert(PluginDataRow).values(plugin=plugin, key=key, value=value)
+        stmt = stmt.on_conflict_do_update(index_elements=["plugin", "key"], set_={"value": value})
+        async with self._write() as s:
+            await s.execute(stmt)
+
+
+def _vm(row: VMRow) -> VM:
+    return VM.model_validate(row, from_attributes=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

@@ -1,0 +1,154 @@
+"""Every hook a plugin can implement, documented where it is declared.
+
+A plugin is a module (or object) with functions marked ``@usher.hookimpl`` whose names are
+those below. Plugins are found through the entry-point group ``usher.plugins`` and enabled in
+the controller's TOML config, one table per plugin::
+
+    [plugins.scheduler]
+    weigher = "spread"
+
+Three kinds of hook:
+
+* **decision** hooks answer a question (``authenticate``, ``authorize``, ``schedule``); the first
+  plugin that answers (returns something other than ``None``) decides.
+* **request** hooks (``request`` and ``<op>_request``) run before an operation; they may change
+  the :class:`~usher.model.OpRequest` in place or veto it by raising :class:`Veto`, whose
+  message reaches the user.
+* **notification** hooks (``usher_event``) run after the fact. Each plugin's call is timed out
+  and its failures are logged; neither ever breaks an operation or other plugins. A
+  notification hook may be a coroutine function.
+
+Event names are Usher's: ``ctrl_start``, ``request``, ``<op>_request``, ``<op>``,
+``<op>_failure``, ``register``, ``unregister``, ``state_change``, ``node_join``, ``node_lost``,
+``node_state``, ``usage``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from usher.ctrl.context import PluginContext
+    from usher.model import Event, Node, OpRequest, Placement, Principal, VMSpec
+
+PROJECT = "usher"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Veto(Exception):
+    """Raised by a request hook to refuse an operation; the message is shown to the user."""
+
+
+# --- set-up -------------------------------------------------------------------------------
+
+
+@hookspec
+def usher_configure(ctx: PluginContext, config: dict[str, Any]) -> None:
+    """Called once when the controller starts, before any request.
+
+    ``config`` is the plugin's own table from the controller config (empty if none).
+    ``ctx`` gives access to the store, the event bus and settings; keep it for later hooks.
+    May be a coroutine function.
+    """
+
+
+@hookspec
+def usher_shutdown() -> None:
+    """Called once when the controller stops. May be a coroutine function."""
+
+
+# --- decision hooks -----------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def authenticate(token: str) -> Principal | None:
+    """Return the :class:`Principal` a bearer token belongs to, or ``None`` if unknown.
+
+    Plugins are tried in order; the first that returns a principal wins. If none does, the
+    request is refused with 401. May be a coroutine function.
+    """
+
+
+@hookspec(firstresult=True)
+def authorize(principal: Principal, action: str, target: dict[str, Any]) -> bool | None:
+    """May ``principal`` do ``action`` (e.g. ``vm.stop``, ``node.drain``) on ``target``?
+
+    Return ``True`` to allow, ``False`` to refuse (403), ``None`` to leave it to the next
+    plugin. If no plugin answers, the request is allowed for any authenticated principal.
+    """
+
+
+@hookspec(firstresult=True)
+def schedule(
+    nodes: list[Node], specs: list[VMSpec], request: OpRequest, reserved: dict[str, Any]
+) -> Placement | None:
+    """Place new or migrating VMs: a pure function of the cluster snapshot and the request.
+
+    ``nodes`` is the snapshot (capacity, labels, state, usage); ``specs`` one spec per VM to
+    place; ``reserved`` maps node name to ``{"vcpus": n, "memory_mb": m, "vms": k}`` already
+    committed there by the controller's records. Return a :class:`Placement` naming one node per
+    spec, or one whose ``error`` says why nothing fits (every VM fits or none is placed).
+    """
+
+
+# --- request hooks ------------------------------------------------------------------------
+
+
+@hookspec
+def request(request: OpRequest) -> None:
+    """Any operation was asked for. Change ``request`` in place, or raise :class:`Veto`."""
+
+
+@hookspec
+def start_request(request: OpRequest) -> None:
+    """VMs are to be started (created, or booted from stopped). May modify or veto."""
+
+
+@hookspec
+def stop_request(request: OpRequest) -> None:
+    """VMs are to be powered off. May modify or veto."""
+
+
+@hookspec
+def destroy_request(request: OpRequest) -> None:
+    """VMs are to be destroyed (powered off, disks and records removed). May modify or veto."""
+
+
+@hookspec
+def pause_request(request: OpRequest) -> None:
+    """VMs are to be paused. May modify or veto."""
+
+
+@hookspec
+def resume_request(request: OpRequest) -> None:
+    """Paused VMs are to be resumed. May modify or veto."""
+
+
+@hookspec
+def reboot_request(request: OpRequest) -> None:
+    """VMs are to be rebooted. May modify or veto."""
+
+
+@hookspec
+def cycle_request(request: OpRequest) -> None:
+    """VMs are to be power-cycled (hard off, then booted). May modify or veto."""
+
+
+@hookspec
+def migrate_request(request: OpRequest) -> None:
+    """VMs are to be live-migrated (``target_node`` may be set). May modify or veto."""
+
+
+# --- notification hooks -------------------------------------------------------------------
+
+
+@hookspec
+def usher_event(event: Event) -> None:
+    """Something happened. Every event passes here, after it is final.
+
+    Filter on ``event.name``. Runs with a timeout; exceptions are logged, never propagated.
+    May be a coroutine function.
+    """
