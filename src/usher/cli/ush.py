@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import click
 from click.core import ParameterSource
 
-from usher.cli.ush_render import Renderer, error_lines
+from usher.cli.ush_render import Renderer
 from usher.cli.ush_session import Session
 from usher.cli.ush_shell import Shell
 from usher.client import Client, UsherError
@@ -30,16 +30,10 @@ OUTPUT_KEY = "ush.output"
 
 
 class Failure(click.ClickException):
-    """An API error, shown as ``error: <message>`` plus any field errors."""
-
-    def __init__(self, error: UsherError) -> None:
-        super().__init__(error.message)
-        self.lines = error_lines(error.detail)
+    """An API error, shown as ``error: <message>``."""
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.message}", err=True)
-        for line in self.lines:
-            click.echo(f"  {line}", err=True)
 
 
 def _store_output(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -69,7 +63,7 @@ class UshGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UsherError as exc:
-            raise Failure(exc) from None
+            raise Failure(exc.message) from None
 
 
 @dataclass

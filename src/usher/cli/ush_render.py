@@ -55,20 +55,6 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-def error_lines(detail: Any) -> list[str]:
-    """The field errors of a ``422`` answer (or of local validation), one line each."""
-    if not isinstance(detail, list):
-        return []
-    lines = []
-    for item in detail:
-        if isinstance(item, dict) and "msg" in item:
-            where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
-            lines.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
-        else:
-            lines.append(fmt_value(item))
-    return lines
-
-
 def _table(*columns: str) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in columns:

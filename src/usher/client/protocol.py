@@ -126,9 +126,12 @@ def transport_error(exc: httpx.TransportError, url: str) -> UsherConnectionError
 
 
 def invalid_request(exc: ValidationError) -> UsherError:
-    """A request the client already knows the server would refuse, reported like a ``422``."""
+    """A request the client already knows the server would refuse, worded as its ``422``."""
     detail = exc.errors(include_url=False, include_context=False, include_input=False)
-    return UsherError(422, "invalid request", detail)
+    fields = "; ".join(
+        f"{'.'.join(str(part) for part in err['loc']) or 'body'}: {err['msg']}" for err in detail
+    )
+    return UsherError(422, f"invalid request: {fields}", detail)
 
 
 # --- calls -------------------------------------------------------------------------------
