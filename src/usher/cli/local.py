@@ -12,8 +12,7 @@ from pathlib import Path
 import click
 import httpx
 
-from usher.ctrl.config import DEFAULT_PORT
-from usher.ctrl.controller import ADMIN_TOKEN_FILE, NODE_TOKEN_FILE
+from usher.ctrl.config import ADMIN_TOKEN_FILE, DEFAULT_PORT, NODE_TOKEN_FILE
 
 DEFAULT_STATE = Path.home() / ".usher" / "local"
 PIDFILE = "local.pid"

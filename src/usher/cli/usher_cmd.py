@@ -11,8 +11,7 @@ from pathlib import Path
 import click
 
 from usher.cli.local import local
-from usher.ctrl.config import DEFAULT_PORT, load_settings
-from usher.ctrl.controller import NODE_TOKEN_FILE
+from usher.ctrl.config import DEFAULT_PORT, NODE_TOKEN_FILE, load_settings
 
 
 def _logging(verbose: bool) -> None:

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_PORT = 8760
 DEFAULT_PLUGINS = ["tokens", "scheduler", "eventlog"]
+ADMIN_TOKEN_FILE = "admin.token"  # in the state dir: the first admin token, mode 0600
+NODE_TOKEN_FILE = "node.token"  # in the state dir: the credential LNMs join with
 
 
 class PluginSettings(BaseModel):

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from usher.ctrl.config import Settings
+from usher.ctrl.config import ADMIN_TOKEN_FILE, NODE_TOKEN_FILE, Settings
 from usher.ctrl.context import PluginContext
 from usher.ctrl.engine import Engine
 from usher.ctrl.events import EventBus
@@ -19,8 +19,6 @@ from usher.ctrl.store import Store
 from usher.ctrl.tokens import digest, issue_token
 
 log = logging.getLogger("usher.ctrl")
-ADMIN_TOKEN_FILE = "admin.token"
-NODE_TOKEN_FILE = "node.token"
 
 
 def write_secret(path: Path, secret: str) -> None:

@@ -304,7 +304,7 @@ class Engine:
             wanted = ", ".join(sorted(s.value for s in allowed))
             raise RequestError(
                 409,
-                f"cannot {kind.value} {'; '.join(bad[:10])}"
+                f"cannot {kind.value}: {'; '.join(bad[:10])}"
                 + (f" (and {len(bad) - 10} more)" if len(bad) > 10 else "")
                 + f" — {kind.value} needs a VM that is {wanted}; nothing was changed",
             )
@@ -372,45 +372,18 @@ class Engine:
 
     async def _run(self, op: Operation, vm_ids: list[str], step: Step) -> None:
         progress = op.result["progress"]
+        last_step_end = 0.0
 
         async def one(vm_id: str) -> None:
+            nonlocal last_step_end
             async with self.parallel, self.locks.hold(vm_id):
                 if op.status == OpStatus.QUEUED:
                     op.status = OpStatus.RUNNING
                     op.started_at = now()
-                vm = await self.store.get_vm(vm_id)
                 try:
-                    if vm is None:
-                        raise StepFailed(f"VM {vm_id} no longer exists")
-                    details = await step(op, vm)
-                except StepFailed as exc:
-                    progress["failed"] += 1
-                    op.result["errors"][vm_id] = str(exc)
-                    await self.bus.emit(
-                        f"{op.kind.value}_failure",
-                        vm_id=vm_id,
-                        node=vm.node if vm else None,
-                        operation_id=op.id,
-                        principal=op.principal,
-                        data={"error": str(exc)},
-                    )
-                    return
-                except Exception as exc:  # a bug must fail the VM's step, not hang the op
-                    log.exception("operation %s failed on %s", op.id, vm_id)
-                    progress["failed"] += 1
-                    op.result["errors"][vm_id] = f"internal error: {exc!r}"
-                    return
-                progress["done"] += 1
-                if details:
-                    op.result.setdefault("details", {})[vm_id] = details
-                await self.bus.emit(
-                    op.kind.value,
-                    vm_id=vm_id,
-                    node=vm.node,
-                    operation_id=op.id,
-                    principal=op.principal,
-                    data=details or {},
-                )
+                    await self._run_step(op, vm_id, step, progress)
+                finally:
+                    last_step_end = max(last_step_end, now())
 
         try:
             await asyncio.gather(*(one(v) for v in vm_ids))
@@ -420,11 +393,47 @@ class Engine:
             if failed:
                 first = next(iter(op.result["errors"].values()))
                 op.error = f"{failed} of {progress['total']} VMs failed; first: {first}"
-            op.finished_at = now()
+            op.finished_at = last_step_end or now()
             op.started_at = op.started_at or op.finished_at
             await self.store.update_op(op)
             self._done.pop(op.id).set()
             self.live.pop(op.id, None)
+
+    async def _run_step(
+        self, op: Operation, vm_id: str, step: Step, progress: dict[str, int]
+    ) -> None:
+        """One VM's part of an operation (under its lock), recorded in the operation."""
+        vm = await self.store.get_vm(vm_id)
+        try:
+            if vm is None:
+                raise StepFailed(f"VM {vm_id} no longer exists")
+            details = await step(op, vm)
+        except Exception as exc:
+            if not isinstance(exc, StepFailed):  # a bug must fail the step, not hang the op
+                log.exception("operation %s failed on %s", op.id, vm_id)
+            error = str(exc) if isinstance(exc, StepFailed) else f"internal error: {exc!r}"
+            progress["failed"] += 1
+            op.result["errors"][vm_id] = error
+            await self.bus.emit(
+                f"{op.kind.value}_failure",
+                vm_id=vm_id,
+                node=vm.node if vm else None,
+                operation_id=op.id,
+                principal=op.principal,
+                data={"error": error},
+            )
+            return
+        progress["done"] += 1
+        if details:
+            op.result.setdefault("details", {})[vm_id] = details
+        await self.bus.emit(
+            op.kind.value,
+            vm_id=vm_id,
+            node=vm.node,
+            operation_id=op.id,
+            principal=op.principal,
+            data=details or {},
+        )
 
     async def _set_state(
         self,

@@ -14,6 +14,7 @@ implementations itself so that each plugin can be awaited, timed out and blamed 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -55,6 +56,18 @@ def available_plugins() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _import(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    try:
+        return (
+            getattr(importlib.import_module(module_name), attr)
+            if attr
+            else importlib.import_module(module_name)
+        )
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load plugin {path!r}: {exc}") from exc
+
+
 @dataclass
 class _Notifier:
     plugin: str
@@ -77,8 +90,9 @@ class PluginHost:
     def load(self, names: list[str], extra: dict[str, Any] | None = None) -> None:
         """Register the plugins ``names`` (entry-point names), or objects given in ``extra``.
 
-        An entry point names a module (its hook functions are the plugin) or a class (one
-        instance per controller, so two controllers in one process never share state).
+        A name is an entry point, or ``module:attribute`` for a plugin that is not packaged.
+        Either names a module (its hook functions are the plugin) or a class (one instance per
+        controller, so two controllers in one process never share state).
         """
         extra = extra or {}
         found = available_plugins()
@@ -87,11 +101,13 @@ class PluginHost:
                 plugin = extra[name]
             elif name in found:
                 plugin = found[name].load()
-                if inspect.isclass(plugin):  # a class is a plugin per controller
-                    plugin = plugin()
+            elif ":" in name:
+                plugin = _import(name)
             else:
                 known = ", ".join(sorted(found)) or "none"
                 raise ValueError(f"plugin {name!r} is enabled but not installed (known: {known})")
+            if inspect.isclass(plugin):  # a class is a plugin per controller
+                plugin = plugin()
             self.register(name, plugin)
 
     def register(self, name: str, plugin: Any) -> None:

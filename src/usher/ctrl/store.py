@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import String, cast, delete, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
@@ -255,10 +255,13 @@ class Store:
         *,
         status: str | None = None,
         kind: str | None = None,
+        vm: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[Operation]:
         filters = []
+        if vm is not None:
+            filters.append(cast(OperationRow.targets, String).contains(f'"{vm}"', autoescape=True))
         if status is not None:
             filters.append(OperationRow.status == status)
         if kind is not None:

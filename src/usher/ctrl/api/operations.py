@@ -18,14 +18,16 @@ async def list_operations(
     principal: PrincipalDep,
     status: OpStatus | None = None,
     kind: OpKind | None = None,
+    vm: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> Page[Operation]:
-    """Operations, newest first."""
+    """Operations, newest first; ``vm`` keeps those that targeted that VM id."""
     await allow(ctrl, principal, "operation.list")
     page = await ctrl.store.list_ops(
         status=status.value if status else None,
         kind=kind.value if kind else None,
+        vm=vm,
         limit=limit,
         cursor=cursor,
     )

@@ -1,0 +1,195 @@
+"""A real Usher cluster for tests: a controller process and LNM processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from usher.client import Client
+from usher.model import VM, Node, Operation
+
+TESTS_DIR = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, every: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy; fail the test with ``what`` if not."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
+    return env
+
+
+class Cluster:
+    """Controller + LNMs as separate processes, with the state of each under ``root``."""
+
+    def __init__(self, root: Path, db_url: str | None, plugins: list[str] | None = None,
+                 plugin_tables: dict[str, dict[str, Any]] | None = None,
+                 settings: dict[str, Any] | None = None) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state = root / "ctrl"
+        self.config = root / "ctrl.toml"
+        self._write_config(db_url, plugins, plugin_tables or {}, settings or {})
+        self.ctrl: subprocess.Popen[bytes] | None = None
+        self.lnms: dict[str, subprocess.Popen[bytes]] = {}
+        self.token = ""
+        self._clients: list[Client] = []
+
+    def _write_config(self, db_url: str | None, plugins: list[str] | None,
+                      tables: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
+        lines = [f'state_dir = "{self.state}"', "node_timeout = 3.0", "notify_timeout = 1.0"]
+        if db_url:
+            lines.append(f'database_url = "{db_url}"')
+        lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        lines.append("[plugins]")
+        enabled = ["tokens", "scheduler", "eventlog", *(plugins or [])]
+        lines.append(f"enabled = {json.dumps(enabled)}")
+        for name, table in tables.items():
+            lines.append(f"[plugins.{json.dumps(name)}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+
+    # --- processes ---------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen([sys.executable, "-m", "usher.cli.usher_cmd", *args],
+                                stdout=log, stderr=log, env=_env())
+
+    def start_ctrl(self) -> None:
+        self.ctrl = self._spawn("ctrl", ["ctrl", "--config", str(self.config),
+                                         "--listen", f"127.0.0.1:{self.port}"])
+        token_file = self.state / "admin.token"
+
+        def ready() -> bool:
+            if self.ctrl is not None and self.ctrl.poll() is not None:
+                raise AssertionError(f"controller exited: {self.log('ctrl')[-3000:]}")
+            if not token_file.exists():
+                return False
+            self.token = token_file.read_text().strip()
+            try:
+                r = httpx.get(f"{self.url}/v1/whoami", timeout=2,
+                              headers={"Authorization": f"Bearer {self.token}"})
+            except httpx.HTTPError:
+                return False
+            return r.status_code == 200
+
+        wait_for("the controller to answer", ready, timeout=30)
+
+    def kill_ctrl(self) -> None:
+        assert self.ctrl is not None
+        self.ctrl.send_signal(signal.SIGKILL)
+        self.ctrl.wait(10)
+
+    def start_lnm(self, name: str, *, vcpus: int = 8, memory_mb: int = 8192,
+                  labels: str | None = None, driver_options: dict[str, Any] | None = None,
+                  wait: bool = True) -> None:
+        args = ["lnm", "--ctrl", self.url, "--name", name, "--driver", "fake",
+                "--state-dir", str(self.root / "nodes" / name),
+                "--token-file", str(self.state / "node.token"),
+                "--vcpus", str(vcpus), "--memory-mb", str(memory_mb)]
+        if labels:
+            args += ["--labels", labels]
+        for key, value in (driver_options or {}).items():
+            args += ["--driver-option", f"{key}={json.dumps(value)}"]
+        self.lnms[name] = self._spawn(name, args)
+        if wait:
+            self.wait_node(name, connected=True)
+
+    def kill_lnm(self, name: str) -> None:
+        proc = self.lnms.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        for proc in [*self.lnms.values(), self.ctrl]:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.lnms.values(), self.ctrl]:
+            if proc is None:
+                continue
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # --- talking to it -----------------------------------------------------------------
+
+    def client(self, token: str | None = None) -> Client:
+        client = Client(self.url, token or self.token, timeout=60)
+        self._clients.append(client)
+        return client
+
+    def http(self, method: str, path: str, *, token: str | None = "admin",
+             **kwargs: Any) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {self.token if token == 'admin' else token}"
+        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def ush(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        env = _env()
+        env.update(USHER_URL=self.url, USHER_TOKEN=self.token, USHER_HOME=str(self.root / "home"),
+                   COLUMNS="200")
+        return subprocess.run([sys.executable, "-m", "usher.cli.ush", *args], env=env,
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def node(self, name: str) -> Node:
+        return self.client().node(name)
+
+    def wait_node(self, name: str, *, connected: bool, timeout: float = 20) -> Node:
+        client = self.client()
+
+        def check() -> Node | None:
+            try:
+                node = client.node(name)
+            except Exception:
+                return None
+            return node if node.connected == connected else None
+
+        return wait_for(f"node {name} connected={connected}", check, timeout)
+
+    def vms(self, **filters: Any) -> list[VM]:
+        return list(self.client().iter_vms(**filters))
+
+    def run(self, op: Operation, timeout: float = 60) -> Operation:
+        """Wait for ``op`` and return it finished."""
+        done = self.client().wait(op, timeout=timeout)
+        assert done.done, f"operation {op.id} still {done.status} after {timeout} s"
+        return done
