@@ -31,8 +31,10 @@ def db_url(request: pytest.FixtureRequest) -> str | None:
         return None
     url = os.environ.get(PG_ENV)
     if not url:
-        pytest.fail(f"{PG_ENV} is not set: run the suite through ./test.sh, which starts "
-                    "PostgreSQL and sets it")
+        pytest.fail(
+            f"{PG_ENV} is not set: run the suite through ./test.sh, which starts "
+            "PostgreSQL and sets it"
+        )
     _reset_postgres(url)
     return url
 

@@ -27,7 +27,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, every: float = 0.05) -> Any:
+def wait_for(
+    what: str, check: Callable[[], Any], timeout: float = 20.0, every: float = 0.05
+) -> Any:
     """Poll ``check`` until it returns something truthy; fail the test with ``what`` if not."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -48,9 +50,14 @@ def _env() -> dict[str, str]:
 class Cluster:
     """Controller + LNMs as separate processes, with the state of each under ``root``."""
 
-    def __init__(self, root: Path, db_url: str | None, plugins: list[str] | None = None,
-                 plugin_tables: dict[str, dict[str, Any]] | None = None,
-                 settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        db_url: str | None,
+        plugins: list[str] | None = None,
+        plugin_tables: dict[str, dict[str, Any]] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -63,8 +70,13 @@ class Cluster:
         self.token = ""
         self._clients: list[Client] = []
 
-    def _write_config(self, db_url: str | None, plugins: list[str] | None,
-                      tables: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
+    def _write_config(
+        self,
+        db_url: str | None,
+        plugins: list[str] | None,
+        tables: dict[str, dict[str, Any]],
+        settings: dict[str, Any],
+    ) -> None:
         lines = [f'state_dir = "{self.state}"', "node_timeout = 3.0", "notify_timeout = 1.0"]
         if db_url:
             lines.append(f'database_url = "{db_url}"')
@@ -81,12 +93,14 @@ class Cluster:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        return subprocess.Popen([sys.executable, "-m", "usher.cli.usher_cmd", *args],
-                                stdout=log, stderr=log, env=_env())
+        return subprocess.Popen(
+            [sys.executable, "-m", "usher.cli.usher_cmd", *args], stdout=log, stderr=log, env=_env()
+        )
 
     def start_ctrl(self) -> None:
-        self.ctrl = self._spawn("ctrl", ["ctrl", "--config", str(self.config),
-                                         "--listen", f"127.0.0.1:{self.port}"])
+        self.ctrl = self._spawn(
+            "ctrl", ["ctrl", "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}"]
+        )
         token_file = self.state / "admin.token"
 
         def ready() -> bool:
@@ -96,8 +110,11 @@ class Cluster:
                 return False
             self.token = token_file.read_text().strip()
             try:
-                r = httpx.get(f"{self.url}/v1/whoami", timeout=2,
-                              headers={"Authorization": f"Bearer {self.token}"})
+                r = httpx.get(
+                    f"{self.url}/v1/whoami",
+                    timeout=2,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
             except httpx.HTTPError:
                 return False
             return r.status_code == 200
@@ -109,13 +126,33 @@ class Cluster:
         self.ctrl.send_signal(signal.SIGKILL)
         self.ctrl.wait(10)
 
-    def start_lnm(self, name: str, *, vcpus: int = 8, memory_mb: int = 8192,
-                  labels: str | None = None, driver_options: dict[str, Any] | None = None,
-                  wait: bool = True) -> None:
-        args = ["lnm", "--ctrl", self.url, "--name", name, "--driver", "fake",
-                "--state-dir", str(self.root / "nodes" / name),
-                "--token-file", str(self.state / "node.token"),
-                "--vcpus", str(vcpus), "--memory-mb", str(memory_mb)]
+    def start_lnm(
+        self,
+        name: str,
+        *,
+        vcpus: int = 8,
+        memory_mb: int = 8192,
+        labels: str | None = None,
+        driver_options: dict[str, Any] | None = None,
+        wait: bool = True,
+    ) -> None:
+        args = [
+            "lnm",
+            "--ctrl",
+            self.url,
+            "--name",
+            name,
+            "--driver",
+            "fake",
+            "--state-dir",
+            str(self.root / "nodes" / name),
+            "--token-file",
+            str(self.state / "node.token"),
+            "--vcpus",
+            str(vcpus),
+            "--memory-mb",
+            str(memory_mb),
+        ]
         if labels:
             args += ["--labels", labels]
         for key, value in (driver_options or {}).items():
@@ -155,8 +192,9 @@ class Cluster:
         self._clients.append(client)
         return client
 
-    def http(self, method: str, path: str, *, token: str | None = "admin",
-             **kwargs: Any) -> httpx.Response:
+    def http(
+        self, method: str, path: str, *, token: str | None = "admin", **kwargs: Any
+    ) -> httpx.Response:
         headers = dict(kwargs.pop("headers", {}))
         if token is not None:
             headers["Authorization"] = f"Bearer {self.token if token == 'admin' else token}"
@@ -164,11 +202,20 @@ class Cluster:
 
     def ush(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = _env()
-        env.update(USHER_URL=self.url, USHER_TOKEN=self.token, USHER_HOME=str(self.root / "home"),
-                   COLUMNS="200")
-        return subprocess.run([sys.executable, "-m", "usher.cli.ush", *args], env=env,
-                              capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        env.update(
+            USHER_URL=self.url,
+            USHER_TOKEN=self.token,
+            USHER_HOME=str(self.root / "home"),
+            COLUMNS="200",
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "usher.cli.ush", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def node(self, name: str) -> Node:
         return self.client().node(name)

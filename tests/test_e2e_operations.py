@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 from harness import Cluster, wait_for
@@ -64,8 +65,19 @@ def test_every_action_on_one_vm(cluster: Cluster) -> None:
     assert op.status == OpStatus.SUCCEEDED, op.error
     assert cluster.vms() == []
     names = [e.name for e in client.iter_events(vm=vm_id)]
-    for expected in ("register", "start", "pause", "resume", "reboot", "stop", "cycle",
-                     "migrate", "destroy", "unregister", "state_change"):
+    for expected in (
+        "register",
+        "start",
+        "pause",
+        "resume",
+        "reboot",
+        "stop",
+        "cycle",
+        "migrate",
+        "destroy",
+        "unregister",
+        "state_change",
+    ):
         assert expected in names, f"no {expected} event in {names}"
 
 
@@ -103,7 +115,7 @@ def test_operations_on_one_vm_are_serialized(make_cluster) -> None:
     ops = [client.reboot([vm]) for _ in range(3)]
     done = sorted((cluster.run(op) for op in ops), key=lambda o: o.started_at)
     assert all(op.status == OpStatus.SUCCEEDED for op in done)
-    for earlier, later in zip(done, done[1:], strict=False):
+    for earlier, later in itertools.pairwise(done):
         assert later.started_at >= earlier.finished_at
 
 
