@@ -3,57 +3,90 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine, text
 
 from harness import Cluster
-from usher.ctrl.tables import Base
 
 PG_ENV = "USHER_TEST_PG_URL"
+SCHEMA_PREFIX = "usher_t_"
 
 
-def _reset_postgres(url: str) -> None:
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    try:
-        Base.metadata.drop_all(engine)
-    finally:
-        engine.dispose()
+def _pg_engine(url: str) -> Engine:
+    return create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str | None:
-    """None means the default (SQLite in the state dir); else a fresh PostgreSQL database."""
-    if request.param == "sqlite":
+def fresh_db_url(kind: str) -> str | None:
+    """None for SQLite (the controller's default file); for PostgreSQL a brand-new schema."""
+    if kind == "sqlite":
         return None
+    url = os.environ[PG_ENV]
+    schema = SCHEMA_PREFIX + uuid.uuid4().hex[:10]
+    engine = _pg_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_old_schemas() -> None:
     url = os.environ.get(PG_ENV)
     if not url:
+        return
+    engine = _pg_engine(url)
+    with engine.begin() as conn:
+        rows = conn.execute(
+            text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"),
+            {"p": SCHEMA_PREFIX + "%"},
+        )
+        for (schema,) in list(rows):
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db_kind(request: pytest.FixtureRequest) -> str:
+    """Every end-to-end test runs against SQLite and against a real PostgreSQL server."""
+    if request.param == "postgresql" and not os.environ.get(PG_ENV):
         pytest.fail(
             f"{PG_ENV} is not set: run the suite through ./test.sh, which starts "
             "PostgreSQL and sets it"
         )
-    _reset_postgres(url)
-    return url
+    return request.param
 
 
-@pytest.fixture
-def make_cluster(tmp_path: Path, db_url: str | None) -> Iterator[Callable[..., Cluster]]:
-    """Build a cluster: ``make_cluster(nodes=3, plugins=[...], plugin_tables={...})``."""
-    made: list[Cluster] = []
-
-    def make(nodes: int = 3, lnm_options: dict[str, Any] | None = None, **kwargs: Any) -> Cluster:
-        cluster = Cluster(tmp_path / f"c{len(made)}", db_url, **kwargs)
-        made.append(cluster)
+def _start(
+    root: Path, kind: str, nodes: int, lnm_options: dict[str, Any] | None, **kwargs: Any
+) -> Cluster:
+    cluster = Cluster(root, fresh_db_url(kind), **kwargs)
+    try:
         cluster.start_ctrl()
         names = [f"node-{i}" for i in range(1, nodes + 1)]
         for name in names:
             cluster.start_lnm(name, wait=False, **(lnm_options or {}))
         for name in names:
             cluster.wait_node(name, connected=True)
-        return cluster
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, db_kind: str) -> Iterator[Callable[..., Cluster]]:
+    """Build a cluster: ``make_cluster(nodes=3, plugins=[...], plugin_tables={...})``."""
+    made: list[Cluster] = []
+
+    def make(nodes: int = 3, lnm_options: dict[str, Any] | None = None, **kwargs: Any) -> Cluster:
+        made.append(_start(tmp_path / f"c{len(made)}", db_kind, nodes, lnm_options, **kwargs))
+        return made[-1]
 
     yield make
     for cluster in made:
@@ -64,3 +97,11 @@ def make_cluster(tmp_path: Path, db_url: str | None) -> Iterator[Callable[..., C
 def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
     """A controller with three fake LNMs (node-1..3, 8 vcpus and 8 GiB each)."""
     return make_cluster()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory, db_kind: str) -> Iterator[Cluster]:
+    """One three-node cluster for a whole module of tests that leave it as they found it."""
+    cluster = _start(tmp_path_factory.mktemp("shared"), db_kind, 3, None)
+    yield cluster
+    cluster.stop()

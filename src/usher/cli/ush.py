@@ -444,3 +444,7 @@ def whoami(ush: Ush) -> None:
 
 def main() -> None:
     cli.main(prog_name="ush")
+
+
+if __name__ == "__main__":
+    main()
