@@ -6,9 +6,10 @@ import shlex
 
 import click
 from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import WordCompleter
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.shortcuts import CompleteStyle
 
+from usher.cli.ush_complete import NameCache, UshCompleter
 from usher.cli.ush_session import Session
 from usher.client import UsherError
 from usher.client.config import usher_home
@@ -78,7 +79,13 @@ class Shell:
         """The read-eval loop on the terminal, until ``quit`` or end of input."""
         prompt: PromptSession[str] = PromptSession(
             history=_history(),
-            completer=WordCompleter([*sorted(self.group.commands), *BUILTINS]),
+            completer=UshCompleter(
+                self.group,
+                BUILTINS,
+                vm_names=NameCache(lambda: (vm.name for vm in self.session.client.iter_vms())),
+                node_names=NameCache(lambda: (n.name for n in self.session.client.nodes())),
+            ),
+            complete_style=CompleteStyle.READLINE_LIKE,
         )
         while True:
             try:
