@@ -258,6 +258,30 @@ class Placement(BaseModel):
     error: str | None = None
 
 
+class ImageKind(StrEnum):
+    """``kernel``: direct kernel boot (kernel + initrd files, plus a base disk);
+    ``disk``: a bootable qcow2 disk."""
+
+    KERNEL = "kernel"
+    DISK = "disk"
+
+
+class Image(BaseModel):
+    """A guest image in the shared storage directory, as its ``image.json`` manifest says.
+
+    ``files`` maps a role (``kernel``, ``initrd``, ``disk``) to a path relative to the image's
+    own directory ``<storage>/images/<name>/``; every LNM of a cluster sees the same storage.
+    """
+
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: ImageKind
+    files: dict[str, str]
+    size_bytes: int = 0
+    cmdline: str | None = None
+    description: str = ""
+    created_at: float = Field(default_factory=now)
+
+
 class ErrorBody(BaseModel):
     """Every error the API returns has this shape."""
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from usher.model import VMSpec, VMState
+from usher.model import Image, VMSpec, VMState
 
 
 class Capability(StrEnum):
@@ -58,11 +58,16 @@ class InsufficientCapacity(DriverError):
 
 
 class Guest(BaseModel):
-    """What the LNM tells the driver about a VM it should run."""
+    """What the LNM tells the driver about a VM it should run.
+
+    ``image`` is the catalogue entry of ``spec.image`` (None when the controller has none);
+    its files are relative to ``<storage>/images/<image.name>/``.
+    """
 
     id: str
     name: str
     spec: VMSpec
+    image: Image | None = None
 
 
 class DomainInfo(BaseModel):
