@@ -1,0 +1,303 @@
+"""The image catalogue and per-VM disks in the storage directory every LNM of a cluster shares.
+
+Layout::
+
+    <storage>/images/<name>/image.json   the Image manifest; its files are relative to this dir
+    <storage>/images/<name>/disk.qcow2   the base disk (and, for kernel images, kernel + initrd)
+    <storage>/vms/<vm_id>/disk.qcow2     a VM's copy-on-write overlay on its image's base disk
+
+Directories whose name starts with ``.`` are work in progress (imports, builds) and are not
+part of the catalogue: an image is assembled in one and moved into place with ``rename``, so
+a reader never sees half an image (while one is replaced, it is briefly absent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from pydantic import ValidationError
+
+from usher.model import NAME_PATTERN, Image, ImageKind
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "image.json"
+DISK = "disk.qcow2"
+
+StrPath = str | os.PathLike[str]
+
+
+class ImageError(Exception):
+    """An image or disk operation failed; the message says why, for a person to act on."""
+
+
+def _check_name(what: str, name: str) -> None:
+    if not re.match(NAME_PATTERN, name):
+        raise ImageError(f"invalid {what} {name!r}: use letters, digits, '.', '_', '-'")
+
+
+def image_dir(storage: StrPath, name: str) -> Path:
+    """``<storage>/images/<name>/``; raises :class:`ImageError` for a name that is no name."""
+    _check_name("image name", name)
+    return Path(storage) / "images" / name
+
+
+def vm_dir(storage: StrPath, vm_id: str) -> Path:
+    """``<storage>/vms/<vm_id>/``: where a VM's disks live."""
+    _check_name("VM id", vm_id)
+    return Path(storage) / "vms" / vm_id
+
+
+def image_path(storage: StrPath, image: Image, role: str) -> Path:
+    """Absolute path of ``image``'s file for ``role`` (``kernel``, ``initrd``, ``disk``)."""
+    try:
+        relative = image.files[role]
+    except KeyError:
+        raise ImageError(f"image {image.name} has no {role} file") from None
+    return (image_dir(storage, image.name) / relative).absolute()
+
+
+def read_manifest(storage: StrPath, name: str) -> Image | None:
+    """The manifest of image ``name``; None if there is no such image.
+
+    Raises :class:`ImageError` when the manifest exists but cannot be read or parsed.
+    """
+    path = image_dir(storage, name) / MANIFEST
+    try:
+        return Image.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError) as exc:
+        raise ImageError(f"broken manifest {path}: {exc}") from exc
+
+
+def list_images(storage: StrPath) -> list[Image]:
+    """Every image in the catalogue, by name; broken manifests are logged and skipped."""
+    root = Path(storage) / "images"
+    if not root.is_dir():
+        return []
+    images: list[Image] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        try:
+            image = read_manifest(storage, entry.name)
+        except ImageError as exc:
+            log.warning("skipping image %s: %s", entry.name, exc)
+            continue
+        if image is not None:
+            images.append(image)
+    return images
+
+
+def write_manifest(storage: StrPath, image: Image) -> Path:
+    """Write ``image.json`` into the image's directory atomically; return its path."""
+    return _write_manifest_in(image_dir(storage, image.name), image)
+
+
+def _write_manifest_in(directory: Path, image: Image) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / MANIFEST
+    fd, tmp = tempfile.mkstemp(prefix=".image-", suffix=".json", dir=directory)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(image.model_dump_json(indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def staging_dir(storage: StrPath, name: str, purpose: str) -> Path:
+    """A fresh hidden directory under ``<storage>/images/`` to assemble image ``name`` in."""
+    _check_name("image name", name)
+    root = Path(storage) / "images"
+    root.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{purpose}-{name}-", dir=root))
+    staged.chmod(0o755)
+    return staged
+
+
+def publish(storage: StrPath, staged: Path, image: Image, *, replace: bool) -> Image:
+    """Write ``image``'s manifest into ``staged`` and move that directory into the catalogue.
+
+    Without ``replace`` an existing image of the same name makes this fail (and removes
+    ``staged``); with it, the old image directory is swapped out and deleted.
+    """
+    final = image_dir(storage, image.name)
+    try:
+        _write_manifest_in(staged, image)
+        if final.exists():
+            if not replace:
+                raise ImageError(f"image {image.name} already exists")
+            old = staged.with_name(f".old-{image.name}-{staged.name}")
+            os.rename(final, old)
+            os.rename(staged, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(staged, final)
+    except OSError as exc:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise ImageError(f"cannot store image {image.name}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return image
+
+
+def qemu_img(*args: str) -> str:
+    """Run ``qemu-img`` and return its stdout; raises :class:`ImageError` with its stderr."""
+    try:
+        proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise ImageError("qemu-img is not installed (Debian package qemu-utils)") from None
+    if proc.returncode != 0:
+        detail = proc.stderr.strip() or f"exit status {proc.returncode}"
+        raise ImageError(f"qemu-img {args[0]} failed: {detail}")
+    return proc.stdout
+
+
+def _check_qcow2(path: Path, shown_as: str) -> None:
+    try:
+        info = json.loads(qemu_img("info", "--output=json", str(path)))
+    except ImageError as exc:
+        raise ImageError(f"{shown_as} is not a disk image qemu-img can read: {exc}") from exc
+    fmt = info.get("format")
+    if fmt != "qcow2":
+        raise ImageError(f"{shown_as} is not a qcow2 disk image (qemu-img sees {fmt!r})")
+    if info.get("backing-filename"):
+        raise ImageError(
+            f"{shown_as} has a backing file ({info['backing-filename']}): make it standalone "
+            "with 'qemu-img convert -O qcow2' first"
+        )
+
+
+def import_disk(
+    storage: StrPath,
+    name: str,
+    source: StrPath | BinaryIO,
+    description: str = "",
+    *,
+    replace: bool = False,
+) -> Image:
+    """Add a user's bootable qcow2 disk (a path or a binary stream) as image ``name``.
+
+    The file is copied to ``<storage>/images/<name>/disk.qcow2`` and checked with
+    ``qemu-img info``: anything but a standalone qcow2 is refused with :class:`ImageError`, as
+    is an existing name unless ``replace``, and an image whose base disk backs VM disks.
+    """
+    if image_dir(storage, name).exists():
+        if not replace:
+            raise ImageError(f"image {name} already exists")
+        _check_unused(storage, name)
+    shown_as = os.fspath(source) if isinstance(source, str | os.PathLike) else f"<{name} upload>"
+    staged = staging_dir(storage, name, "import")
+    try:
+        disk = staged / DISK
+        if isinstance(source, str | os.PathLike):
+            if not Path(source).is_file():
+                raise ImageError(f"{shown_as}: no such file")
+            shutil.copyfile(source, disk)
+        else:
+            with disk.open("wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+        _check_qcow2(disk, shown_as)
+        image = Image(
+            name=name,
+            kind=ImageKind.DISK,
+            files={"disk": DISK},
+            size_bytes=disk.stat().st_size,
+            description=description,
+        )
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return publish(storage, staged, image, replace=replace)
+
+
+def qcow2_backing_file(path: Path) -> str | None:
+    """The backing file name written in a qcow2 header (None for none or not a qcow2)."""
+    with path.open("rb") as fh:
+        header = fh.read(20)
+        if len(header) < 20 or header[:4] != b"QFI\xfb":
+            return None
+        offset, size = struct.unpack(">QI", header[8:20])
+        if not offset or not size:
+            return None
+        fh.seek(offset)
+        return fh.read(size).decode(errors="replace")
+
+
+def overlays_of(storage: StrPath, image: Image) -> list[str]:
+    """Ids of the VMs whose disk overlay is backed by ``image``'s base disk."""
+    if "disk" not in image.files:
+        return []
+    base = image_path(storage, image, "disk")
+    root = Path(storage) / "vms"
+    users = []
+    for disk in sorted(root.glob(f"*/{DISK}")):
+        backing = qcow2_backing_file(disk)
+        if backing and (disk.parent / backing).absolute() == base:
+            users.append(disk.parent.name)
+    return users
+
+
+def _check_unused(storage: StrPath, name: str) -> None:
+    image = read_manifest(storage, name)
+    users = overlays_of(storage, image) if image is not None else []
+    if users:
+        raise ImageError(f"image {name} is the base of VM disks: {', '.join(users)}")
+
+
+def delete_image(storage: StrPath, name: str, *, force: bool = False) -> bool:
+    """Remove image ``name``; False if there was none.
+
+    An image whose base disk still backs VM overlays is kept (:class:`ImageError` names the
+    VMs) unless ``force``: those VMs could not boot again without it.
+    """
+    directory = image_dir(storage, name)
+    if not directory.exists():
+        return False
+    if not force:
+        _check_unused(storage, name)
+    shutil.rmtree(directory)
+    return True
+
+
+def create_overlay(storage: StrPath, image: Image, vm_id: str) -> Path:
+    """Create ``<storage>/vms/<vm_id>/disk.qcow2``, a qcow2 overlay on ``image``'s base disk.
+
+    Idempotent: an existing overlay is kept as it is (it holds the VM's writes).
+    """
+    base = image_path(storage, image, "disk")
+    if not base.is_file():
+        raise ImageError(f"image {image.name} has lost its base disk {base}")
+    directory = vm_dir(storage, vm_id)
+    disk = directory / DISK
+    if disk.exists():
+        return disk
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{DISK}.new"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(tmp))
+    os.replace(tmp, disk)
+    return disk
+
+
+def remove_vm_disks(storage: StrPath, vm_id: str) -> None:
+    """Remove ``<storage>/vms/<vm_id>/`` and everything in it. Idempotent."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(vm_dir(storage, vm_id))
