@@ -1,0 +1,132 @@
+"""A guest's QEMU command line, and the NICs and MAC addresses Usher gives it.
+
+A source QEMU and the incoming QEMU of a live migration must have the same devices: both get
+their command line from :func:`qemu_argv` with the same arguments (only ``incoming`` and the
+host-local tap names differ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from usher.model import VMSpec
+from usher.vmm.base import DriverError
+
+MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+BRIDGE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+"""Linux interface names: at most 15 characters, no '/', ',' or blanks."""
+
+
+@dataclass(frozen=True)
+class Nic:
+    """One virtual NIC: its MAC and its network, ``default``, ``user`` or ``bridge:<name>``."""
+
+    mac: str
+    network: str = "default"
+
+    def to_json(self) -> dict[str, str]:
+        return {"mac": self.mac, "network": self.network}
+
+
+def default_mac(vm_id: str, index: int = 0) -> str:
+    """A MAC derived from the VM id: stable across boots and nodes, locally administered and
+    unicast (first octet ``xxxxxx10``), with 46 bits from a hash so clusters do not collide."""
+    digest = hashlib.sha256(f"{vm_id}/{index}".encode()).digest()
+    octets = [(digest[0] & 0xFC) | 0x02, *digest[1:6]]
+    return ":".join(f"{octet:02x}" for octet in octets)
+
+
+def nics_of(vm_id: str, specs: list[dict[str, Any]]) -> list[Nic]:
+    """The NICs ``spec.nics`` asks for, checked; one default NIC when it asks for none."""
+    if not specs:
+        return [Nic(default_mac(vm_id))]
+    nics = []
+    for index, spec in enumerate(specs):
+        mac = str(spec.get("mac") or default_mac(vm_id, index)).lower()
+        network = str(spec.get("network", "default"))
+        if not MAC_PATTERN.match(mac) or int(mac[:2], 16) & 1:
+            raise DriverError(f"VM {vm_id}: NIC {index} has an invalid unicast MAC {mac!r}")
+        if network not in ("default", "user"):
+            kind, _, bridge = network.partition(":")
+            if kind != "bridge" or not BRIDGE_PATTERN.match(bridge):
+                raise DriverError(
+                    f"VM {vm_id}: NIC {index} has network {network!r}; "
+                    "use 'default', 'user' or 'bridge:<name>'"
+                )
+        nics.append(Nic(mac, network))
+    return nics
+
+
+def bridge_of(nic: Nic, default_bridge: str | None) -> str | None:
+    """The Linux bridge ``nic`` plugs into on this node, or None for user-mode networking."""
+    if nic.network.startswith("bridge:"):
+        return nic.network.removeprefix("bridge:")
+    if nic.network == "default":
+        return default_bridge
+    return None
+
+
+def tap_name(scope: str, vm_id: str, index: int) -> str:
+    """A 15-character tap device name, unique per (node ``scope``, VM, NIC): the source and
+    the target of a migration on one host must not clash."""
+    digest = hashlib.sha256(f"{scope}/{vm_id}".encode()).hexdigest()
+    return f"u{digest[:12]}{index:02x}"
+
+
+def _escaped(value: str) -> str:
+    """A value for a QEMU ``key=value,…`` option: commas are doubled."""
+    return value.replace(",", ",,")
+
+
+@dataclass(frozen=True)
+class KernelBoot:
+    """Direct kernel boot: kernel and initrd paths and the kernel command line."""
+
+    kernel: str
+    initrd: str | None
+    append: str
+
+
+def qemu_argv(
+    *,
+    binary: str,
+    accel: str,
+    name: str,
+    spec: VMSpec,
+    disk: str,
+    console: str,
+    qmp_socket: str,
+    nics: list[tuple[Nic, str | None]],
+    kernel: KernelBoot | None,
+    incoming: bool,
+) -> list[str]:
+    """The command line of a guest; ``nics`` pairs each NIC with its tap device (None: user-mode
+    networking). ``qmp_socket`` may be relative to QEMU's working directory."""
+    argv = [
+        binary,
+        *("-name", _escaped(name)),
+        *("-accel", accel, "-machine", "pc"),
+        *("-m", str(spec.memory_mb), "-smp", str(spec.vcpus)),
+        *("-nodefaults", "-no-user-config", "-display", "none"),
+        *("-chardev", f"file,id=serial0,path={_escaped(console)},append=on"),
+        *("-serial", "chardev:serial0"),
+        *("-qmp", f"unix:{_escaped(qmp_socket)},server=on,wait=off"),
+        *("-drive", f"file={_escaped(disk)},format=qcow2,if=none,id=disk0"),
+        *("-device", "virtio-blk-pci,drive=disk0"),
+    ]
+    for index, (nic, tap) in enumerate(nics):
+        if tap is None:
+            backend = f"user,id=net{index}"
+        else:
+            backend = f"tap,id=net{index},ifname={tap},script=no,downscript=no"
+        argv += ["-netdev", backend, "-device", f"virtio-net-pci,netdev=net{index},mac={nic.mac}"]
+    if kernel is not None:
+        argv += ["-kernel", kernel.kernel, "-append", kernel.append]
+        if kernel.initrd is not None:
+            argv += ["-initrd", kernel.initrd]
+    if incoming:
+        argv += ["-incoming", "defer"]
+    return argv
