@@ -266,6 +266,8 @@ async def test_ends_nobody_asked_for_are_reported(
     print(f"SIGKILL noticed after {time.monotonic() - began:.2f} s: {reason}")
     info = await driver.info(guest.id)
     assert (info.state, info.reason) == (VMState.ERROR, reason)
+    await driver.stop(guest.id)  # how the controller acknowledges a crash
+    assert (await driver.info(guest.id)).state is VMState.STOPPED
 
     mark = len(await driver.console_log(guest.id))
     assert (await driver.start(guest)).state is VMState.RUNNING

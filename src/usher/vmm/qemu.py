@@ -48,13 +48,12 @@ import os
 import shutil
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from usher.images import catalog
-from usher.model import Image, ImageKind, VMSpec, VMState
+from usher.model import ImageKind, VMSpec, VMState
 from usher.vmm import qemu_process as proc
 from usher.vmm.base import (
     Capability,
@@ -69,6 +68,7 @@ from usher.vmm.base import (
 )
 from usher.vmm.qemu_accel import DEFAULT_BINARY, detect_accel
 from usher.vmm.qemu_argv import KernelBoot, Nic, bridge_of, nics_of, qemu_argv, tap_name
+from usher.vmm.qemu_domain import LIVE, Domain, ending, state_of
 from usher.vmm.qemu_monitor import Monitor, MonitorError
 
 log = logging.getLogger(__name__)
@@ -89,102 +89,9 @@ FINISH_TIMEOUT = 30.0
 CONSOLE_CHUNK = 4 << 20
 """Most bytes :meth:`QemuDriver.console_log` returns at once; ask again from where it ended."""
 
-_LIVE = frozenset({VMState.RUNNING, VMState.PAUSED, VMState.MIGRATING})
-"""States with a QEMU process, which holds the VM's vCPUs and memory."""
 _ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
 _STARTABLE = frozenset({VMState.STOPPED, VMState.ERROR})
 _MIGRATION_OVER = frozenset({"completed", "failed", "cancelled"})
-
-
-@dataclass
-class _Domain:
-    """One VM: its record, and while QEMU runs, the process and its QMP session."""
-
-    id: str
-    name: str
-    spec: VMSpec
-    image: Image
-    nics: list[Nic]
-    accel: str
-    state: VMState = VMState.STOPPED
-    reason: str | None = None
-    incoming: bool = False
-    pid: int | None = None
-    monitor: Monitor | None = None
-    watcher: asyncio.Task[None] | None = None
-    expect_exit: bool = False
-    """An operation ends QEMU: the watcher only tells it (``exited``), reports nothing."""
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "spec": self.spec.model_dump(mode="json"),
-            "image": self.image.model_dump(mode="json"),
-            "nics": [nic.to_json() for nic in self.nics],
-            "accel": self.accel,
-            "state": self.state.value,
-            "reason": self.reason,
-            "incoming": self.incoming,
-        }
-
-    @classmethod
-    def from_record(cls, data: dict[str, Any]) -> _Domain:
-        return cls(
-            id=data["id"],
-            name=data["name"],
-            spec=VMSpec.model_validate(data["spec"]),
-            image=Image.model_validate(data["image"]),
-            nics=[Nic(**nic) for nic in data["nics"]],
-            accel=data["accel"],
-            state=VMState(data["state"]),
-            reason=data["reason"],
-            incoming=data["incoming"],
-        )
-
-    def usage(self) -> tuple[float, float]:
-        """CPU seconds and resident MB of the VM's QEMU process (0 when it has none)."""
-        stat = proc.read_stat(self.pid) if self.pid and self.state in _LIVE else None
-        if stat is None or not stat.alive:
-            return 0.0, 0.0
-        return stat.cpu_seconds, stat.rss_bytes / 2**20
-
-    def info(self) -> DomainInfo:
-        cpu_seconds, memory_used_mb = self.usage()
-        return DomainInfo(
-            id=self.id,
-            name=self.name,
-            spec=self.spec,
-            state=self.state,
-            reason=self.reason,
-            cpu_seconds=cpu_seconds,
-            memory_used_mb=memory_used_mb,
-        )
-
-
-def _ending(shutdown: dict[str, Any] | None, how: str | None) -> tuple[VMState, str]:
-    """The state and reason of a QEMU that ended on its own, from its ``SHUTDOWN`` event (if
-    it sent one) and how the process ended (if /proc still tells)."""
-    if shutdown is None:
-        return VMState.ERROR, "QEMU process exited unexpectedly" + (f" ({how})" if how else "")
-    reason = shutdown.get("reason")
-    if reason == "guest-shutdown":
-        return VMState.STOPPED, "guest powered off"
-    if reason == "host-signal":
-        return VMState.ERROR, "QEMU was terminated by a signal (SIGTERM, SIGINT or SIGHUP)"
-    return VMState.ERROR, f"QEMU shut down ({reason})"
-
-
-def _state_of(status: str, incoming: bool) -> tuple[VMState, str | None]:
-    """A VM's state from QEMU's ``query-status`` run state."""
-    if incoming:
-        return VMState.MIGRATING, None
-    if status == "running":
-        return VMState.RUNNING, None
-    if status in ("internal-error", "guest-panicked", "shutdown"):
-        return VMState.ERROR, f"QEMU reports {status}"
-    return VMState.PAUSED, None if status == "paused" else f"QEMU reports {status}"
 
 
 def _host_memory_mb() -> int:
@@ -222,7 +129,7 @@ class QemuDriver(Driver):
         self._vms_dir = os.path.join(self.state_dir, "vms")
         self._node = f"{socket.gethostname()}:{os.path.realpath(self.state_dir)}"
         self._accel: str | None = None
-        self._domains: dict[str, _Domain] = {}
+        self._domains: dict[str, Domain] = {}
         self._claims: dict[str, VMSpec] = {}
 
     # paths ----------------------------------------------------------------------------------
@@ -242,7 +149,7 @@ class QemuDriver(Driver):
         for vm_id in sorted(os.listdir(self._vms_dir)):
             try:
                 with open(self._local(vm_id, RECORD), encoding="utf-8") as file:
-                    dom = _Domain.from_record(json.load(file))
+                    dom = Domain.from_record(json.load(file))
             except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
                 log.warning("ignoring %s: no readable VM record (%s)", self._local(vm_id), exc)
                 continue
@@ -270,20 +177,19 @@ class QemuDriver(Driver):
                 log.info("QEMU accelerator: %s (set by the accel option)", self._accel)
         return self._accel
 
-    async def _reattach(self, dom: _Domain) -> None:
+    async def _reattach(self, dom: Domain) -> None:
         pidfile = self._local(dom.id, PIDFILE)
         pid = proc.read_pid(pidfile)
         if pid is not None and proc.runs_with(pid, pidfile):
             dom.pid = pid
             self._domains[dom.id] = dom
             try:
-                monitor = await Monitor.connect(self._local(dom.id, QMP_SOCKET), dom.id)
-                status = (await monitor.execute("query-status"))["status"]
+                monitor, status = await self._connect(dom)
             except MonitorError as exc:
                 dom.state, dom.reason = VMState.ERROR, f"QEMU (pid {pid}) does not answer: {exc}"
                 log.warning("VM %s: %s", dom.id, dom.reason)
                 return
-            dom.state, dom.reason = _state_of(status, dom.incoming)
+            dom.state, dom.reason = state_of(status, dom.incoming)
             self._watch(dom, pid, monitor)
             log.info("reattached to VM %s (QEMU pid %d, %s)", dom.id, pid, status)
             return
@@ -296,7 +202,7 @@ class QemuDriver(Driver):
             log.warning("forgetting VM %s: its disk %s is gone", dom.id, self._shared(dom.id))
             shutil.rmtree(self._local(dom.id), ignore_errors=True)
             return
-        if dom.state in _LIVE:
+        if dom.state in LIVE:
             dom.state, dom.reason = VMState.ERROR, "QEMU ended while the LNM was not running"
             self._save(dom)
         self._domains[dom.id] = dom
@@ -321,7 +227,7 @@ class QemuDriver(Driver):
             raise DriverError(
                 f"cannot start VM {guest.id}: image {guest.spec.image!r} is not in the catalogue"
             )
-        dom = _Domain(
+        dom = Domain(
             id=guest.id,
             name=guest.name,
             spec=guest.spec,
@@ -355,9 +261,14 @@ class QemuDriver(Driver):
     async def stop(self, vm_id: str, *, timeout: float | None = None, hard: bool = False) -> None:
         """ACPI power button, then ``quit`` (and SIGKILL) if the guest is not off in time.
 
-        A paused guest is resumed first, so it can act on the power button."""
+        A paused guest is resumed first, so it can act on the power button. Stopping a VM in
+        ``error`` kills what may be left of its QEMU and marks it stopped."""
         dom = self._get(vm_id)
-        self._require(dom, "stop", _ACTIVE)
+        self._require(dom, "stop", _ACTIVE | {VMState.ERROR})
+        if dom.state is VMState.ERROR:
+            await self._end_leftover(dom)
+            self._set_ended(dom, VMState.STOPPED, None)
+            return
         monitor = self._monitor(dom)
         dom.expect_exit = True
         if not hard:
@@ -418,7 +329,7 @@ class QemuDriver(Driver):
                 f"cannot receive VM {guest.id}: its disk is not in {self._storage}; "
                 "live migration needs storage that both nodes share"
             )
-        dom = _Domain(
+        dom = Domain(
             id=guest.id,
             name=guest.name,
             spec=guest.spec,
@@ -547,7 +458,7 @@ class QemuDriver(Driver):
 
     # helpers: QEMU processes ----------------------------------------------------------------
 
-    async def _boot(self, dom: _Domain) -> None:
+    async def _boot(self, dom: Domain) -> None:
         """Launch ``dom``'s QEMU and open its QMP session; QEMU runs the guest (or, incoming,
         waits for it) when this returns. On failure nothing of the attempt is left."""
         os.makedirs(self._local(dom.id), exist_ok=True)
@@ -582,8 +493,7 @@ class QemuDriver(Driver):
         try:
             for tap, bridge in taps:
                 await _ip("link", "set", "dev", tap, "master", bridge, "up")
-            monitor = await Monitor.connect(self._local(dom.id, QMP_SOCKET), dom.id)
-            status = (await monitor.execute("query-status"))["status"]
+            monitor, status = await self._connect(dom)
             expected = "inmigrate" if dom.incoming else "running"
             if status != expected:
                 raise DriverError(f"VM {dom.id}: QEMU is {status} instead of {expected}")
@@ -597,7 +507,16 @@ class QemuDriver(Driver):
         self._watch(dom, pid, monitor)
         log.info("VM %s: QEMU pid %d %s", dom.id, pid, "waits for it" if dom.incoming else "runs")
 
-    def _kernel_boot(self, dom: _Domain) -> KernelBoot | None:
+    async def _connect(self, dom: Domain) -> tuple[Monitor, str]:
+        """A QMP session with ``dom``'s QEMU, and QEMU's run state."""
+        monitor = await Monitor.connect(self._local(dom.id, QMP_SOCKET), dom.id)
+        try:
+            return monitor, (await monitor.execute("query-status"))["status"]
+        except BaseException:
+            await monitor.close()
+            raise
+
+    def _kernel_boot(self, dom: Domain) -> KernelBoot | None:
         if dom.image.kind is not ImageKind.KERNEL:
             return None
         try:
@@ -613,13 +532,13 @@ class QemuDriver(Driver):
             append=f"{dom.image.cmdline or ''} usher.name={dom.name}".strip(),
         )
 
-    def _watch(self, dom: _Domain, pid: int, monitor: Monitor) -> None:
+    def _watch(self, dom: Domain, pid: int, monitor: Monitor) -> None:
         dom.pid, dom.monitor = pid, monitor
         dom.expect_exit = False
         dom.exited = asyncio.Event()
         dom.watcher = asyncio.create_task(self._watcher(dom, pid, monitor), name=f"qemu-{dom.id}")
 
-    async def _watcher(self, dom: _Domain, pid: int, monitor: Monitor) -> None:
+    async def _watcher(self, dom: Domain, pid: int, monitor: Monitor) -> None:
         """Notice QEMU's end the moment its QMP connection closes; report it unless an
         operation caused it (``expect_exit``) or it was an incoming migration's QEMU."""
         while monitor.connected and proc.is_alive(pid):
@@ -627,7 +546,7 @@ class QemuDriver(Driver):
                 await asyncio.wait_for(monitor.wait_closed(), WATCH_INTERVAL)
         # The socket closes a moment before the process turns into a zombie.
         await proc.wait_gone(pid, KILL_TIMEOUT)
-        state, reason = _ending(monitor.shutdown, proc.how_it_ended(pid))
+        state, reason = ending(monitor.shutdown, proc.how_it_ended(pid))
         await monitor.close()
         dom.monitor = dom.watcher = None
         if proc.is_alive(pid):
@@ -645,12 +564,12 @@ class QemuDriver(Driver):
         except Exception:
             log.exception("VM %s: reporting its state change failed", dom.id)
 
-    async def _exited(self, dom: _Domain, timeout: float) -> bool:
+    async def _exited(self, dom: Domain, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(dom.exited.wait(), timeout)
         return dom.exited.is_set()
 
-    async def _halt(self, dom: _Domain) -> None:
+    async def _halt(self, dom: Domain) -> None:
         """End ``dom``'s QEMU: ``quit``, then SIGKILL if it lingers."""
         dom.expect_exit = True
         if dom.monitor is not None and not dom.exited.is_set():
@@ -661,7 +580,7 @@ class QemuDriver(Driver):
                 return
         await self._end_leftover(dom)
 
-    async def _end_leftover(self, dom: _Domain) -> None:
+    async def _end_leftover(self, dom: Domain) -> None:
         """SIGKILL whatever QEMU process ``dom`` still has, and wait for its end."""
         dom.expect_exit = True
         pid = dom.pid
@@ -673,20 +592,20 @@ class QemuDriver(Driver):
             await self._exited(dom, KILL_TIMEOUT)
         self._forget_process(dom)
 
-    def _forget_process(self, dom: _Domain) -> None:
+    def _forget_process(self, dom: Domain) -> None:
         if dom.watcher is not None:
             dom.watcher.cancel()
         dom.pid = dom.monitor = dom.watcher = None
         self._remove_runtime_files(dom.id)
 
-    def _set_ended(self, dom: _Domain, state: VMState, reason: str | None) -> None:
+    def _set_ended(self, dom: Domain, state: VMState, reason: str | None) -> None:
         """``dom``'s QEMU is gone: record the state it ended in."""
         self._forget_process(dom)
         dom.state, dom.reason = state, reason
         if dom.id in self._domains and os.path.isdir(self._local(dom.id)):
             self._save(dom)
 
-    async def _keep_running(self, dom: _Domain) -> None:
+    async def _keep_running(self, dom: Domain) -> None:
         """After a failed migration QEMU resumes the guest itself; make sure it did."""
         monitor = self._monitor(dom)
         status = (await monitor.execute("query-status"))["status"]
@@ -705,19 +624,19 @@ class QemuDriver(Driver):
 
     # helpers: records -----------------------------------------------------------------------
 
-    def _get(self, vm_id: str) -> _Domain:
+    def _get(self, vm_id: str) -> Domain:
         try:
             return self._domains[vm_id]
         except KeyError:
             raise UnknownVM(vm_id) from None
 
     @staticmethod
-    def _require(dom: _Domain, action: str, states: frozenset[VMState]) -> None:
+    def _require(dom: Domain, action: str, states: frozenset[VMState]) -> None:
         if dom.state not in states:
             raise InvalidTransition(dom.id, dom.state, action)
 
     @staticmethod
-    def _monitor(dom: _Domain) -> Monitor:
+    def _monitor(dom: Domain) -> Monitor:
         if dom.monitor is None or not dom.monitor.connected:
             raise DriverError(f"VM {dom.id}: lost the QMP connection to its QEMU")
         return dom.monitor
@@ -726,7 +645,7 @@ class QemuDriver(Driver):
     def _claim(self, vm_id: str, spec: VMSpec) -> Iterator[None]:
         """Hold ``spec``'s vCPUs and memory while a VM boots, so concurrent boots cannot
         overbook the host; a booted VM holds them by being live."""
-        held = [d.spec for d in self._domains.values() if d.state in _LIVE and d.id != vm_id]
+        held = [d.spec for d in self._domains.values() if d.state in LIVE and d.id != vm_id]
         held += self._claims.values()
         free_vcpus = self._vcpus - sum(s.vcpus for s in held)
         free_memory_mb = self._memory_mb - sum(s.memory_mb for s in held)
@@ -741,7 +660,7 @@ class QemuDriver(Driver):
         finally:
             del self._claims[vm_id]
 
-    def _save(self, dom: _Domain) -> None:
+    def _save(self, dom: Domain) -> None:
         """Write ``dom``'s record atomically."""
         path = self._local(dom.id, RECORD)
         with open(f"{path}.tmp", "w", encoding="utf-8") as file:
