@@ -391,7 +391,6 @@ class QemuDriver(Driver):
                 f"live migration of VM {vm_id} failed: {why or status['status']}; it runs on here"
             )
         total_ms = (loop.time() - began) * 1000
-        dom.expect_exit = True
         await self._halt(dom)
         del self._domains[vm_id]
         shutil.rmtree(self._local(vm_id), ignore_errors=True)
@@ -549,8 +548,10 @@ class QemuDriver(Driver):
         state, reason = ending(monitor.shutdown, proc.how_it_ended(pid))
         await monitor.close()
         dom.monitor = dom.watcher = None
-        if proc.is_alive(pid):
-            state, reason = VMState.ERROR, f"QEMU (pid {pid}) hung up its QMP connection"
+        if proc.is_alive(pid):  # a QEMU that cannot be controlled any more is no use
+            proc.kill(pid)
+            await proc.wait_gone(pid, KILL_TIMEOUT)
+            state, reason = VMState.ERROR, "QEMU hung up its QMP connection; killed it"
         if dom.expect_exit:
             dom.exited.set()
             return
@@ -602,7 +603,7 @@ class QemuDriver(Driver):
         """``dom``'s QEMU is gone: record the state it ended in."""
         self._forget_process(dom)
         dom.state, dom.reason = state, reason
-        if dom.id in self._domains and os.path.isdir(self._local(dom.id)):
+        if os.path.isdir(self._local(dom.id)):  # not destroyed meanwhile
             self._save(dom)
 
     async def _keep_running(self, dom: Domain) -> None:
