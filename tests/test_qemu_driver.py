@@ -414,3 +414,5 @@ async def test_refusals_leave_nothing_behind(
             await operation("vm-nosuchvm0000")
     await driver.destroy("vm-nosuchvm0000")
     await driver.abort_incoming("vm-nosuchvm0000")
+    with pytest.raises(DriverError, match="accel must be auto, kvm or tcg"):
+        QemuDriver(state_dir=str(storage), options={"accel": "xen"})
