@@ -15,6 +15,7 @@ from harness import Cluster
 
 PG_ENV = "USHER_TEST_PG_URL"
 SCHEMA_PREFIX = "usher_t_"
+CREATED_SCHEMAS: list[str] = []
 
 
 def _pg_engine(url: str) -> Engine:
@@ -31,23 +32,22 @@ def fresh_db_url(kind: str) -> str | None:
     with engine.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     engine.dispose()
+    CREATED_SCHEMAS.append(schema)
     sep = "&" if "?" in url else "?"
     return f"{url}{sep}options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _drop_old_schemas() -> None:
+def _drop_our_schemas() -> Iterator[None]:
+    """Drop the schemas this run made (only those: other runs may share the server)."""
+    yield
     url = os.environ.get(PG_ENV)
-    if not url:
+    if not url or not CREATED_SCHEMAS:
         return
     engine = _pg_engine(url)
     with engine.begin() as conn:
-        rows = conn.execute(
-            text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"),
-            {"p": SCHEMA_PREFIX + "%"},
-        )
-        for (schema,) in list(rows):
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        for schema in CREATED_SCHEMAS:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
     engine.dispose()
 
 
@@ -66,6 +66,7 @@ def _start(
     root: Path, kind: str, nodes: int, lnm_options: dict[str, Any] | None, **kwargs: Any
 ) -> Cluster:
     cluster = Cluster(root, fresh_db_url(kind), **kwargs)
+    cluster.add_blank_image()
     try:
         cluster.start_ctrl()
         names = [f"node-{i}" for i in range(1, nodes + 1)]

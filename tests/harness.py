@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from usher.client import Client
+from usher.images import catalog
 from usher.model import VM, Node, Operation
 
 TESTS_DIR = Path(__file__).parent
@@ -63,6 +64,7 @@ class Cluster:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = root / "ctrl"
+        self.storage = root / "storage"
         self.config = root / "ctrl.toml"
         self._write_config(db_url, plugins, plugin_tables or {}, settings or {})
         self.ctrl: subprocess.Popen[bytes] | None = None
@@ -77,7 +79,12 @@ class Cluster:
         tables: dict[str, dict[str, Any]],
         settings: dict[str, Any],
     ) -> None:
-        lines = [f'state_dir = "{self.state}"', "node_timeout = 3.0", "notify_timeout = 1.0"]
+        lines = [
+            f'state_dir = "{self.state}"',
+            f'storage_dir = "{self.storage}"',
+            "node_timeout = 3.0",
+            "notify_timeout = 1.0",
+        ]
         if db_url:
             lines.append(f'database_url = "{db_url}"')
         lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
@@ -96,6 +103,12 @@ class Cluster:
         return subprocess.Popen(
             [sys.executable, "-m", "usher.cli.usher_cmd", *args], stdout=log, stderr=log, env=_env()
         )
+
+    def add_blank_image(self, name: str = "tiny") -> None:
+        """Put a blank qcow2 disk image into the catalogue (enough for the fake driver)."""
+        blank = self.root / f"{name}-blank.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(blank), "16M"], check=True)
+        catalog.import_disk(self.storage, name, blank, "blank disk for fake-driver tests")
 
     def start_ctrl(self) -> None:
         self.ctrl = self._spawn(
@@ -146,6 +159,8 @@ class Cluster:
             "fake",
             "--state-dir",
             str(self.root / "nodes" / name),
+            "--storage-dir",
+            str(self.storage),
             "--token-file",
             str(self.state / "node.token"),
             "--vcpus",

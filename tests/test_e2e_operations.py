@@ -29,6 +29,8 @@ def test_start_places_vms_across_nodes(cluster: Cluster) -> None:
     per_node = Counter(vm.node for vm in vms)
     assert set(per_node) == {"node-1", "node-2", "node-3"}
     assert max(per_node.values()) - min(per_node.values()) <= 1  # spread weigher
+    macs = [vm.spec.nics[0]["mac"] for vm in vms]  # every VM got a NIC with a MAC Usher chose
+    assert len(set(macs)) == 20 and all(m.startswith("52:54:00:") for m in macs)
     # the LNMs report usage matching what runs there
     for name, count in per_node.items():
         wait_for(f"{name} usage", lambda n=name, c=count: cluster.node(n).usage.vms == c)

@@ -90,3 +90,29 @@ def test_errors_are_messages_not_tracebacks(c1: Cluster) -> None:
     assert result.returncode == 1 and "c1-1 is running" in result.stderr
     result = c1.ush("--token", "wrong", "list")
     assert result.returncode == 1 and "token" in result.stderr
+
+
+def test_images_and_console(c1: Cluster, tmp_path) -> None:
+    import subprocess
+
+    images = json.loads(ok(c1.ush("images", "-o", "json")))
+    assert [i["name"] for i in images] == ["tiny"]
+    disk = tmp_path / "mine.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "8M"], check=True)
+    ok(c1.ush("image", "import", str(disk), "--name", "mine", "--description", "my disk"))
+    assert json.loads(ok(c1.ush("image", "show", "mine", "-o", "json")))["kind"] == "disk"
+    not_qcow2 = tmp_path / "junk.img"
+    not_qcow2.write_bytes(b"\0" * 4096)
+    result = c1.ush("image", "import", str(not_qcow2), "--name", "junk")
+    assert result.returncode == 1 and "qcow2" in result.stderr
+    ok(c1.ush("start", "--names", "m1", "--image", "mine"))
+    assert json.loads(ok(c1.ush("show", "m1", "-o", "json")))["spec"]["image"] == "mine"
+    result = c1.ush("image", "rm", "mine")
+    assert result.returncode == 1 and "used by 1 VM" in result.stderr
+    result = c1.ush("start", "--names", "x1", "--image", "nosuch")
+    assert result.returncode == 1 and "unknown image 'nosuch'" in result.stderr
+    console = ok(c1.ush("console", "m1"))
+    assert console  # the fake driver's console says something
+    ok(c1.ush("destroy", "m1"))
+    ok(c1.ush("image", "rm", "mine"))
+    assert [i["name"] for i in json.loads(ok(c1.ush("images", "-o", "json")))] == ["tiny"]

@@ -282,6 +282,15 @@ class Image(BaseModel):
     created_at: float = Field(default_factory=now)
 
 
+class ConsoleChunk(BaseModel):
+    """Serial console output of a VM from ``offset``; ask for ``next`` to follow it."""
+
+    vm_id: str
+    offset: int
+    next: int
+    data: str
+
+
 class ErrorBody(BaseModel):
     """Every error the API returns has this shape."""
 

@@ -123,6 +123,7 @@ def local(
             )
         except (ProcessLookupError, ValueError):
             pidfile.unlink()
+    _ensure_tiny_image(state / "storage")
     if detach:
         args = [a for a in sys.argv[1:] if a != "--detach"]
         log = open(state / "local.log", "ab")  # noqa: SIM115 - handed to the child
@@ -138,6 +139,16 @@ def local(
         click.echo((state / "ready").read_text(), nl=False)
         return
     _run(state, n_nodes, driver, port, vcpus, memory_mb, config_file)
+
+
+def _ensure_tiny_image(storage: Path) -> None:
+    """The standard test guest, built once from Debian packages (``usher image build tiny``)."""
+    from usher.images import catalog
+    from usher.images.tiny import build_tiny
+
+    if catalog.read_manifest(storage, "tiny") is None:
+        click.echo("building the tiny guest image from Debian packages…", err=True)
+        build_tiny(storage, progress=lambda step: click.echo(f"  {step}", err=True))
 
 
 def _run(
@@ -171,7 +182,16 @@ def _run(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        ctrl_args = ["ctrl", "--state-dir", str(state / "ctrl"), "--listen", f"127.0.0.1:{port}"]
+        storage = state / "storage"
+        ctrl_args = [
+            "ctrl",
+            "--state-dir",
+            str(state / "ctrl"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--storage-dir",
+            str(storage),
+        ]
         if config_file:
             ctrl_args += ["--config", config_file]
         ctrl = spawn("ctrl", ctrl_args)
@@ -189,6 +209,8 @@ def _run(
                     driver,
                     "--state-dir",
                     str(state / "nodes" / f"node-{i}"),
+                    "--storage-dir",
+                    str(storage),
                     "--token-file",
                     str(state / "ctrl" / NODE_TOKEN_FILE),
                     "--vcpus",

@@ -436,6 +436,65 @@ def events(
 
 
 @cli.command()
+@click.argument("vm")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until Ctrl-C.")
+@click.option("--interval", type=float, default=0.5, show_default=True, hidden=True)
+@pass_ush
+def console(ush: Ush, vm: str, follow: bool, interval: float) -> None:
+    """Show a VM's serial console output (--follow to tail it)."""
+    offset = 0
+    try:
+        while True:
+            chunk = ush.client.console(vm, offset)
+            click.echo(chunk.data, nl=False)
+            offset = chunk.next
+            if not follow:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command()
+@pass_ush
+def images(ush: Ush) -> None:
+    """List the guest images of the catalogue."""
+    ush.out.images(ush.client.images())
+
+
+@cli.group(cls=UshGroup)
+def image() -> None:
+    """Manage guest images: import, show, rm."""
+
+
+@image.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", required=True, help="Name of the new image.")
+@click.option("--description", default="", help="What the image is.")
+@pass_ush
+def image_import(ush: Ush, path: str, name: str, description: str) -> None:
+    """Upload a qcow2 disk image into the catalogue."""
+    ush.out.image(ush.client.import_image(path, name, description))
+
+
+@image.command("show")
+@click.argument("name")
+@pass_ush
+def image_show(ush: Ush, name: str) -> None:
+    """Show one image."""
+    ush.out.image(ush.client.image(name))
+
+
+@image.command("rm")
+@click.argument("name")
+@pass_ush
+def image_rm(ush: Ush, name: str) -> None:
+    """Delete an image no VM uses."""
+    ush.client.delete_image(name)
+    ush.out.note(f"deleted image {name}")
+
+
+@cli.command()
 @pass_ush
 def whoami(ush: Ush) -> None:
     """Show who the token belongs to."""

@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from usher.client.protocol import ProgressCallback
-from usher.model import VM, Event, Node, Operation, OpStatus, Principal
+from usher.model import VM, Event, Image, Node, Operation, OpStatus, Principal
 
 STATUS_STYLES = {
     OpStatus.SUCCEEDED: "green",
@@ -275,6 +275,38 @@ class Renderer:
         if event.data:
             line.append(f" {json.dumps(event.data, separators=(',', ':'))}", style="dim")
         self.console.print(line, soft_wrap=True)
+
+    def images(self, images: Iterable[Image]) -> None:
+        images = list(images)
+        if self.json:
+            self.emit([image.model_dump(mode="json") for image in images])
+            return
+        table = _table("NAME", "KIND", "SIZE", "FILES", "CREATED", "DESCRIPTION")
+        for image in images:
+            _row(
+                table,
+                image.name,
+                image.kind,
+                f"{image.size_bytes / 2**20:.1f} MiB",
+                ", ".join(sorted(image.files)),
+                fmt_time(image.created_at),
+                image.description,
+            )
+        self.console.print(table)
+
+    def image(self, image: Image) -> None:
+        self._model(
+            image,
+            {
+                "name": image.name,
+                "kind": image.kind,
+                "size": f"{image.size_bytes / 2**20:.1f} MiB",
+                "files": image.files,
+                "cmdline": image.cmdline or "-",
+                "created": fmt_time(image.created_at),
+                "description": image.description,
+            },
+        )
 
     def principal(self, principal: Principal) -> None:
         self._model(

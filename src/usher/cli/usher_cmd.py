@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from usher.cli.image_cmd import image
 from usher.cli.local import local
 from usher.ctrl.config import DEFAULT_PORT, NODE_TOKEN_FILE, load_settings
 
@@ -36,8 +37,19 @@ def main() -> None:
 )
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where state is kept.")
 @click.option("--listen", help=f"HOST:PORT to serve on (default 127.0.0.1:{DEFAULT_PORT}).")
+@click.option(
+    "--storage-dir",
+    type=click.Path(file_okay=False),
+    help="Shared storage of images and VM disks (default /var/lib/usher/storage).",
+)
 @click.option("-v", "--verbose", is_flag=True)
-def ctrl(config_file: str | None, state_dir: str | None, listen: str | None, verbose: bool) -> None:
+def ctrl(
+    config_file: str | None,
+    state_dir: str | None,
+    listen: str | None,
+    storage_dir: str | None,
+    verbose: bool,
+) -> None:
     """Run the controller: REST API, operation engine, plugins, state store."""
     import uvicorn
 
@@ -45,7 +57,9 @@ def ctrl(config_file: str | None, state_dir: str | None, listen: str | None, ver
 
     _logging(verbose)
     try:
-        settings = load_settings(config_file, state_dir=state_dir, listen=listen)
+        settings = load_settings(
+            config_file, state_dir=state_dir, listen=listen, storage_dir=storage_dir
+        )
     except Exception as exc:
         raise click.ClickException(f"bad controller config: {exc}") from exc
     host, port = settings.host_port
@@ -94,6 +108,14 @@ def _host_capacity() -> tuple[int, int]:
 @click.option("--vcpus", type=click.IntRange(min=1), help="vCPUs to offer (default: host's).")
 @click.option("--memory-mb", type=click.IntRange(min=1), help="Memory to offer (default: host's).")
 @click.option("--labels", help="k=v,k2=v2")
+@click.option(
+    "--storage-dir",
+    "storage_dir",
+    envvar="USHER_STORAGE",
+    default="/var/lib/usher/storage",
+    show_default=True,
+    help="Shared storage (images, VM disks) that every node of the cluster sees.",
+)
 @click.option("--token", envvar="USHER_NODE_TOKEN", help="Node credential.")
 @click.option(
     "--token-file",
@@ -122,6 +144,7 @@ def lnm(
     vcpus: int | None,
     memory_mb: int | None,
     labels: str | None,
+    storage_dir: str,
     token: str | None,
     token_file: str | None,
     migration_host: str,
@@ -143,7 +166,11 @@ def lnm(
         )
     host_vcpus, host_mem = _host_capacity()
     vcpus, memory_mb = vcpus or host_vcpus, memory_mb or host_mem
-    options: dict[str, object] = {"vcpus": vcpus, "memory_mb": memory_mb}
+    options: dict[str, object] = {
+        "vcpus": vcpus,
+        "memory_mb": memory_mb,
+        "storage_dir": storage_dir,
+    }
     for item in driver_options:
         key, _, raw = item.partition("=")
         try:
@@ -181,6 +208,7 @@ def lnm(
 
 
 main.add_command(local)
+main.add_command(image)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -12,7 +13,19 @@ from usher.client import protocol
 from usher.client.actions import ActionMethods
 from usher.client.config import resolve
 from usher.client.protocol import Call, Flow, ProgressCallback
-from usher.model import VM, Event, Node, Operation, OpKind, OpStatus, Page, Principal, VMState
+from usher.model import (
+    VM,
+    ConsoleChunk,
+    Event,
+    Image,
+    Node,
+    Operation,
+    OpKind,
+    OpStatus,
+    Page,
+    Principal,
+    VMState,
+)
 
 T = TypeVar("T")
 
@@ -186,6 +199,24 @@ class AsyncClient(ActionMethods[Coroutine[Any, Any, Operation]]):
 
     async def undrain(self, name: str) -> Node:
         return await self._call(protocol.undrain(name))
+
+    async def console(self, vm: str, offset: int = 0) -> ConsoleChunk:
+        """The VM's serial console output from byte ``offset``."""
+        return await self._call(protocol.console(vm, offset))
+
+    async def images(self) -> list[Image]:
+        return await self._call(protocol.images())
+
+    async def image(self, name: str) -> Image:
+        return await self._call(protocol.image(name))
+
+    async def import_image(self, path: str | Path, name: str, description: str = "") -> Image:
+        """Upload the qcow2 file at ``path`` into the catalogue as ``name``."""
+        with open(path, "rb") as fh:
+            return await self._call(protocol.import_image(name, fh.read(), description))
+
+    async def delete_image(self, name: str) -> None:
+        await self._call(protocol.delete_image(name))
 
     async def events(
         self,

@@ -25,8 +25,10 @@ from pydantic import TypeAdapter, ValidationError
 from usher.client.errors import UsherConnectionError, UsherError
 from usher.model import (
     VM,
+    ConsoleChunk,
     CreateVMs,
     Event,
+    Image,
     Node,
     Operation,
     OpKind,
@@ -62,12 +64,16 @@ class Call(Generic[T]):
     params: dict[str, Any] = field(default_factory=dict)
     body: Any = None
     timeout: httpx.Timeout | None = None
+    content: Any = None  # raw request body (an uploaded file), instead of JSON ``body``
 
     def request_args(self) -> dict[str, Any]:
         """Keyword arguments for ``httpx.Client.request``/``stream`` (and their async twins)."""
         args: dict[str, Any] = {"method": self.method, "url": self.path, "params": self.params}
         if self.body is not None:
             args["json"] = self.body
+        if self.content is not None:
+            args["content"] = self.content
+            args["headers"] = {"Content-Type": "application/octet-stream"}
         if self.timeout is not None:
             args["timeout"] = self.timeout
         return args
@@ -88,7 +94,7 @@ def decode(call: Call[T], response: httpx.Response) -> T:
     """The answer to ``call`` as a model; raises :class:`UsherError` for any non-2xx answer."""
     check(response)
     try:
-        return call.parse(response.json())
+        return call.parse(response.json() if response.content else None)
     except ValueError as exc:  # bad JSON or a pydantic ValidationError
         raise UsherError(
             response.status_code,
@@ -322,6 +328,42 @@ def event_stream(
         params=_query(name=name, vm=vm, node=node),
         timeout=httpx.Timeout(30.0, read=None),
     )
+
+
+def console(vm: str, offset: int = 0) -> Call[ConsoleChunk]:
+    return Call(
+        "GET",
+        f"/vms/{_segment(vm)}/console",
+        ConsoleChunk.model_validate,
+        params={"offset": offset},
+    )
+
+
+_image_list = TypeAdapter(list[Image])
+
+
+def images() -> Call[list[Image]]:
+    return Call("GET", "/images", _image_list.validate_python)
+
+
+def image(name: str) -> Call[Image]:
+    return Call("GET", f"/images/{_segment(name)}", Image.model_validate)
+
+
+def import_image(name: str, content: Any, description: str = "") -> Call[Image]:
+    """Upload a qcow2 file (bytes or an iterator of chunks) as image ``name``."""
+    return Call(
+        "POST",
+        f"/images/{_segment(name)}",
+        Image.model_validate,
+        params=_query(description=description or None),
+        content=content,
+        timeout=httpx.Timeout(30.0, read=600.0, write=600.0),
+    )
+
+
+def delete_image(name: str) -> Call[None]:
+    return Call("DELETE", f"/images/{_segment(name)}", lambda _: None)
 
 
 def decode_sse(call: Call[T], sse: ServerSentEvent) -> T | None:

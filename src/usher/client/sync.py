@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -12,7 +13,19 @@ from usher.client import protocol
 from usher.client.actions import ActionMethods
 from usher.client.config import resolve
 from usher.client.protocol import Call, Flow, ProgressCallback
-from usher.model import VM, Event, Node, Operation, OpKind, OpStatus, Page, Principal, VMState
+from usher.model import (
+    VM,
+    ConsoleChunk,
+    Event,
+    Image,
+    Node,
+    Operation,
+    OpKind,
+    OpStatus,
+    Page,
+    Principal,
+    VMState,
+)
 
 T = TypeVar("T")
 
@@ -188,6 +201,24 @@ class Client(ActionMethods[Operation]):
     def undrain(self, name: str) -> Node:
         return self._call(protocol.undrain(name))
 
+    def console(self, vm: str, offset: int = 0) -> ConsoleChunk:
+        """The VM's serial console output from byte ``offset``."""
+        return self._call(protocol.console(vm, offset))
+
+    def images(self) -> list[Image]:
+        return self._call(protocol.images())
+
+    def image(self, name: str) -> Image:
+        return self._call(protocol.image(name))
+
+    def import_image(self, path: str | Path, name: str, description: str = "") -> Image:
+        """Upload the qcow2 file at ``path`` into the catalogue as ``name``."""
+        with open(path, "rb") as fh:
+            return self._call(protocol.import_image(name, _chunks(fh), description))
+
+    def delete_image(self, name: str) -> None:
+        self._call(protocol.delete_image(name))
+
     def events(
         self,
         name: str | None = None,
@@ -248,3 +279,8 @@ class Client(ActionMethods[Operation]):
                         yield event
         except httpx.TransportError as exc:
             raise protocol.transport_error(exc, self.url) from exc
+
+
+def _chunks(fh: Any, size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := fh.read(size):
+        yield chunk

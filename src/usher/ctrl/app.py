@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 import usher
-from usher.ctrl.api import errors, events, lnm, nodes, operations, vms
+from usher.ctrl.api import errors, events, images, lnm, nodes, operations, vms
 from usher.ctrl.config import Settings
 from usher.ctrl.controller import Controller
 
@@ -33,6 +33,6 @@ def create_app(settings: Settings, extra_plugins: dict[str, Any] | None = None) 
     )
     app.state.ctrl = ctrl
     errors.install(app)
-    for module in (vms, operations, nodes, events, lnm):
+    for module in (vms, operations, nodes, events, images, lnm):
         app.include_router(module.router)
     return app

@@ -33,6 +33,10 @@ class Settings(BaseModel):
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     state_dir: Path = Path("/var/lib/usher")
     database_url: str | None = None
+    storage_dir: Path = Field(
+        Path("/var/lib/usher/storage"),
+        description="shared storage (images, VM disks) that every LNM of the cluster also sees",
+    )
     node_timeout: float = Field(5.0, gt=0, description="seconds without heartbeat: node down")
     notify_timeout: float = Field(5.0, gt=0, description="seconds a notification hook may take")
     command_timeout: float = Field(300.0, gt=0, description="seconds an LNM command may take")

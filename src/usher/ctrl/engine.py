@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,9 +24,12 @@ from usher.ctrl.locks import KeyedLocks
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeLink, NodeRegistry
 from usher.ctrl.plugins import PluginError, PluginHost, Vetoed
 from usher.ctrl.store import Store
+from usher.images import catalog
 from usher.model import (
     VM,
+    ConsoleChunk,
     CreateVMs,
+    Image,
     Operation,
     OpKind,
     OpRequest,
@@ -39,6 +43,7 @@ from usher.model import (
 )
 
 log = logging.getLogger("usher.engine")
+IMAGE_CACHE_SECONDS = 5.0
 
 S = VMState
 # From which states each action may start, the state shown while it runs, the state after.
@@ -62,6 +67,18 @@ NEEDS_CAPABILITY = {
     OpKind.REBOOT: "reboot",
     OpKind.MIGRATE: "live_migrate",
 }
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC in QEMU's 52:54:00 range."""
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+def with_nics(spec: VMSpec, network: str) -> VMSpec:
+    """``spec`` with one NIC (a MAC Usher chose, on ``network``) unless it names its own."""
+    if spec.nics:
+        return spec
+    return spec.model_copy(update={"nics": [{"mac": random_mac(), "network": network}]})
 
 
 class RequestError(Exception):
@@ -99,6 +116,7 @@ class Engine:
         self.placement_lock = asyncio.Lock()
         self.parallel = asyncio.Semaphore(settings.max_parallel)
         self.live: dict[str, Operation] = {}
+        self._images: dict[str, tuple[float, Image]] = {}
         self._done: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -147,6 +165,43 @@ class Engine:
                 await asyncio.wait_for(done.wait(), timeout)
         return await self.get_op(op_id)
 
+    # --- images and consoles ------------------------------------------------------------
+
+    async def image(self, name: str) -> Image:
+        """The catalogue entry of image ``name`` (cached briefly); 404 if there is none."""
+        cached = self._images.get(name)
+        if cached is not None and now() - cached[0] < IMAGE_CACHE_SECONDS:
+            return cached[1]
+        storage = self.settings.storage_dir
+        try:
+            found = await asyncio.to_thread(catalog.read_manifest, storage, name)
+        except catalog.ImageError as exc:
+            raise RequestError(422, str(exc)) from exc
+        if found is None:
+            known = [i.name for i in await asyncio.to_thread(catalog.list_images, storage)]
+            raise RequestError(
+                404,
+                f"unknown image {name!r} (known: {', '.join(known) or 'none'}); "
+                "build one with `usher image build tiny` or import one with `ush image import`",
+            )
+        self._images[name] = (now(), found)
+        return found
+
+    async def console(self, vm: VM, offset: int) -> ConsoleChunk:
+        """Serial console output of ``vm`` from byte ``offset``, read by its node's driver."""
+        try:
+            answer = await self.nodes.link(vm.node).call(
+                "console", vm_id=vm.id, args={"offset": offset}, timeout=30
+            )
+        except (CommandFailed, NodeGone) as exc:
+            raise RequestError(409, f"no console for {vm.name}: {exc}") from exc
+        return ConsoleChunk(
+            vm_id=vm.id,
+            offset=offset,
+            next=int(answer.get("next", offset)),
+            data=str(answer.get("data", "")),
+        )
+
     # --- operations: asking ------------------------------------------------------------
 
     async def create(self, principal: Principal, body: CreateVMs, client: str | None) -> Operation:
@@ -169,6 +224,7 @@ class Engine:
         count = len(body.names) if body.names else body.count
         if body.node is not None and self.nodes.get(body.node) is None:
             raise RequestError(404, f"unknown node {body.node!r}")
+        await self.image(spec.image)
         await authorize(
             self.plugins,
             principal,
@@ -178,6 +234,8 @@ class Engine:
         op = self._new_op(req)
         await self._request_hooks(op, req)
         spec = req.spec or spec
+        if spec.image != body.image:  # a request hook chose another image
+            await self.image(spec.image)
         async with self.placement_lock:
             names = req.names or await self._auto_names(
                 req.kwargs.get("name_prefix") or body.name_prefix or req.cluster or "vm", count
@@ -192,7 +250,7 @@ class Engine:
                     name=name,
                     owner=principal.name,
                     cluster=req.cluster,
-                    spec=spec,
+                    spec=with_nics(spec, str(req.kwargs.get("network", "default"))),
                     node=node,
                     state=S.PENDING,
                 )
@@ -464,9 +522,18 @@ class Engine:
                 },
             )
 
-    @staticmethod
-    def _guest(vm: VM) -> dict[str, Any]:
-        return {"id": vm.id, "name": vm.name, "spec": vm.spec.model_dump(mode="json")}
+    async def _guest(self, vm: VM) -> dict[str, Any]:
+        """What a node needs to run ``vm``: its spec and its image's catalogue entry."""
+        try:
+            image = await self.image(vm.spec.image)
+        except RequestError as exc:
+            raise StepFailed(f"{vm.name}: {exc.message}") from exc
+        return {
+            "id": vm.id,
+            "name": vm.name,
+            "spec": vm.spec.model_dump(mode="json"),
+            "image": image.model_dump(mode="json"),
+        }
 
     def _check_state(self, op: Operation, vm: VM) -> None:
         if vm.state not in TRANSITIONS[op.kind][0]:
@@ -498,7 +565,7 @@ class Engine:
         self._check_state(op, vm)
         before = vm.state if vm.state != S.PENDING else S.ERROR
         await self._set_state(vm, S.STARTING, op=op)
-        info = await self._call(op, vm, "start", undo_state=before, guest=self._guest(vm))
+        info = await self._call(op, vm, "start", undo_state=before, guest=await self._guest(vm))
         await self._set_state(vm, VMState(info.get("state", S.RUNNING)), op=op)
         return None
 
@@ -506,7 +573,7 @@ class Engine:
         self._check_state(op, vm)
         before = vm.state
         await self._set_state(vm, S.STARTING, op=op)
-        info = await self._call(op, vm, "cycle", undo_state=before, guest=self._guest(vm))
+        info = await self._call(op, vm, "cycle", undo_state=before, guest=await self._guest(vm))
         await self._set_state(vm, VMState(info.get("state", S.RUNNING)), op=op)
         return None
 
@@ -571,7 +638,7 @@ class Engine:
         started = now()
         try:
             prepared = await dst_link.call(
-                "prepare_incoming", vm_id=vm.id, guest=self._guest(vm), timeout=timeout
+                "prepare_incoming", vm_id=vm.id, guest=await self._guest(vm), timeout=timeout
             )
             result = await src_link.call(
                 "migrate",

@@ -171,6 +171,12 @@ class Store:
             rows = (await s.execute(stmt.order_by(VMRow.seq).limit(limit + 1))).scalars().all()
         return _page([_vm(r) for r in rows], rows, limit, total or 0)
 
+    async def count_vms(self, *, image: str) -> int:
+        stmt = select(func.count()).select_from(VMRow)
+        stmt = stmt.where(VMRow.spec["image"].as_string() == image)
+        async with self.sessions() as s:
+            return int((await s.execute(stmt)).scalar() or 0)
+
     async def names_with_prefix(self, prefix: str) -> set[str]:
         async with self.sessions() as s:
             stmt = select(VMRow.name).where(VMRow.name.startswith(prefix, autoescape=True))

@@ -235,7 +235,8 @@ class LNM:
         if action == "prepare_incoming":
             return {"uri": answer}
         if action == "console":
-            return {"data": answer.decode("utf-8", "replace")}
+            offset = int(args.get("offset", 0))
+            return {"data": answer.decode("utf-8", "replace"), "next": offset + len(answer)}
         if answer is not None and hasattr(answer, "model_dump"):
             return answer.model_dump(mode="json")
         return {}

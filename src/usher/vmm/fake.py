@@ -12,10 +12,10 @@ Options (``options`` dict):
 * ``fail``: the probability (0..1) that an action raises ``DriverError("simulated failure …")``,
   or a dict of them by action name, for fault injection; ``seed`` seeds its RNG.
 
-With a ``state_dir`` the table is saved to ``<state_dir>/fake-vms.json`` (shortly after a
-change, at most once per :data:`FLUSH_INTERVAL` seconds, and on :meth:`FakeDriver.close`) and
-loaded by :meth:`FakeDriver.open`: a restarted LNM finds its guests still running, as it would
-with hypervisor processes that outlive it.
+With a ``state_dir`` the table lives in ``<state_dir>/fake-vms.json`` plus a journal of every
+change since (``fake-vms.journal``, one line written at once per change, folded into the table
+now and then and on :meth:`FakeDriver.close`), loaded by :meth:`FakeDriver.open`: a restarted
+or killed LNM finds its guests still running, as it would hypervisor processes that outlive it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from usher.model import Capacity, VMSpec, VMState, now
@@ -71,10 +71,11 @@ MEMORY_LOAD = 0.5
 DOWNTIME_FRACTION = 0.1
 """Share of a live migration's time during which the guest is frozen."""
 
-FLUSH_INTERVAL = 0.2
+JOURNAL_MIN = 1000  # journal lines before the table is rewritten whole
 """Least number of seconds between two saves of the VM table."""
 
 STATE_FILE = "fake-vms.json"
+JOURNAL_FILE = "fake-vms.journal"
 
 _STARTABLE = frozenset({VMState.STOPPED, VMState.ERROR})
 _ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
@@ -184,8 +185,8 @@ class FakeDriver(Driver):
         self._domains: dict[str, _Domain] = {}
         self._used_vcpus = 0
         self._used_memory_mb = 0
-        self._dirty = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
+        self._journal: TextIO | None = None
+        self._journal_lines = 0
 
     # capacity ------------------------------------------------------------------------------
 
@@ -226,29 +227,43 @@ class FakeDriver(Driver):
         return os.path.join(self.state_dir, STATE_FILE)
 
     async def open(self) -> None:
-        """Load the guests an earlier driver left in ``state_dir`` and start saving changes."""
+        """Load the guests an earlier driver left in ``state_dir``; journal changes from now."""
         if self.state_dir is None:
             return
         os.makedirs(self.state_dir, exist_ok=True)
         self._load()
-        self._flusher = asyncio.create_task(self._flush_loop(), name="fake-driver-flush")
+        self._compact()
 
     async def close(self) -> None:
         """Save the VM table; the simulated guests keep "running" in it."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
-        if self._dirty.is_set():
-            self._flush()
+        if self._journal is not None:
+            self._compact()
+            self._journal.close()
+            self._journal = None
+
+    def _path(self, name: str) -> str:
+        assert self.state_dir is not None
+        return os.path.join(self.state_dir, name)
 
     def _load(self) -> None:
-        path = self._state_path
+        """The last snapshot, then every journalled change made after it."""
+        path = self._path(STATE_FILE)
         try:
             with open(path, encoding="utf-8") as file:
-                records = json.load(file)["vms"]
-            domains = [_Domain.from_json(record) for record in records]
+                records = {r["id"]: r for r in json.load(file)["vms"]}
+            with (
+                contextlib.suppress(FileNotFoundError),
+                open(self._path(JOURNAL_FILE), encoding="utf-8") as journal,
+            ):
+                for line in journal:
+                    if not line.endswith("\n"):
+                        break  # a change cut short by a crash never happened
+                    entry = json.loads(line)
+                    if "put" in entry:
+                        records[entry["put"]["id"]] = entry["put"]
+                    else:
+                        records.pop(entry["del"], None)
+            domains = [_Domain.from_json(record) for record in records.values()]
         except FileNotFoundError:
             return
         except (ValueError, KeyError, TypeError) as exc:
@@ -259,31 +274,29 @@ class FakeDriver(Driver):
             if dom.state in _RESERVING:
                 self._reserve(dom.spec, 1)
 
-    def _changed(self) -> None:
-        if self.state_dir is not None:
-            self._dirty.set()
+    def _changed(self, dom: _Domain, *, removed: bool = False) -> None:
+        """Journal one guest's change at once: like a hypervisor's guest, it outlives an LNM
+        killed right after (a line in the page cache survives the process)."""
+        if self._journal is None:
+            return
+        entry = {"del": dom.id} if removed else {"put": dom.to_json()}
+        self._journal.write(json.dumps(entry) + "\n")
+        self._journal.flush()
+        self._journal_lines += 1
+        if self._journal_lines > max(JOURNAL_MIN, 2 * len(self._domains)):
+            self._compact()
 
-    def _flush(self) -> None:
-        """Write the VM table atomically: a crash leaves the old file or the new one."""
-        path = self._state_path
+    def _compact(self) -> None:
+        """Write the whole table atomically, then start an empty journal."""
+        path = self._path(STATE_FILE)
         tmp = f"{path}.tmp"
-        text = json.dumps({"vms": [dom.to_json() for dom in self._domains.values()]})
         with open(tmp, "w", encoding="utf-8") as file:
-            file.write(text)
+            json.dump({"vms": [dom.to_json() for dom in self._domains.values()]}, file)
         os.replace(tmp, path)
-        self._dirty.clear()
-
-    async def _flush_loop(self) -> None:
-        """Save changes, then rest at least :data:`FLUSH_INTERVAL`, and at least four times as
-        long as the save took, so a huge table never hogs the event loop."""
-        while True:
-            await self._dirty.wait()
-            began = time.monotonic()
-            try:
-                self._flush()
-            except OSError:
-                log.exception("cannot save the fake driver's VM table; will retry")
-            await asyncio.sleep(max(FLUSH_INTERVAL, 4 * (time.monotonic() - began)))
+        if self._journal is not None:
+            self._journal.close()
+        self._journal = open(self._path(JOURNAL_FILE), "w", encoding="utf-8")  # noqa: SIM115
+        self._journal_lines = 0
 
     # helpers -------------------------------------------------------------------------------
 
@@ -313,7 +326,7 @@ class FakeDriver(Driver):
         if dom.state in _RESERVING:
             self._reserve(dom.spec, -1)
         del self._domains[dom.id]
-        self._changed()
+        self._changed(dom, removed=True)
 
     def _set_state(self, dom: _Domain, state: VMState, reason: str | None = None) -> None:
         """The one place a guest changes state: keeps CPU time, capacity and console right."""
@@ -326,7 +339,7 @@ class FakeDriver(Driver):
             self._reserve(dom.spec, 1 if reserving else -1)
         dom.state, dom.reason = state, reason
         dom.console.append(f"{dom.name}: {state.value}{f' ({reason})' if reason else ''}\n")
-        self._changed()
+        self._changed(dom)
 
     # inventory -----------------------------------------------------------------------------
 

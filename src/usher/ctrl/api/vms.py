@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, client_address
 from usher.ctrl.engine import RequestError
-from usher.model import VM, CreateVMs, Operation, OpKind, Page, VMAction, VMState
+from usher.model import VM, ConsoleChunk, CreateVMs, Operation, OpKind, Page, VMAction, VMState
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
 
@@ -50,6 +50,19 @@ async def show_vm(vm: str, ctrl: CtrlDep, principal: PrincipalDep) -> VM:
         raise RequestError(404, f"unknown VM {vm!r}")
     await allow(ctrl, principal, "vm.show", vms=[found.model_dump(mode="json")])
     return found
+
+
+@router.get("/{vm}/console", response_model=ConsoleChunk)
+async def console(
+    vm: str, ctrl: CtrlDep, principal: PrincipalDep, offset: Annotated[int, Query(ge=0)] = 0
+) -> ConsoleChunk:
+    """The VM's serial console output from byte ``offset`` on; ``next`` is the offset to
+    ask for to follow it."""
+    found = await ctrl.store.get_vm(vm)
+    if found is None:
+        raise RequestError(404, f"unknown VM {vm!r}")
+    await allow(ctrl, principal, "vm.console", vms=[found.model_dump(mode="json")])
+    return await ctrl.engine.console(found, offset)
 
 
 @router.post("/actions/{kind}", status_code=202, response_model=Operation)
