@@ -16,6 +16,7 @@ from usher.ctrl.config import ADMIN_TOKEN_FILE, DEFAULT_PORT, NODE_TOKEN_FILE
 
 DEFAULT_STATE = Path.home() / ".usher" / "local"
 PIDFILE = "local.pid"
+URL_FILE = "url"
 
 
 def _usher(*args: str) -> list[str]:
@@ -52,10 +53,34 @@ def _write_client_config(url: str, token: str) -> Path:
     return path
 
 
-def _stop(state: Path) -> None:
+def _power_off_vms(state: Path) -> None:
+    """Stop every running or paused VM through the controller, so no guest outlives the
+    cluster (guests are detached from their LNM and would otherwise keep running)."""
+    from usher.client import Client, UsherError
+    from usher.model import VMState
+
+    try:
+        url = (state / URL_FILE).read_text().strip()
+        token = (state / "ctrl" / ADMIN_TOKEN_FILE).read_text().strip()
+        with Client(url, token, timeout=30) as client:
+            live = [
+                vm.id for vm in client.iter_vms() if vm.state in (VMState.RUNNING, VMState.PAUSED)
+            ]
+            if live:
+                click.echo(f"stopping {len(live)} VMs…")
+                op = client.wait(client.stop(live, kwargs={"timeout": 10}), timeout=120)
+                if op.error:
+                    click.echo(f"warning: {op.error}", err=True)
+    except (OSError, UsherError) as exc:
+        click.echo(f"warning: could not stop the VMs first: {exc}", err=True)
+
+
+def _stop(state: Path, keep_vms: bool) -> None:
     pidfile = state / PIDFILE
     if not pidfile.exists():
         raise click.ClickException(f"no local cluster runs from {state}")
+    if not keep_vms:
+        _power_off_vms(state)
     pid = int(pidfile.read_text())
     try:
         os.kill(pid, signal.SIGTERM)
@@ -97,6 +122,7 @@ def _stop(state: Path) -> None:
 )
 @click.option("--detach", is_flag=True, help="Run in the background and return.")
 @click.option("--stop", "stop_", is_flag=True, help="Stop the cluster started with --detach.")
+@click.option("--keep-vms", is_flag=True, help="With --stop: leave the guests running.")
 def local(
     n_nodes: int,
     driver: str,
@@ -107,11 +133,12 @@ def local(
     config_file: str | None,
     detach: bool,
     stop_: bool,
+    keep_vms: bool,
 ) -> None:
     """Run a controller and N LNMs on this machine (the single-host default and the demo)."""
     state = state_dir.resolve()
     if stop_:
-        _stop(state)
+        _stop(state, keep_vms)
         return
     state.mkdir(parents=True, exist_ok=True)
     pidfile = state / PIDFILE
@@ -165,6 +192,7 @@ def _run(
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
     url = f"http://127.0.0.1:{port}"
+    (state / URL_FILE).write_text(url)
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:

@@ -81,6 +81,17 @@ def with_nics(spec: VMSpec, network: str) -> VMSpec:
     return spec.model_copy(update={"nics": [{"mac": random_mac(), "network": network}]})
 
 
+def _driver_args(kind: OpKind, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The request kwargs a driver action understands: ``stop`` takes ``hard`` (no ACPI
+    power-down first) and ``timeout`` (seconds to wait for the guest before a hard stop)."""
+    if kind != OpKind.STOP:
+        return {}
+    args: dict[str, Any] = {"hard": bool(kwargs.get("hard", False))}
+    if isinstance(kwargs.get("timeout"), int | float) and kwargs["timeout"] >= 0:
+        args["timeout"] = float(kwargs["timeout"])
+    return args
+
+
 class RequestError(Exception):
     """A request the controller refuses; ``status`` is the HTTP status the API answers."""
 
@@ -304,7 +315,7 @@ class Engine:
             OpKind.DESTROY: self._step_destroy,
             OpKind.MIGRATE: self._step_migrate(req),
             OpKind.CYCLE: self._step_cycle,
-        }.get(kind) or self._step_simple(kind)
+        }.get(kind) or self._step_simple(kind, _driver_args(kind, req.kwargs))
         self._launch(op, op.targets, step)
         return op.model_copy(deep=True)
 
@@ -577,7 +588,7 @@ class Engine:
         await self._set_state(vm, VMState(info.get("state", S.RUNNING)), op=op)
         return None
 
-    def _step_simple(self, kind: OpKind) -> Step:
+    def _step_simple(self, kind: OpKind, args: dict[str, Any]) -> Step:
         _, during, after = TRANSITIONS[kind]
         assert after is not None
 
@@ -586,7 +597,7 @@ class Engine:
             before = vm.state
             if during is not None:
                 await self._set_state(vm, during, op=op)
-            await self._call(op, vm, kind.value, undo_state=before)
+            await self._call(op, vm, kind.value, undo_state=before, args=args)
             await self._set_state(vm, after, op=op)
             return None
 
