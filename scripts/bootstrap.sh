@@ -54,11 +54,13 @@ _usher_python() {
   echo /usr/bin/python3
 }
 
-# bootstrap [--dev]: Debian packages, the venv, and Usher installed in it (editable).
+# bootstrap [--dev]: Debian packages (QEMU among them), the venv, and Usher installed in it.
 bootstrap() {
   local extras="" spec=. stamp want py
   [ "${1:-}" = --dev ] && { extras=dev; spec=".[dev]"; }
-  apt_install ca-certificates
+  # QEMU runs the guests; qemu-utils makes their disks; iproute2 serves bridges and the
+  # network-namespace tests.
+  apt_install ca-certificates qemu-system-x86 qemu-utils iproute2
   if ! "$USHER_VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     py=$(_usher_python)
     say "creating $USHER_VENV (with $("$py" -V 2>&1))"

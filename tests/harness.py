@@ -58,13 +58,16 @@ class Cluster:
         plugins: list[str] | None = None,
         plugin_tables: dict[str, dict[str, Any]] | None = None,
         settings: dict[str, Any] | None = None,
+        storage: Path | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.listen = f"{listen_host}:{self.port}"
+        self.url = f"http://{self.listen}"
         self.state = root / "ctrl"
-        self.storage = root / "storage"
+        self.storage = storage or root / "storage"
         self.config = root / "ctrl.toml"
         self._write_config(db_url, plugins, plugin_tables or {}, settings or {})
         self.ctrl: subprocess.Popen[bytes] | None = None
@@ -98,10 +101,15 @@ class Cluster:
 
     # --- processes ---------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], prefix: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         return subprocess.Popen(
-            [sys.executable, "-m", "usher.cli.usher_cmd", *args], stdout=log, stderr=log, env=_env()
+            [*prefix, sys.executable, "-m", "usher.cli.usher_cmd", *args],
+            stdout=log,
+            stderr=log,
+            env=_env(),
         )
 
     def add_blank_image(self, name: str = "tiny") -> None:
@@ -112,7 +120,7 @@ class Cluster:
 
     def start_ctrl(self) -> None:
         self.ctrl = self._spawn(
-            "ctrl", ["ctrl", "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}"]
+            "ctrl", ["ctrl", "--config", str(self.config), "--listen", self.listen]
         )
         token_file = self.state / "admin.token"
 
@@ -148,7 +156,11 @@ class Cluster:
         labels: str | None = None,
         driver_options: dict[str, Any] | None = None,
         wait: bool = True,
+        driver: str = "fake",
+        netns: str | None = None,
+        migration_host: str = "127.0.0.1",
     ) -> None:
+        """Start an LNM process (inside network namespace ``netns`` if given)."""
         args = [
             "lnm",
             "--ctrl",
@@ -156,7 +168,9 @@ class Cluster:
             "--name",
             name,
             "--driver",
-            "fake",
+            driver,
+            "--migration-host",
+            migration_host,
             "--state-dir",
             str(self.root / "nodes" / name),
             "--storage-dir",
@@ -172,9 +186,21 @@ class Cluster:
             args += ["--labels", labels]
         for key, value in (driver_options or {}).items():
             args += ["--driver-option", f"{key}={json.dumps(value)}"]
-        self.lnms[name] = self._spawn(name, args)
+        prefix = ("ip", "netns", "exec", netns) if netns else ()
+        self.lnms[name] = self._spawn(name, args, prefix)
         if wait:
             self.wait_node(name, connected=True)
+
+    def guest_pid(self, node: str, vm_id: str) -> int | None:
+        """The pid of the QEMU running ``vm_id`` on ``node`` (None if there is none)."""
+        pidfile = self.root / "nodes" / node / "qemu" / "vms" / vm_id / "qemu.pid"
+        try:
+            pid = int(pidfile.read_text())
+            with open(f"/proc/{pid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError):
+            return None
+        return None if state in ("Z", "X") else pid
 
     def kill_lnm(self, name: str) -> None:
         proc = self.lnms.pop(name)

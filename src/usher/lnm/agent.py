@@ -182,6 +182,17 @@ class LNM:
                     del self._busy[vm_id]
         with contextlib.suppress(websockets.ConnectionClosed):
             await ws.send(json.dumps(reply))
+        if vm_id and self._ws is not ws:
+            await self._report(vm_id)
+
+    async def _report(self, vm_id: str) -> None:
+        """Tell the controller now linked what became of a VM whose command outlived the
+        link it came on (the controller that asked is gone, and its reply with it)."""
+        try:
+            dom = await self.driver.info(vm_id)
+        except DriverError:
+            return
+        await self._send_state(vm_id, dom.state, dom.reason)
 
     async def execute(
         self,
@@ -246,9 +257,10 @@ class LNM:
     async def _driver_saw(self, vm_id: str, state: VMState, reason: str | None) -> None:
         """A change the driver noticed on its own; changes made by a command are in its reply."""
         if vm_id not in self._busy:
-            await self._send(
-                {"type": "state", "vm_id": vm_id, "state": state.value, "reason": reason}
-            )
+            await self._send_state(vm_id, state, reason)
+
+    async def _send_state(self, vm_id: str, state: VMState, reason: str | None) -> None:
+        await self._send({"type": "state", "vm_id": vm_id, "state": state.value, "reason": reason})
 
     async def usage(self) -> dict[str, Any]:
         """What this node's VMs reserve and consume now."""
