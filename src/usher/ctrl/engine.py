@@ -136,19 +136,25 @@ class Engine:
     async def recover(self) -> None:
         """After a restart: operations that were running when the controller died failed."""
         for op in await self.store.unfinished_ops():
-            op.status = OpStatus.FAILED
-            op.error = (
-                "the controller restarted while this operation ran; VM states are "
-                "re-read from their nodes"
+            await self._end_unrun(
+                op,
+                OpStatus.FAILED,
+                "the controller restarted while this operation ran; VM states are re-read "
+                "from their nodes",
+                new=False,
             )
-            op.finished_at = now()
-            await self.store.update_op(op)
-            await self.bus.emit(
-                f"{op.kind.value}_failure",
-                operation_id=op.id,
-                principal=op.principal,
-                data={"error": op.error},
-            )
+
+    async def _end_unrun(self, op: Operation, status: OpStatus, error: str, new: bool) -> None:
+        """Record an operation that ends without running (refused, or cut short by a
+        restart) and fire its ``<op>_failure`` event."""
+        op.status, op.error, op.finished_at = status, error, now()
+        await (self.store.add_op(op) if new else self.store.update_op(op))
+        await self.bus.emit(
+            f"{op.kind.value}_failure",
+            operation_id=op.id,
+            principal=op.principal,
+            data={"error": error, "vetoed": status == OpStatus.VETOED},
+        )
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -331,15 +337,8 @@ class Engine:
             await self.plugins.run_request_hooks(req)
         except (Vetoed, PluginError) as exc:
             vetoed = isinstance(exc, Vetoed)
-            op.status = OpStatus.VETOED if vetoed else OpStatus.FAILED
-            op.error = str(exc)
-            op.finished_at = now()
-            await self.store.add_op(op)
-            await self.bus.emit(
-                f"{req.kind.value}_failure",
-                operation_id=op.id,
-                principal=op.principal,
-                data={"error": op.error, "vetoed": vetoed},
+            await self._end_unrun(
+                op, OpStatus.VETOED if vetoed else OpStatus.FAILED, str(exc), new=True
             )
             status = 403 if vetoed else 500
             raise RequestError(
