@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from fastapi import APIRouter
+
 from usher import Veto, hookimpl
-from usher.model import Event, OpRequest
+from usher.ctrl.api.deps import PrincipalDep
+from usher.model import VM, Event, OpRequest, Principal, Scope
 
 
 class Policy:
@@ -48,3 +51,60 @@ class BrokenStopPolicy:
     @hookimpl
     def stop_request(self, request: OpRequest) -> None:
         raise KeyError("missing-setting")
+
+
+class Alice:
+    """Authenticates a fixed token as the ordinary user alice, who sees only her own."""
+
+    TOKEN = "ush_alice-test-token"
+
+    @hookimpl
+    def authenticate(self, token: str) -> Principal | None:
+        return Principal(name="alice", roles=["user"]) if token == self.TOKEN else None
+
+    @hookimpl
+    def scope(self, principal: Principal) -> Scope | None:
+        if principal.is_admin:
+            return None
+        return Scope(owners=[principal.name], principals=[principal.name])
+
+
+class TinyIpam:
+    """Hands out the three addresses of a toy range, never one twice."""
+
+    def __init__(self) -> None:
+        self.free = [f"192.0.2.{i}" for i in (10, 11, 12)]
+        self.held: dict[str, str] = {}
+
+    @hookimpl
+    def allocate_address(self, vm: VM, request: OpRequest) -> list[dict[str, Any]]:
+        if not self.free:
+            raise Veto("range toy is full")
+        address = self.free.pop(0)
+        self.held[vm.id] = address
+        return [
+            {
+                "mac": "52:54:00:00:00:" + address.rsplit(".", 1)[1],
+                "network": "default",
+                "address": address,
+            }
+        ]
+
+    @hookimpl
+    def release_address(self, vm: VM) -> None:
+        self.free.append(self.held.pop(vm.id))
+
+    @hookimpl
+    def usher_event(self, event: Event) -> None:
+        if event.name == "unregister" and event.vm_id in self.held:
+            self.free.append(self.held.pop(event.vm_id))
+
+    @hookimpl
+    def usher_routes(self) -> list[APIRouter]:
+        router = APIRouter(prefix="/toy-ipam")
+
+        @router.get("/free")
+        async def free(principal: PrincipalDep) -> dict[str, Any]:
+            return {"free": sorted(self.free), "asked_by": principal.name}
+
+        return [router]

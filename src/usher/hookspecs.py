@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from fastapi import APIRouter
+
     from usher.ctrl.context import PluginContext
-    from usher.model import Event, Node, OpRequest, Placement, Principal, VMSpec
+    from usher.model import VM, Event, Node, OpRequest, Placement, Principal, Scope, VMSpec
 
 PROJECT = "usher"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -52,6 +54,16 @@ def usher_configure(ctx: PluginContext, config: dict[str, Any]) -> None:
     ``config`` is the plugin's own table from the controller config (empty if none).
     ``ctx`` gives access to the store, the event bus and settings; keep it for later hooks.
     May be a coroutine function.
+    """
+
+
+@hookspec
+def usher_routes() -> list[APIRouter]:
+    """API routes of the plugin's own (token management, an audit query, …), mounted under
+    ``/v1``. Called once when the controller builds its app, before ``usher_configure``.
+
+    Routes use ``usher.ctrl.api.deps`` (``CtrlDep``, ``PrincipalDep``, ``allow``) like the
+    core's, so they are authenticated and authorized the same way.
     """
 
 
@@ -78,6 +90,36 @@ def authorize(principal: Principal, action: str, target: dict[str, Any]) -> bool
 
     Return ``True`` to allow, ``False`` to refuse (403), ``None`` to leave it to the next
     plugin. If no plugin answers, the request is allowed for any authenticated principal.
+    """
+
+
+@hookspec(firstresult=True)
+def scope(principal: Principal) -> Scope | None:
+    """Which VMs, operations and events ``principal`` may see in listings.
+
+    Return a :class:`~usher.model.Scope` (e.g. its own VMs and those of the clusters it is a
+    member of), or ``None`` to leave it to the next plugin. If no plugin answers, everything
+    is visible. Single objects are checked with ``authorize`` instead.
+    """
+
+
+@hookspec(firstresult=True)
+def allocate_address(vm: VM, request: OpRequest) -> list[dict[str, Any]] | None:
+    """Addresses for a new VM, before it is recorded and started.
+
+    Return its NICs, each ``{"mac": ..., "network": ..., "address": ...}`` (the addresses go
+    to ``vm.addresses``), or ``None`` to keep the MAC the controller chose. Raise
+    :class:`Veto` when none can be had (a range is full); the request is then refused and
+    ``release_address`` is called for the VMs of the same request already allocated.
+    """
+
+
+@hookspec
+def release_address(vm: VM) -> None:
+    """Give back what ``allocate_address`` handed out for ``vm`` (its request was refused).
+
+    Addresses of VMs that were recorded are released by the plugin itself, on their
+    ``destroy`` or ``start_failure`` events.
     """
 
 

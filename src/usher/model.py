@@ -205,6 +205,7 @@ class OpRequest(BaseModel):
     node: str | None = None
     target_node: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    dry_run: bool = Field(False, description="only planning: nothing will be changed")
 
 
 class Operation(BaseModel):
@@ -244,6 +245,16 @@ class Page(BaseModel, Generic[T]):
     items: list[T]
     total: int
     next: str | None = None
+
+
+class Scope(BaseModel):
+    """What a principal may see in listings: VMs it owns, or of clusters it belongs to."""
+
+    owners: list[str] = Field(default_factory=list)
+    clusters: list[str] = Field(default_factory=list)
+    principals: list[str] = Field(
+        default_factory=list, description="operations and events asked for by these"
+    )
 
 
 class Placement(BaseModel):
@@ -289,6 +300,21 @@ class ConsoleChunk(BaseModel):
     offset: int
     next: int
     data: str
+
+
+class PlannedVM(BaseModel):
+    name: str
+    node: str | None = None
+    vm_id: str | None = None
+
+
+class Plan(BaseModel):
+    """A dry run's answer: where each VM would go, why every other node was not chosen, or
+    why nothing fits. Nothing was changed."""
+
+    vms: list[PlannedVM] = Field(default_factory=list)
+    rejected: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None
 
 
 class ErrorBody(BaseModel):

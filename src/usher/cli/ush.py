@@ -21,7 +21,7 @@ from usher.cli.ush_render import Renderer
 from usher.cli.ush_session import Session
 from usher.cli.ush_shell import Shell
 from usher.client import Client, UsherError
-from usher.model import Operation, OpKind, OpStatus, VMState
+from usher.model import Operation, OpKind, OpStatus, Plan, VMState
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -148,6 +148,14 @@ def _wait_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def _dry_run_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Only show where the VMs would go and why other nodes would not do.",
+    )(command)
+
+
 def _require_targets(vms: Sequence[str], cluster: str | None) -> None:
     if not vms and not cluster:
         raise click.UsageError("name the VMs (ids or names), or give --cluster")
@@ -233,6 +241,7 @@ CREATE_OPTIONS = ("count", "names", "name_prefix", "vcpus", "memory_mb", "image"
 @click.option("--node", help="Place the new VMs on this node.")
 @_kwarg_option
 @_wait_option
+@_dry_run_option
 @pass_ush
 def start(
     ush: Ush,
@@ -247,6 +256,7 @@ def start(
     node: str | None,
     kwargs: dict[str, Any],
     wait: bool,
+    dry_run: bool,
 ) -> None:
     """Create new VMs, or boot stopped ones.
 
@@ -262,9 +272,12 @@ def start(
     if vms or (cluster and not creating):
         if creating:
             raise click.UsageError(f"{creating[0]} only applies to new VMs, not when booting")
+        if dry_run:
+            raise click.UsageError("--dry-run plans new VMs (or migrations), not boots")
         op = ush.client.start_existing(vms, cluster, kwargs)
     else:
-        op = ush.client.create_vms(
+        create = ush.client.plan_start if dry_run else ush.client.create_vms
+        op = create(
             count=count,
             names=names or None,
             name_prefix=name_prefix,
@@ -275,7 +288,17 @@ def start(
             node=node,
             kwargs=kwargs,
         )
+    if isinstance(op, Plan):
+        _planned(ush, op)
+        return
     _submitted(ush, op, wait)
+
+
+def _planned(ush: Ush, plan: Plan) -> None:
+    """Show a dry run's plan; exit 1 when nothing fits."""
+    ush.out.plan(plan)
+    if plan.error:
+        raise Failure(plan.error)
 
 
 def _action_command(kind: OpKind, summary: str) -> click.Command:
@@ -311,6 +334,7 @@ for _kind, _summary in (
 @click.option("--to", "target_node", help="Target node (default: the scheduler picks).")
 @_kwarg_option
 @_wait_option
+@_dry_run_option
 @pass_ush
 def migrate(
     ush: Ush,
@@ -319,9 +343,13 @@ def migrate(
     target_node: str | None,
     kwargs: dict[str, Any],
     wait: bool,
+    dry_run: bool,
 ) -> None:
     """Move VMs (ids or names) and/or a --cluster to another node."""
     _require_targets(vms, cluster)
+    if dry_run:
+        _planned(ush, ush.client.plan_migrate(vms, cluster, target_node, kwargs))
+        return
     _submitted(ush, ush.client.migrate(vms, cluster, target_node, kwargs), wait)
 
 

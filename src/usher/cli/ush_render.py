@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from usher.client.protocol import ProgressCallback
-from usher.model import VM, Event, Image, Node, Operation, OpStatus, Principal
+from usher.model import VM, Event, Image, Node, Operation, OpStatus, Plan, Principal
 
 STATUS_STYLES = {
     OpStatus.SUCCEEDED: "green",
@@ -275,6 +275,22 @@ class Renderer:
         if event.data:
             line.append(f" {json.dumps(event.data, separators=(',', ':'))}", style="dim")
         self.console.print(line, soft_wrap=True)
+
+    def plan(self, plan: Plan) -> None:
+        """A dry run: each VM's node, then every node not chosen with the reason."""
+        if self.json:
+            self.emit(plan.model_dump(mode="json"))
+            return
+        table = _table("VM", "WOULD GO TO")
+        for vm in plan.vms:
+            _row(table, vm.name, vm.node or "-")
+        self.console.print(table)
+        if plan.rejected:
+            rejected = _table("NODE", "NOT CHOSEN BECAUSE")
+            for node, reason in sorted(plan.rejected.items()):
+                _row(rejected, node, reason)
+            self.console.print(rejected)
+        self.note("dry run: nothing was changed")
 
     def images(self, images: Iterable[Image]) -> None:
         images = list(images)

@@ -23,6 +23,7 @@ from usher.model import (
     OpKind,
     OpStatus,
     Page,
+    Plan,
     Principal,
     VMState,
 )
@@ -108,6 +109,45 @@ class AsyncClient(ActionMethods[Coroutine[Any, Any, Operation]]):
                 node=node,
                 kwargs=kwargs,
             )
+        )
+
+    async def plan_start(
+        self,
+        count: int = 1,
+        names: Sequence[str] | None = None,
+        name_prefix: str | None = None,
+        cluster: str | None = None,
+        vcpus: int = 1,
+        memory_mb: int = 256,
+        image: str = "tiny",
+        node: str | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Plan:
+        """Dry run of :meth:`create_vms`: where the VMs would go; nothing changes."""
+        return await self._call(
+            protocol.plan_start(
+                count=count,
+                names=names,
+                name_prefix=name_prefix,
+                cluster=cluster,
+                vcpus=vcpus,
+                memory_mb=memory_mb,
+                image=image,
+                node=node,
+                kwargs=kwargs,
+            )
+        )
+
+    async def plan_migrate(
+        self,
+        vms: Sequence[str] | None = None,
+        cluster: str | None = None,
+        target_node: str | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Plan:
+        """Dry run of :meth:`migrate`: where each VM would go; nothing changes."""
+        return await self._call(
+            protocol.plan_migrate(vms=vms, cluster=cluster, target_node=target_node, kwargs=kwargs)
         )
 
     async def list_vms(

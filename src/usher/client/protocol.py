@@ -34,6 +34,7 @@ from usher.model import (
     OpKind,
     OpStatus,
     Page,
+    Plan,
     Principal,
     VMAction,
     VMState,
@@ -190,6 +191,24 @@ def create_vms(
         kwargs=kwargs or {},
     )
     return Call("POST", "/vms", Operation.model_validate, body=body)
+
+
+def plan_start(**fields: Any) -> Call[Plan]:
+    """Dry run of ``create_vms`` (same arguments): where the VMs would go."""
+    call = create_vms(**fields)
+    return Call("POST", "/vms/plan", Plan.model_validate, body=call.body)
+
+
+def plan_migrate(
+    *,
+    vms: Sequence[str] | None,
+    cluster: str | None,
+    target_node: str | None,
+    kwargs: dict[str, Any] | None,
+) -> Call[Plan]:
+    """Dry run of a migration: where each VM would go."""
+    call = action(OpKind.MIGRATE, vms=vms, cluster=cluster, target_node=target_node, kwargs=kwargs)
+    return Call("POST", "/vms/actions/migrate/plan", Plan.model_validate, body=call.body)
 
 
 def list_vms(

@@ -35,4 +35,6 @@ def create_app(settings: Settings, extra_plugins: dict[str, Any] | None = None) 
     errors.install(app)
     for module in (vms, operations, nodes, events, images, lnm):
         app.include_router(module.router)
+    for router in ctrl.plugins.routers():
+        app.include_router(router, prefix="/v1")
     return app

@@ -38,7 +38,7 @@ class Controller:
         self.plugins = PluginHost(self.ctx, timeout=settings.notify_timeout)
         self.nodes = NodeRegistry(self.store, self.bus, settings.node_timeout)
         self.engine = Engine(settings, self.store, self.bus, self.plugins, self.nodes)
-        self._extra_plugins = extra_plugins or {}
+        self.plugins.load(settings.plugins.enabled, extra_plugins or {})
         self._watcher: asyncio.Task[None] | None = None
         self.first_admin_token: str | None = None
 
@@ -46,7 +46,6 @@ class Controller:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         await self.nodes.load()
-        self.plugins.load(self.settings.plugins.enabled, self._extra_plugins)
         configs = {name: self.settings.plugins.table(name) for name in self.plugins.order}
         await self.plugins.start(configs)
         await self._bootstrap_tokens()

@@ -34,6 +34,9 @@ from usher.model import (
     OpKind,
     OpRequest,
     OpStatus,
+    Placement,
+    Plan,
+    PlannedVM,
     Principal,
     VMAction,
     VMSpec,
@@ -221,8 +224,10 @@ class Engine:
 
     # --- operations: asking ------------------------------------------------------------
 
-    async def create(self, principal: Principal, body: CreateVMs, client: str | None) -> Operation:
-        """Start new VMs (the ``start`` operation with no existing targets)."""
+    async def _admit_create(
+        self, principal: Principal, body: CreateVMs, client: str | None, dry_run: bool
+    ) -> tuple[OpRequest, Operation, VMSpec, int]:
+        """Check, authorize and run the request hooks of a start of new VMs."""
         spec = VMSpec(
             vcpus=body.vcpus, memory_mb=body.memory_mb, image=body.image, kwargs=body.kwargs
         )
@@ -237,6 +242,7 @@ class Engine:
             spec=spec,
             node=body.node,
             kwargs=dict(body.kwargs),
+            dry_run=dry_run,
         )
         count = len(body.names) if body.names else body.count
         if body.node is not None and self.nodes.get(body.node) is None:
@@ -253,13 +259,22 @@ class Engine:
         spec = req.spec or spec
         if spec.image != body.image:  # a request hook chose another image
             await self.image(spec.image)
+        return req, op, spec, count
+
+    async def _new_names(self, req: OpRequest, body: CreateVMs, count: int) -> list[str]:
+        names = req.names or await self._auto_names(
+            req.kwargs.get("name_prefix") or body.name_prefix or req.cluster or "vm", count
+        )
+        taken = await self.store.names_taken(names)
+        if taken:
+            raise RequestError(409, f"VM name(s) already taken: {', '.join(sorted(taken))}")
+        return names
+
+    async def create(self, principal: Principal, body: CreateVMs, client: str | None) -> Operation:
+        """Start new VMs (the ``start`` operation with no existing targets)."""
+        req, op, spec, count = await self._admit_create(principal, body, client, False)
         async with self.placement_lock:
-            names = req.names or await self._auto_names(
-                req.kwargs.get("name_prefix") or body.name_prefix or req.cluster or "vm", count
-            )
-            taken = await self.store.names_taken(names)
-            if taken:
-                raise RequestError(409, f"VM name(s) already taken: {', '.join(sorted(taken))}")
+            names = await self._new_names(req, body, count)
             placement = await self._schedule(req, [spec] * len(names))
             vms = [
                 VM(
@@ -273,6 +288,7 @@ class Engine:
                 )
                 for name, node in zip(names, placement, strict=True)
             ]
+            await self._allocate_addresses(op, req, vms)
             await self.store.add_vms(vms)
         op.targets = [vm.id for vm in vms]
         await self.store.add_op(op)
@@ -283,15 +299,77 @@ class Engine:
                 node=vm.node,
                 operation_id=op.id,
                 principal=principal.name,
-                data={"name": vm.name, "cluster": vm.cluster},
+                data={"name": vm.name, "cluster": vm.cluster, "addresses": vm.addresses},
             )
         self._launch(op, [vm.id for vm in vms], self._step_start)
         return op.model_copy(deep=True)
 
-    async def act(
-        self, principal: Principal, kind: OpKind, body: VMAction, client: str | None
-    ) -> Operation:
-        """Run ``kind`` on existing VMs named in ``body`` (ids, names and/or a cluster)."""
+    async def plan_start(self, principal: Principal, body: CreateVMs, client: str | None) -> Plan:
+        """Where new VMs would go, and why other nodes would not do: nothing is changed."""
+        req, _op, spec, count = await self._admit_create(principal, body, client, True)
+        async with self.placement_lock:
+            names = await self._new_names(req, body, count)
+            placement = await self._placement(req, [spec] * len(names))
+        nodes: list[str | None] = list(placement.nodes) if not placement.error else []
+        nodes += [None] * (len(names) - len(nodes))
+        return Plan(
+            vms=[PlannedVM(name=n, node=node) for n, node in zip(names, nodes, strict=True)],
+            rejected=placement.rejected,
+            error=placement.error,
+        )
+
+    async def plan_migrate(self, principal: Principal, body: VMAction, client: str | None) -> Plan:
+        """Where VMs would migrate to: nothing is changed."""
+        vms, req = await self._admit_action(principal, OpKind.MIGRATE, body, client, True)
+        await self._request_hooks(self._new_op(req), req)
+        plan = Plan()
+        extra: dict[str, dict[str, int]] = {}
+        async with self.placement_lock:
+            for vm in vms:
+                if body.target_node is not None:
+                    placement = Placement(nodes=[body.target_node])
+                else:
+                    placement = await self._placement(req, [vm.spec], vm.node, extra)
+                node = placement.nodes[0] if placement.nodes else None
+                plan.vms.append(PlannedVM(name=vm.name, vm_id=vm.id, node=node))
+                plan.rejected.update(placement.rejected)
+                if placement.error:
+                    plan.error = f"{vm.name}: {placement.error}"
+                    break
+                used = extra.setdefault(node, {"vcpus": 0, "memory_mb": 0, "vms": 0})
+                used["vcpus"] += vm.spec.vcpus
+                used["memory_mb"] += vm.spec.memory_mb
+                used["vms"] += 1
+        return plan
+
+    async def _allocate_addresses(self, op: Operation, req: OpRequest, vms: list[VM]) -> None:
+        """Ask the IP management plugins for each new VM's addresses (all, or none)."""
+        done: list[VM] = []
+        try:
+            for vm in vms:
+                nics = await self.plugins.decide("allocate_address", vm=vm, request=req)
+                if nics:
+                    vm.spec = vm.spec.model_copy(update={"nics": list(nics)})
+                    vm.addresses = [n["address"] for n in nics if n.get("address")]
+                done.append(vm)
+        except (Vetoed, PluginError) as exc:
+            for vm in done:
+                await self.plugins.call_all("release_address", vm=vm)
+            vetoed = isinstance(exc, Vetoed)
+            await self._end_unrun(
+                op, OpStatus.VETOED if vetoed else OpStatus.FAILED, str(exc), new=True
+            )
+            raise RequestError(403 if vetoed else 500, f"{exc}; nothing was changed") from exc
+
+    async def _admit_action(
+        self,
+        principal: Principal,
+        kind: OpKind,
+        body: VMAction,
+        client: str | None,
+        dry_run: bool,
+    ) -> tuple[list[VM], OpRequest]:
+        """Resolve, check, authorize and run the request hooks of an action on VMs."""
         vms = await self._resolve_targets(body)
         self._check_transitions(kind, vms)
         self._check_capabilities(kind, vms)
@@ -305,6 +383,7 @@ class Engine:
             cluster=body.cluster,
             target_node=body.target_node,
             kwargs=dict(body.kwargs),
+            dry_run=dry_run,
         )
         await authorize(
             self.plugins,
@@ -312,6 +391,13 @@ class Engine:
             f"vm.{kind.value}",
             {"vms": [vm.model_dump(mode="json") for vm in vms], "cluster": body.cluster},
         )
+        return vms, req
+
+    async def act(
+        self, principal: Principal, kind: OpKind, body: VMAction, client: str | None
+    ) -> Operation:
+        """Run ``kind`` on existing VMs named in ``body`` (ids, names and/or a cluster)."""
+        _vms, req = await self._admit_action(principal, kind, body, client, False)
         op = self._new_op(req)
         await self._request_hooks(op, req)
         op.targets = list(req.vm_ids)
@@ -337,15 +423,18 @@ class Engine:
             await self.plugins.run_request_hooks(req)
         except (Vetoed, PluginError) as exc:
             vetoed = isinstance(exc, Vetoed)
-            await self._end_unrun(
-                op, OpStatus.VETOED if vetoed else OpStatus.FAILED, str(exc), new=True
-            )
+            if not req.dry_run:
+                await self._end_unrun(
+                    op, OpStatus.VETOED if vetoed else OpStatus.FAILED, str(exc), new=True
+                )
             status = 403 if vetoed else 500
             raise RequestError(
                 status,
                 f"{op.error}; nothing was changed",
                 {"operation": op.model_dump(mode="json")},
             ) from exc
+        if req.dry_run:
+            return
         data = req.model_dump(mode="json", exclude={"principal"})
         for name in ("request", f"{req.kind.value}_request"):
             await self.bus.emit(name, operation_id=op.id, principal=op.principal, data=data)
@@ -410,24 +499,41 @@ class Engine:
             n += 1
         return names
 
-    async def _schedule(
-        self, req: OpRequest, specs: list[VMSpec], exclude: str | None = None
-    ) -> list[str]:
+    async def _placement(
+        self,
+        req: OpRequest,
+        specs: list[VMSpec],
+        exclude: str | None = None,
+        extra: dict[str, dict[str, int]] | None = None,
+    ) -> Placement:
+        """Ask the scheduler plugins; ``extra`` is capacity promised beyond the records."""
         nodes = [n for n in self.nodes.snapshot() if n.name != exclude]
         reserved = await self.store.reserved_by_node()
+        for node, used in (extra or {}).items():
+            mine = reserved.setdefault(node, {"vcpus": 0, "memory_mb": 0, "vms": 0})
+            for key, value in used.items():
+                mine[key] = mine.get(key, 0) + value
         try:
             placement = await self.plugins.decide(
                 "schedule", nodes=nodes, specs=specs, request=req, reserved=reserved
             )
-        except PluginError as exc:
+        except (PluginError, Vetoed) as exc:
             raise RequestError(500, f"{exc}; nothing was changed") from exc
         if placement is None:
             raise RequestError(409, "no scheduler plugin is enabled: cannot place VMs")
+        known = {n.name for n in nodes}
+        if not placement.error and (
+            len(placement.nodes) != len(specs) or not set(placement.nodes) <= known
+        ):
+            raise RequestError(500, "the scheduler returned an invalid placement")
+        return placement
+
+    async def _schedule(
+        self, req: OpRequest, specs: list[VMSpec], exclude: str | None = None
+    ) -> list[str]:
+        placement = await self._placement(req, specs, exclude)
         if placement.error:
             raise RequestError(409, placement.error, {"rejected": placement.rejected})
-        known = {n.name for n in nodes}
-        if len(placement.nodes) != len(specs) or not set(placement.nodes) <= known:
-            raise RequestError(500, "the scheduler returned an invalid placement")
         return list(placement.nodes)
 
     # --- running -----------------------------------------------------------------------

@@ -114,6 +114,16 @@ class PluginHost:
         self.pm.register(plugin, name=name)
         self.order.append(name)
 
+    def routers(self) -> list[Any]:
+        """The API routers plugins contribute through ``usher_routes``."""
+        found: list[Any] = []
+        for plugin, impl in self._impls("usher_routes"):
+            try:
+                found.extend(impl.function() or [])
+            except Exception as exc:
+                raise PluginError(plugin, "usher_routes", exc) from exc
+        return found
+
     async def start(self, configs: dict[str, dict[str, Any]]) -> None:
         for plugin, impl in self._impls("usher_configure"):
             await self._call(impl, ctx=self.ctx, config=configs.get(plugin, {}))
@@ -157,16 +167,29 @@ class PluginHost:
         return result
 
     async def decide(self, hook: str, **kwargs: Any) -> Any:
-        """Call a decision hook: the first plugin answering something other than None wins."""
+        """Call a decision hook: the first plugin answering something other than None wins.
+
+        A :class:`~usher.hookspecs.Veto` becomes :class:`Vetoed`, any other exception
+        :class:`PluginError`."""
         for plugin, impl in self._impls(hook):
             try:
                 answer = await self._call(impl, **kwargs)
+            except Veto as veto:
+                raise Vetoed(plugin, hook, str(veto) or "no reason given") from veto
             except Exception as exc:
                 log.exception("plugin %s failed in %s", plugin, hook)
                 raise PluginError(plugin, hook, exc) from exc
             if answer is not None:
                 return answer
         return None
+
+    async def call_all(self, hook: str, **kwargs: Any) -> None:
+        """Call every plugin's ``hook``; a failure is logged and the others still run."""
+        for plugin, impl in self._impls(hook):
+            try:
+                await asyncio.wait_for(self._call(impl, **kwargs), self.timeout)
+            except Exception:
+                log.exception("plugin %s failed in %s", plugin, hook)
 
     async def run_request_hooks(self, request: OpRequest) -> None:
         """Run ``request`` and ``<op>_request`` hooks; raise :class:`Vetoed` or PluginError."""

@@ -11,13 +11,13 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import String, cast, delete, event, func, select, update
+from sqlalchemy import String, cast, delete, event, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from usher.ctrl.tables import Base, EventRow, NodeRow, OperationRow, PluginDataRow, TokenRow, VMRow
-from usher.model import VM, Event, Node, Operation, OpStatus, Page, VMState
+from usher.model import VM, Event, Node, Operation, OpStatus, Page, Scope, VMState
 
 MAX_PAGE = 1000
 
@@ -149,8 +149,11 @@ class Store:
         state: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        scope: Scope | None = None,
     ) -> Page[VM]:
         filters = []
+        if scope is not None:
+            filters.append(or_(VMRow.owner.in_(scope.owners), VMRow.cluster.in_(scope.clusters)))
         if cluster is not None:
             filters.append(VMRow.cluster == cluster)
         if owner is not None:
@@ -264,8 +267,11 @@ class Store:
         vm: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        scope: Scope | None = None,
     ) -> Page[Operation]:
         filters = []
+        if scope is not None:
+            filters.append(OperationRow.principal.in_(scope.principals))
         if vm is not None:
             filters.append(cast(OperationRow.targets, String).contains(f'"{vm}"', autoescape=True))
         if status is not None:
@@ -310,8 +316,11 @@ class Store:
         since: float | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        scope: Scope | None = None,
     ) -> Page[Event]:
         filters = []
+        if scope is not None:
+            filters.append(EventRow.principal.in_(scope.principals))
         for column, value in (
             (EventRow.name, name),
             (EventRow.vm_id, vm),

@@ -10,8 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from usher.ctrl.authz import authorize
 from usher.ctrl.controller import Controller
 from usher.ctrl.engine import RequestError
-from usher.ctrl.plugins import PluginError
-from usher.model import Principal
+from usher.ctrl.plugins import PluginError, Vetoed
+from usher.model import Principal, Scope
 
 bearer = HTTPBearer(auto_error=False, description="an Usher API token")
 
@@ -50,6 +50,14 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 async def allow(ctrl: Controller, principal: Principal, action: str, **target: Any) -> None:
     await authorize(ctrl.plugins, principal, action, target)
+
+
+async def visible(ctrl: Controller, principal: Principal) -> Scope | None:
+    """What ``principal`` may see in listings (None: everything), as the ``scope`` hook says."""
+    try:
+        return await ctrl.plugins.decide("scope", principal=principal)
+    except (PluginError, Vetoed) as exc:
+        raise RequestError(500, f"cannot tell what you may see: {exc}") from exc
 
 
 def client_address(request: Request) -> str | None:

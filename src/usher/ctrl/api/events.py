@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, visible
 from usher.model import Event, Page, Principal
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -31,7 +31,14 @@ async def list_events(
     """Past events, oldest first."""
     await allow(ctrl, principal, "event.list")
     return await ctrl.store.list_events(
-        name=name, vm=vm, node=node, operation=operation, since=since, limit=limit, cursor=cursor
+        scope=await visible(ctrl, principal),
+        name=name,
+        vm=vm,
+        node=node,
+        operation=operation,
+        since=since,
+        limit=limit,
+        cursor=cursor,
     )
 
 
@@ -46,10 +53,12 @@ async def stream_events(
 ) -> EventSourceResponse:
     """Server-Sent Events: one ``event: <name>`` / ``data: <Event JSON>`` per event."""
     await allow(ctrl, principal, "event.stream")
+    scope = await visible(ctrl, principal)
 
     def wanted(ev: Event) -> bool:
         return (
-            (name is None or ev.name == name)
+            (scope is None or ev.principal in scope.principals)
+            and (name is None or ev.name == name)
             and (vm is None or ev.vm_id == vm)
             and (node is None or ev.node == node)
         )

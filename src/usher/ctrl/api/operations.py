@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, visible
 from usher.model import Operation, OpKind, OpStatus, Page
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
@@ -25,6 +25,7 @@ async def list_operations(
     """Operations, newest first; ``vm`` keeps those that targeted that VM id."""
     await allow(ctrl, principal, "operation.list")
     page = await ctrl.store.list_ops(
+        scope=await visible(ctrl, principal),
         status=status.value if status else None,
         kind=kind.value if kind else None,
         vm=vm,

@@ -6,9 +6,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, client_address
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, client_address, visible
 from usher.ctrl.engine import RequestError
-from usher.model import VM, ConsoleChunk, CreateVMs, Operation, OpKind, Page, VMAction, VMState
+from usher.model import (
+    VM,
+    ConsoleChunk,
+    CreateVMs,
+    Operation,
+    OpKind,
+    Page,
+    Plan,
+    VMAction,
+    VMState,
+)
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
 
@@ -19,6 +29,22 @@ async def create_vms(
 ) -> Operation:
     """Start new VMs; the answer is the operation, which runs on."""
     return await ctrl.engine.create(principal, body, client_address(request))
+
+
+@router.post("/plan", response_model=Plan)
+async def plan_vms(
+    body: CreateVMs, request: Request, ctrl: CtrlDep, principal: PrincipalDep
+) -> Plan:
+    """Dry run of a start: where the VMs would go and why other nodes would not do."""
+    return await ctrl.engine.plan_start(principal, body, client_address(request))
+
+
+@router.post("/actions/migrate/plan", response_model=Plan)
+async def plan_migration(
+    body: VMAction, request: Request, ctrl: CtrlDep, principal: PrincipalDep
+) -> Plan:
+    """Dry run of a migration: where each VM would go, and why other nodes would not do."""
+    return await ctrl.engine.plan_migrate(principal, body, client_address(request))
 
 
 @router.get("", response_model=Page[VM])
@@ -34,6 +60,7 @@ async def list_vms(
 ) -> Page[VM]:
     await allow(ctrl, principal, "vm.list", cluster=cluster, owner=owner, node=node)
     return await ctrl.store.list_vms(
+        scope=await visible(ctrl, principal),
         cluster=cluster,
         owner=owner,
         node=node,
