@@ -186,7 +186,9 @@ class Cluster:
             args += ["--labels", labels]
         for key, value in (driver_options or {}).items():
             args += ["--driver-option", f"{key}={json.dumps(value)}"]
-        prefix = ("ip", "netns", "exec", netns) if netns else ()
+        # nsenter joins only the network namespace (ip netns exec also remounts /sys,
+        # which a chroot may not allow)
+        prefix = ("nsenter", f"--net=/run/netns/{netns}", "--") if netns else ()
         self.lnms[name] = self._spawn(name, args, prefix)
         if wait:
             self.wait_node(name, connected=True)

@@ -240,8 +240,9 @@ SUBNET = "10.213.7"
 
 
 def _ip(*args: str, ns: str | None = None) -> None:
-    cmd = ["ip", *args] if ns is None else ["ip", "netns", "exec", ns, "ip", *args]
-    subprocess.run(cmd, check=True, capture_output=True)
+    cmd = ["ip", *args] if ns is None else ["ip", "-n", ns, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr.strip()}"
 
 
 @pytest.fixture
@@ -249,30 +250,31 @@ def two_hosts() -> Iterator[tuple[str, dict[str, str]]]:
     """Two network namespaces joined to this host by veth pairs on a bridge: the controller
     is at .1, the namespaces at .2 and .3, and migrations cross the bridge."""
     _teardown_hosts()
-    _ip("link", "add", BRIDGE, "type", "bridge")
-    _ip("addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE)
-    _ip("link", "set", BRIDGE, "up")
-    addresses = {}
-    for i, ns in enumerate(NETNS, start=2):
-        host_end, ns_end = f"usher-t-h{i}", f"usher-t-n{i}"
-        _ip("netns", "add", ns)
-        _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
-        _ip("link", "set", ns_end, "netns", ns)
-        _ip("link", "set", host_end, "master", BRIDGE)
-        _ip("link", "set", host_end, "up")
-        _ip("addr", "add", f"{SUBNET}.{i}/24", "dev", ns_end, ns=ns)
-        _ip("link", "set", ns_end, "up", ns=ns)
-        _ip("link", "set", "lo", "up", ns=ns)
-        addresses[ns] = f"{SUBNET}.{i}"
     try:
+        _ip("link", "add", BRIDGE, "type", "bridge")
+        _ip("addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE)
+        _ip("link", "set", BRIDGE, "up")
+        addresses = {}
+        for i, ns in enumerate(NETNS, start=2):
+            host_end, ns_end = f"usher-t-h{i}", f"usher-t-n{i}"
+            _ip("netns", "add", ns)
+            _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
+            _ip("link", "set", ns_end, "netns", ns)
+            _ip("link", "set", host_end, "master", BRIDGE)
+            _ip("link", "set", host_end, "up")
+            _ip("addr", "add", f"{SUBNET}.{i}/24", "dev", ns_end, ns=ns)
+            _ip("link", "set", ns_end, "up", ns=ns)
+            _ip("link", "set", "lo", "up", ns=ns)
+            addresses[ns] = f"{SUBNET}.{i}"
         yield f"{SUBNET}.1", addresses
     finally:
         _teardown_hosts()
 
 
 def _teardown_hosts() -> None:
-    for ns in NETNS:
+    for i, ns in enumerate(NETNS, start=2):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"usher-t-h{i}"], capture_output=True)
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
 
 
