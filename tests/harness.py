@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ from typing import Any
 import httpx
 
 from usher.client import Client
+from usher.ctrl.store import Store
+from usher.ctrl.tokens import issue_token
 from usher.images import catalog
 from usher.model import VM, Node, Operation
 
@@ -62,6 +65,7 @@ class Cluster:
         listen_host: str = "127.0.0.1",
     ) -> None:
         self.root = root
+        self.db_url = db_url
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.listen = f"{listen_host}:{self.port}"
@@ -111,6 +115,19 @@ class Cluster:
             stderr=log,
             env=_env(),
         )
+
+    def issue_token(self, principal: str, roles: list[str]) -> str:
+        """A token for ``principal`` written straight into the controller's database (as an
+        admin's tool would), for tests that need several users."""
+
+        async def issue() -> str:
+            store = Store(self.db_url or f"sqlite:///{self.state / 'usher.db'}")
+            try:
+                return await issue_token(store, principal, roles, description="test user")
+            finally:
+                await store.close()
+
+        return asyncio.run(issue())
 
     def add_blank_image(self, name: str = "tiny") -> None:
         """Put a blank qcow2 disk image into the catalogue (enough for the fake driver)."""

@@ -88,3 +88,9 @@ def test_plugin_routes_are_authenticated(hooked: Cluster) -> None:
     assert anonymous.status_code == 401
     doc = hooked.http("GET", "/openapi.json", token=None).json()
     assert "/v1/toy-ipam/free" in doc["paths"]
+
+
+def test_tokens_of_other_users(cluster: Cluster) -> None:
+    bob = cluster.issue_token("bob", ["user"])
+    assert Client(cluster.url, bob).whoami().name == "bob"
+    assert cluster.client().request("GET", "/whoami")["name"] == "admin"

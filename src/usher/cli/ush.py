@@ -529,6 +529,22 @@ def whoami(ush: Ush) -> None:
     ush.out.principal(ush.client.whoami())
 
 
+def _load_extensions() -> None:
+    """Commands of plugins' own (``ush login``, ``ush audit``, …) live in modules
+    ``usher.cli.ush_cmd_*``; each has ``register(group)``, called here."""
+    import importlib
+    import pkgutil
+
+    import usher.cli
+
+    for info in pkgutil.iter_modules(usher.cli.__path__):
+        if info.name.startswith("ush_cmd_"):
+            importlib.import_module(f"usher.cli.{info.name}").register(cli)
+
+
+_load_extensions()
+
+
 def main() -> None:
     cli.main(prog_name="ush")
 

@@ -81,6 +81,13 @@ class AsyncClient(ActionMethods[Coroutine[Any, Any, Operation]]):
             if not (cursor := page.next):
                 return
 
+    async def request(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None
+    ) -> Any:
+        """Call any route under ``/v1`` (``path`` like ``/tokens``), such as one a plugin
+        added; returns the decoded JSON answer, raises :class:`UsherError` on an error."""
+        return await self._call(protocol.raw(method, path, params=params, body=body))
+
     async def whoami(self) -> Principal:
         return await self._call(protocol.whoami())
 

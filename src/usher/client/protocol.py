@@ -162,6 +162,13 @@ def op_id(op: str | Operation) -> str:
     return op if isinstance(op, str) else op.id
 
 
+def raw(
+    method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None
+) -> Call[Any]:
+    """Any call under ``/v1`` answering JSON, e.g. a route a plugin added."""
+    return Call(method, path, lambda answer: answer, params=_query(**(params or {})), body=body)
+
+
 def whoami() -> Call[Principal]:
     return Call("GET", "/whoami", Principal.model_validate)
 

@@ -84,6 +84,13 @@ class Client(ActionMethods[Operation]):
             if not (cursor := page.next):
                 return
 
+    def request(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None
+    ) -> Any:
+        """Call any route under ``/v1`` (``path`` like ``/tokens``), such as one a plugin
+        added; returns the decoded JSON answer, raises :class:`UsherError` on an error."""
+        return self._call(protocol.raw(method, path, params=params, body=body))
+
     def whoami(self) -> Principal:
         return self._call(protocol.whoami())
 
