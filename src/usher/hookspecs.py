@@ -130,9 +130,10 @@ def schedule(
     """Place new or migrating VMs: a pure function of the cluster snapshot and the request.
 
     ``nodes`` is the snapshot (capacity, labels, state, usage); ``specs`` one spec per VM to
-    place; ``reserved`` maps node name to ``{"vcpus": n, "memory_mb": m, "vms": k}`` already
-    committed there by the controller's records. Return a :class:`Placement` naming one node per
-    spec, or one whose ``error`` says why nothing fits (every VM fits or none is placed).
+    place; ``reserved`` maps node name to ``{"vcpus": n, "memory_mb": m, "vms": k,
+    "clusters": {cluster: vm count}}`` already committed there by the controller's records.
+    Return a :class:`Placement` naming one node per spec, or one whose ``error`` says why
+    nothing fits (every VM fits or none is placed).
     """
 
 

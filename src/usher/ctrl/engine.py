@@ -511,8 +511,8 @@ class Engine:
         reserved = await self.store.reserved_by_node()
         for node, used in (extra or {}).items():
             mine = reserved.setdefault(node, {"vcpus": 0, "memory_mb": 0, "vms": 0})
-            for key, value in used.items():
-                mine[key] = mine.get(key, 0) + value
+            for key in ("vcpus", "memory_mb", "vms"):
+                mine[key] = mine.get(key, 0) + used.get(key, 0)
         try:
             placement = await self.plugins.decide(
                 "schedule", nodes=nodes, specs=specs, request=req, reserved=reserved

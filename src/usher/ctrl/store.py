@@ -204,24 +204,32 @@ class Store:
         async with self.sessions() as s:
             return [_vm(r) for r in (await s.execute(stmt)).scalars()]
 
-    async def reserved_by_node(self) -> dict[str, dict[str, int]]:
-        """Per node, what its VM records hold: every VM that is not stopped counts."""
+    async def reserved_by_node(self) -> dict[str, dict[str, Any]]:
+        """Per node, what its VM records hold (every VM that is not stopped counts):
+        ``{"vms": n, "vcpus": n, "memory_mb": n, "clusters": {cluster: vm count}}``."""
+        live = (VMRow.node.is_not(None), VMRow.state != VMState.STOPPED.value)
         stmt = (
             select(
                 VMRow.node,
+                VMRow.cluster,
                 func.count(),
                 func.sum(VMRow.spec["vcpus"].as_integer()),
                 func.sum(VMRow.spec["memory_mb"].as_integer()),
             )
-            .where(VMRow.node.is_not(None), VMRow.state != VMState.STOPPED.value)
-            .group_by(VMRow.node)
+            .where(*live)
+            .group_by(VMRow.node, VMRow.cluster)
         )
         async with self.sessions() as s:
             rows = (await s.execute(stmt)).all()
-        return {
-            node: {"vms": int(n), "vcpus": int(v or 0), "memory_mb": int(m or 0)}
-            for node, n, v, m in rows
-        }
+        reserved: dict[str, dict[str, Any]] = {}
+        for node, cluster, n, vcpus, memory in rows:
+            used = reserved.setdefault(node, {"vms": 0, "vcpus": 0, "memory_mb": 0, "clusters": {}})
+            used["vms"] += int(n)
+            used["vcpus"] += int(vcpus or 0)
+            used["memory_mb"] += int(memory or 0)
+            if cluster is not None:
+                used["clusters"][cluster] = int(n)
+        return reserved
 
     # --- nodes -------------------------------------------------------------------------
 
@@ -358,6 +366,22 @@ class Store:
         async with self.sessions() as s:
             rows = (await s.execute(select(TokenRow))).scalars()
             return [r for r in rows if role in r.roles]
+
+    async def get_token(self, token_id: str) -> TokenRow | None:
+        async with self.sessions() as s:
+            return await s.get(TokenRow, token_id)
+
+    async def list_tokens(self, principal: str | None = None) -> list[TokenRow]:
+        """Tokens (revoked and expired ones too), oldest first; only ``principal``'s if given."""
+        stmt = select(TokenRow).order_by(TokenRow.created_at, TokenRow.id)
+        if principal is not None:
+            stmt = stmt.where(TokenRow.principal == principal)
+        async with self.sessions() as s:
+            return list((await s.execute(stmt)).scalars())
+
+    async def revoke_token(self, token_id: str) -> None:
+        async with self._write() as s:
+            await s.execute(update(TokenRow).where(TokenRow.id == token_id).values(revoked=True))
 
     # --- plugin data -------------------------------------------------------------------
 
