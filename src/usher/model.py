@@ -199,6 +199,7 @@ class OpRequest(BaseModel):
     principal: Principal
     client_address: str | None = None
     vm_ids: list[str] = Field(default_factory=list)
+    count: int = Field(0, description="how many new VMs a start creates (0: none)")
     names: list[str] = Field(default_factory=list)
     cluster: str | None = None
     spec: VMSpec | None = None

@@ -531,23 +531,27 @@ def whoami(ush: Ush) -> None:
 
 def _load_extensions() -> None:
     """Commands of plugins' own (``ush login``, ``ush audit``, …) live in modules
-    ``usher.cli.ush_cmd_*``; each has ``register(group)``, called here."""
+    ``usher.cli.ush_cmd_*``; each has ``register(group)``, called here once."""
     import importlib
     import pkgutil
 
     import usher.cli
 
     for info in pkgutil.iter_modules(usher.cli.__path__):
-        if info.name.startswith("ush_cmd_"):
+        if info.name.startswith("ush_cmd_") and info.name.removeprefix("ush_cmd_") not in (_loaded):
             importlib.import_module(f"usher.cli.{info.name}").register(cli)
+            _loaded.add(info.name.removeprefix("ush_cmd_"))
 
 
-_load_extensions()
+_loaded: set[str] = set()
 
 
 def main() -> None:
+    _load_extensions()
     cli.main(prog_name="ush")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m usher.cli.ush: run the importable module's main
+    from usher.cli import ush as _module
+
+    _module.main()

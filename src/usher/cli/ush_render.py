@@ -94,6 +94,13 @@ class Renderer:
         else:
             self.console.print(_details(rows))
 
+    def mapping(self, data: dict[str, Any]) -> None:
+        """A JSON object from a plugin's route: as JSON, or as a two-column table."""
+        if self.json:
+            self.emit(data)
+        else:
+            self.console.print(_details(data))
+
     def note(self, message: str) -> None:
         """A message for the person at the terminal, on stderr."""
         self.err.print(Text(message))

@@ -237,6 +237,7 @@ class Engine:
             kind=OpKind.START,
             principal=principal,
             client_address=client,
+            count=len(body.names) if body.names else body.count,
             names=list(body.names or []),
             cluster=body.cluster,
             spec=spec,
@@ -244,7 +245,7 @@ class Engine:
             kwargs=dict(body.kwargs),
             dry_run=dry_run,
         )
-        count = len(body.names) if body.names else body.count
+        count = req.count
         if body.node is not None and self.nodes.get(body.node) is None:
             raise RequestError(404, f"unknown node {body.node!r}")
         await self.image(spec.image)

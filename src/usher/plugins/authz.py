@@ -1,0 +1,196 @@
+"""Authorization by role and ownership, with virtual clusters their creators administer.
+
+Roles: ``admin`` may do everything; ``operator`` sees and acts on every VM but node actions
+(drain, undrain) stay admin-only; ``user`` sees and acts only on its own VMs and on the VMs of
+the virtual clusters it administers or is a member of. A principal with none of these roles
+may do nothing. The creator of a virtual cluster administers it and can add members (as the
+per-cluster LDAP groups of the original did):
+
+``GET /v1/clusters/{name}``, ``PUT /v1/clusters/{name}/members/{user}``,
+``DELETE /v1/clusters/{name}/members/{user}``; ``ush cluster show|add-member|remove-member``.
+
+Config (``[plugins.authz]``): ``operator_denied`` lists the actions operators may not do
+(default: ``node.drain`` and ``node.undrain``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from usher.ctrl.api.deps import PrincipalDep
+from usher.ctrl.context import PluginContext
+from usher.ctrl.engine import RequestError
+from usher.hookspecs import hookimpl
+from usher.model import NAME_PATTERN, OpKind, OpRequest, Principal, Scope
+
+PLUGIN = "authz"
+ADMIN_ONLY = frozenset({"node.drain", "node.undrain"})
+# what a plain user may do at all; ownership is checked on top for the vm.* actions
+USER_ACTIONS = frozenset(
+    {
+        "vm.list",
+        "vm.show",
+        "vm.console",
+        "operation.list",
+        "operation.show",
+        "event.list",
+        "event.stream",
+        "node.list",
+        "node.show",
+        "image.list",
+        "image.show",
+        "cluster.show",
+        "cluster.members",
+    }
+    | {f"vm.{kind.value}" for kind in OpKind}
+)
+
+
+class ClusterInfo(BaseModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    owner: str
+    members: list[str] = Field(default_factory=list)
+
+
+class Authorization:
+    ctx: PluginContext
+    operator_denied: frozenset[str] = ADMIN_ONLY
+
+    @hookimpl
+    def usher_configure(self, ctx: PluginContext, config: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.operator_denied = frozenset(config.get("operator_denied", ADMIN_ONLY))
+
+    # --- cluster records (plugin data) ---------------------------------------------------
+
+    async def cluster(self, name: str) -> ClusterInfo | None:
+        found = await self.ctx.get(PLUGIN, f"cluster:{name}")
+        return ClusterInfo.model_validate(found) if found else None
+
+    async def _save(self, info: ClusterInfo) -> None:
+        await self.ctx.put(PLUGIN, f"cluster:{info.name}", info.model_dump())
+        members = await self.ctx.get(PLUGIN, "member-index", {})
+        for user in {info.owner, *info.members}:
+            clusters = set(members.get(user, []))
+            clusters.add(info.name)
+            members[user] = sorted(clusters)
+        for user, clusters in list(members.items()):
+            if info.name in clusters and user not in {info.owner, *info.members}:
+                members[user] = [c for c in clusters if c != info.name]
+        await self.ctx.put(PLUGIN, "member-index", members)
+
+    async def clusters_of(self, user: str) -> list[str]:
+        """Virtual clusters ``user`` administers or is a member of."""
+        return list((await self.ctx.get(PLUGIN, "member-index", {})).get(user, []))
+
+    async def _member(self, principal: Principal, name: str | None) -> bool:
+        """Does ``principal`` administer or belong to the existing virtual cluster ``name``?"""
+        info = await self.cluster(name) if name else None
+        return info is not None and principal.name in (info.owner, *info.members)
+
+    # --- hooks -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _sees_all(principal: Principal) -> bool:
+        return bool({"admin", "operator"} & set(principal.roles))
+
+    @hookimpl
+    async def scope(self, principal: Principal) -> Scope | None:
+        if self._sees_all(principal):
+            return None
+        return Scope(
+            owners=[principal.name],
+            clusters=await self.clusters_of(principal.name),
+            principals=[principal.name],
+        )
+
+    @hookimpl
+    async def authorize(self, principal: Principal, action: str, target: dict[str, Any]) -> bool:
+        roles = set(principal.roles)
+        if "admin" in roles:
+            return True
+        if "operator" in roles:
+            return action not in self.operator_denied
+        if "user" not in roles or action not in USER_ACTIONS:
+            return False
+        if action == "operation.show":
+            return target.get("operation", {}).get("principal") == principal.name
+        cluster = target.get("cluster")
+        if action == "vm.start" and "count" in target:  # new VMs: a new or a member cluster
+            return (
+                cluster is None
+                or await self.cluster(cluster) is None
+                or await self._member(principal, cluster)
+            )
+        for vm in target.get("vms") or []:
+            if vm.get("owner") != principal.name and not await self._member(
+                principal, vm.get("cluster")
+            ):
+                return False
+        return not cluster or await self._member(principal, cluster)
+
+    @hookimpl
+    async def start_request(self, request: OpRequest) -> None:
+        """The first to start VMs in a virtual cluster becomes its administrator."""
+        name = request.cluster
+        if name is None or request.dry_run or request.count == 0:
+            return
+        if await self.cluster(name) is None:
+            await self._save(ClusterInfo(name=name, owner=request.principal.name))
+
+    # --- routes ----------------------------------------------------------------------------
+
+    @hookimpl
+    def usher_routes(self) -> list[APIRouter]:
+        router = APIRouter(prefix="/clusters", tags=["clusters"])
+
+        async def administered(name: str, principal: Principal) -> ClusterInfo:
+            info = await self.cluster(name)
+            if info is None:
+                raise RequestError(404, f"unknown virtual cluster {name!r}")
+            if principal.name != info.owner and "admin" not in principal.roles:
+                raise RequestError(
+                    403,
+                    f"only {info.owner} (who created {name}) or an admin may change its members",
+                )
+            return info
+
+        @router.get("/{name}", response_model=ClusterInfo)
+        async def show(name: str, principal: PrincipalDep) -> ClusterInfo:
+            info = await self.cluster(name)
+            if info is None or not (
+                self._sees_all(principal) or principal.name in (info.owner, *info.members)
+            ):
+                raise RequestError(404, f"unknown virtual cluster {name!r}")
+            return info
+
+        @router.put("/{name}/members/{user}", response_model=ClusterInfo)
+        async def add(name: str, user: str, principal: PrincipalDep) -> ClusterInfo:
+            info = await administered(name, principal)
+            if user not in info.members and user != info.owner:
+                info.members.append(user)
+                await self._save(info)
+                await self.ctx.emit(
+                    "cluster_member_add",
+                    principal=principal.name,
+                    data={"cluster": name, "user": user},
+                )
+            return info
+
+        @router.delete("/{name}/members/{user}", response_model=ClusterInfo)
+        async def remove(name: str, user: str, principal: PrincipalDep) -> ClusterInfo:
+            info = await administered(name, principal)
+            if user in info.members:
+                info.members.remove(user)
+                await self._save(info)
+                await self.ctx.emit(
+                    "cluster_member_remove",
+                    principal=principal.name,
+                    data={"cluster": name, "user": user},
+                )
+            return info
+
+        return [router]
