@@ -177,7 +177,7 @@ class Cluster:
         netns: str | None = None,
         migration_host: str = "127.0.0.1",
     ) -> None:
-        """Start an LNM process (inside network namespace ``netns`` if given)."""
+        """Start an LNM process (inside the network namespace of file ``netns`` if given)."""
         args = [
             "lnm",
             "--ctrl",
@@ -203,9 +203,9 @@ class Cluster:
             args += ["--labels", labels]
         for key, value in (driver_options or {}).items():
             args += ["--driver-option", f"{key}={json.dumps(value)}"]
-        # nsenter joins only the network namespace (ip netns exec also remounts /sys,
-        # which a chroot may not allow)
-        prefix = ("nsenter", f"--net=/run/netns/{netns}", "--") if netns else ()
+        # nsenter joins only the network namespace (``ip netns exec`` also remounts /sys
+        # and /, which a chroot does not allow); ``netns`` is a namespace file's path
+        prefix = ("nsenter", f"--net={netns}", "--") if netns else ()
         self.lnms[name] = self._spawn(name, args, prefix)
         if wait:
             self.wait_node(name, connected=True)

@@ -234,46 +234,68 @@ def test_guest_killed_from_outside_is_noticed(cluster: Cluster) -> None:
     wait_ready(client, vm_id, 2)
 
 
-NETNS = ("usher-t-a", "usher-t-b")
 BRIDGE = "usher-t-br"
 SUBNET = "10.213.7"
 
 
-def _ip(*args: str, ns: str | None = None) -> None:
-    cmd = ["ip", *args] if ns is None else ["ip", "-n", ns, *args]
+def _run(*cmd: str) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr.strip()}"
 
 
 @pytest.fixture
 def two_hosts() -> Iterator[tuple[str, dict[str, str]]]:
-    """Two network namespaces joined to this host by veth pairs on a bridge: the controller
-    is at .1, the namespaces at .2 and .3, and migrations cross the bridge."""
+    """Two test hosts: network namespaces (each held open by a sleeping process) joined to
+    this host by veth pairs on a bridge. The controller is at .1, the hosts at .2 and .3, so
+    migrations between them cross the bridge. Only ``unshare``/``nsenter`` and plain ``ip``
+    are used (no ``ip netns``, which needs to remount / and fails in a chroot)."""
     _teardown_hosts()
+    holders: list[subprocess.Popen[bytes]] = []
     try:
-        _ip("link", "add", BRIDGE, "type", "bridge")
-        _ip("addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE)
-        _ip("link", "set", BRIDGE, "up")
-        addresses = {}
-        for i, ns in enumerate(NETNS, start=2):
+        _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        _run("ip", "addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE)
+        _run("ip", "link", "set", BRIDGE, "up")
+        hosts = {}
+        for i in (2, 3):
+            holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+            holders.append(holder)
+            ns = f"/proc/{holder.pid}/ns/net"
+            wait_for(
+                "the namespace",
+                lambda ns=ns: os.readlink(ns) != os.readlink("/proc/self/ns/net"),
+                timeout=5,
+            )
+            inside = ("nsenter", f"--net={ns}", "--", "ip")
             host_end, ns_end = f"usher-t-h{i}", f"usher-t-n{i}"
-            _ip("netns", "add", ns)
-            _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
-            _ip("link", "set", ns_end, "netns", ns)
-            _ip("link", "set", host_end, "master", BRIDGE)
-            _ip("link", "set", host_end, "up")
-            _ip("addr", "add", f"{SUBNET}.{i}/24", "dev", ns_end, ns=ns)
-            _ip("link", "set", ns_end, "up", ns=ns)
-            _ip("link", "set", "lo", "up", ns=ns)
-            addresses[ns] = f"{SUBNET}.{i}"
-        yield f"{SUBNET}.1", addresses
+            _run(
+                "ip",
+                "link",
+                "add",
+                host_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                ns_end,
+                "netns",
+                str(holder.pid),
+            )
+            _run("ip", "link", "set", host_end, "master", BRIDGE)
+            _run("ip", "link", "set", host_end, "up")
+            _run(*inside, "addr", "add", f"{SUBNET}.{i}/24", "dev", ns_end)
+            _run(*inside, "link", "set", ns_end, "up")
+            _run(*inside, "link", "set", "lo", "up")
+            hosts[ns] = f"{SUBNET}.{i}"
+        yield f"{SUBNET}.1", hosts
     finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
         _teardown_hosts()
 
 
 def _teardown_hosts() -> None:
-    for i, ns in enumerate(NETNS, start=2):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for i in (2, 3):
         subprocess.run(["ip", "link", "del", f"usher-t-h{i}"], capture_output=True)
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
 
@@ -303,7 +325,8 @@ def test_migration_across_a_network_link(
         assert op.status == OpStatus.SUCCEEDED, op.error
         assert client.get_vm(vm_id).node == "node-2"
         # the migration stream went to node-2's address, in its own namespace
-        assert op.result["details"][vm_id]["uri"].startswith(f"tcp:{hosts['usher-t-b']}:")
+        node2_address = list(hosts.values())[1]
+        assert op.result["details"][vm_id]["uri"].startswith(f"tcp:{node2_address}:")
         wait_for("the source QEMU to be gone", lambda: cluster.guest_pid("node-1", vm_id) is None)
         after = wait_beat(client, vm_id, before + 2)
         assert beats(client, vm_id) == list(range(1, after + 1))
