@@ -162,3 +162,14 @@ def test_ush_audit(audited: Cluster) -> None:
 
     bad = audited.ush("audit", "--since", "yesterday")
     assert bad.returncode == 2 and "duration ago" in bad.stderr
+
+
+def test_only_admins_and_operators_read_the_audit_log(make_cluster) -> None:
+    cluster = make_cluster(nodes=1, plugins=["audit", "authz"])
+    operator = cluster.issue_token("olga", ["operator"])
+    user = cluster.issue_token("ursula", ["user"])
+    cluster.run(cluster.client(user).create_vms(count=1, cluster="u"))
+    wait_for("the user's start recorded", lambda: audit(cluster, outcome="succeeded"))
+    assert [e["principal"] for e in audit(cluster, token=operator)] == ["ursula"]
+    refused = cluster.http("GET", "/v1/audit", token=user)
+    assert refused.status_code == 403 and "audit.list" in refused.json()["error"]
