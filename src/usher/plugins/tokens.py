@@ -1,25 +1,298 @@
-"""Built-in authentication by API token (bearer tokens stored hashed in the state store)."""
+"""Built-in authentication by API token, token management and password login.
+
+Tokens are random secrets stored only as their SHA-256 digest (:mod:`usher.ctrl.tokens`),
+optionally with an expiry. Routes, under ``/v1``:
+
+* ``POST /tokens``: create a token (admins: for anyone, any roles; others: for themselves,
+  with roles and groups they have). The answer is the only place the secret is ever shown.
+* ``GET /tokens``: list tokens (admins: all, or ``?owner=``; others: their own).
+* ``DELETE /tokens/{id}``: revoke a token (admins: any; others: their own).
+* ``POST /login``: exchange a username and password for a session token. No bearer token is
+  needed. Every enabled plugin that can check passwords (one with a ``check_password``
+  method, such as ``passwords`` and ``ldap``) is asked in configured order; the first that
+  accepts decides who the session belongs to.
+* ``POST /logout``: revoke the token the request was made with.
+
+Config ``[plugins.tokens]``: ``session_ttl``, seconds a login session lasts (default 12 h).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Annotated, Any, Protocol, runtime_checkable
 
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, Field
+
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, bearer, client_address
 from usher.ctrl.context import PluginContext
-from usher.ctrl.tokens import digest
+from usher.ctrl.controller import Controller
+from usher.ctrl.engine import RequestError
+from usher.ctrl.tables import TokenRow
+from usher.ctrl.tokens import digest, issue_token
 from usher.hookspecs import hookimpl
-from usher.model import Principal, now
+from usher.model import Principal, Strict, now
+
+DEFAULT_SESSION_TTL = 12 * 3600.0
+PLUGIN = "tokens"
+log = logging.getLogger("usher.plugin.tokens")
+
+
+@runtime_checkable
+class PasswordChecker(Protocol):
+    """A plugin that can tell whether a password is right (``passwords``, ``ldap``)."""
+
+    async def check_password(self, username: str, password: str) -> Principal | None:
+        """The principal ``username`` logs in as, or ``None`` for an unknown user or a wrong
+        password. Raise only when the check itself could not be made (server unreachable)."""
+
+
+class NewToken(Strict):
+    """Body of ``POST /v1/tokens``; left out, ``principal``, ``roles`` and ``groups`` are
+    the caller's own."""
+
+    principal: str | None = Field(None, min_length=1, max_length=200)
+    roles: list[str] | None = None
+    groups: list[str] | None = None
+    ttl: float | None = Field(None, gt=0, description="seconds until the token expires")
+    description: str = Field("", max_length=500)
+
+
+class Credentials(Strict):
+    """Body of ``POST /v1/login``."""
+
+    username: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class TokenInfo(BaseModel):
+    """A token as listed: everything but its secret."""
+
+    id: str
+    principal: str
+    roles: list[str]
+    groups: list[str]
+    description: str
+    created_at: float
+    expires_at: float | None
+    revoked: bool
+    state: str = Field(description="active, expired or revoked")
+
+
+class IssuedToken(TokenInfo):
+    """A new token, with its secret (shown this once, never again)."""
+
+    token: str
+
+
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 class TokenAuth:
     ctx: PluginContext
+    session_ttl: float = DEFAULT_SESSION_TTL
+
+    def __init__(self) -> None:
+        self._groups: dict[str, list[str]] = {}  # token id -> groups; they never change
 
     @hookimpl
     def usher_configure(self, ctx: PluginContext, config: dict[str, Any]) -> None:
         self.ctx = ctx
+        ttl = float(config.get("session_ttl", DEFAULT_SESSION_TTL))
+        if ttl <= 0:
+            raise ValueError(f"[plugins.tokens] session_ttl must be positive, not {ttl}")
+        self.session_ttl = ttl
 
     @hookimpl
     async def authenticate(self, token: str) -> Principal | None:
         row = await self.ctx.store.find_token(digest(token))
-        if row is None or row.revoked or (row.expires_at is not None and row.expires_at < now()):
+        if row is None or _state(row) != "active":
             return None
-        return Principal(name=row.principal, roles=list(row.roles))
+        return Principal(name=row.principal, roles=list(row.roles), groups=await self._of(row))
+
+    @hookimpl
+    def usher_routes(self) -> list[APIRouter]:
+        router = APIRouter(tags=["authentication"])
+        router.add_api_route(
+            "/tokens",
+            self.create_token,
+            methods=["POST"],
+            status_code=201,
+            response_model=IssuedToken,
+        )
+        router.add_api_route(
+            "/tokens", self.list_tokens, methods=["GET"], response_model=list[TokenInfo]
+        )
+        router.add_api_route(
+            "/tokens/{token_id}", self.revoke_token, methods=["DELETE"], response_model=TokenInfo
+        )
+        router.add_api_route("/login", self.login, methods=["POST"], response_model=IssuedToken)
+        router.add_api_route("/logout", self.logout, methods=["POST"], response_model=TokenInfo)
+        return [router]
+
+    # --- routes ------------------------------------------------------------------------
+
+    async def create_token(
+        self, body: NewToken, ctrl: CtrlDep, principal: PrincipalDep
+    ) -> IssuedToken:
+        """Create an API token; its secret is in this answer only."""
+        owner = body.principal or principal.name
+        roles = principal.roles if body.roles is None else body.roles
+        groups = principal.groups if body.groups is None else body.groups
+        await allow(ctrl, principal, "token.create", owner=owner, roles=roles)
+        if not principal.is_admin:
+            _check_own(principal, owner, roles, groups)
+        issued = await self._issue(owner, roles, groups, body.description, body.ttl)
+        await ctrl.bus.emit(
+            "token_create",
+            principal=principal.name,
+            data={"token": issued.id, "for": owner, "roles": roles},
+        )
+        return issued
+
+    async def list_tokens(
+        self, ctrl: CtrlDep, principal: PrincipalDep, owner: str | None = None
+    ) -> list[TokenInfo]:
+        """Tokens, without their secrets: all of them for admins, one's own for others."""
+        await allow(ctrl, principal, "token.list", owner=owner)
+        if not principal.is_admin:
+            if owner not in (None, principal.name):
+                raise RequestError(403, f"{principal.name} may list only its own tokens")
+            owner = principal.name
+        return [await self._info(row) for row in await ctrl.store.list_tokens(owner)]
+
+    async def revoke_token(
+        self, token_id: str, ctrl: CtrlDep, principal: PrincipalDep
+    ) -> TokenInfo:
+        """Revoke a token: it is refused from now on (revoking twice is fine)."""
+        row = await ctrl.store.get_token(token_id)
+        if row is None or not (principal.is_admin or row.principal == principal.name):
+            raise RequestError(404, f"no token {token_id!r} of yours")
+        await allow(ctrl, principal, "token.revoke", token=token_id, owner=row.principal)
+        return await self._revoke(ctrl, row, principal.name)
+
+    async def login(self, body: Credentials, ctrl: CtrlDep, request: Request) -> IssuedToken:
+        """Exchange a username and password for a session token (no bearer token needed)."""
+        checkers = password_checkers(ctrl)
+        if not checkers:
+            raise RequestError(404, "password login is off: enable the passwords or ldap plugin")
+        failures: list[str] = []
+        for name, checker in checkers:
+            try:
+                who = await checker.check_password(body.username, body.password)
+            except Exception as exc:
+                log.exception("plugin %s could not check a password", name)
+                failures.append(f"{name}: {exc}")
+                continue
+            if who is not None:
+                session = await self._issue(
+                    who.name, who.roles, who.groups, "session", self.session_ttl
+                )
+                await ctrl.bus.emit(
+                    "login",
+                    principal=who.name,
+                    data={"via": name, "token": session.id, "address": client_address(request)},
+                )
+                return session
+        await ctrl.bus.emit(
+            "login_failure",
+            principal=body.username,
+            data={"address": client_address(request), "errors": failures},
+        )
+        if failures:
+            raise RequestError(503, "login failed, a password check broke: " + "; ".join(failures))
+        tried = ", ".join(name for name, _ in checkers)
+        raise RequestError(401, f"login failed: unknown user or wrong password (tried {tried})")
+
+    async def logout(self, ctrl: CtrlDep, principal: PrincipalDep, creds: BearerDep) -> TokenInfo:
+        """Revoke the token this request is made with."""
+        assert creds is not None  # PrincipalDep has authenticated it
+        row = await ctrl.store.find_token(digest(creds.credentials))
+        if row is None:
+            raise RequestError(400, "this request's token is not an API token of this plugin")
+        return await self._revoke(ctrl, row, principal.name)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    async def _issue(
+        self,
+        owner: str,
+        roles: list[str],
+        groups: list[str],
+        description: str,
+        ttl: float | None,
+    ) -> IssuedToken:
+        secret = await issue_token(
+            self.ctx.store, owner, list(roles), description=description, ttl=ttl
+        )
+        row = await self.ctx.store.find_token(digest(secret))
+        assert row is not None
+        if groups:
+            await self.ctx.put(PLUGIN, _groups_key(row.id), list(groups))
+        self._groups[row.id] = list(groups)
+        return IssuedToken(**(await self._info(row)).model_dump(), token=secret)
+
+    async def _revoke(self, ctrl: Controller, row: TokenRow, by: str) -> TokenInfo:
+        await ctrl.store.revoke_token(row.id)
+        row.revoked = True
+        await ctrl.bus.emit(
+            "token_revoke", principal=by, data={"token": row.id, "for": row.principal}
+        )
+        return await self._info(row)
+
+    async def _of(self, row: TokenRow) -> list[str]:
+        """The groups of a token (kept in plugin data: the tokens table has no column)."""
+        if row.id not in self._groups:
+            self._groups[row.id] = await self.ctx.get(PLUGIN, _groups_key(row.id), [])
+        return list(self._groups[row.id])
+
+    async def _info(self, row: TokenRow) -> TokenInfo:
+        return TokenInfo(
+            id=row.id,
+            principal=row.principal,
+            roles=list(row.roles),
+            groups=await self._of(row),
+            description=row.description,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            revoked=row.revoked,
+            state=_state(row),
+        )
+
+
+def password_checkers(ctrl: Controller) -> list[tuple[str, PasswordChecker]]:
+    """The enabled plugins that can check passwords, in configured order."""
+    found: list[tuple[str, PasswordChecker]] = []
+    for name in ctrl.plugins.order:
+        plugin = ctrl.plugins.pm.get_plugin(name)
+        if isinstance(plugin, PasswordChecker):
+            found.append((name, plugin))
+    return found
+
+
+def _check_own(principal: Principal, owner: str, roles: list[str], groups: list[str]) -> None:
+    """Refuse a token a non-admin may not make: for someone else, or with more power."""
+    if owner != principal.name:
+        raise RequestError(403, f"{principal.name} may create tokens only for itself")
+    for kind, asked, held in (
+        ("roles", roles, principal.roles),
+        ("groups", groups, principal.groups),
+    ):
+        beyond = sorted(set(asked) - set(held))
+        if beyond:
+            raise RequestError(
+                403, f"{principal.name} may not give a token {kind} it lacks: {beyond}"
+            )
+
+
+def _state(row: TokenRow) -> str:
+    if row.revoked:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at < now():
+        return "expired"
+    return "active"
+
+
+def _groups_key(token_id: str) -> str:
+    return f"groups/{token_id}"
