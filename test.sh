@@ -51,5 +51,8 @@ else
 fi
 export USHER_TEST_PG_URL
 
+# the LDAP tests start their own slapd and seed it with ldapadd
+apt_install slapd ldap-utils
+
 say "pytest $*"
 exec "$USHER_VENV/bin/python" -m pytest "$@"
