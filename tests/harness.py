@@ -45,6 +45,17 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML value (inline tables for dicts)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
@@ -94,13 +105,13 @@ class Cluster:
         ]
         if db_url:
             lines.append(f'database_url = "{db_url}"')
-        lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in settings.items()]
         lines.append("[plugins]")
         enabled = ["tokens", "scheduler", "eventlog", *(plugins or [])]
         lines.append(f"enabled = {json.dumps(enabled)}")
         for name, table in tables.items():
             lines.append(f"[plugins.{json.dumps(name)}]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
         self.config.write_text("\n".join(lines) + "\n")
 
     # --- processes ---------------------------------------------------------------------
