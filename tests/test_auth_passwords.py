@@ -156,3 +156,27 @@ def test_ush_login_keeps_a_session_token_and_logout_revokes_it(site: Cluster) ->
     assert err.value.status == 401
     after = ush_as_user(site, "whoami")
     assert after.returncode == 1 and "missing token" in after.stderr
+
+
+def test_ush_hash_password_makes_a_hash_the_plugin_accepts() -> None:
+    made = subprocess.run(
+        [sys.executable, "-m", "usher.cli.ush", "hash-password"],
+        env=_env(),
+        input="s3cret\ns3cret\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    digest = made.stdout.strip().splitlines()[-1]
+    assert digest.startswith("$argon2id$")
+    assert argon2.PasswordHasher().verify(digest, "s3cret")
+    mismatch = subprocess.run(
+        [sys.executable, "-m", "usher.cli.ush", "hash-password"],
+        env=_env(),
+        input="one\ntwo\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "$argon2" not in mismatch.stdout
