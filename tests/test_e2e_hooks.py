@@ -94,3 +94,19 @@ def test_tokens_of_other_users(cluster: Cluster) -> None:
     bob = cluster.issue_token("bob", ["user"])
     assert Client(cluster.url, bob).whoami().name == "bob"
     assert cluster.client().request("GET", "/whoami")["name"] == "admin"
+
+
+def test_anti_affinity_holds_through_start_and_migration(cluster: Cluster) -> None:
+    client = cluster.client()
+    op = cluster.run(client.create_vms(count=2, cluster="aa", kwargs={"anti_affinity": True}))
+    nodes = {client.get_vm(v).node for v in op.targets}
+    assert len(nodes) == 2
+    # moving aa-1 may only go to the node that holds no VM of the cluster
+    free = ({"node-1", "node-2", "node-3"} - nodes).pop()
+    plan = client.plan_migrate(["aa-1"])
+    assert plan.vms[0].node == free, plan
+    assert any("anti-affinity" in why for why in plan.rejected.values())
+    op = cluster.run(client.migrate(["aa-1"]))
+    assert op.status == OpStatus.SUCCEEDED and client.get_vm("aa-1").node == free
+    # a third would need a node with none of them: there is none left after one more
+    assert client.plan_start(count=2, cluster="aa", kwargs={"anti_affinity": True}).error

@@ -84,6 +84,11 @@ def with_nics(spec: VMSpec, network: str) -> VMSpec:
     return spec.model_copy(update={"nics": [{"mac": random_mac(), "network": network}]})
 
 
+def _for_vm(req: OpRequest, vm: VM) -> OpRequest:
+    """``req`` as the scheduler should see it for moving ``vm``: in its virtual cluster."""
+    return req.model_copy(update={"cluster": vm.cluster})
+
+
 def _driver_args(kind: OpKind, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The request kwargs a driver action understands: ``stop`` takes ``hard`` (no ACPI
     power-down first) and ``timeout`` (seconds to wait for the guest before a hard stop)."""
@@ -324,23 +329,27 @@ class Engine:
         vms, req = await self._admit_action(principal, OpKind.MIGRATE, body, client, True)
         await self._request_hooks(self._new_op(req), req)
         plan = Plan()
-        extra: dict[str, dict[str, int]] = {}
+        extra: dict[str, dict[str, Any]] = {}
         async with self.placement_lock:
             for vm in vms:
                 if body.target_node is not None:
                     placement = Placement(nodes=[body.target_node])
                 else:
-                    placement = await self._placement(req, [vm.spec], vm.node, extra)
+                    placement = await self._placement(_for_vm(req, vm), [vm.spec], vm.node, extra)
                 node = placement.nodes[0] if placement.nodes else None
                 plan.vms.append(PlannedVM(name=vm.name, vm_id=vm.id, node=node))
                 plan.rejected.update(placement.rejected)
                 if placement.error:
                     plan.error = f"{vm.name}: {placement.error}"
                     break
-                used = extra.setdefault(node, {"vcpus": 0, "memory_mb": 0, "vms": 0})
+                used = extra.setdefault(
+                    node, {"vcpus": 0, "memory_mb": 0, "vms": 0, "clusters": {}}
+                )
                 used["vcpus"] += vm.spec.vcpus
                 used["memory_mb"] += vm.spec.memory_mb
                 used["vms"] += 1
+                if vm.cluster:
+                    used["clusters"][vm.cluster] = used["clusters"].get(vm.cluster, 0) + 1
         return plan
 
     async def _allocate_addresses(self, op: Operation, req: OpRequest, vms: list[VM]) -> None:
@@ -505,7 +514,7 @@ class Engine:
         req: OpRequest,
         specs: list[VMSpec],
         exclude: str | None = None,
-        extra: dict[str, dict[str, int]] | None = None,
+        extra: dict[str, dict[str, Any]] | None = None,
     ) -> Placement:
         """Ask the scheduler plugins; ``extra`` is capacity promised beyond the records."""
         nodes = [n for n in self.nodes.snapshot() if n.name != exclude]
@@ -514,6 +523,9 @@ class Engine:
             mine = reserved.setdefault(node, {"vcpus": 0, "memory_mb": 0, "vms": 0})
             for key in ("vcpus", "memory_mb", "vms"):
                 mine[key] = mine.get(key, 0) + used.get(key, 0)
+            clusters = mine.setdefault("clusters", {})
+            for cluster, count in used.get("clusters", {}).items():
+                clusters[cluster] = clusters.get(cluster, 0) + count
         try:
             placement = await self.plugins.decide(
                 "schedule", nodes=nodes, specs=specs, request=req, reserved=reserved
@@ -736,7 +748,9 @@ class Engine:
             else:
                 async with self.placement_lock:
                     try:
-                        target = (await self._schedule(req, [vm.spec], exclude=source))[0]
+                        target = (
+                            await self._schedule(_for_vm(req, vm), [vm.spec], exclude=source)
+                        )[0]
                     except RequestError as exc:
                         raise StepFailed(f"{vm.name}: no node to migrate to: {exc}") from exc
             return await self._migrate(op, vm, target)
