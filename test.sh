@@ -52,7 +52,7 @@ fi
 export USHER_TEST_PG_URL
 
 # the LDAP tests start their own slapd and seed it with ldapadd
-apt_install slapd ldap-utils
+apt_install slapd ldap-utils dnsmasq-base
 
 say "pytest $*"
 exec "$USHER_VENV/bin/python" -m pytest "$@"
