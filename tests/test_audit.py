@@ -19,6 +19,7 @@ PLUGINS = [
     "site_plugins:Alice",
     "site_plugins:Policy",
     "site_plugins:BrokenStopPolicy",
+    "site_plugins:TinyIpam",
 ]
 
 
@@ -55,6 +56,9 @@ def test_every_request_is_recorded_with_its_outcome(audited: Cluster, tmp_path: 
     with pytest.raises(UsherError) as vetoed:
         admin.create_vms(count=1, cluster="forbidden", kwargs={"why": "test"})
     assert vetoed.value.status == 403
+    with pytest.raises(UsherError) as full:  # TinyIpam has one address left
+        admin.create_vms(count=2, cluster="big")
+    assert full.value.status == 403
     with pytest.raises(UsherError) as refused:
         admin.stop(["web-2"])  # BrokenStopPolicy fails on every stop
     assert refused.value.status == 500
@@ -64,7 +68,7 @@ def test_every_request_is_recorded_with_its_outcome(audited: Cluster, tmp_path: 
         entries = by_op(audit(audited))
         done = entries.get(started.id, {}).get("outcome") == "succeeded"
         failed = entries.get(rebooted.id, {}).get("outcome") == "failed"
-        return entries if done and failed and len(entries) == 5 else None
+        return entries if done and failed and len(entries) == 6 else None
 
     entries = wait_for("the audit log to settle", settled)
     start = entries[started.id]
@@ -80,14 +84,18 @@ def test_every_request_is_recorded_with_its_outcome(audited: Cluster, tmp_path: 
     assert "simulated failure of reboot" in reboot["reason"]
 
     refusals = [e for e in entries.values() if e["outcome"] in ("vetoed", "refused")]
-    veto = next(e for e in refusals if e["outcome"] == "vetoed")
+    veto = next(e for e in refusals if e["cluster"] == "forbidden")
     assert veto["kind"] == "start" and veto["cluster"] == "forbidden"
     assert veto["client_address"] == "127.0.0.1" and veto["request"]["kwargs"] == {"why": "test"}
     assert "closed for maintenance" in veto["reason"]
     broken = next(e for e in refusals if e["outcome"] == "refused")
     assert broken["kind"] == "stop" and broken["vm_names"] == ["web-2"]
     assert "missing-setting" in broken["reason"]
-    assert [veto["operation_id"]] == [op.id for op in admin.list_operations(status="vetoed").items]
+    no_address = next(e for e in refusals if e["cluster"] == "big")
+    assert no_address["outcome"] == "vetoed" and "range toy is full" in no_address["reason"]
+    assert {veto["operation_id"], no_address["operation_id"]} == {
+        op.id for op in admin.list_operations(status="vetoed").items
+    }
 
     plan = entries[None]
     assert plan["outcome"] == "dry_run" and plan["dry_run"] and plan["cluster"] == "maybe"
@@ -101,6 +109,10 @@ def test_every_request_is_recorded_with_its_outcome(audited: Cluster, tmp_path: 
     assert [r["outcome"] for r in lines if r["operation_id"] == started.id] == [
         "accepted",
         "succeeded",
+    ]
+    assert [r["outcome"] for r in lines if r["operation_id"] == no_address["operation_id"]] == [
+        "accepted",
+        "vetoed",
     ]
     assert {r["outcome"] for r in lines} == {
         "accepted",

@@ -208,11 +208,11 @@ class Audit:
             if event.vm_id:
                 await self._step(event.operation_id, str(event.data.get("error", "")))
             else:
-                await self._refused(event)
+                await self._refused(event.operation_id, event)
         elif name in KINDS and event.vm_id:
             await self._step(event.operation_id, None)
 
-    def _take(self, principal: str | None, data: dict[str, Any] | None) -> _Pending | None:
+    def _take(self, principal: str | None, data: dict[str, Any]) -> _Pending | None:
         """The oldest pending request of ``principal`` like ``data`` (any of its kind if
         ``data`` has only the kind); stale ones are dropped on the way."""
         while self._pending and time.monotonic() - self._pending[0].seen > PENDING_SECONDS:
@@ -226,13 +226,12 @@ class Audit:
                 return pending
         return None
 
-    async def _refused(self, event: Event) -> None:
+    async def _refused(self, op_id: str, event: Event) -> None:
         """An operation ended without running: refused by a request hook, or cut short."""
-        assert event.operation_id is not None
         vetoed = bool(event.data.get("vetoed"))
         error = str(event.data.get("error", ""))
         async with self.sessions() as s, s.begin():
-            row = await self._row(s, event.operation_id)
+            row = await self._row(s, op_id)
             if row is not None:  # accepted, then refused (an address plugin) or cut short
                 row.outcome = Outcome.VETOED if vetoed else Outcome.FAILED
                 row.reason, row.finished_at = error, event.time
@@ -244,10 +243,10 @@ class Audit:
         if pending is not None:
             data = pending.data
         else:  # a plugin before this one refused it: the operation record names the targets
-            op = await self.ctx.store.get_op(event.operation_id)
+            op = await self.ctx.store.get_op(op_id)
             data = {"kind": kind, "vm_ids": op.targets if op else []}
         outcome = Outcome.VETOED if vetoed else Outcome.REFUSED
-        await self._insert(event.operation_id, event.principal or "", data, outcome, error)
+        await self._insert(op_id, event.principal or "", data, outcome, error)
 
     async def _insert(
         self,
