@@ -11,7 +11,7 @@ import argon2
 import pytest
 
 from harness import free_port
-from test_auth_passwords import dotted, login
+from test_auth_passwords import login
 
 SLAPD = "/usr/sbin/slapd"
 SUFFIX = "dc=usher,dc=test"
@@ -104,16 +104,14 @@ def _seed(url: str, root: Path, proc: subprocess.Popen[bytes]) -> None:
 
 
 def ldap_table(url: str) -> dict[str, object]:
-    return dotted(
-        {
-            "url": url,
-            "user_dn_template": f"uid={{username}},ou=people,{SUFFIX}",
-            "group_base": f"ou=groups,{SUFFIX}",
-            "group_filter": "(&(objectClass=groupOfNames)(member={user_dn}))",
-            "role_map": {"usher-admins": "admin", "ops": ["operator", "user"]},
-            "default_roles": ["user"],
-        }
-    )
+    return {
+        "url": url,
+        "user_dn_template": f"uid={{username}},ou=people,{SUFFIX}",
+        "group_base": f"ou=groups,{SUFFIX}",
+        "group_filter": "(&(objectClass=groupOfNames)(member={user_dn}))",
+        "role_map": {"usher-admins": "admin", "ops": ["operator", "user"]},
+        "default_roles": ["user"],
+    }
 
 
 def test_ldap_login_maps_groups_to_roles(make_cluster, slapd: str) -> None:
@@ -167,7 +165,7 @@ def test_several_plugins_are_tried_in_order(make_cluster, slapd: str, order: lis
     cluster = make_cluster(
         nodes=0,
         plugins=[*order, "site_plugins:Alice"],
-        plugin_tables={"ldap": ldap_table(slapd), "passwords": dotted({"users": local})},
+        plugin_tables={"ldap": ldap_table(slapd), "passwords": {"users": local}},
     )
     bob = login(cluster, "bob", "bob-ldap-pw").json()
     first_is_ldap = order[0] == "ldap"

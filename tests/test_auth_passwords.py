@@ -8,7 +8,6 @@ import stat
 import subprocess
 import sys
 import time
-from typing import Any
 
 import argon2
 import httpx
@@ -18,19 +17,6 @@ from harness import Cluster, _env
 from usher.client import UsherError
 
 ALICE_PW = "down-the-rabbit-hole"
-
-
-def dotted(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A plugin table with nested tables as TOML dotted keys (``users."alice".hash``): the
-    test harness writes each value as one ``key = value`` line."""
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{json.dumps(key)}"
-        if isinstance(value, dict):
-            flat.update(dotted(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def login(cluster: Cluster, username: str, password: str) -> httpx.Response:
@@ -51,7 +37,7 @@ def site(make_cluster) -> Cluster:
     return make_cluster(
         nodes=0,
         plugins=["passwords"],
-        plugin_tables={"passwords": dotted({"users": users}), "tokens": {"session_ttl": 600}},
+        plugin_tables={"passwords": {"users": users}, "tokens": {"session_ttl": 600}},
     )
 
 
