@@ -185,3 +185,22 @@ def test_only_admins_and_operators_read_the_audit_log(make_cluster) -> None:
     assert [e["principal"] for e in audit(cluster, token=operator)] == ["ursula"]
     refused = cluster.http("GET", "/v1/audit", token=user)
     assert refused.status_code == 403 and "audit.list" in refused.json()["error"]
+
+
+def test_requests_refused_before_they_run_are_recorded(audited: Cluster) -> None:
+    client = audited.client()
+    with pytest.raises(UsherError, match="unknown VM"):
+        client.pause(["no-such-vm"])
+    with pytest.raises(UsherError, match="not enough capacity"):
+        client.create_vms(count=1, vcpus=64, cluster="huge")
+    entries = wait_for(
+        "two refusals in the audit log",
+        lambda: (
+            (rows := [e for e in audit(audited, outcome="refused")]) and len(rows) >= 2 and rows
+        ),
+    )
+    reasons = {e["kind"]: e["reason"] for e in entries}
+    assert "unknown VM(s): no-such-vm" in reasons["pause"]
+    assert "not enough capacity" in reasons["start"]
+    assert {e["principal"] for e in entries} == {"admin"}
+    assert all(e["client_address"] == "127.0.0.1" for e in entries)

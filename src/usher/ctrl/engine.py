@@ -14,10 +14,10 @@ import contextlib
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from usher.ctrl.authz import authorize
+from usher.ctrl.authz import Forbidden, authorize
 from usher.ctrl.config import Settings
 from usher.ctrl.events import EventBus
 from usher.ctrl.locks import KeyedLocks
@@ -103,11 +103,14 @@ def _driver_args(kind: OpKind, kwargs: dict[str, Any]) -> dict[str, Any]:
 class RequestError(Exception):
     """A request the controller refuses; ``status`` is the HTTP status the API answers."""
 
-    def __init__(self, status: int, message: str, detail: Any = None) -> None:
+    def __init__(
+        self, status: int, message: str, detail: Any = None, *, recorded: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.detail = detail
+        self.recorded = recorded  # already an operation (vetoed) with its failure event
 
 
 class StepFailed(Exception):
@@ -278,6 +281,10 @@ class Engine:
 
     async def create(self, principal: Principal, body: CreateVMs, client: str | None) -> Operation:
         """Start new VMs (the ``start`` operation with no existing targets)."""
+        async with self._refusals(OpKind.START, principal, client, body):
+            return await self._create(principal, body, client)
+
+    async def _create(self, principal: Principal, body: CreateVMs, client: str | None) -> Operation:
         req, op, spec, count = await self._admit_create(principal, body, client, False)
         async with self.placement_lock:
             names = await self._new_names(req, body, count)
@@ -369,7 +376,9 @@ class Engine:
             await self._end_unrun(
                 op, OpStatus.VETOED if vetoed else OpStatus.FAILED, str(exc), new=True
             )
-            raise RequestError(403 if vetoed else 500, f"{exc}; nothing was changed") from exc
+            raise RequestError(
+                403 if vetoed else 500, f"{exc}; nothing was changed", recorded=True
+            ) from exc
 
     async def _admit_action(
         self,
@@ -407,6 +416,12 @@ class Engine:
         self, principal: Principal, kind: OpKind, body: VMAction, client: str | None
     ) -> Operation:
         """Run ``kind`` on existing VMs named in ``body`` (ids, names and/or a cluster)."""
+        async with self._refusals(kind, principal, client, body):
+            return await self._act(principal, kind, body, client)
+
+    async def _act(
+        self, principal: Principal, kind: OpKind, body: VMAction, client: str | None
+    ) -> Operation:
         _vms, req = await self._admit_action(principal, kind, body, client, False)
         op = self._new_op(req)
         await self._request_hooks(op, req)
@@ -422,6 +437,29 @@ class Engine:
         return op.model_copy(deep=True)
 
     # --- phases ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _refusals(
+        self, kind: OpKind, principal: Principal, client: str | None, body: CreateVMs | VMAction
+    ) -> AsyncIterator[None]:
+        """A request refused before it became an operation (not allowed, unknown VM, wrong
+        state, no capacity, …) fires ``request_refused``, so audit plugins see it too."""
+        try:
+            yield
+        except (RequestError, Forbidden) as exc:
+            if not getattr(exc, "recorded", False):
+                await self.bus.emit(
+                    "request_refused",
+                    principal=principal.name,
+                    data={
+                        "kind": kind.value,
+                        "client_address": client,
+                        "request": body.model_dump(mode="json"),
+                        "status": exc.status if isinstance(exc, RequestError) else 403,
+                        "error": exc.message if isinstance(exc, RequestError) else str(exc),
+                    },
+                )
+            raise
 
     def _new_op(self, req: OpRequest) -> Operation:
         return Operation(
@@ -442,6 +480,7 @@ class Engine:
                 status,
                 f"{op.error}; nothing was changed",
                 {"operation": op.model_dump(mode="json")},
+                recorded=not req.dry_run,
             ) from exc
         if req.dry_run:
             return

@@ -13,7 +13,9 @@ towards ``succeeded`` or ``failed``. A refused request has no ``request`` event 
 (a request plugin broke). Who asked from where for a refused request comes from this
 plugin's own ``request`` hook, which sees every request before the others may refuse it (list
 ``audit`` first in ``plugins.enabled``). Dry runs are recorded by that hook as ``dry_run``.
-Refusals before the request hooks (authentication, authorization, unknown VMs) reach no hook.
+Requests refused before they became operations (not allowed, unknown VMs, wrong state, no
+capacity) come as the engine's ``request_refused`` event and are recorded as ``refused``.
+Only a request without a valid token (or a malformed body) is not recorded: it names no one.
 """
 
 from __future__ import annotations
@@ -194,6 +196,9 @@ class Audit:
 
     @hookimpl
     async def usher_event(self, event: Event) -> None:
+        if event.name == "request_refused":
+            await self._refused_early(event)
+            return
         if event.operation_id is None:
             return
         name = event.name
@@ -211,6 +216,20 @@ class Audit:
                 await self._refused(event.operation_id, event)
         elif name in KINDS and event.vm_id:
             await self._step(event.operation_id, None)
+
+    async def _refused_early(self, event: Event) -> None:
+        """Refused before it became an operation: not allowed, unknown VM, wrong state, no
+        capacity, a name taken (the engine's ``request_refused`` event)."""
+        asked = dict(event.data.get("request") or {})
+        data = {
+            "kind": event.data.get("kind", "?"),
+            "client_address": event.data.get("client_address"),
+            "cluster": asked.get("cluster"),
+            **{k: v for k, v in asked.items() if k not in ("cluster",)},
+        }
+        await self._insert(
+            None, event.principal or "", data, Outcome.REFUSED, str(event.data.get("error", ""))
+        )
 
     def _take(self, principal: str | None, data: dict[str, Any]) -> _Pending | None:
         """The oldest pending request of ``principal`` like ``data`` (any of its kind if
