@@ -84,6 +84,17 @@ def authenticate(token: str) -> Principal | None:
     """
 
 
+@hookspec
+def check_password(username: str, password: str) -> Principal | None:
+    """The principal ``username`` logs in as with ``password`` (``POST /v1/login``), or
+    ``None`` for an unknown user or a wrong password.
+
+    Asked in configured order until one answers; raise only when the check itself could not
+    be made (a directory server unreachable): the next plugin is asked and the failure shown.
+    May be a coroutine function.
+    """
+
+
 @hookspec(firstresult=True)
 def authorize(principal: Principal, action: str, target: dict[str, Any]) -> bool | None:
     """May ``principal`` do ``action`` (e.g. ``vm.stop``, ``node.drain``) on ``target``?

@@ -17,6 +17,7 @@ import asyncio
 import importlib
 import inspect
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -182,6 +183,20 @@ class PluginHost:
             if answer is not None:
                 return answer
         return None
+
+    async def answers(
+        self, hook: str, **kwargs: Any
+    ) -> AsyncIterator[tuple[str, Any, Exception | None]]:
+        """Ask each plugin's ``hook`` in configured order, one at a time, as the caller
+        iterates: ``(plugin, answer, None)``, or ``(plugin, None, error)`` if it raised."""
+        for plugin, impl in self._impls(hook):
+            try:
+                answer = await self._call(impl, **kwargs)
+            except Exception as exc:
+                log.exception("plugin %s failed in %s", plugin, hook)
+                yield plugin, None, exc
+            else:
+                yield plugin, answer, None
 
     async def call_all(self, hook: str, **kwargs: Any) -> None:
         """Call every plugin's ``hook``; a failure is logged and the others still run."""

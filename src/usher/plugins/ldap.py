@@ -79,6 +79,7 @@ class LdapAuth:
         except ValidationError as exc:
             raise ValueError(f"[plugins.ldap]: {exc}") from exc
 
+    @hookimpl
     async def check_password(self, username: str, password: str) -> Principal | None:
         """Bind as ``username``; on success its principal, with roles mapped from its groups."""
         if not password:  # an empty password is an anonymous bind, which always succeeds

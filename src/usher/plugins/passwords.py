@@ -105,6 +105,7 @@ class PasswordAuth:
         router.add_api_route("/{name}", self.delete_user, methods=["DELETE"], status_code=204)
         return [router]
 
+    @hookimpl
     async def check_password(self, username: str, password: str) -> Principal | None:
         """The principal of ``username`` if ``password`` is its own, else ``None``."""
         user = self.fixed.get(username) or (await self._managed()).get(username)

@@ -8,9 +8,8 @@ optionally with an expiry. Routes, under ``/v1``:
 * ``GET /tokens``: list tokens (admins: all, or ``?owner=``; others: their own).
 * ``DELETE /tokens/{id}``: revoke a token (admins: any; others: their own).
 * ``POST /login``: exchange a username and password for a session token. No bearer token is
-  needed. Every enabled plugin that can check passwords (one with a ``check_password``
-  method, such as ``passwords`` and ``ldap``) is asked in configured order; the first that
-  accepts decides who the session belongs to.
+  needed. The ``check_password`` hook (``passwords``, ``ldap``) is asked plugin by plugin in
+  configured order; the first that accepts decides who the session belongs to.
 * ``POST /logout``: revoke the token the request was made with.
 
 Config ``[plugins.tokens]``: ``session_ttl``, seconds a login session lasts (default 12 h).
@@ -19,7 +18,7 @@ Config ``[plugins.tokens]``: ``session_ttl``, seconds a login session lasts (def
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Protocol, runtime_checkable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
@@ -37,15 +36,6 @@ from usher.model import Principal, Strict, now
 DEFAULT_SESSION_TTL = 12 * 3600.0
 PLUGIN = "tokens"
 log = logging.getLogger("usher.plugin.tokens")
-
-
-@runtime_checkable
-class PasswordChecker(Protocol):
-    """A plugin that can tell whether a password is right (``passwords``, ``ldap``)."""
-
-    async def check_password(self, username: str, password: str) -> Principal | None:
-        """The principal ``username`` logs in as, or ``None`` for an unknown user or a wrong
-        password. Raise only when the check itself could not be made (server unreachable)."""
 
 
 class NewToken(Strict):
@@ -174,18 +164,15 @@ class TokenAuth:
 
     async def login(self, body: Credentials, ctrl: CtrlDep, request: Request) -> IssuedToken:
         """Exchange a username and password for a session token (no bearer token needed)."""
-        checkers = password_checkers(ctrl)
-        if not checkers:
-            raise RequestError(404, "password login is off: enable the passwords or ldap plugin")
+        tried: list[str] = []
         failures: list[str] = []
-        for name, checker in checkers:
-            try:
-                who = await checker.check_password(body.username, body.password)
-            except Exception as exc:
-                log.exception("plugin %s could not check a password", name)
-                failures.append(f"{name}: {exc}")
-                continue
-            if who is not None:
+        async for name, who, error in ctrl.plugins.answers(
+            "check_password", username=body.username, password=body.password
+        ):
+            tried.append(name)
+            if error is not None:
+                failures.append(f"{name}: {error}")
+            elif who is not None:
                 session = await self._issue(
                     who.name, who.roles, who.groups, "session", self.session_ttl
                 )
@@ -195,6 +182,8 @@ class TokenAuth:
                     data={"via": name, "token": session.id, "address": client_address(request)},
                 )
                 return session
+        if not tried:
+            raise RequestError(404, "password login is off: enable the passwords or ldap plugin")
         await ctrl.bus.emit(
             "login_failure",
             principal=body.username,
@@ -202,8 +191,9 @@ class TokenAuth:
         )
         if failures:
             raise RequestError(503, "login failed, a password check broke: " + "; ".join(failures))
-        tried = ", ".join(name for name, _ in checkers)
-        raise RequestError(401, f"login failed: unknown user or wrong password (tried {tried})")
+        raise RequestError(
+            401, f"login failed: unknown user or wrong password (tried {', '.join(tried)})"
+        )
 
     async def logout(self, ctrl: CtrlDep, principal: PrincipalDep, creds: BearerDep) -> TokenInfo:
         """Revoke the token this request is made with."""
@@ -259,16 +249,6 @@ class TokenAuth:
             revoked=row.revoked,
             state=_state(row),
         )
-
-
-def password_checkers(ctrl: Controller) -> list[tuple[str, PasswordChecker]]:
-    """The enabled plugins that can check passwords, in configured order."""
-    found: list[tuple[str, PasswordChecker]] = []
-    for name in ctrl.plugins.order:
-        plugin = ctrl.plugins.pm.get_plugin(name)
-        if isinstance(plugin, PasswordChecker):
-            found.append((name, plugin))
-    return found
 
 
 def _check_own(principal: Principal, owner: str, roles: list[str], groups: list[str]) -> None:
