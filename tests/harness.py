@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -80,8 +81,11 @@ class Cluster:
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.listen = f"{listen_host}:{self.port}"
-        self.url = f"http://{self.listen}"
+        self.tls = bool((settings or {}).get("tls"))
+        self.url = f"{'https' if self.tls else 'http'}://{self.listen}"
         self.state = root / "ctrl"
+        self.ca = self.state / "tls" / "ca.pem"
+        self.join_token_file = root / "join.token"
         self.storage = storage or root / "storage"
         self.config = root / "ctrl.toml"
         self._write_config(db_url, plugins, plugin_tables or {}, settings or {})
@@ -146,6 +150,11 @@ class Cluster:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(blank), "16M"], check=True)
         catalog.import_disk(self.storage, name, blank, "blank disk for fake-driver tests")
 
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """How clients check the controller: its generated CA under TLS."""
+        return ssl.create_default_context(cafile=self.ca) if self.tls else True
+
     def start_ctrl(self) -> None:
         self.ctrl = self._spawn(
             "ctrl", ["ctrl", "--config", str(self.config), "--listen", self.listen]
@@ -163,12 +172,21 @@ class Cluster:
                     f"{self.url}/v1/whoami",
                     timeout=2,
                     headers={"Authorization": f"Bearer {self.token}"},
+                    verify=self.verify,
                 )
             except httpx.HTTPError:
                 return False
             return r.status_code == 200
 
         wait_for("the controller to answer", ready, timeout=30)
+        if not self.join_token_file.exists():
+            self.join_token_file.write_text(self.join_token(uses=10_000) + "\n")
+
+    def join_token(self, *, ttl: float = 86400, uses: int = 1) -> str:
+        """A join token from the admin API (what ``usher node token`` prints)."""
+        r = self.http("POST", "/v1/nodes/join-tokens", json={"ttl": ttl, "uses": uses})
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
 
     def kill_ctrl(self) -> None:
         assert self.ctrl is not None
@@ -187,8 +205,13 @@ class Cluster:
         driver: str = "fake",
         netns: str | None = None,
         migration_host: str = "127.0.0.1",
+        join_token_file: Path | None = None,
+        ca_file: Path | None = None,
     ) -> None:
-        """Start an LNM process (inside the network namespace of file ``netns`` if given)."""
+        """Start an LNM process (inside the network namespace of file ``netns`` if given).
+        It joins with the cluster's join token (or ``join_token_file``) the first time, then
+        with the credential it saved in its state dir; under TLS it verifies the controller
+        with the generated CA (or ``ca_file``)."""
         args = [
             "lnm",
             "--ctrl",
@@ -203,8 +226,8 @@ class Cluster:
             str(self.root / "nodes" / name),
             "--storage-dir",
             str(self.storage),
-            "--token-file",
-            str(self.state / "node.token"),
+            "--join-token-file",
+            str(join_token_file or self.join_token_file),
             "--vcpus",
             str(vcpus),
             "--memory-mb",
@@ -212,6 +235,8 @@ class Cluster:
         ]
         if labels:
             args += ["--labels", labels]
+        if self.tls or ca_file:
+            args += ["--ca-file", str(ca_file or self.ca)]
         for key, value in (driver_options or {}).items():
             args += ["--driver-option", f"{key}={json.dumps(value)}"]
         # nsenter joins only the network namespace (``ip netns exec`` also remounts /sys
@@ -259,7 +284,8 @@ class Cluster:
     # --- talking to it -----------------------------------------------------------------
 
     def client(self, token: str | None = None) -> Client:
-        client = Client(self.url, token or self.token, timeout=60)
+        transport = httpx.HTTPTransport(verify=self.verify) if self.tls else None
+        client = Client(self.url, token or self.token, timeout=60, transport=transport)
         self._clients.append(client)
         return client
 
@@ -269,7 +295,9 @@ class Cluster:
         headers = dict(kwargs.pop("headers", {}))
         if token is not None:
             headers["Authorization"] = f"Bearer {self.token if token == 'admin' else token}"
-        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+        return httpx.request(
+            method, self.url + path, headers=headers, timeout=30, verify=self.verify, **kwargs
+        )
 
     def ush(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = _env()
@@ -279,6 +307,8 @@ class Cluster:
             USHER_HOME=str(self.root / "home"),
             COLUMNS="200",
         )
+        if self.tls:
+            env["SSL_CERT_FILE"] = str(self.ca)
         return subprocess.run(
             [sys.executable, "-m", "usher.cli.ush", *args],
             env=env,

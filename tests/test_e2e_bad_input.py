@@ -114,7 +114,7 @@ def test_missing_or_wrong_token(busy: Cluster, headers: dict[str, str]) -> None:
 
 
 def test_node_credential_cannot_use_the_api(busy: Cluster) -> None:
-    node_token = (busy.state / "node.token").read_text().strip()
+    node_token = (busy.root / "nodes" / "node-1" / "node.credential").read_text().strip()
     response = busy.http("GET", "/v1/vms", token=node_token)
     assert response.status_code == 403
     assert "node credential" in error_of(response)

@@ -12,11 +12,12 @@ from pathlib import Path
 import click
 import httpx
 
-from usher.ctrl.config import ADMIN_TOKEN_FILE, DEFAULT_PORT, NODE_TOKEN_FILE
+from usher.ctrl.config import ADMIN_TOKEN_FILE, DEFAULT_PORT
 
 DEFAULT_STATE = Path.home() / ".usher" / "local"
 PIDFILE = "local.pid"
 URL_FILE = "url"
+JOIN_TOKEN_FILE = "join.token"
 
 
 def _usher(*args: str) -> list[str]:
@@ -41,6 +42,23 @@ def _wait_ready(url: str, token_file: Path, proc: subprocess.Popen[bytes], timeo
                 pass
         time.sleep(0.1)
     raise click.ClickException(f"the controller did not answer at {url} in {timeout:.0f} s")
+
+
+def _join_token(url: str, token: str, state: Path, uses: int) -> Path:
+    """A join token for this run's LNMs (nodes that joined before use their credential)."""
+    r = httpx.post(
+        f"{url}/v1/nodes/join-tokens",
+        json={"ttl": 600, "uses": uses},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    if r.is_error:
+        raise click.ClickException(f"cannot get a join token: {r.text}")
+    path = state / JOIN_TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(r.json()["token"] + "\n")
+    return path
 
 
 def _write_client_config(url: str, token: str) -> Path:
@@ -224,6 +242,7 @@ def _run(
             ctrl_args += ["--config", config_file]
         ctrl = spawn("ctrl", ctrl_args)
         token = _wait_ready(url, state / "ctrl" / ADMIN_TOKEN_FILE, ctrl, timeout=60)
+        join_token = _join_token(url, token, state, n_nodes)
         for i in range(1, n_nodes + 1):
             spawn(
                 f"node-{i}",
@@ -239,8 +258,8 @@ def _run(
                     str(state / "nodes" / f"node-{i}"),
                     "--storage-dir",
                     str(storage),
-                    "--token-file",
-                    str(state / "ctrl" / NODE_TOKEN_FILE),
+                    "--join-token-file",
+                    str(join_token),
                     "--vcpus",
                     str(vcpus),
                     "--memory-mb",

@@ -12,7 +12,9 @@ import click
 
 from usher.cli.image_cmd import image
 from usher.cli.local import local
-from usher.ctrl.config import DEFAULT_PORT, NODE_TOKEN_FILE, load_settings
+from usher.cli.node_cmd import node
+from usher.ctrl.config import DEFAULT_PORT, load_settings
+from usher.lnm.agent import CREDENTIAL_FILE
 
 
 def _logging(verbose: bool) -> None:
@@ -63,10 +65,20 @@ def ctrl(
     except Exception as exc:
         raise click.ClickException(f"bad controller config: {exc}") from exc
     host, port = settings.host_port
+    tls = None
+    if settings.tls:
+        from usher.ctrl.tls import server_files
+
+        try:
+            tls = server_files(settings)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot set up TLS: {exc}") from exc
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
         log_level="warning",
         ws_max_size=2**24,
         timeout_graceful_shutdown=5,
@@ -98,7 +110,7 @@ def _host_capacity() -> tuple[int, int]:
     "ctrl_url",
     required=True,
     envvar="USHER_CTRL",
-    help="Controller URL, e.g. http://127.0.0.1:8760",
+    help="Controller URL, e.g. https://ctrl.example.org:8760",
 )
 @click.option("--name", required=True, help="This node's name.")
 @click.option("--driver", default="fake", show_default=True, help="VMM driver: fake, qemu, …")
@@ -116,11 +128,18 @@ def _host_capacity() -> tuple[int, int]:
     show_default=True,
     help="Shared storage (images, VM disks) that every node of the cluster sees.",
 )
-@click.option("--token", envvar="USHER_NODE_TOKEN", help="Node credential.")
 @click.option(
-    "--token-file",
+    "--join-token-file",
     type=click.Path(exists=True, dir_okay=False),
-    help=f"File holding the node credential (the controller's {NODE_TOKEN_FILE}).",
+    envvar="USHER_JOIN_TOKEN_FILE",
+    help="File holding a join token (from `usher node token`), needed until this node has "
+    f"its own credential ({CREDENTIAL_FILE} in the state dir).",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="USHER_CA",
+    help="CA certificate to verify the controller with (https/wss; default: the system's).",
 )
 @click.option(
     "--migration-host",
@@ -145,8 +164,8 @@ def lnm(
     memory_mb: int | None,
     labels: str | None,
     storage_dir: str,
-    token: str | None,
-    token_file: str | None,
+    join_token_file: str | None,
+    ca_file: str | None,
     migration_host: str,
     driver_options: tuple[str, ...],
     verbose: bool,
@@ -158,11 +177,13 @@ def lnm(
     from usher.vmm.base import DriverError, load_driver
 
     _logging(verbose)
-    if token_file:
-        token = Path(token_file).read_text().strip()
-    if not token:
+    node_dir = Path(state_dir)
+    node_dir.mkdir(parents=True, exist_ok=True)
+    credential_file = node_dir / CREDENTIAL_FILE
+    if not credential_file.exists() and not join_token_file:
         raise click.UsageError(
-            "a node credential is needed: --token, --token-file or USHER_NODE_TOKEN"
+            f"this node has no credential yet ({credential_file}): give a join token "
+            "with --join-token-file (an admin makes one with `usher node token`)"
         )
     host_vcpus, host_mem = _host_capacity()
     vcpus, memory_mb = vcpus or host_vcpus, memory_mb or host_mem
@@ -177,8 +198,6 @@ def lnm(
             options[key] = json.loads(raw)
         except json.JSONDecodeError:
             options[key] = raw
-    node_dir = Path(state_dir)
-    node_dir.mkdir(parents=True, exist_ok=True)
     try:
         drv = load_driver(driver, state_dir=str(node_dir / driver), options=options)
     except DriverError as exc:
@@ -186,7 +205,9 @@ def lnm(
     config = LNMConfig(
         ctrl_url=ctrl_url,
         name=name,
-        token=token,
+        credential_file=credential_file,
+        join_token=Path(join_token_file).read_text().strip() if join_token_file else None,
+        ca_file=ca_file,
         vcpus=vcpus,
         memory_mb=memory_mb,
         labels=_parse_labels(labels),
@@ -209,6 +230,7 @@ def lnm(
 
 main.add_command(local)
 main.add_command(image)
+main.add_command(node)
 
 
 if __name__ == "__main__":

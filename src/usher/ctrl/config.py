@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 DEFAULT_PORT = 8760
 DEFAULT_PLUGINS = ["tokens", "scheduler", "eventlog"]
 ADMIN_TOKEN_FILE = "admin.token"  # in the state dir: the first admin token, mode 0600
-NODE_TOKEN_FILE = "node.token"  # in the state dir: the credential LNMs join with
 
 
 class PluginSettings(BaseModel):
@@ -31,6 +30,13 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    tls: bool = Field(False, description="serve the API and the LNM link over TLS")
+    tls_cert: Path | None = Field(None, description="the site's server certificate (PEM)")
+    tls_key: Path | None = Field(None, description="the key of tls_cert (PEM)")
+    tls_ca: Path | None = Field(None, description="the CA that signed tls_cert, for clients")
+    tls_names: list[str] = Field(
+        default_factory=list, description="more DNS names or addresses for the generated cert"
+    )
     state_dir: Path = Path("/var/lib/usher")
     database_url: str | None = None
     storage_dir: Path = Field(

@@ -9,14 +9,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from usher.ctrl.config import ADMIN_TOKEN_FILE, NODE_TOKEN_FILE, Settings
+from usher.ctrl.config import ADMIN_TOKEN_FILE, Settings
 from usher.ctrl.context import PluginContext
 from usher.ctrl.engine import Engine
 from usher.ctrl.events import EventBus
+from usher.ctrl.nodecreds import NodeCredentials
 from usher.ctrl.nodes import NodeLink, NodeRegistry
 from usher.ctrl.plugins import PluginHost
 from usher.ctrl.store import Store
-from usher.ctrl.tokens import digest, issue_token
+from usher.ctrl.tokens import issue_token
 
 log = logging.getLogger("usher.ctrl")
 
@@ -37,6 +38,7 @@ class Controller:
         self.ctx = PluginContext(store=self.store, bus=self.bus, settings=settings)
         self.plugins = PluginHost(self.ctx, timeout=settings.notify_timeout)
         self.nodes = NodeRegistry(self.store, self.bus, settings.node_timeout)
+        self.node_credentials = NodeCredentials(self.store)
         self.engine = Engine(settings, self.store, self.bus, self.plugins, self.nodes)
         self.plugins.load(settings.plugins.enabled, extra_plugins or {})
         self._watcher: asyncio.Task[None] | None = None
@@ -48,7 +50,7 @@ class Controller:
         await self.nodes.load()
         configs = {name: self.settings.plugins.table(name) for name in self.plugins.order}
         await self.plugins.start(configs)
-        await self._bootstrap_tokens()
+        await self._bootstrap_admin_token()
         await self.engine.recover()
         self._watcher = asyncio.create_task(self.nodes.watch_heartbeats(self.node_silent))
         await self.bus.emit(
@@ -66,27 +68,17 @@ class Controller:
         await self.plugins.stop()
         await self.store.close()
 
-    async def _bootstrap_tokens(self) -> None:
-        """At first start: an admin token (shown once) and the node token LNMs join with."""
-        state = self.settings.state_dir
-        if not await self.store.tokens_with_role("admin"):
-            secret = await issue_token(
-                self.store, "admin", ["admin"], description="created at first start"
-            )
-            write_secret(state / ADMIN_TOKEN_FILE, secret)
-            self.first_admin_token = secret
-            log.warning(
-                "created the admin token (shown once, also in %s): %s",
-                state / ADMIN_TOKEN_FILE,
-                secret,
-            )
-        node_file = state / NODE_TOKEN_FILE
-        existing = node_file.read_text().strip() if node_file.exists() else ""
-        if not existing or await self.store.find_token(digest(existing)) is None:
-            secret = await issue_token(
-                self.store, "nodes", ["node"], description="LNMs join with this"
-            )
-            write_secret(node_file, secret)
+    async def _bootstrap_admin_token(self) -> None:
+        """At first start: an admin token, written to a file only (never to the log)."""
+        if await self.store.tokens_with_role("admin"):
+            return
+        secret = await issue_token(
+            self.store, "admin", ["admin"], description="created at first start"
+        )
+        path = self.settings.state_dir / ADMIN_TOKEN_FILE
+        write_secret(path, secret)
+        self.first_admin_token = secret
+        log.warning("created the admin token; it is in %s (mode 0600)", path)
 
     async def node_silent(self, link: NodeLink) -> None:
         await self.node_gone(link, "missed heartbeats")

@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import websockets
@@ -24,6 +27,7 @@ from usher.model import VMState
 from usher.vmm.base import DomainInfo, Driver, DriverError, Guest
 
 log = logging.getLogger("usher.lnm")
+CREDENTIAL_FILE = "node.credential"  # in the LNM's state dir, mode 0600
 
 
 class Refused(Exception):
@@ -34,12 +38,25 @@ class Refused(Exception):
 class LNMConfig:
     ctrl_url: str
     name: str
-    token: str
+    credential_file: Path
     vcpus: int
     memory_mb: int
     labels: dict[str, str] = field(default_factory=dict)
     migration_host: str = "127.0.0.1"
     backoff_max: float = 10.0
+    join_token: str | None = None
+    ca_file: str | None = None
+
+    def secret(self) -> str | None:
+        """This node's credential once it has one, else the join token."""
+        if self.credential_file.exists():
+            return self.credential_file.read_text().strip()
+        return self.join_token
+
+    def save_credential(self, credential: str) -> None:
+        fd = os.open(self.credential_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(credential + "\n")
 
 
 def ws_url(ctrl_url: str) -> str:
@@ -91,9 +108,17 @@ class LNM:
             await self.driver.close()
 
     async def _session(self, stop: asyncio.Event) -> None:
-        headers = {"Authorization": f"Bearer {self.config.token}"}
+        secret = self.config.secret()
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        url = ws_url(self.config.ctrl_url)
+        tls = (
+            ssl.create_default_context(cafile=self.config.ca_file)
+            if url.startswith("wss:")
+            else None
+        )
         async with connect(
-            ws_url(self.config.ctrl_url),
+            url,
+            ssl=tls,
             additional_headers=headers,
             max_size=2**24,
             ping_interval=20,
@@ -102,6 +127,9 @@ class LNM:
             welcome = json.loads(await asyncio.wait_for(ws.recv(), 15))
             if welcome.get("type") == "refused":
                 raise Refused(welcome.get("reason", "refused"))
+            if "credential" in welcome:
+                self.config.save_credential(str(welcome["credential"]))
+                log.info("saved this node's credential in %s", self.config.credential_file)
             self._ws = ws
             self.connected.set()
             log.info("joined controller %s as node %s", self.config.ctrl_url, self.config.name)

@@ -2,26 +2,85 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, Field
 
-from usher.ctrl.api.deps import authenticate_token
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
+from usher.ctrl.authz import Forbidden
 from usher.ctrl.controller import Controller
 from usher.ctrl.engine import RequestError
+from usher.ctrl.nodecreds import NodeRefused
 from usher.ctrl.nodes import NodeLink
-from usher.model import NAME_PATTERN, VMState
+from usher.model import NAME_PATTERN, Principal, Strict, VMState
 
 router = APIRouter(tags=["lnm"])
 log = logging.getLogger("usher.lnm_link")
 HELLO_TIMEOUT = 10.0
 
 
-async def _refuse(ws: WebSocket, reason: str) -> None:
-    log.warning("refused an LNM from %s: %s", ws.client.host if ws.client else "?", reason)
+class NewJoinToken(Strict):
+    """Body of ``POST /v1/nodes/join-tokens``."""
+
+    ttl: float = Field(3600.0, gt=0, description="seconds until the join token expires")
+    uses: int = Field(1, ge=1, description="how many nodes may join with it")
+
+
+class IssuedJoinToken(BaseModel):
+    """A join token; its secret is shown in this answer only."""
+
+    id: str
+    token: str
+    expires_at: float
+    uses: int
+
+
+class RevokedCredential(BaseModel):
+    node: str
+    revoked: int = Field(description="how many credentials of the node were revoked")
+
+
+async def _admin(ctrl: Controller, principal: Principal, action: str) -> None:
+    if "admin" not in principal.roles:
+        raise Forbidden(f"{principal.name} may not {action}: admins only")
+    await allow(ctrl, principal, action)
+
+
+@router.post("/v1/nodes/join-tokens", status_code=201)
+async def create_join_token(
+    body: NewJoinToken, ctrl: CtrlDep, principal: PrincipalDep
+) -> IssuedJoinToken:
+    """Issue a token LNMs join with (admins only)."""
+    await _admin(ctrl, principal, "node.join_token")
+    join = await ctrl.node_credentials.issue_join_token(body.ttl, body.uses)
+    log.info("%s issued join token %s (%d use(s))", principal.name, join.id, join.uses)
+    return IssuedJoinToken(id=join.id, token=join.token, expires_at=join.expires_at, uses=join.uses)
+
+
+@router.delete("/v1/nodes/{name}/credential")
+async def revoke_credential(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> RevokedCredential:
+    """Revoke a node's credential and close its link (admins only)."""
+    await _admin(ctrl, principal, "node.revoke")
+    revoked = await ctrl.node_credentials.revoke(name)
+    if not revoked:
+        raise RequestError(404, f"node {name} has no credential to revoke")
+    log.warning("%s revoked the credential of node %s", principal.name, name)
+    await ctrl.bus.emit("node_revoked", principal=principal.name, node=name)
+    link = ctrl.nodes.links.get(name)
+    if link is not None:
+        await link.close("credential revoked")
+    return RevokedCredential(node=name, revoked=revoked)
+
+
+async def _refuse(ctrl: Controller, ws: WebSocket, node: str | None, reason: str) -> None:
+    address = ws.client.host if ws.client else None
+    log.warning("refused an LNM (node %s) from %s: %s", node or "?", address or "?", reason)
+    await ctrl.bus.emit("node_refused", node=node, data={"reason": reason, "address": address})
     await ws.send_json({"type": "refused", "reason": reason})
     await ws.close(code=4001, reason=reason[:120])
 
@@ -31,25 +90,33 @@ async def lnm_link(ws: WebSocket) -> None:
     ctrl: Controller = ws.app.state.ctrl
     await ws.accept()
     header = ws.headers.get("authorization", "")
-    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
+    secret = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
     try:
-        principal = await authenticate_token(ctrl, token)
-    except RequestError as exc:
-        await _refuse(ws, exc.message)
+        hello = await asyncio.wait_for(ws.receive_json(), HELLO_TIMEOUT)
+    except (TimeoutError, WebSocketDisconnect, ValueError):
+        log.warning("an LNM sent no hello")
         return
-    if "node" not in principal.roles:
-        await _refuse(ws, "this token is not a node credential")
-        return
-    hello = await ws.receive_json()
     name = str(hello.get("node", ""))
-
     if hello.get("type") != "hello" or not re.match(NAME_PATTERN, name):
-        await _refuse(ws, "the first message must be a hello with a valid node name")
+        await _refuse(ctrl, ws, None, "the first message must be a hello with a valid node name")
         return
+    try:
+        credential = await ctrl.node_credentials.admit(secret, name)
+    except NodeRefused as exc:
+        await _refuse(ctrl, ws, name, str(exc))
+        return
+    if credential is not None:
+        log.info("node %s joined with a join token and got its credential", name)
 
     link = NodeLink(name, ws.send_json, ws.close)
     await ctrl.nodes.attach(hello, link)
-    await ws.send_json({"type": "welcome", "heartbeat": min(1.0, ctrl.settings.node_timeout / 3)})
+    welcome: dict[str, Any] = {
+        "type": "welcome",
+        "heartbeat": min(1.0, ctrl.settings.node_timeout / 3),
+    }
+    if credential is not None:
+        welcome["credential"] = credential
+    await ws.send_json(welcome)
     await ctrl.engine.node_joined(name, hello.get("vms") or [])
     reason = "connection closed"
     try:
