@@ -57,7 +57,8 @@ def server_files(settings: Settings) -> ServerFiles:
     files = ServerFiles(tls_dir / "server.pem", tls_dir / "server.key")
     if not files.cert.exists():
         host, _ = settings.host_port
-        _generate(tls_dir, {"127.0.0.1", "localhost", host, *settings.tls_names} - {""})
+        wildcards = {"", "0.0.0.0", "::"}
+        _generate(tls_dir, {"127.0.0.1", "localhost", host, *settings.tls_names} - wildcards)
     return files
 
 
