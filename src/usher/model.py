@@ -69,9 +69,12 @@ class OpStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     VETOED = "vetoed"
+    CANCELLED = "cancelled"
 
 
-FINAL_OP_STATUSES = frozenset({OpStatus.SUCCEEDED, OpStatus.FAILED, OpStatus.VETOED})
+FINAL_OP_STATUSES = frozenset(
+    {OpStatus.SUCCEEDED, OpStatus.FAILED, OpStatus.VETOED, OpStatus.CANCELLED}
+)
 
 
 class Strict(BaseModel):
@@ -131,6 +134,7 @@ class Node(BaseModel):
     capabilities: list[str] = Field(default_factory=list)
     state: NodeState = NodeState.DOWN
     drained: bool = False
+    maintenance: bool = False
     connected: bool = False
     last_heartbeat: float | None = None
     usage: Usage = Field(default_factory=Usage)

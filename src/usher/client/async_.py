@@ -206,6 +206,10 @@ class AsyncClient(ActionMethods[Coroutine[Any, Any, Operation]]):
     async def get_operation(self, op: str | Operation) -> Operation:
         return await self._call(protocol.get_operation(op))
 
+    async def cancel(self, op: str | Operation) -> Operation:
+        """Cancel what can be of an operation (steps not begun; running migrations)."""
+        return await self._call(protocol.cancel(op))
+
     async def list_operations(
         self,
         status: OpStatus | str | None = None,
@@ -246,6 +250,18 @@ class AsyncClient(ActionMethods[Coroutine[Any, Any, Operation]]):
 
     async def undrain(self, name: str) -> Node:
         return await self._call(protocol.undrain(name))
+
+    async def evacuate(self, name: str) -> Operation:
+        """Move every VM off the node (running ones live, stopped ones cold)."""
+        return await self._call(protocol.evacuate(name))
+
+    async def maintenance(self, name: str) -> Operation:
+        """Put the node in maintenance (no new VMs) and evacuate it."""
+        return await self._call(protocol.maintenance(name))
+
+    async def activate(self, name: str) -> Node:
+        """Return the node from maintenance."""
+        return await self._call(protocol.activate(name))
 
     async def console(self, vm: str, offset: int = 0) -> ConsoleChunk:
         """The VM's serial console output from byte ``offset``."""

@@ -272,6 +272,10 @@ def list_operations(
     return Call("GET", "/operations", Page[Operation].model_validate, params=params)
 
 
+def cancel(op: str | Operation) -> Call[Operation]:
+    return Call("POST", f"/operations/{_segment(op_id(op))}/cancel", Operation.model_validate)
+
+
 def wait_once(op: str | Operation, timeout: float) -> Call[Operation]:
     """One long poll: the operation once done, or as it is after ``timeout`` seconds.
 
@@ -325,6 +329,18 @@ def drain(name: str) -> Call[Node]:
 
 def undrain(name: str) -> Call[Node]:
     return Call("POST", f"/nodes/{_segment(name)}/undrain", Node.model_validate)
+
+
+def evacuate(name: str) -> Call[Operation]:
+    return Call("POST", f"/nodes/{_segment(name)}/evacuate", Operation.model_validate)
+
+
+def maintenance(name: str) -> Call[Operation]:
+    return Call("POST", f"/nodes/{_segment(name)}/maintenance", Operation.model_validate)
+
+
+def activate(name: str) -> Call[Node]:
+    return Call("POST", f"/nodes/{_segment(name)}/activate", Node.model_validate)
 
 
 def events(

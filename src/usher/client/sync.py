@@ -209,6 +209,10 @@ class Client(ActionMethods[Operation]):
     def get_operation(self, op: str | Operation) -> Operation:
         return self._call(protocol.get_operation(op))
 
+    def cancel(self, op: str | Operation) -> Operation:
+        """Cancel what can be of an operation (steps not begun; running migrations)."""
+        return self._call(protocol.cancel(op))
+
     def list_operations(
         self,
         status: OpStatus | str | None = None,
@@ -247,6 +251,18 @@ class Client(ActionMethods[Operation]):
 
     def undrain(self, name: str) -> Node:
         return self._call(protocol.undrain(name))
+
+    def evacuate(self, name: str) -> Operation:
+        """Move every VM off the node (running ones live, stopped ones cold)."""
+        return self._call(protocol.evacuate(name))
+
+    def maintenance(self, name: str) -> Operation:
+        """Put the node in maintenance (no new VMs) and evacuate it."""
+        return self._call(protocol.maintenance(name))
+
+    def activate(self, name: str) -> Node:
+        """Return the node from maintenance."""
+        return self._call(protocol.activate(name))
 
     def console(self, vm: str, offset: int = 0) -> ConsoleChunk:
         """The VM's serial console output from byte ``offset``."""

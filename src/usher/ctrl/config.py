@@ -13,6 +13,18 @@ DEFAULT_PLUGINS = ["tokens", "scheduler", "eventlog"]
 ADMIN_TOKEN_FILE = "admin.token"  # in the state dir: the first admin token, mode 0600
 
 
+DEFAULT_OP_TIMEOUTS = {
+    "start": 300.0,
+    "stop": 120.0,
+    "destroy": 120.0,
+    "pause": 60.0,
+    "resume": 60.0,
+    "reboot": 120.0,
+    "cycle": 300.0,
+    "migrate": 600.0,
+}
+
+
 class PluginSettings(BaseModel):
     """``[plugins]``: which plugins run, in order; each may have its own table."""
 
@@ -43,12 +55,21 @@ class Settings(BaseModel):
         Path("/var/lib/usher/storage"),
         description="shared storage (images, VM disks) that every LNM of the cluster also sees",
     )
-    node_timeout: float = Field(5.0, gt=0, description="seconds without heartbeat: node down")
+    node_timeout: float = Field(3.0, gt=0, description="seconds without heartbeat: node down")
     notify_timeout: float = Field(5.0, gt=0, description="seconds a notification hook may take")
     command_timeout: float = Field(300.0, gt=0, description="seconds an LNM command may take")
     migrate_timeout: float = Field(120.0, gt=0)
+    op_timeouts: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_OP_TIMEOUTS),
+        description="seconds one VM's step of an operation may take, by kind; a request's "
+        "`timeout` kwarg may only shorten it",
+    )
     max_parallel: int = Field(256, ge=1, description="VM steps run at once")
     plugins: PluginSettings = Field(default_factory=PluginSettings)
+
+    def op_timeout(self, kind: str) -> float:
+        """The step limit of ``kind`` (the defaults fill in kinds the config leaves out)."""
+        return float(self.op_timeouts.get(kind, DEFAULT_OP_TIMEOUTS.get(kind, 300.0)))
 
     @property
     def db_url(self) -> str:

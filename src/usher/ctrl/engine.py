@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from usher.ctrl.authz import Forbidden, authorize
@@ -47,6 +48,8 @@ from usher.model import (
 
 log = logging.getLogger("usher.engine")
 IMAGE_CACHE_SECONDS = 5.0
+SYSTEM = Principal(name="system", roles=["admin"])
+"""Who plugins act as through :meth:`usher.ctrl.context.PluginContext.submit`."""
 
 S = VMState
 # From which states each action may start, the state shown while it runs, the state after.
@@ -64,6 +67,7 @@ TRANSITIONS: dict[OpKind, tuple[frozenset[VMState], VMState | None, VMState | No
     OpKind.MIGRATE: (frozenset({S.RUNNING, S.PAUSED}), S.MIGRATING, None),
     OpKind.DESTROY: (frozenset(VMState), None, None),
 }
+TRANSITIONAL = frozenset({S.PENDING, S.STARTING, S.STOPPING, S.MIGRATING})
 NEEDS_CAPABILITY = {
     OpKind.PAUSE: "pause",
     OpKind.RESUME: "pause",
@@ -117,6 +121,21 @@ class StepFailed(Exception):
     """One VM's part of an operation failed; the message goes into the operation's errors."""
 
 
+class StepCancelled(Exception):
+    """One VM's part of an operation was cancelled on request; the VM is as before."""
+
+
+@dataclass
+class _Run:
+    """What the engine tracks of a live operation, for cancel and timeouts."""
+
+    timeout: float
+    cancelled: set[str] = field(default_factory=set)  # VMs whose step is being cancelled
+    waiting: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # steps not begun
+    running: set[str] = field(default_factory=set)
+    inflight: dict[str, tuple[NodeLink, str, str]] = field(default_factory=dict)  # link, id, action
+
+
 Step = Callable[[Operation, VM], Awaitable[dict[str, Any] | None]]
 
 
@@ -141,6 +160,8 @@ class Engine:
         self._images: dict[str, tuple[float, Image]] = {}
         self._done: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._runs: dict[str, _Run] = {}
+        plugins.ctx.attach(self)
 
     # --- start-up and shut-down ---------------------------------------------------------
 
@@ -154,6 +175,36 @@ class Engine:
                 "from their nodes",
                 new=False,
             )
+        self._spawn(self._settle_after_restart(), "settle-after-restart")
+
+    async def _settle_after_restart(self) -> None:
+        """``node_timeout`` after a restart, VMs still in a transition that no operation is
+        working on are settled: ``lost`` if their node has not come back, ``error`` if it has
+        but did not report them settled. Nothing stays transitional forever."""
+        grace = self.settings.node_timeout
+        await asyncio.sleep(grace)
+        for vm in await self.store.vms_where():
+            if vm.state in TRANSITIONAL:
+                self._spawn(self._settle_stranded(vm.id, grace), f"stranded-{vm.id}")
+
+    async def _settle_stranded(self, vm_id: str, grace: float) -> None:
+        if any(vm_id in op.targets for op in self.live.values()):
+            return
+        async with self.locks.hold(vm_id):
+            vm = await self.store.get_vm(vm_id)
+            if vm is None or vm.state not in TRANSITIONAL:
+                return
+            was = vm.state.value
+            if vm.node in self.nodes.links:
+                state = S.ERROR
+                reason = f"left {was} by a controller restart; node {vm.node} did not settle it"
+            else:
+                state = S.LOST
+                reason = (
+                    f"left {was} by a controller restart; node {vm.node} did not come back "
+                    f"within {grace:g} s"
+                )
+            await self._set_state(vm, state, reason)
 
     async def _end_unrun(self, op: Operation, status: OpStatus, error: str, new: bool) -> None:
         """Record an operation that ends without running (refused, or cut short by a
@@ -192,6 +243,44 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), timeout)
         return await self.get_op(op_id)
+
+    # --- operations: cancelling ------------------------------------------------------
+
+    async def cancel(self, op_id: str) -> Operation:
+        """Cancel what can be: steps not begun never run; a running migration is cancelled
+        on its source node (the VM stays there); other running steps go on, and the answer's
+        ``result.cancel.refused`` says why, VM by VM."""
+        run, op = self._runs.get(op_id), self.live.get(op_id)
+        if run is None or op is None:
+            found = await self.get_op(op_id)
+            raise RequestError(409, f"operation {op_id} is {found.status.value}: nothing to cancel")
+        for vm_id, task in list(run.waiting.items()):
+            run.cancelled.add(vm_id)
+            task.cancel()
+        refused: dict[str, str] = {}
+        for vm_id in list(run.running):
+            inflight = run.inflight.get(vm_id)
+            if inflight is None or inflight[2] != "migrate":
+                refused[vm_id] = (
+                    f"a running {op.kind.value} step cannot be cancelled"
+                    + (" before its migration has begun" if op.kind == OpKind.MIGRATE else "")
+                    + "; it goes on"
+                )
+                continue
+            link, cmd_id, _action = inflight
+            run.cancelled.add(vm_id)
+            try:
+                answer = await link.call("cancel", args={"command": cmd_id}, timeout=10)
+            except (CommandFailed, NodeGone) as exc:
+                answer = {"cancelled": False, "error": str(exc)}
+            if not answer.get("cancelled"):
+                run.cancelled.discard(vm_id)
+                refused[vm_id] = f"node {link.name} could not cancel the migration; it goes on"
+        op.result["cancel"] = {"refused": refused}
+        await self.bus.emit(
+            "cancel", operation_id=op.id, principal=op.principal, data={"refused": refused}
+        )
+        return op.model_copy(deep=True)
 
     # --- images and consoles ------------------------------------------------------------
 
@@ -314,7 +403,8 @@ class Engine:
                 principal=principal.name,
                 data={"name": vm.name, "cluster": vm.cluster, "addresses": vm.addresses},
             )
-        self._launch(op, [vm.id for vm in vms], self._step_start)
+        timeout = self._step_timeout(OpKind.START, req.kwargs)
+        self._launch(op, [vm.id for vm in vms], self._step_start(req), timeout)
         return op.model_copy(deep=True)
 
     async def plan_start(self, principal: Principal, body: CreateVMs, client: str | None) -> Plan:
@@ -392,7 +482,7 @@ class Engine:
         vms = await self._resolve_targets(body)
         self._check_transitions(kind, vms)
         self._check_capabilities(kind, vms)
-        if kind == OpKind.MIGRATE and body.target_node is not None:
+        if kind in (OpKind.MIGRATE, OpKind.START) and body.target_node is not None:
             self._check_target_node(body.target_node, vms)
         req = OpRequest(
             kind=kind,
@@ -428,13 +518,73 @@ class Engine:
         op.targets = list(req.vm_ids)
         await self.store.add_op(op)
         step = {
-            OpKind.START: self._step_start,
+            OpKind.START: self._step_start(req),
             OpKind.DESTROY: self._step_destroy,
             OpKind.MIGRATE: self._step_migrate(req),
             OpKind.CYCLE: self._step_cycle,
         }.get(kind) or self._step_simple(kind, _driver_args(kind, req.kwargs))
-        self._launch(op, op.targets, step)
+        self._launch(op, op.targets, step, self._step_timeout(kind, req.kwargs))
         return op.model_copy(deep=True)
+
+    async def evacuate(self, principal: Principal, node: str) -> Operation:
+        """Move every VM off ``node``: running and paused ones live, stopped ones cold (their
+        record moves; the disks are on shared storage), each where the scheduler puts it. The
+        answer is a ``migrate`` operation over those VMs; ``result.evacuate`` names the node."""
+        if self.nodes.get(node) is None:
+            raise RequestError(404, f"unknown node {node!r}")
+        vms = await self.store.vms_where(node=node)
+        req = OpRequest(
+            kind=OpKind.MIGRATE,
+            principal=principal,
+            vm_ids=[vm.id for vm in vms],
+            kwargs={"evacuate": node},
+        )
+        op = self._new_op(req)
+        await self._request_hooks(op, req)
+        op.targets = list(req.vm_ids)
+        op.result = {"evacuate": node}
+        await self.store.add_op(op)
+        timeout = self._step_timeout(OpKind.MIGRATE, {})
+        self._launch(op, op.targets, self._step_evacuate(req, node), timeout)
+        return op.model_copy(deep=True)
+
+    def _step_evacuate(self, req: OpRequest, node: str) -> Step:
+        async def step(op: Operation, vm: VM) -> dict[str, Any] | None:
+            if vm.node != node:
+                return {"skipped": f"no longer on node {node}"}
+            if vm.state in (S.RUNNING, S.PAUSED):
+                return await self._migrate(op, vm, await self._pick_target(req, vm))
+            if vm.state != S.STOPPED:
+                raise StepFailed(f"cannot evacuate {vm.name}: it is {vm.state.value}")
+            target = await self._pick_target(req, vm)
+            await self._set_state(vm, S.STOPPED, f"moved cold off node {node}", op, node=target)
+            return {"from": node, "to": target, "cold": True}
+
+        return step
+
+    # --- for plugins (through PluginContext) -------------------------------------------
+
+    async def submit(
+        self,
+        kind: OpKind,
+        vms: list[str],
+        *,
+        target_node: str | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Operation:
+        """Ask for ``kind`` on ``vms`` as the ``system`` principal, through every phase."""
+        body = VMAction(vms=vms, target_node=target_node, kwargs=kwargs or {})
+        return await self.act(SYSTEM, kind, body, None)
+
+    async def fence(self, node: str, vm_id: str, reason: str) -> None:
+        """Have ``node`` destroy its copy of ``vm_id``; the VM record is not touched.
+        Raises NodeGone or CommandFailed if the node cannot be told or refuses."""
+        await self.nodes.link(node).call(
+            "destroy", vm_id=vm_id, timeout=self.settings.command_timeout
+        )
+        await self.bus.emit(
+            "fenced", vm_id=vm_id, node=node, principal=SYSTEM.name, data={"reason": reason}
+        )
 
     # --- phases ------------------------------------------------------------------------
 
@@ -590,50 +740,98 @@ class Engine:
 
     # --- running -----------------------------------------------------------------------
 
-    def _launch(self, op: Operation, vm_ids: list[str], step: Step) -> None:
-        op.result = {"progress": {"done": 0, "failed": 0, "total": len(vm_ids)}, "errors": {}}
+    def _step_timeout(self, kind: OpKind, kwargs: dict[str, Any]) -> float:
+        """The configured limit of a step of ``kind``; a request's ``timeout`` kwarg may
+        shorten it (for ``stop`` that kwarg is the guest's grace, so it does not count)."""
+        limit = self.settings.op_timeout(kind.value)
+        asked = kwargs.get("timeout")
+        if kind != OpKind.STOP and isinstance(asked, int | float) and asked > 0:
+            return min(limit, float(asked))
+        return limit
+
+    def _launch(self, op: Operation, vm_ids: list[str], step: Step, timeout: float) -> None:
+        op.result = {
+            **op.result,
+            "progress": {"done": 0, "failed": 0, "cancelled": 0, "total": len(vm_ids)},
+            "errors": {},
+            "timeout": timeout,
+        }
         self.live[op.id] = op
         self._done[op.id] = asyncio.Event()
+        self._runs[op.id] = _Run(timeout=timeout)
         self._spawn(self._run(op, vm_ids, step), f"op-{op.id}")
 
     async def _run(self, op: Operation, vm_ids: list[str], step: Step) -> None:
         progress = op.result["progress"]
+        run = self._runs[op.id]
         last_step_end = 0.0
 
         async def one(vm_id: str) -> None:
             nonlocal last_step_end
             async with self.parallel, self.locks.hold(vm_id):
+                run.waiting.pop(vm_id, None)
+                run.running.add(vm_id)
                 if op.status == OpStatus.QUEUED:
                     op.status = OpStatus.RUNNING
                     op.started_at = now()
                 try:
                     await self._run_step(op, vm_id, step, progress)
                 finally:
+                    run.running.discard(vm_id)
                     last_step_end = max(last_step_end, now())
 
+        async def guarded(vm_id: str) -> None:
+            try:
+                await one(vm_id)
+            except asyncio.CancelledError:
+                if vm_id not in run.cancelled or vm_id in run.running:
+                    raise
+                progress["cancelled"] += 1  # cancelled before it began: it never ran
+
+        for vm_id in vm_ids:
+            run.waiting[vm_id] = asyncio.ensure_future(guarded(vm_id))
         try:
-            await asyncio.gather(*(one(v) for v in vm_ids))
+            await asyncio.gather(*run.waiting.values())
         finally:
-            failed = progress["failed"]
-            op.status = OpStatus.FAILED if failed else OpStatus.SUCCEEDED
+            failed, cancelled = progress["failed"], progress["cancelled"]
+            op.status = (
+                OpStatus.FAILED
+                if failed
+                else OpStatus.CANCELLED
+                if cancelled
+                else OpStatus.SUCCEEDED
+            )
             if failed:
                 first = next(iter(op.result["errors"].values()))
                 op.error = f"{failed} of {progress['total']} VMs failed; first: {first}"
+            elif cancelled:
+                op.error = f"cancelled: {cancelled} of {progress['total']} VMs did not run"
             op.finished_at = last_step_end or now()
             op.started_at = op.started_at or op.finished_at
             await self.store.update_op(op)
+            self._runs.pop(op.id, None)
             self._done.pop(op.id).set()
             self.live.pop(op.id, None)
 
     async def _run_step(
         self, op: Operation, vm_id: str, step: Step, progress: dict[str, int]
     ) -> None:
-        """One VM's part of an operation (under its lock), recorded in the operation."""
+        """One VM's part of an operation (under its lock, within the operation's step
+        timeout), recorded in the operation."""
         vm = await self.store.get_vm(vm_id)
+        timeout = self._runs[op.id].timeout
         try:
             if vm is None:
                 raise StepFailed(f"VM {vm_id} no longer exists")
-            details = await step(op, vm)
+            try:
+                details = await asyncio.wait_for(step(op, vm), timeout)
+            except TimeoutError:
+                await self._settle_timed_out(op, vm_id)
+                raise StepFailed(f"{vm.name}: timed out after {timeout:g} s") from None
+        except StepCancelled as exc:
+            progress["cancelled"] += 1
+            op.result.setdefault("cancelled", {})[vm_id] = str(exc)
+            return
         except Exception as exc:
             if not isinstance(exc, StepFailed):  # a bug must fail the step, not hang the op
                 log.exception("operation %s failed on %s", op.id, vm_id)
@@ -660,6 +858,49 @@ class Engine:
             principal=op.principal,
             data=details or {},
         )
+
+    async def _settle_timed_out(self, op: Operation, vm_id: str) -> None:
+        """A step ran out of time: cancel its command on the node, then record the VM as its
+        node reports it (``lost`` if the node cannot say; ``error`` if still in transition)."""
+        run = self._runs[op.id]
+        inflight = run.inflight.pop(vm_id, None)
+        if inflight is not None:
+            link, cmd_id, _action = inflight
+            with contextlib.suppress(CommandFailed, NodeGone):
+                await link.call("cancel", args={"command": cmd_id}, timeout=10)
+        vm = await self.store.get_vm(vm_id)
+        if vm is None:
+            return
+        reason = f"{op.kind.value} timed out after {run.timeout:g} s"
+        try:
+            info = await self.nodes.link(vm.node).call("info", vm_id=vm.id, timeout=30)
+            state = VMState(info.get("state", S.ERROR))
+        except CommandFailed:  # the node does not have it
+            state = S.STOPPED
+        except NodeGone:
+            state = S.LOST
+        if state in TRANSITIONAL:
+            state, reason = S.ERROR, f"{reason}; its node still reports it {state.value}"
+        await self._set_state(vm, state, reason, op)
+
+    async def _command(
+        self, op: Operation, vm: VM, link: NodeLink, action: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        """``link.call`` recorded as the command in flight for ``vm`` (cancel, timeouts)."""
+        run = self._runs.get(op.id)
+        cmd_id = new_id("cmd")
+        if run is not None:
+            run.inflight[vm.id] = (link, cmd_id, action)
+        # a step that times out leaves it recorded: the node is then told to cancel it
+        try:
+            answer = await link.call(action, vm_id=vm.id, cmd_id=cmd_id, **kwargs)
+        except (CommandFailed, NodeGone):
+            if run is not None:
+                run.inflight.pop(vm.id, None)
+            raise
+        if run is not None:
+            run.inflight.pop(vm.id, None)
+        return answer
 
     async def _set_state(
         self,
@@ -719,8 +960,8 @@ class Engine:
             await self._set_state(vm, undo_state, str(exc), op)
             raise StepFailed(f"{vm.name}: {exc}") from exc
         try:
-            return await link.call(
-                action, vm_id=vm.id, timeout=self.settings.command_timeout, **kwargs
+            return await self._command(
+                op, vm, link, action, timeout=self.settings.command_timeout, **kwargs
             )
         except CommandFailed as exc:
             await self._set_state(vm, undo_state, str(exc), op)
@@ -729,13 +970,35 @@ class Engine:
             await self._set_state(vm, S.LOST, str(exc), op)
             raise StepFailed(f"{vm.name}: {exc}") from exc
 
-    async def _step_start(self, op: Operation, vm: VM) -> dict[str, Any] | None:
-        self._check_state(op, vm)
-        before = vm.state if vm.state != S.PENDING else S.ERROR
-        await self._set_state(vm, S.STARTING, op=op)
-        info = await self._call(op, vm, "start", undo_state=before, guest=await self._guest(vm))
-        await self._set_state(vm, VMState(info.get("state", S.RUNNING)), op=op)
-        return None
+    def _step_start(self, req: OpRequest) -> Step:
+        """Boot a VM where it is, or first move it cold (its disks are on shared storage) to
+        ``req.target_node`` or, if its node is down, to a node the scheduler picks."""
+
+        async def step(op: Operation, vm: VM) -> dict[str, Any] | None:
+            self._check_state(op, vm)
+            before = vm.state if vm.state != S.PENDING else S.ERROR
+            moved: dict[str, Any] = {}
+            target = req.target_node
+            if target is None and vm.node not in self.nodes.links and vm.state != S.PENDING:
+                target = await self._pick_target(req, vm)
+            if target is not None and target != vm.node:
+                moved = {"from": vm.node, "to": target, "cold": True}
+            await self._set_state(vm, S.STARTING, op=op, **({"node": target} if moved else {}))
+            guest = await self._guest(vm)
+            info = await self._call(op, vm, "start", undo_state=before, guest=guest)
+            await self._set_state(vm, VMState(info.get("state", S.RUNNING)), op=op)
+            return moved or None
+
+        return step
+
+    async def _pick_target(self, req: OpRequest, vm: VM) -> str:
+        """A node for ``vm`` other than its own, chosen by the scheduler (which passes over
+        nodes that are down, drained or in maintenance)."""
+        async with self.placement_lock:
+            try:
+                return (await self._schedule(_for_vm(req, vm), [vm.spec], exclude=vm.node))[0]
+            except RequestError as exc:
+                raise StepFailed(f"{vm.name}: no node to move it to: {exc}") from exc
 
     async def _step_cycle(self, op: Operation, vm: VM) -> dict[str, Any] | None:
         self._check_state(op, vm)
@@ -782,16 +1045,9 @@ class Engine:
         async def step(op: Operation, vm: VM) -> dict[str, Any] | None:
             self._check_state(op, vm)
             source = vm.node
-            if req.target_node is not None:
-                target = req.target_node
-            else:
-                async with self.placement_lock:
-                    try:
-                        target = (
-                            await self._schedule(_for_vm(req, vm), [vm.spec], exclude=source)
-                        )[0]
-                    except RequestError as exc:
-                        raise StepFailed(f"{vm.name}: no node to migrate to: {exc}") from exc
+            target = req.target_node or await self._pick_target(req, vm)
+            if target == source:
+                raise StepFailed(f"{vm.name} is already on node {target}")
             return await self._migrate(op, vm, target)
 
         return step
@@ -810,17 +1066,25 @@ class Engine:
             prepared = await dst_link.call(
                 "prepare_incoming", vm_id=vm.id, guest=await self._guest(vm), timeout=timeout
             )
-            result = await src_link.call(
+            result = await self._command(
+                op,
+                vm,
+                src_link,
                 "migrate",
-                vm_id=vm.id,
                 timeout=timeout,
                 args={"uri": prepared["uri"], "timeout": timeout},
             )
             info = await dst_link.call("finish_incoming", vm_id=vm.id, timeout=timeout)
-        except (CommandFailed, NodeGone) as exc:
+        except (CommandFailed, NodeGone, asyncio.CancelledError) as exc:
             with contextlib.suppress(CommandFailed, NodeGone):
                 await dst_link.call("abort_incoming", vm_id=vm.id, timeout=timeout)
-            await self._settle_after_failed_migration(op, vm, src_link, before, str(exc))
+            if isinstance(exc, asyncio.CancelledError):  # timed out: _settle_timed_out follows
+                raise
+            cancelled = vm.id in self._runs[op.id].cancelled
+            why = "cancelled" if cancelled else str(exc)
+            await self._settle_after_failed_migration(op, vm, src_link, before, why)
+            if cancelled:
+                raise StepCancelled(f"{vm.name}: migration to {target} cancelled") from exc
             raise StepFailed(f"{vm.name}: migration to {target} failed: {exc}") from exc
         details = {
             "from": source,

@@ -44,11 +44,13 @@ class NodeLink:
         vm_id: str | None = None,
         guest: dict[str, Any] | None = None,
         args: dict[str, Any] | None = None,
+        cmd_id: str | None = None,
     ) -> dict[str, Any]:
-        """Run ``action`` on the LNM and return its result; raise CommandFailed or NodeGone."""
+        """Run ``action`` on the LNM and return its result; raise CommandFailed or NodeGone.
+        ``cmd_id`` names the command (for a later ``cancel``); one is made up if not given."""
         if self.closed:
             raise NodeGone(f"node {self.name} is not connected")
-        cmd_id = new_id("cmd")
+        cmd_id = cmd_id or new_id("cmd")
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[cmd_id] = future
         msg = {
@@ -125,6 +127,8 @@ class NodeRegistry:
     def _derive_state(node: Node) -> NodeState:
         if not node.connected:
             return NodeState.DOWN
+        if node.maintenance:
+            return NodeState.MAINTENANCE
         return NodeState.DRAINING if node.drained else NodeState.UP
 
     async def attach(self, hello: dict[str, Any], link: NodeLink) -> Node:
@@ -141,6 +145,7 @@ class NodeRegistry:
             labels=hello.get("labels") or {},
             capabilities=hello.get("capabilities") or [],
             drained=known.drained if known else False,
+            maintenance=known.maintenance if known else False,
             connected=True,
             last_heartbeat=now(),
             joined_at=known.joined_at if known else now(),
@@ -186,9 +191,11 @@ class NodeRegistry:
             await self.store.save_node(node)
             await self.bus.emit("usage", node=name, data=node.usage.model_dump())
 
-    async def set_drained(self, name: str, drained: bool) -> Node:
+    async def set_drained(self, name: str, drained: bool, maintenance: bool = False) -> Node:
+        """Drain (no new VMs) or undrain a node; ``maintenance`` also marks it in maintenance."""
         node = self.nodes[name]
-        node.drained = drained
+        node.drained = drained or maintenance
+        node.maintenance = maintenance
         node.state = self._derive_state(node)
         await self.store.save_node(node)
         await self.bus.emit("node_state", node=name, data={"state": node.state.value})

@@ -77,6 +77,8 @@ class LNM:
         self._ws: ClientConnection | None = None
         self._busy: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._commands: dict[str, asyncio.Task[Any]] = {}  # running commands, by id
+        self._cancelled: set[str] = set()  # ids of commands a `cancel` command cancelled
         self._cpu_seen: tuple[float, float] | None = None
         self.connected = asyncio.Event()
 
@@ -163,14 +165,17 @@ class LNM:
         async for raw in ws:
             msg = json.loads(raw)
             if msg.get("type") == "command":
-                self._spawn(self._run_command(ws, msg))
+                self._spawn(self._run_command(ws, msg), str(msg.get("id")))
             elif msg.get("type") == "refused":
                 raise Refused(msg.get("reason", "refused"))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any, cmd_id: str | None = None) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if cmd_id is not None:
+            self._commands[cmd_id] = task
+            task.add_done_callback(lambda _: self._commands.pop(cmd_id, None))
 
     async def _send(self, msg: dict[str, Any]) -> None:
         ws = self._ws
@@ -195,6 +200,15 @@ class LNM:
             reply = {"type": "reply", "id": msg["id"], "ok": True, "result": result}
         except DriverError as exc:
             reply = {"type": "reply", "id": msg["id"], "ok": False, "error": str(exc)}
+        except asyncio.CancelledError:
+            if msg["id"] not in self._cancelled:
+                raise
+            self._cancelled.discard(msg["id"])
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the reply still goes out
+            error = f"node {self.config.name}: {msg.get('action')} cancelled"
+            reply = {"type": "reply", "id": msg["id"], "ok": False, "error": error}
         except Exception as exc:
             log.exception("command %s on %s failed", msg.get("action"), vm_id)
             reply = {
@@ -264,6 +278,7 @@ class LNM:
             "finish_incoming": lambda: d.finish_incoming(vm()),
             "abort_incoming": lambda: d.abort_incoming(vm()),
             "console": lambda: d.console_log(vm(), offset=int(args.get("offset", 0))),
+            "cancel": lambda: self._cancel(str(args.get("command"))),
         }
         handler = handlers.get(action)
         if handler is None:
@@ -276,9 +291,21 @@ class LNM:
         if action == "console":
             offset = int(args.get("offset", 0))
             return {"data": answer.decode("utf-8", "replace"), "next": offset + len(answer)}
+        if isinstance(answer, dict):
+            return answer
         if answer is not None and hasattr(answer, "model_dump"):
             return answer.model_dump(mode="json")
         return {}
+
+    async def _cancel(self, cmd_id: str) -> dict[str, Any]:
+        """The ``cancel`` command: cancel the running command ``cmd_id`` (its driver call
+        cleans up; a migration is called off and the VM stays here); it replies "cancelled"."""
+        task = self._commands.get(cmd_id)
+        if task is None or task.done():
+            return {"cancelled": False}
+        self._cancelled.add(cmd_id)
+        task.cancel()
+        return {"cancelled": True}
 
     # --- reports -----------------------------------------------------------------------
 

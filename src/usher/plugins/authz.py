@@ -27,7 +27,9 @@ from usher.hookspecs import hookimpl
 from usher.model import NAME_PATTERN, OpKind, OpRequest, Principal, Scope
 
 PLUGIN = "authz"
-ADMIN_ONLY = frozenset({"node.drain", "node.undrain"})
+ADMIN_ONLY = frozenset(
+    {"node.drain", "node.undrain", "node.evacuate", "node.maintenance", "node.activate"}
+)
 # what a plain user may do at all; ownership is checked on top for the vm.* actions
 USER_ACTIONS = frozenset(
     {

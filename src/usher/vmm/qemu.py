@@ -377,7 +377,14 @@ class QemuDriver(Driver):
             {"downtime-limit": self._downtime_ms, "max-bandwidth": self._bandwidth},
         )
         await monitor.execute("migrate", {"uri": uri})
-        status = await self._follow_migration(monitor, began + timeout)
+        try:
+            status = await self._follow_migration(monitor, began + timeout)
+        except asyncio.CancelledError:  # called off: cancel it, and the guest runs on here
+            with contextlib.suppress(MonitorError):
+                await monitor.execute("migrate_cancel")
+            await self._follow_migration(monitor, loop.time() + KILL_TIMEOUT)
+            await self._keep_running(dom)
+            raise
         timed_out = status["status"] not in _MIGRATION_OVER
         if timed_out:
             log.warning("VM %s: migration timed out after %g s; cancelling it", vm_id, timeout)

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
 from usher.ctrl.controller import Controller
 from usher.ctrl.engine import RequestError
-from usher.model import Node
+from usher.model import Node, Operation
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
 
@@ -43,4 +43,30 @@ async def drain_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
 async def undrain_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
     _node(ctrl, name)
     await allow(ctrl, principal, "node.undrain", node=name)
+    return await ctrl.nodes.set_drained(name, False)
+
+
+@router.post("/{name}/evacuate", status_code=202, response_model=Operation)
+async def evacuate_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Operation:
+    """Move every VM off the node: running and paused ones live, stopped ones cold, each
+    where the scheduler puts it. The answer is the (``migrate``) operation, which runs on."""
+    _node(ctrl, name)
+    await allow(ctrl, principal, "node.evacuate", node=name)
+    return await ctrl.engine.evacuate(principal, name)
+
+
+@router.post("/{name}/maintenance", status_code=202, response_model=Operation)
+async def maintain_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Operation:
+    """Put the node in maintenance (no new VMs go there), then evacuate it."""
+    _node(ctrl, name)
+    await allow(ctrl, principal, "node.maintenance", node=name)
+    await ctrl.nodes.set_drained(name, True, maintenance=True)
+    return await ctrl.engine.evacuate(principal, name)
+
+
+@router.post("/{name}/activate", response_model=Node)
+async def activate_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
+    """Return a node from maintenance (or a drain): new VMs may go there again."""
+    _node(ctrl, name)
+    await allow(ctrl, principal, "node.activate", node=name)
     return await ctrl.nodes.set_drained(name, False)

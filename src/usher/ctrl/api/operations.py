@@ -54,3 +54,14 @@ async def wait_operation(
     op = await ctrl.engine.get_op(op_id)
     await allow(ctrl, principal, "operation.show", operation=op.model_dump(mode="json"))
     return await ctrl.engine.wait(op_id, timeout)
+
+
+@router.post("/{op_id}/cancel", response_model=Operation)
+async def cancel_operation(op_id: str, ctrl: CtrlDep, principal: PrincipalDep) -> Operation:
+    """Cancel what can be: VM steps not yet begun never run; a running migration is called
+    off (the VM stays on its source); other running steps go on, and ``result.cancel.refused``
+    says why for each. The operation ends ``cancelled`` if a step was cancelled and none
+    failed. 409 if it is already over."""
+    op = await ctrl.engine.get_op(op_id)
+    await allow(ctrl, principal, "operation.cancel", operation=op.model_dump(mode="json"))
+    return await ctrl.engine.cancel(op_id)

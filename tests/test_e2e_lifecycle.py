@@ -1,0 +1,222 @@
+"""Failures, recovery, timeouts, cancel and host maintenance, end to end (issue 5): a real
+controller and fake LNMs as processes; the fake driver's latencies make timings deterministic.
+Durations are printed as figures; the assertions are about behaviour."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from harness import Cluster, wait_for
+from usher.model import VM, NodeState, OpKind, OpStatus, VMState
+
+NODE_TIMEOUT = 3.0  # the harness's config
+
+
+def _vm(cluster: Cluster, name: str) -> VM:
+    return cluster.client().get_vm(name)
+
+
+def _create(cluster: Cluster, name: str, node: str, **kwargs: Any) -> VM:
+    client = cluster.client()
+    op = client.create_vms(names=[name], node=node, kwargs=dict(kwargs))
+    done = cluster.run(op)
+    assert done.status == OpStatus.SUCCEEDED, done.error
+    return client.get_vm(name)
+
+
+def _wait_state(cluster: Cluster, name: str, state: VMState, timeout: float = 20) -> VM:
+    return wait_for(
+        f"{name} {state.value}",
+        lambda: vm if (vm := _vm(cluster, name)).state == state else None,
+        timeout,
+    )
+
+
+def test_silent_node_goes_down_its_vms_lost_then_reconciled(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(nodes=2)
+    _create(cluster, "silent-a", "node-1")
+    _create(cluster, "silent-b", "node-1")
+    lnm = cluster.lnms["node-1"]
+    os.kill(lnm.pid, signal.SIGSTOP)  # alive, link open, but not a heartbeat more
+    silenced = time.monotonic()
+    try:
+        wait_for(
+            "node-1 down",
+            lambda: cluster.node("node-1").state == NodeState.DOWN,
+            NODE_TIMEOUT + 5,
+            every=0.05,
+        )
+        detected = time.monotonic() - silenced
+        print(f"\nlost-node detection: {detected:.2f} s (node_timeout {NODE_TIMEOUT:g} s)")
+        assert detected <= NODE_TIMEOUT + 1.0
+        for name in ("silent-a", "silent-b"):
+            vm = _wait_state(cluster, name, VMState.LOST)
+            assert "node-1 lost" in (vm.state_reason or "")
+        events = cluster.client().events(name="node_lost", node="node-1").items
+        assert events and events[-1].data["reason"] == "missed heartbeats"
+    finally:
+        os.kill(lnm.pid, signal.SIGCONT)
+    cluster.wait_node("node-1", connected=True)
+    for name in ("silent-a", "silent-b"):  # the LNM reports they run: the records follow
+        vm = _wait_state(cluster, name, VMState.RUNNING)
+        assert vm.node == "node-1"
+
+
+def test_controller_killed_with_node_gone_transitional_vm_becomes_lost(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(nodes=1)
+    cluster.start_lnm("node-2", driver_options={"latency": {"start": 60}})
+    client = cluster.client()
+    op = client.create_vms(names=["stranded"], node="node-2")
+    _wait_state(cluster, "stranded", VMState.STARTING)
+    cluster.kill_ctrl()
+    cluster.kill_lnm("node-2")
+    restarted = time.monotonic()
+    cluster.start_ctrl()
+    assert cluster.client().get_operation(op.id).status == OpStatus.FAILED
+    vm = _wait_state(cluster, "stranded", VMState.LOST, timeout=NODE_TIMEOUT + 10)
+    print(f"\ntransitional VM settled {time.monotonic() - restarted:.2f} s after the restart")
+    assert "controller restart" in (vm.state_reason or "")
+    assert "node-2 did not come back" in (vm.state_reason or "")
+
+
+def test_step_over_its_timeout_fails_and_the_vm_is_settled(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(nodes=1, lnm_options={"driver_options": {"latency": {"start": 30}}})
+    client = cluster.client()
+    op = client.create_vms(names=["slow"], kwargs={"timeout": 2})
+    done = cluster.run(op, timeout=30)
+    assert done.status == OpStatus.FAILED
+    assert "slow: timed out after 2 s" in (done.error or "")
+    assert done.result["timeout"] == 2
+    vm = _vm(cluster, "slow")
+    assert vm.state == VMState.STOPPED  # the node never got to boot it: it says so
+    assert "start timed out after 2 s" in (vm.state_reason or "")
+    print(f"\nstep timeout: failed after {done.finished_at - done.created_at:.2f} s (limit 2 s)")
+
+
+def test_cancel_of_a_queued_step_it_never_runs(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(nodes=1, lnm_options={"driver_options": {"latency": {"reboot": 4}}})
+    _create(cluster, "busy", "node-1")
+    client = cluster.client()
+    first = client.action(OpKind.REBOOT, ["busy"])
+    second = client.action(OpKind.STOP, ["busy"])  # queued behind the reboot (VM lock)
+    answer = client.cancel(second)
+    assert answer.result["cancel"]["refused"] == {}
+    done = cluster.run(second)
+    assert done.status == OpStatus.CANCELLED
+    assert done.result["progress"]["cancelled"] == 1
+    assert cluster.run(first).status == OpStatus.SUCCEEDED
+    assert _vm(cluster, "busy").state == VMState.RUNNING  # the stop never ran
+    again = cluster.http("POST", f"/v1/operations/{second.id}/cancel")
+    assert again.status_code == 409 and "nothing to cancel" in again.json()["error"]
+
+
+def test_cancel_of_a_running_reboot_is_refused_and_it_goes_on(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(nodes=1, lnm_options={"driver_options": {"latency": {"reboot": 3}}})
+    _create(cluster, "rebooting", "node-1")
+    client = cluster.client()
+    op = client.action(OpKind.REBOOT, ["rebooting"])
+    wait_for("the reboot to run", lambda: client.get_operation(op).status == OpStatus.RUNNING)
+    vm_id = _vm(cluster, "rebooting").id
+    refused = client.cancel(op).result["cancel"]["refused"]
+    assert "cannot be cancelled" in refused[vm_id]
+    assert cluster.run(op).status == OpStatus.SUCCEEDED
+
+
+def test_cancel_of_a_running_migration_keeps_the_vm_on_its_source(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(nodes=2, lnm_options={"driver_options": {"latency": {"migrate": 20}}})
+    _create(cluster, "mover", "node-1")
+    client = cluster.client()
+    op = client.action(OpKind.MIGRATE, ["mover"], target_node="node-2")
+    _wait_state(cluster, "mover", VMState.MIGRATING)
+    time.sleep(1)  # the migrate command is on node-1 now
+    asked = time.monotonic()
+    answer = client.cancel(op)
+    assert answer.result["cancel"]["refused"] == {}
+    done = cluster.run(op)
+    print(f"\nmigration cancelled in {time.monotonic() - asked:.2f} s")
+    assert done.status == OpStatus.CANCELLED
+    vm = _vm(cluster, "mover")
+    assert (vm.node, vm.state) == ("node-1", VMState.RUNNING)
+    assert client.node("node-2").usage.vms == 0 or wait_for(
+        "node-2 to free the incoming VM", lambda: client.node("node-2").usage.vms == 0
+    )
+
+
+def test_maintenance_evacuates_running_live_and_stopped_cold_then_activate(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(nodes=3)
+    for name in ("evac-1", "evac-2", "evac-3"):
+        _create(cluster, name, "node-1")
+    assert cluster.run(cluster.client().action(OpKind.STOP, ["evac-3"])).status == (
+        OpStatus.SUCCEEDED
+    )
+    result = cluster.ush("node", "maintenance", "node-1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert cluster.node("node-1").state == NodeState.MAINTENANCE
+    vms = {vm.name: vm for vm in cluster.vms()}
+    assert all(vm.node != "node-1" for vm in vms.values())
+    assert vms["evac-1"].state == vms["evac-2"].state == VMState.RUNNING
+    assert vms["evac-3"].state == VMState.STOPPED
+    op = cluster.client().list_operations(kind=OpKind.MIGRATE, limit=1).items[0]
+    assert op.result["evacuate"] == "node-1"
+    assert op.result["details"][vms["evac-3"].id]["cold"] is True
+    assert op.result["progress"] == {"done": 3, "failed": 0, "cancelled": 0, "total": 3}
+    # nothing new goes to a node in maintenance
+    new = _create(cluster, "after", "node-2")
+    assert new.node == "node-2"
+    plan = cluster.client().plan_start(node="node-1")
+    assert plan.error
+    result = cluster.ush("node", "activate", "node-1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert cluster.node("node-1").state == NodeState.UP
+    shown = cluster.ush("node", "node-1")
+    assert shown.returncode == 0 and "node-1" in shown.stdout
+    # a plain evacuate of node-2 (no maintenance): its VMs move, the node stays up
+    evac = cluster.run(cluster.client().evacuate("node-2"))
+    assert evac.status == OpStatus.SUCCEEDED, evac.error
+    assert not cluster.vms(node="node-2")
+    assert cluster.node("node-2").state == NodeState.UP
+
+
+def test_node_actions_are_for_admins(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(nodes=1, plugins=["authz"])
+    user = cluster.issue_token("alice", ["user"])
+    for action in ("evacuate", "maintenance", "activate"):
+        r = cluster.http("POST", f"/v1/nodes/node-1/{action}", token=user)
+        assert r.status_code == 403, (action, r.text)
+
+
+def test_start_of_a_lost_vm_moves_it_cold_to_another_node(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(nodes=3)
+    _create(cluster, "orphan-1", "node-1")
+    _create(cluster, "orphan-2", "node-1")
+    cluster.kill_lnm("node-1")
+    _wait_state(cluster, "orphan-1", VMState.LOST)
+    _wait_state(cluster, "orphan-2", VMState.LOST)
+    client = cluster.client()
+    chosen = cluster.run(client.action(OpKind.START, ["orphan-1"]))  # the scheduler picks
+    assert chosen.status == OpStatus.SUCCEEDED, chosen.error
+    vm = _vm(cluster, "orphan-1")
+    assert vm.state == VMState.RUNNING and vm.node in ("node-2", "node-3")
+    assert chosen.result["details"][vm.id] == {"from": "node-1", "to": vm.node, "cold": True}
+    named = cluster.run(client.action(OpKind.START, ["orphan-2"], target_node="node-3"))
+    assert named.status == OpStatus.SUCCEEDED, named.error
+    vm = _vm(cluster, "orphan-2")
+    assert (vm.node, vm.state) == ("node-3", VMState.RUNNING)
