@@ -10,10 +10,41 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import APIRouter
+
 from harness import Cluster, wait_for
-from usher.model import VM, NodeState, OpKind, OpStatus, VMState
+from usher import hookimpl
+from usher.ctrl.api.deps import PrincipalDep
+from usher.ctrl.context import PluginContext
+from usher.model import VM, NodeState, Operation, OpKind, OpStatus, VMState
 
 NODE_TIMEOUT = 3.0  # the harness's config
+
+
+class FacadeProbe:
+    """A plugin (loaded by the controller as ``test_e2e_lifecycle:FacadeProbe``) that exposes
+    PluginContext.submit and .fence as routes, so a test can drive them."""
+
+    ctx: PluginContext
+
+    @hookimpl
+    def usher_configure(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
+
+    @hookimpl
+    def usher_routes(self) -> list[APIRouter]:
+        router = APIRouter(prefix="/probe")
+
+        @router.post("/start/{vm}", response_model=Operation)
+        async def start(vm: str, _: PrincipalDep, target: str | None = None) -> Operation:
+            return await self.ctx.submit(OpKind.START, [vm], target_node=target)
+
+        @router.post("/fence/{node}/{vm_id}")
+        async def fence(node: str, vm_id: str, _: PrincipalDep) -> dict[str, str]:
+            await self.ctx.fence(node, vm_id, "probe")
+            return {"fenced": vm_id}
+
+        return [router]
 
 
 def _vm(cluster: Cluster, name: str) -> VM:
@@ -220,3 +251,44 @@ def test_start_of_a_lost_vm_moves_it_cold_to_another_node(
     assert named.status == OpStatus.SUCCEEDED, named.error
     vm = _vm(cluster, "orphan-2")
     assert (vm.node, vm.state) == ("node-3", VMState.RUNNING)
+
+
+def test_plugin_facade_submits_as_system_and_fences(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(nodes=3, plugins=["test_e2e_lifecycle:FacadeProbe"])
+    client = cluster.client()
+    kept = _create(cluster, "kept", "node-2")
+    r = cluster.http("POST", f"/v1/probe/fence/node-2/{kept.id}")
+    assert r.status_code == 200, r.text
+    assert _vm(cluster, "kept").model_dump(exclude={"updated_at"}) == kept.model_dump(
+        exclude={"updated_at"}
+    )  # the record is not touched
+    wait_for("node-2 to run nothing", lambda: client.node("node-2").usage.vms == 0)
+    fenced = client.events(name="fenced", vm=kept.id).items
+    assert fenced and fenced[0].node == "node-2" and fenced[0].data == {"reason": "probe"}
+
+    orphan = _create(cluster, "ha-orphan", "node-1")
+    cluster.kill_lnm("node-1")
+    _wait_state(cluster, "ha-orphan", VMState.LOST)
+    r = cluster.http("POST", "/v1/probe/start/ha-orphan", params={"target": "node-3"})
+    assert r.status_code == 200, r.text
+    op = cluster.run(Operation.model_validate(r.json()))
+    assert (op.principal, op.status) == ("system", OpStatus.SUCCEEDED)
+    vm = _vm(cluster, "ha-orphan")
+    assert (vm.id, vm.node, vm.state) == (orphan.id, "node-3", VMState.RUNNING)
+
+
+def test_evacuation_respects_anti_affinity(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(nodes=3)
+    client = cluster.client()
+    op = cluster.run(client.create_vms(count=2, cluster="aa", kwargs={"anti_affinity": True}))
+    placed = {client.get_vm(v).node: v for v in op.targets}
+    assert len(placed) == 2
+    source = sorted(placed)[0]
+    free = ({"node-1", "node-2", "node-3"} - set(placed)).pop()
+    evac = cluster.run(client.evacuate(source))
+    assert evac.status == OpStatus.SUCCEEDED, evac.error
+    assert client.get_vm(placed[source]).node == free  # not beside its cluster sibling
+    # and back: the only node without a VM of the cluster is the one it left
+    again = cluster.run(client.evacuate(free))
+    assert again.status == OpStatus.SUCCEEDED, again.error
+    assert client.get_vm(placed[source]).node == source
