@@ -1,0 +1,318 @@
+"""High availability: protected VMs are restarted on other nodes when their node is lost.
+
+A VM is protected when it was started with the kwarg ``ha = true`` (``ush start --kwarg
+ha=true``) or belongs to a protected virtual cluster: one named in the config, or protected
+at run time (``PUT``/``DELETE /v1/ha/clusters/{name}``, ``ush ha protect|unprotect
+--cluster NAME``; actions ``ha.protect``, ``ha.unprotect``).
+
+When a node is declared down (``node_lost``), every protected VM recorded there that becomes
+``lost`` is started again, ``restart_delay`` seconds later, as a ``start`` with no target
+node: the scheduler places it among the nodes that are up, with all its filters. If that
+fails (nothing fits, the start fails), it is retried with exponential backoff (1 s doubling
+up to 30 s), at most ``max_attempts`` times, then ``ha_failure`` fires. Each restart fires
+``ha_restart`` (``data``: ``from``, ``to``, ``seconds`` from ``node_lost`` to running again,
+``attempts``). If the node comes back first, nothing is restarted.
+
+Never two running copies: a node that comes back still running a VM now recorded on another
+node makes the engine report ``unknown_vm`` with ``recorded_node``. For a protected or
+HA-restarted VM the record wins, always: the copy on the returning node is fenced
+(destroyed there, the record untouched) and ``ha_fenced`` fires.
+
+``GET /v1/ha`` (action ``ha.status``; ``ush ha status``) lists the protected clusters and
+VMs: cluster, node, state, last restart.
+
+Config (``[plugins.ha]``)::
+
+    clusters = ["web"]   # virtual clusters protected from the start
+    restart_delay = 0    # seconds after node_lost before restarting
+    max_attempts = 5     # restart attempts per VM before giving up
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
+from usher.ctrl.context import PluginContext
+from usher.ctrl.controller import Controller
+from usher.ctrl.engine import RequestError
+from usher.hookspecs import hookimpl
+from usher.model import (
+    NAME_PATTERN,
+    VM,
+    Event,
+    Operation,
+    OpKind,
+    OpStatus,
+    Principal,
+    VMState,
+    now,
+)
+
+PLUGIN = "ha"
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
+POLL = 0.1
+ClusterName = Annotated[str, Path(pattern=NAME_PATTERN)]
+
+
+class HAConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    clusters: list[str] = Field(default_factory=list)
+    restart_delay: float = Field(0.0, ge=0)
+    max_attempts: int = Field(5, ge=1)
+
+
+class ProtectedVM(BaseModel):
+    vm_id: str
+    name: str
+    cluster: str | None
+    policy: Literal["vm", "cluster"]
+    node: str | None
+    state: VMState
+    last_restart: dict[str, Any] | None = None
+
+
+class HAStatus(BaseModel):
+    clusters: list[str]
+    vms: list[ProtectedVM]
+
+
+class HA:
+    ctx: PluginContext
+    config: HAConfig
+    log: logging.Logger
+
+    def __init__(self) -> None:
+        self.retry_first = RETRY_FIRST
+        self.down: dict[str, float] = {}  # node -> time of its node_lost
+        self.restarting: set[str] = set()  # ids of VMs whose restart is under way
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @hookimpl
+    def usher_configure(self, ctx: PluginContext, config: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.config = HAConfig.model_validate(config)
+        self.log = ctx.logger(PLUGIN)
+
+    @hookimpl
+    async def usher_shutdown(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    # --- what is protected -----------------------------------------------------------------
+
+    async def clusters(self) -> list[str]:
+        """Protected virtual clusters: the config's, changed by run-time protect/unprotect."""
+        changed: dict[str, bool] = await self.ctx.get(PLUGIN, "clusters", {})
+        names = {c for c in self.config.clusters if changed.get(c, True)}
+        return sorted(names | {c for c, on in changed.items() if on})
+
+    async def set_protected(self, cluster: str, on: bool) -> None:
+        changed: dict[str, bool] = await self.ctx.get(PLUGIN, "clusters", {})
+        changed[cluster] = on
+        await self.ctx.put(PLUGIN, "clusters", changed)
+
+    @staticmethod
+    def policy(vm: VM, clusters: list[str]) -> Literal["vm", "cluster"] | None:
+        """Why ``vm`` is protected (``vm`` or ``cluster``), or None if it is not."""
+        if vm.spec.kwargs.get("ha") is True:
+            return "vm"
+        return "cluster" if vm.cluster in clusters else None
+
+    async def protected(self, vm: VM) -> bool:
+        return self.policy(vm, await self.clusters()) is not None
+
+    # --- events ----------------------------------------------------------------------------
+
+    @hookimpl
+    async def usher_event(self, event: Event) -> None:
+        if event.name == "node_lost" and event.node:
+            self.down[event.node] = event.time
+            for vm in await self.ctx.store.vms_where(node=event.node):
+                await self._consider(vm, event.node)
+        elif event.name == "node_join" and event.node:
+            self.down.pop(event.node, None)
+        elif event.name == "state_change" and event.data.get("to") == VMState.LOST:
+            vm = await self.ctx.store.get_vm(event.vm_id or "")
+            if vm is not None and vm.node in self.down:
+                await self._consider(vm, vm.node)
+        elif event.name == "unknown_vm" and event.data.get("recorded_node") and event.node:
+            self._spawn(self.fence_stale(event.vm_id or "", event.node))
+
+    async def _consider(self, vm: VM, node: str) -> None:
+        """Restart ``vm``, lost with ``node``, if it is protected and not being restarted."""
+        if vm.state != VMState.LOST or vm.id in self.restarting or not await self.protected(vm):
+            return
+        self.restarting.add(vm.id)
+        self._spawn(self.restart(vm.id, node, self.down[node]))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("ha task failed", exc_info=task.exception())
+
+    # --- restarting ------------------------------------------------------------------------
+
+    async def _still_lost(self, vm_id: str, node: str, lost_at: float) -> VM | None:
+        """``vm_id`` if it still waits for a restart: its node still down since ``lost_at``,
+        the VM lost (or in error after a failed attempt) and protected."""
+        vm = await self.ctx.store.get_vm(vm_id)
+        if (
+            vm is None
+            or self.down.get(node) != lost_at
+            or vm.state not in (VMState.LOST, VMState.ERROR)
+            or not await self.protected(vm)
+        ):
+            return None
+        return vm
+
+    async def _finished(self, op: Operation) -> Operation:
+        while not op.done:
+            await asyncio.sleep(POLL)
+            op = await self.ctx.store.get_op(op.id) or op
+        return op
+
+    async def restart(self, vm_id: str, node: str, lost_at: float) -> None:
+        """Start ``vm_id`` elsewhere after ``node`` was lost at ``lost_at``, with retries."""
+        try:
+            await self._restart(vm_id, node, lost_at)
+        finally:
+            self.restarting.discard(vm_id)
+
+    async def _restart(self, vm_id: str, node: str, lost_at: float) -> None:
+        await asyncio.sleep(max(0.0, lost_at + self.config.restart_delay - now()))
+        wait = self.retry_first
+        error = ""
+        for attempt in range(1, self.config.max_attempts + 1):
+            vm = await self._still_lost(vm_id, node, lost_at)
+            if vm is None:
+                return
+            try:
+                op = await self._finished(await self.ctx.submit(OpKind.START, [vm_id]))
+            except RequestError as exc:
+                error = exc.message
+            else:
+                if op.status == OpStatus.SUCCEEDED:
+                    await self._restarted(vm, node, lost_at, op, attempt)
+                    return
+                error = op.error or f"operation {op.id} {op.status.value}"
+            self.log.warning("restart %d of %s failed: %s", attempt, vm.name, error)
+            if attempt < self.config.max_attempts:
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RETRY_MAX)
+        await self.ctx.emit(
+            "ha_failure",
+            vm_id=vm_id,
+            node=node,
+            data={"error": error, "attempts": self.config.max_attempts},
+        )
+
+    async def _restarted(
+        self, vm: VM, node: str, lost_at: float, op: Operation, attempts: int
+    ) -> None:
+        moved = await self.ctx.store.get_vm(vm.id)
+        running_at = op.finished_at or lost_at
+        record = {
+            "from": node,
+            "to": moved.node if moved else None,
+            "at": running_at,
+            "seconds": round(running_at - lost_at, 3),
+            "attempts": attempts,
+        }
+        await self.ctx.put(PLUGIN, f"restart:{vm.id}", record)
+        self.log.info("restarted %s on %s after %.2f s", vm.name, record["to"], record["seconds"])
+        await self.ctx.emit(
+            "ha_restart",
+            vm_id=vm.id,
+            node=record["to"],
+            operation_id=op.id,
+            data={"name": vm.name, **record},
+        )
+
+    # --- fencing ---------------------------------------------------------------------------
+
+    async def fence_stale(self, vm_id: str, stale: str) -> None:
+        """``stale`` reports ``vm_id``, recorded elsewhere: the record wins, fence the copy."""
+        vm = await self.ctx.store.get_vm(vm_id)
+        if vm is None or vm.node == stale:
+            return
+        if not (await self.protected(vm) or await self.ctx.get(PLUGIN, f"restart:{vm.id}")):
+            return
+        reason = f"{vm.name} runs on {vm.node} (its record); the copy on {stale} is stale"
+        await self.ctx.fence(stale, vm.id, reason)
+        await self.ctx.emit(
+            "ha_fenced",
+            vm_id=vm.id,
+            node=stale,
+            data={"name": vm.name, "recorded_node": vm.node, "reason": reason},
+        )
+
+    # --- routes ----------------------------------------------------------------------------
+
+    async def status(self) -> HAStatus:
+        clusters = await self.clusters()
+        found: list[ProtectedVM] = []
+        cursor = None
+        while True:
+            page = await self.ctx.store.list_vms(limit=1000, cursor=cursor)
+            for vm in page.items:
+                policy = self.policy(vm, clusters)
+                if policy is not None:
+                    found.append(
+                        ProtectedVM(
+                            vm_id=vm.id,
+                            name=vm.name,
+                            cluster=vm.cluster,
+                            policy=policy,
+                            node=vm.node,
+                            state=vm.state,
+                            last_restart=await self.ctx.get(PLUGIN, f"restart:{vm.id}"),
+                        )
+                    )
+            if not (cursor := page.next):
+                break
+        return HAStatus(clusters=clusters, vms=found)
+
+    @hookimpl
+    def usher_routes(self) -> list[APIRouter]:
+        router = APIRouter(prefix="/ha", tags=["ha"])
+
+        @router.get("", response_model=HAStatus)
+        async def show(ctrl: CtrlDep, principal: PrincipalDep) -> HAStatus:
+            await allow(ctrl, principal, "ha.status")
+            return await self.status()
+
+        async def change(ctrl: Controller, principal: Principal, name: str, on: bool) -> HAStatus:
+            await allow(ctrl, principal, "ha.protect" if on else "ha.unprotect", cluster=name)
+            await self.set_protected(name, on)
+            await self.ctx.emit(
+                "ha_protect" if on else "ha_unprotect",
+                principal=principal.name,
+                data={"cluster": name},
+            )
+            return await self.status()
+
+        @router.put("/clusters/{name}", response_model=HAStatus)
+        async def protect(name: ClusterName, ctrl: CtrlDep, principal: PrincipalDep) -> HAStatus:
+            return await change(ctrl, principal, name, True)
+
+        @router.delete("/clusters/{name}", response_model=HAStatus)
+        async def unprotect(name: ClusterName, ctrl: CtrlDep, principal: PrincipalDep) -> HAStatus:
+            return await change(ctrl, principal, name, False)
+
+        return [router]
