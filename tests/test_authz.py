@@ -77,6 +77,7 @@ MATRIX = [
         None,
         {ANON: 401, BOB: 403, CAROL: 403, OSCAR: 200, ADMIN: 200},
     ),
+    ("POST", "/v1/operations/{op_a}/cancel", None, {ANON: 401, BOB: 403, CAROL: 403}),
     ("GET", "/v1/nodes", None, {ANON: 401, BOB: 200, CAROL: 200, OSCAR: 200, ADMIN: 200}),
     ("GET", "/v1/nodes/node-1", None, {ANON: 401, BOB: 200, OSCAR: 200, ADMIN: 200}),
     ("POST", "/v1/nodes/node-2/drain", None, {ANON: 401, BOB: 403, OSCAR: 403, ADMIN: 200}),

@@ -118,7 +118,7 @@ class Authorization:
             return action not in self.operator_denied
         if "user" not in roles or action not in USER_ACTIONS:
             return False
-        if action == "operation.show":
+        if action in ("operation.show", "operation.cancel"):
             return target.get("operation", {}).get("principal") == principal.name
         cluster = target.get("cluster")
         if action == "vm.start" and "count" in target:  # new VMs: a new or a member cluster
