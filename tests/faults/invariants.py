@@ -1,0 +1,155 @@
+"""The invariants every fault scenario checks once the faults stop.
+
+* no VM record lost: every VM id created and not destroyed still exists;
+* no VM running twice: at most one node's hypervisor runs each VM (fake driver: its table
+  in ``<node state dir>/**/fake-vms.json`` + journal; qemu: a live ``qemu.pid``);
+* no operation stuck: every operation reaches a final status within a bound, and no VM
+  stays in a transitional state;
+* capacity accounting: per connected node, the specs of its running and paused VMs add up
+  to the usage its LNM reports (within a heartbeat or two).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from harness import Cluster, wait_for
+from usher.model import FINAL_OP_STATUSES, TRANSITIONAL_STATES, VM, Operation, VMState
+
+ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
+
+
+def fake_table(node_dir: Path) -> dict[str, dict[str, Any]]:
+    """The fake driver's VM table in a node's state dir (snapshot + journal), as it would
+    load it; {} if there is none."""
+    records: dict[str, dict[str, Any]] = {}
+    for state in node_dir.rglob("fake-vms.json"):
+        with contextlib.suppress(OSError, ValueError):  # mid-rewrite: the journal has it
+            records.update({r["id"]: r for r in json.loads(state.read_text())["vms"]})
+        journal = state.with_name("fake-vms.journal")
+        if journal.exists():
+            for line in journal.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line
+                if "del" in entry:
+                    records.pop(entry["del"], None)
+                else:
+                    records[entry["put"]["id"]] = entry["put"]
+    return records
+
+
+def running_copies(cluster: Cluster) -> Counter[str]:
+    """How many nodes' hypervisors run (or hold paused) each VM id."""
+    copies: Counter[str] = Counter()
+    nodes_dir = cluster.root / "nodes"
+    if not nodes_dir.exists():
+        return copies
+    for node_dir in nodes_dir.iterdir():
+        for vm_id, rec in fake_table(node_dir).items():
+            if rec["state"] in ("running", "paused"):
+                copies[vm_id] += 1
+        qemu_vms = node_dir / "qemu" / "vms"
+        if qemu_vms.is_dir():
+            for vm_dir in qemu_vms.iterdir():
+                if cluster.guest_pid(node_dir.name, vm_dir.name) is not None:
+                    copies[vm_dir.name] += 1
+    return copies
+
+
+def all_operations(cluster: Cluster) -> list[Operation]:
+    client = cluster.client()
+    ops: list[Operation] = []
+    cursor = None
+    while True:
+        page = client.list_operations(limit=1000, cursor=cursor)
+        ops += page.items
+        cursor = page.next
+        if not cursor:
+            return ops
+
+
+def wait_ops_final(cluster: Cluster, bound: float = 30.0) -> list[Operation]:
+    """Every operation final within ``bound`` seconds; returns them all."""
+
+    def check() -> list[Operation] | None:
+        ops = all_operations(cluster)
+        return ops if all(op.status in FINAL_OP_STATUSES for op in ops) else None
+
+    try:
+        return wait_for("every operation to be final", check, timeout=bound, every=0.25)
+    except AssertionError:
+        stuck = [
+            (o.id, o.kind, o.status)
+            for o in all_operations(cluster)
+            if o.status not in FINAL_OP_STATUSES
+        ]
+        raise AssertionError(f"operations stuck after {bound} s: {stuck}") from None
+
+
+def check_capacity(cluster: Cluster, bound: float = 6.0) -> None:
+    """Per connected node, the reported usage equals the specs of its active VMs."""
+
+    def mismatches() -> list[str]:
+        vms = cluster.vms()
+        bad = []
+        for node in cluster.client().nodes():
+            if not node.connected:
+                continue
+            mine = [vm for vm in vms if vm.node == node.name and vm.state in ACTIVE]
+            want = (sum(vm.spec.vcpus for vm in mine), sum(vm.spec.memory_mb for vm in mine))
+            got = (node.usage.vcpus, node.usage.memory_mb)
+            if want != got:
+                bad.append(f"{node.name}: VMs say {want}, LNM says {got}")
+        return bad
+
+    last: list[str] = []
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        last = mismatches()
+        if not last:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"capacity accounting wrong after {bound} s: {last}")
+
+
+def check_invariants(
+    cluster: Cluster,
+    created: set[str],
+    destroyed: set[str] = frozenset(),  # type: ignore[assignment]
+    *,
+    bound: float = 30.0,
+) -> list[VM]:
+    """Check the four invariants (waiting up to ``bound`` s for things to settle); returns
+    the VMs. ``created`` are every VM id ever created, ``destroyed`` those whose destroy
+    succeeded."""
+    wait_ops_final(cluster, bound)
+
+    def settled() -> tuple[list[VM]] | None:
+        vms = cluster.vms()
+        return None if any(vm.state in TRANSITIONAL_STATES for vm in vms) else (vms,)
+
+    try:
+        (vms,) = wait_for("no VM in a transitional state", settled, timeout=bound, every=0.25)
+    except AssertionError:
+        left = [(v.name, v.state.value) for v in cluster.vms() if v.state in TRANSITIONAL_STATES]
+        raise AssertionError(f"VMs stuck in transitional states after {bound} s: {left}") from None
+
+    ids = {vm.id for vm in vms}
+    lost = (set(created) - set(destroyed)) - ids
+    assert not lost, f"VM records lost: {sorted(lost)}"
+    twice = {vm_id: n for vm_id, n in running_copies(cluster).items() if n > 1}
+    assert not twice, f"VMs running on more than one node: {twice}"
+    # every VM the controller says runs is run by exactly one hypervisor
+    copies = running_copies(cluster)
+    for vm in vms:
+        if vm.state in ACTIVE:
+            assert copies[vm.id] == 1, f"{vm.name} is {vm.state} but runs {copies[vm.id]} times"
+    check_capacity(cluster)
+    return vms
