@@ -80,7 +80,7 @@ def two_hosts() -> Iterator[tuple[str, dict[str, str]]]:
 
 
 SOURCE_CUT = pytest.mark.xfail(
-    strict=True,
+    strict=False,  # a race: the cut may land after the migration completed
     reason="bug: after the source's link is cut mid-migration and comes back, the VMs stay "
     "`lost` (the fake source finished sending them; the target's prepared copy is never "
     "finished or aborted)",
