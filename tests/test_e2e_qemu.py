@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import netns
 from harness import Cluster, wait_for
 from usher.client import Client
 from usher.images.tiny import build_tiny
@@ -234,70 +234,11 @@ def test_guest_killed_from_outside_is_noticed(cluster: Cluster) -> None:
     wait_ready(client, vm_id, 2)
 
 
-BRIDGE = "usher-t-br"
-SUBNET = "10.213.7"
-
-
-def _run(*cmd: str) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr.strip()}"
-
-
 @pytest.fixture
 def two_hosts() -> Iterator[tuple[str, dict[str, str]]]:
-    """Two test hosts: network namespaces (each held open by a sleeping process) joined to
-    this host by veth pairs on a bridge. The controller is at .1, the hosts at .2 and .3, so
-    migrations between them cross the bridge. Only ``unshare``/``nsenter`` and plain ``ip``
-    are used (no ``ip netns``, which needs to remount / and fails in a chroot)."""
-    _teardown_hosts()
-    holders: list[subprocess.Popen[bytes]] = []
-    try:
-        _run("ip", "link", "add", BRIDGE, "type", "bridge")
-        _run("ip", "addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE)
-        _run("ip", "link", "set", BRIDGE, "up")
-        hosts = {}
-        for i in (2, 3):
-            holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
-            holders.append(holder)
-            ns = f"/proc/{holder.pid}/ns/net"
-            wait_for(
-                "the namespace",
-                lambda ns=ns: os.readlink(ns) != os.readlink("/proc/self/ns/net"),
-                timeout=5,
-            )
-            inside = ("nsenter", f"--net={ns}", "--", "ip")
-            host_end, ns_end = f"usher-t-h{i}", f"usher-t-n{i}"
-            _run(
-                "ip",
-                "link",
-                "add",
-                host_end,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                ns_end,
-                "netns",
-                str(holder.pid),
-            )
-            _run("ip", "link", "set", host_end, "master", BRIDGE)
-            _run("ip", "link", "set", host_end, "up")
-            _run(*inside, "addr", "add", f"{SUBNET}.{i}/24", "dev", ns_end)
-            _run(*inside, "link", "set", ns_end, "up")
-            _run(*inside, "link", "set", "lo", "up")
-            hosts[ns] = f"{SUBNET}.{i}"
-        yield f"{SUBNET}.1", hosts
-    finally:
-        for holder in holders:
-            holder.kill()
-            holder.wait()
-        _teardown_hosts()
-
-
-def _teardown_hosts() -> None:
-    for i in (2, 3):
-        subprocess.run(["ip", "link", "del", f"usher-t-h{i}"], capture_output=True)
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    """Two namespace hosts on a bridge; the controller at .1 (see tests/netns.py)."""
+    with netns.two_hosts("usher-t", "10.213.7") as hosts:
+        yield hosts
 
 
 def test_migration_across_a_network_link(

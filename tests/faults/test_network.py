@@ -4,79 +4,26 @@ what matters here is the link to the controller and reconciliation)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
+import netns
 from harness import Cluster, wait_for
 from usher.model import OpStatus, VMState
 
 from .scenario import STATS, settle_and_check
 
-BRIDGE = "usher-f-br"
+PREFIX = "usher-f"
 SUBNET = "10.213.9"
-
-
-def _run(*cmd: str) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr.strip()}"
-
-
-def _teardown() -> None:
-    for i in (2, 3):
-        subprocess.run(["ip", "link", "del", f"usher-f-h{i}"], capture_output=True)
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
 
 
 @pytest.fixture
 def two_hosts() -> Iterator[tuple[str, dict[str, str]]]:
-    """Two namespaces joined by veths on a bridge (as in test_e2e_qemu.two_hosts)."""
-    _teardown()
-    holders: list[subprocess.Popen[bytes]] = []
-    try:
-        _run("ip", "link", "add", BRIDGE, "type", "bridge")
-        _run("ip", "addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE)
-        _run("ip", "link", "set", BRIDGE, "up")
-        hosts = {}
-        for i in (2, 3):
-            holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
-            holders.append(holder)
-            ns = f"/proc/{holder.pid}/ns/net"
-            wait_for(
-                "the namespace",
-                lambda ns=ns: os.readlink(ns) != os.readlink("/proc/self/ns/net"),
-                timeout=5,
-            )
-            inside = ("nsenter", f"--net={ns}", "--", "ip")
-            host_end, ns_end = f"usher-f-h{i}", f"usher-f-n{i}"
-            _run(
-                "ip",
-                "link",
-                "add",
-                host_end,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                ns_end,
-                "netns",
-                str(holder.pid),
-            )
-            _run("ip", "link", "set", host_end, "master", BRIDGE)
-            _run("ip", "link", "set", host_end, "up")
-            _run(*inside, "addr", "add", f"{SUBNET}.{i}/24", "dev", ns_end)
-            _run(*inside, "link", "set", ns_end, "up")
-            _run(*inside, "link", "set", "lo", "up")
-            hosts[ns] = f"{SUBNET}.{i}"
-        yield f"{SUBNET}.1", hosts
-    finally:
-        for holder in holders:
-            holder.kill()
-            holder.wait()
-        _teardown()
+    """Two namespace hosts on a bridge of their own (see tests/netns.py)."""
+    with netns.two_hosts(PREFIX, SUBNET) as hosts:
+        yield hosts
 
 
 SOURCE_CUT = pytest.mark.xfail(
@@ -107,7 +54,7 @@ def test_network_cut_during_migration(tmp_path, two_hosts, cut: str) -> None:
         vms = list(cluster.run(client.create_vms(count=2, cluster="net", node="node-1")).targets)
         op = client.migrate(vms, target_node="node-2")
         time.sleep(0.5)
-        _run("ip", "link", "set", cut, "down")
+        netns.run("ip", "link", "set", cut, "down")
         down_at = time.monotonic()
         node = "node-1" if cut.endswith("2") else "node-2"
         try:
@@ -115,7 +62,7 @@ def test_network_cut_during_migration(tmp_path, two_hosts, cut: str) -> None:
             STATS["detect_s"].append(time.monotonic() - down_at)
             time.sleep(max(0.0, 4 - (time.monotonic() - down_at)))
         finally:
-            _run("ip", "link", "set", cut, "up")
+            netns.run("ip", "link", "set", cut, "up")
         STATS["kills"] += 1
         op = cluster.run(op, timeout=60)
         assert op.status in (OpStatus.SUCCEEDED, OpStatus.FAILED)
