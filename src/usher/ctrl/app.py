@@ -9,7 +9,18 @@ from typing import Any
 from fastapi import FastAPI
 
 import usher
-from usher.ctrl.api import errors, events, images, lnm, nodes, operations, vms
+from usher.ctrl.api import (
+    errors,
+    events,
+    images,
+    lnm,
+    metrics,
+    nodes,
+    operations,
+    ui,
+    usage,
+    vms,
+)
 from usher.ctrl.config import Settings
 from usher.ctrl.controller import Controller
 
@@ -33,7 +44,7 @@ def create_app(settings: Settings, extra_plugins: dict[str, Any] | None = None) 
     )
     app.state.ctrl = ctrl
     errors.install(app)
-    for module in (vms, operations, nodes, events, images, lnm):
+    for module in (vms, operations, nodes, events, images, lnm, usage, metrics, ui):
         app.include_router(module.router)
     for router in ctrl.plugins.routers():
         app.include_router(router, prefix="/v1")

@@ -13,11 +13,13 @@ from usher.ctrl.config import ADMIN_TOKEN_FILE, Settings
 from usher.ctrl.context import PluginContext
 from usher.ctrl.engine import Engine
 from usher.ctrl.events import EventBus
+from usher.ctrl.metrics import Metrics
 from usher.ctrl.nodecreds import NodeCredentials
 from usher.ctrl.nodes import NodeLink, NodeRegistry
 from usher.ctrl.plugins import PluginHost
 from usher.ctrl.store import Store
 from usher.ctrl.tokens import issue_token
+from usher.ctrl.usage import UsageHistory
 
 log = logging.getLogger("usher.ctrl")
 
@@ -41,23 +43,29 @@ class Controller:
         self.node_credentials = NodeCredentials(self.store)
         self.engine = Engine(settings, self.store, self.bus, self.plugins, self.nodes)
         self.plugins.load(settings.plugins.enabled, extra_plugins or {})
+        observe = settings.plugins.table("metrics")  # dashboard and /metrics settings
+        self.usage = UsageHistory(self.store, self.nodes, observe)
+        self.metrics = Metrics(self, public=bool(observe.get("public", False)))
         self._watcher: asyncio.Task[None] | None = None
         self.first_admin_token: str | None = None
 
     async def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
+        await self.metrics.start()
         await self.nodes.load()
         configs = {name: self.settings.plugins.table(name) for name in self.plugins.order}
         await self.plugins.start(configs)
         await self._bootstrap_admin_token()
         await self.engine.recover()
         self._watcher = asyncio.create_task(self.nodes.watch_heartbeats(self.node_silent))
+        self.usage.start()
         await self.bus.emit(
             "ctrl_start", data={"listen": self.settings.listen, "plugins": self.plugins.order}
         )
 
     async def stop(self) -> None:
+        await self.usage.stop()
         if self._watcher:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -66,6 +74,7 @@ class Controller:
             await link.close("controller stopping")
         await self.engine.close()
         await self.plugins.stop()
+        await self.metrics.stop()
         await self.store.close()
 
     async def _bootstrap_admin_token(self) -> None:

@@ -1,0 +1,49 @@
+"""``/ui``: the web dashboard, static files shipped in the package (``usher/ui/static``).
+
+The page itself is public; everything it shows comes from the ``/v1`` API with the token the
+user logs in with, so the API's authentication and authorization apply unchanged.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import APIRouter
+from fastapi.responses import RedirectResponse, Response
+
+from usher.ctrl.engine import RequestError
+
+router = APIRouter(include_in_schema=False)
+ASSETS = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _asset(name: str) -> Response:
+    if name not in ASSETS:
+        raise RequestError(404, f"no such dashboard file {name!r}")
+    body = files("usher.ui").joinpath("static", name).read_bytes()
+    return Response(body, media_type=ASSETS[name], headers=HEADERS)
+
+
+@router.get("/ui")
+async def ui_root() -> RedirectResponse:
+    return RedirectResponse("/ui/", status_code=308)
+
+
+@router.get("/ui/")
+async def ui_index() -> Response:
+    return _asset("index.html")
+
+
+@router.get("/ui/{name}")
+async def ui_asset(name: str) -> Response:
+    return _asset(name)
