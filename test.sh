@@ -51,8 +51,9 @@ else
 fi
 export USHER_TEST_PG_URL
 
-# the LDAP tests start their own slapd and seed it with ldapadd
-apt_install slapd ldap-utils dnsmasq-base
+# the LDAP tests start their own slapd and seed it with ldapadd; the dashboard test drives
+# Debian's chromium through Playwright (no browser download)
+apt_install slapd ldap-utils dnsmasq-base chromium
 
 say "pytest $*"
 exec "$USHER_VENV/bin/python" -m pytest "$@"

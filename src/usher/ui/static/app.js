@@ -1,0 +1,478 @@
+// Usher dashboard: plain JavaScript over the /v1 API, no build step.
+// The token lives in sessionStorage and goes in the Authorization header of every call,
+// including the event stream (read with fetch, so it never appears in a URL).
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const TOKEN_KEY = "usher.token";
+const SESSION_KEY = "usher.session"; // "1": the token came from a password login
+const VM_STATES = ["pending", "starting", "running", "paused", "stopping", "stopped", "migrating", "error", "lost"];
+const MAX_EVENTS = 200;
+const MB = 1024 * 1024;
+
+const ui = {
+  me: null,
+  nodes: [],
+  vms: [],            // the page shown
+  total: 0,
+  cursors: [null],    // cursor of each page visited; the last is the page shown
+  next: null,
+  selected: new Set(),
+  sort: { key: null, dir: 1 },
+  chart: null,        // {kind: "node"|"vm", key, label}
+  stream: null,       // AbortController of the event stream
+  timers: {},
+};
+
+// --- API --------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = r.status === 204 ? null : await r.json().catch(() => null);
+  if (!r.ok) {
+    if (r.status === 401 && ui.me) loggedOut("your session ended: log in again");
+    throw new ApiError(r.status, (data && data.error) || `${method} ${path}: HTTP ${r.status}`);
+  }
+  return data;
+}
+
+function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined && v !== "") q.set(k, v);
+  const s = q.toString();
+  return s ? `?${s}` : "";
+}
+
+// --- messages ---------------------------------------------------------------------------
+
+function say(text, error = false) {
+  const div = document.createElement("div");
+  div.className = error ? "msg error" : "msg";
+  div.textContent = text;
+  $("#messages").append(div);
+  setTimeout(() => div.remove(), error ? 15000 : 5000);
+}
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  for (const c of children) node.append(c);
+  return node;
+}
+
+// --- login ------------------------------------------------------------------------------
+
+async function login(ev) {
+  ev.preventDefault();
+  $("#login-error").textContent = "";
+  const token = $("#login-token").value.trim();
+  const user = $("#login-user").value.trim();
+  try {
+    if (token) {
+      sessionStorage.setItem(TOKEN_KEY, token);
+      sessionStorage.removeItem(SESSION_KEY);
+    } else if (user) {
+      const issued = await api("POST", "/v1/login", { username: user, password: $("#login-password").value });
+      sessionStorage.setItem(TOKEN_KEY, issued.token);
+      sessionStorage.setItem(SESSION_KEY, "1");
+    } else {
+      throw new Error("give an API token, or a user and password");
+    }
+    await enter();
+  } catch (err) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    $("#login-error").textContent = err.message;
+  }
+}
+
+async function enter() {
+  ui.me = await api("GET", "/v1/whoami");
+  $("#login-form").reset();
+  $("#login").hidden = true;
+  $("#app").hidden = false;
+  $("#logout").hidden = false;
+  $("#whoami").textContent = `${ui.me.name} (${ui.me.roles.join(", ") || "no roles"})`;
+  startStream();
+  await Promise.all([loadNodes(), loadVMs()]);
+}
+
+async function logout() {
+  if (sessionStorage.getItem(SESSION_KEY)) {
+    await api("POST", "/v1/logout").catch(() => null); // a session token is revoked
+  }
+  loggedOut("");
+}
+
+function loggedOut(reason) {
+  ui.me = null;
+  if (ui.stream) ui.stream.abort();
+  sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(SESSION_KEY);
+  $("#app").hidden = true;
+  $("#logout").hidden = true;
+  $("#whoami").textContent = "";
+  $("#login").hidden = false;
+  $("#login-error").textContent = reason;
+  streamStatus(false);
+}
+
+// --- nodes ------------------------------------------------------------------------------
+
+function bar(used, total, text) {
+  const ratio = total > 0 ? Math.min(1, used / total) : 0;
+  const fill = el("div", { className: "fill" });
+  fill.style.width = `${(ratio * 100).toFixed(1)}%`;
+  const b = el("div", { className: ratio > 0.85 ? "bar high" : "bar", title: text }, fill, el("span", { textContent: text }));
+  return b;
+}
+
+async function loadNodes() {
+  ui.nodes = await api("GET", "/v1/nodes");
+  const body = $("#nodes tbody");
+  body.replaceChildren(...ui.nodes.map((n) => {
+    const c = n.capacity, u = n.usage;
+    const row = el("tr", { className: "clickable" },
+      el("td", { textContent: n.name }),
+      el("td", { className: `state state-${n.state}`, textContent: n.state }),
+      el("td", { textContent: String(u.vms) }),
+      el("td", {}, bar(u.vcpus, c.vcpus, `${u.vcpus} / ${c.vcpus}`)),
+      el("td", {}, bar(u.cpu_percent / 100, c.vcpus, `${(u.cpu_percent / 100).toFixed(2)} CPUs`)),
+      el("td", {}, bar(u.memory_mb, c.memory_mb, `${u.memory_mb} / ${c.memory_mb} MiB`)),
+      el("td", {}, bar(u.memory_used_mb, c.memory_mb, `${u.memory_used_mb} MiB`)),
+    );
+    row.dataset.node = n.name;
+    if (ui.chart && ui.chart.kind === "node" && ui.chart.key === n.name) row.classList.add("chosen");
+    row.addEventListener("click", () => showChart("node", n.name, `node ${n.name}`));
+    return row;
+  }));
+  for (const id of ["#f-node", "#migrate-target"]) {
+    const select = $(id), keep = select.value;
+    select.replaceChildren(select.options[0], ...ui.nodes.map((n) => el("option", { value: n.name, textContent: n.name })));
+    select.value = keep;
+  }
+}
+
+// --- VMs --------------------------------------------------------------------------------
+
+function filters() {
+  return {
+    state: $("#f-state").value, node: $("#f-node").value,
+    owner: $("#f-owner").value.trim(), cluster: $("#f-cluster").value.trim(),
+  };
+}
+
+async function loadVMs() {
+  const search = $("#f-search").value.trim();
+  const limit = Number($("#page-size").value);
+  try {
+    if (search) { // one VM by name or id
+      const vm = await api("GET", `/v1/vms/${encodeURIComponent(search)}`).catch((err) => {
+        if (err.status === 404) return null;
+        throw err;
+      });
+      ui.vms = vm ? [vm] : [];
+      ui.total = ui.vms.length;
+      ui.next = null;
+    } else {
+      const cursor = ui.cursors[ui.cursors.length - 1];
+      const page = await api("GET", `/v1/vms${query({ ...filters(), limit, cursor })}`);
+      ui.vms = page.items;
+      ui.total = page.total;
+      ui.next = page.next;
+    }
+  } catch (err) {
+    say(`cannot list VMs: ${err.message}`, true);
+    return;
+  }
+  renderVMs();
+}
+
+function sortVMs(items) {
+  const { key, dir } = ui.sort;
+  if (!key) return items;
+  const value = (vm) => (key === "vcpus" || key === "memory_mb" ? vm.spec[key] : vm[key] || "");
+  return [...items].sort((a, b) => {
+    const x = value(a), y = value(b);
+    return (x < y ? -1 : x > y ? 1 : 0) * dir;
+  });
+}
+
+function vmRow(vm) {
+  const pick = el("input", { type: "checkbox", className: "pick", checked: ui.selected.has(vm.id) });
+  pick.setAttribute("aria-label", `select ${vm.name}`);
+  pick.addEventListener("change", () => {
+    if (pick.checked) ui.selected.add(vm.id); else ui.selected.delete(vm.id);
+    renderSelection();
+  });
+  const name = el("td", { className: "clickable", textContent: vm.name, title: vm.id });
+  name.addEventListener("click", () => showChart("vm", vm.id, `VM ${vm.name}`));
+  const row = el("tr", {},
+    el("td", {}, pick), name,
+    el("td", { className: `state state-${vm.state}`, textContent: vm.state, title: vm.state_reason || "" }),
+    el("td", { textContent: vm.node || "—" }),
+    el("td", { textContent: vm.owner }),
+    el("td", { textContent: vm.cluster || "—" }),
+    el("td", { textContent: String(vm.spec.vcpus) }),
+    el("td", { textContent: `${vm.spec.memory_mb} MiB` }),
+  );
+  row.dataset.vm = vm.id;
+  row.dataset.name = vm.name;
+  if (ui.chart && ui.chart.kind === "vm" && ui.chart.key === vm.id) row.classList.add("chosen");
+  return row;
+}
+
+function renderVMs() {
+  $("#vms tbody").replaceChildren(...sortVMs(ui.vms).map(vmRow));
+  const first = (ui.cursors.length - 1) * Number($("#page-size").value);
+  $("#page-info").textContent = ui.vms.length
+    ? `${first + 1}–${first + ui.vms.length} of ${ui.total}` : `none of ${ui.total}`;
+  $("#vm-total").textContent = `(${ui.total})`;
+  $("#prev").disabled = ui.cursors.length < 2;
+  $("#next").disabled = !ui.next;
+  for (const th of document.querySelectorAll("#vms th[data-sort]")) {
+    th.classList.toggle("sorted-asc", th.dataset.sort === ui.sort.key && ui.sort.dir > 0);
+    th.classList.toggle("sorted-desc", th.dataset.sort === ui.sort.key && ui.sort.dir < 0);
+  }
+  renderSelection();
+}
+
+function renderSelection() {
+  $("#selected-count").textContent = `${ui.selected.size} selected`;
+  const onPage = ui.vms.filter((vm) => ui.selected.has(vm.id)).length;
+  $("#pick-all").checked = ui.vms.length > 0 && onPage === ui.vms.length;
+}
+
+function firstPage() {
+  ui.cursors = [null];
+  loadVMs();
+}
+
+// --- actions ----------------------------------------------------------------------------
+
+function confirmDestroy(count) {
+  const dialog = $("#confirm");
+  $("#confirm-text").textContent = `Destroy ${count} VM${count === 1 ? "" : "s"}? Their disks are deleted; this cannot be undone.`;
+  return new Promise((resolve) => {
+    const done = (yes) => { dialog.close(); resolve(yes); };
+    $("#confirm-yes").onclick = () => done(true);
+    $("#confirm-no").onclick = () => done(false);
+    dialog.showModal();
+  });
+}
+
+async function act(kind) {
+  const vms = [...ui.selected];
+  if (!vms.length) { say("select VMs first", true); return; }
+  if (kind === "destroy" && !(await confirmDestroy(vms.length))) return;
+  const body = { vms };
+  if (kind === "migrate" && $("#migrate-target").value) body.target_node = $("#migrate-target").value;
+  try {
+    const op = await api("POST", `/v1/vms/actions/${kind}`, body);
+    say(`${kind} of ${vms.length} VM${vms.length === 1 ? "" : "s"}: operation ${op.id} ${op.status}`);
+  } catch (err) {
+    say(`${kind} refused: ${err.message}`, true);
+  }
+}
+
+// --- charts -----------------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function lineChart(title, points, value, unit) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 300 100");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const known = points.filter((p) => value(p) !== null && value(p) !== undefined);
+  const max = Math.max(1e-9, ...known.map(value));
+  if (known.length) {
+    const t0 = known[0].time, span = Math.max(1, known[known.length - 1].time - t0);
+    const line = document.createElementNS(SVG, "polyline");
+    line.setAttribute("points", known.map((p) =>
+      `${(((p.time - t0) / span) * 300).toFixed(1)},${(98 - (value(p) / max) * 94).toFixed(1)}`).join(" "));
+    svg.append(line);
+  }
+  const last = known.length ? value(known[known.length - 1]) : null;
+  const label = el("div", { className: "label" },
+    el("span", { textContent: `${title}: ${last === null ? "no data" : `${last.toFixed(1)} ${unit}`}` }),
+    el("span", { textContent: `max ${known.length ? max.toFixed(1) : "—"} ${unit}, ${known.length} samples` }));
+  const box = el("div", { className: "chart" }, label);
+  box.append(svg);
+  return box;
+}
+
+async function showChart(kind, key, label) {
+  ui.chart = { kind, key, label };
+  $("#chart-title").textContent = `— ${label}, last hour`;
+  for (const row of document.querySelectorAll("tr.chosen")) row.classList.remove("chosen");
+  const row = document.querySelector(kind === "node" ? `#nodes tr[data-node="${CSS.escape(key)}"]` : `#vms tr[data-vm="${CSS.escape(key)}"]`);
+  if (row) row.classList.add("chosen");
+  await drawChart();
+}
+
+async function drawChart() {
+  const target = ui.chart;
+  if (!target) return;
+  let series;
+  try {
+    series = await api("GET", `/v1/usage${query({ [target.kind]: target.key })}`);
+  } catch (err) {
+    say(`cannot read the usage of ${target.label}: ${err.message}`, true);
+    return;
+  }
+  if (ui.chart !== target) return;
+  const charts = [
+    lineChart("CPU", series.points, (p) => p.cpu_percent, "%"),
+    lineChart("memory used", series.points, (p) => p.memory_used_mb, "MiB"),
+  ];
+  if (target.kind === "node") charts.push(lineChart("VMs", series.points, (p) => p.vms, ""));
+  $("#charts").replaceChildren(...charts);
+  $("#charts").dataset.points = String(series.points.length);
+}
+
+// --- the event stream -------------------------------------------------------------------
+
+function streamStatus(on) {
+  const s = $("#stream-status");
+  s.textContent = on ? "live" : "offline";
+  s.className = on ? "status on" : "status off";
+}
+
+async function startStream() {
+  if (ui.stream) ui.stream.abort();
+  const control = new AbortController();
+  ui.stream = control;
+  while (ui.me && !control.signal.aborted) {
+    try {
+      const r = await fetch("/v1/events/stream", {
+        headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}`, Accept: "text/event-stream" },
+        signal: control.signal,
+      });
+      if (r.status === 401) { loggedOut("your session ended: log in again"); return; }
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      streamStatus(true);
+      await readStream(r.body.getReader());
+    } catch (err) {
+      if (control.signal.aborted) return;
+    }
+    streamStatus(false);
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    refreshSoon("vms"); refreshSoon("nodes"); // catch up on what the gap missed
+  }
+}
+
+async function readStream(reader) {
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
+      if (data) onEvent(JSON.parse(data));
+    }
+  }
+}
+
+function refreshSoon(what) {
+  if (ui.timers[what]) return;
+  ui.timers[what] = setTimeout(() => {
+    ui.timers[what] = null;
+    if (!ui.me) return;
+    if (what === "vms") loadVMs();
+    else if (what === "nodes") loadNodes().catch((err) => say(`cannot list nodes: ${err.message}`, true));
+    else drawChart();
+  }, 700);
+}
+
+function onEvent(ev) {
+  feed(ev);
+  if (ev.name === "state_change" && ev.vm_id) {
+    const vm = ui.vms.find((v) => v.id === ev.vm_id);
+    if (vm) {
+      vm.state = ev.data.to;
+      if (ev.data.node) vm.node = ev.data.node;
+      const row = document.querySelector(`#vms tr[data-vm="${CSS.escape(vm.id)}"]`);
+      if (row) row.replaceWith(vmRow(vm));
+    }
+  }
+  if (ev.vm_id || ev.name.startsWith("node_")) refreshSoon("vms");
+  if (ev.name.startsWith("node_") || ev.name === "usage" || ev.name === "state_change") refreshSoon("nodes");
+  if (ev.name === "usage" && ui.chart) refreshSoon("chart");
+  if (ev.name.endsWith("_failure") && ui.me && ev.principal === ui.me.name && ev.data.error) {
+    say(`${ev.name.replace(/_failure$/, "")} failed${ev.vm_id ? ` on ${vmName(ev.vm_id)}` : ""}: ${ev.data.error}`, true);
+  }
+}
+
+function vmName(id) {
+  const vm = ui.vms.find((v) => v.id === id);
+  return vm ? vm.name : id;
+}
+
+function summary(ev) {
+  const d = ev.data || {};
+  if (ev.name === "state_change") return `${d.from} → ${d.to}${d.reason ? ` (${d.reason})` : ""}`;
+  if (d.error) return d.error;
+  if (ev.name === "usage") return `${d.vms} VMs, ${d.cpu_percent}% CPU`;
+  return "";
+}
+
+function feed(ev) {
+  if (ev.name === "usage" && !$("#show-usage").checked) return;
+  const time = new Date(ev.time * 1000);
+  const li = el("li", { className: ev.name.endsWith("_failure") ? "ev-failure" : "" },
+    el("time", { dateTime: time.toISOString(), textContent: time.toLocaleTimeString() }),
+    el("span", { className: "ev-name", textContent: ev.name }),
+    el("span", { textContent: [ev.vm_id && vmName(ev.vm_id), ev.node, ev.principal && `by ${ev.principal}`, summary(ev)].filter(Boolean).join(" · ") }));
+  li.dataset.event = ev.name;
+  if (ev.vm_id) li.dataset.vm = ev.vm_id;
+  const list = $("#events");
+  list.prepend(li);
+  while (list.children.length > MAX_EVENTS) list.lastChild.remove();
+}
+
+// --- wiring -----------------------------------------------------------------------------
+
+function wire() {
+  $("#f-state").append(...VM_STATES.map((s) => el("option", { value: s, textContent: s })));
+  $("#login-form").addEventListener("submit", login);
+  $("#logout").addEventListener("click", logout);
+  $("#filters").addEventListener("submit", (ev) => { ev.preventDefault(); firstPage(); });
+  $("#f-clear").addEventListener("click", () => { $("#filters").reset(); firstPage(); });
+  $("#page-size").addEventListener("change", firstPage);
+  $("#prev").addEventListener("click", () => { if (ui.cursors.length > 1) { ui.cursors.pop(); loadVMs(); } });
+  $("#next").addEventListener("click", () => { if (ui.next) { ui.cursors.push(ui.next); loadVMs(); } });
+  $("#pick-all").addEventListener("change", (ev) => {
+    for (const vm of ui.vms) if (ev.target.checked) ui.selected.add(vm.id); else ui.selected.delete(vm.id);
+    renderVMs();
+  });
+  for (const th of document.querySelectorAll("#vms th[data-sort]")) {
+    th.addEventListener("click", () => {
+      const key = th.dataset.sort;
+      ui.sort = { key, dir: ui.sort.key === key ? -ui.sort.dir : 1 };
+      renderVMs();
+    });
+  }
+  for (const button of document.querySelectorAll("#actions button[data-action]")) {
+    button.addEventListener("click", () => act(button.dataset.action));
+  }
+  setInterval(() => { if (ui.me && ui.chart) drawChart(); }, 15000);
+  if (sessionStorage.getItem(TOKEN_KEY)) {
+    enter().catch((err) => loggedOut(err.message));
+  } else {
+    loggedOut("");
+  }
+}
+
+document.addEventListener("DOMContentLoaded", wire);
