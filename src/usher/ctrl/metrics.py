@@ -65,8 +65,7 @@ class Metrics:
         r = self.registry
         self.operations = Counter(
             "usher_operations",
-            "Operations ended, by kind and outcome (succeeded, failed, cancelled, vetoed, "
-            "refused)",
+            "Operations ended, by kind and outcome (succeeded, failed, cancelled, vetoed, refused)",
             ["kind", "outcome"],
             registry=r,
         )

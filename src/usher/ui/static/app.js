@@ -233,7 +233,7 @@ function renderVMs() {
   $("#vms tbody").replaceChildren(...sortVMs(ui.vms).map(vmRow));
   const first = (ui.cursors.length - 1) * Number($("#page-size").value);
   $("#page-info").textContent = ui.vms.length
-    ? `${first + 1}–${first + ui.vms.length} of ${ui.total}` : `none of ${ui.total}`;
+    ? `${first + 1}-${first + ui.vms.length} of ${ui.total}` : `none of ${ui.total}`;
   $("#vm-total").textContent = `(${ui.total})`;
   $("#prev").disabled = ui.cursors.length < 2;
   $("#next").disabled = !ui.next;
@@ -434,7 +434,7 @@ function feed(ev) {
   const li = el("li", { className: ev.name.endsWith("_failure") ? "ev-failure" : "" },
     el("time", { dateTime: time.toISOString(), textContent: time.toLocaleTimeString() }),
     el("span", { className: "ev-name", textContent: ev.name }),
-    el("span", { textContent: [ev.vm_id && vmName(ev.vm_id), ev.node, ev.principal && `by ${ev.principal}`, summary(ev)].filter(Boolean).join(" · ") }));
+    el("span", { textContent: [ev.vm_id && (ev.data.name || vmName(ev.vm_id)), ev.node, ev.principal && `by ${ev.principal}`, summary(ev)].filter(Boolean).join(" · ") }));
   li.dataset.event = ev.name;
   if (ev.vm_id) li.dataset.vm = ev.vm_id;
   const list = $("#events");
