@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import String, cast, delete, event, func, or_, select, update
+from sqlalchemy import String, bindparam, cast, delete, event, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
@@ -20,6 +22,24 @@ from usher.ctrl.tables import Base, EventRow, NodeRow, OperationRow, PluginDataR
 from usher.model import VM, Event, Node, Operation, OpStatus, Page, Scope, VMState
 
 MAX_PAGE = 1000
+log = logging.getLogger("usher.store")
+
+# One statement for every VM update, so it compiles once and runs as an executemany.
+_VMS = VMRow.__table__
+_UPDATE_VM = update(_VMS).where(_VMS.c.id == bindparam("_vm_id"))
+
+
+@dataclass
+class _Batch:
+    """Writes queued for the next flush: VM updates (whose callers wait for the commit) and
+    event rows (written behind: nobody waits, but reads of events flush first)."""
+
+    vm_updates: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.vm_updates or self.events or self.waiters)
 
 
 def async_url(url: str) -> str:
@@ -67,13 +87,69 @@ class Store:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time; queueing writers here beats retrying on "locked".
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        # Concurrent small writes (VM state changes, events) are coalesced: one transaction
+        # and one executemany per statement for everything queued while the last one ran.
+        self._batch = _Batch()
+        self._flusher: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
 
     async def close(self) -> None:
+        await self.flush()
         await self.engine.dispose()
+
+    def _queued(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_batches())
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far (events too) is committed."""
+        if not self._batch and (self._flusher is None or self._flusher.done()):
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._batch.waiters.append(waiter)
+        self._queued()
+        await waiter
+
+    async def _flush_batches(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch, _Batch()
+            error: Exception | None = None
+            try:
+                await self._write_batch(batch.events, batch.vm_updates)
+            except Exception as exc:
+                log.exception(
+                    "could not write %d VM updates and %d events",
+                    len(batch.vm_updates),
+                    len(batch.events),
+                )
+                error = exc
+                if batch.events and batch.vm_updates:  # the events alone may be to blame
+                    try:
+                        await self._write_batch([], batch.vm_updates)
+                        error = None
+                    except Exception as again:
+                        error = again
+            for waiter in batch.waiters:
+                if waiter.done():
+                    continue
+                if error is not None and batch.vm_updates:
+                    waiter.set_exception(error)
+                else:
+                    waiter.set_result(None)
+
+    async def _write_batch(
+        self, events: list[dict[str, Any]], vm_updates: list[dict[str, Any]]
+    ) -> None:
+        if not events and not vm_updates:
+            return
+        async with self._write() as s:
+            if events:
+                await s.execute(EventRow.__table__.insert(), events)
+            if vm_updates:
+                await s.execute(_UPDATE_VM, vm_updates)
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
@@ -93,11 +169,15 @@ class Store:
                 await s.execute(self._insert(VMRow), rows)
 
     async def update_vms(self, vms: Iterable[VM]) -> None:
-        async with self._write() as s:
-            for vm in vms:
-                await s.execute(
-                    update(VMRow).where(VMRow.id == vm.id).values(**_row_values(vm, VMRow))
-                )
+        """Write the VMs' records; returns once committed (along with other queued writes)."""
+        rows = [{**_row_values(vm, VMRow), "_vm_id": vm.id} for vm in vms]
+        if not rows:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._batch.vm_updates.extend(rows)
+        self._batch.waiters.append(waiter)
+        self._queued()
+        await waiter
 
     async def update_vm(self, vm: VM) -> None:
         await self.update_vms([vm])
@@ -309,10 +389,11 @@ class Store:
     # --- events ------------------------------------------------------------------------
 
     async def add_events(self, events: Iterable[Event]) -> None:
+        """Queue events to be written with the next flush (reads of events flush first)."""
         rows = [_row_values(e, EventRow) for e in events]
         if rows:
-            async with self._write() as s:
-                await s.execute(self._insert(EventRow), rows)
+            self._batch.events.extend(rows)
+            self._queued()
 
     async def list_events(
         self,
@@ -341,6 +422,7 @@ class Store:
             filters.append(EventRow.time >= since)
         after = _cursor(cursor)
         limit = max(1, min(limit, MAX_PAGE))
+        await self.flush()
         async with self.sessions() as s:
             count = select(func.count()).select_from(EventRow).where(*filters)
             total = (await s.execute(count)).scalar()

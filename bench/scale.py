@@ -1,0 +1,208 @@
+"""Control-plane scale: a real controller, N fake-driver LNMs (each a real WebSocket over
+loopback), M VMs started in batches through the public API, then listed page by page.
+
+    python bench/scale.py --nodes 1000 --vms 10000
+
+Reports VM starts per second end to end (first request to the last VM ``running``), the
+latency of each batch's operation and of each VM (request to ``running``), the latency of
+listing every VM (pages of 1,000, as the API serves them), and the controller's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from common import (
+    RESULTS,
+    BenchCluster,
+    RSSSampler,
+    percentiles,
+    profiled,
+    raise_nofile,
+    top_frames,
+    write_result,
+)
+
+from usher.client import AsyncClient
+from usher.model import VMState
+
+
+async def start_all(
+    client: AsyncClient, vms: int, batch: int, concurrency: int
+) -> tuple[float, list[float], list[float], dict[str, float], list[str]]:
+    """Start ``vms`` VMs in batches, ``concurrency`` requests in flight; return the wall
+    time, each operation's latency, each request's time to 202, when each batch was asked
+    (by name prefix) and the errors."""
+    gate = asyncio.Semaphore(concurrency)
+    op_latency: list[float] = []
+    accept_latency: list[float] = []
+    asked: dict[str, float] = {}
+    errors: list[str] = []
+
+    async def one(i: int, count: int) -> None:
+        prefix = f"b{i}"
+        async with gate:
+            asked[prefix] = time.time()
+            t0 = time.perf_counter()
+            op = await client.create_vms(count=count, name_prefix=prefix, vcpus=1, memory_mb=256)
+            accept_latency.append(time.perf_counter() - t0)
+            done = await client.wait(op, timeout=1800, poll=30)
+            op_latency.append(time.perf_counter() - t0)
+            if done.status.value != "succeeded":
+                errors.append(f"{op.id}: {done.status.value} {done.error}")
+
+    started = time.perf_counter()
+    sizes = [min(batch, vms - first) for first in range(0, vms, batch)]
+    await asyncio.gather(*(one(i, n) for i, n in enumerate(sizes)))
+    return time.perf_counter() - started, op_latency, accept_latency, asked, errors
+
+
+async def list_all(client: AsyncClient, rounds: int) -> tuple[list[float], list[float], int]:
+    """List every VM ``rounds`` times, 1,000 a page; the full listings' and pages' latencies."""
+    full: list[float] = []
+    pages: list[float] = []
+    seen = 0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        cursor: str | None = None
+        seen = 0
+        while True:
+            p0 = time.perf_counter()
+            page = await client.list_vms(limit=1000, cursor=cursor)
+            pages.append(time.perf_counter() - p0)
+            seen += len(page.items)
+            cursor = page.next
+            if cursor is None:
+                break
+        full.append(time.perf_counter() - t0)
+    return full, pages, seen
+
+
+async def vm_latencies(client: AsyncClient, asked: dict[str, float]) -> tuple[list[float], int]:
+    """Each VM's time from its batch's request to its last update (``running``)."""
+    latencies: list[float] = []
+    running = 0
+    async for vm in client.iter_vms():
+        if vm.state == VMState.RUNNING:
+            running += 1
+        prefix = vm.name.rsplit("-", 1)[0]
+        if prefix in asked:
+            latencies.append(vm.updated_at - asked[prefix])
+    return latencies, running
+
+
+def ms(values: list[float]) -> dict[str, float]:
+    return percentiles([v * 1000 for v in values])
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+async def measure(cluster: BenchCluster, args: argparse.Namespace, pid: int) -> dict[str, Any]:
+    swarm_pids = [p.pid for p in cluster.swarms]
+    async with AsyncClient(cluster.url, cluster.token, timeout=1800) as client:
+        profile = Path(args.profile) if args.profile else None
+        ctrl_cpu, swarm_cpu = cpu_seconds([pid]), cpu_seconds(swarm_pids)
+        with profiled(pid, profile):
+            wall, op_lat, accept, asked, errors = await start_all(
+                client, args.vms, args.batch, args.concurrency
+            )
+        ctrl_cpu, swarm_cpu = cpu_seconds([pid]) - ctrl_cpu, cpu_seconds(swarm_pids) - swarm_cpu
+        per_vm, running = await vm_latencies(client, asked)
+        full, pages, seen = await list_all(client, args.list_rounds)
+    result: dict[str, Any] = {
+        "starts": {
+            "vms": args.vms,
+            "running": running,
+            "batch": args.batch,
+            "concurrent_requests": args.concurrency,
+            "wall_s": round(wall, 3),
+            "vms_per_s": round(args.vms / wall, 1),
+            "op_latency_ms": ms(op_lat),
+            "accept_latency_ms": ms(accept),
+            "vm_latency_ms": ms(per_vm),
+            "errors": errors,
+            "controller_cpu_s": round(ctrl_cpu, 2),
+            "controller_cpu_ms_per_vm": round(1000 * ctrl_cpu / args.vms, 3),
+            "lnm_cpu_s": round(swarm_cpu, 2),
+        },
+        "list": {
+            "vms_listed": seen,
+            "page_size": 1000,
+            "rounds": args.list_rounds,
+            "full_list_ms": ms(full),
+            "page_ms": ms(pages),
+        },
+    }
+    if profile is not None:
+        result["profile_starts"] = top_frames(profile)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--vms", type=int, default=10000)
+    parser.add_argument("--batch", type=int, default=500, help="VMs per request")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    parser.add_argument("--swarms", type=int, default=2, help="LNM swarm processes")
+    parser.add_argument("--list-rounds", type=int, default=20)
+    parser.add_argument("--node-timeout", type=float, default=0.0, help="0: by node count")
+    parser.add_argument("--db-url", help="database URL (default: SQLite in the state dir)")
+    parser.add_argument("--profile", help="write a py-spy profile of the starts here")
+    parser.add_argument("--name", help="result name (default: scale-<nodes>)")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    nofile = raise_nofile(max(4096, 3 * args.nodes + 1024))
+    node_timeout = args.node_timeout or max(10.0, args.nodes / 200)
+    with tempfile.TemporaryDirectory(prefix="usher-bench-") as tmp:
+        cluster = BenchCluster(Path(tmp), db_url=args.db_url, node_timeout=node_timeout)
+        try:
+            pid = cluster.start_ctrl()
+            cluster.add_blank_image()
+            with RSSSampler(pid) as rss:
+                idle_mb = rss.now_mb()
+                cluster.start_swarms(args.nodes, args.swarms)
+                connect_s = cluster.wait_nodes(args.nodes, timeout=max(120, args.nodes / 10))
+                nodes_mb = rss.now_mb()
+                result = asyncio.run(measure(cluster, args, pid))
+                final_mb = rss.now_mb()
+        finally:
+            cluster.stop()
+    result = {
+        "nodes": args.nodes,
+        "lnm_processes": args.swarms,
+        "database": "postgresql" if args.db_url else "sqlite",
+        "node_timeout_s": node_timeout,
+        "open_files_limit": nofile,
+        "connect_s": round(connect_s, 2),
+        **result,
+        "rss_mb": {
+            "idle": idle_mb,
+            "with_nodes": nodes_mb,
+            "final": final_mb,
+            "peak": round(rss.peak_mb, 1),
+        },
+    }
+    path = write_result(args.name or f"scale-{args.nodes}", result, Path(args.out))
+    s, lst = result["starts"], result["list"]
+    print(
+        f"{path.name}: {args.nodes} nodes, {s['running']}/{args.vms} running in {s['wall_s']} s "
+        f"= {s['vms_per_s']} VMs/s; list p99 {lst['full_list_ms']['p99']} ms; "
+        f"peak RSS {result['rss_mb']['peak']} MB; errors {len(s['errors'])}"
+    )
+
+
+if __name__ == "__main__":
+    main()

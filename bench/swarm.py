@@ -1,0 +1,77 @@
+"""Run many fake-driver LNMs in one process, each its own agent with its own WebSocket
+connection to the controller (what a scale benchmark needs: 1,000 LNM processes would not
+fit on a small machine, 1,000 connections do).
+
+    python bench/swarm.py --ctrl URL --join-token-file FILE --state-dir DIR --count 500
+
+Node names are ``node-<first>`` … ``node-<first+count-1>``; each keeps its credential in
+``<state-dir>/<name>/``. Stops on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from usher.lnm.agent import CREDENTIAL_FILE, LNM, LNMConfig
+from usher.vmm.fake import FakeDriver
+
+CONNECT_AT_ONCE = 50  # agents dialling at the same moment (a thundering herd helps no one)
+
+
+def build_agents(args: argparse.Namespace) -> list[LNM]:
+    token = Path(args.join_token_file).read_text().strip()
+    agents = []
+    for i in range(args.first, args.first + args.count):
+        name = f"node-{i}"
+        node_dir = Path(args.state_dir) / name
+        node_dir.mkdir(parents=True, exist_ok=True)
+        driver = FakeDriver(
+            options={"vcpus": args.vcpus, "memory_mb": args.memory_mb, "latency": args.latency}
+        )
+        config = LNMConfig(
+            ctrl_url=args.ctrl,
+            name=name,
+            credential_file=node_dir / CREDENTIAL_FILE,
+            join_token=token,
+            vcpus=args.vcpus,
+            memory_mb=args.memory_mb,
+            labels={"rack": f"r{i % 10}"},
+        )
+        agents.append(LNM(config, driver))
+    return agents
+
+
+async def run(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = []
+    for n, agent in enumerate(build_agents(args)):
+        tasks.append(asyncio.create_task(agent.run(stop)))
+        if n % CONNECT_AT_ONCE == CONNECT_AT_ONCE - 1:
+            await asyncio.sleep(0.05)
+    await asyncio.gather(*tasks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ctrl", required=True)
+    parser.add_argument("--join-token-file", required=True)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--vcpus", type=int, default=64)
+    parser.add_argument("--memory-mb", type=int, default=262144)
+    parser.add_argument("--latency", type=float, default=0.0, help="fake driver latency (s)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
