@@ -81,7 +81,7 @@ def test_broken_request_plugin_refuses_with_a_clear_message(policed: Cluster) ->
     op = policed.run(client.create_vms(count=1, cluster="x"))
     with pytest.raises(UsherError) as err:
         client.stop(cluster="x")
-    assert err.value.status == 500
+    assert err.value.status == 403  # a broken policy plugin refuses (fails closed)
     assert "BrokenStopPolicy" in err.value.message and "stop_request" in err.value.message
     assert "nothing was changed" in err.value.message
     assert client.get_vm(op.targets[0]).state == VMState.RUNNING

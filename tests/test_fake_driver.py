@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,23 @@ async def state_of(driver: FakeDriver, vm_id: str = "vm-1") -> VMState:
     return (await driver.info(vm_id)).state
 
 
+async def receive(target: FakeDriver, incoming: Guest | None = None) -> Guest:
+    """Migrate a VM from a fresh source to ``target`` without finishing it there: it is
+    then a received incoming VM (``migrating``) on ``target``."""
+    incoming = incoming or guest()
+    source = FakeDriver()
+    await source.start(incoming)
+    uri = await target.prepare_incoming(incoming, "127.0.0.1")
+    await source.migrate(incoming.id, uri, timeout=5)
+    return incoming
+
+
+async def ready_target(vm: Guest | None = None) -> tuple[FakeDriver, str]:
+    """A target driver listening for ``vm`` (vm-1 by default), and its URI."""
+    target = FakeDriver()
+    return target, await target.prepare_incoming(vm or guest(), "127.0.0.1")
+
+
 def test_load_driver_builds_fake_with_every_capability() -> None:
     driver = load_driver("fake", options={"vcpus": 8})
     assert isinstance(driver, FakeDriver)
@@ -53,7 +71,7 @@ async def test_start_new_vm_runs_and_is_listed() -> None:
 
 async def _setup(driver: FakeDriver, state: VMState) -> None:
     if state is VMState.MIGRATING:
-        await driver.prepare_incoming(guest(), "target")
+        await receive(driver)
         return
     await driver.start(guest())
     if state is VMState.PAUSED:
@@ -69,7 +87,8 @@ async def _do(driver: FakeDriver, action: str) -> None:
     if action in ("start", "cycle"):
         await getattr(driver, action)(guest())
     elif action == "migrate":
-        await driver.migrate("vm-1", "fake://target/vm-1", timeout=5)
+        _target, uri = await ready_target()
+        await driver.migrate("vm-1", uri, timeout=5)
     else:
         await getattr(driver, action)("vm-1")
 
@@ -256,7 +275,7 @@ async def test_persistence_round_trip(tmp_path: Path) -> None:
     await first.start(guest("c"))
     await first.pause("b")
     await first.stop("c")
-    await first.prepare_incoming(guest("d"), "here")
+    await receive(first, guest("d"))
     before = {d.id: (d.state, d.spec) for d in await first.list()}
     console = await first.console_log("b")
     await first.close()
@@ -314,8 +333,8 @@ async def test_corrupt_state_file_is_reported(tmp_path: Path) -> None:
 async def test_migration_moves_vm_and_capacity() -> None:
     source, target = FakeDriver(), FakeDriver(options={"vcpus": 4})
     await source.start(guest(vcpus=4))
-    uri = await target.prepare_incoming(guest(vcpus=4), "10.0.0.2")
-    assert uri == "fake://10.0.0.2/vm-1"
+    uri = await target.prepare_incoming(guest(vcpus=4), "127.0.0.1")
+    assert re.fullmatch(r"fake://127\.0\.0\.1:\d+/vm-1", uri), uri
     assert await state_of(target) is VMState.MIGRATING
     assert target.reserved().vcpus == 4
     with pytest.raises(InsufficientCapacity):
@@ -356,7 +375,16 @@ async def test_abort_incoming_releases_and_is_idempotent() -> None:
 
 
 @pytest.mark.parametrize(
-    "uri", ["not a uri", "fake://host/other-vm", "tcp://host/vm-1", "fake:///vm-1", "fake://[::1/x"]
+    "uri",
+    [
+        "not a uri",
+        "fake://host:1/other-vm",
+        "tcp://host:1/vm-1",
+        "fake:///vm-1",
+        "fake://[::1/x",
+        "fake://host/vm-1",
+        "fake://host:99999/vm-1",
+    ],
 )
 async def test_migrate_to_malformed_uri_leaves_vm_running(uri: str) -> None:
     source = FakeDriver()
@@ -370,9 +398,52 @@ async def test_migrate_to_malformed_uri_leaves_vm_running(uri: str) -> None:
 async def test_migrate_timeout_leaves_vm_running() -> None:
     source = FakeDriver(options={"latency": {"migrate": 5}})
     await source.start(guest())
+    target, uri = await ready_target()
     with pytest.raises(DriverError, match="timed out"):
-        await source.migrate("vm-1", "fake://host/vm-1", timeout=0.05)
+        await source.migrate("vm-1", uri, timeout=0.05)
     assert await state_of(source) is VMState.RUNNING
+    with pytest.raises(DriverError, match="not complete"):
+        await target.finish_incoming("vm-1")
+
+
+@pytest.mark.parametrize("how", ["abort", "close"])
+async def test_target_gone_mid_migration_leaves_vm_running(how: str) -> None:
+    """The target aborts or its process ends while the source sends: as with QEMU, the
+    source's migration fails at once and the VM runs on there."""
+    source = FakeDriver(options={"latency": {"migrate": 5}})
+    await source.start(guest())
+    target, uri = await ready_target()
+    sending = asyncio.ensure_future(source.migrate("vm-1", uri, timeout=10))
+    await asyncio.sleep(0.2)
+    began = time.monotonic()
+    await (target.abort_incoming("vm-1") if how == "abort" else target.close())
+    with pytest.raises(DriverError, match="closed the connection"):
+        await sending
+    assert time.monotonic() - began < 1
+    assert await state_of(source) is VMState.RUNNING
+    assert source.reserved().vcpus == 1
+
+
+async def test_unreachable_target_leaves_vm_running() -> None:
+    source = FakeDriver()
+    await source.start(guest())
+    target, uri = await ready_target()
+    await target.abort_incoming("vm-1")  # nothing listens there any more
+    with pytest.raises(DriverError, match="cannot reach"):
+        await source.migrate("vm-1", uri, timeout=5)
+    assert await state_of(source) is VMState.RUNNING
+
+
+async def test_settle_incoming_runs_a_received_vm_and_drops_the_rest() -> None:
+    target = FakeDriver()
+    await receive(target, guest("arrived"))
+    await target.prepare_incoming(guest("halfway"), "127.0.0.1")
+    assert (await target.settle_incoming("arrived")).state is VMState.RUNNING
+    assert await target.settle_incoming("halfway") is None
+    assert [d.id for d in await target.list()] == ["arrived"]
+    assert target.reserved().vcpus == 1
+    with pytest.raises(InvalidTransition):
+        await target.settle_incoming("arrived")  # runs here: nothing to settle
 
 
 # latency and fault injection ---------------------------------------------------------------
@@ -418,8 +489,10 @@ async def test_certain_failure_leaves_state_unchanged() -> None:
     await ok.start(guest())
     with pytest.raises(DriverError, match="simulated failure"):
         await ok.pause("vm-1")
+    target, uri = await ready_target()
     with pytest.raises(DriverError, match="simulated failure"):
-        await ok.migrate("vm-1", "fake://host/vm-1", timeout=5)
+        await ok.migrate("vm-1", uri, timeout=5)
+    assert await state_of(target) is VMState.MIGRATING  # it never got the VM
     with pytest.raises(DriverError, match="simulated failure"):
         await ok.destroy("vm-1")
     assert await state_of(ok) is VMState.RUNNING

@@ -54,21 +54,7 @@ ACTION_OF = {"create": "start", "migrate": "migrate"}
 CTRL_KINDS = ["create", "start", "stop", "pause", "resume", "reboot", "migrate", "destroy"]
 
 
-STUCK_MIGRATING = (
-    "bug: an incoming migration the target LNM reports on hello (state migrating) is adopted "
-    "as `migrating` and never finished or aborted (engine.node_joined/_adopt)"
-)
-
-
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(k, marks=pytest.mark.xfail(strict=False, reason=STUCK_MIGRATING))
-        if k == "migrate"
-        else k
-        for k in CTRL_KINDS
-    ],
-)
+@pytest.mark.parametrize("kind", CTRL_KINDS)
 def test_controller_killed_during(make_cluster, kind: str) -> None:
     cluster, _ = _setup(make_cluster, ACTION_OF.get(kind, kind))
     client = cluster.client()
@@ -99,9 +85,7 @@ LNM_CASES = [
     ("reboot", "node-1"),
     ("destroy", "node-1"),
     ("migrate", "node-1"),
-    pytest.param(
-        "migrate", "node-2", marks=pytest.mark.xfail(strict=False, reason=STUCK_MIGRATING)
-    ),
+    ("migrate", "node-2"),
 ]
 
 
@@ -129,12 +113,6 @@ def test_lnm_killed_during(make_cluster, kind: str, victim: str) -> None:
     settle_and_check(cluster)
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: the fault may land after the operation completed
-    reason="bug: the source's migrate is not cancelled when the target dies; the fake driver "
-    "completes the send to a dead target, the VM vanishes from node-1 and is recorded lost "
-    "on a node that is up",
-)
 def test_migration_target_dies_for_good(make_cluster) -> None:
     """The target LNM dies mid-migration and stays dead: the VM keeps running on the source."""
     cluster, _ = _setup(make_cluster, "migrate")
@@ -150,11 +128,6 @@ def test_migration_target_dies_for_good(make_cluster) -> None:
         assert (vm.node, vm.state) == ("node-1", VMState.RUNNING), vm
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: the fault may land after the operation completed
-    reason="bug: a lost VM started on another node keeps running on its old node when that "
-    "node comes back (engine._adopt only emits unknown_vm); the stale copy is never stopped",
-)
 @pytest.mark.parametrize("kind", ["start", "cycle"])
 def test_lost_vm_started_elsewhere_then_node_returns(make_cluster, kind: str) -> None:
     cluster = make_cluster(nodes=2)
@@ -165,9 +138,16 @@ def test_lost_vm_started_elsewhere_then_node_returns(make_cluster, kind: str) ->
     op = cluster.run(client.action(kind, vms), timeout=30)
     assert op.status == OpStatus.SUCCEEDED, op.error
     assert client.get_vm(vms[0]).node == "node-2"
-    cluster.start_lnm("node-1")
-    time.sleep(2)  # reconciliation after the hello
+    cluster.start_lnm("node-1")  # its driver still "runs" the old copy
+    fenced = wait_for(
+        "the stale copy fenced", lambda: client.events(name="fenced", vm=vms[0]).items or None
+    )
+    assert [e.node for e in fenced] == ["node-1"]
     settle_and_check(cluster)
+    assert (client.get_vm(vms[0]).node, client.get_vm(vms[0]).state) == (
+        "node-2",
+        VMState.RUNNING,
+    )
 
 
 def test_lnm_frozen_is_detected_within_node_timeout(make_cluster) -> None:

@@ -57,6 +57,9 @@ class Settings(BaseModel):
     )
     node_timeout: float = Field(3.0, gt=0, description="seconds without heartbeat: node down")
     notify_timeout: float = Field(5.0, gt=0, description="seconds a notification hook may take")
+    hook_timeout: float = Field(
+        10.0, gt=0, description="seconds a decision or request hook may take: then it failed"
+    )
     command_timeout: float = Field(300.0, gt=0, description="seconds an LNM command may take")
     migrate_timeout: float = Field(120.0, gt=0)
     op_timeouts: dict[str, float] = Field(

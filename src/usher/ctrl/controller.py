@@ -38,7 +38,9 @@ class Controller:
         self.store = Store(settings.db_url)
         self.bus = EventBus()
         self.ctx = PluginContext(store=self.store, bus=self.bus, settings=settings)
-        self.plugins = PluginHost(self.ctx, timeout=settings.notify_timeout)
+        self.plugins = PluginHost(
+            self.ctx, timeout=settings.notify_timeout, hook_timeout=settings.hook_timeout
+        )
         self.nodes = NodeRegistry(self.store, self.bus, settings.node_timeout)
         self.node_credentials = NodeCredentials(self.store)
         self.engine = Engine(settings, self.store, self.bus, self.plugins, self.nodes)

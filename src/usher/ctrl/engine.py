@@ -462,13 +462,7 @@ class Engine:
         except (Vetoed, PluginError) as exc:
             for vm in done:
                 await self.plugins.call_all("release_address", vm=vm)
-            vetoed = isinstance(exc, Vetoed)
-            await self._end_unrun(
-                op, OpStatus.VETOED if vetoed else OpStatus.FAILED, str(exc), new=True
-            )
-            raise RequestError(
-                403 if vetoed else 500, f"{exc}; nothing was changed", recorded=True
-            ) from exc
+            raise await self._plugin_refused(op, exc, record=True) from exc
 
     async def _admit_action(
         self,
@@ -521,7 +515,7 @@ class Engine:
             OpKind.START: self._step_start(req),
             OpKind.DESTROY: self._step_destroy,
             OpKind.MIGRATE: self._step_migrate(req),
-            OpKind.CYCLE: self._step_cycle,
+            OpKind.CYCLE: self._step_cycle(req),
         }.get(kind) or self._step_simple(kind, _driver_args(kind, req.kwargs))
         self._launch(op, op.targets, step, self._step_timeout(kind, req.kwargs))
         return op.model_copy(deep=True)
@@ -611,6 +605,21 @@ class Engine:
                 )
             raise
 
+    async def _plugin_refused(
+        self, op: Operation, exc: Vetoed | PluginError, *, record: bool
+    ) -> RequestError:
+        """A plugin vetoed ``op``, or failed (a broken policy plugin refuses too: 403): the
+        error for the caller, after recording the operation as vetoed or failed."""
+        if record:
+            status = OpStatus.VETOED if isinstance(exc, Vetoed) else OpStatus.FAILED
+            await self._end_unrun(op, status, str(exc), new=True)
+        return RequestError(
+            403,
+            f"{exc}; nothing was changed",
+            {"operation": op.model_dump(mode="json")},
+            recorded=record,
+        )
+
     def _new_op(self, req: OpRequest) -> Operation:
         return Operation(
             id=new_id("op"), kind=req.kind, principal=req.principal.name, targets=list(req.vm_ids)
@@ -620,18 +629,7 @@ class Engine:
         try:
             await self.plugins.run_request_hooks(req)
         except (Vetoed, PluginError) as exc:
-            vetoed = isinstance(exc, Vetoed)
-            if not req.dry_run:
-                await self._end_unrun(
-                    op, OpStatus.VETOED if vetoed else OpStatus.FAILED, str(exc), new=True
-                )
-            status = 403 if vetoed else 500
-            raise RequestError(
-                status,
-                f"{op.error}; nothing was changed",
-                {"operation": op.model_dump(mode="json")},
-                recorded=not req.dry_run,
-            ) from exc
+            raise await self._plugin_refused(op, exc, record=not req.dry_run) from exc
         if req.dry_run:
             return
         data = req.model_dump(mode="json", exclude={"principal"})
@@ -720,14 +718,14 @@ class Engine:
                 "schedule", nodes=nodes, specs=specs, request=req, reserved=reserved
             )
         except (PluginError, Vetoed) as exc:
-            raise RequestError(500, f"{exc}; nothing was changed") from exc
+            raise RequestError(403, f"{exc}; nothing was changed") from exc
         if placement is None:
             raise RequestError(409, "no scheduler plugin is enabled: cannot place VMs")
         known = {n.name for n in nodes}
         if not placement.error and (
             len(placement.nodes) != len(specs) or not set(placement.nodes) <= known
         ):
-            raise RequestError(500, "the scheduler returned an invalid placement")
+            raise RequestError(403, "the scheduler plugin returned an invalid placement")
         return placement
 
     async def _schedule(
@@ -1000,13 +998,23 @@ class Engine:
             except RequestError as exc:
                 raise StepFailed(f"{vm.name}: no node to move it to: {exc}") from exc
 
-    async def _step_cycle(self, op: Operation, vm: VM) -> dict[str, Any] | None:
-        self._check_state(op, vm)
-        before = vm.state
-        await self._set_state(vm, S.STARTING, op=op)
-        info = await self._call(op, vm, "cycle", undo_state=before, guest=await self._guest(vm))
-        await self._set_state(vm, VMState(info.get("state", S.RUNNING)), op=op)
-        return None
+    def _step_cycle(self, req: OpRequest) -> Step:
+        """Hard stop and boot again where the VM is; one whose node is down (``lost``) boots
+        on another node, as a start would."""
+        start = self._step_start(req)
+
+        async def step(op: Operation, vm: VM) -> dict[str, Any] | None:
+            if vm.node not in self.nodes.links:
+                return await start(op, vm)
+            self._check_state(op, vm)
+            before = vm.state
+            await self._set_state(vm, S.STARTING, op=op)
+            guest = await self._guest(vm)
+            info = await self._call(op, vm, "cycle", undo_state=before, guest=guest)
+            await self._set_state(vm, VMState(info.get("state", S.RUNNING)), op=op)
+            return None
+
+        return step
 
     def _step_simple(self, kind: OpKind, args: dict[str, Any]) -> Step:
         _, during, after = TRANSITIONS[kind]
@@ -1118,35 +1126,91 @@ class Engine:
             dom = reported.pop(vm.id, None)
             self._spawn(self._reconcile(vm.id, name, dom), f"reconcile-{vm.id}")
         for vm_id, dom in reported.items():
-            self._spawn(self._adopt(vm_id, name, dom), f"adopt-{vm_id}")
+            self._spawn(self._reconcile(vm_id, name, dom), f"adopt-{vm_id}")
 
     async def _reconcile(self, vm_id: str, node: str, dom: dict[str, Any] | None) -> None:
-        async with self.locks.hold(vm_id):
-            vm = await self.store.get_vm(vm_id)
-            if vm is None or vm.node != node:
-                return
-            if dom is not None:
-                state, reason = VMState(dom["state"]), dom.get("reason")
-            elif vm.state in (S.STOPPED, S.PENDING):
-                return
-            else:
-                state, reason = S.LOST, f"node {node} does not report this VM"
-            if state != vm.state:
-                await self._set_state(vm, state, reason)
+        """What ``node`` reports of ``vm_id`` (``dom``, None if nothing) against the record.
 
-    async def _adopt(self, vm_id: str, node: str, dom: dict[str, Any]) -> None:
+        Under the VM's lock, so after any operation step on it. An incoming migration that
+        no operation will finish is settled on the node first (run there if it arrived
+        whole, dropped if not). Then the record's node wins: a copy on another node is
+        fenced if the recorded node still has the VM; otherwise that copy is adopted.
+        """
         async with self.locks.hold(vm_id):
             vm = await self.store.get_vm(vm_id)
             if vm is None:
-                await self.bus.emit("unknown_vm", vm_id=vm_id, node=node, data=dom)
+                if dom is not None:
+                    await self.bus.emit("unknown_vm", vm_id=vm_id, node=node, data=dom)
                 return
-            owner = self.nodes.links.get(vm.node or "")
-            if owner is not None and vm.state not in (S.MIGRATING, S.LOST):
-                await self.bus.emit(
-                    "unknown_vm", vm_id=vm_id, node=node, data={**dom, "recorded_node": vm.node}
-                )
-                return
-            await self._set_state(vm, VMState(dom["state"]), f"found on node {node}", node=node)
+            if dom is not None and VMState(dom["state"]) is S.MIGRATING:
+                dom = await self._settle_incoming(vm, node)
+            if vm.node == node:
+                await self._match_report(vm, node, dom)
+            elif dom is not None:
+                if await self._recorded_node_has(vm):
+                    await self._fence_stale(vm, node)
+                else:
+                    state = VMState(dom["state"])
+                    await self._set_state(vm, state, f"found on node {node}", node=node)
+
+    async def _match_report(self, vm: VM, node: str, dom: dict[str, Any] | None) -> None:
+        """The record places ``vm`` on ``node``: take the state the node reports."""
+        if dom is not None:
+            state, reason = VMState(dom["state"]), dom.get("reason")
+        elif vm.state in (S.STOPPED, S.PENDING):
+            return
+        else:
+            state, reason = S.LOST, f"node {node} does not report this VM"
+        if state != vm.state:
+            await self._set_state(vm, state, reason)
+
+    async def _settle_incoming(self, vm: VM, node: str) -> dict[str, Any] | None:
+        """Have ``node`` settle an incoming copy of ``vm`` an interrupted migration left:
+        the VM it now runs, or None if it dropped the copy (or cannot be asked)."""
+        try:
+            answer = await self.nodes.link(node).call(
+                "settle_incoming", vm_id=vm.id, timeout=self.settings.command_timeout
+            )
+        except (CommandFailed, NodeGone) as exc:
+            log.warning("cannot settle the incoming copy of %s on %s: %s", vm.name, node, exc)
+            return None
+        settled = answer.get("settled")
+        await self.bus.emit(
+            "incoming_settled",
+            vm_id=vm.id,
+            node=node,
+            principal=SYSTEM.name,
+            data={"outcome": settled, "recorded_node": vm.node},
+        )
+        return answer.get("vm") if settled == "running" else None
+
+    async def _recorded_node_has(self, vm: VM) -> bool:
+        """Whether the node the record places ``vm`` on is up and has it."""
+        if vm.node is None or vm.node not in self.nodes.links:
+            return False
+        try:
+            await self.nodes.link(vm.node).call(
+                "info", vm_id=vm.id, timeout=self.settings.command_timeout
+            )
+        except (CommandFailed, NodeGone):
+            return False
+        return True
+
+    async def _fence_stale(self, vm: VM, node: str) -> None:
+        """``node`` has a copy of ``vm``, which runs on its recorded node: destroy the copy
+        (the record, and the recorded node's disk lease, stay)."""
+        reason = f"stale copy: {vm.name} is recorded on node {vm.node}, which has it"
+        try:
+            await self.fence(node, vm.id, reason)
+        except (CommandFailed, NodeGone) as exc:
+            log.error("cannot fence the stale copy of %s on %s: %s", vm.name, node, exc)
+            await self.bus.emit(
+                "fence_failure",
+                vm_id=vm.id,
+                node=node,
+                principal=SYSTEM.name,
+                data={"error": str(exc), "recorded_node": vm.node},
+            )
 
     async def node_lost(self, name: str, reason: str) -> None:
         for vm in await self.store.vms_where(node=name):

@@ -6,6 +6,8 @@ implementations itself so that each plugin can be awaited, timed out and blamed 
 * decision hooks: plugins in configured order, the first answer wins;
 * request hooks: every plugin in order; :class:`~usher.hookspecs.Veto` refuses the request, any
   other exception refuses it too (a broken policy plugin must not let requests through);
+* a decision or request hook that does not answer within ``hook_timeout`` seconds counts as
+  failed (a hanging plugin must not hold API calls);
 * notification hooks: each plugin has its own queue and worker, so a slow or failing plugin
   delays only itself; each call is timed out and its failure logged and published as a
   ``plugin_error`` event.
@@ -78,9 +80,12 @@ class _Notifier:
 
 
 class PluginHost:
-    def __init__(self, ctx: PluginContext, timeout: float = 5.0) -> None:
+    def __init__(
+        self, ctx: PluginContext, timeout: float = 5.0, hook_timeout: float = 10.0
+    ) -> None:
         self.ctx = ctx
         self.timeout = timeout
+        self.hook_timeout = hook_timeout
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.order: list[str] = []
@@ -167,19 +172,29 @@ class PluginHost:
             result = await result
         return result
 
+    async def _answer(self, plugin: str, hook: str, impl: pluggy.HookImpl, **kwargs: Any) -> Any:
+        """Call a decision or request hook within ``hook_timeout``; a Veto passes through as
+        :class:`Vetoed`, any other failure (a timeout too) becomes :class:`PluginError`."""
+        try:
+            return await asyncio.wait_for(self._call(impl, **kwargs), self.hook_timeout)
+        except Veto as veto:
+            raise Vetoed(plugin, hook, str(veto) or "no reason given") from veto
+        except TimeoutError as exc:
+            log.error("plugin %s did not answer %s within %g s", plugin, hook, self.hook_timeout)
+            raise PluginError(
+                plugin, hook, TimeoutError(f"no answer within {self.hook_timeout:g} s")
+            ) from exc
+        except Exception as exc:
+            log.exception("plugin %s failed in %s", plugin, hook)
+            raise PluginError(plugin, hook, exc) from exc
+
     async def decide(self, hook: str, **kwargs: Any) -> Any:
         """Call a decision hook: the first plugin answering something other than None wins.
 
         A :class:`~usher.hookspecs.Veto` becomes :class:`Vetoed`, any other exception
         :class:`PluginError`."""
         for plugin, impl in self._impls(hook):
-            try:
-                answer = await self._call(impl, **kwargs)
-            except Veto as veto:
-                raise Vetoed(plugin, hook, str(veto) or "no reason given") from veto
-            except Exception as exc:
-                log.exception("plugin %s failed in %s", plugin, hook)
-                raise PluginError(plugin, hook, exc) from exc
+            answer = await self._answer(plugin, hook, impl, **kwargs)
             if answer is not None:
                 return answer
         return None
@@ -191,9 +206,8 @@ class PluginHost:
         iterates: ``(plugin, answer, None)``, or ``(plugin, None, error)`` if it raised."""
         for plugin, impl in self._impls(hook):
             try:
-                answer = await self._call(impl, **kwargs)
-            except Exception as exc:
-                log.exception("plugin %s failed in %s", plugin, hook)
+                answer = await self._answer(plugin, hook, impl, **kwargs)
+            except (PluginError, Vetoed) as exc:
                 yield plugin, None, exc
             else:
                 yield plugin, answer, None
@@ -210,13 +224,7 @@ class PluginHost:
         """Run ``request`` and ``<op>_request`` hooks; raise :class:`Vetoed` or PluginError."""
         for hook in ("request", f"{request.kind.value}_request"):
             for plugin, impl in self._impls(hook):
-                try:
-                    await self._call(impl, request=request)
-                except Veto as veto:
-                    raise Vetoed(plugin, hook, str(veto) or "no reason given") from veto
-                except Exception as exc:
-                    log.exception("plugin %s failed in %s", plugin, hook)
-                    raise PluginError(plugin, hook, exc) from exc
+                await self._answer(plugin, hook, impl, request=request)
 
     async def notify(self, event: Event) -> None:
         for n in self._notifiers:

@@ -277,6 +277,7 @@ class LNM:
             ),
             "finish_incoming": lambda: d.finish_incoming(vm()),
             "abort_incoming": lambda: d.abort_incoming(vm()),
+            "settle_incoming": lambda: self._settle_incoming(vm()),
             "console": lambda: d.console_log(vm(), offset=int(args.get("offset", 0))),
             "cancel": lambda: self._cancel(str(args.get("command"))),
         }
@@ -296,6 +297,14 @@ class LNM:
         if answer is not None and hasattr(answer, "model_dump"):
             return answer.model_dump(mode="json")
         return {}
+
+    async def _settle_incoming(self, vm_id: str) -> dict[str, Any]:
+        """The ``settle_incoming`` command: ``{"settled": "running", "vm": <domain>}`` or
+        ``{"settled": "dropped"}``."""
+        info = await self.driver.settle_incoming(vm_id)
+        if info is None:
+            return {"settled": "dropped"}
+        return {"settled": "running", "vm": info.model_dump(mode="json")}
 
     async def _cancel(self, cmd_id: str) -> dict[str, Any]:
         """The ``cancel`` command: cancel the running command ``cmd_id`` (its driver call

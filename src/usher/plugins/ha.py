@@ -13,10 +13,9 @@ up to 30 s), at most ``max_attempts`` times, then ``ha_failure`` fires. Each res
 ``ha_restart`` (``data``: ``from``, ``to``, ``seconds`` from ``node_lost`` to running again,
 ``attempts``). If the node comes back first, nothing is restarted.
 
-Never two running copies: a node that comes back still running a VM now recorded on another
-node makes the engine report ``unknown_vm`` with ``recorded_node``. For a protected or
-HA-restarted VM the record wins, always: the copy on the returning node is fenced
-(destroyed there, the record untouched) and ``ha_fenced`` fires.
+Never two running copies: a node that comes back still running a VM now recorded (and
+running) on another node has its stale copy fenced by the engine itself (the record wins,
+``fenced`` fires), for every VM, protected or not.
 
 ``GET /v1/ha`` (action ``ha.status``; ``ush ha status``) lists the protected clusters and
 VMs: cluster, node, state, last restart.
@@ -145,8 +144,6 @@ class HA:
             vm = await self.ctx.store.get_vm(event.vm_id or "")
             if vm is not None and vm.node in self.down:
                 await self._consider(vm, vm.node)
-        elif event.name == "unknown_vm" and event.data.get("recorded_node") and event.node:
-            self._spawn(self.fence_stale(event.vm_id or "", event.node))
 
     async def _consider(self, vm: VM, node: str) -> None:
         """Restart ``vm``, lost with ``node``, if it is protected and not being restarted."""
@@ -242,24 +239,6 @@ class HA:
             node=record["to"],
             operation_id=op.id,
             data={"name": vm.name, **record},
-        )
-
-    # --- fencing ---------------------------------------------------------------------------
-
-    async def fence_stale(self, vm_id: str, stale: str) -> None:
-        """``stale`` reports ``vm_id``, recorded elsewhere: the record wins, fence the copy."""
-        vm = await self.ctx.store.get_vm(vm_id)
-        if vm is None or vm.node == stale:
-            return
-        if not (await self.protected(vm) or await self.ctx.get(PLUGIN, f"restart:{vm.id}")):
-            return
-        reason = f"{vm.name} runs on {vm.node} (its record); the copy on {stale} is stale"
-        await self.ctx.fence(stale, vm.id, reason)
-        await self.ctx.emit(
-            "ha_fenced",
-            vm_id=vm.id,
-            node=stale,
-            data={"name": vm.name, "recorded_node": vm.node, "reason": reason},
         )
 
     # --- routes ----------------------------------------------------------------------------

@@ -190,6 +190,12 @@ class Driver(abc.ABC):
         """Drop an incoming VM after a failed migration. Idempotent."""
         raise DriverError(f"the {self.name} driver cannot live-migrate VMs")
 
+    async def settle_incoming(self, vm_id: str) -> DomainInfo | None:
+        """Settle an incoming migration no controller will finish (it was cut short by a
+        controller or LNM restart): run the VM here if its whole state arrived (its source
+        let go of it) and return its info; otherwise drop it and return None."""
+        raise DriverError(f"the {self.name} driver cannot live-migrate VMs")
+
     # console ------------------------------------------------------------------------------
 
     async def console_log(self, vm_id: str, *, offset: int = 0) -> bytes:

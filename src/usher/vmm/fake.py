@@ -44,6 +44,7 @@ from usher.vmm.base import (
     MigrationResult,
     UnknownVM,
 )
+from usher.vmm.fake_wire import Incoming, send
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ class _Domain:
     """CPU time burnt before ``running_since``."""
     running_since: float | None = None
     console: list[str] = field(default_factory=list)
+    received: bool = False
+    """An incoming VM whose whole state arrived (the source let go of it)."""
 
     def info(self) -> DomainInfo:
         cpu = self.cpu_seconds
@@ -125,6 +128,7 @@ class _Domain:
             "cpu_seconds": self.cpu_seconds,
             "running_since": self.running_since,
             "console": self.console,
+            "received": self.received,
         }
 
     @classmethod
@@ -138,6 +142,7 @@ class _Domain:
             cpu_seconds=data["cpu_seconds"],
             running_since=data["running_since"],
             console=list(data["console"]),
+            received=bool(data.get("received", False)),
         )
 
 
@@ -154,13 +159,16 @@ def _per_action(option: str, value: Any) -> dict[str, float]:
     return {action: float(seconds) for action, seconds in value.items()}
 
 
-def _is_uri_for(uri: str, vm_id: str) -> bool:
-    """Whether ``uri`` is a ``fake://<host>/<vm_id>`` migration URI."""
+def _target_of(uri: str, vm_id: str) -> tuple[str, int]:
+    """The host and port of a ``fake://<host>:<port>/<vm_id>`` migration URI."""
     try:
         parts = urlsplit(uri)
+        port = parts.port
     except ValueError:
-        return False
-    return parts.scheme == "fake" and bool(parts.hostname) and parts.path == f"/{vm_id}"
+        port = None
+    if port is None or parts.scheme != "fake" or not parts.hostname or parts.path != f"/{vm_id}":
+        raise DriverError(f"cannot migrate VM {vm_id}: {uri!r} is not fake://<host>:<port>/{vm_id}")
+    return parts.hostname, port
 
 
 class FakeDriver(Driver):
@@ -186,6 +194,7 @@ class FakeDriver(Driver):
         self._used_vcpus = 0
         self._used_memory_mb = 0
         self._journal: TextIO | None = None
+        self._incoming: dict[str, Incoming] = {}
         self._journal_lines = 0
 
     # capacity ------------------------------------------------------------------------------
@@ -235,7 +244,11 @@ class FakeDriver(Driver):
         self._compact()
 
     async def close(self) -> None:
-        """Save the VM table; the simulated guests keep "running" in it."""
+        """Save the VM table; the simulated guests keep "running" in it (an incoming
+        migration's listener goes: its source sees the migration fail)."""
+        for incoming in self._incoming.values():
+            incoming.close()
+        self._incoming.clear()
         if self._journal is not None:
             self._compact()
             self._journal.close()
@@ -323,6 +336,7 @@ class FakeDriver(Driver):
         return self._domains[guest.id]
 
     def _remove(self, dom: _Domain) -> None:
+        self._stop_listening(dom.id)
         if dom.state in _RESERVING:
             self._reserve(dom.spec, -1)
         del self._domains[dom.id]
@@ -405,23 +419,46 @@ class FakeDriver(Driver):
     # live migration ------------------------------------------------------------------------
 
     async def prepare_incoming(self, guest: Guest, listen_host: str) -> str:
-        """Reserve ``guest``'s resources; it shows as ``migrating`` until finished or aborted."""
+        """Reserve ``guest``'s resources and listen for it on a TCP port; it shows as
+        ``migrating`` until finished or aborted."""
         if guest.id in self._domains:
             raise DriverError(f"cannot receive VM {guest.id}: it is already on this host")
         with self._claim(guest.id, guest.spec):
             await self._act("prepare_incoming", guest.id)
+            incoming = Incoming(guest.id, lambda: self._received(guest.id))
+            try:
+                port = await incoming.listen(ipv6=":" in listen_host)
+            except OSError as exc:
+                raise DriverError(f"cannot receive VM {guest.id}: {exc}") from exc
+        self._incoming[guest.id] = incoming
         self._set_state(self._add(guest), VMState.MIGRATING)
-        return f"fake://{listen_host}/{guest.id}"
+        host = f"[{listen_host}]" if ":" in listen_host else listen_host
+        return f"fake://{host}:{port}/{guest.id}"
+
+    def _received(self, vm_id: str) -> bool:
+        """The source sent all of ``vm_id``: take it, if it is still expected here."""
+        dom = self._domains.get(vm_id)
+        if dom is None or dom.state not in _INCOMING or dom.received:
+            return False
+        dom.received = True
+        self._changed(dom)
+        return True
+
+    def _stop_listening(self, vm_id: str) -> None:
+        incoming = self._incoming.pop(vm_id, None)
+        if incoming is not None:
+            incoming.close()
 
     async def migrate(self, vm_id: str, uri: str, *, timeout: float) -> MigrationResult:
-        """Send a running or paused VM to a ``fake://<host>/<vm_id>`` URI."""
+        """Send a running or paused VM to the target listening at
+        ``fake://<host>:<port>/<vm_id>``; if the target does not take it, it runs on here."""
         dom = self._get(vm_id)
         self._require(dom, "migrate", _ACTIVE)
-        if not _is_uri_for(uri, vm_id):
-            raise DriverError(f"cannot migrate VM {vm_id}: {uri!r} is not fake://<host>/{vm_id}")
+        host, port = _target_of(uri, vm_id)
         began = time.monotonic()
         try:
-            await asyncio.wait_for(self._act("migrate", vm_id), timeout)
+            async with asyncio.timeout(timeout):
+                await send(host, port, vm_id, lambda: self._act("migrate", vm_id))
         except TimeoutError:
             raise DriverError(f"migration of VM {vm_id} timed out after {timeout} s") from None
         total_ms = (time.monotonic() - began) * 1000
@@ -434,10 +471,13 @@ class FakeDriver(Driver):
         )
 
     async def finish_incoming(self, vm_id: str) -> DomainInfo:
-        """Mark a prepared incoming VM as running here."""
+        """Run an incoming VM here once its source sent all of it."""
         dom = self._get(vm_id)
         self._require(dom, "finish incoming migration of", _INCOMING)
+        if not dom.received:
+            raise DriverError(f"incoming migration of VM {vm_id} is not complete")
         await self._act("finish_incoming", vm_id)
+        self._stop_listening(vm_id)
         self._set_state(dom, VMState.RUNNING)
         return dom.info()
 
@@ -449,6 +489,19 @@ class FakeDriver(Driver):
             return
         self._require(dom, "abort incoming migration of", _INCOMING)
         self._remove(dom)
+
+    async def settle_incoming(self, vm_id: str) -> DomainInfo | None:
+        """Run a received incoming VM, drop one that is not (atomically: no await between
+        the check and the change, so a transfer cannot complete in between)."""
+        await asyncio.sleep(0)
+        dom = self._get(vm_id)
+        self._require(dom, "settle incoming migration of", _INCOMING)
+        if not dom.received:
+            self._remove(dom)
+            return None
+        self._stop_listening(vm_id)
+        self._set_state(dom, VMState.RUNNING)
+        return dom.info()
 
     # console and fault injection -----------------------------------------------------------
 

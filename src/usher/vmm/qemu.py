@@ -450,6 +450,21 @@ class QemuDriver(Driver):
         del self._domains[vm_id]
         shutil.rmtree(self._local(vm_id), ignore_errors=True)
 
+    async def settle_incoming(self, vm_id: str) -> DomainInfo | None:
+        """An incoming QEMU still in ``inmigrate`` has not got the whole VM: kill it (its
+        source's migration fails and the guest runs on there); one past it runs the guest."""
+        dom = self._get(vm_id)
+        if not dom.incoming:
+            raise InvalidTransition(vm_id, dom.state, "settle incoming migration of")
+        status = None
+        if not dom.exited.is_set():
+            with contextlib.suppress(MonitorError, DriverError):
+                status = (await self._monitor(dom).execute("query-status"))["status"]
+        if status in ("running", "paused"):
+            return await self.finish_incoming(vm_id)
+        await self.abort_incoming(vm_id)
+        return None
+
     # console --------------------------------------------------------------------------------
 
     async def console_log(self, vm_id: str, *, offset: int = 0) -> bytes:

@@ -57,7 +57,7 @@ async def visible(ctrl: Controller, principal: Principal) -> Scope | None:
     try:
         return await ctrl.plugins.decide("scope", principal=principal)
     except (PluginError, Vetoed) as exc:
-        raise RequestError(500, f"cannot tell what you may see: {exc}") from exc
+        raise RequestError(403, f"cannot tell what you may see: {exc}") from exc
 
 
 def client_address(request: Request) -> str | None:
