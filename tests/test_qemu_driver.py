@@ -376,6 +376,43 @@ async def test_failed_migration_leaves_the_vm_on_the_source(
     assert (vm_dir(storage, guest.id) / "disk.qcow2").exists()
 
 
+async def test_cancelled_and_interrupted_migrations_settle(
+    make_driver: DriverFactory, tiny: Image
+) -> None:
+    """A migration called off (the LNM cancels its command) leaves the guest running on the
+    source; an incoming QEMU nobody finished is settled: dropped while still ``inmigrate``,
+    run once the whole guest arrived (what reconciliation asks after a restart)."""
+    source = await make_driver("a", migrate_bandwidth_mbps=1)
+    target = await make_driver("b")
+    guest = new_guest(tiny, "settles")
+    await source.start(guest)
+    await wait_for_text(source, guest.id, r"USHER-READY settles\b")
+    source_pid = qemu_pid(source, guest.id)
+
+    uri = await target.prepare_incoming(guest, "127.0.0.1")
+    migration = asyncio.create_task(source.migrate(guest.id, uri, timeout=60))
+    await asyncio.sleep(1)
+    migration.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await migration
+    assert (await source.info(guest.id)).state is VMState.RUNNING
+    assert qemu_pid(source, guest.id) == source_pid
+    await beat_after(source, guest.id, max(heartbeats(await console(source, guest.id))))
+    assert await target.settle_incoming(guest.id) is None  # half-received: dropped
+    assert await target.list() == []
+
+    await source.close()  # as an LNM restart: the guest runs on, detached
+    fast = await make_driver("a")  # reattached, bandwidth uncapped
+    uri = await target.prepare_incoming(guest, "127.0.0.1")
+    beat = max(heartbeats(await console(fast, guest.id)))
+    await fast.migrate(guest.id, uri, timeout=60)
+    settled = await target.settle_incoming(guest.id)  # arrived whole: runs there
+    assert settled is not None and settled.state is VMState.RUNNING
+    await beat_after(target, guest.id, beat + 1)
+    with pytest.raises(InvalidTransition):
+        await target.settle_incoming(guest.id)
+
+
 async def test_bridge_nic(make_driver: DriverFactory, tiny: Image, storage: Path) -> None:
     bridge = f"ushb{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "link", "add", "name", bridge, "type", "bridge"], check=True)
