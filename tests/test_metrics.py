@@ -37,6 +37,10 @@ def value(samples: Samples, metric: str, /, **labels: str) -> float:
     return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
 
 
+def both_nodes(samples: Samples, metric: str) -> float:
+    return sum(value(samples, metric, node=n) for n in ("node-1", "node-2"))
+
+
 def eventually(cluster: Cluster, what: str, check: Callable[[Samples], bool]) -> Samples:
     return wait_for(what, lambda: (lambda s: s if check(s) else None)(scrape(cluster)), 15)
 
@@ -72,12 +76,10 @@ def test_metrics_move_with_operations(site: Cluster) -> None:
     eventually(
         site,
         "the nodes' reservations",
-        lambda s: sum(value(s, "usher_node_reserved_cpus", node=n) for n in ("node-1", "node-2"))
-        == 4
-        and sum(
-            value(s, "usher_node_reserved_memory_bytes", node=n) for n in ("node-1", "node-2")
-        )
-        == 256 * MIB,
+        lambda s: (
+            both_nodes(s, "usher_node_reserved_cpus") == 4
+            and both_nodes(s, "usher_node_reserved_memory_bytes") == 256 * MIB
+        ),
     )
 
     vm = site.vms()[0]
@@ -96,8 +98,10 @@ def test_metrics_move_with_operations(site: Cluster) -> None:
     now = eventually(
         site,
         "the refusal and the veto counted",
-        lambda s: value(s, ops, kind="stop", outcome="refused") == 1
-        and value(s, ops, kind="start", outcome="vetoed") == 1,
+        lambda s: (
+            value(s, ops, kind="stop", outcome="refused") == 1
+            and value(s, ops, kind="start", outcome="vetoed") == 1
+        ),
     )
     assert value(now, latency, kind="stop") == 1  # only operations that ran are timed
 
