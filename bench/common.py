@@ -186,13 +186,14 @@ class BenchCluster:
         db_url: str | None = None,
         node_timeout: float = 10.0,
         settings: dict[str, Any] | None = None,
+        storage: Path | None = None,
     ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = root / "ctrl"
-        self.storage = root / "storage"
+        self.storage = storage or root / "storage"
         self.config = root / "ctrl.toml"
         lines = [
             f'state_dir = "{self.state}"',
@@ -204,8 +205,9 @@ class BenchCluster:
         lines += [f"{k} = {json.dumps(v)}" for k, v in (settings or {}).items()]
         self.config.write_text("\n".join(lines) + "\n")
         self.ctrl: subprocess.Popen[bytes] | None = None
-        self.swarms: list[subprocess.Popen[bytes]] = []
+        self.swarms: list[subprocess.Popen[bytes]] = []  # and single LNMs
         self.token = ""
+        self._join_token: Path | None = None
 
     def _log(self, name: str) -> Any:
         return open(self.root / f"{name}.log", "ab")
@@ -275,6 +277,15 @@ class BenchCluster:
             cmd += ["--latency", str(latency)]
             log = self._log(f"swarm-{first}")
             self.swarms.append(subprocess.Popen(cmd, stdout=log, stderr=log))
+
+    def start_lnm(self, name: str, driver: str) -> None:
+        """One ``usher lnm`` process (as a host runs it), with the host's capacity."""
+        self._join_token = self._join_token or self.join_token(100)
+        cmd = [sys.executable, "-m", "usher.cli.usher_cmd", "lnm", "--ctrl", self.url]
+        cmd += ["--name", name, "--driver", driver, "--state-dir", str(self.root / name)]
+        cmd += ["--storage-dir", str(self.storage), "--join-token-file", str(self._join_token)]
+        log = self._log(name)
+        self.swarms.append(subprocess.Popen(cmd, stdout=log, stderr=log))
 
     def connected_nodes(self) -> int:
         r = httpx.get(f"{self.url}/v1/nodes", headers=self.headers, timeout=60)

@@ -103,6 +103,10 @@ class NodeRegistry:
         self.nodes: dict[str, Node] = {}
         self.links: dict[str, NodeLink] = {}
         self._usage_saved: dict[str, float] = {}
+        # copies handed out by snapshot(), kept until their node changes (every change to a
+        # node goes through this class, which drops its copy): a placement among 1,000
+        # nodes copies only those that changed since the last one
+        self._copies: dict[str, Node] = {}
 
     async def load(self) -> None:
         """Read node records at start: none is connected yet, so all are down until they dial."""
@@ -112,7 +116,15 @@ class NodeRegistry:
             self.nodes[node.name] = node
 
     def snapshot(self) -> list[Node]:
-        return [n.model_copy(deep=True) for n in self.nodes.values()]
+        """Copies of every node, to read and not to change (they are shared between calls)."""
+        copies = self._copies
+        for name, node in self.nodes.items():
+            if name not in copies:
+                copies[name] = node.model_copy(deep=True)
+        return [copies[name] for name in self.nodes]
+
+    def _changed(self, name: str) -> None:
+        self._copies.pop(name, None)
 
     def get(self, name: str) -> Node | None:
         return self.nodes.get(name)
@@ -152,6 +164,7 @@ class NodeRegistry:
         )
         node.state = self._derive_state(node)
         self.nodes[name] = node
+        self._changed(name)
         self.links[name] = link
         await self.store.save_node(node)
         await self.bus.emit(
@@ -174,6 +187,7 @@ class NodeRegistry:
         node = self.nodes[link.name]
         node.connected = False
         node.state = NodeState.DOWN
+        self._changed(link.name)
         await self.store.save_node(node)
         await self.bus.emit("node_lost", node=link.name, data={"reason": reason})
         return True
@@ -183,12 +197,13 @@ class NodeRegistry:
         if node is None:
             return
         node.last_heartbeat = now()
+        self._changed(name)
         if usage is None:
             return
         node.usage = Usage.model_validate(usage)
         if now() - self._usage_saved.get(name, 0.0) >= USAGE_PERSIST_EVERY:
             self._usage_saved[name] = now()
-            await self.store.save_node(node)
+            self.store.save_node_later(node)
             await self.bus.emit("usage", node=name, data=node.usage.model_dump())
 
     async def set_drained(self, name: str, drained: bool, maintenance: bool = False) -> Node:
@@ -197,6 +212,7 @@ class NodeRegistry:
         node.drained = drained or maintenance
         node.maintenance = maintenance
         node.state = self._derive_state(node)
+        self._changed(name)
         await self.store.save_node(node)
         await self.bus.emit("node_state", node=name, data={"state": node.state.value})
         return node

@@ -31,15 +31,16 @@ _UPDATE_VM = update(_VMS).where(_VMS.c.id == bindparam("_vm_id"))
 
 @dataclass
 class _Batch:
-    """Writes queued for the next flush: VM updates (whose callers wait for the commit) and
-    event rows (written behind: nobody waits, but reads of events flush first)."""
+    """Writes queued for the next flush: VM updates (whose callers wait for the commit),
+    event rows and node records (written behind: nobody waits, but reads flush first)."""
 
     vm_updates: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    nodes: dict[str, Node] = field(default_factory=dict)  # as they are when written
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.vm_updates or self.events or self.waiters)
+        return bool(self.vm_updates or self.events or self.nodes or self.waiters)
 
 
 def async_url(url: str) -> str:
@@ -58,9 +59,11 @@ def _row_values(model: Any, row_cls: type[Base]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in columns and k != "seq"}
 
 
-def _page(items: list[Any], rows: Sequence[Any], limit: int, total: int) -> Page[Any]:
-    more = len(rows) > limit
-    return Page(items=items[:limit], total=total, next=str(rows[limit - 1].seq) if more else None)
+def _page(items: list[Any], seqs: Sequence[int], limit: int, total: int) -> Page[Any]:
+    """One page of ``limit`` items out of ``items`` (one more was fetched to tell whether
+    another page follows); the cursor is the row number ``seq`` of its last item."""
+    more = len(seqs) > limit
+    return Page(items=items[:limit], total=total, next=str(seqs[limit - 1]) if more else None)
 
 
 def _cursor(cursor: str | None) -> int | None:
@@ -91,6 +94,9 @@ class Store:
         # and one executemany per statement for everything queued while the last one ran.
         self._batch = _Batch()
         self._flusher: asyncio.Task[None] | None = None
+        # Lookups of single VMs asked at about the same time share one query.
+        self._vm_reads: dict[str, list[asyncio.Future[VM | None]]] = {}
+        self._reader: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         async with self.engine.begin() as conn:
@@ -118,17 +124,18 @@ class Store:
             batch, self._batch = self._batch, _Batch()
             error: Exception | None = None
             try:
-                await self._write_batch(batch.events, batch.vm_updates)
+                await self._write_batch(batch.events, batch.vm_updates, batch.nodes)
             except Exception as exc:
                 log.exception(
-                    "could not write %d VM updates and %d events",
+                    "could not write %d VM updates, %d events and %d nodes",
                     len(batch.vm_updates),
                     len(batch.events),
+                    len(batch.nodes),
                 )
                 error = exc
-                if batch.events and batch.vm_updates:  # the events alone may be to blame
+                if (batch.events or batch.nodes) and batch.vm_updates:  # others may be to blame
                     try:
-                        await self._write_batch([], batch.vm_updates)
+                        await self._write_batch([], batch.vm_updates, {})
                         error = None
                     except Exception as again:
                         error = again
@@ -141,11 +148,16 @@ class Store:
                     waiter.set_result(None)
 
     async def _write_batch(
-        self, events: list[dict[str, Any]], vm_updates: list[dict[str, Any]]
+        self,
+        events: list[dict[str, Any]],
+        vm_updates: list[dict[str, Any]],
+        nodes: dict[str, Node],
     ) -> None:
-        if not events and not vm_updates:
+        if not events and not vm_updates and not nodes:
             return
         async with self._write() as s:
+            for node in nodes.values():
+                await s.execute(self._upsert_node(_row_values(node, NodeRow)))
             if events:
                 await s.execute(EventRow.__table__.insert(), events)
             if vm_updates:
@@ -187,13 +199,37 @@ class Store:
             await s.execute(delete(VMRow).where(VMRow.id == vm_id))
 
     async def get_vm(self, ref: str) -> VM | None:
-        """A VM by id or by name."""
-        async with self.sessions() as s:
-            row = (await s.execute(select(VMRow).where(VMRow.id == ref))).scalar_one_or_none()
-            if row is None:
-                stmt = select(VMRow).where(VMRow.name == ref)
-                row = (await s.execute(stmt)).scalar_one_or_none()
-        return _vm(row) if row else None
+        """A VM by id or by name (an id wins); concurrent lookups share one query."""
+        waiter: asyncio.Future[VM | None] = asyncio.get_running_loop().create_future()
+        self._vm_reads.setdefault(ref, []).append(waiter)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read_vms())
+        return await waiter
+
+    async def _read_vms(self) -> None:
+        while self._vm_reads:
+            wanted, self._vm_reads = self._vm_reads, {}
+            refs = list(wanted)
+            by_id: dict[str, dict[str, Any]] = {}
+            by_name: dict[str, dict[str, Any]] = {}
+            try:
+                async with self.engine.connect() as conn:
+                    for start in range(0, len(refs), 500):
+                        chunk = refs[start : start + 500]
+                        stmt = select(_VMS).where(_VMS.c.id.in_(chunk) | _VMS.c.name.in_(chunk))
+                        for row in (await conn.execute(stmt)).mappings():
+                            by_id[row["id"]] = by_name[row["name"]] = dict(row)
+            except Exception as exc:
+                for waiters in wanted.values():
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                continue
+            for ref, waiters in wanted.items():
+                row = by_id.get(ref) or by_name.get(ref)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(VM.model_validate(row) if row else None)
 
     async def get_vms(self, ids: Iterable[str]) -> dict[str, VM]:
         ids = list(ids)
@@ -244,15 +280,17 @@ class Store:
             filters.append(VMRow.state == state)
         after = _cursor(cursor)
         limit = max(1, min(limit, MAX_PAGE))
-        async with self.sessions() as s:
+        async with self.engine.connect() as conn:
             total = (
-                await s.execute(select(func.count()).select_from(VMRow).where(*filters))
+                await conn.execute(select(func.count()).select_from(_VMS).where(*filters))
             ).scalar()
-            stmt = select(VMRow).where(*filters)
+            stmt = select(_VMS).where(*filters)
             if after is not None:
-                stmt = stmt.where(VMRow.seq > after)
-            rows = (await s.execute(stmt.order_by(VMRow.seq).limit(limit + 1))).scalars().all()
-        return _page([_vm(r) for r in rows], rows, limit, total or 0)
+                stmt = stmt.where(_VMS.c.seq > after)
+            stmt = stmt.order_by(_VMS.c.seq).limit(limit + 1)
+            rows = (await conn.execute(stmt)).mappings().all()
+        items = [VM.model_validate(dict(r)) for r in rows]
+        return _page(items, [r["seq"] for r in rows], limit, total or 0)
 
     async def count_vms(self, *, image: str) -> int:
         stmt = select(func.count()).select_from(VMRow)
@@ -313,19 +351,30 @@ class Store:
 
     # --- nodes -------------------------------------------------------------------------
 
-    async def save_node(self, node: Node) -> None:
-        values = _row_values(node, NodeRow)
+    def _upsert_node(self, values: dict[str, Any]) -> Any:
         stmt = self._insert(NodeRow).values(**values)
-        stmt = stmt.on_conflict_do_update(index_elements=["name"], set_=values)
+        return stmt.on_conflict_do_update(index_elements=["name"], set_=values)
+
+    async def save_node(self, node: Node) -> None:
+        self._batch.nodes.pop(node.name, None)  # this write is newer than a queued one
+        values = _row_values(node, NodeRow)
         async with self._write() as s:
-            await s.execute(stmt)
+            await s.execute(self._upsert_node(values))
+
+    def save_node_later(self, node: Node) -> None:
+        """Queue ``node`` (a live object: what it holds when the flush runs is written) for
+        the next flush; for usage updates, which nobody waits on. Reads of nodes flush first."""
+        self._batch.nodes[node.name] = node
+        self._queued()
 
     async def get_node(self, name: str) -> Node | None:
+        await self.flush()
         async with self.sessions() as s:
             row = await s.get(NodeRow, name)
         return Node.model_validate(row, from_attributes=True) if row else None
 
     async def list_nodes(self) -> list[Node]:
+        await self.flush()
         async with self.sessions() as s:
             rows = (await s.execute(select(NodeRow).order_by(NodeRow.name))).scalars()
             return [Node.model_validate(r, from_attributes=True) for r in rows]
@@ -377,7 +426,7 @@ class Store:
             stmt = stmt.order_by(OperationRow.seq.desc()).limit(limit + 1)
             rows = (await s.execute(stmt)).scalars().all()
         items = [Operation.model_validate(r, from_attributes=True) for r in rows]
-        return _page(items, rows, limit, total or 0)
+        return _page(items, [r.seq for r in rows], limit, total or 0)
 
     async def unfinished_ops(self) -> list[Operation]:
         unfinished = [OpStatus.QUEUED.value, OpStatus.RUNNING.value]
@@ -431,7 +480,7 @@ class Store:
                 stmt = stmt.where(EventRow.seq > after)
             rows = (await s.execute(stmt.order_by(EventRow.seq).limit(limit + 1))).scalars().all()
         items = [Event.model_validate(r, from_attributes=True) for r in rows]
-        return _page(items, rows, limit, total or 0)
+        return _page(items, [r.seq for r in rows], limit, total or 0)
 
     # --- tokens ------------------------------------------------------------------------
 

@@ -61,4 +61,5 @@ class Scheduler:
             want = Constraints.of(request, specs)
         except ValueError as exc:
             return Placement(error=f"scheduler: {exc}")
-        return place(nodes, specs, reserved, self.config, want)
+        # a real request needs the nodes, a dry run the reasons for every other node too
+        return place(nodes, specs, reserved, self.config, want, explain=request.dry_run)

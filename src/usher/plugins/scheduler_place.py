@@ -72,7 +72,11 @@ def _gang(
 
 
 def _apart(
-    slots: list[Slot], specs: list[VMSpec], score: Score, want: Constraints, weigher: str
+    slots: list[Slot],
+    specs: list[VMSpec],
+    score: Score,
+    want: Constraints,
+    weigher: str | None,
 ) -> tuple[list[str], dict[str, str], str | None]:
     """Place the specs one by one (on distinct nodes with anti-affinity)."""
     chosen, taken, failed = _gang(slots, specs, score, want.anti_affinity)
@@ -89,7 +93,7 @@ def _apart(
         apart = ", one per node (anti-affinity)" if want.anti_affinity else ""
         return [], rejected, f"not enough capacity: {fit} ({v} vcpus, {m} MB each{apart})"
     sizes = _sizes(specs)
-    for j, slot in enumerate(slots):
+    for j, slot in enumerate(slots if weigher is not None else ()):
         if j in taken:
             continue
         if any(slot.fits(v, m) for v, m, _ in sizes):
@@ -101,7 +105,11 @@ def _apart(
 
 
 def _together(
-    slots: list[Slot], specs: list[VMSpec], score: Score, want: Constraints, weigher: str
+    slots: list[Slot],
+    specs: list[VMSpec],
+    score: Score,
+    want: Constraints,
+    weigher: str | None,
 ) -> tuple[list[str], dict[str, str], str | None]:
     """Place all specs on the one best node that has room for them all (affinity)."""
     v, m, n = sum(s.vcpus for s in specs), sum(s.memory_mb for s in specs), len(specs)
@@ -110,7 +118,7 @@ def _together(
     rejected = {
         s.name: f"weigher: {weigher} preferred other nodes" if s in fitting else s.why_not(v, m, n)
         for s in slots
-        if s is not best
+        if s is not best and (weigher is not None or best is None or s not in fitting)
     }
     if best is None:
         group = f" of cluster {want.cluster}" if want.cluster else ""
@@ -129,12 +137,17 @@ def place(
     reserved: Mapping[str, Mapping[str, Any]],
     config: SchedulerConfig | None = None,
     want: Constraints | None = None,
+    *,
+    explain: bool = True,
 ) -> Placement:
     """Place every spec on a node, or none of them (a gang), explaining each rejection.
 
     ``reserved`` maps a node name to what is committed there already:
     ``{"vcpus": n, "memory_mb": m, "vms": k, "clusters": {cluster: vm count}}`` (every key
-    optional). Pure: nothing passed in is changed.
+    optional). Pure: nothing passed in is changed. With ``explain`` false, a placement that
+    succeeds explains only the nodes the filters rejected, not those that had no room or
+    that the weigher liked less (a string per node: on a large cluster, a good share of a
+    one-VM decision's cost).
     """
     config = config or SchedulerConfig()
     want = want or Constraints()
@@ -142,9 +155,8 @@ def place(
     if want.only is not None and want.only not in {n.name for n in nodes}:
         return Placement(rejected=rejected, error=f"unknown node {want.only!r}")
     strategy = _together if want.affinity else _apart
-    chosen, more, error = strategy(
-        slots, specs, scorer(config.weights), want, config.describe_weights()
-    )
+    weigher = config.describe_weights() if explain else None
+    chosen, more, error = strategy(slots, specs, scorer(config.weights), want, weigher)
     rejected.update(more)
     if error is not None:
         return Placement(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, client_address, visible
 from usher.ctrl.engine import RequestError
@@ -57,9 +57,10 @@ async def list_vms(
     state: VMState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
-) -> Page[VM]:
+) -> Response:
+    # serialized here, once: the page is built from validated records already
     await allow(ctrl, principal, "vm.list", cluster=cluster, owner=owner, node=node)
-    return await ctrl.store.list_vms(
+    page = await ctrl.store.list_vms(
         scope=await visible(ctrl, principal),
         cluster=cluster,
         owner=owner,
@@ -68,6 +69,7 @@ async def list_vms(
         limit=limit,
         cursor=cursor,
     )
+    return Response(page.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{vm}", response_model=VM)

@@ -1,0 +1,146 @@
+"""API under load: concurrent clients mixing list, show, start and stop against a controller
+that holds many VMs (fake driver), for a fixed time.
+
+    python bench/api_load.py --clients 200 --vms 10000 --seconds 60
+
+Each client has its own connection and its own share of the VMs, so its starts and stops
+never collide with another client's: an error is the controller's, not the mix's. A stop or
+start counts as one request (the 202) plus waiting for its operation; both are timed, and
+an operation that does not succeed is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, BenchCluster, RSSSampler, percentiles, raise_nofile, write_result
+from scale import start_all
+
+from usher.client import AsyncClient
+from usher.model import VMState
+
+MIX = {"show": 0.5, "list": 0.2, "stop": 0.15, "start": 0.15}
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.latency: dict[str, list[float]] = {k: [] for k in [*MIX, "op_wait"]}
+        self.errors: list[str] = []
+
+
+async def client_loop(
+    url: str, token: str, vms: list[str], all_ids: list[str], until: float, tally: Tally, seed: int
+) -> None:
+    rng = random.Random(seed)
+    running = set(vms)
+    stopped: set[str] = set()
+    kinds, weights = list(MIX), list(MIX.values())
+    async with AsyncClient(url, token, timeout=120) as client:
+        while time.monotonic() < until:
+            kind = rng.choices(kinds, weights)[0]
+            if kind == "stop" and not running:
+                kind = "start"
+            if kind == "start" and not stopped:
+                kind = "stop"
+            t0 = time.perf_counter()
+            try:
+                if kind == "show":
+                    await client.get_vm(rng.choice(all_ids))
+                elif kind == "list":
+                    await client.list_vms(limit=100)
+                else:
+                    pool = running if kind == "stop" else stopped
+                    vm = rng.choice(sorted(pool))
+                    op = await client.action(
+                        kind, [vm], kwargs={"hard": True} if kind == "stop" else None
+                    )
+                    tally.latency[kind].append(time.perf_counter() - t0)
+                    w0 = time.perf_counter()
+                    done = await client.wait(op, timeout=120, poll=30)
+                    tally.latency["op_wait"].append(time.perf_counter() - w0)
+                    if done.status.value != "succeeded":
+                        tally.errors.append(f"{kind} {vm}: {done.status.value} {done.error}")
+                    else:
+                        pool.discard(vm)
+                        (stopped if kind == "stop" else running).add(vm)
+                    continue
+            except Exception as exc:
+                tally.errors.append(f"{kind}: {type(exc).__name__}: {exc}"[:300])
+                continue
+            tally.latency[kind].append(time.perf_counter() - t0)
+
+
+async def measure(cluster: BenchCluster, args: argparse.Namespace) -> dict[str, Any]:
+    async with AsyncClient(cluster.url, cluster.token, timeout=1800) as client:
+        wall, _, _, _, errors = await start_all(client, args.vms, 500, 4)
+        ids = [vm.id async for vm in client.iter_vms() if vm.state == VMState.RUNNING]
+    shares = [ids[i :: args.clients] for i in range(args.clients)]
+    tally = Tally()
+    until = time.monotonic() + args.seconds
+    t0 = time.perf_counter()
+    await asyncio.gather(
+        *(
+            client_loop(cluster.url, cluster.token, share, ids, until, tally, seed)
+            for seed, share in enumerate(shares)
+        )
+    )
+    elapsed = time.perf_counter() - t0
+    requests = sum(len(v) for k, v in tally.latency.items() if k != "op_wait")
+    return {
+        "setup": {"vms_started": len(ids), "start_wall_s": round(wall, 1), "errors": errors},
+        "clients": args.clients,
+        "seconds": round(elapsed, 1),
+        "mix": MIX,
+        "requests": requests,
+        "requests_per_s": round(requests / elapsed, 1),
+        "latency_ms": {k: percentiles([x * 1000 for x in v]) for k, v in tally.latency.items()},
+        "errors": len(tally.errors),
+        "error_samples": tally.errors[:10],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--vms", type=int, default=10000)
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--db-url", help="database URL (default: SQLite in the state dir)")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    raise_nofile(max(4096, 3 * args.nodes + 4 * args.clients + 1024))
+    with tempfile.TemporaryDirectory(prefix="usher-bench-") as tmp:
+        cluster = BenchCluster(Path(tmp), db_url=args.db_url)
+        try:
+            pid = cluster.start_ctrl()
+            cluster.add_blank_image()
+            with RSSSampler(pid) as rss:
+                cluster.start_swarms(args.nodes, 1)
+                cluster.wait_nodes(args.nodes, timeout=120)
+                result = asyncio.run(measure(cluster, args))
+        finally:
+            cluster.stop()
+    result = {
+        "nodes": args.nodes,
+        "vms": args.vms,
+        "database": "postgresql" if args.db_url else "sqlite",
+        **result,
+        "rss_peak_mb": round(rss.peak_mb, 1),
+    }
+    path = write_result("api-load", result, Path(args.out))
+    lat = result["latency_ms"]
+    print(
+        f"{path.name}: {args.clients} clients, {result['requests']} requests in "
+        f"{result['seconds']} s; show p99 {lat['show']['p99']} ms, list p99 "
+        f"{lat['list']['p99']} ms; errors {result['errors']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Real VMs: what Usher adds over plain QEMU, measured in the same run on the same guest.
+
+    python bench/realvm.py --rounds 5
+
+The tiny image (built first if the storage has none) is booted through Usher (controller,
+two qemu-driver LNMs) and by this script with plain ``qemu-system-x86_64`` and the command
+line the driver would build (:func:`usher.vmm.qemu_argv.qemu_argv`: same accelerator,
+machine, memory, disk overlay, NIC and kernel command line; ``-daemonize`` as the driver
+does), alternating, ``--rounds`` times each. Guest-ready is the ``USHER-READY`` line on the
+serial console (the console file is polled every 10 ms in both cases).
+
+Live migration: through Usher (``migrate`` to the other node, request to operation done)
+against a plain QMP migration of a plainly started guest (launch the incoming QEMU,
+``migrate-incoming``, ``migrate`` with the driver's capabilities and parameters, until the
+target runs), same guest, same host, same run; downtime as QEMU reports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, BenchCluster, write_result
+from qemu.qmp import QMPClient
+
+from usher.client import AsyncClient
+from usher.images import catalog
+from usher.images.tiny import build_tiny
+from usher.model import VMSpec
+from usher.vmm.qemu_accel import detect_accel
+from usher.vmm.qemu_argv import KernelBoot, Nic, default_mac, qemu_argv
+
+BINARY = "qemu-system-x86_64"
+READY = b"USHER-READY"
+SPEC = VMSpec(vcpus=1, memory_mb=256, image="tiny")
+DOWNTIME_MS = 300  # the qemu driver's defaults
+BANDWIDTH = 1024 * 2**20
+
+
+async def wait_marker(path: Path, count: int = 1, timeout: float = 120) -> float:
+    """Poll ``path`` until ``READY`` appears ``count`` times; return when (perf_counter)."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        with contextlib.suppress(OSError):
+            if path.read_bytes().count(READY) >= count:
+                return time.perf_counter()
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"no {READY.decode()} in {path} after {timeout} s")
+
+
+class PlainGuest:
+    """The tiny guest run by hand, as the qemu driver would run it."""
+
+    def __init__(self, root: Path, storage: Path, accel: str, name: str) -> None:
+        self.dir = root / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.storage, self.accel, self.name = storage, accel, name
+        image = catalog.read_manifest(storage, "tiny")
+        assert image is not None
+        self.image = image
+        self.disk = catalog.create_overlay(storage, image, f"plain-{name}")
+        self.console = self.dir / "console.log"
+        self.pids: list[int] = []
+
+    def argv(self, qmp: Path, incoming: bool) -> list[str]:
+        kernel = KernelBoot(
+            kernel=str(catalog.image_path(self.storage, self.image, "kernel")),
+            initrd=str(catalog.image_path(self.storage, self.image, "initrd")),
+            append=f"{self.image.cmdline or ''} usher.name={self.name}".strip(),
+        )
+        return qemu_argv(
+            binary=BINARY,
+            accel=self.accel,
+            name=self.name,
+            spec=SPEC,
+            disk=str(self.disk),
+            console=str(self.console),
+            qmp_socket=str(qmp),
+            nics=[(Nic(default_mac(self.name)), None)],
+            kernel=kernel,
+            incoming=incoming,
+        )
+
+    def launch(self, qmp: Path, incoming: bool = False) -> int:
+        pidfile = qmp.with_suffix(".pid")
+        subprocess.run(
+            [*self.argv(qmp, incoming), "-daemonize", "-pidfile", str(pidfile)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        pid = int(pidfile.read_text())
+        self.pids.append(pid)
+        return pid
+
+    def kill(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.pids.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        catalog.remove_vm_disks(self.storage, f"plain-{self.name}")
+
+
+async def qmp_client(path: Path) -> QMPClient:
+    client = QMPClient("bench")
+    await client.connect(str(path))
+    return client
+
+
+async def plain_boot(root: Path, storage: Path, accel: str, n: int) -> dict[str, float]:
+    guest = PlainGuest(root, storage, accel, f"plain-boot-{n}")
+    try:
+        t0 = time.perf_counter()
+        guest.launch(guest.dir / "qmp.sock")
+        running = time.perf_counter() - t0  # -daemonize returns once the guest runs
+        ready = await wait_marker(guest.console) - t0
+        return {"running_s": running, "ready_s": ready}
+    finally:
+        guest.kill()
+
+
+async def usher_boot(client: AsyncClient, storage: Path, n: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    op = await client.create_vms(names=[f"boot-{n}"], vcpus=SPEC.vcpus, memory_mb=SPEC.memory_mb)
+    done = await client.wait(op, timeout=120, poll=30)
+    running = time.perf_counter() - t0
+    assert done.status.value == "succeeded", done.error
+    vm_id = done.targets[0]
+    ready = await wait_marker(catalog.vm_dir(storage, vm_id) / "console.log") - t0
+    await client.wait(await client.action("destroy", [vm_id]), timeout=60)
+    return {"running_s": running, "ready_s": ready}
+
+
+async def plain_migration(root: Path, storage: Path, accel: str, n: int) -> dict[str, Any]:
+    guest = PlainGuest(root, storage, accel, f"plain-mig-{n}")
+    source_qmp, target_qmp = guest.dir / "src.sock", guest.dir / "dst.sock"
+    try:
+        guest.launch(source_qmp)
+        await wait_marker(guest.console)
+        source = await qmp_client(source_qmp)
+        t0 = time.perf_counter()
+        guest.launch(target_qmp, incoming=True)
+        target = await qmp_client(target_qmp)
+        await target.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        listening = await target.execute("query-migrate")
+        port = listening["socket-address"][0]["port"]
+        await source.execute(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "auto-converge", "state": True}]},
+        )
+        await source.execute(
+            "migrate-set-parameters", {"downtime-limit": DOWNTIME_MS, "max-bandwidth": BANDWIDTH}
+        )
+        await source.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+        while True:
+            status = await source.execute("query-migrate")
+            if status["status"] in ("completed", "failed", "cancelled"):
+                break
+            await asyncio.sleep(0.01)
+        while (await target.execute("query-status"))["status"] != "running":
+            await asyncio.sleep(0.01)
+        total = time.perf_counter() - t0
+        assert status["status"] == "completed", status
+        await source.disconnect()
+        await target.disconnect()
+        return {"total_s": total, "downtime_ms": status.get("downtime")}
+    finally:
+        guest.kill()
+
+
+async def usher_migration(client: AsyncClient, storage: Path, n: int) -> dict[str, Any]:
+    op = await client.create_vms(names=[f"mig-{n}"], node="node-1")
+    done = await client.wait(op, timeout=120, poll=30)
+    vm_id = done.targets[0]
+    await wait_marker(catalog.vm_dir(storage, vm_id) / "console.log")
+    t0 = time.perf_counter()
+    op = await client.action("migrate", [vm_id], target_node="node-2")
+    done = await client.wait(op, timeout=120, poll=30)
+    total = time.perf_counter() - t0
+    assert done.status.value == "succeeded", done.error
+    details = done.result.get("details", {}).get(vm_id, {})
+    await client.wait(await client.action("destroy", [vm_id]), timeout=60)
+    return {"total_s": total, "downtime_ms": details.get("downtime_ms")}
+
+
+def summary(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return {
+        "median": round(statistics.median(values), 3) if values else None,
+        "min": round(min(values), 3) if values else None,
+        "runs": [round(v, 3) for v in values],
+    }
+
+
+async def measure(cluster: BenchCluster, root: Path, storage: Path, rounds: int) -> dict[str, Any]:
+    accel = detect_accel(BINARY)
+    boots: dict[str, list[dict[str, float]]] = {"usher": [], "plain": []}
+    migrations: dict[str, list[dict[str, Any]]] = {"usher": [], "plain": []}
+    async with AsyncClient(cluster.url, cluster.token, timeout=300) as client:
+        for n in range(rounds):
+            boots["usher"].append(await usher_boot(client, storage, n))
+            boots["plain"].append(await plain_boot(root, storage, accel.accel, n))
+            migrations["usher"].append(await usher_migration(client, storage, n))
+            migrations["plain"].append(await plain_migration(root, storage, accel.accel, n))
+            print(f"round {n}: boot {boots['usher'][-1]} vs {boots['plain'][-1]}", flush=True)
+            print(f"  migration {migrations['usher'][-1]} vs {migrations['plain'][-1]}", flush=True)
+    boot = {
+        who: {"running_s": summary(b, "running_s"), "ready_s": summary(b, "ready_s")}
+        for who, b in boots.items()
+    }
+    mig = {
+        who: {"total_s": summary(m, "total_s"), "downtime_ms": summary(m, "downtime_ms")}
+        for who, m in migrations.items()
+    }
+    u_ready, p_ready = boot["usher"]["ready_s"]["median"], boot["plain"]["ready_s"]["median"]
+    u_mig, p_mig = mig["usher"]["total_s"]["median"], mig["plain"]["total_s"]["median"]
+    return {
+        "accel": accel.accel,
+        "accel_reason": accel.reason,
+        "spec": SPEC.model_dump(mode="json"),
+        "rounds": rounds,
+        "boot": boot,
+        "boot_added_s": round(u_ready - p_ready, 3),
+        "boot_ratio": round(u_ready / p_ready, 3),
+        "migration": mig,
+        "migration_added_s": round(u_mig - p_mig, 3),
+        "migration_ratio": round(u_mig / p_mig, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--storage",
+        default=str(Path.home() / ".cache" / "usher" / "bench-storage"),
+        help="storage dir holding (or to hold) the tiny image",
+    )
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    storage = Path(args.storage)
+    build_tiny(storage, progress=lambda line: print(line, file=sys.stderr))
+    with tempfile.TemporaryDirectory(prefix="usher-bench-") as tmp:
+        root = Path(tmp)
+        cluster = BenchCluster(root, storage=storage)
+        try:
+            cluster.start_ctrl()
+            for name in ("node-1", "node-2"):
+                cluster.start_lnm(name, driver="qemu")
+            cluster.wait_nodes(2, timeout=120)
+            result = asyncio.run(measure(cluster, root / "plain", storage, args.rounds))
+        finally:
+            cluster.stop()
+    path = write_result("realvm", result, Path(args.out))
+    print(
+        f"{path.name}: ready +{result['boot_added_s']} s (x{result['boot_ratio']}), "
+        f"migration +{result['migration_added_s']} s (x{result['migration_ratio']})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Scheduler: placement decision time against node count, per weigher, and packing.
+
+    python bench/scheduler.py --nodes 10,100,1000,10000
+
+Calls the scheduler plugin's ``schedule`` hook (filters, then :func:`place`) the way the
+engine does: with a snapshot of the nodes and what their VM records reserve.
+
+* ``single``: one VM per request, the snapshot updated after each (the worst case: every
+  decision looks at every node) — milliseconds per VM;
+* ``gang``: one request of 1,000 VMs (32 per node on smaller clusters) — milliseconds per VM;
+* ``packing``: VMs of a standard size (2 vCPUs, 4 GiB) asked one by one on nodes of
+  16 vCPUs and 64 GiB until one does not fit — how many fit, against the 8 per node that
+  capacity allows; and a mix of sizes on nodes of mixed capacity, as a share of the memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, percentiles, write_result
+
+from usher.model import Capacity, Node, NodeState, OpKind, OpRequest, Principal, VMSpec
+from usher.plugins.scheduler import Scheduler
+
+WEIGHERS = ("spread", "pack", "balanced")
+ADMIN = Principal(name="bench", roles=["admin"])
+
+
+def cluster(n: int, vcpus: int = 64, memory_mb: int = 262144) -> list[Node]:
+    return [
+        Node(
+            name=f"node-{i}",
+            capacity=Capacity(vcpus=vcpus, memory_mb=memory_mb, disk_gb=1024),
+            state=NodeState.UP,
+            connected=True,
+            labels={"rack": f"r{i % 10}"},
+        )
+        for i in range(n)
+    ]
+
+
+def scheduler(weigher: str) -> Scheduler:
+    plugin = Scheduler()
+    plugin.usher_configure({"weigher": weigher})
+    return plugin
+
+
+def request(count: int) -> OpRequest:
+    return OpRequest(kind=OpKind.START, principal=ADMIN, count=count)
+
+
+def reserve(reserved: dict[str, dict[str, Any]], node: str, spec: VMSpec) -> None:
+    used = reserved.setdefault(node, {"vcpus": 0, "memory_mb": 0, "vms": 0, "clusters": {}})
+    used["vcpus"] += spec.vcpus
+    used["memory_mb"] += spec.memory_mb
+    used["vms"] += 1
+
+
+def single(plugin: Scheduler, nodes: list[Node], decisions: int) -> dict[str, Any]:
+    """``decisions`` one-VM placements, each against the reservations of those before."""
+    spec = VMSpec(vcpus=1, memory_mb=256)
+    reserved: dict[str, dict[str, Any]] = {}
+    times = []
+    for _ in range(decisions):
+        t0 = time.perf_counter()
+        placement = plugin.schedule(
+            nodes=nodes, specs=[spec], request=request(1), reserved=reserved
+        )
+        times.append(time.perf_counter() - t0)
+        assert placement.error is None, placement.error
+        reserve(reserved, placement.nodes[0], spec)
+    return {"decisions": decisions, "ms_per_vm": percentiles([t * 1000 for t in times])}
+
+
+def gang(plugin: Scheduler, nodes: list[Node], count: int, rounds: int) -> dict[str, Any]:
+    """One request of ``count`` VMs, ``rounds`` times (on an empty cluster each time)."""
+    spec = VMSpec(vcpus=1, memory_mb=256)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        placement = plugin.schedule(
+            nodes=nodes, specs=[spec] * count, request=request(count), reserved={}
+        )
+        times.append(time.perf_counter() - t0)
+        assert placement.error is None, placement.error
+    per_vm = [1000 * t / count for t in times]
+    return {"vms": count, "rounds": rounds, "ms_per_vm": percentiles(per_vm)}
+
+
+def pack_standard(plugin: Scheduler, n: int) -> dict[str, Any]:
+    """2 vCPU / 4 GiB VMs one by one on n nodes of 16 vCPUs / 64 GiB until one does not fit."""
+    nodes = cluster(n, vcpus=16, memory_mb=65536)
+    spec = VMSpec(vcpus=2, memory_mb=4096)
+    reserved: dict[str, dict[str, Any]] = {}
+    placed = 0
+    while True:
+        placement = plugin.schedule(
+            nodes=nodes, specs=[spec], request=request(1), reserved=reserved
+        )
+        if placement.error:
+            break
+        reserve(reserved, placement.nodes[0], spec)
+        placed += 1
+    return {"nodes": n, "vm_size": "2 vcpus, 4096 MB", "fit": placed, "capacity_allows": 8 * n}
+
+
+def pack_mixed(plugin: Scheduler, n: int, seed: int = 7) -> dict[str, Any]:
+    """VMs of random sizes on nodes of mixed capacity, asked one by one until 20 in a row
+    do not fit: the share of all memory and vCPUs they hold then."""
+    rng = random.Random(seed)
+    nodes = [
+        Node(
+            name=f"node-{i}",
+            capacity=Capacity(vcpus=v, memory_mb=m, disk_gb=1024),
+            state=NodeState.UP,
+            connected=True,
+        )
+        for i, (v, m) in enumerate(
+            rng.choice([(8, 32768), (16, 65536), (32, 262144)]) for _ in range(n)
+        )
+    ]
+    sizes = [VMSpec(vcpus=v, memory_mb=m) for v, m in ((1, 1024), (2, 4096), (4, 8192), (8, 32768))]
+    reserved: dict[str, dict[str, Any]] = {}
+    placed = misses = 0
+    while misses < 20:
+        spec = rng.choice(sizes)
+        placement = plugin.schedule(
+            nodes=nodes, specs=[spec], request=request(1), reserved=reserved
+        )
+        if placement.error:
+            misses += 1
+            continue
+        misses = 0
+        reserve(reserved, placement.nodes[0], spec)
+        placed += 1
+    total_m = sum(node.capacity.memory_mb for node in nodes)
+    total_v = sum(node.capacity.vcpus for node in nodes)
+    used_m = sum(r["memory_mb"] for r in reserved.values())
+    used_v = sum(r["vcpus"] for r in reserved.values())
+    return {
+        "nodes": n,
+        "vms": placed,
+        "memory_used_pct": round(100 * used_m / total_m, 1),
+        "vcpus_used_pct": round(100 * used_v / total_v, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", default="10,100,1000,10000")
+    parser.add_argument("--decisions", type=int, default=200, help="single-VM placements")
+    parser.add_argument("--gang", type=int, default=1000, help="VMs in one request")
+    parser.add_argument("--gang-rounds", type=int, default=5)
+    parser.add_argument("--packing-nodes", type=int, default=100)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.nodes.split(",")]
+    timing: list[dict[str, Any]] = []
+    packing: list[dict[str, Any]] = []
+    for weigher in WEIGHERS:
+        plugin = scheduler(weigher)
+        for n in sizes:
+            nodes = cluster(n)
+            decisions = max(20, min(args.decisions, args.decisions * 1000 // max(n, 1)))
+            row = {
+                "weigher": weigher,
+                "nodes": n,
+                "single": single(plugin, nodes, decisions),
+                "gang": gang(plugin, nodes, min(args.gang, 32 * n), args.gang_rounds),
+            }
+            timing.append(row)
+            print(
+                f"{weigher:8} {n:6} nodes: single {row['single']['ms_per_vm']['p50']} ms/VM, "
+                f"gang {row['gang']['ms_per_vm']['p50']} ms/VM"
+            )
+        packing.append(
+            {
+                "weigher": weigher,
+                "standard": pack_standard(plugin, args.packing_nodes),
+                "mixed": pack_mixed(plugin, args.packing_nodes),
+            }
+        )
+        print(f"{weigher:8} packing: {packing[-1]}")
+    path = write_result("scheduler", {"timing": timing, "packing": packing}, Path(args.out))
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
