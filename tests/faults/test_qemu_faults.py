@@ -1,21 +1,23 @@
-"""Faults around real QEMU guests: a guest's QEMU killed from outside, and an LNM killed while
-its guests run; then the invariants (at most one live QEMU per VM across all nodes)."""
+"""Faults around real QEMU guests: a guest's QEMU killed from outside, an LNM killed while
+its guests run, the controller killed mid-migration; then the invariants (at most one live
+QEMU per VM across all nodes)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness import Cluster, wait_for
-from test_e2e_qemu import _power_off, qemu_cluster, wait_ready
+from test_e2e_qemu import _power_off, beats, boots, qemu_cluster, wait_beat, wait_ready
 from usher.images.tiny import build_tiny
 from usher.model import OpStatus, VMState
 
-from .scenario import kill_lnm, settle_and_check
+from .scenario import kill_lnm, restart_ctrl, settle_and_check
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +54,43 @@ def test_guest_qemu_killed_then_lnm_killed(qcluster: Cluster) -> None:
     assert cluster.run(client.start_existing([victim]), timeout=120).status == OpStatus.SUCCEEDED
     vms = settle_and_check(cluster, bound=60)
     assert {vm.state for vm in vms} == {VMState.RUNNING}
+
+
+def test_controller_killed_during_a_real_migration(tmp_path: Path, storage: Path) -> None:
+    """kill -9 of the controller while a real guest live-migrates (a slow link): the new
+    controller finds the incoming QEMU nobody will finish and has node-2 settle it: still
+    ``inmigrate``, it is dropped, the source's migration fails and the guest runs on at
+    node-1; arrived whole, it runs on node-2. Either way one copy, never rebooted."""
+    cluster = qemu_cluster(tmp_path, storage, driver_options={"migrate_bandwidth_mbps": 4})
+    try:
+        client = cluster.client()
+        op = cluster.run(client.create_vms(count=1, cluster="m", node="node-1"), timeout=120)
+        vm_id = op.targets[0]
+        wait_ready(client, vm_id)
+        client.migrate([vm_id], target_node="node-2")
+        wait_for("the incoming QEMU", lambda: cluster.guest_pid("node-2", vm_id), timeout=20)
+        time.sleep(1.0)
+        restart_ctrl(cluster, ["node-1", "node-2"])
+        client = cluster.client()
+        settled = wait_for(
+            "incoming_settled",
+            lambda: client.events(name="incoming_settled", vm=vm_id).items or None,
+            timeout=30,
+        )
+        # still receiving: dropped, the guest stays on node-1; arrived whole: runs on node-2
+        assert settled[0].node == "node-2"
+        outcome = settled[0].data["outcome"]
+        where = {"dropped": "node-1", "running": "node-2"}[outcome]
+        print(f"incoming copy {outcome}: the guest runs on {where}")
+        wait_for(
+            f"running on {where}",
+            lambda: (v := client.get_vm(vm_id)).state == VMState.RUNNING and v.node == where,
+            timeout=60,
+        )
+        settle_and_check(cluster, bound=60)
+        wait_beat(client, vm_id, beats(client, vm_id)[-1] + 1)
+        assert boots(client, vm_id) == 1
+        assert cluster.guest_pid("node-1" if where == "node-2" else "node-2", vm_id) is None
+    finally:
+        _power_off(cluster)
+        cluster.stop()
