@@ -2,7 +2,10 @@
 PYTEST ?= .venv/bin/pytest
 SOAK_SECONDS ?= 600
 
-.PHONY: soak faults fuzz
+.PHONY: soak faults fuzz bench bench-deps bench-scale bench-scheduler bench-realvm bench-api bench-report
+
+PYTHON ?= .venv/bin/python
+BENCH_OUT ?= bench/results
 
 # the soak test for longer than CI runs it (USHER_SOAK_SECONDS=60 there)
 soak:
@@ -13,3 +16,27 @@ faults:
 
 fuzz:
 	$(PYTEST) -q -s tests/test_fuzz_api.py tests/test_state_machine.py
+
+# the benchmarks (docs/performance.md); not part of CI. Each writes bench/results/NAME.json,
+# then bench-report rewrites the tables of docs/performance.md from them.
+bench: bench-deps bench-scheduler bench-scale bench-api bench-realvm bench-report
+
+bench-deps:
+	$(PYTHON) -m pip install -q -e '.[bench]'
+
+bench-scale:
+	$(PYTHON) bench/scale.py --nodes 100 --vms 10000 --out $(BENCH_OUT)
+	$(PYTHON) bench/scale.py --nodes 1000 --vms 10000 --out $(BENCH_OUT) --profile /tmp/usher-bench-scale-1000.txt
+	$(PYTHON) bench/scale.py --nodes 10000 --vms 10000 --swarms 4 --out $(BENCH_OUT)
+
+bench-scheduler:
+	$(PYTHON) bench/scheduler.py --out $(BENCH_OUT)
+
+bench-api:
+	$(PYTHON) bench/api_load.py --clients 200 --vms 10000 --seconds 60 --out $(BENCH_OUT)
+
+bench-realvm:
+	$(PYTHON) bench/realvm.py --rounds 5 --out $(BENCH_OUT)
+
+bench-report:
+	$(PYTHON) bench/report.py --results $(BENCH_OUT)

@@ -1,0 +1,70 @@
+"""The benchmarks (bench/, ``make bench``) still run: each at a tiny scale, in seconds.
+
+The real runs are not part of CI; these check that the scripts work end to end against a
+real controller and LNMs, and that their JSON and the report have what docs/performance.md
+is made of.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run(script: str, out: Path, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, str(BENCH / script), "--out", str(out), *args],
+        check=True,
+        timeout=150,
+        capture_output=True,
+    )
+
+
+def result(out: Path, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / f"{name}.json").read_text())
+    assert {"cores", "cpu_model", "memory_gib", "load_avg", "date"} <= set(data["machine"])
+    return data
+
+
+@pytest.mark.timeout(600)
+def test_benchmarks_run_at_tiny_scale(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run("scale.py", out, "--nodes", "5", "--vms", "50", "--batch", "20", "--list-rounds", "2")
+    scale = result(out, "scale-5")
+    assert scale["nodes"] == 5
+    assert scale["starts"]["running"] == 50 and scale["starts"]["errors"] == []
+    assert scale["starts"]["vm_latency_ms"]["n"] == 50
+    assert scale["list"]["vms_listed"] == 50
+    assert scale["rss_mb"]["peak"] > 0
+
+    run("scheduler.py", out, "--nodes", "10,20", "--decisions", "5", "--gang", "20")
+    sched = result(out, "scheduler")
+    assert {(t["weigher"], t["nodes"]) for t in sched["timing"]} == {
+        (w, n) for w in ("spread", "pack", "balanced") for n in (10, 20)
+    }
+    standard = sched["packing"][0]["standard"]
+    assert standard["fit"] == standard["capacity_allows"]
+
+    run("api_load.py", out, "--clients", "4", "--vms", "40", "--nodes", "3", "--seconds", "2")
+    load = result(out, "api-load")
+    assert load["setup"]["vms_started"] == 40
+    assert load["errors"] == 0 and load["requests"] > 0
+
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\n\nhand-written analysis\n")
+    subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), "--results", str(out), "--doc", str(doc)],
+        check=True,
+        timeout=60,
+    )
+    text = doc.read_text()
+    assert "hand-written analysis" in text
+    assert "### Control-plane scale" in text and "### Scheduler" in text
+    assert "### API under load" in text
