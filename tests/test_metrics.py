@@ -52,7 +52,29 @@ def site(make_cluster: Callable[..., Cluster]) -> Cluster:
     )
 
 
-def test_metrics_move_with_operations(site: Cluster) -> None:
+def check_format_and_access(site: Cluster) -> None:
+    """Scraping needs a token allowed ``metrics.read``; what it gets is Prometheus text."""
+    r = site.http("GET", "/metrics", token=None)
+    assert r.status_code == 401 and "missing token" in r.json()["error"]
+    bob = site.issue_token("bob", ["user"])
+    r = site.http("GET", "/metrics", token=bob)
+    assert r.status_code == 403 and "bob may not metrics.read" in r.json()["error"]
+    text = scrape_text(site, site.issue_token("olga", ["operator"]))
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert all(name.startswith("usher_") for name in families)
+    assert families["usher_operations"].type == "counter"
+    assert families["usher_operation_duration_seconds"].type == "histogram"
+    assert families["usher_vms"].type == "gauge"
+    promtool = shutil.which("promtool")
+    if promtool:  # the format check Prometheus itself does, where it is installed
+        done = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_metrics_are_authorized_and_move_with_operations(site: Cluster) -> None:
+    check_format_and_access(site)
     client = site.client()
     ops = "usher_operations_total"
     latency = "usher_operation_duration_seconds_count"
@@ -134,26 +156,6 @@ def test_metrics_move_with_operations(site: Cluster) -> None:
     )
     assert value(now, "usher_node_link_losses_total", node="node-2") == 1
     assert value(now, "usher_node_state", node="node-2", state="down") == 1
-
-
-def test_metrics_need_a_token_allowed_to_read_them(site: Cluster) -> None:
-    r = site.http("GET", "/metrics", token=None)
-    assert r.status_code == 401 and "missing token" in r.json()["error"]
-    bob = site.issue_token("bob", ["user"])
-    r = site.http("GET", "/metrics", token=bob)
-    assert r.status_code == 403 and "bob may not metrics.read" in r.json()["error"]
-    text = scrape_text(site, site.issue_token("olga", ["operator"]))
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert all(name.startswith("usher_") for name in families)
-    assert families["usher_operations"].type == "counter"
-    assert families["usher_operation_duration_seconds"].type == "histogram"
-    assert families["usher_vms"].type == "gauge"
-    promtool = shutil.which("promtool")
-    if promtool:  # the format check Prometheus itself does, where it is installed
-        done = subprocess.run(
-            [promtool, "check", "metrics"], input=text, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_metrics_can_be_public(make_cluster: Callable[..., Cluster]) -> None:
