@@ -8,6 +8,7 @@ const TOKEN_KEY = "usher.token";
 const SESSION_KEY = "usher.session"; // "1": the token came from a password login
 const VM_STATES = ["pending", "starting", "running", "paused", "stopping", "stopped", "migrating", "error", "lost"];
 const MAX_EVENTS = 200;
+const BACKLOG_SECONDS = 600; // recorded events shown at login
 const MB = 1024 * 1024;
 
 const ui = {
@@ -100,8 +101,19 @@ async function enter() {
   $("#app").hidden = false;
   $("#logout").hidden = false;
   $("#whoami").textContent = `${ui.me.name} (${ui.me.roles.join(", ") || "no roles"})`;
+  $("#events").replaceChildren();
   startStream();
-  await Promise.all([loadNodes(), loadVMs()]);
+  await Promise.all([loadNodes(), loadVMs(), loadBacklog()]);
+}
+
+async function loadBacklog() {
+  const since = Date.now() / 1000 - BACKLOG_SECONDS;
+  try {
+    const page = await api("GET", `/v1/events${query({ since, limit: MAX_EVENTS })}`);
+    for (const ev of page.items) feed(ev);
+  } catch (err) {
+    say(`cannot read recent events: ${err.message}`, true);
+  }
 }
 
 async function logout() {
@@ -430,15 +442,19 @@ function summary(ev) {
 
 function feed(ev) {
   if (ev.name === "usage" && !$("#show-usage").checked) return;
+  const list = $("#events");
+  if (list.querySelector(`li[data-id="${CSS.escape(ev.id)}"]`)) return; // from both backlog and stream
   const time = new Date(ev.time * 1000);
   const li = el("li", { className: ev.name.endsWith("_failure") ? "ev-failure" : "" },
     el("time", { dateTime: time.toISOString(), textContent: time.toLocaleTimeString() }),
     el("span", { className: "ev-name", textContent: ev.name }),
     el("span", { textContent: [ev.vm_id && (ev.data.name || vmName(ev.vm_id)), ev.node, ev.principal && `by ${ev.principal}`, summary(ev)].filter(Boolean).join(" · ") }));
   li.dataset.event = ev.name;
+  li.dataset.id = ev.id;
   if (ev.vm_id) li.dataset.vm = ev.vm_id;
-  const list = $("#events");
-  list.prepend(li);
+  const older = [...list.children].find((other) => Number(other.dataset.time) <= ev.time);
+  li.dataset.time = String(ev.time);
+  list.insertBefore(li, older || null); // newest first
   while (list.children.length > MAX_EVENTS) list.lastChild.remove();
 }
 
