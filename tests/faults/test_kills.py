@@ -54,8 +54,10 @@ ACTION_OF = {"create": "start", "migrate": "migrate"}
 CTRL_KINDS = ["create", "start", "stop", "pause", "resume", "reboot", "migrate", "destroy"]
 
 
+@pytest.mark.parametrize("db_kind", ["sqlite", "postgresql"], indirect=True)
 @pytest.mark.parametrize("kind", CTRL_KINDS)
-def test_controller_killed_during(make_cluster, kind: str) -> None:
+def test_controller_killed_during(make_cluster, kind: str, db_kind: str) -> None:
+    """What the controller was doing is in its database: both kinds of database."""
     cluster, _ = _setup(make_cluster, ACTION_OF.get(kind, kind))
     client = cluster.client()
     op_id, _vms = _fire(cluster, client, kind)

