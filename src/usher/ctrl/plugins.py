@@ -25,6 +25,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from usher import hookspecs
 from usher.ctrl.context import PluginContext
@@ -179,6 +181,8 @@ class PluginHost:
             return await asyncio.wait_for(self._call(impl, **kwargs), self.hook_timeout)
         except Veto as veto:
             raise Vetoed(plugin, hook, str(veto) or "no reason given") from veto
+        except (DBAPIError, PoolTimeout):
+            raise  # the controller's database failed, not the plugin: a 503 for the caller
         except TimeoutError as exc:
             log.error("plugin %s did not answer %s within %g s", plugin, hook, self.hook_timeout)
             raise PluginError(
