@@ -1,7 +1,8 @@
 """The dashboard at /ui in a real headless Chromium (Debian's, driven by Playwright).
 
-One fake-driver cluster on SQLite: the dashboard only talks to the /v1 API, which the other
-tests run against both databases. Screenshots go to tests/artifacts/ui/.
+Fake-driver clusters on SQLite (the dashboard only talks to the /v1 API, which the other
+tests run against both databases), and one real QEMU guest. Screenshots go to
+tests/artifacts/ui/.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from harness import TESTS_DIR, Cluster
-from usher.model import VM
+from usher.images.tiny import build_tiny
+from usher.model import VM, VMState
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = TESTS_DIR / "artifacts" / "ui"
 ALICE_PW = "alice-secret-pw"
 TIMEOUT_MS = 15_000
+FAST_SAMPLES = {"metrics": {"usage_interval": 1}}
 TWO_OR_MORE = re.compile(r"^([2-9]|\d{2,})$")  # no wait_for_function: the page's CSP forbids eval
 
 pytestmark = pytest.mark.timeout(240)
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.fixture
@@ -73,7 +77,7 @@ def site(make_cluster: Callable[..., Cluster]) -> Cluster:
         plugin_tables={
             "passwords": {"users": users},
             "authz": {"operator_denied": ["vm.destroy", "node.drain", "node.undrain"]},
-            "metrics": {"usage_interval": 1},
+            **FAST_SAMPLES,
         },
     )
 
@@ -96,7 +100,32 @@ def vm_action(page: Page, vm: VM, action: str) -> None:
         pick.uncheck()
 
 
-def test_dashboard_shows_the_cluster_and_acts_live(site: Cluster, page: Page) -> None:
+def check_refusals(site: Cluster, page: Page, vm: VM) -> None:
+    """Logged in with a token as an operator, who may not destroy: the API's error shows."""
+    r = site.http("POST", "/v1/tokens", json={"principal": "olga", "roles": ["operator"]})
+    assert r.status_code == 201, r.text
+    olga = r.json()["token"]
+
+    page.fill("#login-token", "not-a-token")
+    page.click("#login-submit")
+    expect(page.locator("#login-error")).to_contain_text("invalid, expired or revoked token")
+    page.fill("#login-token", olga)
+    page.click("#login-submit")
+    expect(page.locator("#whoami")).to_contain_text("olga (operator)")
+
+    page.on("dialog", lambda d: d.dismiss())  # the dashboard must use its own dialog
+    vm_action(page, vm, "destroy")
+    expect(page.locator("#confirm")).to_be_visible()
+    page.click("#confirm-yes")
+    expect(page.locator("#messages .msg.error")).to_contain_text("olga may not vm.destroy")
+    expect(row(page, vm).locator("td.state")).to_have_text("running")
+    shot(page, "refused")
+    assert site.client().get_vm(vm.id).state == "running"
+
+
+def test_dashboard_shows_the_cluster_acts_live_and_shows_refusals(
+    site: Cluster, page: Page
+) -> None:
     admin = site.client()
     site.run(admin.create_vms(count=12, cluster="web", vcpus=1, memory_mb=64))
     vms = site.vms()  # in the API's order
@@ -171,32 +200,40 @@ def test_dashboard_shows_the_cluster_and_acts_live(site: Cluster, page: Page) ->
     shot(page, "dashboard")
     assert page.evaluate("window.__sameDocument") is True
 
-
-def test_refused_actions_show_the_apis_error(site: Cluster, page: Page) -> None:
-    admin = site.client()
-    site.run(admin.create_vms(names=["keep-1"], vcpus=1, memory_mb=64))
-    vm = admin.get_vm("keep-1")
-    r = site.http("POST", "/v1/tokens", json={"principal": "olga", "roles": ["operator"]})
-    assert r.status_code == 201, r.text
-    olga = r.json()["token"]
-
-    page.goto(f"{site.url}/ui/")
-    page.fill("#login-token", "not-a-token")
-    page.click("#login-submit")
-    expect(page.locator("#login-error")).to_contain_text("invalid, expired or revoked token")
-    page.fill("#login-token", olga)
-    page.click("#login-submit")
-    expect(page.locator("#whoami")).to_contain_text("olga (operator)")
-
-    page.on("dialog", lambda d: d.dismiss())  # the dashboard must use its own dialog
-    vm_action(page, vm, "destroy")
-    expect(page.locator("#confirm")).to_be_visible()
-    page.click("#confirm-yes")
-    expect(page.locator("#messages .msg.error")).to_contain_text("olga may not vm.destroy")
-    expect(row(page, vm).locator("td.state")).to_have_text("running")
-    shot(page, "refused")
-    assert site.client().get_vm(vm.id).state == "running"
-
-    page.click("#logout")
+    session = page.evaluate("sessionStorage.getItem('usher.token')")
+    page.click("#logout")  # a password session: its token is revoked
     expect(page.locator("#login")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('usher.token')") is None
+    assert site.http("GET", "/v1/whoami", token=session).status_code == 401
+    check_refusals(site, page, moving)
+
+
+def test_dashboard_on_a_qemu_guest(tmp_path: Path, page: Page) -> None:
+    """A real guest: its state follows pause and resume, its chart shows what QEMU uses."""
+    storage = tmp_path / "storage"
+    build_tiny(storage)
+    cluster = Cluster(tmp_path / "qemu", None, storage=storage, plugin_tables=FAST_SAMPLES)
+    try:
+        cluster.start_ctrl()
+        cluster.start_lnm("node-1", driver="qemu", vcpus=2, memory_mb=2048)
+        client = cluster.client()
+        cluster.run(client.create_vms(names=["guest"], memory_mb=128), timeout=120)
+        vm = client.get_vm("guest")
+        page.goto(f"{cluster.url}/ui/")
+        page.fill("#login-token", cluster.token)
+        page.click("#login-submit")
+        expect(row(page, vm).locator("td.state")).to_have_text("running")
+        vm_action(page, vm, "pause")
+        expect(row(page, vm).locator("td.state")).to_have_text("paused")
+        vm_action(page, vm, "resume")
+        expect(row(page, vm).locator("td.state")).to_have_text("running")
+        page.click(f'#vms tr[data-vm="{vm.id}"] td.clickable')
+        expect(page.locator("#charts")).to_have_attribute("data-points", TWO_OR_MORE)
+        memory = page.locator("#charts .chart .label span").nth(2)
+        expect(memory).not_to_have_text(re.compile(r"no data|: 0\.0 MiB"))
+        shot(page, "qemu")
+    finally:
+        live = [v.id for v in cluster.vms() if v.state in (VMState.RUNNING, VMState.PAUSED)]
+        if live:  # guests outlive their LNM by design: end this one
+            cluster.client().wait(cluster.client().stop(live, kwargs={"hard": True}), 60)
+        cluster.stop()
