@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 from usher.lnm.agent import CREDENTIAL_FILE, LNM, LNMConfig
 from usher.vmm.fake import FakeDriver
 
-CONNECT_AT_ONCE = 50  # agents dialling at the same moment (a thundering herd helps no one)
+JOIN_WAVE = 25  # agents dialling at once; the next wave waits until these are connected
+WAVE_TIMEOUT = 30.0
 
 
 def build_agents(args: argparse.Namespace) -> list[LNM]:
@@ -50,11 +52,17 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    agents = build_agents(args)
     tasks = []
-    for n, agent in enumerate(build_agents(args)):
-        tasks.append(asyncio.create_task(agent.run(stop)))
-        if n % CONNECT_AT_ONCE == CONNECT_AT_ONCE - 1:
-            await asyncio.sleep(0.05)
+    for first in range(0, len(agents), JOIN_WAVE):
+        wave = agents[first : first + JOIN_WAVE]
+        tasks += [asyncio.create_task(agent.run(stop)) for agent in wave]
+        # the first join of a node is a few database writes under one lock: dialling faster
+        # than the controller admits only makes LNMs time out and retry
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(agent.connected.wait() for agent in wave)), WAVE_TIMEOUT
+            )
     await asyncio.gather(*tasks)
 
 
