@@ -419,6 +419,7 @@ function onEvent(ev) {
       if (row) row.replaceWith(vmRow(vm));
     }
   }
+  if (ev.name === "unregister" && ui.selected.delete(ev.vm_id)) renderSelection();
   if (ev.vm_id || ev.name.startsWith("node_")) refreshSoon("vms");
   if (ev.name.startsWith("node_") || ev.name === "usage" || ev.name === "state_change") refreshSoon("nodes");
   if (ev.name === "usage" && ui.chart) refreshSoon("chart");
