@@ -199,6 +199,7 @@ class BenchCluster:
             f'state_dir = "{self.state}"',
             f'storage_dir = "{self.storage}"',
             f"node_timeout = {node_timeout}",
+            "tls = false",  # plain HTTP/WS on loopback (TLS is the controller's default)
         ]
         if db_url:
             lines.append(f'database_url = "{db_url}"')

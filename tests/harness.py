@@ -107,6 +107,8 @@ class Cluster:
             "node_timeout = 3.0",
             "notify_timeout = 1.0",
         ]
+        if "tls" not in settings:  # plain HTTP unless a test asks for TLS (the default)
+            lines.append("tls = false")
         if db_url:
             lines.append(f'database_url = "{db_url}"')
         lines += [f"{k} = {toml_value(v)}" for k, v in settings.items()]
@@ -308,7 +310,7 @@ class Cluster:
             COLUMNS="200",
         )
         if self.tls:
-            env["SSL_CERT_FILE"] = str(self.ca)
+            env["USHER_CA_FILE"] = str(self.ca)
         return subprocess.run(
             [sys.executable, "-m", "usher.cli.ush", *args],
             env=env,

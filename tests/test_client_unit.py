@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from usher.client import AsyncClient, Client, UsherConnectionError, UsherError
-from usher.client.config import DEFAULT_URL, resolve
+from usher.client.config import DEFAULT_URL, resolve, save
 from usher.model import OpStatus
 
 URL = "http://usher.test"
@@ -108,8 +108,26 @@ def test_defaults_without_config(tmp_path: Path) -> None:
     assert (settings.url, settings.token) == (DEFAULT_URL, None)
 
 
-def test_url_without_scheme_gets_http() -> None:
-    assert resolve("ctrl.example:8760", "t", env={}).url == "http://ctrl.example:8760"
+def test_url_without_scheme_gets_https() -> None:
+    assert resolve("ctrl.example:8760", "t", env={}).url == "https://ctrl.example:8760"
+
+
+def test_ca_file_resolves_like_the_rest_and_save_keeps_it(tmp_path: Path) -> None:
+    env = write_config(tmp_path, 'url = "https://file:1"\nca_file = "/etc/usher/ca.pem"\n')
+    assert resolve(env=env).ca_file == "/etc/usher/ca.pem"
+    assert resolve(env=env | {"USHER_CA_FILE": "/env/ca.pem"}).ca_file == "/env/ca.pem"
+    assert resolve(env=env, ca_file="/arg/ca.pem").ca_file == "/arg/ca.pem"
+    path = save({"token": "new-token"}, env=env)  # as `ush login` does
+    assert resolve(env=env).ca_file == "/etc/usher/ca.pem"
+    assert resolve(env=env).token == "new-token"
+    assert path.stat().st_mode & 0o777 == 0o600
+    save({"token": None}, env=env)  # as `ush logout` does
+    assert resolve(env=env).token is None and resolve(env=env).url == "https://file:1"
+
+
+def test_a_missing_ca_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(UsherError, match="cannot read the CA file"):
+        Client("https://ctrl.example:8760", "t", ca_file=str(tmp_path / "nope.pem"))
 
 
 def test_broken_config_is_an_usher_error_but_only_when_needed(tmp_path: Path) -> None:

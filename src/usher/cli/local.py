@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -12,11 +13,14 @@ from pathlib import Path
 import click
 import httpx
 
-from usher.ctrl.config import ADMIN_TOKEN_FILE, DEFAULT_PORT
+from usher.client.config import save as save_client_config
+from usher.ctrl.config import ADMIN_TOKEN_FILE, DEFAULT_PORT, load_settings
+from usher.ctrl.tls import base_url, ca_file
 
 DEFAULT_STATE = Path.home() / ".usher" / "local"
 PIDFILE = "local.pid"
 URL_FILE = "url"
+CA_FILE = "ca_file"
 JOIN_TOKEN_FILE = "join.token"
 
 
@@ -24,50 +28,42 @@ def _usher(*args: str) -> list[str]:
     return [sys.executable, "-m", "usher.cli.usher_cmd", *args]
 
 
-def _wait_ready(url: str, token_file: Path, proc: subprocess.Popen[bytes], timeout: float) -> str:
+def _http(url: str, ca: Path | None, token: str | None = None) -> httpx.Client:
+    """A client for the controller at ``url``, verifying its certificate with ``ca``."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    verify = ssl.create_default_context(cafile=ca) if ca else True
+    return httpx.Client(base_url=url, headers=headers, verify=verify, timeout=10)
+
+
+def _wait_ready(
+    url: str, ca: Path | None, token_file: Path, proc: subprocess.Popen[bytes], timeout: float
+) -> str:
     """Wait until the controller answers with its admin token; return the token."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise click.ClickException("the controller exited at start; see its log")
-        if token_file.exists():
+        if token_file.exists() and (ca is None or ca.exists()):
             token = token_file.read_text().strip()
             try:
-                r = httpx.get(
-                    f"{url}/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=2
-                )
-                if r.status_code == 200:
-                    return token
+                with _http(url, ca, token) as http:
+                    if http.get("/v1/whoami", timeout=2).status_code == 200:
+                        return token
             except httpx.HTTPError:
                 pass
         time.sleep(0.1)
     raise click.ClickException(f"the controller did not answer at {url} in {timeout:.0f} s")
 
 
-def _join_token(url: str, token: str, state: Path, uses: int) -> Path:
+def _join_token(http: httpx.Client, state: Path, uses: int) -> Path:
     """A join token for this run's LNMs (nodes that joined before use their credential)."""
-    r = httpx.post(
-        f"{url}/v1/nodes/join-tokens",
-        json={"ttl": 600, "uses": uses},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=10,
-    )
+    r = http.post("/v1/nodes/join-tokens", json={"ttl": 600, "uses": uses})
     if r.is_error:
         raise click.ClickException(f"cannot get a join token: {r.text}")
     path = state / JOIN_TOKEN_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(r.json()["token"] + "\n")
-    return path
-
-
-def _write_client_config(url: str, token: str) -> Path:
-    home = Path(os.environ.get("USHER_HOME", Path.home() / ".usher"))
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / "config.toml"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f'url = "{url}"\ntoken = "{token}"\n')
     return path
 
 
@@ -80,7 +76,8 @@ def _power_off_vms(state: Path) -> None:
     try:
         url = (state / URL_FILE).read_text().strip()
         token = (state / "ctrl" / ADMIN_TOKEN_FILE).read_text().strip()
-        with Client(url, token, timeout=30) as client:
+        ca = (state / CA_FILE).read_text().strip() if (state / CA_FILE).exists() else None
+        with Client(url, token, timeout=30, ca_file=ca) as client:
             live = [
                 vm.id for vm in client.iter_vms() if vm.state in (VMState.RUNNING, VMState.PAUSED)
             ]
@@ -209,8 +206,23 @@ def _run(
     (state / PIDFILE).write_text(str(os.getpid()))
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
-    url = f"http://127.0.0.1:{port}"
+    storage = state / "storage"
+    ctrl_args = ["--state-dir", str(state / "ctrl"), "--listen", f"127.0.0.1:{port}"]
+    ctrl_args += ["--storage-dir", str(storage)]
+    if config_file:
+        ctrl_args += ["--config", config_file]
+    try:
+        settings = load_settings(
+            config_file, state_dir=ctrl_args[1], listen=ctrl_args[3], storage_dir=str(storage)
+        )
+    except Exception as exc:
+        raise click.ClickException(f"bad controller config: {exc}") from exc
+    url = base_url(settings)  # https unless the config says tls = false
+    ca = ca_file(settings) if settings.tls else None
     (state / URL_FILE).write_text(url)
+    (state / CA_FILE).unlink(missing_ok=True)
+    if ca is not None:
+        (state / CA_FILE).write_text(str(ca))
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -228,21 +240,11 @@ def _run(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        storage = state / "storage"
-        ctrl_args = [
-            "ctrl",
-            "--state-dir",
-            str(state / "ctrl"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--storage-dir",
-            str(storage),
-        ]
-        if config_file:
-            ctrl_args += ["--config", config_file]
-        ctrl = spawn("ctrl", ctrl_args)
-        token = _wait_ready(url, state / "ctrl" / ADMIN_TOKEN_FILE, ctrl, timeout=60)
-        join_token = _join_token(url, token, state, n_nodes)
+        ctrl = spawn("ctrl", ["ctrl", *ctrl_args])
+        token = _wait_ready(url, ca, state / "ctrl" / ADMIN_TOKEN_FILE, ctrl, timeout=60)
+        http = _http(url, ca, token)
+        join_token = _join_token(http, state, n_nodes)
+        lnm_tls = ["--ca-file", str(ca)] if ca else []
         for i in range(1, n_nodes + 1):
             spawn(
                 f"node-{i}",
@@ -264,10 +266,13 @@ def _run(
                     str(vcpus),
                     "--memory-mb",
                     str(memory_mb),
+                    *lnm_tls,
                 ],
             )
-        _wait_nodes(url, token, n_nodes)
-        config = _write_client_config(url, token)
+        _wait_nodes(http, n_nodes)
+        config = save_client_config(
+            {"url": url, "token": token, "ca_file": str(ca) if ca else None}
+        )
         message = (
             f"Usher runs: a controller at {url} with {n_nodes} {driver} nodes "
             f"(state and logs in {state}).\n"
@@ -298,11 +303,10 @@ def _run(
         (state / PIDFILE).unlink(missing_ok=True)
 
 
-def _wait_nodes(url: str, token: str, count: int, timeout: float = 60) -> None:
+def _wait_nodes(http: httpx.Client, count: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    headers = {"Authorization": f"Bearer {token}"}
     while time.monotonic() < deadline:
-        nodes = httpx.get(f"{url}/v1/nodes", headers=headers, timeout=5).json()
+        nodes = http.get("/v1/nodes").json()
         if sum(1 for n in nodes if n["connected"]) >= count:
             return
         time.sleep(0.1)

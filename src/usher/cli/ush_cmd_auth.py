@@ -7,7 +7,6 @@ keeps it, with the controller's URL, in ``$USHER_HOME/config.toml`` (``~/.usher`
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tomllib
@@ -22,6 +21,7 @@ from rich.text import Text
 from usher.cli.ush import Ush, UshGroup, pass_ush
 from usher.cli.ush_render import fmt_time, fmt_value
 from usher.client.config import resolve, usher_home
+from usher.client.config import save as save_config
 
 TOKEN_COLUMNS = ("id", "principal", "roles", "groups", "state", "expires_at", "description")
 
@@ -102,8 +102,7 @@ def login(ush: Ush, username: str | None, password_stdin: bool) -> None:
         password = click.prompt("password", hide_input=True)
     body = {"username": username, "password": password}
     session = ush.client.request("POST", "/login", body=body)
-    path = usher_home() / "config.toml"
-    _save_config(path, ush.client.url, session["token"])
+    path = save_config({"url": ush.client.url, "token": session["token"]})
     if ush.out.json:
         ush.out.emit({k: v for k, v in session.items() if k != "token"} | {"config": str(path)})
     ush.out.note(
@@ -123,7 +122,7 @@ def logout(ush: Ush) -> None:
     path = usher_home() / "config.toml"
     saved = _read_toml(path)
     if used and saved.get("token") == used:
-        _save_config(path, str(saved.get("url") or ush.client.url), None)
+        save_config({"url": str(saved.get("url") or ush.client.url), "token": None})
     if ush.out.json:
         ush.out.emit(revoked)
     else:
@@ -144,17 +143,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.ClickException(f"cannot read {path}: {exc}") from exc
-
-
-def _save_config(path: Path, url: str, token: str | None) -> None:
-    """Write ``url`` and ``token`` (left out when None) to ush's config, readable by its owner
-    only."""
-    lines = [f"url = {json.dumps(url)}"] + ([f"token = {json.dumps(token)}"] if token else [])
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.chmod(path, 0o600)
 
 
 def register(group: click.Group) -> None:

@@ -40,12 +40,13 @@ class AsyncClient(ActionMethods[Coroutine[Any, Any, Operation]]):
         token: str | None = None,
         *,
         timeout: float = 30.0,
+        ca_file: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        settings = resolve(url, token)
+        settings = resolve(url, token, ca_file=ca_file)
         self.url = settings.url
         self._http = httpx.AsyncClient(
-            **protocol.http_options(settings.url, settings.token, timeout), transport=transport
+            **protocol.http_options(settings, timeout), transport=transport
         )
 
     async def aclose(self) -> None:

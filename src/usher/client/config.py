@@ -1,12 +1,15 @@
 """Where the controller is and which token to show it.
 
 Each setting comes from the first place that has it: explicit arguments, the environment
-(``USHER_URL``, ``USHER_TOKEN``), then ``$USHER_HOME/config.toml`` (``~/.usher`` by default)
-with keys ``url`` and ``token``. The URL defaults to :data:`DEFAULT_URL`.
+(``USHER_URL``, ``USHER_TOKEN``, ``USHER_CA_FILE``), then ``$USHER_HOME/config.toml``
+(``~/.usher`` by default) with keys ``url``, ``token`` and ``ca_file`` (the CA certificate
+that signed the controller's TLS certificate; without it the system's CAs are trusted). The
+URL defaults to :data:`DEFAULT_URL`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,13 +20,15 @@ from typing import Any
 
 from usher.client.errors import UsherError
 
-DEFAULT_URL = "http://127.0.0.1:8760"
+DEFAULT_URL = "https://127.0.0.1:8760"
+KEYS = ("url", "token", "ca_file")
 
 
 @dataclass(frozen=True)
 class Settings:
     url: str
     token: str | None
+    ca_file: str | None = None
 
 
 def usher_home(env: Mapping[str, str] | None = None) -> Path:
@@ -34,20 +39,26 @@ def usher_home(env: Mapping[str, str] | None = None) -> Path:
 
 
 def resolve(
-    url: str | None = None, token: str | None = None, env: Mapping[str, str] | None = None
+    url: str | None = None,
+    token: str | None = None,
+    env: Mapping[str, str] | None = None,
+    ca_file: str | None = None,
 ) -> Settings:
-    """Settle the controller URL and token; the config file is read only if needed."""
+    """Settle the controller URL, token and CA file; the config file is read only if needed."""
     env = os.environ if env is None else env
     path = usher_home(env) / "config.toml"
     from_file = cache(lambda: _read_config(path))
     url = url or env.get("USHER_URL") or from_file().get("url") or DEFAULT_URL
     token = token or env.get("USHER_TOKEN") or from_file().get("token") or None
-    return Settings(url=_normalise_url(url), token=token)
+    url = _normalise_url(url)
+    if url.startswith("https:"):  # plain HTTP needs no CA
+        ca_file = ca_file or env.get("USHER_CA_FILE") or from_file().get("ca_file") or None
+    return Settings(url=url, token=token, ca_file=ca_file)
 
 
 def _normalise_url(url: str) -> str:
     url = url.strip().rstrip("/")
-    return url if "://" in url else f"http://{url}"
+    return url if "://" in url else f"https://{url}"  # TLS is the controller's default
 
 
 def _read_config(path: Path) -> dict[str, str]:
@@ -57,7 +68,21 @@ def _read_config(path: Path) -> dict[str, str]:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsherError(None, f"cannot read {path}: {exc}") from exc
-    for key in ("url", "token"):
+    for key in KEYS:
         if key in data and not isinstance(data[key], str):
             raise UsherError(None, f"{path}: '{key}' must be a string")
-    return {key: data[key] for key in ("url", "token") if key in data}
+    return {key: data[key] for key in KEYS if key in data}
+
+
+def save(changes: Mapping[str, str | None], env: Mapping[str, str] | None = None) -> Path:
+    """Update ``$USHER_HOME/config.toml`` with ``changes`` (None removes a key), keeping the
+    other settings; the file is readable by its owner only. Returns its path."""
+    path = usher_home(env) / "config.toml"
+    values = {**_read_config(path), **changes}
+    lines = [f"{key} = {json.dumps(values[key])}" for key in KEYS if values.get(key)]
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)
+    return path

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import httpx
 from httpx_sse import ServerSentEvent
 from pydantic import TypeAdapter, ValidationError
 
+from usher.client.config import Settings
 from usher.client.errors import UsherConnectionError, UsherError
 from usher.model import (
     VM,
@@ -80,12 +82,22 @@ class Call(Generic[T]):
         return args
 
 
-def http_options(url: str, token: str | None, timeout: float) -> dict[str, Any]:
+def http_options(settings: Settings, timeout: float) -> dict[str, Any]:
     """Keyword arguments for the httpx client both Usher clients wrap."""
     headers = {"User-Agent": USER_AGENT}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return {"base_url": f"{url}/v1", "headers": headers, "timeout": timeout}
+    if settings.token:
+        headers["Authorization"] = f"Bearer {settings.token}"
+    options: dict[str, Any] = {
+        "base_url": f"{settings.url}/v1",
+        "headers": headers,
+        "timeout": timeout,
+    }
+    if settings.ca_file:
+        try:
+            options["verify"] = ssl.create_default_context(cafile=settings.ca_file)
+        except OSError as exc:
+            raise UsherError(None, f"cannot read the CA file {settings.ca_file}: {exc}") from exc
+    return options
 
 
 # --- answers -----------------------------------------------------------------------------

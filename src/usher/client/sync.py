@@ -44,13 +44,12 @@ class Client(ActionMethods[Operation]):
         token: str | None = None,
         *,
         timeout: float = 30.0,
+        ca_file: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        settings = resolve(url, token)
+        settings = resolve(url, token, ca_file=ca_file)
         self.url = settings.url
-        self._http = httpx.Client(
-            **protocol.http_options(settings.url, settings.token, timeout), transport=transport
-        )
+        self._http = httpx.Client(**protocol.http_options(settings, timeout), transport=transport)
 
     def close(self) -> None:
         self._http.close()

@@ -42,7 +42,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
-    tls: bool = Field(False, description="serve the API and the LNM link over TLS")
+    tls: bool = Field(
+        True,
+        description="serve the API and the LNM link over TLS (a CA and certificate are made "
+        "at first start unless tls_cert/tls_key name the site's own)",
+    )
     tls_cert: Path | None = Field(None, description="the site's server certificate (PEM)")
     tls_key: Path | None = Field(None, description="the key of tls_cert (PEM)")
     tls_ca: Path | None = Field(None, description="the CA that signed tls_cert, for clients")

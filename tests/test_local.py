@@ -1,0 +1,59 @@
+"""``usher local`` (what the quick start runs): a controller and LNMs over TLS, the default,
+with ush set up to verify the generated CA."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from harness import free_port
+
+
+def _run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_usher_local_runs_over_tls_and_sets_up_ush(tmp_path: Path) -> None:
+    state, home = tmp_path / "local", tmp_path / "home"
+    env = {**os.environ, "USHER_HOME": str(home)}
+    for key in ("USHER_URL", "USHER_TOKEN", "USHER_CA_FILE"):
+        env.pop(key, None)
+    local = ["usher.cli.usher_cmd", "local", "--state-dir", str(state)]
+    up = _run(env, *local, "--nodes", "2", "--port", str(free_port()), "--detach")
+    try:
+        assert up.returncode == 0, up.stderr + up.stdout
+        assert "a controller at https://127.0.0.1:" in up.stdout
+        config_file = home / "config.toml"
+        assert config_file.stat().st_mode & 0o777 == 0o600
+        config = tomllib.loads(config_file.read_text())
+        assert config["url"].startswith("https://")
+        assert Path(config["ca_file"]) == state / "ctrl" / "tls" / "ca.pem"
+
+        nodes = _run(env, "usher.cli.ush", "nodes", "-o", "json", timeout=60)
+        assert nodes.returncode == 0, nodes.stderr
+        assert sorted((n["name"], n["connected"]) for n in json.loads(nodes.stdout)) == [
+            ("node-1", True),
+            ("node-2", True),
+        ]
+        started = _run(env, "usher.cli.ush", "start", "-n", "2", "--cluster", "t", timeout=60)
+        assert started.returncode == 0, started.stderr
+
+        # without the CA, the controller's certificate is not trusted: a clear refusal
+        untrusted = _run(
+            {**env, "USHER_CA_FILE": "/etc/ssl/certs/ca-certificates.crt"},
+            "usher.cli.ush",
+            "list",
+            timeout=60,
+        )
+        assert untrusted.returncode != 0
+        assert "certificate" in (untrusted.stderr + untrusted.stdout).lower()
+    finally:
+        down = _run(env, *local, "--stop", timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert "stopping 2 VMs" in down.stdout
