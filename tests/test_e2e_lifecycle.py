@@ -212,6 +212,12 @@ def test_maintenance_evacuates_running_live_and_stopped_cold_then_activate(
     assert new.node == "node-2"
     plan = cluster.client().plan_start(node="node-1")
     assert plan.error
+    # maintenance is kept in the database: a controller restart does not end it
+    cluster.kill_ctrl()
+    cluster.start_ctrl()
+    cluster.wait_node("node-1", connected=True)
+    assert cluster.node("node-1").state == NodeState.MAINTENANCE
+    assert cluster.client().plan_start(node="node-1").error
     result = cluster.ush("node", "activate", "node-1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert cluster.node("node-1").state == NodeState.UP

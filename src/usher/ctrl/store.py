@@ -13,10 +13,24 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import String, bindparam, cast, delete, event, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    bindparam,
+    cast,
+    delete,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.schema import CreateColumn
 
 from usher.ctrl.tables import Base, EventRow, NodeRow, OperationRow, PluginDataRow, TokenRow, VMRow
 from usher.model import VM, Event, Node, Operation, OpStatus, Page, Scope, VMState
@@ -97,10 +111,17 @@ class Store:
         # Lookups of single VMs asked at about the same time share one query.
         self._vm_reads: dict[str, list[asyncio.Future[VM | None]]] = {}
         self._reader: asyncio.Task[None] | None = None
+        # one statement for every node record written (compiled once; runs as executemany)
+        nodes = (sqlite_insert if self.is_sqlite else pg_insert)(NodeRow.__table__)
+        self._upsert_nodes = nodes.on_conflict_do_update(
+            index_elements=["name"],
+            set_={c.name: nodes.excluded[c.name] for c in NodeRow.__table__.columns},
+        )
 
     async def open(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(_add_new_columns)
 
     async def close(self) -> None:
         await self.flush()
@@ -156,8 +177,9 @@ class Store:
         if not events and not vm_updates and not nodes:
             return
         async with self._write() as s:
-            for node in nodes.values():
-                await s.execute(self._upsert_node(_row_values(node, NodeRow)))
+            if nodes:
+                rows = [_row_values(node, NodeRow) for node in nodes.values()]
+                await s.execute(self._upsert_nodes, rows)
             if events:
                 await s.execute(EventRow.__table__.insert(), events)
             if vm_updates:
@@ -351,15 +373,10 @@ class Store:
 
     # --- nodes -------------------------------------------------------------------------
 
-    def _upsert_node(self, values: dict[str, Any]) -> Any:
-        stmt = self._insert(NodeRow).values(**values)
-        return stmt.on_conflict_do_update(index_elements=["name"], set_=values)
-
     async def save_node(self, node: Node) -> None:
         self._batch.nodes.pop(node.name, None)  # this write is newer than a queued one
-        values = _row_values(node, NodeRow)
         async with self._write() as s:
-            await s.execute(self._upsert_node(values))
+            await s.execute(self._upsert_nodes, [_row_values(node, NodeRow)])
 
     def save_node_later(self, node: Node) -> None:
         """Queue ``node`` (a live object: what it holds when the flush runs is written) for
@@ -538,3 +555,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _add_new_columns(conn: Connection) -> None:
+    """Upgrade a database made by an older Usher: add the columns it lacks (a new column
+    always has a server default, so existing rows stay valid)."""
+    inspector = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have:
+                ddl = CreateColumn(column).compile(dialect=conn.dialect)
+                log.warning("upgrading the database: adding %s.%s", table.name, column.name)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))

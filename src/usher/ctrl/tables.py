@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for big tables.
@@ -43,6 +43,7 @@ class NodeRow(Base):
     capabilities: Mapped[list[Any]]
     state: Mapped[str] = mapped_column(String(20))
     drained: Mapped[bool] = mapped_column(Boolean, default=False)
+    maintenance: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     last_heartbeat: Mapped[float | None] = mapped_column(Float)
     usage: Mapped[dict[str, Any]]
     joined_at: Mapped[float] = mapped_column(Float)
