@@ -339,21 +339,28 @@ async def test_live_migration(make_driver: DriverFactory, tiny: Image, storage: 
     assert not vm_dir(storage, guest.id).exists()
 
 
-async def test_failed_migration_leaves_the_vm_on_the_source(
-    make_driver: DriverFactory, tiny: Image, storage: Path
-) -> None:
-    # A bandwidth cap of 1 MiB/s keeps the migration going long enough to break it.
+async def slow_migration(
+    make_driver: DriverFactory, tiny: Image, name: str
+) -> tuple[QemuDriver, QemuDriver, Guest, int, asyncio.Task[object]]:
+    """A booted guest on node "a" migrating to "b" over a 1 MiB/s link (slow enough to break
+    it midway), a second into it: (source, target, guest, source QEMU pid, migration)."""
     source = await make_driver("a", migrate_bandwidth_mbps=1)
     target = await make_driver("b")
-    guest = new_guest(tiny, "stays")
+    guest = new_guest(tiny, name)
     await source.start(guest)
-    await wait_for_text(source, guest.id, r"USHER-READY stays\b")
+    await wait_for_text(source, guest.id, rf"USHER-READY {name}\b")
     source_pid = qemu_pid(source, guest.id)
-
     uri = await target.prepare_incoming(guest, "127.0.0.1")
     migration = asyncio.create_task(source.migrate(guest.id, uri, timeout=60))
     await asyncio.sleep(1)
     assert not migration.done()
+    return source, target, guest, source_pid, migration
+
+
+async def test_failed_migration_leaves_the_vm_on_the_source(
+    make_driver: DriverFactory, tiny: Image, storage: Path
+) -> None:
+    source, target, guest, source_pid, migration = await slow_migration(make_driver, tiny, "stays")
     os.kill(qemu_pid(target, guest.id), 9)
     with pytest.raises(DriverError, match=r"live migration of VM .* failed"):
         await asyncio.wait_for(migration, 10)
@@ -382,16 +389,9 @@ async def test_cancelled_and_interrupted_migrations_settle(
     """A migration called off (the LNM cancels its command) leaves the guest running on the
     source; an incoming QEMU nobody finished is settled: dropped while still ``inmigrate``,
     run once the whole guest arrived (what reconciliation asks after a restart)."""
-    source = await make_driver("a", migrate_bandwidth_mbps=1)
-    target = await make_driver("b")
-    guest = new_guest(tiny, "settles")
-    await source.start(guest)
-    await wait_for_text(source, guest.id, r"USHER-READY settles\b")
-    source_pid = qemu_pid(source, guest.id)
-
-    uri = await target.prepare_incoming(guest, "127.0.0.1")
-    migration = asyncio.create_task(source.migrate(guest.id, uri, timeout=60))
-    await asyncio.sleep(1)
+    source, target, guest, source_pid, migration = await slow_migration(
+        make_driver, tiny, "settles"
+    )
     migration.cancel()
     with pytest.raises(asyncio.CancelledError):
         await migration
