@@ -178,12 +178,3 @@ def test_lnm_frozen_is_detected_within_node_timeout(make_cluster) -> None:
     wait_for("node-1 back", lambda: client.node("node-1").connected, timeout=30)
     settle_and_check(cluster)
     assert {client.get_vm(v).state for v in vms} == {VMState.RUNNING}
-
-
-def test_kill_figures() -> None:
-    """Print the figures of this module's runs (same process)."""
-    print(
-        f"fault figures: scenarios={STATS['scenarios']} kills={STATS['kills']} "
-        f"lost={STATS['lost']} detect_s={[round(x, 2) for x in STATS['detect_s']]} "
-        f"ops={STATS['ops']}"
-    )
