@@ -197,10 +197,13 @@ class NodeRegistry:
         if node is None:
             return
         node.last_heartbeat = now()
-        self._changed(name)
+        if usage is not None:
+            node.usage = Usage.model_validate(usage)  # replaced whole, never changed in place
+        copy = self._copies.get(name)
+        if copy is not None:  # a beat changes two fields: no need to copy the node again
+            copy.last_heartbeat, copy.usage = node.last_heartbeat, node.usage
         if usage is None:
             return
-        node.usage = Usage.model_validate(usage)
         if now() - self._usage_saved.get(name, 0.0) >= USAGE_PERSIST_EVERY:
             self._usage_saved[name] = now()
             self.store.save_node_later(node)
