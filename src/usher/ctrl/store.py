@@ -309,9 +309,10 @@ class Store:
             stmt = select(_VMS).where(*filters)
             if after is not None:
                 stmt = stmt.where(_VMS.c.seq > after)
-            stmt = stmt.order_by(_VMS.c.seq).limit(limit + 1)
-            rows = (await conn.execute(stmt)).mappings().all()
-        items = [VM.model_validate(dict(r)) for r in rows]
+            result = await conn.execute(stmt.order_by(_VMS.c.seq).limit(limit + 1))
+            keys = list(result.keys())
+            rows = [dict(zip(keys, row, strict=True)) for row in result]
+        items = [VM.model_validate(r) for r in rows]
         return _page(items, [r["seq"] for r in rows], limit, total or 0)
 
     async def count_vms(self, *, image: str) -> int:
