@@ -95,7 +95,7 @@ def vm_action(page: Page, vm: VM, action: str) -> None:
     opens open, and the VM selected)."""
     page.fill("#f-search", vm.name)
     page.click("#f-apply")
-    expect(page.locator("#vms tbody tr")).to_have_count(1)
+    expect(page.locator("#vms tbody tr").first).to_have_attribute("data-name", vm.name)
     pick = page.locator(f'#vms tr[data-vm="{vm.id}"] input.pick')
     pick.check()
     expect(page.locator("#selected-count")).to_have_text("1 selected")
@@ -167,9 +167,18 @@ def test_dashboard_shows_the_cluster_acts_live_and_shows_refusals(
     page.click("#prev")
     expect(page.locator("#vms tbody tr")).to_have_count(10)
     page.click('#vms th[data-sort="name"]')
-    page.click('#vms th[data-sort="name"]')  # descending
-    last_name = max(vm.name for vm in vms[:10])
-    expect(page.locator("#vms tbody tr").first).to_have_attribute("data-name", last_name)
+    page.click('#vms th[data-sort="name"]')  # descending, by the server, over all pages
+    names = sorted(vm.name for vm in vms)
+    expect(page.locator("#vms tbody tr").first).to_have_attribute("data-name", names[-1])
+    page.click("#next")
+    expect(page.locator("#vms tbody tr").last).to_have_attribute("data-name", names[0])
+    page.click('#vms th[data-sort="name"]')
+    expect(page.locator("#page-info")).to_have_text("1-10 of 12")
+    expect(page.locator("#vms tbody tr").first).to_have_attribute("data-name", names[0])
+    page.fill("#f-search", "EB-1")  # any case, part of the name: web-1, web-10, web-11, web-12
+    page.click("#f-apply")
+    expect(page.locator("#page-info")).to_have_text("1-4 of 4")
+    page.fill("#f-search", "")
     page.select_option("#f-state", "stopped")
     page.click("#f-apply")
     expect(page.locator("#vms tbody tr")).to_have_count(1)

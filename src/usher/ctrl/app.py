@@ -17,6 +17,7 @@ from usher.ctrl.api import (
     metrics,
     nodes,
     operations,
+    search,
     ui,
     usage,
     vms,
@@ -44,7 +45,7 @@ def create_app(settings: Settings, extra_plugins: dict[str, Any] | None = None) 
     )
     app.state.ctrl = ctrl
     errors.install(app)
-    for module in (vms, operations, nodes, events, images, lnm, usage, metrics, ui):
+    for module in (vms, operations, nodes, events, images, lnm, search, usage, metrics, ui):
         app.include_router(module.router)
     for router in ctrl.plugins.routers():
         app.include_router(router, prefix="/v1")

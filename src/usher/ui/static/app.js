@@ -182,39 +182,21 @@ function filters() {
 }
 
 async function loadVMs() {
-  const search = $("#f-search").value.trim();
   const limit = Number($("#page-size").value);
+  const cursor = ui.cursors[ui.cursors.length - 1];
+  const { key, dir } = ui.sort;
+  const params = { ...filters(), q: $("#f-search").value.trim(), limit, cursor };
+  if (key) Object.assign(params, { sort: key, desc: dir < 0 ? "true" : "" });
   try {
-    if (search) { // one VM by name or id
-      const vm = await api("GET", `/v1/vms/${encodeURIComponent(search)}`).catch((err) => {
-        if (err.status === 404) return null;
-        throw err;
-      });
-      ui.vms = vm ? [vm] : [];
-      ui.total = ui.vms.length;
-      ui.next = null;
-    } else {
-      const cursor = ui.cursors[ui.cursors.length - 1];
-      const page = await api("GET", `/v1/vms${query({ ...filters(), limit, cursor })}`);
-      ui.vms = page.items;
-      ui.total = page.total;
-      ui.next = page.next;
-    }
+    const page = await api("GET", `/v1/search/vms${query(params)}`);
+    ui.vms = page.items;
+    ui.total = page.total;
+    ui.next = page.next;
   } catch (err) {
     say(`cannot list VMs: ${err.message}`, true);
     return;
   }
   renderVMs();
-}
-
-function sortVMs(items) {
-  const { key, dir } = ui.sort;
-  if (!key) return items;
-  const value = (vm) => (key === "vcpus" || key === "memory_mb" ? vm.spec[key] : vm[key] || "");
-  return [...items].sort((a, b) => {
-    const x = value(a), y = value(b);
-    return (x < y ? -1 : x > y ? 1 : 0) * dir;
-  });
 }
 
 function vmRow(vm) {
@@ -242,7 +224,7 @@ function vmRow(vm) {
 }
 
 function renderVMs() {
-  $("#vms tbody").replaceChildren(...sortVMs(ui.vms).map(vmRow));
+  $("#vms tbody").replaceChildren(...ui.vms.map(vmRow));
   const first = (ui.cursors.length - 1) * Number($("#page-size").value);
   $("#page-info").textContent = ui.vms.length
     ? `${first + 1}-${first + ui.vms.length} of ${ui.total}` : `none of ${ui.total}`;
@@ -478,7 +460,7 @@ function wire() {
     th.addEventListener("click", () => {
       const key = th.dataset.sort;
       ui.sort = { key, dir: ui.sort.key === key ? -ui.sort.dir : 1 };
-      renderVMs();
+      firstPage();
     });
   }
   for (const button of document.querySelectorAll("#actions button[data-action]")) {
