@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -84,7 +85,8 @@ def test_usage_is_sampled_bounded_and_authorized(site: Cluster) -> None:
     points = wait_for("CPU samples of the VM", vm_points, timeout=15)
     # the fake driver burns 5 % of each vCPU and holds half the memory of a running VM
     assert all(p["memory_used_mb"] == 256 for p in points)
-    assert 5 <= points[-1]["cpu_percent"] <= 15
+    rates = [p["cpu_percent"] for p in points if p["cpu_percent"] is not None]
+    assert 5 <= statistics.median(rates) <= 15  # heartbeats arrive with jitter: no exact rate
     node = series(site, node=vm.node)
     assert node["kind"] == "node" and node["interval"] == INTERVAL
     last = [series(site, node=name)["points"][-1] for name in ("node-1", "node-2")]

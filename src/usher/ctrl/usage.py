@@ -4,7 +4,8 @@ A sampler task reads what the LNMs last reported in their heartbeats (``NodeRegi
 ``usage_interval`` seconds and writes one row per connected node and per running VM; rows
 older than ``usage_retention`` seconds are pruned at each round, so the table stays bounded:
 ``(nodes + VMs) * retention / interval`` rows at most. A VM's CPU use is derived from the
-growth of its CPU time between two heartbeats.
+growth of its CPU time between two heartbeats (a sample taken before the next heartbeat
+repeats the last rate).
 
 Config, ``[plugins.metrics]``: ``usage_interval`` (default 30 s), ``usage_retention``
 (default 3600 s).
@@ -109,7 +110,8 @@ class UsageHistory:
         self.retention = float(config.get("usage_retention", DEFAULT_RETENTION))
         if self.interval <= 0 or self.retention <= 0:
             raise ValueError("[plugins.metrics] usage_interval and usage_retention must be > 0")
-        self._cpu_seen: dict[str, tuple[float, float]] = {}  # vm id -> (time, cpu seconds)
+        # vm id -> (heartbeat time, CPU seconds then, CPU % since the heartbeat before)
+        self._cpu_seen: dict[str, tuple[float, float, float | None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -166,19 +168,19 @@ class UsageHistory:
         for vm_id, use in node.usage.per_vm.items():
             live.add(vm_id)
             cpu_seconds = float(use.get("cpu_seconds", 0.0))
-            cpu_percent = None
             seen = self._cpu_seen.get(vm_id)
-            if seen is not None and beat > seen[0]:
-                cpu_percent = max(0.0, (cpu_seconds - seen[1]) / (beat - seen[0]) * 100)
-            if seen is None or beat > seen[0]:
-                self._cpu_seen[vm_id] = (beat, cpu_seconds)
+            if seen is None:
+                self._cpu_seen[vm_id] = (beat, cpu_seconds, None)
+            elif beat > seen[0]:  # a newer heartbeat: the rate since the one before
+                rate = max(0.0, (cpu_seconds - seen[1]) / (beat - seen[0]) * 100)
+                self._cpu_seen[vm_id] = (beat, cpu_seconds, rate)
             rows.append(
                 {
                     "kind": "vm",
                     "key": vm_id,
                     "time": t,
                     "node": node.name,
-                    "cpu_percent": cpu_percent,
+                    "cpu_percent": self._cpu_seen[vm_id][2],
                     "memory_used_mb": float(use.get("memory_used_mb", 0.0)),
                     "vcpus": None,
                     "memory_mb": None,
