@@ -156,9 +156,3 @@ def test_metrics_are_authorized_and_move_with_operations(site: Cluster) -> None:
     )
     assert value(now, "usher_node_link_losses_total", node="node-2") == 1
     assert value(now, "usher_node_state", node="node-2", state="down") == 1
-
-
-def test_metrics_can_be_public(make_cluster: Callable[..., Cluster]) -> None:
-    cluster = make_cluster(nodes=1, plugin_tables={"metrics": {"public": True}})
-    text = scrape_text(cluster, token=None)
-    assert 'usher_node_link_up{node="node-1"} 1.0' in text

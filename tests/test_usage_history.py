@@ -1,4 +1,5 @@
-"""The usage history behind the dashboard's charts: sampled, bounded, authorized."""
+"""The usage history behind the dashboard's charts: sampled, bounded, authorized; and the
+other setting of ``[plugins.metrics]``, a public ``/metrics``."""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ def site(make_cluster: Callable[..., Cluster]) -> Cluster:
     return make_cluster(
         nodes=2,
         plugins=["authz"],
-        plugin_tables={"metrics": {"usage_interval": INTERVAL, "usage_retention": RETENTION}},
+        plugin_tables={
+            "metrics": {"usage_interval": INTERVAL, "usage_retention": RETENTION, "public": True}
+        },
     )
 
 
@@ -69,6 +72,9 @@ def check_authorization(site: Cluster) -> None:
         assert r.status_code == status, (params, r.text)
         assert r.json()["error"]
     assert site.http("GET", "/v1/usage", token=None, params={"node": "node-1"}).status_code == 401
+    # public = true in [plugins.metrics] opens /metrics only
+    metrics = site.http("GET", "/metrics", token=None)
+    assert metrics.status_code == 200 and 'usher_node_link_up{node="node-1"} 1.0' in metrics.text
 
 
 def test_usage_is_sampled_bounded_and_authorized(site: Cluster) -> None:
