@@ -24,7 +24,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -159,36 +159,32 @@ class Metrics:
         seconds = self.hook_seconds.labels(plugin, hook)
         failures = self.hook_failures.labels(plugin, hook)
 
-        def done(start: float, exc: BaseException | None) -> None:
-            seconds.observe(time.perf_counter() - start)
-            if isinstance(exc, Exception) and not isinstance(exc, Veto):
+        @contextlib.contextmanager
+        def measured() -> Iterator[None]:
+            start = time.perf_counter()
+            try:
+                yield
+            except Veto:  # a refusal is the hook's answer
+                raise
+            except Exception:
                 failures.inc()
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - start)
 
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def timed_async(*args: Any, **kwargs: Any) -> Any:
-                start, exc = time.perf_counter(), None
-                try:
+                with measured():
                     return await fn(*args, **kwargs)
-                except BaseException as e:
-                    exc = e
-                    raise
-                finally:
-                    done(start, exc)
 
             return timed_async
 
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start, exc = time.perf_counter(), None
-            try:
+            with measured():
                 return fn(*args, **kwargs)
-            except BaseException as e:
-                exc = e
-                raise
-            finally:
-                done(start, exc)
 
         return timed
 
