@@ -14,7 +14,13 @@ from harness import Cluster, wait_for
 from usher.client import UsherError
 
 MIB = 1024 * 1024
-PLUGINS = ["authz", "site_plugins:Policy", "site_plugins:Boom", "site_plugins:Sleepy"]
+PLUGINS = [
+    "authz",
+    "site_plugins:Policy",
+    "site_plugins:Boom",
+    "site_plugins:Sleepy",
+    "slow_plugins:SlowSync",
+]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -136,8 +142,11 @@ def test_metrics_are_authorized_and_move_with_operations(site: Cluster) -> None:
     assert value(now, failures, plugin="site_plugins:Boom", hook="usher_event") > 0
     eventually(
         site,
-        "the hanging plugin's timeouts",
-        lambda s: value(s, failures, plugin="site_plugins:Sleepy", hook="usher_event") > 0,
+        "the timeouts of the hanging plugin and of the slow one in a thread (one a VM)",
+        lambda s: (
+            value(s, failures, plugin="site_plugins:Sleepy", hook="usher_event") > 0
+            and value(s, failures, plugin="slow_plugins:SlowSync", hook="usher_event") == 2
+        ),
     )
 
     # clients of the live event stream

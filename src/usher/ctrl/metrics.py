@@ -8,12 +8,14 @@ Counted as things happen, from the event bus:
   ends without running (vetoed, a plugin failing) fires ``<kind>_failure`` without a VM; a
   request refused before it became an operation fires ``request_refused`` (outcome
   ``refused``);
-* every event by name, LNM links lost (``node_lost``), notification hooks timed out
-  (``plugin_error``).
+* every event by name, LNM links lost (``node_lost``), and timeouts of notification hooks
+  that run in a thread (``plugin_error``: the call itself goes on, so nothing else sees it).
 
 Plugin hook latency and failures are measured by wrapping each hook implementation the
 plugin host calls (the host calls implementations itself, so pluggy's own call monitoring
-never sees them). Gauges (VMs by state, nodes, stream clients) are read at scrape time.
+never sees them): an exception other than a veto, or a cancellation (the host timing the
+call out), is a failure. Gauges (VMs by state, nodes, stream clients) are read at scrape
+time.
 """
 
 from __future__ import annotations
@@ -144,6 +146,9 @@ class Metrics:
             )
         }
         self._following: dict[str, asyncio.Task[None]] = {}
+        # plugins whose usher_event runs in a thread: a timeout leaves the call running, so
+        # only the host's plugin_error event tells of it
+        self._threaded: set[str] = set()
         self._listener: asyncio.Task[None] | None = None
         self._wrap_hooks()
 
@@ -153,6 +158,8 @@ class Metrics:
         """Time every hook implementation registered so far (call after loading plugins)."""
         for hook, caller in vars(self.ctrl.plugins.pm.hook).items():
             for impl in caller.get_hookimpls():
+                if hook == "usher_event" and not inspect.iscoroutinefunction(impl.function):
+                    self._threaded.add(impl.plugin_name)
                 impl.function = self._timed(impl.plugin_name, hook, impl.function)
 
     def _timed(self, plugin: str, hook: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -166,7 +173,7 @@ class Metrics:
                 yield
             except Veto:  # a refusal is the hook's answer
                 raise
-            except Exception:
+            except (Exception, asyncio.CancelledError):  # cancelled: the host timed it out
                 failures.inc()
                 raise
             finally:
@@ -217,8 +224,12 @@ class Metrics:
         self.events.labels(event.name).inc()
         if event.name == "node_lost" and event.node:
             self.link_losses.labels(event.node).inc()
-        elif event.name == "plugin_error" and event.data.get("error") == "timed out":
-            self.hook_failures.labels(event.data.get("plugin", "?"), "usher_event").inc()
+        elif (
+            event.name == "plugin_error"
+            and event.data.get("error") == "timed out"
+            and event.data.get("plugin") in self._threaded
+        ):
+            self.hook_failures.labels(event.data["plugin"], "usher_event").inc()
         elif event.name == "request_refused":
             self.operations.labels(str(event.data.get("kind", "?")), "refused").inc()
         found = _operation_kind(event.name)
