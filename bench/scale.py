@@ -174,7 +174,9 @@ def main() -> None:
             cluster.add_blank_image()
             with RSSSampler(pid) as rss:
                 idle_mb = rss.now_mb()
-                cluster.start_swarms(args.nodes, args.swarms)
+                # room for every VM (1 vCPU each) at twice the mean per node
+                vcpus = max(64, 2 * -(-args.vms // args.nodes))
+                cluster.start_swarms(args.nodes, args.swarms, vcpus=vcpus)
                 connect_s = cluster.wait_nodes(args.nodes, timeout=max(120, args.nodes / 10))
                 # the controller settles leftovers of a restart node_timeout after it starts:
                 # let that one-off pass before measuring

@@ -63,7 +63,10 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.wait_for(
                 asyncio.gather(*(agent.connected.wait() for agent in wave)), WAVE_TIMEOUT
             )
-    await asyncio.gather(*tasks)
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for agent, outcome in zip(agents, outcomes, strict=True):
+        if isinstance(outcome, Exception):  # a refused node stops; the others go on
+            logging.error("node %s stopped: %r", agent.config.name, outcome)
 
 
 def main() -> None:
