@@ -41,7 +41,8 @@ class PluginError(Exception):
     """A plugin failed in a hook whose answer the controller needs."""
 
     def __init__(self, plugin: str, hook: str, exc: BaseException) -> None:
-        super().__init__(f"plugin {plugin!r} failed in {hook}: {exc or type(exc).__name__}")
+        self.reason = str(exc) or type(exc).__name__
+        super().__init__(f"plugin {plugin!r} failed in {hook}: {self.reason}")
         self.plugin = plugin
         self.hook = hook
 

@@ -171,7 +171,7 @@ class TokenAuth:
         ):
             tried.append(name)
             if error is not None:
-                failures.append(f"{name}: {error}")
+                failures.append(f"{name}: {getattr(error, 'reason', error)}")
             elif who is not None:
                 session = await self._issue(
                     who.name, who.roles, who.groups, "session", self.session_ttl
