@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import tempfile
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, BenchCluster, RSSSampler, percentiles, raise_nofile, write_result
-from scale import start_all
+from scale import cpu_seconds, start_all
 
 from usher.client import AsyncClient
 from usher.model import VMState
@@ -76,13 +77,14 @@ async def client_loop(
             tally.latency[kind].append(time.perf_counter() - t0)
 
 
-async def measure(cluster: BenchCluster, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(cluster: BenchCluster, args: argparse.Namespace, pid: int) -> dict[str, Any]:
     async with AsyncClient(cluster.url, cluster.token, timeout=1800) as client:
         wall, _, _, _, errors = await start_all(client, args.vms, 500, 4)
         ids = [vm.id async for vm in client.iter_vms() if vm.state == VMState.RUNNING]
     shares = [ids[i :: args.clients] for i in range(args.clients)]
     tally = Tally()
     until = time.monotonic() + args.seconds
+    ctrl_cpu, own_cpu = cpu_seconds([pid]), cpu_seconds([os.getpid()])
     t0 = time.perf_counter()
     await asyncio.gather(
         *(
@@ -91,6 +93,7 @@ async def measure(cluster: BenchCluster, args: argparse.Namespace) -> dict[str, 
         )
     )
     elapsed = time.perf_counter() - t0
+    ctrl_cpu, own_cpu = cpu_seconds([pid]) - ctrl_cpu, cpu_seconds([os.getpid()]) - own_cpu
     requests = sum(len(v) for k, v in tally.latency.items() if k != "op_wait")
     return {
         "setup": {"vms_started": len(ids), "start_wall_s": round(wall, 1), "errors": errors},
@@ -100,6 +103,9 @@ async def measure(cluster: BenchCluster, args: argparse.Namespace) -> dict[str, 
         "requests": requests,
         "requests_per_s": round(requests / elapsed, 1),
         "latency_ms": {k: percentiles([x * 1000 for x in v]) for k, v in tally.latency.items()},
+        # where the time went: the controller's CPU, and the clients' own (same machine)
+        "controller_cpu_pct": round(100 * ctrl_cpu / elapsed, 1),
+        "clients_cpu_pct": round(100 * own_cpu / elapsed, 1),
         "errors": len(tally.errors),
         "error_samples": tally.errors[:10],
     }
@@ -121,9 +127,9 @@ def main() -> None:
             pid = cluster.start_ctrl()
             cluster.add_blank_image()
             with RSSSampler(pid) as rss:
-                cluster.start_swarms(args.nodes, 1)
+                cluster.start_swarms(args.nodes, 1, vcpus=max(64, 2 * -(-args.vms // args.nodes)))
                 cluster.wait_nodes(args.nodes, timeout=120)
-                result = asyncio.run(measure(cluster, args))
+                result = asyncio.run(measure(cluster, args, pid))
         finally:
             cluster.stop()
     result = {
