@@ -27,7 +27,8 @@ bench-deps:
 bench-scale:
 	$(PYTHON) bench/scale.py --nodes 100 --vms 10000 --out $(BENCH_OUT)
 	$(PYTHON) bench/scale.py --nodes 1000 --vms 10000 --out $(BENCH_OUT) --profile /tmp/usher-bench-scale-1000.txt
-	$(PYTHON) bench/scale.py --nodes 10000 --vms 10000 --swarms 4 --out $(BENCH_OUT)
+	# 10,000 LNM links: on a 2-core machine the joins may not all complete (docs/performance.md)
+	-$(PYTHON) bench/scale.py --nodes 10000 --vms 10000 --swarms 4 --out $(BENCH_OUT)
 
 bench-scheduler:
 	$(PYTHON) bench/scheduler.py --out $(BENCH_OUT)
