@@ -90,10 +90,20 @@ def test_lnm_kill_and_restart_reattaches_its_vms(cluster: Cluster) -> None:
 def test_operation_on_a_down_node_fails_clearly(cluster: Cluster) -> None:
     client = cluster.client()
     op = cluster.run(client.create_vms(count=1, cluster="d", node="node-2"))
+    stopped = cluster.run(client.create_vms(count=1, cluster="s", node="node-1")).targets[0]
+    assert cluster.run(client.stop([stopped])).status == OpStatus.SUCCEEDED
     cluster.kill_lnm("node-2")
     cluster.wait_node("node-2", connected=False, timeout=10)
     wait_for("lost", lambda: client.get_vm(op.targets[0]).state == VMState.LOST)
-    op = cluster.run(client.cycle(cluster="d"))
-    assert op.status == OpStatus.FAILED
-    assert "node-2 is not connected" in (op.error or "")
-    assert client.get_vm("d-1").state == VMState.LOST
+    # a start asked onto the down node fails with the reason; the VM stays where it was
+    moved = cluster.run(client.action("start", [stopped], target_node="node-2"))
+    assert moved.status == OpStatus.FAILED
+    assert "node-2 is not connected" in (moved.error or "")
+    vm = client.get_vm(stopped)
+    assert (vm.node, vm.state) == ("node-1", VMState.STOPPED)
+    # a cycle of the VM lost with node-2 boots it on a node that is up
+    cycled = cluster.run(client.cycle(cluster="d"))
+    assert cycled.status == OpStatus.SUCCEEDED, cycled.error
+    vm = client.get_vm("d-1")
+    assert vm.state == VMState.RUNNING and vm.node in ("node-1", "node-3")
+    assert cycled.result["details"][vm.id] == {"from": "node-2", "to": vm.node, "cold": True}

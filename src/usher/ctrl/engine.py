@@ -983,7 +983,12 @@ class Engine:
                 moved = {"from": vm.node, "to": target, "cold": True}
             await self._set_state(vm, S.STARTING, op=op, **({"node": target} if moved else {}))
             guest = await self._guest(vm)
-            info = await self._call(op, vm, "start", undo_state=before, guest=guest)
+            try:
+                info = await self._call(op, vm, "start", undo_state=before, guest=guest)
+            except StepFailed:
+                if moved and vm.state != S.LOST:  # it never left: back where it was
+                    await self._set_state(vm, vm.state, vm.state_reason, op, node=moved["from"])
+                raise
             await self._set_state(vm, VMState(info.get("state", S.RUNNING)), op=op)
             return moved or None
 
