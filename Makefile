@@ -37,7 +37,7 @@ bench-api:
 	$(PYTHON) bench/api_load.py --clients 200 --vms 10000 --seconds 60 --out $(BENCH_OUT)
 
 bench-realvm:
-	$(PYTHON) bench/realvm.py --rounds 5 --out $(BENCH_OUT)
+	$(PYTHON) bench/realvm.py --rounds 8 --out $(BENCH_OUT)
 
 bench-report:
 	$(PYTHON) bench/report.py --results $(BENCH_OUT)
