@@ -19,12 +19,13 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def run(script: str, out: Path, *args: str) -> None:
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, str(BENCH / script), "--out", str(out), *args],
-        check=True,
         timeout=150,
         capture_output=True,
+        text=True,
     )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
 
 
 def result(out: Path, name: str) -> dict[str, Any]:
