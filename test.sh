@@ -52,8 +52,8 @@ fi
 export USHER_TEST_PG_URL
 
 # the LDAP tests start their own slapd and seed it with ldapadd; the dashboard test drives
-# Debian's chromium through Playwright (no browser download)
-apt_install slapd ldap-utils dnsmasq-base chromium
+# Debian's chromium through Playwright (no browser download; its node driver needs libatomic1)
+apt_install slapd ldap-utils dnsmasq-base chromium libatomic1
 
 say "pytest $*"
 exec "$USHER_VENV/bin/python" -m pytest "$@"
