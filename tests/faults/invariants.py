@@ -106,7 +106,15 @@ def check_capacity(cluster: Cluster, bound: float = 6.0) -> None:
             want = (sum(vm.spec.vcpus for vm in mine), sum(vm.spec.memory_mb for vm in mine))
             got = (node.usage.vcpus, node.usage.memory_mb)
             if want != got:
-                bad.append(f"{node.name}: VMs say {want}, LNM says {got}")
+                held = {
+                    vm_id: rec["state"]
+                    for vm_id, rec in fake_table(cluster.root / "nodes" / node.name).items()
+                }
+                recorded = {vm.id: vm.state.value for vm in vms if vm.node == node.name}
+                bad.append(
+                    f"{node.name}: VMs say {want}, LNM says {got} (its driver holds {held}; "
+                    f"records there: {recorded})"
+                )
         return bad
 
     last: list[str] = []

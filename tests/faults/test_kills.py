@@ -152,6 +152,26 @@ def test_lost_vm_started_elsewhere_then_node_returns(make_cluster, kind: str) ->
     )
 
 
+def test_vm_destroyed_while_its_old_node_was_away(make_cluster) -> None:
+    """A lost VM is started elsewhere, then destroyed; its old node comes back with the
+    copy: the controller remembers the destroy and fences it (not an unknown VM left
+    running and holding capacity)."""
+    cluster = make_cluster(nodes=2)
+    client = cluster.client()
+    vms = _vms_on_node1(cluster, client, count=1)
+    kill_lnm(cluster, "node-1")
+    wait_for("lost", lambda: client.get_vm(vms[0]).state == VMState.LOST, timeout=10)
+    assert cluster.run(client.start_existing(vms)).status == OpStatus.SUCCEEDED
+    assert cluster.run(client.destroy(vms)).status == OpStatus.SUCCEEDED
+    cluster.start_lnm("node-1")
+    fenced = wait_for(
+        "the copy fenced", lambda: client.events(name="fenced", vm=vms[0]).items or None
+    )
+    assert fenced[0].node == "node-1" and "was destroyed" in fenced[0].data["reason"]
+    assert client.events(name="unknown_vm", vm=vms[0]).items == []
+    settle_and_check(cluster)
+
+
 def test_lnm_frozen_is_detected_within_node_timeout(make_cluster) -> None:
     """SIGSTOP an LNM (socket open, no heartbeats): it is declared down after node_timeout
     (3 s in the test cluster), its VMs lost; SIGCONT and it reconciles."""

@@ -1044,7 +1044,7 @@ class Engine:
                 )
             except (CommandFailed, NodeGone) as exc:
                 raise StepFailed(f"{vm.name}: {exc}; the VM record is kept") from exc
-        await self.store.delete_vm(vm.id)
+        await self.store.delete_vm(vm)
         await self.bus.emit(
             "unregister",
             vm_id=vm.id,
@@ -1145,7 +1145,7 @@ class Engine:
             vm = await self.store.get_vm(vm_id)
             if vm is None:
                 if dom is not None:
-                    await self.bus.emit("unknown_vm", vm_id=vm_id, node=node, data=dom)
+                    await self._unrecorded(vm_id, node, dom)
                 return
             if dom is not None and VMState(dom["state"]) is S.MIGRATING:
                 dom = await self._settle_incoming(vm, node)
@@ -1157,6 +1157,17 @@ class Engine:
                 else:
                     state = VMState(dom["state"])
                     await self._set_state(vm, state, f"found on node {node}", node=node)
+
+    async def _unrecorded(self, vm_id: str, node: str, dom: dict[str, Any]) -> None:
+        """``node`` has a VM without a record: a copy of a VM destroyed while the node was
+        away (lost with it and moved, or its migration's outcome never heard) is fenced; one
+        Usher never recorded is left alone (``unknown_vm``)."""
+        if await self.store.was_destroyed(vm_id):
+            name = dom.get("name") or vm_id
+            reason = f"stale copy: {name} was destroyed while node {node} was away"
+            await self._fence_copy(vm_id, node, reason, recorded_node=None)
+        else:
+            await self.bus.emit("unknown_vm", vm_id=vm_id, node=node, data=dom)
 
     async def _match_report(self, vm: VM, node: str, dom: dict[str, Any] | None) -> None:
         """The record places ``vm`` on ``node``: take the state the node reports."""
@@ -1205,16 +1216,21 @@ class Engine:
         """``node`` has a copy of ``vm``, which runs on its recorded node: destroy the copy
         (the record, and the recorded node's disk lease, stay)."""
         reason = f"stale copy: {vm.name} is recorded on node {vm.node}, which has it"
+        await self._fence_copy(vm.id, node, reason, recorded_node=vm.node)
+
+    async def _fence_copy(
+        self, vm_id: str, node: str, reason: str, recorded_node: str | None
+    ) -> None:
         try:
-            await self.fence(node, vm.id, reason)
+            await self.fence(node, vm_id, reason)
         except (CommandFailed, NodeGone) as exc:
-            log.error("cannot fence the stale copy of %s on %s: %s", vm.name, node, exc)
+            log.error("cannot fence the copy of %s on %s: %s", vm_id, node, exc)
             await self.bus.emit(
                 "fence_failure",
-                vm_id=vm.id,
+                vm_id=vm_id,
                 node=node,
                 principal=SYSTEM.name,
-                data={"error": str(exc), "recorded_node": vm.node},
+                data={"error": str(exc), "recorded_node": recorded_node},
             )
 
     async def node_lost(self, name: str, reason: str) -> None:
@@ -1229,11 +1245,19 @@ class Engine:
                 await self._set_state(vm, S.LOST, f"node {node} lost: {reason}")
 
     async def vm_reported(self, node: str, vm_id: str, state: VMState, reason: str | None) -> None:
-        """An LNM saw a VM change state on its own (a guest powered off, a process died)."""
+        """An LNM saw a VM change state on its own (a guest powered off, a process died), or
+        tells the outcome of a command that outlived its link."""
         async with self.locks.hold(vm_id):
             vm = await self.store.get_vm(vm_id)
-            if vm is not None and vm.node == node and vm.state != state:
-                await self._set_state(vm, state, reason)
+            if vm is None:
+                return
+            if vm.node == node:
+                if vm.state != state:
+                    await self._set_state(vm, state, reason)
+                return
+        # a node other than the record's (an incoming copy prepared after its controller
+        # went away, say): reconciled as on a hello
+        await self._reconcile(vm_id, node, {"id": vm_id, "state": state.value, "reason": reason})
 
     def report_later(self, coro: Awaitable[None], name: str) -> None:
         """Run an LNM report off the link's read loop (it may wait for a VM lock)."""

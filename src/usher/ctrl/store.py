@@ -32,8 +32,17 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.schema import CreateColumn
 
-from usher.ctrl.tables import Base, EventRow, NodeRow, OperationRow, PluginDataRow, TokenRow, VMRow
-from usher.model import VM, Event, Node, Operation, OpStatus, Page, Scope, VMState
+from usher.ctrl.tables import (
+    Base,
+    DestroyedVMRow,
+    EventRow,
+    NodeRow,
+    OperationRow,
+    PluginDataRow,
+    TokenRow,
+    VMRow,
+)
+from usher.model import VM, Event, Node, Operation, OpStatus, Page, Scope, VMState, now
 
 MAX_PAGE = 1000
 log = logging.getLogger("usher.store")
@@ -216,9 +225,19 @@ class Store:
     async def update_vm(self, vm: VM) -> None:
         await self.update_vms([vm])
 
-    async def delete_vm(self, vm_id: str) -> None:
+    async def delete_vm(self, vm: VM) -> None:
+        """Remove ``vm``'s record, leaving a tombstone (:meth:`was_destroyed`)."""
         async with self._write() as s:
-            await s.execute(delete(VMRow).where(VMRow.id == vm_id))
+            await s.execute(delete(VMRow).where(VMRow.id == vm.id))
+            await s.execute(
+                self._insert(DestroyedVMRow)
+                .values(id=vm.id, name=vm.name, destroyed_at=now())
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+
+    async def was_destroyed(self, vm_id: str) -> bool:
+        async with self.sessions() as s:
+            return await s.get(DestroyedVMRow, vm_id) is not None
 
     async def get_vm(self, ref: str) -> VM | None:
         """A VM by id or by name (an id wins); concurrent lookups share one query."""

@@ -101,3 +101,14 @@ class PluginDataRow(Base):
     plugin: Mapped[str] = mapped_column(String(80), primary_key=True)
     key: Mapped[str] = mapped_column(String(400), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
+
+
+class DestroyedVMRow(Base):
+    """A VM destroyed here: if a node that was away brings back a copy, it is fenced (a VM
+    nobody ever recorded is left alone instead)."""
+
+    __tablename__ = "destroyed_vms"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    destroyed_at: Mapped[float] = mapped_column(Float)
