@@ -1188,8 +1188,14 @@ class Engine:
                 "settle_incoming", vm_id=vm.id, timeout=self.settings.command_timeout
             )
         except (CommandFailed, NodeGone) as exc:
+            # no incoming copy to settle there any more (a late report): what is there now
             log.warning("cannot settle the incoming copy of %s on %s: %s", vm.name, node, exc)
-            return None
+            try:
+                return await self.nodes.link(node).call(
+                    "info", vm_id=vm.id, timeout=self.settings.command_timeout
+                )
+            except (CommandFailed, NodeGone):
+                return None
         settled = answer.get("settled")
         await self.bus.emit(
             "incoming_settled",
