@@ -23,6 +23,7 @@ const ui = {
   chart: null,        // {kind: "node"|"vm", key, label}
   stream: null,       // AbortController of the event stream
   timers: {},
+  session: 0,         // bumped at each login and logout: answers to an older one are dropped
 };
 
 // --- API --------------------------------------------------------------------------------
@@ -32,12 +33,14 @@ class ApiError extends Error {
 }
 
 async function api(method, path, body) {
+  const session = ui.session;
   const headers = { Accept: "application/json" };
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const data = r.status === 204 ? null : await r.json().catch(() => null);
+  if (session !== ui.session) return new Promise(() => {}); // asked for a session now over
   if (!r.ok) {
     if (r.status === 401 && ui.me) loggedOut("your session ended: log in again");
     throw new ApiError(r.status, (data && data.error) || `${method} ${path}: HTTP ${r.status}`);
@@ -95,6 +98,7 @@ async function login(ev) {
 }
 
 async function enter() {
+  ui.session += 1;
   ui.me = await api("GET", "/v1/whoami");
   $("#login-form").reset();
   $("#login").hidden = true;
@@ -124,7 +128,9 @@ async function logout() {
 }
 
 function loggedOut(reason) {
+  ui.session += 1;
   ui.me = null;
+  $("#messages").replaceChildren();
   if (ui.stream) ui.stream.abort();
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(SESSION_KEY);
