@@ -8,13 +8,11 @@ Counted as things happen, from the event bus:
   ends without running (vetoed, a plugin failing) fires ``<kind>_failure`` without a VM; a
   request refused before it became an operation fires ``request_refused`` (outcome
   ``refused``);
-* every event by name, LNM links lost (``node_lost``), and timeouts of notification hooks
-  that run in a thread (``plugin_error``: the call itself goes on, so nothing else sees it).
+* every event by name, and LNM links lost (``node_lost``).
 
-Plugin hook latency and failures are measured by wrapping each hook implementation the
-plugin host calls (the host calls implementations itself, so pluggy's own call monitoring
-never sees them): an exception other than a veto, or a cancellation (the host timing the
-call out), is a failure. Gauges (VMs by state, nodes, stream clients) are read at scrape
+Plugin hook latency and failures come from the plugin host, which times every call it makes
+(``PluginHost.hook_observers``): an exception other than a veto, or a timeout, is a
+failure. Gauges (VMs by state, nodes, stream clients) are read at scrape
 time.
 """
 
@@ -22,18 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
 
 from usher.ctrl.tables import VMRow
-from usher.hookspecs import Veto
 from usher.model import Event, NodeState, OpKind, VMState
 
 if TYPE_CHECKING:
@@ -146,54 +140,15 @@ class Metrics:
             )
         }
         self._following: dict[str, asyncio.Task[None]] = {}
-        # plugins whose usher_event runs in a thread: a timeout leaves the call running, so
-        # only the host's plugin_error event tells of it
-        self._threaded: set[str] = set()
         self._listener: asyncio.Task[None] | None = None
-        self._wrap_hooks()
+        ctrl.plugins.hook_observers.append(self._hook_called)
 
     # --- plugin hooks -------------------------------------------------------------------
 
-    def _wrap_hooks(self) -> None:
-        """Time every hook implementation registered so far (call after loading plugins)."""
-        for hook, caller in vars(self.ctrl.plugins.pm.hook).items():
-            for impl in caller.get_hookimpls():
-                if hook == "usher_event" and not inspect.iscoroutinefunction(impl.function):
-                    self._threaded.add(impl.plugin_name)
-                impl.function = self._timed(impl.plugin_name, hook, impl.function)
-
-    def _timed(self, plugin: str, hook: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        seconds = self.hook_seconds.labels(plugin, hook)
-        failures = self.hook_failures.labels(plugin, hook)
-
-        @contextlib.contextmanager
-        def measured() -> Iterator[None]:
-            start = time.perf_counter()
-            try:
-                yield
-            except Veto:  # a refusal is the hook's answer
-                raise
-            except (Exception, asyncio.CancelledError):  # cancelled: the host timed it out
-                failures.inc()
-                raise
-            finally:
-                seconds.observe(time.perf_counter() - start)
-
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def timed_async(*args: Any, **kwargs: Any) -> Any:
-                with measured():
-                    return await fn(*args, **kwargs)
-
-            return timed_async
-
-        @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            with measured():
-                return fn(*args, **kwargs)
-
-        return timed
+    def _hook_called(self, plugin: str, hook: str, seconds: float, failed: bool) -> None:
+        self.hook_seconds.labels(plugin, hook).observe(seconds)
+        if failed:
+            self.hook_failures.labels(plugin, hook).inc()
 
     # --- events -------------------------------------------------------------------------
 
@@ -224,12 +179,6 @@ class Metrics:
         self.events.labels(event.name).inc()
         if event.name == "node_lost" and event.node:
             self.link_losses.labels(event.node).inc()
-        elif (
-            event.name == "plugin_error"
-            and event.data.get("error") == "timed out"
-            and event.data.get("plugin") in self._threaded
-        ):
-            self.hook_failures.labels(event.data["plugin"], "usher_event").inc()
         elif event.name == "request_refused":
             self.operations.labels(str(event.data.get("kind", "?")), "refused").inc()
         found = _operation_kind(event.name)

@@ -8,6 +8,8 @@ implementations itself so that each plugin can be awaited, timed out and blamed 
   other exception refuses it too (a broken policy plugin must not let requests through);
 * a decision or request hook that does not answer within ``hook_timeout`` seconds counts as
   failed (a hanging plugin must not hold API calls);
+* every call is timed and reported to the ``hook_observers`` (the metrics): plugin, hook,
+  seconds, and whether it failed (raised anything but a Veto, or was timed out);
 * notification hooks: each plugin has its own queue and worker, so a slow or failing plugin
   delays only itself; each call is timed out and its failure logged and published as a
   ``plugin_error`` event.
@@ -19,7 +21,8 @@ import asyncio
 import importlib
 import inspect
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -74,6 +77,10 @@ def _import(path: str) -> Any:
         raise ValueError(f"cannot load plugin {path!r}: {exc}") from exc
 
 
+HookObserver = Callable[[str, str, float, bool], None]
+"""``observer(plugin, hook, seconds, failed)``, told of every hook call the host makes."""
+
+
 @dataclass
 class _Notifier:
     plugin: str
@@ -93,6 +100,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.order: list[str] = []
         self._notifiers: list[_Notifier] = []
+        self.hook_observers: list[HookObserver] = []
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -135,7 +143,7 @@ class PluginHost:
 
     async def start(self, configs: dict[str, dict[str, Any]]) -> None:
         for plugin, impl in self._impls("usher_configure"):
-            await self._call(impl, ctx=self.ctx, config=configs.get(plugin, {}))
+            await self._call("usher_configure", impl, ctx=self.ctx, config=configs.get(plugin, {}))
         for plugin, impl in self._impls("usher_event"):
             notifier = _Notifier(plugin, impl)
             notifier.task = asyncio.create_task(self._deliver(notifier), name=f"notify-{plugin}")
@@ -154,7 +162,7 @@ class PluginHost:
         self._notifiers.clear()
         for plugin, impl in self._impls("usher_shutdown"):
             try:
-                await asyncio.wait_for(self._call(impl), self.timeout)
+                await asyncio.wait_for(self._call("usher_shutdown", impl), self.timeout)
             except Exception:
                 log.exception("plugin %s failed in usher_shutdown", plugin)
 
@@ -169,17 +177,37 @@ class PluginHost:
         return bool(self._impls(hook))
 
     @staticmethod
-    async def _call(impl: pluggy.HookImpl, **kwargs: Any) -> Any:
+    async def _invoke(impl: pluggy.HookImpl, **kwargs: Any) -> Any:
         result = impl.function(**{k: kwargs[k] for k in impl.argnames if k in kwargs})
         if inspect.isawaitable(result):
             result = await result
         return result
 
+    def _observed(self, plugin: str, hook: str, began: float, failed: bool) -> None:
+        seconds = time.perf_counter() - began
+        for observer in self.hook_observers:
+            observer(plugin, hook, seconds, failed)
+
+    async def _call(self, hook: str, impl: pluggy.HookImpl, **kwargs: Any) -> Any:
+        """Call one implementation, timed: a failure is anything but a Veto (a refusal is
+        the hook's answer), a cancellation (the caller timing it out) included."""
+        began, failed = time.perf_counter(), True
+        try:
+            result = await self._invoke(impl, **kwargs)
+            failed = False
+            return result
+        except Veto:
+            failed = False
+            raise
+        finally:
+            self._observed(impl.plugin_name, hook, began, failed)
+
     async def _answer(self, plugin: str, hook: str, impl: pluggy.HookImpl, **kwargs: Any) -> Any:
         """Call a decision or request hook within ``hook_timeout``; a Veto passes through as
         :class:`Vetoed`, any other failure (a timeout too) becomes :class:`PluginError`."""
         try:
-            return await asyncio.wait_for(self._call(impl, **kwargs), self.hook_timeout)
+            async with asyncio.timeout(self.hook_timeout):  # no task per call, unlike wait_for
+                return await self._call(hook, impl, **kwargs)
         except Veto as veto:
             raise Vetoed(plugin, hook, str(veto) or "no reason given") from veto
         except (DBAPIError, PoolTimeout):
@@ -221,7 +249,7 @@ class PluginHost:
         """Call every plugin's ``hook``; a failure is logged and the others still run."""
         for plugin, impl in self._impls(hook):
             try:
-                await asyncio.wait_for(self._call(impl, **kwargs), self.timeout)
+                await asyncio.wait_for(self._call(hook, impl, **kwargs), self.timeout)
             except Exception:
                 log.exception("plugin %s failed in %s", plugin, hook)
 
@@ -241,12 +269,16 @@ class PluginHost:
         sync = not inspect.iscoroutinefunction(n.impl.function)
         while True:
             event = await n.queue.get()
+            # timed here, not in _call: a sync plugin runs in a thread that a timeout cannot
+            # stop, and its timeout is its failure
+            began, failed = time.perf_counter(), True
             try:
                 if sync:
                     call = asyncio.to_thread(n.impl.function, event=event)
                 else:
-                    call = self._call(n.impl, event=event)
+                    call = self._invoke(n.impl, event=event)
                 await asyncio.wait_for(call, self.timeout)
+                failed = False
             except Exception as exc:
                 reason = "timed out" if isinstance(exc, TimeoutError) else repr(exc)
                 log.warning("plugin %s failed on event %s: %s", n.plugin, event.name, reason)
@@ -262,4 +294,5 @@ class PluginHost:
                     )
                 )
             finally:
+                self._observed(n.plugin, "usher_event", began, failed)
                 n.queue.task_done()
