@@ -17,8 +17,10 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from harness import TESTS_DIR, Cluster
-from usher.images.tiny import build_tiny
+from test_e2e_qemu import tiny_storage
 from usher.model import VM, VMState
+
+__all__ = ["tiny_storage"]  # the image fixture, shared with the QEMU tests
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = TESTS_DIR / "artifacts" / "ui"
@@ -236,11 +238,9 @@ def test_dashboard_shows_the_cluster_acts_live_and_shows_refusals(
     check_refusals(site, page, moving)
 
 
-def test_dashboard_on_a_qemu_guest(tmp_path: Path, page: Page) -> None:
+def test_dashboard_on_a_qemu_guest(tmp_path: Path, tiny_storage: Path, page: Page) -> None:
     """A real guest: its state follows pause and resume, its chart shows what QEMU uses."""
-    storage = tmp_path / "storage"
-    build_tiny(storage)
-    cluster = Cluster(tmp_path / "qemu", None, storage=storage, plugin_tables=FAST_SAMPLES)
+    cluster = Cluster(tmp_path / "qemu", None, storage=tiny_storage, plugin_tables=FAST_SAMPLES)
     try:
         cluster.start_ctrl()
         cluster.start_lnm("node-1", driver="qemu", vcpus=2, memory_mb=2048)

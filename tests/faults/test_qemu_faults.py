@@ -7,36 +7,27 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from harness import Cluster, wait_for
-from test_e2e_qemu import _power_off, beats, boots, qemu_cluster, wait_beat, wait_ready
-from usher.images.tiny import build_tiny
+from test_e2e_qemu import (
+    _power_off,
+    beats,
+    boots,
+    cluster,
+    qemu_cluster,
+    tiny_storage,
+    wait_beat,
+    wait_ready,
+)
 from usher.model import OpStatus, VMState
 
 from .scenario import kill_lnm, restart_ctrl, settle_and_check
 
-
-@pytest.fixture(scope="module")
-def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    storage = tmp_path_factory.mktemp("qstorage")
-    build_tiny(storage)
-    return storage
+__all__ = ["cluster", "tiny_storage"]  # the QEMU tests' fixtures: their image and cluster
 
 
-@pytest.fixture
-def qcluster(tmp_path: Path, storage: Path) -> Iterator[Cluster]:
-    cluster = qemu_cluster(tmp_path, storage)
-    yield cluster
-    _power_off(cluster)
-    cluster.stop()
-
-
-def test_guest_qemu_killed_then_lnm_killed(qcluster: Cluster) -> None:
-    cluster = qcluster
+def test_guest_qemu_killed_then_lnm_killed(cluster: Cluster) -> None:
     client = cluster.client()
     op = cluster.run(client.create_vms(count=2, cluster="q", node="node-1"), timeout=120)
     assert op.status == OpStatus.SUCCEEDED, op.error
@@ -56,12 +47,12 @@ def test_guest_qemu_killed_then_lnm_killed(qcluster: Cluster) -> None:
     assert {vm.state for vm in vms} == {VMState.RUNNING}
 
 
-def test_controller_killed_during_a_real_migration(tmp_path: Path, storage: Path) -> None:
+def test_controller_killed_during_a_real_migration(tmp_path: Path, tiny_storage: Path) -> None:
     """kill -9 of the controller while a real guest live-migrates (a slow link): the new
     controller finds the incoming QEMU nobody will finish and has node-2 settle it: still
     ``inmigrate``, it is dropped, the source's migration fails and the guest runs on at
     node-1; arrived whole, it runs on node-2. Either way one copy, never rebooted."""
-    cluster = qemu_cluster(tmp_path, storage, driver_options={"migrate_bandwidth_mbps": 4})
+    cluster = qemu_cluster(tmp_path, tiny_storage, driver_options={"migrate_bandwidth_mbps": 4})
     try:
         client = cluster.client()
         op = cluster.run(client.create_vms(count=1, cluster="m", node="node-1"), timeout=120)
