@@ -207,14 +207,13 @@ def _run(
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
     storage = state / "storage"
-    ctrl_args = ["--state-dir", str(state / "ctrl"), "--listen", f"127.0.0.1:{port}"]
-    ctrl_args += ["--storage-dir", str(storage)]
+    options = {"state_dir": str(state / "ctrl"), "listen": f"127.0.0.1:{port}"}
+    options["storage_dir"] = str(storage)
+    ctrl_args = [arg for k, v in options.items() for arg in (f"--{k.replace('_', '-')}", v)]
     if config_file:
         ctrl_args += ["--config", config_file]
     try:
-        settings = load_settings(
-            config_file, state_dir=ctrl_args[1], listen=ctrl_args[3], storage_dir=str(storage)
-        )
+        settings = load_settings(config_file, **options)  # as the controller will read them
     except Exception as exc:
         raise click.ClickException(f"bad controller config: {exc}") from exc
     url = base_url(settings)  # https unless the config says tls = false
