@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tomllib
-from pathlib import Path
 from typing import Any
 
 import argon2
@@ -20,8 +18,9 @@ from rich.text import Text
 
 from usher.cli.ush import Ush, UshGroup, pass_ush
 from usher.cli.ush_render import fmt_time, fmt_value
-from usher.client.config import resolve, usher_home
+from usher.client.config import resolve
 from usher.client.config import save as save_config
+from usher.client.config import saved as saved_config
 
 TOKEN_COLUMNS = ("id", "principal", "roles", "groups", "state", "expires_at", "description")
 
@@ -119,10 +118,9 @@ def logout(ush: Ush) -> None:
     """Revoke the token ush uses and remove it from ~/.usher/config.toml."""
     used = resolve(ush.session.url, ush.session.token).token
     revoked = ush.client.request("POST", "/logout")
-    path = usher_home() / "config.toml"
-    saved = _read_toml(path)
+    saved = saved_config()
     if used and saved.get("token") == used:
-        save_config({"url": str(saved.get("url") or ush.client.url), "token": None})
+        save_config({"url": saved.get("url") or ush.client.url, "token": None})
     if ush.out.json:
         ush.out.emit(revoked)
     else:
@@ -134,15 +132,6 @@ def hash_password() -> None:
     """Print the argon2 hash of a password (for [plugins.passwords] users in the config)."""
     password = click.prompt("password", hide_input=True, confirmation_prompt=True)
     click.echo(argon2.PasswordHasher().hash(password))
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise click.ClickException(f"cannot read {path}: {exc}") from exc
 
 
 def register(group: click.Group) -> None:

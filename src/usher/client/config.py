@@ -74,11 +74,16 @@ def _read_config(path: Path) -> dict[str, str]:
     return {key: data[key] for key in KEYS if key in data}
 
 
+def saved(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The settings in ``$USHER_HOME/config.toml`` ({} if there is none)."""
+    return _read_config(usher_home(env) / "config.toml")
+
+
 def save(changes: Mapping[str, str | None], env: Mapping[str, str] | None = None) -> Path:
     """Update ``$USHER_HOME/config.toml`` with ``changes`` (None removes a key), keeping the
     other settings; the file is readable by its owner only. Returns its path."""
     path = usher_home(env) / "config.toml"
-    values = {**_read_config(path), **changes}
+    values = {**saved(env), **changes}
     lines = [f"{key} = {json.dumps(values[key])}" for key in KEYS if values.get(key)]
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
