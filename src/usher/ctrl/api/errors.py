@@ -52,8 +52,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     @app.exception_handler(PoolTimeout)
     async def database_down(_: Request, exc: Exception) -> JSONResponse:
-        cause = getattr(exc, "orig", None) or exc
-        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
+        cause = getattr(exc, "orig", None) or exc  # the driver's error, not SQLAlchemy's
+        lines = str(cause).strip().splitlines()
+        first_line = lines[0] if lines else repr(cause)
         return _body(
             503,
             f"the controller's database is unavailable, try again shortly: {first_line}",
