@@ -25,6 +25,12 @@ request (or, for a migration, the VM's own start request) chooses with its kwarg
 * ``anti_affinity = true``: the request's VMs on distinct nodes, none on a node that already
   runs VMs of the request's virtual cluster;
 * ``affinity = true``: all on one node, the one already running VMs of the cluster if any.
+
+A caller that passes ``changes`` (a :class:`~usher.plugins.scheduler_index.Changes`: what
+changed since an earlier call) gets one-VM requests answered from a
+:class:`~usher.plugins.scheduler_index.PlacementIndex` kept across requests, which looks at a
+few nodes rather than all; the answer is the one :func:`place` gives, without the
+``rejected`` explanations (a dry run, or a request nothing fits, is answered by :func:`place`).
 """
 
 from __future__ import annotations
@@ -35,19 +41,33 @@ from usher.hookspecs import hookimpl
 from usher.model import Node, OpRequest, Placement, VMSpec
 from usher.plugins.scheduler_config import WEIGHERS, SchedulerConfig
 from usher.plugins.scheduler_filters import Constraints
+from usher.plugins.scheduler_index import ChangeLog, Changes, PlacementIndex
 from usher.plugins.scheduler_place import place
 
-__all__ = ["WEIGHERS", "Constraints", "Scheduler", "SchedulerConfig", "place"]
+__all__ = [
+    "WEIGHERS",
+    "ChangeLog",
+    "Changes",
+    "Constraints",
+    "PlacementIndex",
+    "Scheduler",
+    "SchedulerConfig",
+    "place",
+]
 
 
 class Scheduler:
-    """The plugin: checks its config once, then answers ``schedule`` with :func:`place`."""
+    """The plugin: checks its config once, then answers ``schedule`` from its placement
+    index where it can and with :func:`place` otherwise."""
 
-    config: SchedulerConfig = SchedulerConfig()
+    def __init__(self) -> None:
+        self.config = SchedulerConfig()
+        self.index = PlacementIndex(self.config)
 
     @hookimpl
     def usher_configure(self, config: dict[str, Any]) -> None:
         self.config = SchedulerConfig.parse(config)
+        self.index = PlacementIndex(self.config)
 
     @hookimpl
     def schedule(
@@ -56,10 +76,17 @@ class Scheduler:
         specs: list[VMSpec],
         request: OpRequest,
         reserved: dict[str, Any],
+        changes: Changes | None = None,
     ) -> Placement:
+        """``changes``: see the module docstring; pluggy passes it once the hook spec names
+        it (and this default is dropped), until then only direct calls do."""
         try:
             want = Constraints.of(request, specs)
         except ValueError as exc:
             return Placement(error=f"scheduler: {exc}")
+        if changes is not None and len(specs) == 1 and not request.dry_run:
+            name = self.index.place_one(nodes, specs[0], reserved, want, changes)
+            if name is not None:
+                return Placement(nodes=[name])
         # a real request needs the nodes, a dry run the reasons for every other node too
         return place(nodes, specs, reserved, self.config, want, explain=request.dry_run)
