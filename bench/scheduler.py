@@ -5,8 +5,12 @@
 Calls the scheduler plugin's ``schedule`` hook (filters, then :func:`place`) the way the
 engine does: with a snapshot of the nodes and what their VM records reserve.
 
-* ``single``: one VM per request, the snapshot updated after each (the worst case: every
-  decision looks at every node) — milliseconds per VM;
+* ``single``: one VM per request, the reservation of each recorded before the next, with the
+  change marked in a :class:`ChangeLog` passed as ``changes`` (as the engine is to call it:
+  the timing includes marking the change and the index applying it; the first decision
+  builds the index) — milliseconds per VM;
+* ``single_full``: the same without ``changes`` (as the engine calls it today: every decision
+  looks at every node);
 * ``gang``: one request of 1,000 VMs (32 per node on smaller clusters) — milliseconds per VM;
 * ``packing``: VMs of a standard size (2 vCPUs, 4 GiB) asked one by one on nodes of
   16 vCPUs and 64 GiB until one does not fit — how many fit, against the 8 per node that
@@ -24,7 +28,7 @@ from typing import Any
 from common import RESULTS, percentiles, write_result
 
 from usher.model import Capacity, Node, NodeState, OpKind, OpRequest, Principal, VMSpec
-from usher.plugins.scheduler import Scheduler
+from usher.plugins.scheduler import ChangeLog, Scheduler
 
 WEIGHERS = ("spread", "pack", "balanced")
 ADMIN = Principal(name="bench", roles=["admin"])
@@ -60,20 +64,31 @@ def reserve(reserved: dict[str, dict[str, Any]], node: str, spec: VMSpec) -> Non
     used["vms"] += 1
 
 
-def single(plugin: Scheduler, nodes: list[Node], decisions: int) -> dict[str, Any]:
-    """``decisions`` one-VM placements, each against the reservations of those before."""
+def single(plugin: Scheduler, nodes: list[Node], decisions: int, indexed: bool) -> dict[str, Any]:
+    """``decisions`` one-VM placements, each against the reservations of those before; with
+    ``indexed``, each reservation is marked in a change log that the scheduler is given."""
     spec = VMSpec(vcpus=1, memory_mb=256)
     reserved: dict[str, dict[str, Any]] = {}
+    log = ChangeLog() if indexed else None
+    chosen: list[str] = []
     times = []
     for _ in range(decisions):
         t0 = time.perf_counter()
+        if log is not None and chosen:
+            log.mark(chosen[-1])
         placement = plugin.schedule(
-            nodes=nodes, specs=[spec], request=request(1), reserved=reserved
+            nodes=nodes, specs=[spec], request=request(1), reserved=reserved, changes=log
         )
         times.append(time.perf_counter() - t0)
         assert placement.error is None, placement.error
-        reserve(reserved, placement.nodes[0], spec)
-    return {"decisions": decisions, "ms_per_vm": percentiles([t * 1000 for t in times])}
+        chosen.append(placement.nodes[0])
+        reserve(reserved, chosen[-1], spec)
+    return {
+        "decisions": decisions,
+        "ms_per_vm": percentiles([t * 1000 for t in times]),
+        "first_ms": round(times[0] * 1000, 3),
+        "chosen": chosen,
+    }
 
 
 def gang(plugin: Scheduler, nodes: list[Node], count: int, rounds: int) -> dict[str, Any]:
@@ -96,14 +111,16 @@ def pack_standard(plugin: Scheduler, n: int) -> dict[str, Any]:
     nodes = cluster(n, vcpus=16, memory_mb=65536)
     spec = VMSpec(vcpus=2, memory_mb=4096)
     reserved: dict[str, dict[str, Any]] = {}
+    log = ChangeLog()
     placed = 0
     while True:
         placement = plugin.schedule(
-            nodes=nodes, specs=[spec], request=request(1), reserved=reserved
+            nodes=nodes, specs=[spec], request=request(1), reserved=reserved, changes=log
         )
         if placement.error:
             break
         reserve(reserved, placement.nodes[0], spec)
+        log.mark(placement.nodes[0])
         placed += 1
     return {"nodes": n, "vm_size": "2 vcpus, 4096 MB", "fit": placed, "capacity_allows": 8 * n}
 
@@ -125,17 +142,19 @@ def pack_mixed(plugin: Scheduler, n: int, seed: int = 7) -> dict[str, Any]:
     ]
     sizes = [VMSpec(vcpus=v, memory_mb=m) for v, m in ((1, 1024), (2, 4096), (4, 8192), (8, 32768))]
     reserved: dict[str, dict[str, Any]] = {}
+    log = ChangeLog()
     placed = misses = 0
     while misses < 20:
         spec = rng.choice(sizes)
         placement = plugin.schedule(
-            nodes=nodes, specs=[spec], request=request(1), reserved=reserved
+            nodes=nodes, specs=[spec], request=request(1), reserved=reserved, changes=log
         )
         if placement.error:
             misses += 1
             continue
         misses = 0
         reserve(reserved, placement.nodes[0], spec)
+        log.mark(placement.nodes[0])
         placed += 1
     total_m = sum(node.capacity.memory_mb for node in nodes)
     total_v = sum(node.capacity.vcpus for node in nodes)
@@ -166,15 +185,24 @@ def main() -> None:
         for n in sizes:
             nodes = cluster(n)
             decisions = max(20, min(args.decisions, args.decisions * 1000 // max(n, 1)))
+            fast = single(scheduler(weigher), nodes, args.decisions, indexed=True)
+            full = single(plugin, nodes, decisions, indexed=False)
+            # the same decisions: the index answers what the full computation does
+            same = min(decisions, args.decisions)
+            assert fast.pop("chosen")[:same] == full.pop("chosen")[:same]
             row = {
                 "weigher": weigher,
                 "nodes": n,
-                "single": single(plugin, nodes, decisions),
+                "single": fast,
+                "single_full": full,
                 "gang": gang(plugin, nodes, min(args.gang, 32 * n), args.gang_rounds),
             }
             timing.append(row)
+            one = row["single"]["ms_per_vm"]
             print(
-                f"{weigher:8} {n:6} nodes: single {row['single']['ms_per_vm']['p50']} ms/VM, "
+                f"{weigher:8} {n:6} nodes: single {one['p50']} ms/VM (p99 {one['p99']}, "
+                f"first {row['single']['first_ms']}), "
+                f"without changes {row['single_full']['ms_per_vm']['p50']}, "
                 f"gang {row['gang']['ms_per_vm']['p50']} ms/VM"
             )
         packing.append(
