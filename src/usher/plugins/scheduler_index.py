@@ -1,10 +1,13 @@
 """A placement index kept across requests, so that placing one VM looks at a few nodes.
 
 :func:`usher.plugins.scheduler_place.place` builds a slot for every node of the snapshot on
-every request: ~6 µs a node. The index keeps those slots between requests, sorted by an exact
-integer key per capacity class (nodes with the same vcpu and memory limits), and updates only
-the nodes the caller says changed. A one-VM request then walks each class from its best key
-and stops at the first node that passes the filters and has room.
+every request: ~6 µs a node. The index keeps those slots between requests and updates only
+the nodes the caller says changed. For each VM size and set of required labels asked for
+lately it keeps a *view*: the nodes that are up, carry the labels and have room for one VM of
+that size, sorted by ``(-score, name)`` — the very key :func:`place` ranks them by, so the
+view's first node that passes the remaining filter (anti-affinity) is the node :func:`place`
+would choose, for any weighers and capacities. A view too is brought up to date lazily, from
+the change log, when its size is asked for again.
 
 How the caller says what changed: it passes a :class:`Changes` (one long-lived object, such as
 a :class:`ChangeLog`) with a snapshot that is complete (every node, nothing excluded) and
@@ -13,26 +16,15 @@ and asks ``since(generation)`` for the names whose node record or reservation ma
 anything it cannot trust (another ``Changes`` object, a generation the log no longer holds, a
 snapshot whose nodes do not match) makes it rebuild from the whole snapshot or step aside.
 
-Why the order is exact. In a class with limits ``cv`` and ``cm`` (at least 1 each, as the
-scorer uses them), a node's usage shares after taking a VM of ``vc`` vcpus and ``mm`` MB are
-``v = (uv + vc) / cv`` and ``m = (um + mm) / cm``, so ``(v + m) * cv * cm = X + const`` with
-``X = uv * cm + um * cv`` and ``(v - m) * cv * cm = D + const`` with ``D = uv * cm - um * cv``:
-``spread`` prefers the lowest ``X``, ``pack`` the highest, ``balanced`` the ``D`` nearest
-``T = mm * cv - vc * cm``. Distinct integer keys differ by at least ``1 / (cv * cm)`` in the
-shares, far more than floating-point rounding, so the scorer orders them the same way; nodes
-with equal keys but other usage are all scored, and nodes with the same usage score the same,
-so the first by name stands for them. The chosen node is the one :func:`place` would choose.
-
-Served by the index: one VM, a scheduler config with exactly one weigher weighted above 0, no
-affinity. Everything else, and any request the index finds no node for (the full computation
-then says why), goes to :func:`place`.
+Served by the index: one VM without affinity. Everything else, and any request the index
+finds no node for (the full computation then says why), goes to :func:`place`.
 """
 
 from __future__ import annotations
 
-import heapq
 from bisect import bisect_left, insort
-from collections.abc import Collection, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 from usher.model import Node, VMSpec
@@ -40,8 +32,8 @@ from usher.plugins.scheduler_config import SchedulerConfig
 from usher.plugins.scheduler_filters import Constraints, Slot, _state
 from usher.plugins.scheduler_place import scorer
 
-Key = tuple[int, int, str]  # (X or D, used vcpus, name): (key, used vcpus) fixes the usage
 EMPTY: Mapping[str, Any] = {}
+VIEWS = 16  # (size, labels) views kept; each holds a key per node that can take the VM
 
 
 class Changes(Protocol):
@@ -85,36 +77,38 @@ class ChangeLog:
 
 
 class _Entry:
-    """A node as the index holds it: its slot, its cluster counts, where it is listed."""
+    """A node as the index holds it: its slot and its cluster counts."""
 
-    __slots__ = ("clusters", "key", "limits", "node", "slot")
+    __slots__ = ("clusters", "node", "slot")
 
     def __init__(self, node: Node, reserved: Mapping[str, Any], config: SchedulerConfig) -> None:
         self.node = node
-        self.slot = slot = Slot(node, reserved, config)
+        self.slot = Slot(node, reserved, config)
         self.clusters: Mapping[str, int] = reserved.get("clusters") or EMPTY
-        self.limits = (slot.cap_v, slot.cap_m)
-        self.key: Key | None = None
 
 
-def only_weigher(config: SchedulerConfig) -> str | None:
-    """The one weigher weighted above 0, or ``None`` if there are several."""
-    active = [name for name, weight in config.weights.items() if weight > 0]
-    return active[0] if len(active) == 1 else None
+class _View:
+    """The nodes that can take one VM of a size and carry some labels, best first."""
+
+    __slots__ = ("generation", "keys", "order")
+
+    def __init__(self) -> None:
+        self.generation: int | None = None  # None: to be built
+        self.keys: dict[str, tuple[float, str]] = {}
+        self.order: list[tuple[float, str]] = []
 
 
 class PlacementIndex:
-    """Usable nodes by capacity class, sorted by the one weigher's key; see the module."""
+    """Slots kept across requests, and views of them per VM size and labels; see the module."""
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
-        self.weigher = only_weigher(config)
         self.score = scorer(config.weights)
         self._source: Changes | None = None
         self._generation = 0
         self._entries: dict[str, _Entry] = {}
         self._position: dict[str, int] = {}  # index of each name in the last snapshot
-        self._classes: dict[tuple[int, int], list[Key]] = {}
+        self._views: OrderedDict[tuple[int, int, frozenset[tuple[str, str]]], _View] = OrderedDict()
 
     def place_one(
         self,
@@ -126,30 +120,31 @@ class PlacementIndex:
     ) -> str | None:
         """The node :func:`place` would choose for one VM, or ``None``: the index cannot
         serve this request, or found no node (the full computation answers then)."""
-        if self.weigher is None or want.affinity or not self._sync(nodes, reserved, changes):
+        if want.affinity or not self._sync(nodes, reserved, changes):
             return None
         if want.only is not None:
             entry = self._entries.get(want.only)
-            ok = entry is not None and entry.key is not None and self._passes(entry, spec, want)
-            return want.only if ok else None
-        best: tuple[float, str] | None = None
-        for limits, listed in self._classes.items():
-            found = self._best_in_class(limits, listed, spec, want)
-            if found is not None and (best is None or found < best):
-                best = found
-        return best[1] if best is not None else None
+            ok = entry is not None and self._key(entry, spec, want.labels) is not None
+            return want.only if ok and not self._apart(entry, want) else None
+        for _, name in self._view(spec, want.labels, changes).order:
+            if not self._apart(self._entries[name], want):
+                return name
+        return None
 
     # --- keeping the index ---------------------------------------------------------------
 
     def _sync(
         self, nodes: list[Node], reserved: Mapping[str, Mapping[str, Any]], changes: Changes
     ) -> bool:
-        """Bring the index to ``changes.generation``; ``False`` (and forget everything) if
+        """Bring the slots to ``changes.generation``; ``False`` (and forget everything) if
         the snapshot is not one the index can trust."""
         generation = changes.generation
         names = changes.since(self._generation) if changes is self._source else None
         if names is None:
-            self._rebuild(nodes, reserved)
+            self._forget()
+            self._position = {node.name: i for i, node in enumerate(nodes)}
+            for node in nodes:
+                self._entries[node.name] = _Entry(node, reserved.get(node.name, EMPTY), self.config)
         else:
             for name in names:
                 position = self._position.get(name)
@@ -159,7 +154,8 @@ class PlacementIndex:
                 if position is None:  # a node left the snapshot (excluded by the caller?)
                     self._forget()
                     return False
-                self._put(nodes[position], reserved.get(name, EMPTY))
+                node = nodes[position]
+                self._entries[name] = _Entry(node, reserved.get(name, EMPTY), self.config)
         if len(self._entries) != len(nodes):  # a node missing that the log did not name
             self._forget()
             return False
@@ -170,101 +166,56 @@ class PlacementIndex:
         self._source = None
         self._entries.clear()
         self._position.clear()
-        self._classes.clear()
+        self._views.clear()
 
-    def _rebuild(self, nodes: list[Node], reserved: Mapping[str, Mapping[str, Any]]) -> None:
-        self._forget()
-        self._position = {node.name: i for i, node in enumerate(nodes)}
-        for node in nodes:
-            self._put(node, reserved.get(node.name, EMPTY))
-
-    def _put(self, node: Node, reserved: Mapping[str, Any]) -> None:
-        """(Re)place ``node`` with what ``reserved`` holds on it."""
-        old = self._entries.get(node.name)
-        if old is not None and old.key is not None:
-            listed = self._classes[old.limits]
-            del listed[bisect_left(listed, old.key)]
-            if not listed:
-                del self._classes[old.limits]
-        entry = self._entries[node.name] = _Entry(node, reserved, self.config)
-        slot = entry.slot
-        # listed only if it may take some VM: up, under the VM limit, a vcpu and 1 MB free
-        if _state(node) is None and slot.fits(1, 1):
-            cv, cm = max(slot.cap_v, 1), max(slot.cap_m, 1)
-            if self.weigher == "balanced":
-                value = slot.used_v * cm - slot.used_m * cv
-            else:
-                value = slot.used_v * cm + slot.used_m * cv
-            entry.key = (value, slot.used_v, node.name)
-            insort(self._classes.setdefault(entry.limits, []), entry.key)
+    def _view(self, spec: VMSpec, labels: Mapping[str, str], changes: Changes) -> _View:
+        """The view for ``spec``'s size and ``labels``, brought up to the slots' generation."""
+        wanted = (spec.vcpus, spec.memory_mb, frozenset(labels.items()))
+        view = self._views.get(wanted)
+        if view is None:
+            view = self._views[wanted] = _View()
+            if len(self._views) > VIEWS:
+                self._views.popitem(last=False)
+        self._views.move_to_end(wanted)
+        names = None if view.generation is None else changes.since(view.generation)
+        if names is None:
+            view.keys = {
+                name: key
+                for name, entry in self._entries.items()
+                if (key := self._key(entry, spec, labels)) is not None
+            }
+            view.order = sorted(view.keys.values())
+        else:
+            for name in names:
+                old = view.keys.pop(name, None)
+                if old is not None:
+                    del view.order[bisect_left(view.order, old)]
+                key = self._key(self._entries[name], spec, labels)
+                if key is not None:
+                    view.keys[name] = key
+                    insort(view.order, key)
+        view.generation = self._generation
+        return view
 
     # --- answering -----------------------------------------------------------------------
 
-    def _passes(self, entry: _Entry, spec: VMSpec, want: Constraints) -> bool:
-        """The request's filters and room, for a listed node (so one that is up)."""
-        labels = entry.node.labels
-        return (
-            entry.slot.fits(spec.vcpus, spec.memory_mb)
-            and all(labels.get(k) == v for k, v in want.labels.items())
-            and not (
-                want.anti_affinity
-                and want.cluster is not None
-                and entry.clusters.get(want.cluster, 0)
-            )
-        )
-
-    def _runs(
-        self, limits: tuple[int, int], listed: list[Key], spec: VMSpec
-    ) -> Iterator[tuple[int, int, int]]:
-        """``(distance, start, end)``: runs of ``listed`` with one usage each, from the best
-        key for this weigher (distance 0 or least) outwards; equal distance, equal score."""
-        cv, cm = max(limits[0], 1), max(limits[1], 1)
-        if self.weigher == "balanced":
-            target = spec.memory_mb * cv - spec.vcpus * cm
-            split = bisect_left(listed, (target,))
-            up = ((k - target, s, e) for k, s, e in _ascending(listed, split, len(listed)))
-            down = ((target - k, s, e) for k, s, e in _descending(listed, 0, split))
-            yield from heapq.merge(up, down)
-            return
-        # room for the VM needs (cv - uv) * cm + (cm - um) * cv >= vc * cm + mm * cv
-        top = bisect_left(listed, (2 * cv * cm - spec.vcpus * cm - spec.memory_mb * cv + 1,))
-        if self.weigher == "spread":
-            yield from _ascending(listed, 0, top)
-        else:
-            yield from ((-k, s, e) for k, s, e in _descending(listed, 0, top))
-
-    def _best_in_class(
-        self, limits: tuple[int, int], listed: list[Key], spec: VMSpec, want: Constraints
+    def _key(
+        self, entry: _Entry, spec: VMSpec, labels: Mapping[str, str]
     ) -> tuple[float, str] | None:
-        """``(-score, name)`` of the best node of one capacity class, or ``None``."""
-        best: tuple[float, str] | None = None
-        best_distance = 0
-        for distance, start, end in self._runs(limits, listed, spec):
-            if best is not None and distance > best_distance:
-                break
-            for i in range(start, end):
-                entry = self._entries[listed[i][2]]
-                if self._passes(entry, spec, want):
-                    found = (-self.score(entry.slot, spec.vcpus, spec.memory_mb), entry.slot.name)
-                    if best is None or found < best:
-                        best, best_distance = found, distance
-                    break  # the rest of the run scores the same, under later names
-        return best
+        """``(-score, name)`` if the node is up, carries ``labels`` and has room for one VM
+        of ``spec``'s size (so it belongs to that view), else ``None``."""
+        slot, node = entry.slot, entry.node
+        if (
+            not slot.fits(spec.vcpus, spec.memory_mb)
+            or _state(node) is not None
+            or any(node.labels.get(k) != v for k, v in labels.items())
+        ):
+            return None
+        return (-self.score(slot, spec.vcpus, spec.memory_mb), slot.name)
 
-
-def _ascending(listed: list[Key], lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
-    """``(key, start, end)`` of each run of one (key, used vcpus) in ``listed[lo:hi]``."""
-    while lo < hi:
-        key, used_v, _ = listed[lo]
-        end = bisect_left(listed, (key, used_v + 1), lo, hi)
-        yield key, lo, end
-        lo = end
-
-
-def _descending(listed: list[Key], lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
-    """As :func:`_ascending`, from the highest key down (each run still ``start < end``)."""
-    while hi > lo:
-        key, used_v, _ = listed[hi - 1]
-        start = bisect_left(listed, (key, used_v), lo, hi)
-        yield key, start, hi
-        hi = start
+    @staticmethod
+    def _apart(entry: _Entry, want: Constraints) -> bool:
+        """Does anti-affinity keep the request off this node (it runs the cluster's VMs)?"""
+        return bool(
+            want.anti_affinity and want.cluster is not None and entry.clusters.get(want.cluster)
+        )
