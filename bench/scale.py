@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import psutil
 from common import (
     RESULTS,
@@ -63,25 +65,40 @@ async def start_all(
     return time.perf_counter() - started, op_latency, accept_latency, asked, errors
 
 
-async def list_all(client: AsyncClient, rounds: int) -> tuple[list[float], list[float], int]:
-    """List every VM ``rounds`` times, 1,000 a page; the full listings' and pages' latencies."""
+async def list_all(
+    client: AsyncClient, url: str, token: str, rounds: int
+) -> tuple[list[float], list[float], list[float], int]:
+    """List every VM ``rounds`` times, 1,000 a page, as the API serves it (one HTTP GET per
+    page, its JSON parsed) and then through the typed Python client (a model per VM); the
+    full listings' and the API pages' latencies, and the client's full listings."""
     full: list[float] = []
     pages: list[float] = []
     seen = 0
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=f"{url}/v1", headers=headers, timeout=600) as http:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            cursor: str | None = None
+            seen = 0
+            while True:
+                p0 = time.perf_counter()
+                params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+                answer = await http.get("/vms", params=params)
+                answer.raise_for_status()
+                page = orjson.loads(answer.content)
+                pages.append(time.perf_counter() - p0)
+                seen += len(page["items"])
+                cursor = page["next"]
+                if cursor is None:
+                    break
+            full.append(time.perf_counter() - t0)
+    typed: list[float] = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        cursor: str | None = None
-        seen = 0
-        while True:
-            p0 = time.perf_counter()
-            page = await client.list_vms(limit=1000, cursor=cursor)
-            pages.append(time.perf_counter() - p0)
-            seen += len(page.items)
-            cursor = page.next
-            if cursor is None:
-                break
-        full.append(time.perf_counter() - t0)
-    return full, pages, seen
+        listed = [vm async for vm in client.iter_vms(page_size=1000)]
+        assert len(listed) == seen
+        typed.append(time.perf_counter() - t0)
+    return full, pages, typed, seen
 
 
 async def vm_latencies(client: AsyncClient, asked: dict[str, float]) -> tuple[list[float], int]:
@@ -120,7 +137,9 @@ async def measure(cluster: BenchCluster, args: argparse.Namespace, pid: int) -> 
             )
         ctrl_cpu, swarm_cpu = cpu_seconds([pid]) - ctrl_cpu, cpu_seconds(swarm_pids) - swarm_cpu
         per_vm, running = await vm_latencies(client, asked)
-        full, pages, seen = await list_all(client, args.list_rounds)
+        full, pages, typed, seen = await list_all(
+            client, cluster.url, cluster.token, args.list_rounds
+        )
     result: dict[str, Any] = {
         "starts": {
             "vms": args.vms,
@@ -143,6 +162,7 @@ async def measure(cluster: BenchCluster, args: argparse.Namespace, pid: int) -> 
             "rounds": args.list_rounds,
             "full_list_ms": ms(full),
             "page_ms": ms(pages),
+            "typed_client_full_list_ms": ms(typed),
         },
     }
     if profile is not None:

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
+import orjson
 from httpx_sse import ServerSentEvent
 from pydantic import TypeAdapter, ValidationError
 
@@ -107,7 +108,7 @@ def decode(call: Call[T], response: httpx.Response) -> T:
     """The answer to ``call`` as a model; raises :class:`UsherError` for any non-2xx answer."""
     check(response)
     try:
-        return call.parse(response.json() if response.content else None)
+        return call.parse(orjson.loads(response.content) if response.content else None)
     except ValueError as exc:  # bad JSON or a pydantic ValidationError
         raise UsherError(
             response.status_code,

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Connection,
+    Select,
     String,
     bindparam,
     cast,
@@ -45,11 +48,42 @@ from usher.ctrl.tables import (
 from usher.model import VM, Event, Node, Operation, OpStatus, Page, Scope, VMState, now
 
 MAX_PAGE = 1000
+TOKEN_CACHE_SECONDS = 5.0
 log = logging.getLogger("usher.store")
 
 # One statement for every VM update, so it compiles once and runs as an executemany.
 _VMS = VMRow.__table__
 _UPDATE_VM = update(_VMS).where(_VMS.c.id == bindparam("_vm_id"))
+# What a listing reads of each VM on its page: the JSON of a VM that has not changed since
+# it was last written or listed comes from the store's _ListingCache.
+_VM_VERSIONS = select(_VMS.c.seq, _VMS.c.id, _VMS.c.updated_at)
+
+
+class _ListingCache:
+    """The JSON of each VM as last written or read, keyed by its ``updated_at``: a listing
+    reads only ``(id, updated_at)`` per VM and serializes only those whose record changed
+    since (a write elsewhere that the cache did not see changes ``updated_at`` too)."""
+
+    def __init__(self) -> None:
+        self._json: dict[str, tuple[float, str]] = {}
+
+    def remember(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Rows as written to (or read from) the ``vms`` table, without ``seq``."""
+        for row in rows:
+            self._json[row["id"]] = (row["updated_at"], orjson.dumps(row).decode())
+
+    def forget(self, vm_id: str) -> None:
+        self._json.pop(vm_id, None)
+
+    def missing(self, versions: Iterable[tuple[str, float]]) -> list[str]:
+        """The ids among ``(id, updated_at)`` whose JSON is not known at that version."""
+        known = self._json
+        return [i for i, at in versions if (known.get(i) or (None,))[0] != at]
+
+    def joined(self, vm_ids: Iterable[str]) -> str:
+        """The VMs' JSON objects, comma-separated (each must be known)."""
+        known = self._json
+        return ",".join([known[i][1] for i in vm_ids])
 
 
 @dataclass
@@ -89,6 +123,24 @@ def _page(items: list[Any], seqs: Sequence[int], limit: int, total: int) -> Page
     return Page(items=items[:limit], total=total, next=str(seqs[limit - 1]) if more else None)
 
 
+def _vm_filters(
+    scope: Scope | None,
+    *,
+    cluster: str | None,
+    owner: str | None,
+    node: str | None,
+    state: str | None,
+) -> list[Any]:
+    """The WHERE clauses of a VM listing: the caller's scope and the filters asked for."""
+    filters: list[Any] = []
+    if scope is not None:
+        filters.append(or_(_VMS.c.owner.in_(scope.owners), _VMS.c.cluster.in_(scope.clusters)))
+    for column, value in (("cluster", cluster), ("owner", owner), ("node", node), ("state", state)):
+        if value is not None:
+            filters.append(_VMS.c[column] == value)
+    return filters
+
+
 def _cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
@@ -117,6 +169,8 @@ class Store:
         # and one executemany per statement for everything queued while the last one ran.
         self._batch = _Batch()
         self._flusher: asyncio.Task[None] | None = None
+        self._listing = _ListingCache()
+        self._tokens: dict[str, tuple[float, TokenRow]] = {}  # digest -> (when read, token)
         # Lookups of single VMs asked at about the same time share one query.
         self._vm_reads: dict[str, list[asyncio.Future[VM | None]]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -208,14 +262,18 @@ class Store:
     async def add_vms(self, vms: Iterable[VM]) -> None:
         rows = [_row_values(vm, VMRow) for vm in vms]
         if rows:
+            self._listing.remember(rows)
             async with self._write() as s:
-                await s.execute(self._insert(VMRow), rows)
+                await s.execute(_VMS.insert(), rows)
 
     async def update_vms(self, vms: Iterable[VM]) -> None:
         """Write the VMs' records; returns once committed (along with other queued writes)."""
-        rows = [{**_row_values(vm, VMRow), "_vm_id": vm.id} for vm in vms]
+        rows = [_row_values(vm, VMRow) for vm in vms]
         if not rows:
             return
+        self._listing.remember(rows)
+        for row in rows:
+            row["_vm_id"] = row["id"]
         waiter = asyncio.get_running_loop().create_future()
         self._batch.vm_updates.extend(rows)
         self._batch.waiters.append(waiter)
@@ -227,6 +285,7 @@ class Store:
 
     async def delete_vm(self, vm: VM) -> None:
         """Remove ``vm``'s record, leaving a tombstone (:meth:`was_destroyed`)."""
+        self._listing.forget(vm.id)
         async with self._write() as s:
             await s.execute(delete(VMRow).where(VMRow.id == vm.id))
             await s.execute(
@@ -308,31 +367,60 @@ class Store:
         cursor: str | None = None,
         scope: Scope | None = None,
     ) -> Page[VM]:
-        filters = []
-        if scope is not None:
-            filters.append(or_(VMRow.owner.in_(scope.owners), VMRow.cluster.in_(scope.clusters)))
-        if cluster is not None:
-            filters.append(VMRow.cluster == cluster)
-        if owner is not None:
-            filters.append(VMRow.owner == owner)
-        if node is not None:
-            filters.append(VMRow.node == node)
-        if state is not None:
-            filters.append(VMRow.state == state)
+        """A page of VMs as models (for plugins); the API serves :meth:`list_vms_json`."""
+        filters = _vm_filters(scope, cluster=cluster, owner=owner, node=node, state=state)
+        rows, total, limit = await self._vm_page(select(_VMS), filters, limit, cursor)
+        items = [VM.model_validate(r._mapping) for r in rows]
+        return _page(items, [r.seq for r in rows], limit, total)
+
+    async def list_vms_json(
+        self,
+        *,
+        cluster: str | None = None,
+        owner: str | None = None,
+        node: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        scope: Scope | None = None,
+    ) -> bytes:
+        """The same page as :meth:`list_vms`, as the JSON of a ``Page[VM]``, built without a
+        model per VM: the JSON columns are spliced in as stored (a listing of a large
+        cluster is the API's biggest answer)."""
+        filters = _vm_filters(scope, cluster=cluster, owner=owner, node=node, state=state)
+        rows, total, limit = await self._vm_page(_VM_VERSIONS, filters, limit, cursor)
+        page = [(vm_id, at) for _seq, vm_id, at, _total in rows[:limit]]
+        missing = self._listing.missing(page)
+        if missing:
+            async with self.engine.connect() as conn:
+                for start in range(0, len(missing), 500):
+                    chunk = missing[start : start + 500]
+                    found = await conn.execute(select(_VMS).where(_VMS.c.id.in_(chunk)))
+                    self._listing.remember(
+                        {k: v for k, v in row._mapping.items() if k != "seq"} for row in found
+                    )
+        items = self._listing.joined(vm_id for vm_id, _at in page)
+        more = orjson.dumps(str(rows[limit - 1].seq) if len(rows) > limit else None).decode()
+        return f'{{"items":[{items}],"total":{total},"next":{more}}}'.encode()
+
+    async def _vm_page(
+        self, stmt: Select[Any], filters: list[Any], limit: int, cursor: str | None
+    ) -> tuple[list[Any], int, int]:
+        """Up to ``limit + 1`` rows of ``stmt`` after ``cursor`` in ``seq`` order (one more
+        tells whether another page follows), the count of all matching rows, and the limit
+        as clamped to the largest page. One query: the count rides along as the last
+        column of every row; ``stmt``'s first column must be ``seq``."""
         after = _cursor(cursor)
         limit = max(1, min(limit, MAX_PAGE))
+        count = select(func.count()).select_from(_VMS).where(*filters).scalar_subquery()
+        stmt = stmt.add_columns(count.label("_total")).where(*filters)
+        if after is not None:
+            stmt = stmt.where(_VMS.c.seq > after)
         async with self.engine.connect() as conn:
-            total = (
-                await conn.execute(select(func.count()).select_from(_VMS).where(*filters))
-            ).scalar()
-            stmt = select(_VMS).where(*filters)
-            if after is not None:
-                stmt = stmt.where(_VMS.c.seq > after)
-            result = await conn.execute(stmt.order_by(_VMS.c.seq).limit(limit + 1))
-            keys = list(result.keys())
-            rows = [dict(zip(keys, row, strict=True)) for row in result]
-        items = [VM.model_validate(r) for r in rows]
-        return _page(items, [r["seq"] for r in rows], limit, total or 0)
+            rows = list((await conn.execute(stmt.order_by(_VMS.c.seq).limit(limit + 1))).all())
+            # no row: past the end, or nothing matches
+            total = rows[0][-1] if rows else (await conn.execute(select(count))).scalar() or 0
+        return rows, total, limit
 
     async def count_vms(self, *, image: str) -> int:
         stmt = select(func.count()).select_from(VMRow)
@@ -526,9 +614,20 @@ class Store:
             s.add(row)
 
     async def find_token(self, digest: str) -> TokenRow | None:
+        """The token with this digest. Every API request looks its token up, so one found is
+        remembered for :data:`TOKEN_CACHE_SECONDS`; a revocation (:meth:`revoke_token`)
+        forgets them all, and expiry is checked by the caller on each use."""
+        hit = self._tokens.get(digest)
+        if hit is not None and time.monotonic() - hit[0] < TOKEN_CACHE_SECONDS:
+            return hit[1]
         async with self.sessions() as s:
             stmt = select(TokenRow).where(TokenRow.digest == digest)
-            return (await s.execute(stmt)).scalar_one_or_none()
+            row = (await s.execute(stmt)).scalar_one_or_none()
+        if row is not None:
+            if len(self._tokens) >= 10_000:
+                self._tokens.clear()
+            self._tokens[digest] = (time.monotonic(), row)
+        return row
 
     async def tokens_with_role(self, role: str) -> list[TokenRow]:
         async with self.sessions() as s:
@@ -548,8 +647,10 @@ class Store:
             return list((await s.execute(stmt)).scalars())
 
     async def revoke_token(self, token_id: str) -> None:
+        self._tokens.clear()
         async with self._write() as s:
             await s.execute(update(TokenRow).where(TokenRow.id == token_id).values(revoked=True))
+        self._tokens.clear()  # a lookup may have raced the write
 
     # --- plugin data -------------------------------------------------------------------
 

@@ -58,9 +58,8 @@ async def list_vms(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> Response:
-    # serialized here, once: the page is built from validated records already
     await allow(ctrl, principal, "vm.list", cluster=cluster, owner=owner, node=node)
-    page = await ctrl.store.list_vms(
+    page = await ctrl.store.list_vms_json(
         scope=await visible(ctrl, principal),
         cluster=cluster,
         owner=owner,
@@ -69,7 +68,7 @@ async def list_vms(
         limit=limit,
         cursor=cursor,
     )
-    return Response(page.model_dump_json(), media_type="application/json")
+    return Response(page, media_type="application/json")
 
 
 @router.get("/{vm}", response_model=VM)
