@@ -27,8 +27,9 @@ from typing import Any
 
 from common import RESULTS, percentiles, write_result
 
+from usher.ctrl.reservations import ChangeLog
 from usher.model import Capacity, Node, NodeState, OpKind, OpRequest, Principal, VMSpec
-from usher.plugins.scheduler import ChangeLog, Scheduler
+from usher.plugins.scheduler import Scheduler
 
 WEIGHERS = ("spread", "pack", "balanced")
 ADMIN = Principal(name="bench", roles=["admin"])

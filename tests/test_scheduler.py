@@ -252,7 +252,7 @@ def test_hook_reads_constraints_from_the_request() -> None:
     nodes = [node("a"), node("b", labels={"ssd": "yes"}), node("c", labels={"ssd": "yes"})]
     reserved = {"b": {"vcpus": 1, "memory_mb": 1024, "vms": 1, "clusters": {"web": 1}}}
     req = request(cluster="web", kwargs={"labels": {"ssd": "yes"}, "anti_affinity": True})
-    placement = scheduler.schedule(nodes, [SMALL], req, reserved)
+    placement = scheduler.schedule(nodes, [SMALL], req, reserved, None)
     assert placement.nodes == ["c"]
     assert placement.rejected == {
         "a": "labels: lacks ssd=yes",
@@ -264,7 +264,7 @@ def test_hook_falls_back_to_the_vms_own_kwargs_for_a_migration() -> None:
     nodes = [node("a"), node("b", labels={"ssd": "yes"})]
     spec = VMSpec(vcpus=1, memory_mb=1024, kwargs={"labels": {"ssd": "yes"}})
     migrate = OpRequest(kind=OpKind.MIGRATE, principal=Principal(name="u"))
-    assert Scheduler().schedule(nodes, [spec], migrate, {}).nodes == ["b"]
+    assert Scheduler().schedule(nodes, [spec], migrate, {}, None).nodes == ["b"]
 
 
 @pytest.mark.parametrize(
@@ -277,7 +277,7 @@ def test_hook_falls_back_to_the_vms_own_kwargs_for_a_migration() -> None:
     ],
 )
 def test_hook_refuses_malformed_constraints(kwargs: dict[str, Any], message: str) -> None:
-    placement = Scheduler().schedule([node("a")], [SMALL], request(kwargs=kwargs), {})
+    placement = Scheduler().schedule([node("a")], [SMALL], request(kwargs=kwargs), {}, None)
     assert placement.nodes == [] and (placement.error or "").startswith(message)
 
 

@@ -15,10 +15,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from usher.ctrl.reservations import ChangeLog
 from usher.model import Capacity, Node, NodeState, OpKind, OpRequest, Principal, VMSpec
 from usher.plugins.scheduler import (
     WEIGHERS,
-    ChangeLog,
     Constraints,
     Scheduler,
     SchedulerConfig,

@@ -30,9 +30,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from fastapi import APIRouter
 
     from usher.ctrl.context import PluginContext
+    from usher.ctrl.reservations import Changes
     from usher.model import VM, Event, Node, OpRequest, Placement, Principal, Scope, VMSpec
 
 PROJECT = "usher"
@@ -136,15 +139,24 @@ def release_address(vm: VM) -> None:
 
 @hookspec(firstresult=True)
 def schedule(
-    nodes: list[Node], specs: list[VMSpec], request: OpRequest, reserved: dict[str, Any]
+    nodes: list[Node],
+    specs: list[VMSpec],
+    request: OpRequest,
+    reserved: Mapping[str, Mapping[str, Any]],
+    changes: Changes | None,
 ) -> Placement | None:
     """Place new or migrating VMs: a pure function of the cluster snapshot and the request.
 
     ``nodes`` is the snapshot (capacity, labels, state, usage); ``specs`` one spec per VM to
     place; ``reserved`` maps node name to ``{"vcpus": n, "memory_mb": m, "vms": k,
-    "clusters": {cluster: vm count}}`` already committed there by the controller's records.
-    Return a :class:`Placement` naming one node per spec, or one whose ``error`` says why
-    nothing fits (every VM fits or none is placed).
+    "clusters": {cluster: vm count}}`` already committed there by the controller's records
+    (read them; do not change them). Return a :class:`Placement` naming one node per spec, or
+    one whose ``error`` says why nothing fits (every VM fits or none is placed).
+
+    ``changes``, when given, says which nodes' records or reservations changed since an
+    earlier call (:class:`usher.ctrl.reservations.Changes`), so a scheduler may keep an index
+    across calls and update only those; it is ``None`` when ``nodes`` leaves a node out or
+    ``reserved`` includes capacity promised beyond the records.
     """
 
 

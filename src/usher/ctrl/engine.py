@@ -14,7 +14,7 @@ import contextlib
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from usher.ctrl.events import EventBus
 from usher.ctrl.locks import KeyedLocks
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeLink, NodeRegistry
 from usher.ctrl.plugins import PluginError, PluginHost, Vetoed
+from usher.ctrl.reservations import Changes
 from usher.ctrl.store import Store
 from usher.images import catalog
 from usher.model import (
@@ -703,19 +704,25 @@ class Engine:
         exclude: str | None = None,
         extra: dict[str, dict[str, Any]] | None = None,
     ) -> Placement:
-        """Ask the scheduler plugins; ``extra`` is capacity promised beyond the records."""
-        nodes = [n for n in self.nodes.snapshot() if n.name != exclude]
-        reserved = await self.store.reserved_by_node()
-        for node, used in (extra or {}).items():
-            mine = reserved.setdefault(node, {"vcpus": 0, "memory_mb": 0, "vms": 0})
-            for key in ("vcpus", "memory_mb", "vms"):
-                mine[key] = mine.get(key, 0) + used.get(key, 0)
-            clusters = mine.setdefault("clusters", {})
-            for cluster, count in used.get("clusters", {}).items():
-                clusters[cluster] = clusters.get(cluster, 0) + count
+        """Ask the scheduler plugins; ``extra`` is capacity promised beyond the records.
+
+        A placement over the whole cluster as recorded passes the live reservations and the
+        log of what changed since the last one (the scheduler's index reads only those
+        nodes); one that leaves a node out or adds ``extra`` passes copies, and no log."""
+        nodes = self.nodes.snapshot()
+        reserved: Mapping[str, Mapping[str, Any]] = self.store.reservations.by_node
+        changes: Changes | None = self.store.changes
+        if exclude is not None or extra:
+            nodes = [n for n in nodes if n.name != exclude]
+            reserved, changes = self._with_extra(extra or {}), None
         try:
             placement = await self.plugins.decide(
-                "schedule", nodes=nodes, specs=specs, request=req, reserved=reserved
+                "schedule",
+                nodes=nodes,
+                specs=specs,
+                request=req,
+                reserved=reserved,
+                changes=changes,
             )
         except (PluginError, Vetoed) as exc:
             raise RequestError(403, f"{exc}; nothing was changed") from exc
@@ -727,6 +734,18 @@ class Engine:
         ):
             raise RequestError(403, "the scheduler plugin returned an invalid placement")
         return placement
+
+    def _with_extra(self, extra: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """A copy of the reservations with ``extra`` added."""
+        reserved = self.store.reservations.copy()
+        for node, used in extra.items():
+            mine = reserved.setdefault(node, {"vcpus": 0, "memory_mb": 0, "vms": 0})
+            for key in ("vcpus", "memory_mb", "vms"):
+                mine[key] = mine.get(key, 0) + used.get(key, 0)
+            clusters = mine.setdefault("clusters", {})
+            for cluster, count in used.get("clusters", {}).items():
+                clusters[cluster] = clusters.get(cluster, 0) + count
+        return reserved
 
     async def _schedule(
         self, req: OpRequest, specs: list[VMSpec], exclude: str | None = None

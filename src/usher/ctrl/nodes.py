@@ -125,6 +125,7 @@ class NodeRegistry:
 
     def _changed(self, name: str) -> None:
         self._copies.pop(name, None)
+        self.store.changes.mark(name)
 
     def get(self, name: str) -> Node | None:
         return self.nodes.get(name)

@@ -35,6 +35,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.schema import CreateColumn
 
+from usher.ctrl.reservations import ChangeLog, Reservations
 from usher.ctrl.tables import (
     Base,
     DestroyedVMRow,
@@ -45,7 +46,7 @@ from usher.ctrl.tables import (
     TokenRow,
     VMRow,
 )
-from usher.model import VM, Event, Node, Operation, OpStatus, Page, Scope, VMState, now
+from usher.model import VM, Event, Node, Operation, OpStatus, Page, Scope, now
 
 MAX_PAGE = 1000
 TOKEN_CACHE_SECONDS = 5.0
@@ -170,6 +171,10 @@ class Store:
         self._batch = _Batch()
         self._flusher: asyncio.Task[None] | None = None
         self._listing = _ListingCache()
+        # what the committed VM records reserve per node, for the scheduler; node records
+        # that change are marked in the same log by the node registry
+        self.changes = ChangeLog()
+        self.reservations = Reservations(self.changes)
         self._tokens: dict[str, tuple[float, TokenRow]] = {}  # digest -> (when read, token)
         # Lookups of single VMs asked at about the same time share one query.
         self._vm_reads: dict[str, list[asyncio.Future[VM | None]]] = {}
@@ -185,6 +190,8 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(_add_new_columns)
+            columns = (_VMS.c.id, _VMS.c.node, _VMS.c.state, _VMS.c.cluster, _VMS.c.spec)
+            self.reservations.apply(r._mapping for r in await conn.execute(select(*columns)))
 
     async def close(self) -> None:
         await self.flush()
@@ -223,6 +230,8 @@ class Store:
                         error = None
                     except Exception as again:
                         error = again
+            if error is None:
+                self.reservations.apply(batch.vm_updates)
             for waiter in batch.waiters:
                 if waiter.done():
                     continue
@@ -265,6 +274,7 @@ class Store:
             self._listing.remember(rows)
             async with self._write() as s:
                 await s.execute(_VMS.insert(), rows)
+            self.reservations.apply(rows)
 
     async def update_vms(self, vms: Iterable[VM]) -> None:
         """Write the VMs' records; returns once committed (along with other queued writes)."""
@@ -293,6 +303,7 @@ class Store:
                 .values(id=vm.id, name=vm.name, destroyed_at=now())
                 .on_conflict_do_nothing(index_elements=["id"])
             )
+        self.reservations.forget(vm.id)
 
     async def was_destroyed(self, vm_id: str) -> bool:
         async with self.sessions() as s:
@@ -451,33 +462,6 @@ class Store:
             stmt = stmt.where(VMRow.cluster == cluster)
         async with self.sessions() as s:
             return [_vm(r) for r in (await s.execute(stmt)).scalars()]
-
-    async def reserved_by_node(self) -> dict[str, dict[str, Any]]:
-        """Per node, what its VM records hold (every VM that is not stopped counts):
-        ``{"vms": n, "vcpus": n, "memory_mb": n, "clusters": {cluster: vm count}}``."""
-        live = (VMRow.node.is_not(None), VMRow.state != VMState.STOPPED.value)
-        stmt = (
-            select(
-                VMRow.node,
-                VMRow.cluster,
-                func.count(),
-                func.sum(VMRow.spec["vcpus"].as_integer()),
-                func.sum(VMRow.spec["memory_mb"].as_integer()),
-            )
-            .where(*live)
-            .group_by(VMRow.node, VMRow.cluster)
-        )
-        async with self.sessions() as s:
-            rows = (await s.execute(stmt)).all()
-        reserved: dict[str, dict[str, Any]] = {}
-        for node, cluster, n, vcpus, memory in rows:
-            used = reserved.setdefault(node, {"vms": 0, "vcpus": 0, "memory_mb": 0, "clusters": {}})
-            used["vms"] += int(n)
-            used["vcpus"] += int(vcpus or 0)
-            used["memory_mb"] += int(memory or 0)
-            if cluster is not None:
-                used["clusters"][cluster] = int(n)
-        return reserved
 
     # --- nodes -------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ request (or, for a migration, the VM's own start request) chooses with its kwarg
   runs VMs of the request's virtual cluster;
 * ``affinity = true``: all on one node, the one already running VMs of the cluster if any.
 
-A caller that passes ``changes`` (a :class:`~usher.plugins.scheduler_index.Changes`: what
+A caller that passes ``changes`` (a :class:`~usher.ctrl.reservations.Changes`: what
 changed since an earlier call) gets one-VM requests answered from a
 :class:`~usher.plugins.scheduler_index.PlacementIndex` kept across requests, which looks at a
 few nodes rather than all; the answer is the one :func:`place` gives, without the
@@ -35,19 +35,19 @@ few nodes rather than all; the answer is the one :func:`place` gives, without th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from usher.ctrl.reservations import Changes
 from usher.hookspecs import hookimpl
 from usher.model import Node, OpRequest, Placement, VMSpec
 from usher.plugins.scheduler_config import WEIGHERS, SchedulerConfig
 from usher.plugins.scheduler_filters import Constraints
-from usher.plugins.scheduler_index import ChangeLog, Changes, PlacementIndex
+from usher.plugins.scheduler_index import PlacementIndex
 from usher.plugins.scheduler_place import place
 
 __all__ = [
     "WEIGHERS",
-    "ChangeLog",
-    "Changes",
     "Constraints",
     "PlacementIndex",
     "Scheduler",
@@ -75,11 +75,10 @@ class Scheduler:
         nodes: list[Node],
         specs: list[VMSpec],
         request: OpRequest,
-        reserved: dict[str, Any],
-        changes: Changes | None = None,
+        reserved: Mapping[str, Mapping[str, Any]],
+        changes: Changes | None,
     ) -> Placement:
-        """``changes``: see the module docstring; pluggy passes it once the hook spec names
-        it (and this default is dropped), until then only direct calls do."""
+        """``changes``: see the module docstring."""
         try:
             want = Constraints.of(request, specs)
         except ValueError as exc:

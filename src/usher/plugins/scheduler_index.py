@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
+from usher.ctrl.reservations import Changes
 from usher.model import Node, VMSpec
 from usher.plugins.scheduler_config import SchedulerConfig
 from usher.plugins.scheduler_filters import Constraints, Slot, _state
@@ -34,46 +35,6 @@ from usher.plugins.scheduler_place import scorer
 
 EMPTY: Mapping[str, Any] = {}
 VIEWS = 16  # (size, labels) views kept; each holds a key per node that can take the VM
-
-
-class Changes(Protocol):
-    """What the caller tells the scheduler about its snapshot (see the module docstring)."""
-
-    @property
-    def generation(self) -> int:
-        """Grows whenever a node record or a node's reservation changes."""
-        ...
-
-    def since(self, generation: int) -> Collection[str] | None:
-        """Names of the nodes whose record (added or replaced) or ``reserved`` entry may have
-        changed after ``generation``; ``None`` if that is no longer known."""
-        ...
-
-
-class ChangeLog:
-    """A :class:`Changes`: :meth:`mark` a node's name whenever its record or reservation
-    changes; keeps the last ``keep`` marks (an index further behind rebuilds)."""
-
-    def __init__(self, keep: int = 65536) -> None:
-        self._names: list[str] = []
-        self._base = 0  # generation of self._names[0]
-        self._keep = keep
-
-    @property
-    def generation(self) -> int:
-        return self._base + len(self._names)
-
-    def mark(self, *names: str) -> None:
-        self._names.extend(names)
-        if len(self._names) > 2 * self._keep:
-            drop = len(self._names) - self._keep
-            del self._names[:drop]
-            self._base += drop
-
-    def since(self, generation: int) -> Collection[str] | None:
-        if not self._base <= generation <= self.generation:
-            return None
-        return set(self._names[generation - self._base :])
 
 
 class _Entry:
