@@ -6,8 +6,8 @@ is one of these pydantic models, so all parts agree on names and validation.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -18,7 +18,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 def new_id(prefix: str) -> str:
     """A short unique id with a readable prefix, e.g. ``vm-3f9a0c1b2d4e``."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+    return f"{prefix}-{os.urandom(6).hex()}"
 
 
 def now() -> float:

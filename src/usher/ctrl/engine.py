@@ -158,7 +158,7 @@ class Engine:
         self.placement_lock = asyncio.Lock()
         self.parallel = asyncio.Semaphore(settings.max_parallel)
         self.live: dict[str, Operation] = {}
-        self._images: dict[str, tuple[float, Image]] = {}
+        self._images: dict[str, tuple[float, Image, dict[str, Any]]] = {}
         self._done: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runs: dict[str, _Run] = {}
@@ -287,9 +287,13 @@ class Engine:
 
     async def image(self, name: str) -> Image:
         """The catalogue entry of image ``name`` (cached briefly); 404 if there is none."""
+        return (await self._cached_image(name))[1]
+
+    async def _cached_image(self, name: str) -> tuple[float, Image, dict[str, Any]]:
+        """When image ``name`` was read, its entry, and that entry as a node is sent it."""
         cached = self._images.get(name)
         if cached is not None and now() - cached[0] < IMAGE_CACHE_SECONDS:
-            return cached[1]
+            return cached
         storage = self.settings.storage_dir
         try:
             found = await asyncio.to_thread(catalog.read_manifest, storage, name)
@@ -302,8 +306,8 @@ class Engine:
                 f"unknown image {name!r} (known: {', '.join(known) or 'none'}); "
                 "build one with `usher image build tiny` or import one with `ush image import`",
             )
-        self._images[name] = (now(), found)
-        return found
+        self._images[name] = cached = (now(), found, found.model_dump(mode="json"))
+        return cached
 
     async def console(self, vm: VM, offset: int) -> ConsoleChunk:
         """Serial console output of ``vm`` from byte ``offset``, read by its node's driver."""
@@ -841,7 +845,8 @@ class Engine:
             if vm is None:
                 raise StepFailed(f"VM {vm_id} no longer exists")
             try:
-                details = await asyncio.wait_for(step(op, vm), timeout)
+                async with asyncio.timeout(timeout):  # (no task per step, as wait_for)
+                    details = await step(op, vm)
             except TimeoutError:
                 await self._settle_timed_out(op, vm_id)
                 raise StepFailed(f"{vm.name}: timed out after {timeout:g} s") from None
@@ -951,14 +956,14 @@ class Engine:
     async def _guest(self, vm: VM) -> dict[str, Any]:
         """What a node needs to run ``vm``: its spec and its image's catalogue entry."""
         try:
-            image = await self.image(vm.spec.image)
+            _when, _image, image = await self._cached_image(vm.spec.image)
         except RequestError as exc:
             raise StepFailed(f"{vm.name}: {exc.message}") from exc
         return {
             "id": vm.id,
             "name": vm.name,
             "spec": vm.spec.model_dump(mode="json"),
-            "image": image.model_dump(mode="json"),
+            "image": image,
         }
 
     def _check_state(self, op: Operation, vm: VM) -> None:

@@ -35,6 +35,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.schema import CreateColumn
 
+from usher import wire
 from usher.ctrl.reservations import ChangeLog, Reservations
 from usher.ctrl.tables import (
     Base,
@@ -155,7 +156,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = async_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"json_serializer": wire.dumps, "json_deserializer": wire.loads}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         else:

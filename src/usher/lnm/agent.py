@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
@@ -23,6 +22,7 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from usher import wire
 from usher.model import VMState
 from usher.vmm.base import DomainInfo, Driver, DriverError, Guest
 
@@ -124,9 +124,10 @@ class LNM:
             additional_headers=headers,
             max_size=2**24,
             ping_interval=20,
+            compression=None,  # small JSON messages: deflating them costs more than it saves
         ) as ws:
-            await ws.send(json.dumps(await self._hello()))
-            welcome = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            await ws.send(wire.dumps(await self._hello()))
+            welcome = wire.loads(await asyncio.wait_for(ws.recv(), 15))
             if welcome.get("type") == "refused":
                 raise Refused(welcome.get("reason", "refused"))
             if "credential" in welcome:
@@ -163,7 +164,7 @@ class LNM:
 
     async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
-            msg = json.loads(raw)
+            msg = wire.loads(raw)
             if msg.get("type") == "command":
                 self._spawn(self._run_command(ws, msg), str(msg.get("id")))
             elif msg.get("type") == "refused":
@@ -182,11 +183,11 @@ class LNM:
         if ws is None:
             return  # not connected: the next hello re-reports everything
         with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.send(json.dumps(msg))
+            await ws.send(wire.dumps(msg))
 
     async def _heartbeats(self, ws: ClientConnection, interval: float) -> None:
         while True:
-            await ws.send(json.dumps({"type": "heartbeat", "usage": await self.usage()}))
+            await ws.send(wire.dumps({"type": "heartbeat", "usage": await self.usage()}))
             await asyncio.sleep(interval)
 
     # --- commands ----------------------------------------------------------------------
@@ -223,7 +224,7 @@ class LNM:
                 if not self._busy[vm_id]:
                     del self._busy[vm_id]
         with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.send(json.dumps(reply))
+            await ws.send(wire.dumps(reply))
         if vm_id and self._ws is not ws:
             await self._report(vm_id)
 

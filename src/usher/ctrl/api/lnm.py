@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field
 
+from usher import wire
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
 from usher.ctrl.authz import Forbidden
 from usher.ctrl.controller import Controller
@@ -108,7 +108,7 @@ async def lnm_link(ws: WebSocket) -> None:
     if credential is not None:
         log.info("node %s joined with a join token and got its credential", name)
 
-    link = NodeLink(name, ws.send_json, ws.close)
+    link = NodeLink(name, lambda message: ws.send_text(wire.dumps(message)), ws.close)
     await ctrl.nodes.attach(hello, link)
     welcome: dict[str, Any] = {
         "type": "welcome",
@@ -123,7 +123,7 @@ async def lnm_link(ws: WebSocket) -> None:
     reason = "connection closed"
     try:
         while True:
-            msg: dict[str, Any] = json.loads(await ws.receive_text())
+            msg: dict[str, Any] = wire.loads(await ws.receive_text())
             await _dispatch(ctrl, link, msg)
     except WebSocketDisconnect:
         pass
