@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -113,9 +114,13 @@ def async_url(url: str) -> str:
 
 
 def _row_values(model: Any, row_cls: type[Base]) -> dict[str, Any]:
-    columns = row_cls.__table__.columns.keys()
-    data = model.model_dump(mode="json")
-    return {k: v for k, v in data.items() if k in columns and k != "seq"}
+    """The columns of ``row_cls`` (but ``seq``) from a model, as the database takes them."""
+    return model.model_dump(mode="json", include=_columns(row_cls))
+
+
+@functools.cache
+def _columns(row_cls: type[Base]) -> frozenset[str]:
+    return frozenset(row_cls.__table__.columns.keys()) - {"seq"}
 
 
 def _page(items: list[Any], seqs: Sequence[int], limit: int, total: int) -> Page[Any]:

@@ -109,6 +109,8 @@ def _state(node: Node) -> str | None:
 
 
 def _labels(node: Node, wanted: Mapping[str, str]) -> str | None:
+    if not wanted:
+        return None
     missing = [f"{k}={v}" for k, v in wanted.items() if node.labels.get(k) != v]
     return f"labels: lacks {', '.join(missing)}" if missing else None
 
