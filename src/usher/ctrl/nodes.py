@@ -63,7 +63,8 @@ class NodeLink:
         }
         try:
             await self._send(msg)
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             raise CommandFailed(
                 f"node {self.name} did not answer {action} in {timeout:.0f} s"
