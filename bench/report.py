@@ -149,6 +149,8 @@ def scale(r: dict[str, dict[str, Any]]) -> list[str]:
                 seconds(st["vm_latency_ms"]),
                 f"{ls['full_list_ms']['p50']:.0f} / {ls['full_list_ms']['p99']:.0f}",
                 f"{ls['page_ms']['p50']:.0f} / {ls['page_ms']['p99']:.0f}",
+                f"{ls['client_parse_ms']['p50']:.0f} / "
+                f"{ls['typed_client_full_list_ms']['p50']:.0f}",
                 f"{rss['with_nodes']} / {rss['peak']}",
                 v["connect_s"],
                 v["machine"]["load_avg"][0],
@@ -164,6 +166,7 @@ def scale(r: dict[str, dict[str, Any]]) -> list[str]:
         "VM request→running p50/p99 s",
         "list all p50/p99 ms",
         "page of 1,000 p50/p99 ms",
+        "client: parse all / typed client list all, p50 ms",
         "RSS nodes only / peak MB",
         "nodes connect s",
         "load",
@@ -172,7 +175,10 @@ def scale(r: dict[str, dict[str, Any]]) -> list[str]:
     note = (
         f"Fake driver, {first['database']}, batches of {first['starts']['batch']} VMs, "
         f"{first['starts']['concurrent_requests']} requests in flight, LNM swarms of "
-        f"{first['lnm_processes']} processes (one WebSocket per node)."
+        f"{first['lnm_processes']} processes (one WebSocket per node). A listing is timed "
+        "until the last page's body has arrived; parsing the bodies into Python objects "
+        "(orjson) is timed apart, and the typed client (a pydantic model per VM) for "
+        "comparison."
     )
     return ["### Control-plane scale", "", note, "", *table(header, rows)]
 
