@@ -402,8 +402,9 @@ class Store:
         scope: Scope | None = None,
     ) -> bytes:
         """The same page as :meth:`list_vms`, as the JSON of a ``Page[VM]``, built without a
-        model per VM: the JSON columns are spliced in as stored (a listing of a large
-        cluster is the API's biggest answer)."""
+        model per VM (a listing of a large cluster is the API's biggest answer): the query
+        reads each VM's ``(id, updated_at)``, and its JSON comes from the listing cache, read
+        again from the database only for VMs the cache holds at another version."""
         filters = _vm_filters(scope, cluster=cluster, owner=owner, node=node, state=state)
         rows, total, limit = await self._vm_page(_VM_VERSIONS, filters, limit, cursor)
         page = [(vm_id, at) for _seq, vm_id, at, _total in rows[:limit]]
