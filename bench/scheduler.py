@@ -99,7 +99,7 @@ def gang(plugin: Scheduler, nodes: list[Node], count: int, rounds: int) -> dict[
     for _ in range(rounds):
         t0 = time.perf_counter()
         placement = plugin.schedule(
-            nodes=nodes, specs=[spec] * count, request=request(count), reserved={}
+            nodes=nodes, specs=[spec] * count, request=request(count), reserved={}, changes=None
         )
         times.append(time.perf_counter() - t0)
         assert placement.error is None, placement.error

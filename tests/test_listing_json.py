@@ -97,3 +97,21 @@ async def test_writes_through_the_store_show_at_once(store: Store) -> None:
     shown = {v.id: v for v in page.items}
     assert shown["vm-0010"] == vm
     assert "vm-0011" not in shown and page.total == 229
+
+
+async def test_a_vm_deleted_while_its_page_is_read_is_left_out(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_page = store._vm_page
+
+    async def page_then_delete(*args: Any) -> Any:
+        found = await read_page(*args)
+        victim = await store.get_vm("vm-0003")
+        assert victim is not None
+        await store.delete_vm(victim)  # after the page was read, before its JSON is
+        return found
+
+    store._listing.forget("vm-0003")
+    monkeypatch.setattr(store, "_vm_page", page_then_delete)
+    page = Page[VM].model_validate_json(await store.list_vms_json(limit=10))
+    assert [vm.id for vm in page.items] == [f"vm-{i:04d}" for i in range(10) if i != 3]

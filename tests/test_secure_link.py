@@ -43,6 +43,14 @@ def credential(cluster: Cluster, node: str) -> Path:
     return cluster.root / "nodes" / node / "node.credential"
 
 
+def saved_credential(cluster: Cluster, node: str) -> Path:
+    """``node``'s credential file, once its LNM has saved it (a moment after the controller
+    counts the node connected: the credential comes in the welcome)."""
+    path = credential(cluster, node)
+    wait_for(f"{node}'s credential file", path.exists)
+    return path
+
+
 def refused(cluster: Cluster, node: str) -> str:
     """Wait for ``node``'s LNM to give up, refused; the reason the controller recorded."""
     proc = cluster.lnms[node]
@@ -67,7 +75,7 @@ def test_join_token_then_own_credential(make_cluster: MakeCluster) -> None:
     token = cluster.join_token(uses=1)
     token_file = write_token(cluster, "once", token)
     cluster.start_lnm("n1", join_token_file=token_file)
-    cred = credential(cluster, "n1")
+    cred = saved_credential(cluster, "n1")
     assert stat.S_IMODE(cred.stat().st_mode) == 0o600
     secret = cred.read_text().strip()
     assert secret and secret != token
@@ -110,7 +118,7 @@ def test_expired_or_missing_join_token_is_refused(make_cluster: MakeCluster) -> 
 
 def test_revoked_credential_closes_the_link(make_cluster: MakeCluster) -> None:
     cluster = make_cluster(nodes=1)
-    secret = credential(cluster, "node-1").read_text().strip()
+    secret = saved_credential(cluster, "node-1").read_text().strip()
     done = usher_node(cluster, "revoke", "node-1")
     assert done.returncode == 0, done.stderr
     assert "revoked 1 credential(s) of node node-1" in done.stdout
@@ -140,4 +148,4 @@ def test_tls_link_and_api(make_cluster: MakeCluster, tmp_path: Path) -> None:
     cluster.start_lnm("n-bad", join_token_file=token_file, ca_file=other_ca, wait=False)
     wait_for("a failed verification", lambda: "CERTIFICATE_VERIFY_FAILED" in cluster.log("n-bad"))
     assert all(n.name != "n-bad" for n in cluster.client().nodes())
-    assert_no_secrets(cluster, [token, credential(cluster, "n-good").read_text().strip()])
+    assert_no_secrets(cluster, [token, saved_credential(cluster, "n-good").read_text().strip()])

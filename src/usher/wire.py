@@ -4,14 +4,19 @@ standard library's encoder was a visible share of the controller's time)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
 
 
 def dumps(message: Any) -> str:
-    """One message as the text of a WebSocket frame."""
-    return orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS).decode()
+    """One message (or column value) as JSON text. What orjson cannot write, such as an
+    integer beyond 64 bits in a user's kwargs, goes through the standard library."""
+    try:
+        return orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(message)
 
 
 def loads(text: str | bytes) -> Any:

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     Connection,
     Select,
@@ -73,20 +72,27 @@ class _ListingCache:
     def remember(self, rows: Iterable[dict[str, Any]]) -> None:
         """Rows as written to (or read from) the ``vms`` table, without ``seq``."""
         for row in rows:
-            self._json[row["id"]] = (row["updated_at"], orjson.dumps(row).decode())
+            self.remember_one(row)
+
+    def remember_one(self, row: dict[str, Any]) -> str:
+        """Like :meth:`remember`, for one row; its JSON."""
+        text = wire.dumps(row)
+        self._json[row["id"]] = (row["updated_at"], text)
+        return text
 
     def forget(self, vm_id: str) -> None:
         self._json.pop(vm_id, None)
 
-    def missing(self, versions: Iterable[tuple[str, float]]) -> list[str]:
-        """The ids among ``(id, updated_at)`` whose JSON is not known at that version."""
+    def at(self, versions: Iterable[tuple[str, float]]) -> dict[str, str]:
+        """The JSON of each ``(id, updated_at)`` known at that version (others are left
+        out: read them again)."""
         known = self._json
-        return [i for i, at in versions if (known.get(i) or (None,))[0] != at]
-
-    def joined(self, vm_ids: Iterable[str]) -> str:
-        """The VMs' JSON objects, comma-separated (each must be known)."""
-        known = self._json
-        return ",".join([known[i][1] for i in vm_ids])
+        found: dict[str, str] = {}
+        for vm_id, at in versions:
+            hit = known.get(vm_id)
+            if hit is not None and hit[0] == at:
+                found[vm_id] = hit[1]
+        return found
 
 
 @dataclass
@@ -408,17 +414,18 @@ class Store:
         filters = _vm_filters(scope, cluster=cluster, owner=owner, node=node, state=state)
         rows, total, limit = await self._vm_page(_VM_VERSIONS, filters, limit, cursor)
         page = [(vm_id, at) for _seq, vm_id, at, _total in rows[:limit]]
-        missing = self._listing.missing(page)
+        found = self._listing.at(page)
+        missing = [vm_id for vm_id, _at in page if vm_id not in found]
         if missing:
             async with self.engine.connect() as conn:
                 for start in range(0, len(missing), 500):
                     chunk = missing[start : start + 500]
-                    found = await conn.execute(select(_VMS).where(_VMS.c.id.in_(chunk)))
-                    self._listing.remember(
-                        {k: v for k, v in row._mapping.items() if k != "seq"} for row in found
-                    )
-        items = self._listing.joined(vm_id for vm_id, _at in page)
-        more = orjson.dumps(str(rows[limit - 1].seq) if len(rows) > limit else None).decode()
+                    for row in await conn.execute(select(_VMS).where(_VMS.c.id.in_(chunk))):
+                        values = {k: v for k, v in row._mapping.items() if k != "seq"}
+                        found[row.id] = self._listing.remember_one(values)
+        # a VM deleted since the page was read is left out
+        items = ",".join([found[vm_id] for vm_id, _at in page if vm_id in found])
+        more = wire.dumps(str(rows[limit - 1].seq) if len(rows) > limit else None)
         return f'{{"items":[{items}],"total":{total},"next":{more}}}'.encode()
 
     async def _vm_page(
