@@ -17,6 +17,7 @@ import logging
 import signal
 from pathlib import Path
 
+from usher import gctune
 from usher.lnm.agent import CREDENTIAL_FILE, LNM, LNMConfig
 from usher.vmm.fake import FakeDriver
 
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="fake driver latency (s)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    gctune.tune()  # as `usher lnm` does
     asyncio.run(run(args))
 
 

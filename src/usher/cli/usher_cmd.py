@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from usher import gctune
 from usher.cli.image_cmd import image
 from usher.cli.local import local
 from usher.cli.node_cmd import node
@@ -73,6 +74,7 @@ def ctrl(
             tls = server_files(settings)
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"cannot set up TLS: {exc}") from exc
+    gctune.tune()
     uvicorn.run(
         create_app(settings),
         host=host,
@@ -223,6 +225,7 @@ def lnm(
         await agent.run(stop)
 
     try:
+        gctune.tune()
         asyncio.run(run())
     except Refused as exc:
         raise click.ClickException(f"the controller refused this node: {exc}") from exc
