@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +96,13 @@ def targets(r: dict[str, dict[str, Any]]) -> list[str]:
             )
     real = r.get("realvm")
     if real:
+        ready = paired(real, "boot", "ready_s")
         rows.append(
             [
-                "added to request → guest ready",
+                "added to request → guest ready (median of paired rounds)",
                 "≤ 0.2 s",
-                f"{real['boot_added_s']} s",
-                verdict(real["boot_added_s"] <= 0.2),
+                f"{ready:+} s (difference of medians {real['boot_added_s']:+} s)",
+                verdict(ready <= 0.2),
             ]
         )
         u = real["migration"]["usher"]["downtime_ms"]["median"]
@@ -222,6 +224,14 @@ def scheduler(r: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def paired(real: dict[str, Any], part: str, key: str) -> float:
+    """The median of the per-round differences Usher minus plain (the rounds alternate, so each
+    pair ran under the same conditions): steadier than the difference of the two medians
+    when single runs vary by ±0.5 s, as TCG boots do here."""
+    usher, plain = (real[part][who][key]["runs"] for who in ("usher", "plain"))
+    return round(statistics.median(u - p for u, p in zip(usher, plain, strict=True)), 3)
+
+
 def realvm(r: dict[str, dict[str, Any]]) -> list[str]:
     real = r.get("realvm")
     if not real:
@@ -233,23 +243,27 @@ def realvm(r: dict[str, dict[str, Any]]) -> list[str]:
             b["usher"]["running_s"]["median"],
             b["plain"]["running_s"]["median"],
             "",
+            f"{paired(real, 'boot', 'running_s'):+}",
         ],
         [
             "request → guest ready",
             b["usher"]["ready_s"]["median"],
             b["plain"]["ready_s"]["median"],
             f"+{real['boot_added_s']} s (x{real['boot_ratio']})",
+            f"{paired(real, 'boot', 'ready_s'):+}",
         ],
         [
             "live migration total",
             m["usher"]["total_s"]["median"],
             m["plain"]["total_s"]["median"],
             f"+{real['migration_added_s']} s (x{real['migration_ratio']})",
+            f"{paired(real, 'migration', 'total_s'):+}",
         ],
         [
             "migration downtime (ms)",
             m["usher"]["downtime_ms"]["median"],
             m["plain"]["downtime_ms"]["median"],
+            "",
             "",
         ],
     ]
@@ -262,7 +276,16 @@ def realvm(r: dict[str, dict[str, Any]]) -> list[str]:
         "",
         note,
         "",
-        *table(["seconds (median)", "Usher", "plain QEMU/QMP", "added"], rows),
+        *table(
+            [
+                "seconds (median)",
+                "Usher",
+                "plain QEMU/QMP",
+                "added (difference of medians)",
+                "added (median of paired rounds)",
+            ],
+            rows,
+        ),
     ]
 
 
