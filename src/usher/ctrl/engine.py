@@ -1289,6 +1289,12 @@ class Engine:
         # went away, say): reconciled as on a hello
         await self._reconcile(vm_id, node, {"id": vm_id, "state": state.value, "reason": reason})
 
+    async def vm_gone(self, node: str, vm_id: str) -> None:
+        """An LNM no longer has a VM whose command outlived its link (a destroy that ended
+        after its controller went away, and after the node's hello had still listed it):
+        reconciled as if that hello had left it out."""
+        await self._reconcile(vm_id, node, None)
+
     def report_later(self, coro: Awaitable[None], name: str) -> None:
         """Run an LNM report off the link's read loop (it may wait for a VM lock)."""
         self._spawn(coro, name)

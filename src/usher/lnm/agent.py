@@ -233,7 +233,8 @@ class LNM:
         link it came on (the controller that asked is gone, and its reply with it)."""
         try:
             dom = await self.driver.info(vm_id)
-        except DriverError:
+        except DriverError:  # the command ended it (a destroy), or it is gone otherwise
+            await self._send({"type": "gone", "vm_id": vm_id})
             return
         await self._send_state(vm_id, dom.state, dom.reason)
 

@@ -146,5 +146,8 @@ async def _dispatch(ctrl: Controller, link: NodeLink, msg: dict[str, Any]) -> No
             ctrl.engine.vm_reported(link.name, vm_id, state, msg.get("reason")),
             f"report-{vm_id}",
         )
+    elif kind == "gone":
+        vm_id = str(msg["vm_id"])
+        ctrl.engine.report_later(ctrl.engine.vm_gone(link.name, vm_id), f"gone-{vm_id}")
     else:
         log.warning("node %s sent an unknown message type %r", link.name, kind)
