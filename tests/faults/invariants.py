@@ -110,7 +110,11 @@ def check_capacity(cluster: Cluster, bound: float = 6.0) -> None:
                     vm_id: rec["state"]
                     for vm_id, rec in fake_table(cluster.root / "nodes" / node.name).items()
                 }
-                recorded = {vm.id: vm.state.value for vm in vms if vm.node == node.name}
+                recorded = {
+                    vm.id: f"{vm.state.value} ({vm.state_reason})"
+                    for vm in vms
+                    if vm.node == node.name
+                }
                 bad.append(
                     f"{node.name}: VMs say {want}, LNM says {got} (its driver holds {held}; "
                     f"records there: {recorded})"

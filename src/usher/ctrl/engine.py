@@ -848,7 +848,7 @@ class Engine:
                 async with asyncio.timeout(timeout):  # (no task per step, as wait_for)
                     details = await step(op, vm)
             except TimeoutError:
-                await self._settle_timed_out(op, vm_id)
+                await self._settle_unfinished(op, vm_id, f"timed out after {timeout:g} s")
                 raise StepFailed(f"{vm.name}: timed out after {timeout:g} s") from None
         except StepCancelled as exc:
             progress["cancelled"] += 1
@@ -857,6 +857,10 @@ class Engine:
         except Exception as exc:
             if not isinstance(exc, StepFailed):  # a bug must fail the step, not hang the op
                 log.exception("operation %s failed on %s", op.id, vm_id)
+                try:  # nor leave the VM in a transition no one will finish
+                    await self._settle_unfinished(op, vm_id, f"failed: internal error: {exc!r}")
+                except Exception:
+                    log.exception("cannot settle %s after that failure", vm_id)
             error = str(exc) if isinstance(exc, StepFailed) else f"internal error: {exc!r}"
             progress["failed"] += 1
             op.result["errors"][vm_id] = error
@@ -881,9 +885,10 @@ class Engine:
             data=details or {},
         )
 
-    async def _settle_timed_out(self, op: Operation, vm_id: str) -> None:
-        """A step ran out of time: cancel its command on the node, then record the VM as its
-        node reports it (``lost`` if the node cannot say; ``error`` if still in transition)."""
+    async def _settle_unfinished(self, op: Operation, vm_id: str, why: str) -> None:
+        """A step ended without finishing (it ran out of time, or a bug broke it): cancel its
+        command on the node, then record the VM as its node reports it (``lost`` if the node
+        cannot say; ``error`` if still in transition)."""
         run = self._runs[op.id]
         inflight = run.inflight.pop(vm_id, None)
         if inflight is not None:
@@ -893,7 +898,7 @@ class Engine:
         vm = await self.store.get_vm(vm_id)
         if vm is None:
             return
-        reason = f"{op.kind.value} timed out after {run.timeout:g} s"
+        reason = f"{op.kind.value} {why}"
         try:
             info = await self.nodes.link(vm.node).call("info", vm_id=vm.id, timeout=30)
             state = VMState(info.get("state", S.ERROR))
@@ -1115,7 +1120,7 @@ class Engine:
         except (CommandFailed, NodeGone, asyncio.CancelledError) as exc:
             with contextlib.suppress(CommandFailed, NodeGone):
                 await dst_link.call("abort_incoming", vm_id=vm.id, timeout=timeout)
-            if isinstance(exc, asyncio.CancelledError):  # timed out: _settle_timed_out follows
+            if isinstance(exc, asyncio.CancelledError):  # timed out: _settle_unfinished follows
                 raise
             cancelled = vm.id in self._runs[op.id].cancelled
             why = "cancelled" if cancelled else str(exc)

@@ -62,15 +62,16 @@ class NodeLink:
             "args": args or {},
         }
         try:
-            await self._send(msg)
+            try:
+                await self._send(msg)
+            except Exception as exc:  # whatever the transport raises once the link is down
+                raise NodeGone(f"node {self.name}: link lost ({exc!r})") from exc
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
             raise CommandFailed(
                 f"node {self.name} did not answer {action} in {timeout:.0f} s"
             ) from None
-        except (ConnectionError, RuntimeError) as exc:
-            raise NodeGone(f"node {self.name}: link lost ({exc})") from exc
         finally:
             self._pending.pop(cmd_id, None)
 
