@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.schema import CreateColumn
 
 from usher import wire
+from usher.ctrl.listing import Listing, Text, text_of
 from usher.ctrl.reservations import ChangeLog, Reservations
 from usher.ctrl.tables import (
     Base,
@@ -56,43 +57,9 @@ log = logging.getLogger("usher.store")
 # One statement for every VM update, so it compiles once and runs as an executemany.
 _VMS = VMRow.__table__
 _UPDATE_VM = update(_VMS).where(_VMS.c.id == bindparam("_vm_id"))
-# What a listing reads of each VM on its page: the JSON of a VM that has not changed since
-# it was last written or listed comes from the store's _ListingCache.
-_VM_VERSIONS = select(_VMS.c.seq, _VMS.c.id, _VMS.c.updated_at)
-
-
-class _ListingCache:
-    """The JSON of each VM as last written or read, keyed by its ``updated_at``: a listing
-    reads only ``(id, updated_at)`` per VM and serializes only those whose record changed
-    since (a write elsewhere that the cache did not see changes ``updated_at`` too)."""
-
-    def __init__(self) -> None:
-        self._json: dict[str, tuple[float, str]] = {}
-
-    def remember(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Rows as written to (or read from) the ``vms`` table, without ``seq``."""
-        for row in rows:
-            self.remember_one(row)
-
-    def remember_one(self, row: dict[str, Any]) -> str:
-        """Like :meth:`remember`, for one row; its JSON."""
-        text = wire.dumps(row)
-        self._json[row["id"]] = (row["updated_at"], text)
-        return text
-
-    def forget(self, vm_id: str) -> None:
-        self._json.pop(vm_id, None)
-
-    def at(self, versions: Iterable[tuple[str, float]]) -> dict[str, str]:
-        """The JSON of each ``(id, updated_at)`` known at that version (others are left
-        out: read them again)."""
-        known = self._json
-        found: dict[str, str] = {}
-        for vm_id, at in versions:
-            hit = known.get(vm_id)
-            if hit is not None and hit[0] == at:
-                found[vm_id] = hit[1]
-        return found
+_INSERT_VMS = _VMS.insert().returning(_VMS.c.id, _VMS.c.seq)
+# What a filtered listing reads of each VM on its page (its JSON comes from the Listing)
+_VM_IDS = select(_VMS.c.seq, _VMS.c.id)
 
 
 @dataclass
@@ -101,6 +68,7 @@ class _Batch:
     event rows and node records (written behind: nobody waits, but reads flush first)."""
 
     vm_updates: list[dict[str, Any]] = field(default_factory=list)
+    vm_texts: list[Text] = field(default_factory=list)  # their JSON, for listings
     events: list[dict[str, Any]] = field(default_factory=list)
     nodes: dict[str, Node] = field(default_factory=dict)  # as they are when written
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
@@ -182,7 +150,7 @@ class Store:
         # and one executemany per statement for everything queued while the last one ran.
         self._batch = _Batch()
         self._flusher: asyncio.Task[None] | None = None
-        self._listing = _ListingCache()
+        self._listing = Listing()
         # what the committed VM records reserve per node, for the scheduler; node records
         # that change are marked in the same log by the node registry
         self.changes = ChangeLog()
@@ -203,7 +171,9 @@ class Store:
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(_add_new_columns)
             columns = (_VMS.c.id, _VMS.c.node, _VMS.c.state, _VMS.c.cluster, _VMS.c.spec)
-            self.reservations.apply(r._mapping for r in await conn.execute(select(*columns)))
+            rows = (await conn.execute(select(_VMS.c.seq, *columns))).all()
+        self.reservations.apply(r._mapping for r in rows)
+        self._listing.place((r.seq, r.id) for r in rows)
 
     async def close(self) -> None:
         await self.flush()
@@ -244,6 +214,7 @@ class Store:
                         error = again
             if error is None:
                 self.reservations.apply(batch.vm_updates)
+                self._listing.remember(batch.vm_texts)
             for waiter in batch.waiters:
                 if waiter.done():
                     continue
@@ -283,17 +254,19 @@ class Store:
     async def add_vms(self, vms: Iterable[VM]) -> None:
         rows = [_row_values(vm, VMRow) for vm in vms]
         if rows:
-            self._listing.remember(rows)
+            texts = [text_of(row) for row in rows]
             async with self._write() as s:
-                await s.execute(_VMS.insert(), rows)
+                placed = (await s.execute(_INSERT_VMS, rows)).all()
             self.reservations.apply(rows)
+            self._listing.place((seq, vm_id) for vm_id, seq in placed)
+            self._listing.remember(texts)
 
     async def update_vms(self, vms: Iterable[VM]) -> None:
         """Write the VMs' records; returns once committed (along with other queued writes)."""
         rows = [_row_values(vm, VMRow) for vm in vms]
         if not rows:
             return
-        self._listing.remember(rows)
+        self._batch.vm_texts.extend(text_of(row) for row in rows)
         for row in rows:
             row["_vm_id"] = row["id"]
         waiter = asyncio.get_running_loop().create_future()
@@ -307,7 +280,6 @@ class Store:
 
     async def delete_vm(self, vm: VM) -> None:
         """Remove ``vm``'s record, leaving a tombstone (:meth:`was_destroyed`)."""
-        self._listing.forget(vm.id)
         async with self._write() as s:
             await s.execute(delete(VMRow).where(VMRow.id == vm.id))
             await s.execute(
@@ -316,6 +288,7 @@ class Store:
                 .on_conflict_do_nothing(index_elements=["id"])
             )
         self.reservations.forget(vm.id)
+        self._listing.remove(vm.id)
 
     async def was_destroyed(self, vm_id: str) -> bool:
         async with self.sessions() as s:
@@ -408,25 +381,30 @@ class Store:
         scope: Scope | None = None,
     ) -> bytes:
         """The same page as :meth:`list_vms`, as the JSON of a ``Page[VM]``, built without a
-        model per VM (a listing of a large cluster is the API's biggest answer): the query
-        reads each VM's ``(id, updated_at)``, and its JSON comes from the listing cache, read
-        again from the database only for VMs the cache holds at another version."""
+        model per VM (a listing of a large cluster is the API's biggest answer). A filtered
+        page's VMs come from a query; a page of every VM from the listing order in memory.
+        Their JSON is the one held since they were written, or read from the database."""
         filters = _vm_filters(scope, cluster=cluster, owner=owner, node=node, state=state)
-        rows, total, limit = await self._vm_page(_VM_VERSIONS, filters, limit, cursor)
-        page = [(vm_id, at) for _seq, vm_id, at, _total in rows[:limit]]
-        found = self._listing.at(page)
-        missing = [vm_id for vm_id, _at in page if vm_id not in found]
+        if filters:
+            rows, total, limit = await self._vm_page(_VM_IDS, filters, limit, cursor)
+            page, more = [(seq, vm_id) for seq, vm_id, _total in rows[:limit]], len(rows) > limit
+        else:
+            page, more = self._listing.page(_cursor(cursor), max(1, min(limit, MAX_PAGE)))
+            total = len(self._listing)
+        ids = [vm_id for _seq, vm_id in page]
+        found = self._listing.known(ids)
+        missing = [vm_id for vm_id in ids if vm_id not in found]
         if missing:
             async with self.engine.connect() as conn:
                 for start in range(0, len(missing), 500):
                     chunk = missing[start : start + 500]
                     for row in await conn.execute(select(_VMS).where(_VMS.c.id.in_(chunk))):
                         values = {k: v for k, v in row._mapping.items() if k != "seq"}
-                        found[row.id] = self._listing.remember_one(values)
+                        found[row.id] = self._listing.remember_row(values)
         # a VM deleted since the page was read is left out
-        items = ",".join([found[vm_id] for vm_id, _at in page if vm_id in found])
-        more = wire.dumps(str(rows[limit - 1].seq) if len(rows) > limit else None)
-        return f'{{"items":[{items}],"total":{total},"next":{more}}}'.encode()
+        items = ",".join([found[vm_id] for vm_id in ids if vm_id in found])
+        after = wire.dumps(str(page[-1][0]) if more else None)
+        return f'{{"items":[{items}],"total":{total},"next":{after}}}'.encode()
 
     async def _vm_page(
         self, stmt: Select[Any], filters: list[Any], limit: int, cursor: str | None
