@@ -7,6 +7,7 @@ is one of these pydantic models, so all parts agree on names and validation.
 from __future__ import annotations
 
 import os
+import random
 import time
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -16,9 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
+# ids need to be unique, not secret (secrets come from ``secrets``): a generator seeded from
+# the OS once costs no system call per id, as os.urandom did (several per VM started)
+_ids = random.Random(os.urandom(32))
+
+
 def new_id(prefix: str) -> str:
     """A short unique id with a readable prefix, e.g. ``vm-3f9a0c1b2d4e``."""
-    return f"{prefix}-{os.urandom(6).hex()}"
+    return f"{prefix}-{_ids.getrandbits(48):012x}"
 
 
 def now() -> float:

@@ -83,6 +83,9 @@ def ctrl(
         ssl_keyfile=tls.key if tls else None,
         log_level="warning",
         ws_max_size=2**24,
+        # the only WebSockets are LNM links, whose heartbeats tell a node gone: no keepalive
+        # pings of the controller's own (with 1,000 nodes, 50 a second)
+        ws_ping_interval=None,
         timeout_graceful_shutdown=5,
     )
 

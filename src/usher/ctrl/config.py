@@ -71,7 +71,7 @@ class Settings(BaseModel):
         description="seconds one VM's step of an operation may take, by kind; a request's "
         "`timeout` kwarg may only shorten it",
     )
-    max_parallel: int = Field(256, ge=1, description="VM steps run at once")
+    max_parallel: int = Field(1024, ge=1, description="VM steps run at once")
     plugins: PluginSettings = Field(default_factory=PluginSettings)
 
     def op_timeout(self, kind: str) -> float:

@@ -13,7 +13,9 @@ from usher.ctrl.store import Store
 from usher.model import Node, NodeState, Usage, new_id, now
 
 log = logging.getLogger("usher.nodes")
-USAGE_PERSIST_EVERY = 10.0
+# how often a node's reported usage is written to its record and announced (a ``usage``
+# event): as often as the usage history samples it by default
+USAGE_PERSIST_EVERY = 30.0
 
 Sender = Callable[[dict[str, Any]], Awaitable[None]]
 

@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Float, Index, String, delete, insert, select
+from sqlalchemy import Float, Index, String, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from usher.ctrl.nodes import NodeRegistry
@@ -144,7 +144,9 @@ class UsageHistory:
             del self._cpu_seen[vm_id]
         async with self.store.sessions() as s, s.begin():
             if rows:
-                await s.execute(insert(UsageSampleRow), rows)
+                # a Core executemany: the ORM's bulk insert took most of an idle controller's
+                # CPU at 1,000 nodes and 10,000 VMs
+                await s.execute(UsageSampleRow.__table__.insert(), rows)
             await s.execute(delete(UsageSampleRow).where(UsageSampleRow.time < t - self.retention))
 
     @staticmethod
