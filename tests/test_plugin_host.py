@@ -96,6 +96,31 @@ async def test_a_slow_notification_plugin_delays_only_itself() -> None:
     await h.stop(drain_timeout=0.1)
 
 
+async def test_each_event_has_the_whole_timeout() -> None:
+    """Events that each take most of the timeout, one after another, all pass (the watch is
+    per event, not per stream); the one that overruns times out alone."""
+    done: list[str] = []
+
+    class Steady:
+        @hookimpl
+        async def usher_event(self, event: Event) -> None:
+            await asyncio.sleep(0.6 if event.name != "long" else 1.5)
+            done.append(event.name)
+
+    h = host(timeout=1.0)
+    h.register("steady", Steady())
+    await h.start({})
+    async with h.ctx.bus.subscribe(lambda e: e.name == "plugin_error") as queue:
+        for name in ("a", "b", "c", "long", "d", "e"):
+            await h.ctx.bus.emit(name)
+        error = await asyncio.wait_for(queue.get(), 5)
+        assert (error.data["event"], error.data["error"]) == ("long", "timed out")
+        await asyncio.sleep(1.5)  # d and e
+        assert queue.empty()
+    assert done == ["a", "b", "c", "d", "e"]
+    await h.stop(drain_timeout=0.1)
+
+
 async def test_loading_by_import_path_and_unknown_names() -> None:
     h = host()
     h.load(["scheduler", "site_plugins:Policy"])

@@ -140,13 +140,23 @@ class Metrics:
             )
         }
         self._following: dict[str, asyncio.Task[None]] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._listener: asyncio.Task[None] | None = None
         ctrl.plugins.hook_observers.append(self._hook_called)
 
     # --- plugin hooks -------------------------------------------------------------------
 
+    def _labelled(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, kept: the lookup costs more than the count (it runs
+        for every plugin call and every event)."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def _hook_called(self, plugin: str, hook: str, seconds: float, failed: bool) -> None:
-        self.hook_seconds.labels(plugin, hook).observe(seconds)
+        self._labelled(self.hook_seconds, plugin, hook).observe(seconds)
         if failed:
             self.hook_failures.labels(plugin, hook).inc()
 
@@ -176,7 +186,7 @@ class Metrics:
                     log.exception("cannot count event %s", event.name)
 
     def observe(self, event: Event) -> None:
-        self.events.labels(event.name).inc()
+        self._labelled(self.events, event.name).inc()
         if event.name == "node_lost" and event.node:
             self.link_losses.labels(event.node).inc()
         elif event.name == "request_refused":

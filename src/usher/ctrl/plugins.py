@@ -83,10 +83,44 @@ HookObserver = Callable[[str, str, float, bool], None]
 
 @dataclass
 class _Notifier:
+    """One plugin's ``usher_event``: its queue of events, the task that hands them over, and
+    the watch on the one being handled (``timeout`` seconds each)."""
+
     plugin: str
     impl: pluggy.HookImpl
+    timeout: float
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
+    busy_since: float | None = None  # loop time the event being handled was handed over
+    overdue: bool = False  # the watch cancelled the task: that event timed out
+    _watch: asyncio.TimerHandle | None = None
+
+    def began(self) -> None:
+        """An event is handed over. One timer per notifier, re-armed only when it fires,
+        watches it: a timer per event cost more than most plugins' handling of it."""
+        loop = asyncio.get_running_loop()
+        self.busy_since = loop.time()
+        if self._watch is None:
+            self._watch = loop.call_at(self.busy_since + self.timeout, self._check)
+
+    def ended(self) -> None:
+        self.busy_since = None
+
+    def unwatch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    def _check(self) -> None:
+        self._watch = None
+        if self.busy_since is None or self.task is None:
+            return
+        due = self.busy_since + self.timeout
+        if self.task.get_loop().time() >= due:
+            self.overdue = True
+            self.task.cancel()
+        else:
+            self._watch = self.task.get_loop().call_at(due, self._check)
 
 
 class PluginHost:
@@ -145,7 +179,7 @@ class PluginHost:
         for plugin, impl in self._impls("usher_configure"):
             await self._call("usher_configure", impl, ctx=self.ctx, config=configs.get(plugin, {}))
         for plugin, impl in self._impls("usher_event"):
-            notifier = _Notifier(plugin, impl)
+            notifier = _Notifier(plugin, impl, self.timeout)
             notifier.task = asyncio.create_task(self._deliver(notifier), name=f"notify-{plugin}")
             self._notifiers.append(notifier)
         self.ctx.bus.notifier = self.notify
@@ -157,6 +191,7 @@ class PluginHost:
                 await asyncio.wait_for(n.queue.join(), drain_timeout)
             except TimeoutError:
                 log.warning("plugin %s did not take its last events in time", n.plugin)
+            n.unwatch()
             if n.task:
                 n.task.cancel()
         self._notifiers.clear()
@@ -272,12 +307,21 @@ class PluginHost:
             # timed here, not in _call: a sync plugin runs in a thread that a timeout cannot
             # stop, and its timeout is its failure
             began, failed = time.perf_counter(), True
+            n.began()
             try:
-                async with asyncio.timeout(self.timeout):  # (no task per event, as wait_for)
+                try:
                     if sync:
                         await asyncio.to_thread(n.impl.function, event=event)
                     else:
                         await self._invoke(n.impl, event=event)
+                except asyncio.CancelledError:
+                    if not n.overdue:
+                        raise  # the host stopping
+                    n.overdue = False
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    raise TimeoutError from None
+                finally:
+                    n.ended()
                 failed = False
             except Exception as exc:
                 reason = "timed out" if isinstance(exc, TimeoutError) else repr(exc)

@@ -89,12 +89,15 @@ def async_url(url: str) -> str:
 
 def _row_values(model: Any, row_cls: type[Base]) -> dict[str, Any]:
     """The columns of ``row_cls`` (but ``seq``) from a model, as the database takes them."""
-    return model.model_dump(mode="json", include=_columns(row_cls))
+    return model.model_dump(mode="json", include=_columns_of(type(model), row_cls))
 
 
 @functools.cache
-def _columns(row_cls: type[Base]) -> frozenset[str]:
-    return frozenset(row_cls.__table__.columns.keys()) - {"seq"}
+def _columns_of(model_cls: type[Any], row_cls: type[Base]) -> frozenset[str] | None:
+    """What to dump of a ``model_cls`` for ``row_cls``: None if it is every field (a dump
+    told which fields to include takes twice as long)."""
+    columns = frozenset(row_cls.__table__.columns.keys()) - {"seq"}
+    return None if columns == frozenset(model_cls.model_fields) else columns
 
 
 def _page(items: list[Any], seqs: Sequence[int], limit: int, total: int) -> Page[Any]:
