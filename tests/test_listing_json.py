@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from usher.ctrl.listing import Listing
 from usher.ctrl.store import Store
 from usher.model import VM, Page, Scope, VMSpec, VMState, now
