@@ -168,3 +168,12 @@ def test_the_listing_order_pages_like_a_sorted_table(steps: list[Any], limit: in
         assert got == want and len(listing) == len(want)
     finally:
         Listing.COMPACT_AFTER = 1024  # type: ignore[misc]
+
+
+def test_a_row_read_does_not_overwrite_a_commit_remembered_meanwhile() -> None:
+    listing = Listing()
+    vm = VM(id="vm-1", name="one", owner="o", spec=VMSpec(), state=VMState.STOPPED)
+    read = vm.model_dump(mode="json")  # read from the database before the commit below
+    listing.remember([("vm-1", '{"id":"vm-1","state":"running"}')])  # committed meanwhile
+    assert listing.remember_row(read) == '{"id":"vm-1","state":"running"}'
+    assert listing.known(["vm-1"]) == {"vm-1": '{"id":"vm-1","state":"running"}'}

@@ -80,10 +80,10 @@ class Listing:
         self._json.update(texts)
 
     def remember_row(self, row: Mapping[str, Any]) -> str:
-        """One row as read from the database (without ``seq``); its JSON."""
+        """One row as read from the database (without ``seq``); the JSON held for it: a
+        commit remembered while the row was being read is newer than the row, and stays."""
         vm_id, text = text_of(row)
-        self._json[vm_id] = text
-        return text
+        return self._json.setdefault(vm_id, text)
 
     def known(self, ids: Iterable[str]) -> dict[str, str]:
         """The JSON held of each of ``ids`` (others are left out: read them)."""
