@@ -4,6 +4,7 @@ place in listing order (its row's ``seq``) and its JSON, as last committed or re
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -65,9 +66,9 @@ class Listing:
     def page(self, after: int | None, limit: int) -> tuple[list[tuple[int, str]], bool]:
         """Up to ``limit`` ``(seq, id)`` in order after the ``seq`` ``after``, and whether
         more follow."""
-        start = 0 if after is None else bisect.bisect_right(self._order, after)
-        ids, found = self._ids, []
-        for seq in self._order[start:]:
+        order, ids, found = self._order, self._ids, []
+        start = 0 if after is None else bisect.bisect_right(order, after)
+        for seq in itertools.islice(order, start, None):  # (no copy of the rest)
             vm_id = ids.get(seq)
             if vm_id is not None:
                 if len(found) == limit:

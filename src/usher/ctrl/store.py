@@ -125,6 +125,11 @@ def _vm_filters(
     return filters
 
 
+def _page_size(limit: int) -> int:
+    """A page's size as asked, within 1 and the largest page."""
+    return max(1, min(limit, MAX_PAGE))
+
+
 def _cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
@@ -392,7 +397,7 @@ class Store:
             rows, total, limit = await self._vm_page(_VM_IDS, filters, limit, cursor)
             page, more = [(seq, vm_id) for seq, vm_id, _total in rows[:limit]], len(rows) > limit
         else:
-            page, more = self._listing.page(_cursor(cursor), max(1, min(limit, MAX_PAGE)))
+            page, more = self._listing.page(_cursor(cursor), _page_size(limit))
             total = len(self._listing)
         ids = [vm_id for _seq, vm_id in page]
         found = self._listing.known(ids)
@@ -417,7 +422,7 @@ class Store:
         as clamped to the largest page. One query: the count rides along as the last
         column of every row; ``stmt``'s first column must be ``seq``."""
         after = _cursor(cursor)
-        limit = max(1, min(limit, MAX_PAGE))
+        limit = _page_size(limit)
         count = select(func.count()).select_from(_VMS).where(*filters).scalar_subquery()
         stmt = stmt.add_columns(count.label("_total")).where(*filters)
         if after is not None:
@@ -520,7 +525,7 @@ class Store:
         if kind is not None:
             filters.append(OperationRow.kind == kind)
         before = _cursor(cursor)
-        limit = max(1, min(limit, MAX_PAGE))
+        limit = _page_size(limit)
         async with self.sessions() as s:
             count = select(func.count()).select_from(OperationRow).where(*filters)
             total = (await s.execute(count)).scalar()
@@ -574,7 +579,7 @@ class Store:
         if since is not None:
             filters.append(EventRow.time >= since)
         after = _cursor(cursor)
-        limit = max(1, min(limit, MAX_PAGE))
+        limit = _page_size(limit)
         await self.flush()
         async with self.sessions() as s:
             count = select(func.count()).select_from(EventRow).where(*filters)
