@@ -215,7 +215,8 @@ def test_maintenance_evacuates_running_live_and_stopped_cold_then_activate(
     # maintenance is kept in the database: a controller restart does not end it
     cluster.kill_ctrl()
     cluster.start_ctrl()
-    cluster.wait_node("node-1", connected=True)
+    for name in ("node-1", "node-2", "node-3"):  # (each redials after its own backoff)
+        cluster.wait_node(name, connected=True)
     assert cluster.node("node-1").state == NodeState.MAINTENANCE
     assert cluster.client().plan_start(node="node-1").error
     result = cluster.ush("node", "activate", "node-1")

@@ -10,11 +10,32 @@ import os
 import random
 import time
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+from usher.bounds import (
+    INT_MAX,
+    MAX_REFS,
+    MAX_TEXT,
+    NAME_PATTERN,
+    PRINCIPAL_PATTERN,
+    check_json,
+    check_name,
+    check_text,
+)
+
+Ref = Annotated[str, Field(pattern=NAME_PATTERN)]
+"""A reference to a VM (its id or name), a cluster, a node or an image."""
+NewName = Annotated[str, AfterValidator(lambda v: check_name(v, "VM name"))]
+"""The name of a new VM: a valid name that does not look like an id."""
+PrincipalName = Annotated[str, Field(pattern=PRINCIPAL_PATTERN)]
+Text = Annotated[str, AfterValidator(check_text)]
+"""Free text on one line (a description), bounded, without control characters."""
+Kwargs = Annotated[dict[str, Any], AfterValidator(lambda v: check_json(v, "kwargs"))]
+"""Free-form arguments for plugins and drivers: JSON that reads back identically."""
+JSONObjects = Annotated[list[dict[str, Any]], AfterValidator(lambda v: check_json(v, "list"))]
+Int64 = Annotated[int, Field(ge=0, le=INT_MAX)]
 
 
 # ids need to be unique, not secret (secrets come from ``secrets``): a generator seeded from
@@ -84,9 +105,10 @@ FINAL_OP_STATUSES = frozenset(
 
 
 class Strict(BaseModel):
-    """Base for request bodies: unknown fields are an error, not silently dropped."""
+    """Base for request bodies: unknown fields are an error, not silently dropped, and no
+    float is infinite or NaN."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class VMSpec(Strict):
@@ -94,10 +116,10 @@ class VMSpec(Strict):
 
     vcpus: int = Field(1, ge=1, le=512)
     memory_mb: int = Field(256, ge=16, le=4 * 1024 * 1024)
-    image: str = Field("tiny", min_length=1, max_length=200)
-    disks: list[dict[str, Any]] = Field(default_factory=list)
-    nics: list[dict[str, Any]] = Field(default_factory=list)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    image: Ref = "tiny"
+    disks: JSONObjects = Field(default_factory=list)
+    nics: JSONObjects = Field(default_factory=list)
+    kwargs: Kwargs = Field(default_factory=dict)
 
 
 class VM(BaseModel):
@@ -116,20 +138,26 @@ class VM(BaseModel):
 
 
 class Capacity(BaseModel):
-    vcpus: int = Field(0, ge=0)
-    memory_mb: int = Field(0, ge=0)
-    disk_gb: int = Field(0, ge=0)
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    vcpus: int = Field(0, ge=0, le=1 << 20)
+    memory_mb: int = Field(0, ge=0, le=1 << 40)
+    disk_gb: int = Field(0, ge=0, le=1 << 40)
 
 
 class Usage(BaseModel):
     """A node's usage: what its VMs reserve and what they actually consume."""
 
-    vcpus: int = 0
-    memory_mb: int = 0
-    vms: int = 0
-    cpu_percent: float = 0.0
-    memory_used_mb: int = 0
-    per_vm: dict[str, dict[str, float]] = Field(default_factory=dict)
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    vcpus: Int64 = 0
+    memory_mb: Int64 = 0
+    vms: Int64 = 0
+    cpu_percent: float = Field(0.0, ge=0)
+    memory_used_mb: Int64 = 0
+    per_vm: dict[Ref, dict[Annotated[str, Field(max_length=40)], float]] = Field(
+        default_factory=dict, max_length=100_000
+    )
 
 
 class Node(BaseModel):
@@ -159,43 +187,39 @@ class Principal(BaseModel):
         return "admin" in self.roles
 
 
+def _unique_names(names: list[str] | None) -> list[str] | None:
+    if names is None:
+        return None
+    if not names:
+        raise ValueError("names, when given, must not be empty")
+    if len(set(names)) != len(names):
+        raise ValueError("names must be unique")
+    return names
+
+
 class CreateVMs(Strict):
     """Body of ``POST /v1/vms``: start ``count`` new VMs (or one per entry of ``names``)."""
 
-    count: int = Field(1, ge=1, le=10000)
-    names: list[str] | None = None
-    name_prefix: str | None = Field(None, pattern=NAME_PATTERN)
-    cluster: str | None = Field(None, pattern=NAME_PATTERN)
+    count: int = Field(1, ge=1, le=MAX_REFS)
+    names: Annotated[list[NewName] | None, AfterValidator(_unique_names)] = Field(
+        None, max_length=MAX_REFS
+    )
+    name_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,50}$")
+    cluster: Ref | None = None
     vcpus: int = Field(1, ge=1, le=512)
     memory_mb: int = Field(256, ge=16, le=4 * 1024 * 1024)
-    image: str = Field("tiny", min_length=1, max_length=200)
-    node: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("names")
-    @classmethod
-    def _names_valid(cls, names: list[str] | None) -> list[str] | None:
-        import re
-
-        if names is None:
-            return None
-        if not names:
-            raise ValueError("names, when given, must not be empty")
-        for name in names:
-            if not re.match(NAME_PATTERN, name):
-                raise ValueError(f"invalid VM name {name!r}: use letters, digits, '.', '_', '-'")
-        if len(set(names)) != len(names):
-            raise ValueError("names must be unique")
-        return names
+    image: Ref = "tiny"
+    node: Ref | None = None
+    kwargs: Kwargs = Field(default_factory=dict)
 
 
 class VMAction(Strict):
     """Body of ``POST /v1/vms/actions/{kind}``: the targets are ids/names, a cluster, or both."""
 
-    vms: list[str] = Field(default_factory=list, max_length=100000)
-    cluster: str | None = None
-    target_node: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    vms: list[Ref] = Field(default_factory=list, max_length=MAX_REFS)
+    cluster: Ref | None = None
+    target_node: Ref | None = None
+    kwargs: Kwargs = Field(default_factory=dict)
 
 
 class OpRequest(BaseModel):
@@ -295,12 +319,12 @@ class Image(BaseModel):
     own directory ``<storage>/images/<name>/``; every LNM of a cluster sees the same storage.
     """
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: Ref
     kind: ImageKind
     files: dict[str, str]
     size_bytes: int = 0
     cmdline: str | None = None
-    description: str = ""
+    description: Annotated[str, Field(max_length=MAX_TEXT)] = ""
     created_at: float = Field(default_factory=now)
 
 

@@ -8,6 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from usher.bounds import MAX_BODY_BYTES
+from usher.model import Capacity
+
 DEFAULT_PORT = 8760
 DEFAULT_PLUGINS = ["tokens", "scheduler", "eventlog"]
 ADMIN_TOKEN_FILE = "admin.token"  # in the state dir: the first admin token, mode 0600
@@ -72,6 +75,33 @@ class Settings(BaseModel):
         "`timeout` kwarg may only shorten it",
     )
     max_parallel: int = Field(1024, ge=1, description="VM steps run at once")
+    networks: dict[str, str] = Field(
+        default_factory=lambda: {"default": "default"},
+        description="the networks users may put a new VM on with the `network` kwarg: name -> "
+        "what the driver gets (`default`, `user`, or `bridge:<linux bridge>`)",
+    )
+    max_body_bytes: int = Field(
+        MAX_BODY_BYTES, ge=1024, description="largest JSON request body the API reads (413)"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses of reverse proxies whose X-Forwarded-For/-Proto are believed "
+        "(none by default: the client address is the connection's)",
+    )
+    max_node_capacity: Capacity = Field(
+        default_factory=lambda: Capacity(vcpus=1024, memory_mb=16 << 20, disk_gb=1 << 20),
+        description="the most a node may claim (more is cut to this, with a node_capacity "
+        "event); a join token may set a lower limit for the nodes that join with it",
+    )
+    rejoin_grace: float = Field(
+        30.0,
+        gt=0,
+        description="seconds after a controller start within which a node that was up must "
+        "dial again; then it is declared lost like a node that went silent",
+    )
+    login_failures: int = Field(
+        10, ge=1, description="failed logins per minute allowed per user name and per address"
+    )
     plugins: PluginSettings = Field(default_factory=PluginSettings)
 
     def op_timeout(self, kind: str) -> float:

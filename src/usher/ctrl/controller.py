@@ -53,7 +53,7 @@ class Controller:
 
     async def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        await self.store.open()
+        quarantined = await self.store.open()
         await self.metrics.start()
         await self.nodes.load()
         configs = {name: self.settings.plugins.table(name) for name in self.plugins.order}
@@ -65,6 +65,11 @@ class Controller:
         await self.bus.emit(
             "ctrl_start", data={"listen": self.settings.listen, "plugins": self.plugins.order}
         )
+        for record in quarantined:
+            await self.bus.emit(
+                "record_quarantined",
+                data={"table": record.table, "key": record.key, "error": record.error},
+            )
 
     async def stop(self) -> None:
         await self.usage.stop()

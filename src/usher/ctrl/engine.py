@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from usher.bounds import BoundsError, is_name
 from usher.ctrl.authz import Forbidden, authorize
 from usher.ctrl.config import Settings
 from usher.ctrl.events import EventBus
+from usher.ctrl.kwargs import check_core_kwargs, nic_network
 from usher.ctrl.locks import KeyedLocks
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeLink, NodeRegistry
 from usher.ctrl.plugins import PluginError, PluginHost, Vetoed
@@ -40,6 +41,7 @@ from usher.model import (
     Plan,
     PlannedVM,
     Principal,
+    Scope,
     VMAction,
     VMSpec,
     VMState,
@@ -89,6 +91,12 @@ def with_nics(spec: VMSpec, network: str) -> VMSpec:
     return spec.model_copy(update={"nics": [{"mac": random_mac(), "network": network}]})
 
 
+def in_scope(scope: Scope | None, vm: VM) -> bool:
+    """Whether a principal whose listings are limited to ``scope`` (None: no limit) sees
+    ``vm``: a VM it may not see is, to it, a VM that does not exist."""
+    return scope is None or vm.owner in scope.owners or vm.cluster in scope.clusters
+
+
 def _for_vm(req: OpRequest, vm: VM) -> OpRequest:
     """``req`` as the scheduler should see it for moving ``vm``: in its virtual cluster."""
     return req.model_copy(update={"cluster": vm.cluster})
@@ -96,13 +104,21 @@ def _for_vm(req: OpRequest, vm: VM) -> OpRequest:
 
 def _driver_args(kind: OpKind, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The request kwargs a driver action understands: ``stop`` takes ``hard`` (no ACPI
-    power-down first) and ``timeout`` (seconds to wait for the guest before a hard stop)."""
+    power-down first) and ``timeout`` (seconds to wait for the guest before a hard stop),
+    both checked on admission (:func:`usher.ctrl.kwargs.check_core_kwargs`)."""
     if kind != OpKind.STOP:
         return {}
-    args: dict[str, Any] = {"hard": bool(kwargs.get("hard", False))}
-    if isinstance(kwargs.get("timeout"), int | float) and kwargs["timeout"] >= 0:
+    args: dict[str, Any] = {"hard": kwargs.get("hard") is True}
+    if kwargs.get("timeout") is not None:
         args["timeout"] = float(kwargs["timeout"])
     return args
+
+
+def _check_kwargs(kwargs: dict[str, Any]) -> None:
+    try:
+        check_core_kwargs(kwargs)
+    except BoundsError as exc:
+        raise RequestError(422, f"{exc}; nothing was changed") from exc
 
 
 class RequestError(Exception):
@@ -330,6 +346,7 @@ class Engine:
         self, principal: Principal, body: CreateVMs, client: str | None, dry_run: bool
     ) -> tuple[OpRequest, Operation, VMSpec, int]:
         """Check, authorize and run the request hooks of a start of new VMs."""
+        _check_kwargs(body.kwargs)
         spec = VMSpec(
             vcpus=body.vcpus, memory_mb=body.memory_mb, image=body.image, kwargs=body.kwargs
         )
@@ -389,13 +406,14 @@ class Engine:
                     name=name,
                     owner=principal.name,
                     cluster=req.cluster,
-                    spec=with_nics(spec, str(req.kwargs.get("network", "default"))),
+                    spec=spec,
                     node=node,
                     state=S.PENDING,
                 )
                 for name, node in zip(names, placement, strict=True)
             ]
             await self._allocate_addresses(op, req, vms)
+            await self._core_nics(req, vms)
             await self.store.add_vms(vms)
         op.targets = [vm.id for vm in vms]
         await self.store.add_op(op)
@@ -454,6 +472,20 @@ class Engine:
                     used["clusters"][vm.cluster] = used["clusters"].get(vm.cluster, 0) + 1
         return plan
 
+    async def _core_nics(self, req: OpRequest, vms: list[VM]) -> None:
+        """A NIC on the site network the request names for each VM no IP management plugin
+        gave NICs; an unknown network refuses the request (addresses handed out go back)."""
+        if all(vm.spec.nics for vm in vms):
+            return
+        try:
+            network = nic_network(req.kwargs, self.settings.networks)
+        except BoundsError as exc:
+            for vm in vms:
+                await self.plugins.call_all("release_address", vm=vm)
+            raise RequestError(422, f"{exc}; nothing was changed") from exc
+        for vm in vms:
+            vm.spec = with_nics(vm.spec, network)
+
     async def _allocate_addresses(self, op: Operation, req: OpRequest, vms: list[VM]) -> None:
         """Ask the IP management plugins for each new VM's addresses (all, or none)."""
         done: list[VM] = []
@@ -477,13 +509,21 @@ class Engine:
         client: str | None,
         dry_run: bool,
     ) -> tuple[list[VM], OpRequest]:
-        """Resolve, check, authorize and run the request hooks of an action on VMs."""
-        vms = await self._resolve_targets(body)
+        """Resolve, authorize, then check an action on VMs (authorization first: a refusal
+        never names what the caller may not see; VMs outside its scope are unknown to it)."""
+        _check_kwargs(body.kwargs)
+        vms = await self._resolve_targets(body, await self.scope(principal))
+        await authorize(
+            self.plugins,
+            principal,
+            f"vm.{kind.value}",
+            {"vms": [vm.model_dump(mode="json") for vm in vms], "cluster": body.cluster},
+        )
         self._check_transitions(kind, vms)
         self._check_capabilities(kind, vms)
         if kind in (OpKind.MIGRATE, OpKind.START) and body.target_node is not None:
             self._check_target_node(body.target_node, vms)
-        req = OpRequest(
+        return vms, OpRequest(
             kind=kind,
             principal=principal,
             client_address=client,
@@ -493,13 +533,13 @@ class Engine:
             kwargs=dict(body.kwargs),
             dry_run=dry_run,
         )
-        await authorize(
-            self.plugins,
-            principal,
-            f"vm.{kind.value}",
-            {"vms": [vm.model_dump(mode="json") for vm in vms], "cluster": body.cluster},
-        )
-        return vms, req
+
+    async def scope(self, principal: Principal) -> Scope | None:
+        """What ``principal`` may see (the ``scope`` hook; None: everything)."""
+        try:
+            return await self.plugins.decide("scope", principal=principal)
+        except (PluginError, Vetoed) as exc:
+            raise RequestError(403, f"cannot tell what you may see: {exc}") from exc
 
     async def act(
         self, principal: Principal, kind: OpKind, body: VMAction, client: str | None
@@ -641,12 +681,16 @@ class Engine:
         for name in ("request", f"{req.kind.value}_request"):
             await self.bus.emit(name, operation_id=op.id, principal=op.principal, data=data)
 
-    async def _resolve_targets(self, body: VMAction) -> list[VM]:
-        vms, missing = await self.store.resolve_vms(body.vms)
+    async def _resolve_targets(self, body: VMAction, scope: Scope | None) -> list[VM]:
+        found, _missing = await self.store.resolve_vms(body.vms)
+        vms = [vm for vm in found if in_scope(scope, vm)]
+        known = {ref for vm in vms for ref in (vm.id, vm.name)}
+        missing = [ref for ref in dict.fromkeys(body.vms) if ref not in known]
         if missing:
-            raise RequestError(404, f"unknown VM(s): {', '.join(missing)}")
+            raise RequestError(404, f"unknown VM(s): {', '.join(missing[:20])}")
         if body.cluster is not None:
             members = await self.store.vms_where(cluster=body.cluster)
+            members = [vm for vm in members if in_scope(scope, vm)]
             if not members and not body.vms:
                 raise RequestError(404, f"virtual cluster {body.cluster!r} has no VMs")
             seen = {vm.id for vm in vms}
@@ -689,7 +733,7 @@ class Engine:
             raise RequestError(409, f"{', '.join(here)} already on node {target}")
 
     async def _auto_names(self, prefix: str, count: int) -> list[str]:
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,50}$", prefix):
+        if len(prefix) > 50 or not is_name(prefix):
             raise RequestError(422, f"invalid name prefix {prefix!r}")
         taken = await self.store.names_with_prefix(f"{prefix}-")
         names: list[str] = []

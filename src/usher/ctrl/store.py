@@ -37,6 +37,7 @@ from sqlalchemy.schema import CreateColumn
 
 from usher import wire
 from usher.ctrl.listing import Listing, Text, text_of
+from usher.ctrl.quarantine import Quarantined, sweep
 from usher.ctrl.reservations import ChangeLog, Reservations
 from usher.ctrl.tables import (
     Base,
@@ -133,10 +134,9 @@ def _page_size(limit: int) -> int:
 def _cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
-    try:
-        return int(cursor)
-    except ValueError:
-        raise ValueError(f"invalid cursor {cursor!r}: pass back the 'next' of a page") from None
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
+        raise ValueError(f"invalid cursor {cursor[:40]!r}: pass back the 'next' of a page")
+    return int(cursor)
 
 
 class Store:
@@ -174,14 +174,18 @@ class Store:
             set_={c.name: nodes.excluded[c.name] for c in NodeRow.__table__.columns},
         )
 
-    async def open(self) -> None:
+    async def open(self) -> list[Quarantined]:
+        """Create or upgrade the schema and load what the store keeps in memory; returns
+        the records that could not be read back and were moved to ``quarantine``."""
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(_add_new_columns)
+            quarantined = await sweep(conn)
             columns = (_VMS.c.id, _VMS.c.node, _VMS.c.state, _VMS.c.cluster, _VMS.c.spec)
             rows = (await conn.execute(select(_VMS.c.seq, *columns))).all()
         self.reservations.apply(r._mapping for r in rows)
         self._listing.place((r.seq, r.id) for r in rows)
+        return quarantined
 
     async def close(self) -> None:
         await self.flush()
@@ -432,6 +436,14 @@ class Store:
             # no row: past the end, or nothing matches
             total = rows[0][-1] if rows else (await conn.execute(select(count))).scalar() or 0
         return rows, total, limit
+
+    async def visible_vm_ids(self, scope: Scope) -> set[str]:
+        """Ids of the VMs a principal limited to ``scope`` sees."""
+        stmt = select(_VMS.c.id).where(
+            *_vm_filters(scope, cluster=None, owner=None, node=None, state=None)
+        )
+        async with self.engine.connect() as conn:
+            return set((await conn.execute(stmt)).scalars())
 
     async def count_vms(self, *, image: str) -> int:
         stmt = select(func.count()).select_from(VMRow)

@@ -112,3 +112,18 @@ class DestroyedVMRow(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     destroyed_at: Mapped[float] = mapped_column(Float)
+
+
+class QuarantineRow(Base):
+    """A record the controller could not read back when it opened the database (written by
+    an older release, or changed by hand): moved here whole, as text, so the controller
+    starts and an administrator can look at it."""
+
+    __tablename__ = "quarantine"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    table: Mapped[str] = mapped_column(String(80))
+    key: Mapped[str] = mapped_column(Text)
+    row: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    at: Mapped[float] = mapped_column(Float)

@@ -9,9 +9,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from usher.ctrl.authz import authorize
 from usher.ctrl.controller import Controller
-from usher.ctrl.engine import RequestError
-from usher.ctrl.plugins import PluginError, Vetoed
-from usher.model import Principal, Scope
+from usher.ctrl.engine import RequestError, in_scope
+from usher.ctrl.plugins import PluginError
+from usher.model import VM, Principal, Scope
 
 bearer = HTTPBearer(auto_error=False, description="an Usher API token")
 
@@ -54,10 +54,16 @@ async def allow(ctrl: Controller, principal: Principal, action: str, **target: A
 
 async def visible(ctrl: Controller, principal: Principal) -> Scope | None:
     """What ``principal`` may see in listings (None: everything), as the ``scope`` hook says."""
-    try:
-        return await ctrl.plugins.decide("scope", principal=principal)
-    except (PluginError, Vetoed) as exc:
-        raise RequestError(403, f"cannot tell what you may see: {exc}") from exc
+    return await ctrl.engine.scope(principal)
+
+
+async def visible_vm(ctrl: Controller, principal: Principal, ref: str) -> VM:
+    """The VM ``ref`` names, if ``principal`` may see it; otherwise 404, as for a VM that
+    does not exist (a refusal never tells what the caller may not see)."""
+    found = await ctrl.store.get_vm(ref)
+    if found is None or not in_scope(await visible(ctrl, principal), found):
+        raise RequestError(404, f"unknown VM {ref!r}")
+    return found
 
 
 def client_address(request: Request) -> str | None:

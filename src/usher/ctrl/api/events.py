@@ -10,23 +10,25 @@ from fastapi import APIRouter, Query, Request
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, visible
+from usher.ctrl.api.params import Cursor, FilterRef, Limit, Since
 from usher.model import Event, Page, Principal
 
 router = APIRouter(prefix="/v1", tags=["events"])
 KEEPALIVE_SECONDS = 15
+EventName = Annotated[str | None, Query(pattern=r"^[a-z0-9_.]{1,80}$")]
 
 
 @router.get("/events", response_model=Page[Event])
 async def list_events(
     ctrl: CtrlDep,
     principal: PrincipalDep,
-    name: str | None = None,
-    vm: str | None = None,
-    node: str | None = None,
-    operation: str | None = None,
-    since: float | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: str | None = None,
+    name: EventName = None,
+    vm: FilterRef = None,
+    node: FilterRef = None,
+    operation: FilterRef = None,
+    since: Since = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
 ) -> Page[Event]:
     """Past events, oldest first."""
     await allow(ctrl, principal, "event.list")
@@ -47,9 +49,9 @@ async def stream_events(
     request: Request,
     ctrl: CtrlDep,
     principal: PrincipalDep,
-    name: str | None = None,
-    vm: str | None = None,
-    node: str | None = None,
+    name: EventName = None,
+    vm: FilterRef = None,
+    node: FilterRef = None,
 ) -> EventSourceResponse:
     """Server-Sent Events: one ``event: <name>`` / ``data: <Event JSON>`` per event."""
     await allow(ctrl, principal, "event.stream")

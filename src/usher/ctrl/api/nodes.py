@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, visible
+from usher.ctrl.api.params import RefPath
 from usher.ctrl.controller import Controller
 from usher.ctrl.engine import RequestError
-from usher.model import Node, Operation
+from usher.model import Node, Operation, Principal
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
 
@@ -19,20 +20,39 @@ def _node(ctrl: Controller, name: str) -> Node:
     return node
 
 
+async def _scoped(ctrl: Controller, principal: Principal, nodes: list[Node]) -> list[Node]:
+    """``nodes`` as ``principal`` may see them: the VMs in their usage only if it may see
+    those VMs too (a node's usage names every VM on it)."""
+    scope = await visible(ctrl, principal)
+    if scope is None:
+        return nodes
+    mine = await ctrl.store.visible_vm_ids(scope)
+    return [
+        node.model_copy(
+            update={
+                "usage": node.usage.model_copy(
+                    update={"per_vm": {k: v for k, v in node.usage.per_vm.items() if k in mine}}
+                )
+            }
+        )
+        for node in nodes
+    ]
+
+
 @router.get("", response_model=list[Node])
 async def list_nodes(ctrl: CtrlDep, principal: PrincipalDep) -> list[Node]:
     await allow(ctrl, principal, "node.list")
-    return ctrl.nodes.snapshot()
+    return await _scoped(ctrl, principal, ctrl.nodes.snapshot())
 
 
 @router.get("/{name}", response_model=Node)
-async def show_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
+async def show_node(name: RefPath, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
     await allow(ctrl, principal, "node.show", node=name)
-    return _node(ctrl, name)
+    return (await _scoped(ctrl, principal, [_node(ctrl, name)]))[0]
 
 
 @router.post("/{name}/drain", response_model=Node)
-async def drain_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
+async def drain_node(name: RefPath, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
     """No new VMs go to a drained node; those on it stay."""
     _node(ctrl, name)
     await allow(ctrl, principal, "node.drain", node=name)
@@ -40,14 +60,14 @@ async def drain_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
 
 
 @router.post("/{name}/undrain", response_model=Node)
-async def undrain_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
+async def undrain_node(name: RefPath, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
     _node(ctrl, name)
     await allow(ctrl, principal, "node.undrain", node=name)
     return await ctrl.nodes.set_drained(name, False)
 
 
 @router.post("/{name}/evacuate", status_code=202, response_model=Operation)
-async def evacuate_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Operation:
+async def evacuate_node(name: RefPath, ctrl: CtrlDep, principal: PrincipalDep) -> Operation:
     """Move every VM off the node: running and paused ones live, stopped ones cold, each
     where the scheduler puts it. The answer is the (``migrate``) operation, which runs on."""
     _node(ctrl, name)
@@ -56,7 +76,7 @@ async def evacuate_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Op
 
 
 @router.post("/{name}/maintenance", status_code=202, response_model=Operation)
-async def maintain_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Operation:
+async def maintain_node(name: RefPath, ctrl: CtrlDep, principal: PrincipalDep) -> Operation:
     """Put the node in maintenance (no new VMs go there), then evacuate it."""
     _node(ctrl, name)
     await allow(ctrl, principal, "node.maintenance", node=name)
@@ -65,7 +85,7 @@ async def maintain_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Op
 
 
 @router.post("/{name}/activate", response_model=Node)
-async def activate_node(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
+async def activate_node(name: RefPath, ctrl: CtrlDep, principal: PrincipalDep) -> Node:
     """Return a node from maintenance (or a drain): new VMs may go there again."""
     _node(ctrl, name)
     await allow(ctrl, principal, "node.activate", node=name)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import func, or_, select
 
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, visible
+from usher.ctrl.api.params import FilterPrincipal, FilterRef, Limit
 from usher.ctrl.tables import VMRow
 from usher.model import VM, Page, VMState
 
@@ -41,14 +42,14 @@ async def search_vms(
     ctrl: CtrlDep,
     principal: PrincipalDep,
     q: Annotated[str | None, Query(max_length=200)] = None,
-    cluster: str | None = None,
-    owner: str | None = None,
-    node: str | None = None,
+    cluster: FilterRef = None,
+    owner: FilterPrincipal = None,
+    node: FilterRef = None,
     state: VMState | None = None,
     sort: SortKey = "created",
     desc: bool = False,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: str | None = None,
+    limit: Limit = 100,
+    cursor: Annotated[str | None, Query(max_length=10)] = None,
 ) -> Page[VM]:
     """VMs whose name contains ``q`` (any case) or whose id starts with it, filtered like
     ``GET /v1/vms``, sorted by ``sort`` (``desc`` reverses; VMs without a node or cluster come

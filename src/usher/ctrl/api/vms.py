@@ -6,8 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, client_address, visible
-from usher.ctrl.engine import RequestError
+from usher.ctrl.api.deps import (
+    CtrlDep,
+    PrincipalDep,
+    allow,
+    client_address,
+    visible,
+    visible_vm,
+)
+from usher.ctrl.api.params import Cursor, FilterPrincipal, FilterRef, Limit, RefPath
 from usher.model import (
     VM,
     ConsoleChunk,
@@ -21,6 +28,8 @@ from usher.model import (
 )
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
+MAX_OFFSET = 2**53
+"""Largest console offset asked for (a byte position in the VM's console log)."""
 
 
 @router.post("", status_code=202, response_model=Operation)
@@ -51,12 +60,12 @@ async def plan_migration(
 async def list_vms(
     ctrl: CtrlDep,
     principal: PrincipalDep,
-    cluster: str | None = None,
-    owner: str | None = None,
-    node: str | None = None,
+    cluster: FilterRef = None,
+    owner: FilterPrincipal = None,
+    node: FilterRef = None,
     state: VMState | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: str | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
 ) -> Response:
     await allow(ctrl, principal, "vm.list", cluster=cluster, owner=owner, node=node)
     page = await ctrl.store.list_vms_json(
@@ -72,23 +81,22 @@ async def list_vms(
 
 
 @router.get("/{vm}", response_model=VM)
-async def show_vm(vm: str, ctrl: CtrlDep, principal: PrincipalDep) -> VM:
-    found = await ctrl.store.get_vm(vm)
-    if found is None:
-        raise RequestError(404, f"unknown VM {vm!r}")
+async def show_vm(vm: RefPath, ctrl: CtrlDep, principal: PrincipalDep) -> VM:
+    found = await visible_vm(ctrl, principal, vm)
     await allow(ctrl, principal, "vm.show", vms=[found.model_dump(mode="json")])
     return found
 
 
 @router.get("/{vm}/console", response_model=ConsoleChunk)
 async def console(
-    vm: str, ctrl: CtrlDep, principal: PrincipalDep, offset: Annotated[int, Query(ge=0)] = 0
+    vm: RefPath,
+    ctrl: CtrlDep,
+    principal: PrincipalDep,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ConsoleChunk:
     """The VM's serial console output from byte ``offset`` on; ``next`` is the offset to
     ask for to follow it."""
-    found = await ctrl.store.get_vm(vm)
-    if found is None:
-        raise RequestError(404, f"unknown VM {vm!r}")
+    found = await visible_vm(ctrl, principal, vm)
     await allow(ctrl, principal, "vm.console", vms=[found.model_dump(mode="json")])
     return await ctrl.engine.console(found, offset)
 
