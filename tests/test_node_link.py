@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
+from usher import wire
 from usher.ctrl.config import Settings
 from usher.ctrl.controller import Controller
 from usher.ctrl.engine import SYSTEM
+from usher.ctrl.link_messages import Hello
 from usher.ctrl.nodes import NodeGone, NodeLink
 from usher.images import catalog
-from usher.model import VM, OpKind, OpStatus, VMAction, VMSpec, VMState
+from usher.model import VM, Capacity, OpKind, OpStatus, VMAction, VMSpec, VMState
 
 Answer = Callable[[dict[str, Any]], dict[str, Any] | str]
 
@@ -33,9 +35,10 @@ class ScriptedNode:
         self.seen: list[str] = []
         self.link = NodeLink(name, self._send, self._close)
 
-    async def _send(self, msg: dict[str, Any]) -> None:
+    async def _send(self, text: str) -> None:
         if self.broken:
             raise WebSocketDisconnect(code=1006)
+        msg = wire.loads(text)
         self.seen.append(msg["action"])
         answer = self.answer(msg)
         reply: dict[str, Any] = {"type": "reply", "id": msg["id"]}
@@ -48,15 +51,14 @@ class ScriptedNode:
     async def _close(self) -> None:
         return None
 
-    def hello(self) -> dict[str, Any]:
-        return {
-            "node": self.name,
-            "driver": "fake",
-            "capacity": {"vcpus": 8, "memory_mb": 8192},
-            "labels": {},
-            "capabilities": ["live_migrate"],
-            "vms": [],
-        }
+    def hello(self) -> Hello:
+        return Hello(
+            type="hello",
+            node=self.name,
+            driver="fake",
+            capacity=Capacity(vcpus=8, memory_mb=8192),
+            capabilities=["live_migrate"],
+        )
 
 
 async def test_a_send_on_a_dropped_link_raises_node_gone() -> None:
@@ -115,7 +117,7 @@ async def test_a_target_link_that_breaks_mid_migration_leaves_the_vm_running_on_
 
     source.answer = break_target
     for node in (source, target):
-        await ctrl.nodes.attach(node.hello(), node.link)
+        await ctrl.nodes.attach(node.hello(), node.link, ctrl.settings.max_node_capacity)
     await ctrl.store.add_vms([running_vm()])
     body = VMAction(vms=["vm-1"], target_node="node-2")
     op = await ctrl.engine.act(SYSTEM, OpKind.MIGRATE, body, None)
@@ -134,7 +136,7 @@ async def test_a_bug_in_a_step_does_not_leave_its_vm_in_transition(
     recorded as its node reports it, and the operation says what broke."""
     nodes = [ScriptedNode(f"node-{i}", lambda msg: {"state": "running"}) for i in (1, 2)]
     for node in nodes:
-        await ctrl.nodes.attach(node.hello(), node.link)
+        await ctrl.nodes.attach(node.hello(), node.link, ctrl.settings.max_node_capacity)
     await ctrl.store.add_vms([running_vm()])
 
     async def broken(vm: VM) -> dict[str, Any]:

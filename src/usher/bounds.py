@@ -34,6 +34,8 @@ MAX_BODY_BYTES = 1024 * 1024
 """Largest JSON request body the API reads (image uploads have their own limit)."""
 MAX_REFS = 10_000
 """Most VMs one request may name."""
+MAX_LINK_MESSAGE = 8 * 1024 * 1024
+"""Largest message on the link between the controller and an LNM, either way."""
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 """A name of a VM, cluster, node or image: letters, digits, ``.``, ``_``, ``-``."""

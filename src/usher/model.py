@@ -129,6 +129,9 @@ class VM(BaseModel):
     cluster: str | None = None
     spec: VMSpec
     node: str | None = None
+    target_node: str | None = Field(
+        None, description="the node a migration moves it to, until the move is settled"
+    )
     state: VMState = VMState.PENDING
     desired_state: VMState = VMState.RUNNING
     state_reason: str | None = None

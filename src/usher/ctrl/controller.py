@@ -17,6 +17,7 @@ from usher.ctrl.metrics import Metrics
 from usher.ctrl.nodecreds import NodeCredentials
 from usher.ctrl.nodes import NodeLink, NodeRegistry
 from usher.ctrl.plugins import PluginHost
+from usher.ctrl.ratelimit import Window
 from usher.ctrl.store import Store
 from usher.ctrl.tokens import issue_token
 from usher.ctrl.usage import UsageHistory
@@ -50,6 +51,7 @@ class Controller:
         self.metrics = Metrics(self, public=bool(observe.get("public", False)))
         self._watcher: asyncio.Task[None] | None = None
         self.first_admin_token: str | None = None
+        self.node_refusals = Window(limit=100)  # refused and malformed node messages
 
     async def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)

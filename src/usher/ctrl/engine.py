@@ -173,6 +173,7 @@ class Engine:
         self.locks = KeyedLocks()
         self.placement_lock = asyncio.Lock()
         self.parallel = asyncio.Semaphore(settings.max_parallel)
+        self.observations = nodes.observations
         self.live: dict[str, Operation] = {}
         self._images: dict[str, tuple[float, Image, dict[str, Any]]] = {}
         self._done: dict[str, asyncio.Event] = {}
@@ -616,10 +617,11 @@ class Engine:
         return await self.act(SYSTEM, kind, body, None)
 
     async def fence(self, node: str, vm_id: str, reason: str) -> None:
-        """Have ``node`` destroy its copy of ``vm_id``; the VM record is not touched.
+        """Have ``node`` kill its copy of ``vm_id`` and forget it, leaving the VM's shared
+        disks alone (they are the VM's, wherever it runs); the VM record is not touched.
         Raises NodeGone or CommandFailed if the node cannot be told or refuses."""
         await self.nodes.link(node).call(
-            "destroy", vm_id=vm_id, timeout=self.settings.command_timeout
+            "fence", vm_id=vm_id, timeout=self.settings.command_timeout
         )
         await self.bus.emit(
             "fenced", vm_id=vm_id, node=node, principal=SYSTEM.name, data={"reason": reason}
@@ -1118,6 +1120,7 @@ class Engine:
             except (CommandFailed, NodeGone) as exc:
                 raise StepFailed(f"{vm.name}: {exc}; the VM record is kept") from exc
         await self.store.delete_vm(vm)
+        self.observations.forget(vm.id)
         await self.bus.emit(
             "unregister",
             vm_id=vm.id,
@@ -1145,7 +1148,7 @@ class Engine:
             dst_link = self.nodes.link(target)
         except NodeGone as exc:
             raise StepFailed(f"{vm.name}: {exc}") from exc
-        await self._set_state(vm, S.MIGRATING, f"to {target}", op)
+        await self._set_state(vm, S.MIGRATING, f"to {target}", op, target_node=target)
         timeout = self.settings.migrate_timeout
         started = now()
         try:
@@ -1181,7 +1184,9 @@ class Engine:
             "downtime_ms": result.get("downtime_ms"),
             "transferred_bytes": result.get("transferred_bytes"),
         }
-        await self._set_state(vm, VMState(info.get("state", before)), op=op, node=target)
+        await self._set_state(
+            vm, VMState(info.get("state", before)), op=op, node=target, target_node=None
+        )
         return details
 
     async def _settle_after_failed_migration(
@@ -1193,43 +1198,78 @@ class Engine:
             state = VMState(info.get("state", before))
         except (CommandFailed, NodeGone):
             state = S.LOST
-        await self._set_state(vm, state, f"migration failed: {reason}", op)
+        await self._set_state(vm, state, f"migration failed: {reason}", op, target_node=None)
 
     # --- what LNMs report --------------------------------------------------------------
 
-    async def node_joined(self, name: str, domains: list[dict[str, Any]]) -> None:
-        """Reconcile records with what a (re)connected node really runs."""
+    async def node_joined(self, name: str, domains: list[dict[str, Any]], number: int) -> None:
+        """Reconcile records with what a (re)connected node really runs, as its hello (the
+        message numbered ``number``) says."""
         reported = {d["id"]: d for d in domains}
         for vm in await self.store.vms_where(node=name):
             dom = reported.pop(vm.id, None)
-            self._spawn(self._reconcile(vm.id, name, dom), f"reconcile-{vm.id}")
+            self._spawn(self._reconcile(vm.id, name, dom, number), f"reconcile-{vm.id}")
+        for vm in await self.store.vms_where(target_node=name):
+            if vm.id not in reported:  # a migration's target that has nothing of it
+                self._spawn(self._reconcile(vm.id, name, None, number), f"target-{vm.id}")
         for vm_id, dom in reported.items():
-            self._spawn(self._reconcile(vm_id, name, dom), f"adopt-{vm_id}")
+            self._spawn(self._reconcile(vm_id, name, dom, number), f"adopt-{vm_id}")
 
-    async def _reconcile(self, vm_id: str, node: str, dom: dict[str, Any] | None) -> None:
-        """What ``node`` reports of ``vm_id`` (``dom``, None if nothing) against the record.
+    async def _reconcile(
+        self, vm_id: str, node: str, dom: dict[str, Any] | None, number: int
+    ) -> None:
+        """What ``node`` reports of ``vm_id`` (``dom``, None if nothing) in its message
+        numbered ``number``, against the record.
 
-        Under the VM's lock, so after any operation step on it. An incoming migration that
-        no operation will finish is settled on the node first (run there if it arrived
-        whole, dropped if not). Then the record's node wins: a copy on another node is
-        fenced if the recorded node still has the VM; otherwise that copy is adopted.
+        Under the VM's lock, so after any operation step on it; a report older than what is
+        known of the VM on that node (a command's reply came later) is dropped. Only the
+        node the record names, or the target of its migration, is believed about the VM: a
+        copy anywhere else is fenced there, and the record stays. An incoming migration
+        that no operation will finish is settled on its target first (run there if it
+        arrived whole, dropped if not); then a copy on the target is adopted unless the
+        recorded node still has the VM (then the copy is fenced).
         """
         async with self.locks.hold(vm_id):
+            if self.observations.is_stale(vm_id, node, number):
+                log.info("dropped a stale report of %s from node %s", vm_id, node)
+                return
+            self.observations.saw(vm_id, node, number)
             vm = await self.store.get_vm(vm_id)
             if vm is None:
                 if dom is not None:
                     await self._unrecorded(vm_id, node, dom)
                 return
-            if dom is not None and VMState(dom["state"]) is S.MIGRATING:
-                dom = await self._settle_incoming(vm, node)
             if vm.node == node:
                 await self._match_report(vm, node, dom)
+            elif node == vm.target_node:
+                await self._from_target(vm, node, dom)
             elif dom is not None:
-                if await self._recorded_node_has(vm):
-                    await self._fence_stale(vm, node)
-                else:
-                    state = VMState(dom["state"])
-                    await self._set_state(vm, state, f"found on node {node}", node=node)
+                await self._fence_claim(vm, node)
+
+    async def _from_target(self, vm: VM, node: str, dom: dict[str, Any] | None) -> None:
+        """The target of ``vm``'s migration reports on it after the migration's operation
+        ended without hearing how it went (a restart cut it short)."""
+        if dom is not None and VMState(dom["state"]) is S.MIGRATING:
+            dom = await self._settle_incoming(vm, node)
+        if dom is None:  # the target has nothing of it: the VM stayed where it was
+            await self._set_state(vm, vm.state, vm.state_reason, target_node=None)
+        elif await self._recorded_node_has(vm):
+            await self._fence_stale(vm, node)
+            await self._set_state(vm, vm.state, vm.state_reason, target_node=None)
+        else:
+            state = VMState(dom["state"])
+            await self._set_state(vm, state, f"found on node {node}", node=node, target_node=None)
+
+    async def _fence_claim(self, vm: VM, node: str) -> None:
+        """``node`` reports a copy of ``vm``, which is recorded on another node and is not
+        migrating to it: whatever that copy is (left from before the VM was lost and moved,
+        or claimed by a confused or hostile node), it is fenced there and the record stays
+        where it is. (The recorded node is never fenced on another node's word.)"""
+        reason = (
+            f"copy of {vm.name} on node {node}, which the record does not name "
+            f"(it is recorded on {vm.node})"
+        )
+        await self._fence_copy(vm.id, node, reason, recorded_node=vm.node)
 
     async def _unrecorded(self, vm_id: str, node: str, dom: dict[str, Any]) -> None:
         """``node`` has a VM without a record: a copy of a VM destroyed while the node was
@@ -1323,26 +1363,20 @@ class Engine:
             if vm is not None and vm.node == node and vm.state not in (S.STOPPED, S.LOST):
                 await self._set_state(vm, S.LOST, f"node {node} lost: {reason}")
 
-    async def vm_reported(self, node: str, vm_id: str, state: VMState, reason: str | None) -> None:
+    async def vm_reported(
+        self, node: str, vm_id: str, state: VMState, reason: str | None, number: int
+    ) -> None:
         """An LNM saw a VM change state on its own (a guest powered off, a process died), or
-        tells the outcome of a command that outlived its link."""
-        async with self.locks.hold(vm_id):
-            vm = await self.store.get_vm(vm_id)
-            if vm is None:
-                return
-            if vm.node == node:
-                if vm.state != state:
-                    await self._set_state(vm, state, reason)
-                return
-        # a node other than the record's (an incoming copy prepared after its controller
-        # went away, say): reconciled as on a hello
-        await self._reconcile(vm_id, node, {"id": vm_id, "state": state.value, "reason": reason})
+        tells the outcome of a command that outlived its link (message ``number``):
+        reconciled as a hello's report of that VM would be."""
+        dom = {"id": vm_id, "state": state.value, "reason": reason}
+        await self._reconcile(vm_id, node, dom, number)
 
-    async def vm_gone(self, node: str, vm_id: str) -> None:
+    async def vm_gone(self, node: str, vm_id: str, number: int) -> None:
         """An LNM no longer has a VM whose command outlived its link (a destroy that ended
         after its controller went away, and after the node's hello had still listed it):
         reconciled as if that hello had left it out."""
-        await self._reconcile(vm_id, node, None)
+        await self._reconcile(vm_id, node, None, number)
 
     def report_later(self, coro: Awaitable[None], name: str) -> None:
         """Run an LNM report off the link's read loop (it may wait for a VM lock)."""

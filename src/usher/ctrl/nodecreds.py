@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from usher.ctrl.store import Store
 from usher.ctrl.tables import TokenRow
 from usher.ctrl.tokens import digest, issue_token
-from usher.model import now
+from usher.model import Capacity, now
 
 JOIN_PRINCIPAL = "node-join"
 USES = "nodecreds"  # plugin-data namespace: join token id → uses left
@@ -42,14 +42,32 @@ class NodeCredentials:
         self.store = store
         self._lock = asyncio.Lock()
 
-    async def issue_join_token(self, ttl: float, uses: int) -> JoinToken:
+    async def issue_join_token(
+        self, ttl: float, uses: int, max_capacity: Capacity | None = None
+    ) -> JoinToken:
+        """A join token for ``uses`` nodes; ``max_capacity`` caps what they may claim."""
         secret = await issue_token(
             self.store, JOIN_PRINCIPAL, ROLES, description=f"join token, {uses} use(s)", ttl=ttl
         )
         row = await self.store.find_token(digest(secret))
         assert row is not None and row.expires_at is not None
         await self.store.plugin_set(USES, row.id, uses)
+        if max_capacity is not None:
+            await self.store.plugin_set(USES, f"cap:{row.id}", max_capacity.model_dump())
         return JoinToken(row.id, secret, row.expires_at, uses)
+
+    async def known(self, secret: str | None) -> bool:
+        """Whether ``secret`` is a node credential or a join token at all (checked before a
+        connection's hello is read: a stranger is refused without being listened to)."""
+        if not secret:
+            return False
+        row = await self.store.find_token(digest(secret))
+        return row is not None and row.roles == ROLES
+
+    async def cap_of(self, node: str) -> Capacity | None:
+        """The capacity limit the join token of ``node`` set, if it set one."""
+        found = await self.store.plugin_get(USES, f"cap-node:{node}")
+        return Capacity.model_validate(found) if found else None
 
     async def admit(self, secret: str | None, node: str) -> str | None:
         """Check what ``node`` presents. A valid credential of this node: None. A valid join
@@ -76,6 +94,8 @@ class NodeCredentials:
         if any(not r.revoked for r in await self.store.list_tokens(credential_principal(node))):
             raise NodeRefused(f"node {node} already has a credential (revoke it to rejoin)")
         await self.store.plugin_set(USES, row.id, uses - 1)
+        cap = await self.store.plugin_get(USES, f"cap:{row.id}")
+        await self.store.plugin_set(USES, f"cap-node:{node}", cap)
         return await issue_token(
             self.store, credential_principal(node), ROLES, description=f"credential of {node}"
         )

@@ -8,16 +8,21 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from usher import wire
+from usher.bounds import MAX_LINK_MESSAGE
 from usher.ctrl.events import EventBus
+from usher.ctrl.link_messages import Hello
+from usher.ctrl.observations import Observations
 from usher.ctrl.store import Store
-from usher.model import Node, NodeState, Usage, new_id, now
+from usher.model import Capacity, Node, NodeState, Usage, new_id, now
 
 log = logging.getLogger("usher.nodes")
 # how often a node's reported usage is written to its record and announced (a ``usage``
 # event): as often as the usage history samples it by default
 USAGE_PERSIST_EVERY = 30.0
 
-Sender = Callable[[dict[str, Any]], Awaitable[None]]
+Sender = Callable[[str], Awaitable[None]]
+"""Sends one message, as JSON text, on a node's link."""
 
 
 class NodeGone(Exception):
@@ -29,13 +34,22 @@ class CommandFailed(Exception):
 
 
 class NodeLink:
-    """One connected LNM: sends commands and matches their replies."""
+    """One connected LNM: sends commands and matches their replies. A reply to a command
+    on a VM marks what is known of that VM on this node (see :mod:`usher.ctrl.observations`)."""
 
-    def __init__(self, name: str, send: Sender, close: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        send: Sender,
+        close: Callable[[], Awaitable[None]],
+        observations: Observations | None = None,
+    ) -> None:
         self.name = name
         self._send = send
         self._close = close
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._vm_of: dict[str, str] = {}  # command id -> the VM it is about
+        self.observations = observations or Observations()
         self.closed = False
 
     async def call(
@@ -64,8 +78,19 @@ class NodeLink:
             "args": args or {},
         }
         try:
+            text = wire.dumps(msg)
+        except ValueError as exc:
+            raise CommandFailed(f"cannot send {action} to node {self.name}: {exc}") from None
+        if len(text) > MAX_LINK_MESSAGE:
+            raise CommandFailed(
+                f"cannot send {action} to node {self.name}: the command is larger than the "
+                f"link's limit of {MAX_LINK_MESSAGE} bytes"
+            )
+        if vm_id is not None:
+            self._vm_of[cmd_id] = vm_id
+        try:
             try:
-                await self._send(msg)
+                await self._send(text)
             except Exception as exc:  # whatever the transport raises once the link is down
                 raise NodeGone(f"node {self.name}: link lost ({exc!r})") from exc
             async with asyncio.timeout(timeout):
@@ -76,9 +101,15 @@ class NodeLink:
             ) from None
         finally:
             self._pending.pop(cmd_id, None)
+            self._vm_of.pop(cmd_id, None)
 
-    def on_reply(self, msg: dict[str, Any]) -> None:
-        future = self._pending.get(str(msg.get("id")))
+    def on_reply(self, msg: dict[str, Any], number: int = 0) -> None:
+        """The reply ``msg``, the message numbered ``number`` on receipt."""
+        cmd_id = str(msg.get("id"))
+        vm_id = self._vm_of.get(cmd_id)
+        if vm_id is not None and number:
+            self.observations.saw(vm_id, self.name, number)
+        future = self._pending.get(cmd_id)
         if future is None or future.done():
             return
         if msg.get("ok"):
@@ -104,6 +135,7 @@ class NodeRegistry:
         self.store = store
         self.bus = bus
         self.node_timeout = node_timeout
+        self.observations = Observations()
         self.nodes: dict[str, Node] = {}
         self.links: dict[str, NodeLink] = {}
         self._usage_saved: dict[str, float] = {}
@@ -112,12 +144,17 @@ class NodeRegistry:
         # nodes copies only those that changed since the last one
         self._copies: dict[str, Node] = {}
 
-    async def load(self) -> None:
-        """Read node records at start: none is connected yet, so all are down until they dial."""
+    async def load(self) -> list[str]:
+        """Read node records at start: none is connected yet, so all are down until they
+        dial. Returns the names of those that were up when the controller stopped."""
+        were_up = []
         for node in await self.store.list_nodes():
+            if node.state != NodeState.DOWN:
+                were_up.append(node.name)
             node.connected = False
             node.state = NodeState.DOWN
             self.nodes[node.name] = node
+        return were_up
 
     def snapshot(self) -> list[Node]:
         """Copies of every node, to read and not to change (they are shared between calls)."""
@@ -148,19 +185,29 @@ class NodeRegistry:
             return NodeState.MAINTENANCE
         return NodeState.DRAINING if node.drained else NodeState.UP
 
-    async def attach(self, hello: dict[str, Any], link: NodeLink) -> Node:
-        """A node's LNM said hello: record it up (replacing any older link of that name)."""
+    async def attach(self, hello: Hello, link: NodeLink, cap: Capacity) -> Node:
+        """A node's LNM said hello: record it up (replacing any older link of that name),
+        its capacity what it claims but at most ``cap``. A claim cut down to ``cap``, and a
+        capacity other than the node had before, are events (``node_capacity``)."""
         name = link.name
         old = self.links.get(name)
         if old is not None:
             await old.close("replaced by a new connection")
         known = self.nodes.get(name)
+        claimed = hello.capacity
+        capacity = Capacity(
+            vcpus=min(claimed.vcpus, cap.vcpus),
+            memory_mb=min(claimed.memory_mb, cap.memory_mb),
+            disk_gb=min(claimed.disk_gb, cap.disk_gb),
+        )
+        if capacity != claimed or (known is not None and known.capacity != capacity):
+            await self._capacity_changed(name, known, claimed, capacity, cap)
         node = Node(
             name=name,
-            driver=hello.get("driver", "unknown"),
-            capacity=hello.get("capacity") or {},
-            labels=hello.get("labels") or {},
-            capabilities=hello.get("capabilities") or [],
+            driver=hello.driver,
+            capacity=capacity,
+            labels=dict(hello.labels),
+            capabilities=list(hello.capabilities),
             drained=known.drained if known else False,
             maintenance=known.maintenance if known else False,
             connected=True,
@@ -183,6 +230,34 @@ class NodeRegistry:
         )
         return node
 
+    async def _capacity_changed(
+        self, name: str, known: Node | None, claimed: Capacity, capacity: Capacity, cap: Capacity
+    ) -> None:
+        data = {
+            "claimed": claimed.model_dump(),
+            "capacity": capacity.model_dump(),
+            "before": known.capacity.model_dump() if known else None,
+            "cap": cap.model_dump(),
+        }
+        if capacity != claimed:
+            log.warning("node %s claims %s, more than it may: cut to %s", name, claimed, capacity)
+        elif known is not None:
+            log.info("node %s changed capacity from %s to %s", name, known.capacity, capacity)
+        await self.bus.emit("node_capacity", node=name, data=data)
+
+    async def declare_lost(self, name: str, reason: str) -> bool:
+        """A node that has no link (it did not come back after a controller restart) is
+        lost: recorded down and announced (``node_lost``). False if it is connected."""
+        node = self.nodes.get(name)
+        if node is None or name in self.links:
+            return False
+        node.connected = False
+        node.state = NodeState.DOWN
+        self._changed(name)
+        await self.store.save_node(node)
+        await self.bus.emit("node_lost", node=name, data={"reason": reason})
+        return True
+
     async def detach(self, link: NodeLink, reason: str) -> bool:
         """The link ended. Returns True if that made the node go down (not merely replaced)."""
         await link.close(reason)
@@ -197,13 +272,13 @@ class NodeRegistry:
         await self.bus.emit("node_lost", node=link.name, data={"reason": reason})
         return True
 
-    async def heartbeat(self, name: str, usage: dict[str, Any] | None) -> None:
+    async def heartbeat(self, name: str, usage: Usage | None) -> None:
         node = self.nodes.get(name)
         if node is None:
             return
         node.last_heartbeat = now()
         if usage is not None:
-            node.usage = Usage.model_validate(usage)  # replaced whole, never changed in place
+            node.usage = usage  # replaced whole, never changed in place
         copy = self._copies.get(name)
         if copy is not None:  # a beat changes two fields: no need to copy the node again
             copy.last_heartbeat, copy.usage = node.last_heartbeat, node.usage

@@ -466,10 +466,18 @@ class Store:
                 taken.extend((await s.execute(stmt)).scalars())
         return taken
 
-    async def vms_where(self, *, node: str | None = None, cluster: str | None = None) -> list[VM]:
+    async def vms_where(
+        self,
+        *,
+        node: str | None = None,
+        cluster: str | None = None,
+        target_node: str | None = None,
+    ) -> list[VM]:
         stmt = select(VMRow).order_by(VMRow.seq)
         if node is not None:
             stmt = stmt.where(VMRow.node == node)
+        if target_node is not None:
+            stmt = stmt.where(VMRow.target_node == target_node)
         if cluster is not None:
             stmt = stmt.where(VMRow.cluster == cluster)
         async with self.sessions() as s:

@@ -24,6 +24,7 @@ class VMRow(Base):
     owner: Mapped[str] = mapped_column(String(200), index=True)
     cluster: Mapped[str | None] = mapped_column(String(80), index=True)
     node: Mapped[str | None] = mapped_column(String(200), index=True)
+    target_node: Mapped[str | None] = mapped_column(String(200), index=True)
     state: Mapped[str] = mapped_column(String(20), index=True)
     desired_state: Mapped[str] = mapped_column(String(20))
     state_reason: Mapped[str | None] = mapped_column(Text)

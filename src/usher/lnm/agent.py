@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import ssl
@@ -23,11 +24,20 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from usher import wire
+from usher.bounds import MAX_LINK_MESSAGE, NAME_RE
 from usher.model import VMState
 from usher.vmm.base import DomainInfo, Driver, DriverError, Guest
 
 log = logging.getLogger("usher.lnm")
 CREDENTIAL_FILE = "node.credential"  # in the LNM's state dir, mode 0600
+INVENTORY_CHUNK = 500
+"""VMs per message of the inventory a hello starts (the rest follow in ``inventory``
+messages): no message grows with the number of VMs a node runs."""
+CONSOLE_REPLY = 256 * 1024
+"""Most console bytes one ``console`` reply carries (ask again from its ``next``)."""
+MAX_OFFSET = 2**53
+REFUSED_CODE = 4001
+"""The close code of a controller that refuses this node (the reason says why)."""
 
 
 class Refused(Exception):
@@ -80,6 +90,7 @@ class LNM:
         self._commands: dict[str, asyncio.Task[Any]] = {}  # running commands, by id
         self._cancelled: set[str] = set()  # ids of commands a `cancel` command cancelled
         self._cpu_seen: tuple[float, float] | None = None
+        self._send_lock = asyncio.Lock()  # one message at a time, in the order observed
         self.connected = asyncio.Event()
 
     # --- the link ----------------------------------------------------------------------
@@ -98,6 +109,8 @@ class LNM:
                     raise
                 except (OSError, websockets.WebSocketException, TimeoutError) as exc:
                     log.warning("controller link: %s", exc or type(exc).__name__)
+                except Exception:  # nothing a controller sends may end this process
+                    log.exception("controller link failed; reconnecting")
                 if time.monotonic() - started > 10:
                     delay = 0.2
                 with contextlib.suppress(TimeoutError):
@@ -122,53 +135,89 @@ class LNM:
             url,
             ssl=tls,
             additional_headers=headers,
-            max_size=2**24,
+            max_size=MAX_LINK_MESSAGE,
             ping_interval=20,
             compression=None,  # small JSON messages: deflating them costs more than it saves
         ) as ws:
-            await ws.send(wire.dumps(await self._hello()))
-            welcome = wire.loads(await asyncio.wait_for(ws.recv(), 15))
-            if welcome.get("type") == "refused":
-                raise Refused(welcome.get("reason", "refused"))
-            if "credential" in welcome:
-                self.config.save_credential(str(welcome["credential"]))
-                log.info("saved this node's credential in %s", self.config.credential_file)
-            self._ws = ws
-            self.connected.set()
-            log.info("joined controller %s as node %s", self.config.ctrl_url, self.config.name)
-            beat = asyncio.create_task(self._heartbeats(ws, float(welcome.get("heartbeat", 1))))
-            stopper = asyncio.create_task(stop.wait())
             try:
-                reader = asyncio.create_task(self._read(ws))
-                done, _ = await asyncio.wait({reader, stopper}, return_when="FIRST_COMPLETED")
-                if reader in done:
-                    reader.result()
-                else:
-                    reader.cancel()
+                await self._linked(ws, stop)
+            except websockets.ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code == REFUSED_CODE:
+                    raise Refused(exc.rcvd.reason or "refused") from None
+                raise
             finally:
                 self.connected.clear()
                 self._ws = None
-                beat.cancel()
-                stopper.cancel()
 
-    async def _hello(self) -> dict[str, Any]:
-        return {
+    async def _linked(self, ws: ClientConnection, stop: asyncio.Event) -> None:
+        """Say hello on a new link, wait for the welcome, then serve it until it ends."""
+        # the inventory is taken and sent under the send lock: whatever the driver reports
+        # after it is sent after it, so the controller reads reports in the order observed
+        async with self._send_lock:
+            for message in await self._hello():
+                await ws.send(wire.dumps(message))
+            self._ws = ws
+        try:
+            welcome = wire.loads(await asyncio.wait_for(ws.recv(), 15))
+            if not isinstance(welcome, dict):
+                raise ValueError("not an object")
+            interval = float(welcome.get("heartbeat", 1))
+        except (ValueError, TypeError) as exc:
+            raise websockets.InvalidMessage(f"no welcome: {exc}") from None
+        if welcome.get("type") == "refused":
+            raise Refused(str(welcome.get("reason", "refused"))[:500])
+        if "credential" in welcome:
+            self.config.save_credential(str(welcome["credential"]))
+            log.info("saved this node's credential in %s", self.config.credential_file)
+        self.connected.set()
+        log.info("joined controller %s as node %s", self.config.ctrl_url, self.config.name)
+        beat = asyncio.create_task(self._heartbeats(ws, interval))
+        stopper = asyncio.create_task(stop.wait())
+        reader = asyncio.create_task(self._read(ws))
+        try:
+            done, _ = await asyncio.wait({reader, stopper}, return_when="FIRST_COMPLETED")
+            if reader in done:
+                reader.result()
+        finally:
+            for task in (reader, beat, stopper):
+                task.cancel()
+
+    async def _hello(self) -> list[dict[str, Any]]:
+        """The hello and the inventory that follows it: every VM the driver has, in pieces
+        of :data:`INVENTORY_CHUNK` (``more`` says whether another follows)."""
+        vms = [_summary(d) for d in await self.driver.list()]
+        chunks = [vms[i : i + INVENTORY_CHUNK] for i in range(0, len(vms), INVENTORY_CHUNK)]
+        chunks = chunks or [[]]
+        hello = {
             "type": "hello",
             "node": self.config.name,
             "driver": self.driver.name,
             "capacity": {"vcpus": self.config.vcpus, "memory_mb": self.config.memory_mb},
             "labels": self.config.labels,
             "capabilities": sorted(c.value for c in self.driver.capabilities),
-            "vms": [d.model_dump(mode="json") for d in await self.driver.list()],
+            "vms": chunks[0],
+            "more": len(chunks) > 1,
         }
+        rest = [
+            {"type": "inventory", "vms": chunk, "more": n < len(chunks) - 1}
+            for n, chunk in enumerate(chunks[1:], start=1)
+        ]
+        return [hello, *rest]
 
     async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
-            msg = wire.loads(raw)
-            if msg.get("type") == "command":
-                self._spawn(self._run_command(ws, msg), str(msg.get("id")))
-            elif msg.get("type") == "refused":
-                raise Refused(msg.get("reason", "refused"))
+            try:
+                msg = wire.loads(raw)
+                kind = msg.get("type") if isinstance(msg, dict) else None
+            except ValueError as exc:
+                log.warning("ignoring a message that is no JSON: %s", str(exc)[:200])
+                continue
+            if kind == "command":
+                self._spawn(self._run_command(ws, msg), str(msg.get("id"))[:100])
+            elif kind == "refused":
+                raise Refused(str(msg.get("reason", "refused"))[:500])
+            else:
+                log.warning("ignoring a message of unknown type %r", str(kind)[:40])
 
     def _spawn(self, coro: Any, cmd_id: str | None = None) -> None:
         task = asyncio.create_task(coro)
@@ -178,53 +227,73 @@ class LNM:
             self._commands[cmd_id] = task
             task.add_done_callback(lambda _: self._commands.pop(cmd_id, None))
 
-    async def _send(self, msg: dict[str, Any]) -> None:
-        ws = self._ws
-        if ws is None:
-            return  # not connected: the next hello re-reports everything
-        with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.send(wire.dumps(msg))
+    async def _send(self, msg: dict[str, Any], ws: ClientConnection | None = None) -> None:
+        """Send ``msg`` on ``ws`` (the current link if None), in order with the inventory."""
+        async with self._send_lock:
+            ws = ws or self._ws
+            if ws is None:
+                return  # not connected: the next hello re-reports everything
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(wire.dumps(msg))
 
     async def _heartbeats(self, ws: ClientConnection, interval: float) -> None:
+        interval = min(max(interval, 0.05), 60.0) if math.isfinite(interval) else 1.0
         while True:
-            await ws.send(wire.dumps({"type": "heartbeat", "usage": await self.usage()}))
+            await self._send({"type": "heartbeat", "usage": await self.usage()}, ws)
             await asyncio.sleep(interval)
 
     # --- commands ----------------------------------------------------------------------
 
     async def _run_command(self, ws: ClientConnection, msg: dict[str, Any]) -> None:
+        """Run one command and answer it; whatever it holds, the answer is a reply (an
+        error reply for a malformed command), never the end of this process."""
         vm_id = msg.get("vm_id")
+        if not (vm_id is None or (isinstance(vm_id, str) and NAME_RE.fullmatch(vm_id))):
+            vm_id = None
+            msg = {**msg, "action": "invalid"}
         if vm_id:
             self._busy[vm_id] = self._busy.get(vm_id, 0) + 1
         try:
-            result = await self.execute(msg["action"], vm_id, msg.get("guest"), msg.get("args"))
-            reply = {"type": "reply", "id": msg["id"], "ok": True, "result": result}
+            action, args, guest = msg.get("action"), msg.get("args"), msg.get("guest")
+            if not isinstance(action, str) or not isinstance(args, dict | None):
+                raise DriverError(f"node {self.config.name}: malformed command")
+            if not isinstance(guest, dict | None):
+                raise DriverError(f"node {self.config.name}: malformed guest")
+            result = await self.execute(action, vm_id, guest, args)
+            reply = {"type": "reply", "id": msg.get("id"), "ok": True, "result": result}
         except DriverError as exc:
-            reply = {"type": "reply", "id": msg["id"], "ok": False, "error": str(exc)}
+            reply = {"type": "reply", "id": msg.get("id"), "ok": False, "error": str(exc)}
         except asyncio.CancelledError:
-            if msg["id"] not in self._cancelled:
+            if msg.get("id") not in self._cancelled:
                 raise
             self._cancelled.discard(msg["id"])
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # the reply still goes out
             error = f"node {self.config.name}: {msg.get('action')} cancelled"
-            reply = {"type": "reply", "id": msg["id"], "ok": False, "error": error}
+            reply = {"type": "reply", "id": msg.get("id"), "ok": False, "error": error}
         except Exception as exc:
-            log.exception("command %s on %s failed", msg.get("action"), vm_id)
+            log.warning("command %r on %s failed: %r", msg.get("action"), vm_id, exc)
             reply = {
                 "type": "reply",
-                "id": msg["id"],
+                "id": msg.get("id"),
                 "ok": False,
-                "error": f"node {self.config.name}: internal error: {exc!r}",
+                "error": f"node {self.config.name}: {msg.get('action')!r} failed: {exc!r}"[:2000],
             }
         finally:
             if vm_id:
                 self._busy[vm_id] -= 1
                 if not self._busy[vm_id]:
                     del self._busy[vm_id]
-        with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.send(wire.dumps(reply))
+        try:
+            text = wire.dumps(reply)
+        except ValueError as exc:  # a result JSON cannot carry
+            text = wire.dumps({**reply, "ok": False, "result": None, "error": str(exc)[:500]})
+        if len(text) > MAX_LINK_MESSAGE:
+            text = wire.dumps({**reply, "ok": False, "result": None, "error": "answer too large"})
+        async with self._send_lock:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(text)
         if vm_id and self._ws is not ws:
             await self._report(vm_id)
 
@@ -262,10 +331,33 @@ class LNM:
         def dom(info: DomainInfo) -> dict[str, Any]:
             return info.model_dump(mode="json")
 
+        def offset() -> int:
+            value = args.get("offset", 0)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 0 <= value <= MAX_OFFSET
+            ):
+                raise DriverError(f"console offset must be 0 to {MAX_OFFSET}")
+            return value
+
+        def seconds(key: str, default: float | None) -> float | None:
+            value = args.get(key, default)
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise DriverError(f"{action}: {key} must be a number of seconds")
+            if not 0 <= value <= 86400 * 7:
+                raise DriverError(f"{action}: {key} must be 0 to 604800 seconds")
+            return float(value)
+
         handlers: dict[str, Callable[[], Any]] = {
             "start": lambda: d.start(need_guest()),
-            "stop": lambda: d.stop(vm(), timeout=args.get("timeout"), hard=args.get("hard", False)),
+            "stop": lambda: d.stop(
+                vm(), timeout=seconds("timeout", None), hard=args.get("hard") is True
+            ),
             "destroy": lambda: d.destroy(vm()),
+            "fence": lambda: d.fence(vm()),
             "pause": lambda: d.pause(vm()),
             "resume": lambda: d.resume(vm()),
             "reboot": lambda: d.reboot(vm()),
@@ -275,12 +367,12 @@ class LNM:
                 need_guest(), self.config.migration_host
             ),
             "migrate": lambda: d.migrate(
-                vm(), str(args["uri"]), timeout=float(args.get("timeout", 120))
+                vm(), str(args.get("uri"))[:1000], timeout=seconds("timeout", 120) or 120.0
             ),
             "finish_incoming": lambda: d.finish_incoming(vm()),
             "abort_incoming": lambda: d.abort_incoming(vm()),
             "settle_incoming": lambda: self._settle_incoming(vm()),
-            "console": lambda: d.console_log(vm(), offset=int(args.get("offset", 0))),
+            "console": lambda: d.console_log(vm(), offset=offset()),
             "cancel": lambda: self._cancel(str(args.get("command"))),
         }
         handler = handlers.get(action)
@@ -292,8 +384,8 @@ class LNM:
         if action == "prepare_incoming":
             return {"uri": answer}
         if action == "console":
-            offset = int(args.get("offset", 0))
-            return {"data": answer.decode("utf-8", "replace"), "next": offset + len(answer)}
+            chunk = answer[:CONSOLE_REPLY]
+            return {"data": chunk.decode("utf-8", "replace"), "next": offset() + len(chunk)}
         if isinstance(answer, dict):
             return answer
         if answer is not None and hasattr(answer, "model_dump"):
@@ -352,3 +444,10 @@ class LNM:
                 for d in live
             },
         }
+
+
+def _summary(dom: DomainInfo) -> dict[str, Any]:
+    """What the controller reconciles of a VM a node has (not its spec: a node's messages
+    do not grow with what users store in their VMs)."""
+    reason = dom.reason[:500] if dom.reason else None
+    return {"id": dom.id, "name": dom.name, "state": dom.state.value, "reason": reason}

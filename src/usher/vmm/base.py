@@ -151,6 +151,13 @@ class Driver(abc.ABC):
     async def destroy(self, vm_id: str) -> None:
         """Power off and remove the VM and its disks. Idempotent."""
 
+    async def fence(self, vm_id: str) -> None:
+        """Kill this host's copy of a VM and forget it, leaving its shared disks alone: the
+        controller fences a copy that runs where the VM's record does not say (the VM may
+        run, with those disks, elsewhere). Idempotent. The default destroys, for drivers
+        whose ``destroy`` leaves shared disks to the node that holds the VM's lease."""
+        await self.destroy(vm_id)
+
     async def pause(self, vm_id: str) -> None:
         """Freeze a running VM. Afterwards paused."""
         raise DriverError(f"the {self.name} driver cannot pause VMs")

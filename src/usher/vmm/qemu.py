@@ -467,6 +467,15 @@ class QemuDriver(Driver):
 
     # console --------------------------------------------------------------------------------
 
+    async def fence(self, vm_id: str) -> None:
+        """Kill QEMU and remove the VM's records here; its shared disks stay."""
+        dom = self._domains.get(vm_id)
+        if dom is None:
+            return
+        await self._end_leftover(dom)
+        del self._domains[vm_id]
+        shutil.rmtree(self._local(vm_id), ignore_errors=True)
+
     async def console_log(self, vm_id: str, *, offset: int = 0) -> bytes:
         """Serial console output from ``offset`` on, at most :data:`CONSOLE_CHUNK` bytes."""
         self._get(vm_id)
