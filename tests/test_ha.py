@@ -92,7 +92,7 @@ def vm(name: str, *, node: str = "node-1", state: VMState = VMState.LOST, **kw: 
 async def make_ha(ctx: FakeCtx, **config: Any) -> HA:
     ha = HA()
     ha.retry_first = 0.01
-    ha.usher_configure(ctx, config)  # type: ignore[arg-type]
+    await ha.usher_configure(ctx, config)  # type: ignore[arg-type]
     return ha
 
 

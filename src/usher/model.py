@@ -53,6 +53,11 @@ def now() -> float:
     return time.time()
 
 
+LEASE_HELD = "disk lease held"
+"""How a driver's error begins when a VM could not start because another host's copy holds
+its disk (a start or an HA restart meeting it fails, and may be tried again later)."""
+
+
 class VMState(StrEnum):
     PENDING = "pending"
     STARTING = "starting"

@@ -50,6 +50,7 @@ class Controller:
         self.usage = UsageHistory(self.store, self.nodes, observe)
         self.metrics = Metrics(self, public=bool(observe.get("public", False)))
         self._watcher: asyncio.Task[None] | None = None
+        self._rejoin: asyncio.Task[None] | None = None
         self.first_admin_token: str | None = None
         self.node_refusals = Window(limit=100)  # refused and malformed node messages
 
@@ -57,12 +58,13 @@ class Controller:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         quarantined = await self.store.open()
         await self.metrics.start()
-        await self.nodes.load()
+        were_up = await self.nodes.load()
         configs = {name: self.settings.plugins.table(name) for name in self.plugins.order}
         await self.plugins.start(configs)
         await self._bootstrap_admin_token()
         await self.engine.recover()
         self._watcher = asyncio.create_task(self.nodes.watch_heartbeats(self.node_silent))
+        self._rejoin = asyncio.create_task(self._missing_after_restart(were_up))
         self.usage.start()
         await self.bus.emit(
             "ctrl_start", data={"listen": self.settings.listen, "plugins": self.plugins.order}
@@ -73,12 +75,27 @@ class Controller:
                 data={"table": record.table, "key": record.key, "error": record.error},
             )
 
+    async def _missing_after_restart(self, were_up: list[str]) -> None:
+        """Nodes that were up when the controller stopped and have not dialled again within
+        ``rejoin_grace`` seconds are lost, as if they had gone silent: their VMs are marked
+        lost (and HA may restart them). Otherwise a node that died while the controller
+        was down would keep its VMs ``running`` for as long as it stays away."""
+        grace = self.settings.rejoin_grace
+        await asyncio.sleep(grace)
+        for name in were_up:
+            reason = f"did not dial again within {grace:g} s of the controller's start"
+            if await self.nodes.declare_lost(name, reason):
+                log.warning("node %s %s: declared lost", name, reason)
+                await self.engine.node_lost(name, reason)
+
     async def stop(self) -> None:
         await self.usage.stop()
-        if self._watcher:
-            self._watcher.cancel()
+        for task in (self._watcher, self._rejoin):
+            if task is None:
+                continue
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+                await task
         for link in list(self.nodes.links.values()):
             await link.close("controller stopping")
         await self.engine.close()

@@ -9,9 +9,17 @@ When a node is declared down (``node_lost``), every protected VM recorded there 
 ``lost`` is started again, ``restart_delay`` seconds later, as a ``start`` with no target
 node: the scheduler places it among the nodes that are up, with all its filters. If that
 fails (nothing fits, the start fails), it is retried with exponential backoff (1 s doubling
-up to 30 s), at most ``max_attempts`` times, then ``ha_failure`` fires. Each restart fires
+up to 30 s), at most ``max_attempts`` times, then ``ha_failure`` fires. A start that fails
+because the VM's disk lease is still held (its old node's copy may still run: an LNM that
+died leaves its guests running, and a dead host's lease takes a while to expire) is tried
+again every few seconds for up to ``lease_wait`` seconds without counting as an attempt: HA
+never starts a second copy, it waits for the first to be gone. Each restart fires
 ``ha_restart`` (``data``: ``from``, ``to``, ``seconds`` from ``node_lost`` to running again,
 ``attempts``). If the node comes back first, nothing is restarted.
+
+Which nodes are down is kept in the plugin's data, so a controller restart does not forget
+it: at start, lost protected VMs of nodes still down are considered again (and nodes that
+were up but do not dial the restarted controller in time are declared lost by the core).
 
 Never two running copies: a node that comes back still running a VM now recorded (and
 running) on another node has its stale copy fenced by the engine itself (the record wins,
@@ -25,6 +33,7 @@ Config (``[plugins.ha]``)::
     clusters = ["web"]   # virtual clusters protected from the start
     restart_delay = 0    # seconds after node_lost before restarting
     max_attempts = 5     # restart attempts per VM before giving up
+    lease_wait = 300     # seconds to keep trying while the VM's disk lease is held
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from usher.ctrl.controller import Controller
 from usher.ctrl.engine import RequestError
 from usher.hookspecs import hookimpl
 from usher.model import (
+    LEASE_HELD,
     NAME_PATTERN,
     VM,
     Event,
@@ -57,6 +67,7 @@ from usher.model import (
 PLUGIN = "ha"
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
+LEASE_RETRY = 2.0
 POLL = 0.1
 ClusterName = Annotated[str, Path(pattern=NAME_PATTERN)]
 
@@ -67,6 +78,7 @@ class HAConfig(BaseModel):
     clusters: list[str] = Field(default_factory=list)
     restart_delay: float = Field(0.0, ge=0)
     max_attempts: int = Field(5, ge=1)
+    lease_wait: float = Field(300.0, ge=0)
 
 
 class ProtectedVM(BaseModel):
@@ -96,10 +108,20 @@ class HA:
         self.tasks: set[asyncio.Task[None]] = set()
 
     @hookimpl
-    def usher_configure(self, ctx: PluginContext, config: dict[str, Any]) -> None:
+    async def usher_configure(self, ctx: PluginContext, config: dict[str, Any]) -> None:
         self.ctx = ctx
         self.config = HAConfig.model_validate(config)
         self.log = ctx.logger(PLUGIN)
+        self.down = dict(await ctx.get(PLUGIN, "down", {}))
+
+    async def _node_down(self, node: str, at: float | None) -> None:
+        """Remember (``at``: when it was lost) or forget that ``node`` is down, durably."""
+        if at is None:
+            if self.down.pop(node, None) is None:
+                return
+        else:
+            self.down[node] = at
+        await self.ctx.put(PLUGIN, "down", dict(self.down))
 
     @hookimpl
     async def usher_shutdown(self) -> None:
@@ -135,11 +157,15 @@ class HA:
     @hookimpl
     async def usher_event(self, event: Event) -> None:
         if event.name == "node_lost" and event.node:
-            self.down[event.node] = event.time
+            await self._node_down(event.node, event.time)
             for vm in await self.ctx.store.vms_where(node=event.node):
                 await self._consider(vm, event.node)
         elif event.name == "node_join" and event.node:
-            self.down.pop(event.node, None)
+            await self._node_down(event.node, None)
+        elif event.name == "ctrl_start":  # restarts cut short by the controller's restart
+            for node in list(self.down):
+                for vm in await self.ctx.store.vms_where(node=node):
+                    await self._consider(vm, node)
         elif event.name == "state_change" and event.data.get("to") == VMState.LOST:
             vm = await self.ctx.store.get_vm(event.vm_id or "")
             if vm is not None and vm.node in self.down:
@@ -195,7 +221,9 @@ class HA:
         await asyncio.sleep(max(0.0, lost_at + self.config.restart_delay - now()))
         wait = self.retry_first
         error = ""
-        for attempt in range(1, self.config.max_attempts + 1):
+        attempt = 0
+        leased_until = now() + self.config.lease_wait
+        while attempt < self.config.max_attempts:
             vm = await self._still_lost(vm_id, node, lost_at)
             if vm is None:
                 return
@@ -205,9 +233,14 @@ class HA:
                 error = exc.message
             else:
                 if op.status == OpStatus.SUCCEEDED:
-                    await self._restarted(vm, node, lost_at, op, attempt)
+                    await self._restarted(vm, node, lost_at, op, attempt + 1)
                     return
                 error = op.error or f"operation {op.id} {op.status.value}"
+            if LEASE_HELD in error and now() < leased_until:
+                self.log.info("%s: its disk lease is still held; trying again", vm.name)
+                await asyncio.sleep(LEASE_RETRY)
+                continue
+            attempt += 1
             self.log.warning("restart %d of %s failed: %s", attempt, vm.name, error)
             if attempt < self.config.max_attempts:
                 await asyncio.sleep(wait)

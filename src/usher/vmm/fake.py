@@ -11,6 +11,10 @@ Options (``options`` dict):
   :data:`ACTIONS`) to seconds; default 0.
 * ``fail``: the probability (0..1) that an action raises ``DriverError("simulated failure …")``,
   or a dict of them by action name, for fault injection; ``seed`` seeds its RNG.
+* ``storage_dir``: the shared storage; with a ``state_dir`` too, guests hold disk leases in it
+  (:mod:`usher.vmm.lease`), as QEMU's image locks do: a guest cannot start while another
+  host's copy holds the VM's disk. ``lease_ttl`` (default 10 s): how long a host's leases
+  outlive its last renewal (its LNM renews them while it runs).
 
 With a ``state_dir`` the table lives in ``<state_dir>/fake-vms.json`` plus a journal of every
 change since (``fake-vms.journal``, one line written at once per change, folded into the table
@@ -45,6 +49,7 @@ from usher.vmm.base import (
     UnknownVM,
 )
 from usher.vmm.fake_wire import Incoming, send
+from usher.vmm.lease import LeaseHeld, Leases
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +201,9 @@ class FakeDriver(Driver):
         self._journal: TextIO | None = None
         self._incoming: dict[str, Incoming] = {}
         self._journal_lines = 0
+        self._lease_ttl = float(self.options.get("lease_ttl", 10.0))
+        self._leases: Leases | None = None
+        self._renewer: asyncio.Task[None] | None = None
 
     # capacity ------------------------------------------------------------------------------
 
@@ -236,16 +244,59 @@ class FakeDriver(Driver):
         return os.path.join(self.state_dir, STATE_FILE)
 
     async def open(self) -> None:
-        """Load the guests an earlier driver left in ``state_dir``; journal changes from now."""
+        """Load the guests an earlier driver left in ``state_dir``; journal changes from now.
+        With shared storage, take up their disk leases again: a guest whose lease another
+        host took while this LNM was away has lost its disk and is ``error``."""
         if self.state_dir is None:
             return
         os.makedirs(self.state_dir, exist_ok=True)
         self._load()
         self._compact()
+        storage = self.options.get("storage_dir")
+        if storage:
+            holder = os.path.realpath(self.state_dir)
+            self._leases = Leases(str(storage), holder, self._lease_ttl)
+            self._leases.renew()
+            for dom in list(self._domains.values()):
+                if dom.state in _ACTIVE or (dom.state in _INCOMING and dom.received):
+                    self._reclaim(dom)
+            self._renewer = asyncio.get_running_loop().create_task(self._renew())
+
+    def _reclaim(self, dom: _Domain) -> None:
+        assert self._leases is not None
+        try:
+            self._leases.take(dom.id)
+        except LeaseHeld as exc:
+            log.warning("VM %s: %s", dom.id, exc)
+            self._set_state(dom, VMState.ERROR, "lost its disk lease while the LNM was away")
+
+    async def _renew(self) -> None:
+        assert self._leases is not None
+        while True:
+            await asyncio.sleep(self._lease_ttl / 4)
+            try:
+                self._leases.renew()
+            except OSError as exc:
+                log.warning("cannot renew this host's disk leases: %s", exc)
+
+    def _take_lease(self, vm_id: str) -> None:
+        if self._leases is not None:
+            try:
+                self._leases.take(vm_id)
+            except LeaseHeld as exc:
+                raise DriverError(f"cannot start VM {vm_id}: {exc}") from None
+
+    def _release_lease(self, vm_id: str) -> None:
+        if self._leases is not None:
+            self._leases.release(vm_id)
 
     async def close(self) -> None:
         """Save the VM table; the simulated guests keep "running" in it (an incoming
-        migration's listener goes: its source sees the migration fail)."""
+        migration's listener goes: its source sees the migration fail). Leases are no
+        longer renewed: as for a host that went away, they expire after ``lease_ttl``."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
         for incoming in self._incoming.values():
             incoming.close()
         self._incoming.clear()
@@ -341,6 +392,7 @@ class FakeDriver(Driver):
             self._reserve(dom.spec, -1)
         del self._domains[dom.id]
         self._changed(dom, removed=True)
+        self._release_lease(dom.id)
 
     def _set_state(self, dom: _Domain, state: VMState, reason: str | None = None) -> None:
         """The one place a guest changes state: keeps CPU time, capacity and console right."""
@@ -371,7 +423,12 @@ class FakeDriver(Driver):
         if dom is not None:
             self._require(dom, "start", _STARTABLE)
         with self._claim(guest.id, guest.spec):
-            await self._act("start", guest.id)
+            self._take_lease(guest.id)
+            try:
+                await self._act("start", guest.id)
+            except BaseException:
+                self._release_lease(guest.id)
+                raise
         if dom is None:
             dom = self._add(guest)
         dom.name, dom.spec = guest.name, guest.spec
@@ -388,6 +445,7 @@ class FakeDriver(Driver):
         self._require(dom, "stop", _ACTIVE)
         await self._act("stop", vm_id)
         self._set_state(dom, VMState.STOPPED)
+        self._release_lease(vm_id)
 
     async def destroy(self, vm_id: str) -> None:
         dom = self._domains.get(vm_id)
@@ -442,6 +500,8 @@ class FakeDriver(Driver):
             return False
         dom.received = True
         self._changed(dom)
+        if self._leases is not None:
+            self._leases.hand_over(vm_id)
         return True
 
     def _stop_listening(self, vm_id: str) -> None:
@@ -514,6 +574,7 @@ class FakeDriver(Driver):
         dom = self._get(vm_id)
         self._require(dom, "crash", _RESERVING)
         self._set_state(dom, VMState.ERROR, reason)
+        self._release_lease(vm_id)
         await self.on_state_change(vm_id, VMState.ERROR, reason)
 
 

@@ -53,7 +53,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from usher.images import catalog
-from usher.model import ImageKind, VMSpec, VMState
+from usher.model import LEASE_HELD, ImageKind, VMSpec, VMState
 from usher.vmm import qemu_process as proc
 from usher.vmm.base import (
     Capability,
@@ -92,6 +92,8 @@ CONSOLE_CHUNK = 4 << 20
 _ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
 _STARTABLE = frozenset({VMState.STOPPED, VMState.ERROR})
 _MIGRATION_OVER = frozenset({"completed", "failed", "cancelled"})
+LOCK_FAILED = 'Failed to get "write" lock'
+"""What QEMU says when another QEMU holds the image lock of the disk it should open."""
 
 
 def _host_memory_mb() -> int:
@@ -246,13 +248,18 @@ class QemuDriver(Driver):
                 await self._end_leftover(old)
             try:
                 await self._boot(dom)
-            except BaseException:
+            except BaseException as exc:
                 if old is not None:
                     self._save(old)
                 else:
                     shutil.rmtree(self._local(guest.id), ignore_errors=True)
                     if not disk_was_there:
                         catalog.remove_vm_disks(self._storage, guest.id)
+                if isinstance(exc, DriverError) and LOCK_FAILED in str(exc):
+                    raise DriverError(
+                        f"cannot start VM {guest.id}: {LEASE_HELD}: its disk is in use by "
+                        f"another QEMU (a copy may still run on another node): {exc}"
+                    ) from None
                 raise
             self._domains[guest.id] = dom
             self._take_lease(guest.id)

@@ -114,7 +114,9 @@ def qemu_argv(
         *("-chardev", f"file,id=serial0,path={_escaped(console)},append=on"),
         *("-serial", "chardev:serial0"),
         *("-qmp", f"unix:{_escaped(qmp_socket)},server=on,wait=off"),
-        *("-drive", f"file={_escaped(disk)},format=qcow2,if=none,id=disk0"),
+        # the image lock is the disk lease: a second QEMU cannot open a disk one holds (on
+        # this host, or on another host of an NFSv4 storage); kept on, never "auto"
+        *("-drive", f"file={_escaped(disk)},format=qcow2,if=none,id=disk0,file.locking=on"),
         *("-device", "virtio-blk-pci,drive=disk0"),
     ]
     for index, (nic, tap) in enumerate(nics):
