@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 from pathlib import Path
 
 import click
 
-from usher import gctune
+from usher import gctune, logsafe
+from usher.bounds import MAX_LINK_MESSAGE
+from usher.cli.admin_cmd import admin_token
 from usher.cli.image_cmd import image
 from usher.cli.local import local
 from usher.cli.node_cmd import node
@@ -18,11 +19,12 @@ from usher.ctrl.config import DEFAULT_PORT, load_settings
 from usher.lnm.agent import CREDENTIAL_FILE
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _daemon(verbose: bool) -> None:
+    """What both daemons do first: files they make are their owner's alone (the database,
+    its WAL, the audit log, VM disks hold what users and the site must keep to themselves),
+    and logging that never writes a secret (:mod:`usher.logsafe`)."""
+    os.umask(0o077)
+    logsafe.setup(verbose)
 
 
 @click.group()
@@ -58,7 +60,7 @@ def ctrl(
 
     from usher.ctrl.app import create_app
 
-    _logging(verbose)
+    _daemon(verbose)
     try:
         settings = load_settings(
             config_file, state_dir=state_dir, listen=listen, storage_dir=storage_dir
@@ -82,7 +84,10 @@ def ctrl(
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,
         log_level="warning",
-        ws_max_size=2**24,
+        ws_max_size=MAX_LINK_MESSAGE,
+        # X-Forwarded-For and -Proto only from the reverse proxies the site names
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
         # the only WebSockets are LNM links, whose heartbeats tell a node gone: no keepalive
         # pings of the controller's own (with 1,000 nodes, 50 a second)
         ws_ping_interval=None,
@@ -181,7 +186,7 @@ def lnm(
     from usher.lnm.agent import LNM, LNMConfig, Refused
     from usher.vmm.base import DriverError, load_driver
 
-    _logging(verbose)
+    _daemon(verbose)
     node_dir = Path(state_dir)
     node_dir.mkdir(parents=True, exist_ok=True)
     credential_file = node_dir / CREDENTIAL_FILE
@@ -235,6 +240,7 @@ def lnm(
 
 
 main.add_command(local)
+main.add_command(admin_token)
 main.add_command(image)
 main.add_command(node)
 

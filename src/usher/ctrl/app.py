@@ -22,6 +22,7 @@ from usher.ctrl.api import (
     usage,
     vms,
 )
+from usher.ctrl.api.guard import Guard
 from usher.ctrl.config import Settings
 from usher.ctrl.controller import Controller
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings, extra_plugins: dict[str, Any] | None = None) 
         lifespan=lifespan,
     )
     app.state.ctrl = ctrl
+    app.add_middleware(Guard)
     errors.install(app)
     for module in (vms, operations, nodes, events, images, lnm, search, usage, metrics, ui):
         app.include_router(module.router)

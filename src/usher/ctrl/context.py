@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from usher.ctrl.config import Settings
     from usher.ctrl.engine import Engine
     from usher.ctrl.events import EventBus
-    from usher.ctrl.store import Store
+    from usher.ctrl.store import PluginData, Store
     from usher.model import Event, Operation, OpKind
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,6 +50,14 @@ class PluginContext:
     async def put(self, plugin: str, key: str, value: Any) -> None:
         """Store a JSON value for a plugin; it survives controller restarts."""
         await self.store.plugin_set(plugin, key, value)
+
+    async def atomically(self, plugin: str, change: Callable[[PluginData], Awaitable[T]]) -> T:
+        """Read-modify-write of a plugin's values, atomic in the database: ``change`` gets an
+        object with ``await get(key, default)`` and ``await put(key, value)``; two changes at
+        once behave as one after the other (on SQLite and PostgreSQL). It may run again if
+        a concurrent change got in first; an exception from it changes nothing. Use it for
+        every check-then-act (a membership, an owner, a counter)."""
+        return await self.store.plugin_atomically(plugin, change)
 
     async def submit(
         self,

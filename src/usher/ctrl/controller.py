@@ -11,18 +11,21 @@ from typing import Any
 
 from usher.ctrl.config import ADMIN_TOKEN_FILE, Settings
 from usher.ctrl.context import PluginContext
-from usher.ctrl.engine import Engine
+from usher.ctrl.engine import Engine, RequestError
 from usher.ctrl.events import EventBus
 from usher.ctrl.metrics import Metrics
+from usher.ctrl.nodecreds import ROLES as NODE_ROLES
 from usher.ctrl.nodecreds import NodeCredentials
 from usher.ctrl.nodes import NodeLink, NodeRegistry
-from usher.ctrl.plugins import PluginHost
+from usher.ctrl.plugins import PluginError, PluginHost
 from usher.ctrl.ratelimit import Window
 from usher.ctrl.store import Store
 from usher.ctrl.tokens import issue_token
 from usher.ctrl.usage import UsageHistory
+from usher.model import Principal
 
 log = logging.getLogger("usher.ctrl")
+NODE_ROLE = NODE_ROLES[0]
 
 
 def write_secret(path: Path, secret: str) -> None:
@@ -31,6 +34,16 @@ def write_secret(path: Path, secret: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(secret + "\n")
     os.chmod(path, 0o600)
+
+
+def _private(state_dir: Path) -> None:
+    """The state dir and what is in it for the controller's owner alone (a state dir an
+    older release left readable is tightened too)."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state_dir.chmod(0o700)
+    for path in state_dir.iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o600)
 
 
 class Controller:
@@ -55,7 +68,7 @@ class Controller:
         self.node_refusals = Window(limit=100)  # refused and malformed node messages
 
     async def start(self) -> None:
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        _private(self.settings.state_dir)
         quarantined = await self.store.open()
         await self.metrics.start()
         were_up = await self.nodes.load()
@@ -114,6 +127,26 @@ class Controller:
         write_secret(path, secret)
         self.first_admin_token = secret
         log.warning("created the admin token; it is in %s (mode 0600)", path)
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal a bearer token belongs to, or a RequestError: 401 for no token or
+        one no ``authenticate`` hook knows, 403 for a node's credential (it works on the
+        node link only)."""
+        if not token:
+            raise RequestError(
+                401,
+                "missing token: send 'Authorization: Bearer <token>' (the "
+                "admin token is in the controller's state dir, admin.token)",
+            )
+        try:
+            principal = await self.plugins.decide("authenticate", token=token)
+        except PluginError as exc:
+            raise RequestError(401, f"authentication failed: {exc}") from exc
+        if principal is None:
+            raise RequestError(401, "invalid, expired or revoked token")
+        if NODE_ROLE in principal.roles:
+            raise RequestError(403, "a node credential works on the node link only")
+        return principal
 
     async def node_silent(self, link: NodeLink) -> None:
         await self.node_gone(link, "missed heartbeats")

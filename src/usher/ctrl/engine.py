@@ -172,6 +172,7 @@ class Engine:
         self.nodes = nodes
         self.locks = KeyedLocks()
         self.placement_lock = asyncio.Lock()
+        self.create_lock = asyncio.Lock()
         self.parallel = asyncio.Semaphore(settings.max_parallel)
         self.observations = nodes.observations
         self.live: dict[str, Operation] = {}
@@ -392,8 +393,13 @@ class Engine:
         return names
 
     async def create(self, principal: Principal, body: CreateVMs, client: str | None) -> Operation:
-        """Start new VMs (the ``start`` operation with no existing targets)."""
-        async with self._refusals(OpKind.START, principal, client, body):
+        """Start new VMs (the ``start`` operation with no existing targets).
+
+        Creates are admitted one at a time, from their request hooks to their VMs' records:
+        what a hook checks against the records (a quota, a cluster's owner) still holds
+        when the VMs are recorded, so two creates at once get what one after the other
+        would (the operations then run concurrently)."""
+        async with self._refusals(OpKind.START, principal, client, body), self.create_lock:
             return await self._create(principal, body, client)
 
     async def _create(self, principal: Principal, body: CreateVMs, client: str | None) -> Operation:

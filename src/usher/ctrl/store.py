@@ -11,9 +11,9 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     cast,
     delete,
     event,
+    false,
     func,
     inspect,
     or_,
@@ -32,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.schema import CreateColumn
 
@@ -51,6 +53,7 @@ from usher.ctrl.tables import (
 )
 from usher.model import VM, Event, Node, Operation, OpStatus, Page, Scope, now
 
+T = TypeVar("T")
 MAX_PAGE = 1000
 TOKEN_CACHE_SECONDS = 5.0
 log = logging.getLogger("usher.store")
@@ -143,7 +146,11 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = async_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"json_serializer": wire.dumps, "json_deserializer": wire.loads}
+        kwargs: dict[str, Any] = {
+            "json_serializer": wire.dumps,
+            "json_deserializer": wire.loads,
+            "hide_parameters": True,  # errors and logs never show values (hashes, digests)
+        }
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         else:
@@ -650,9 +657,20 @@ class Store:
         async with self.sessions() as s:
             return list((await s.execute(stmt)).scalars())
 
-    async def revoke_token(self, token_id: str) -> None:
+    async def revoke_token(self, token_id: str, *, keep_one_of: str | None = None) -> None:
+        """Revoke a token. With ``keep_one_of``, refuse (:class:`LastCredential`) when it is
+        the last active token with that role: the check and the revocation are one
+        transaction with the role's tokens locked, so two at once cannot both pass."""
         self._tokens.clear()
         async with self._write() as s:
+            if keep_one_of is not None:
+                stmt = select(TokenRow).where(TokenRow.revoked == false())
+                if not self.is_sqlite:  # (SQLite: the store's write lock serializes)
+                    stmt = stmt.with_for_update()
+                rows = (await s.execute(stmt)).scalars().all()
+                holders = [r for r in rows if keep_one_of in r.roles and _active(r)]
+                if [r.id for r in holders] == [token_id]:
+                    raise LastCredential(f"token {token_id} is the last {keep_one_of} credential")
             await s.execute(update(TokenRow).where(TokenRow.id == token_id).values(revoked=True))
         self._tokens.clear()  # a lookup may have raced the write
 
@@ -663,11 +681,74 @@ class Store:
             row = await s.get(PluginDataRow, (plugin, key))
         return row.value if row else default
 
+    async def plugin_atomically(
+        self, plugin: str, change: Callable[[PluginData], Awaitable[T]]
+    ) -> T:
+        """Run ``change`` on the plugin's values in one transaction: what it reads is locked
+        until it commits, so two changes at once behave as one after the other (on SQLite the
+        store's single writer serializes them; on PostgreSQL rows read are locked ``FOR
+        UPDATE``, and a value two changes both created is retried). ``change`` may run more
+        than once; raising from it changes nothing."""
+        for attempt in range(5):
+            try:
+                async with self._write() as s:
+                    return await change(PluginData(s, plugin, self))
+            except IntegrityError:
+                if attempt == 4:
+                    raise
+                log.info("plugin %s: a concurrent change created the same value; again", plugin)
+        raise AssertionError("unreachable")
+
     async def plugin_set(self, plugin: str, key: str, value: Any) -> None:
         stmt = self._insert(PluginDataRow).values(plugin=plugin, key=key, value=value)
         stmt = stmt.on_conflict_do_update(index_elements=["plugin", "key"], set_={"value": value})
         async with self._write() as s:
             await s.execute(stmt)
+
+
+class PluginData:
+    """A plugin's values within one transaction (:meth:`Store.plugin_atomically`)."""
+
+    def __init__(self, session: AsyncSession, plugin: str, store: Store) -> None:
+        self._session = session
+        self._plugin = plugin
+        self._store = store
+        self._absent: set[str] = set()  # read as missing: created with a plain INSERT
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        stmt = select(PluginDataRow.value).where(
+            PluginDataRow.plugin == self._plugin, PluginDataRow.key == key
+        )
+        if not self._store.is_sqlite:
+            stmt = stmt.with_for_update()
+        found = (await self._session.execute(stmt)).first()
+        if found is None:
+            self._absent.add(key)
+            return default
+        return found[0]
+
+    async def put(self, key: str, value: Any) -> None:
+        if key in self._absent:  # two that both saw it missing: the second fails, retries
+            stmt = PluginDataRow.__table__.insert().values(
+                plugin=self._plugin, key=key, value=value
+            )
+            self._absent.discard(key)
+        else:
+            stmt = self._store._insert(PluginDataRow).values(
+                plugin=self._plugin, key=key, value=value
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["plugin", "key"], set_={"value": value}
+            )
+        await self._session.execute(stmt)
+
+
+class LastCredential(Exception):
+    """The token is the last active one with a role that must not be left without one."""
+
+
+def _active(row: TokenRow) -> bool:
+    return not row.revoked and (row.expires_at is None or row.expires_at > now())
 
 
 def _vm(row: VMRow) -> VM:

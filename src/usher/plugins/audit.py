@@ -21,6 +21,7 @@ Only a request without a valid token (or a malformed body) is not recorded: it n
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -406,5 +407,9 @@ def _entry(row: AuditRow, targets: list[AuditTargetRow]) -> AuditEntry:
 
 
 def _append(path: Path, line: str) -> None:
-    with path.open("a", encoding="utf-8") as fh:
+    """Append to the audit file, which only its owner may read (whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    if os.fstat(fd).st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
         fh.write(line)

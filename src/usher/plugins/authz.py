@@ -15,18 +15,23 @@ Config (``[plugins.authz]``): ``operator_denied`` lists the actions operators ma
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
+from usher.bounds import PRINCIPAL_PATTERN
 from usher.ctrl.api.deps import PrincipalDep
 from usher.ctrl.context import PluginContext
 from usher.ctrl.engine import RequestError
-from usher.hookspecs import hookimpl
+from usher.ctrl.store import PluginData
+from usher.hookspecs import Veto, hookimpl
 from usher.model import NAME_PATTERN, OpKind, OpRequest, Principal, Scope
 
 PLUGIN = "authz"
+ClusterPath = Annotated[str, Path(pattern=NAME_PATTERN)]
+UserPath = Annotated[str, Path(pattern=PRINCIPAL_PATTERN)]
 ADMIN_ONLY = frozenset(
     {"node.drain", "node.undrain", "node.evacuate", "node.maintenance", "node.activate"}
 )
@@ -72,17 +77,31 @@ class Authorization:
         found = await self.ctx.get(PLUGIN, f"cluster:{name}")
         return ClusterInfo.model_validate(found) if found else None
 
-    async def _save(self, info: ClusterInfo) -> None:
-        await self.ctx.put(PLUGIN, f"cluster:{info.name}", info.model_dump())
-        members = await self.ctx.get(PLUGIN, "member-index", {})
-        for user in {info.owner, *info.members}:
-            clusters = set(members.get(user, []))
-            clusters.add(info.name)
-            members[user] = sorted(clusters)
-        for user, clusters in list(members.items()):
-            if info.name in clusters and user not in {info.owner, *info.members}:
-                members[user] = [c for c in clusters if c != info.name]
-        await self.ctx.put(PLUGIN, "member-index", members)
+    async def _change(
+        self, name: str, change: Callable[[ClusterInfo | None], ClusterInfo | None]
+    ) -> ClusterInfo | None:
+        """Read-modify-write of cluster ``name`` and the member index, atomic in the
+        database: ``change`` gets the cluster as it is (None: there is none) and returns it
+        as it should be (None: unchanged). Returns the cluster as it is afterwards."""
+
+        async def apply(data: PluginData) -> ClusterInfo | None:
+            found = await data.get(f"cluster:{name}")
+            old = ClusterInfo.model_validate(found) if found else None
+            new = change(old.model_copy(deep=True) if old else None)
+            if new is None:
+                return old
+            await data.put(f"cluster:{name}", new.model_dump())
+            members = await data.get("member-index", {})
+            people = {new.owner, *new.members}
+            for user in people:
+                members[user] = sorted({*members.get(user, []), name})
+            for user, clusters in list(members.items()):
+                if name in clusters and user not in people:
+                    members[user] = [c for c in clusters if c != name]
+            await data.put("member-index", members)
+            return new
+
+        return await self.ctx.atomically(PLUGIN, apply)
 
     async def clusters_of(self, user: str) -> list[str]:
         """Virtual clusters ``user`` administers or is a member of."""
@@ -136,12 +155,21 @@ class Authorization:
 
     @hookimpl
     async def start_request(self, request: OpRequest) -> None:
-        """The first to start VMs in a virtual cluster becomes its administrator."""
+        """The first to start VMs in a virtual cluster becomes its administrator. Two who
+        start the same new cluster at once: the first owns it, the other is refused unless
+        the first made it a member (atomic in the database)."""
         name = request.cluster
         if name is None or request.dry_run or request.count == 0:
             return
-        if await self.cluster(name) is None:
-            await self._save(ClusterInfo(name=name, owner=request.principal.name))
+        who = request.principal
+
+        def create(old: ClusterInfo | None) -> ClusterInfo | None:
+            return ClusterInfo(name=name, owner=who.name) if old is None else None
+
+        info = await self._change(name, create)
+        assert info is not None
+        if not self._sees_all(who) and who.name not in (info.owner, *info.members):
+            raise Veto(f"virtual cluster {name} belongs to {info.owner}; ask to become a member")
 
     # --- routes ----------------------------------------------------------------------------
 
@@ -149,8 +177,7 @@ class Authorization:
     def usher_routes(self) -> list[APIRouter]:
         router = APIRouter(prefix="/clusters", tags=["clusters"])
 
-        async def administered(name: str, principal: Principal) -> ClusterInfo:
-            info = await self.cluster(name)
+        def administered(name: str, principal: Principal, info: ClusterInfo | None) -> ClusterInfo:
             if info is None:
                 raise RequestError(404, f"unknown virtual cluster {name!r}")
             if principal.name != info.owner and "admin" not in principal.roles:
@@ -161,7 +188,7 @@ class Authorization:
             return info
 
         @router.get("/{name}", response_model=ClusterInfo)
-        async def show(name: str, principal: PrincipalDep) -> ClusterInfo:
+        async def show(name: ClusterPath, principal: PrincipalDep) -> ClusterInfo:
             info = await self.cluster(name)
             if info is None or not (
                 self._sees_all(principal) or principal.name in (info.owner, *info.members)
@@ -170,29 +197,47 @@ class Authorization:
             return info
 
         @router.put("/{name}/members/{user}", response_model=ClusterInfo)
-        async def add(name: str, user: str, principal: PrincipalDep) -> ClusterInfo:
-            info = await administered(name, principal)
-            if user not in info.members and user != info.owner:
-                info.members.append(user)
-                await self._save(info)
+        async def add(name: ClusterPath, user: UserPath, principal: PrincipalDep) -> ClusterInfo:
+            changed = False
+
+            def adding(old: ClusterInfo | None) -> ClusterInfo | None:
+                nonlocal changed
+                info = administered(name, principal, old)
+                changed = user not in info.members and user != info.owner
+                if changed:
+                    info.members.append(user)
+                return info if changed else None
+
+            info = await self._change(name, adding)
+            if changed:
                 await self.ctx.emit(
                     "cluster_member_add",
                     principal=principal.name,
                     data={"cluster": name, "user": user},
                 )
+            assert info is not None
             return info
 
         @router.delete("/{name}/members/{user}", response_model=ClusterInfo)
-        async def remove(name: str, user: str, principal: PrincipalDep) -> ClusterInfo:
-            info = await administered(name, principal)
-            if user in info.members:
-                info.members.remove(user)
-                await self._save(info)
+        async def remove(name: ClusterPath, user: UserPath, principal: PrincipalDep) -> ClusterInfo:
+            changed = False
+
+            def removing(old: ClusterInfo | None) -> ClusterInfo | None:
+                nonlocal changed
+                info = administered(name, principal, old)
+                changed = user in info.members
+                if changed:
+                    info.members.remove(user)
+                return info if changed else None
+
+            info = await self._change(name, removing)
+            if changed:
                 await self.ctx.emit(
                     "cluster_member_remove",
                     principal=principal.name,
                     data={"cluster": name, "user": user},
                 )
+            assert info is not None
             return info
 
         return [router]

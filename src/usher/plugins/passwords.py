@@ -29,6 +29,7 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from usher.bounds import is_reserved_principal
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
 from usher.ctrl.context import PluginContext
 from usher.ctrl.engine import RequestError
@@ -64,8 +65,12 @@ class SetUser(Strict):
     """Body of ``PUT /v1/users/{name}``; what is left out stays as it was."""
 
     password: str | None = Field(None, min_length=1, max_length=1024)
-    roles: list[str] | None = None
-    groups: list[str] | None = None
+    roles: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,63}$")]] | None = Field(
+        None, max_length=32
+    )
+    groups: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@: -]{1,200}$")]] | None = Field(
+        None, max_length=256
+    )
 
 
 class UserInfo(BaseModel):
@@ -90,8 +95,10 @@ class PasswordAuth:
         if not isinstance(users, dict):
             raise ValueError("[plugins.passwords] users must be a table of users")
         for name, entry in users.items():
-            if not re.match(NAME_PATTERN, name):
+            if not re.fullmatch(NAME_PATTERN.strip("^$"), name):
                 raise ValueError(f"[plugins.passwords] {name!r} is not a valid user name")
+            if is_reserved_principal(name.lower()):
+                raise ValueError(f"[plugins.passwords] user name {name!r} is Usher's own")
             try:
                 self.fixed[name] = User.model_validate(entry)
             except ValidationError as exc:
@@ -136,6 +143,8 @@ class PasswordAuth:
             raise RequestError(403, f"{principal.name} may change only its own password")
         if name in self.fixed:
             raise RequestError(409, f"user {name!r} is defined in the controller config")
+        if is_reserved_principal(name.lower()):
+            raise RequestError(422, f"user name {name!r} is Usher's own: choose another")
         async with self._lock:
             users = await self._managed()
             old = users.get(name)

@@ -24,35 +24,46 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
+from usher.bounds import is_reserved_principal
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, bearer, client_address
 from usher.ctrl.context import PluginContext
 from usher.ctrl.controller import Controller
 from usher.ctrl.engine import RequestError
+from usher.ctrl.ratelimit import Window
+from usher.ctrl.store import LastCredential
 from usher.ctrl.tables import TokenRow
 from usher.ctrl.tokens import digest, issue_token
 from usher.hookspecs import hookimpl
-from usher.model import Principal, Strict, now
+from usher.model import Principal, PrincipalName, Strict, Text, now
 
 DEFAULT_SESSION_TTL = 12 * 3600.0
 PLUGIN = "tokens"
 log = logging.getLogger("usher.plugin.tokens")
 
 
+RoleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,63}$")]
+GroupName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@: -]{1,200}$")]
+NODE_ROLE = "node"
+"""The role of node credentials and join tokens: they work on the node link only."""
+
+
 class NewToken(Strict):
     """Body of ``POST /v1/tokens``; left out, ``principal``, ``roles`` and ``groups`` are
     the caller's own."""
 
-    principal: str | None = Field(None, min_length=1, max_length=200)
-    roles: list[str] | None = None
-    groups: list[str] | None = None
-    ttl: float | None = Field(None, gt=0, description="seconds until the token expires")
-    description: str = Field("", max_length=500)
+    principal: PrincipalName | None = None
+    roles: list[RoleName] | None = Field(None, max_length=32)
+    groups: list[GroupName] | None = Field(None, max_length=256)
+    ttl: float | None = Field(
+        None, gt=0, le=100 * 365 * 86400, description="seconds until the token expires"
+    )
+    description: Text = ""
 
 
 class Credentials(Strict):
     """Body of ``POST /v1/login``."""
 
-    username: str = Field(min_length=1, max_length=200)
+    username: PrincipalName
     password: str = Field(min_length=1, max_length=1024)
 
 
@@ -85,6 +96,8 @@ class TokenAuth:
 
     def __init__(self) -> None:
         self._groups: dict[str, list[str]] = {}  # token id -> groups; they never change
+        self._failed_users = Window(limit=10)  # failed logins per user name, a minute
+        self._failed_addresses = Window(limit=10)  # and per client address
 
     @hookimpl
     def usher_configure(self, ctx: PluginContext, config: dict[str, Any]) -> None:
@@ -93,6 +106,8 @@ class TokenAuth:
         if ttl <= 0:
             raise ValueError(f"[plugins.tokens] session_ttl must be positive, not {ttl}")
         self.session_ttl = ttl
+        limit = ctx.settings.login_failures
+        self._failed_users.limit = self._failed_addresses.limit = limit
 
     @hookimpl
     async def authenticate(self, token: str) -> Principal | None:
@@ -133,6 +148,12 @@ class TokenAuth:
         await allow(ctrl, principal, "token.create", owner=owner, roles=roles)
         if not principal.is_admin:
             _check_own(principal, owner, roles, groups)
+        if NODE_ROLE in roles or owner.startswith("node:") or owner == "node-join":
+            raise RequestError(
+                422,
+                "the node role and node principals are for node credentials only "
+                "(`usher node token` admits a node)",
+            )
         issued = await self._issue(owner, roles, groups, body.description, body.ttl)
         await ctrl.bus.emit(
             "token_create",
@@ -163,13 +184,36 @@ class TokenAuth:
         return await self._revoke(ctrl, row, principal.name)
 
     async def login(self, body: Credentials, ctrl: CtrlDep, request: Request) -> IssuedToken:
-        """Exchange a username and password for a session token (no bearer token needed)."""
+        """Exchange a username and password for a session token (no bearer token needed).
+
+        At most ``login_failures`` failed logins a minute per user name and per client
+        address are checked; more are refused (429) without asking any password plugin.
+        The principals Usher keeps for itself (``admin``, ``system``, nodes') cannot log in.
+        """
+        address = client_address(request) or "?"
+        user = body.username.lower()
+        for window, key, what in (
+            (self._failed_users, user, "user"),
+            (self._failed_addresses, address, "address"),
+        ):
+            if window.over(key):
+                raise RequestError(
+                    429,
+                    f"too many failed logins for this {what}; try again in "
+                    f"{window.retry_after(key)} s",
+                )
+        if is_reserved_principal(user):
+            await self._failed(ctrl, body.username, address, ["reserved principal"])
+            raise RequestError(401, "login failed: unknown user or wrong password")
         tried: list[str] = []
         failures: list[str] = []
         async for name, who, error in ctrl.plugins.answers(
             "check_password", username=body.username, password=body.password
         ):
             tried.append(name)
+            if who is not None and is_reserved_principal(who.name):
+                log.warning("plugin %s answered a reserved principal %r: refused", name, who.name)
+                who = None
             if error is not None:
                 failures.append(f"{name}: {getattr(error, 'reason', error)}")
             elif who is not None:
@@ -184,11 +228,7 @@ class TokenAuth:
                 return session
         if not tried:
             raise RequestError(404, "password login is off: enable the passwords or ldap plugin")
-        await ctrl.bus.emit(
-            "login_failure",
-            principal=body.username,
-            data={"address": client_address(request), "errors": failures},
-        )
+        await self._failed(ctrl, body.username, address, failures)
         if failures:
             raise RequestError(503, "login failed, a password check broke: " + "; ".join(failures))
         raise RequestError(
@@ -204,6 +244,16 @@ class TokenAuth:
         return await self._revoke(ctrl, row, principal.name)
 
     # --- helpers -----------------------------------------------------------------------
+
+    async def _failed(
+        self, ctrl: Controller, username: str, address: str, errors: list[str]
+    ) -> None:
+        """Count a failed login (its event, ``login_failure``, is one of a bounded few)."""
+        self._failed_users.hit(username.lower())
+        self._failed_addresses.hit(address)
+        await ctrl.bus.emit(
+            "login_failure", principal=username, data={"address": address, "errors": errors}
+        )
 
     async def _issue(
         self,
@@ -224,7 +274,18 @@ class TokenAuth:
         return IssuedToken(**(await self._info(row)).model_dump(), token=secret)
 
     async def _revoke(self, ctrl: Controller, row: TokenRow, by: str) -> TokenInfo:
-        await ctrl.store.revoke_token(row.id)
+        """Revoke ``row``, unless it is the last admin credential: revoking that would lock
+        every administrator out (checked and done in one transaction, so two revocations
+        at once cannot both pass)."""
+        try:
+            await ctrl.store.revoke_token(row.id, keep_one_of="admin")
+        except LastCredential as exc:
+            raise RequestError(
+                409,
+                f"{exc}: revoking it would lock every administrator out. Create another "
+                "admin token first (ush token create --roles admin), or, as root on the "
+                "controller's host, make one with `usher admin-token`",
+            ) from None
         row.revoked = True
         await ctrl.bus.emit(
             "token_revoke", principal=by, data={"token": row.id, "for": row.principal}

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from usher.ctrl.api.guard import PRINCIPAL_KEY
 from usher.ctrl.authz import authorize
 from usher.ctrl.controller import Controller
 from usher.ctrl.engine import RequestError, in_scope
-from usher.ctrl.plugins import PluginError
 from usher.model import VM, Principal, Scope
 
 bearer = HTTPBearer(auto_error=False, description="an Usher API token")
@@ -22,25 +22,16 @@ def get_ctrl(request: Request) -> Controller:
 
 async def authenticate_token(ctrl: Controller, token: str | None) -> Principal:
     """The principal a bearer token belongs to, or a 401 RequestError."""
-    if not token:
-        raise RequestError(
-            401,
-            "missing token: send 'Authorization: Bearer <token>' (the "
-            "admin token is in the controller's state dir, admin.token)",
-        )
-    try:
-        principal = await ctrl.plugins.decide("authenticate", token=token)
-    except PluginError as exc:
-        raise RequestError(401, f"authentication failed: {exc}") from exc
-    if principal is None:
-        raise RequestError(401, "invalid, expired or revoked token")
-    return principal
+    return await ctrl.authenticate(token)
 
 
 async def get_principal(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
+    known = request.scope.get("state", {}).get(PRINCIPAL_KEY)
+    if known is not None:  # authenticated before the body was read (usher.ctrl.api.guard)
+        return known
     return await authenticate_token(get_ctrl(request), creds.credentials if creds else None)
 
 
