@@ -381,6 +381,11 @@ class Engine:
         spec = req.spec or spec
         if spec.image != body.image:  # a request hook chose another image
             await self.image(spec.image)
+        if not self.plugins.has_impl("allocate_address"):  # the core makes the NICs
+            try:
+                nic_network(req.kwargs, self.settings.networks)
+            except BoundsError as exc:
+                raise RequestError(422, f"{exc}; nothing was changed") from exc
         return req, op, spec, count
 
     async def _new_names(self, req: OpRequest, body: CreateVMs, count: int) -> list[str]:

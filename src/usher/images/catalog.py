@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import struct
 import subprocess
@@ -27,7 +26,8 @@ from typing import BinaryIO
 
 from pydantic import ValidationError
 
-from usher.model import NAME_PATTERN, Image, ImageKind
+from usher.bounds import NAME_RE
+from usher.model import Image, ImageKind
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class ImageError(Exception):
 
 
 def _check_name(what: str, name: str) -> None:
-    if not re.match(NAME_PATTERN, name):
+    if not NAME_RE.fullmatch(name):
         raise ImageError(f"invalid {what} {name!r}: use letters, digits, '.', '_', '-'")
 
 
@@ -171,19 +171,54 @@ def qemu_img(*args: str) -> str:
     return proc.stdout
 
 
+QCOW2_DATA_FILE = 1 << 2
+"""Incompatible-features bit of a qcow2 whose data lives in an external file."""
+
+
+def qcow2_references(path: Path) -> list[str]:
+    """What a qcow2 file's header says it reads besides itself: a backing file (any name,
+    ``json:`` ones included) or an external data file. Read from the header itself, before
+    any tool would open those files."""
+    with path.open("rb") as fh:
+        header = fh.read(104)
+    if len(header) < 72 or header[:4] != b"QFI\xfb":
+        return []
+    found = []
+    offset, size = struct.unpack(">QI", header[8:20])
+    if offset or size:
+        found.append("a backing file")
+    version = struct.unpack(">I", header[4:8])[0]
+    if version >= 3 and len(header) >= 80:
+        incompatible = struct.unpack(">Q", header[72:80])[0]
+        if incompatible & QCOW2_DATA_FILE:
+            found.append("an external data file")
+    return found
+
+
 def _check_qcow2(path: Path, shown_as: str) -> None:
+    """A standalone qcow2: no backing file, no external data file, nothing it would read
+    but itself (a VM booted from an image that names a host file would read that file)."""
+    refs = qcow2_references(path)
+    if refs:
+        raise ImageError(
+            f"{shown_as} refers to {' and '.join(refs)}: an image must stand alone (make it "
+            "so with 'qemu-img convert -O qcow2')"
+        )
     try:
-        info = json.loads(qemu_img("info", "--output=json", str(path)))
+        info = json.loads(qemu_img("info", "--output=json", "-U", str(path)))
     except ImageError as exc:
         raise ImageError(f"{shown_as} is not a disk image qemu-img can read: {exc}") from exc
     fmt = info.get("format")
     if fmt != "qcow2":
         raise ImageError(f"{shown_as} is not a qcow2 disk image (qemu-img sees {fmt!r})")
-    if info.get("backing-filename"):
+    specific = (info.get("format-specific") or {}).get("data") or {}
+    if info.get("backing-filename") or info.get("full-backing-filename"):
         raise ImageError(
-            f"{shown_as} has a backing file ({info['backing-filename']}): make it standalone "
-            "with 'qemu-img convert -O qcow2' first"
+            f"{shown_as} has a backing file ({info.get('backing-filename')}): make it "
+            "standalone with 'qemu-img convert -O qcow2' first"
         )
+    if specific.get("data-file") or specific.get("data-file-raw"):
+        raise ImageError(f"{shown_as} refers to an external data file: an image must stand alone")
 
 
 def import_disk(
