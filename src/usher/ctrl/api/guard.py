@@ -30,10 +30,6 @@ MAX_UPLOAD = 64 * 1024**3
 """Largest image upload (``POST /v1/images/{name}``)."""
 
 
-class BodyTooLarge(Exception):
-    """Raised from ``receive`` when a streamed body passes its limit."""
-
-
 class Guard:
     """ASGI middleware: body limits and authentication before the body (module doc)."""
 
@@ -58,28 +54,30 @@ class Guard:
                 await _answer(send, exc.status, exc.message)
                 return
             scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
-        started = False
+        started = answered = False
         seen = 0
 
         async def counted() -> Message:
-            nonlocal seen
+            """The body as it comes; past the limit, the 413 goes out at once and the route
+            hears that the client went away (it reads no more)."""
+            nonlocal seen, answered
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge
+                if seen > limit and not started:
+                    answered = True
+                    await _answer(send, 413, f"request body larger than {limit} bytes")
+                    return {"type": "http.disconnect"}
             return message
 
         async def watched(message: Message) -> None:
             nonlocal started
+            if answered:
+                return  # the route's own answer to a body it could not read goes nowhere
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, counted, watched)
-        except BodyTooLarge:
-            if not started:
-                await _answer(send, 413, f"request body larger than {limit} bytes")
+        await self.app(scope, counted, watched)
 
     @staticmethod
     def _limit(method: str, path: str, default: int) -> int:
