@@ -165,3 +165,9 @@ def check_invariants(
             assert copies[vm.id] == 1, f"{vm.name} is {vm.state} but runs {copies[vm.id]} times"
     check_capacity(cluster)
     return vms
+
+
+def fake_running(cluster: Cluster, node: str, vm_id: str) -> bool:
+    """Whether the fake driver of ``node`` holds ``vm_id`` running or paused."""
+    record = fake_table(cluster.root / "nodes" / node).get(vm_id)
+    return record is not None and record["state"] in ("running", "paused")
