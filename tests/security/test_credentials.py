@@ -43,8 +43,9 @@ def test_the_last_admin_credential_cannot_be_revoked_and_root_has_a_way_back(
     assert "usher admin-token" in refused.json()["error"]
     assert cluster.http("GET", "/v1/whoami", token=first).status_code == 200
     # root on the controller's host makes another one, from the state dir alone
+    command = [sys.executable, "-m", "usher.cli.usher_cmd", "admin-token"]
     made = subprocess.run(
-        [sys.executable, "-m", "usher.cli.usher_cmd", "admin-token", "--config", str(cluster.config)],
+        [*command, "--config", str(cluster.config)],
         env=_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
@@ -68,7 +69,7 @@ def test_two_revocations_at_once_leave_one_admin(make_cluster, db_kind: str) -> 
         # every admin token but these two is revoked already
         answers: dict[str, int] = {}
 
-        def revoke(by: str, victim: str) -> None:
+        def revoke(by: str, victim: str, answers: dict[str, int] = answers) -> None:
             answers[victim] = cluster.http(
                 "DELETE", f"/v1/tokens/{ids[victim]}", token=by
             ).status_code

@@ -17,18 +17,26 @@ import pytest
 from harness import Cluster, wait_for
 
 HUGE = "1" + "0" * 400
+BIG = int(HUGE)
+
+
+def raw(value: Any) -> str:
+    """JSON as Python writes it: integers of any size, NaN and Infinity included."""
+    return json.dumps(value)
+
+
 DEEP: Any = "x"
 for _ in range(50):
     DEEP = {"a": DEEP}
 
 REFUSED_BODIES = [
     # (what, raw JSON body of POST /v1/vms, status, words in the error)
-    ("integer beyond 64 bits", '{"names":["p"],"kwargs":{"tag":%s}}' % HUGE, 422, "64 bits"),
-    ("negative beyond 64 bits", '{"names":["p"],"kwargs":{"tag":-%s}}' % HUGE, 422, "64 bits"),
+    ("integer beyond 64 bits", raw({"names": ["p"], "kwargs": {"tag": BIG}}), 422, "64 bits"),
+    ("negative beyond 64 bits", raw({"names": ["p"], "kwargs": {"tag": -BIG}}), 422, "64 bits"),
     ("NaN", '{"names":["p"],"kwargs":{"x":NaN}}', 422, "finite"),
     ("Infinity", '{"names":["p"],"kwargs":{"x":Infinity}}', 422, "finite"),
     ("huge float", '{"names":["p"],"kwargs":{"x":1e400}}', 422, "finite"),
-    ("timeout beyond 64 bits", '{"names":["p"],"kwargs":{"timeout":%s}}' % HUGE, 422, "64 bits"),
+    ("timeout beyond 64 bits", raw({"names": ["p"], "kwargs": {"timeout": BIG}}), 422, "64 bits"),
     ("timeout too long", '{"names":["p"],"kwargs":{"timeout":1e300}}', 422, "timeout"),
     ("timeout not a number", '{"names":["p"],"kwargs":{"timeout":"soon"}}', 422, "timeout"),
     ("hard not a boolean", '{"names":["p"],"kwargs":{"hard":"yes"}}', 422, "hard"),
@@ -92,7 +100,7 @@ def test_hostile_bodies_are_refused_and_change_nothing(
 
 def test_hostile_action_bodies_are_refused(unchanged: Cluster) -> None:
     for body in (
-        '{"vms":["steady"],"kwargs":{"timeout":%s}}' % HUGE,
+        raw({"vms": ["steady"], "kwargs": {"timeout": BIG}}),
         '{"vms":["steady\\n"]}',
         '{"vms":["steady"],"kwargs":{"hard":1}}',
         '{"vms":["steady"],"target_node":"node-1\\n"}',

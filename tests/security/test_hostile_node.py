@@ -116,7 +116,7 @@ def test_a_node_cannot_claim_more_than_the_site_allows(make_cluster, db_kind: st
     assert (node.capacity.vcpus, node.capacity.memory_mb) == (4, 4096)
     small.stop.set()
     # nor can it send a hello that is not one: a bogus capacity is refused, not believed
-    with connect(cluster.url.replace("http", "ws", 1) + "/v1/lnm",
-                 additional_headers={"Authorization": f"Bearer {cluster.join_token()}"}) as ws:  # fmt: skip
+    auth = {"Authorization": f"Bearer {cluster.join_token()}"}
+    with connect(cluster.url.replace("http", "ws", 1) + "/v1/lnm", additional_headers=auth) as ws:
         ws.send(json.dumps({"type": "hello", "node": "odd", "capacity": {"vcpus": -5}}))
         assert json.loads(ws.recv(10))["type"] == "refused"

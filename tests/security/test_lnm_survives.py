@@ -14,7 +14,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from harness import TESTS_DIR, free_port
 
-HUGE = "1" + "0" * 400
+BIG = 10**400
 GARBAGE: list[str | bytes] = [
     "{not json",
     "[1, 2, 3]",
@@ -22,10 +22,18 @@ GARBAGE: list[str | bytes] = [
     "null",
     b"\x00\x01binary frame",
     '{"type": "command"}',
-    '{"type": "command", "id": "c1", "action": "console", "vm_id": "vm-1", "args": {"offset": %s}}'
-    % HUGE,
+    json.dumps(
+        {
+            "type": "command",
+            "id": "c1",
+            "action": "console",
+            "vm_id": "vm-1",
+            "args": {"offset": BIG},
+        }
+    ),
     '{"type": "command", "id": "c2", "action": "console", "vm_id": "vm-1", "args": {"offset": -5}}',
-    '{"type": "command", "id": "c3", "action": "stop", "vm_id": "vm-1", "args": {"timeout": 1e400}}',
+    '{"type": "command", "id": "c3", "action": "stop", "vm_id": "vm-1", '
+    '"args": {"timeout": 1e400}}',
     '{"type": "command", "id": "c4", "action": "stop", "vm_id": "vm-1", "args": "not a dict"}',
     '{"type": "command", "id": "c5", "action": 12, "vm_id": "vm-1"}',
     '{"type": "command", "id": "c6", "action": "start", "vm_id": "vm-1", "guest": [1]}',
@@ -36,7 +44,7 @@ GARBAGE: list[str | bytes] = [
     '{"type": "command", "id": {"nested": true}, "action": "info", "vm_id": "vm-1"}',
     '{"type": "cancel-everything"}',
     '{"type": "command", "id": "c11", "action": "cancel", "args": {"command": [1]}}',
-    '{"type": "command", "id": "c12", "action": "info", "vm_id": "vm-1", "x": %s}' % HUGE,
+    json.dumps({"type": "command", "id": "c12", "action": "info", "vm_id": "vm-1", "x": BIG}),
 ]
 
 

@@ -4,6 +4,7 @@ and announced (``record_quarantined``), and everything else as it was (issue 12,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from harness import Cluster, wait_for
 
-HUGE = "1" + "0" * 400
+BIG = 10**400
 
 
 def database(cluster: Cluster) -> Engine:
@@ -28,10 +29,7 @@ def poisoned(make_cluster, db_kind: str) -> Iterator[tuple[Cluster, str]]:
     cluster.kill_ctrl()
     engine = database(cluster)
     spec = victim.spec.model_dump(mode="json")
-    spec_text = (
-        '{"vcpus":1,"memory_mb":256,"image":"tiny","disks":[],"nics":%s,"kwargs":{"tag":%s}}'
-        % (str(spec["nics"]).replace("'", '"'), HUGE)
-    )
+    spec_text = json.dumps({**spec, "kwargs": {"tag": BIG}})
     with engine.begin() as conn:
         conn.execute(text("UPDATE vms SET spec = :s WHERE name = 'poisoned'"), {"s": spec_text})
         conn.execute(
@@ -39,11 +37,11 @@ def poisoned(make_cluster, db_kind: str) -> Iterator[tuple[Cluster, str]]:
                 "INSERT INTO events (id, name, time, data) "
                 "VALUES ('ev-0123456789ab', 'request_refused', 1.0, :d)"
             ),
-            {"d": '{"request":{"kwargs":{"tag":%s}}}' % HUGE},
+            {"d": json.dumps({"request": {"kwargs": {"tag": BIG}}})},
         )
         conn.execute(
             text("INSERT INTO plugin_data (plugin, key, value) VALUES ('x', 'y', :v)"),
-            {"v": '{"n":%s}' % HUGE},
+            {"v": json.dumps({"n": BIG})},
         )
         if db_kind == "sqlite":  # (PostgreSQL refuses text that is not JSON at all)
             conn.execute(

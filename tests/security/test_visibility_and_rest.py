@@ -101,12 +101,13 @@ def test_the_log_filter_blanks_secrets_whatever_logs_them(caplog) -> None:
 
     from usher.logsafe import Redact
 
+    logged = (
+        'INSERT ... (\'{"hash": "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"}\', '
+        "'Authorization: Bearer ush_AbCdEfGhIjKlMnOpQrStUv', password='hunter2')"
+    )
     record = logging.LogRecord(
-        "aiosqlite", logging.DEBUG, __file__, 1,
-        "executing %s", ("INSERT ... ('{\"hash\": \"$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA\"}', "
-                         "'Authorization: Bearer ush_AbCdEfGhIjKlMnOpQrStUv', password='hunter2')",),
-        None,
-    )  # fmt: skip
+        "aiosqlite", logging.DEBUG, __file__, 1, "executing %s", (logged,), None
+    )
     assert Redact().filter(record)
     text = record.getMessage()
     assert "$argon2id" not in text and "ush_AbCd" not in text and "hunter2" not in text, text
