@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from harness import Cluster, wait_for
 from usher.model import FINAL_OP_STATUSES, TRANSITIONAL_STATES, VM, Operation, VMState
+from usher.vmm.lease import host_alive, lease_holder
 
 ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
 
@@ -46,15 +48,26 @@ def fake_table(node_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def running_copies(cluster: Cluster) -> Counter[str]:
-    """How many nodes' hypervisors run (or hold paused) each VM id."""
+    """How many nodes' hypervisors run (or hold paused) each VM id.
+
+    A simulated guest counts while its node's table says it runs, unless its host died
+    (stopped renewing its leases past their ``ttl``) and another host holds the VM's disk
+    lease now: the dead host's copy can no longer write the disk, as a QEMU whose NFSv4
+    lease expired cannot (and when that host returns, the guest is ``error``)."""
     copies: Counter[str] = Counter()
     nodes_dir = cluster.root / "nodes"
     if not nodes_dir.exists():
         return copies
+    leases = cluster.storage / "leases"
     for node_dir in nodes_dir.iterdir():
+        holder = os.path.realpath(node_dir / "fake")
         for vm_id, rec in fake_table(node_dir).items():
-            if rec["state"] in ("running", "paused"):
-                copies[vm_id] += 1
+            if rec["state"] not in ("running", "paused"):
+                continue
+            owner = lease_holder(leases, vm_id)
+            if owner not in (None, holder) and not host_alive(leases, holder):
+                continue
+            copies[vm_id] += 1
         qemu_vms = node_dir / "qemu" / "vms"
         if qemu_vms.is_dir():
             for vm_dir in qemu_vms.iterdir():

@@ -138,6 +138,11 @@ class StepFailed(Exception):
     """One VM's part of an operation failed; the message goes into the operation's errors."""
 
 
+class StepLost(StepFailed):
+    """The node's link dropped while it worked on the step: the VM is ``lost`` where it was
+    sent (it may have done what was asked there)."""
+
+
 class StepCancelled(Exception):
     """One VM's part of an operation was cancelled on request; the VM is as before."""
 
@@ -1052,7 +1057,7 @@ class Engine:
             raise StepFailed(f"{vm.name}: {exc}") from exc
         except NodeGone as exc:
             await self._set_state(vm, S.LOST, str(exc), op)
-            raise StepFailed(f"{vm.name}: {exc}") from exc
+            raise StepLost(f"{vm.name}: {exc}") from exc
 
     def _step_start(self, req: OpRequest) -> Step:
         """Boot a VM where it is, or first move it cold (its disks are on shared storage) to
@@ -1071,8 +1076,10 @@ class Engine:
             guest = await self._guest(vm)
             try:
                 info = await self._call(op, vm, "start", undo_state=before, guest=guest)
+            except StepLost:
+                raise  # the target may have booted it: it is lost there
             except StepFailed:
-                if moved and vm.state != S.LOST:  # it never left: back where it was
+                if moved:  # the target refused it (say, its disk lease is held): it never left
                     await self._set_state(vm, vm.state, vm.state_reason, op, node=moved["from"])
                 raise
             await self._set_state(vm, VMState(info.get("state", S.RUNNING)), op=op)

@@ -255,10 +255,23 @@ class FakeDriver(Driver):
         storage = self.options.get("storage_dir")
         if storage:
             holder = os.path.realpath(self.state_dir)
-            self._leases = Leases(str(storage), holder, self._lease_ttl)
-            self._leases.renew()
-            for dom in list(self._domains.values()):
-                if dom.state in _ACTIVE or (dom.state in _INCOMING and dom.received):
+            self._leases = leases = Leases(str(storage), holder, self._lease_ttl)
+            held = [
+                dom
+                for dom in self._domains.values()
+                if dom.state in _ACTIVE or (dom.state in _INCOMING and dom.received)
+            ]
+            # first what lost its disk while this host was away (before this host renews:
+            # as a host coming back, it has no lease until it says so)
+            for dom in held:
+                if (other := leases.taken_by_another(dom.id)) is not None:
+                    log.warning("VM %s: host %s took its disk lease while away", dom.id, other)
+                    self._set_state(
+                        dom, VMState.ERROR, "lost its disk lease while the LNM was away"
+                    )
+            leases.renew()
+            for dom in held:
+                if dom.state is not VMState.ERROR:
                     self._reclaim(dom)
             self._renewer = asyncio.get_running_loop().create_task(self._renew())
 
@@ -266,7 +279,7 @@ class FakeDriver(Driver):
         assert self._leases is not None
         try:
             self._leases.take(dom.id)
-        except LeaseHeld as exc:
+        except LeaseHeld as exc:  # taken since the look above
             log.warning("VM %s: %s", dom.id, exc)
             self._set_state(dom, VMState.ERROR, "lost its disk lease while the LNM was away")
 

@@ -7,8 +7,8 @@ open the disk for writing. The ``fake`` driver's guests are not processes, so it
 same with files in the shared storage directory every node sees:
 
 * ``leases/vms/<vm id>`` names the host (a node's state dir) whose guest holds the VM's disk;
-* ``leases/hosts/<host>`` holds the time that host last renewed; a host renews every few
-  seconds while its LNM runs (for the simulation, the LNM process is the host);
+* ``leases/hosts/<host>`` holds when that host last renewed (and its ``ttl``); a host renews
+  every few seconds while its LNM runs (for the simulation, the LNM process is the host);
 * a lease whose host has not renewed for ``ttl`` seconds has expired, as NFSv4 expires the
   locks of a host that died, and may be taken by another host.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -53,36 +54,29 @@ class Leases:
             os.close(fd)
 
     def _host_file(self, holder: str) -> Path:
-        return self.root / "hosts" / hashlib.sha256(holder.encode()).hexdigest()[:32]
+        return self.root / "hosts" / _host_name(holder)
 
     def _vm_file(self, vm_id: str) -> Path:
         return self.root / "vms" / vm_id
 
     def renew(self) -> None:
         """This host is alive: its leases hold for another ``ttl`` seconds."""
-        _write(self._host_file(self.holder), repr(time.time()))
+        record = {"renewed": time.time(), "ttl": self.ttl}
+        _write(self._host_file(self.holder), json.dumps(record))
 
     def _alive(self, holder: str) -> bool:
-        try:
-            renewed = float(self._host_file(holder).read_text())
-        except (OSError, ValueError):
-            return False
-        return time.time() - renewed < self.ttl
+        return host_alive(self.root, holder)
 
     def _read(self, vm_id: str) -> str | None:
-        try:
-            return self._vm_file(vm_id).read_text() or None
-        except FileNotFoundError:
-            return None
+        return lease_holder(self.root, vm_id)
 
-    def holder_of(self, vm_id: str) -> str | None:
-        """The host whose lease on the VM's disk holds now (None: free or expired)."""
+    def taken_by_another(self, vm_id: str) -> str | None:
+        """Another live host that holds the VM's disk now (None: this host, nobody, or a
+        host whose lease expired)."""
         holder = self._read(vm_id)
-        return (
-            holder
-            if holder is not None and (holder == self.holder or self._alive(holder))
-            else None
-        )
+        if holder is None or holder == self.holder or not self._alive(holder):
+            return None
+        return holder
 
     def take(self, vm_id: str) -> None:
         """Take the VM's disk for this host; raises :class:`LeaseHeld` if another live host
@@ -113,6 +107,27 @@ class Leases:
 
     def holds(self, vm_id: str) -> bool:
         return self._read(vm_id) == self.holder
+
+
+def host_alive(root: Path, holder: str) -> bool:
+    """Whether ``holder`` renewed its leases (under ``root``) within its ``ttl``."""
+    try:
+        record = json.loads((root / "hosts" / _host_name(holder)).read_text())
+        return bool(time.time() - float(record["renewed"]) < float(record["ttl"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def lease_holder(root: Path, vm_id: str) -> str | None:
+    """Whom ``leases/vms/<vm_id>`` under ``root`` names, alive or not (None: nobody)."""
+    try:
+        return (root / "vms" / vm_id).read_text() or None
+    except FileNotFoundError:
+        return None
+
+
+def _host_name(holder: str) -> str:
+    return hashlib.sha256(holder.encode()).hexdigest()[:32]
 
 
 def _write(path: Path, text: str) -> None:
