@@ -1,15 +1,17 @@
 # Usher developer targets (the whole suite runs through ./test.sh)
 PYTEST ?= .venv/bin/pytest
-SOAK_SECONDS ?= 600
+SOAK_SECONDS ?= 3600
+SOAK_KILLS ?= 100
 
 .PHONY: soak faults fuzz bench bench-deps bench-scale bench-scheduler bench-realvm bench-api bench-report
 
 PYTHON ?= .venv/bin/python
 BENCH_OUT ?= bench/results
 
-# the soak test for longer than CI runs it (USHER_SOAK_SECONDS=60 there)
+# the soak test for longer than CI runs it (CI: 12 kills or 60 s per database): 100 kills
+# of the controller and LNMs on SQLite, then on PostgreSQL (USHER_TEST_PG_URL, as test.sh sets)
 soak:
-	USHER_SOAK_SECONDS=$(SOAK_SECONDS) $(PYTEST) -q -s -p no:cacheprovider tests/faults/test_soak.py
+	USHER_SOAK_SECONDS=$(SOAK_SECONDS) USHER_SOAK_KILLS=$(SOAK_KILLS) $(PYTEST) -q -s -p no:cacheprovider tests/faults/test_soak.py
 
 faults:
 	$(PYTEST) -q -s tests/faults

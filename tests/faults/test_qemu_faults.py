@@ -20,7 +20,7 @@ from test_e2e_qemu import (
     wait_beat,
     wait_ready,
 )
-from usher.model import OpStatus, VMState
+from usher.model import LEASE_HELD, OpStatus, VMState
 
 from .scenario import kill_lnm, restart_ctrl, settle_and_check
 
@@ -85,3 +85,24 @@ def test_controller_killed_during_a_real_migration(tmp_path: Path, tiny_storage:
     finally:
         _power_off(cluster)
         cluster.stop()
+
+
+def test_a_second_qemu_cannot_take_the_disk_of_a_guest_that_runs(cluster: Cluster) -> None:
+    """The disk lease with real guests: QEMU's image lock (kept on). An LNM killed while its
+    guest runs leaves the guest running; a start of that (lost) VM elsewhere boots a second
+    QEMU on node-2, which cannot lock the disk: the start fails saying so, one QEMU runs."""
+    client = cluster.client()
+    op = cluster.run(client.create_vms(count=1, cluster="l", node="node-1"), timeout=120)
+    vm_id = op.targets[0]
+    wait_ready(client, vm_id)
+    kill_lnm(cluster, "node-1")
+    wait_for("lost", lambda: client.get_vm(vm_id).state == VMState.LOST, timeout=15)
+    start = cluster.run(client.start_existing([vm_id]), timeout=120)
+    assert start.status == OpStatus.FAILED, start
+    assert LEASE_HELD in (start.error or "") and "lock" in (start.error or ""), start.error
+    assert cluster.guest_pid("node-2", vm_id) is None
+    assert cluster.guest_pid("node-1", vm_id) is not None
+    assert client.get_vm(vm_id).node == "node-1"
+    cluster.start_lnm("node-1", driver="qemu", vcpus=4, memory_mb=4096)
+    wait_for("running on node-1", lambda: client.get_vm(vm_id).state == VMState.RUNNING, 30)
+    settle_and_check(cluster, bound=60)
