@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 import usher
 from usher.ctrl.api import (
+    documented,
     errors,
     events,
     images,
@@ -51,4 +52,5 @@ def create_app(settings: Settings, extra_plugins: dict[str, Any] | None = None) 
         app.include_router(module.router)
     for router in ctrl.plugins.routers():
         app.include_router(router, prefix="/v1")
+    documented.install(app)
     return app

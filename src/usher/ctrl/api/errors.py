@@ -15,8 +15,12 @@ from usher.ctrl.authz import Forbidden
 from usher.ctrl.engine import RequestError
 
 
-def _body(status: int, error: str, detail: Any = None) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _body(
+    status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -47,7 +51,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return _body(exc.status_code, str(exc.detail))
+        # (a 405's Allow header, say, goes with it)
+        return _body(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(PoolTimeout)
