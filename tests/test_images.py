@@ -137,6 +137,25 @@ def test_import_refuses_what_is_not_a_qcow2(storage: Path, tmp_path: Path) -> No
     assert list((storage / "images").iterdir()) == [], "a refused import left files behind"
 
 
+def test_import_refuses_an_image_that_refers_to_a_host_file(storage: Path, tmp_path: Path) -> None:
+    """A qcow2 whose external data file (or backing file, json: names too) points at a
+    file of the host would have a VM booted from it read that file (issue 12, item 6)."""
+    secret = tmp_path / "host-secret"
+    secret.write_bytes(b"root-only content\n" * 4096)
+    data_file = qcow2(tmp_path / "data-file.qcow2", "64K", "-o", f"data_file={tmp_path}/data.raw")
+    with pytest.raises(ImageError, match="has an external data file"):
+        import_disk(storage, "datafile", data_file)
+    json_name = "json:" + json.dumps(
+        {"driver": "raw", "file": {"driver": "file", "filename": str(secret)}}
+    )
+    backed = qcow2(tmp_path / "json.qcow2", "64K", "-b", json_name, "-F", "raw", "-u")
+    with pytest.raises(ImageError, match="has a backing file"):
+        import_disk(storage, "jsonbacked", backed)
+    with pytest.raises(ImageError, match="has a backing file"):
+        import_disk(storage, "upload", io.BytesIO(backed.read_bytes()))
+    assert list_images(storage) == []
+
+
 def test_import_refuses_an_existing_name_unless_replace(
     storage: Path, base: Image, tmp_path: Path
 ) -> None:

@@ -201,8 +201,8 @@ def _check_qcow2(path: Path, shown_as: str) -> None:
     refs = qcow2_references(path)
     if refs:
         raise ImageError(
-            f"{shown_as} refers to {' and '.join(refs)}: an image must stand alone (make it "
-            "so with 'qemu-img convert -O qcow2')"
+            f"{shown_as} has {' and '.join(refs)}: an image must refer to nothing but itself "
+            "(make it standalone with 'qemu-img convert -O qcow2')"
         )
     try:
         info = json.loads(qemu_img("info", "--output=json", "-U", str(path)))
