@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
-import pytest
 from websockets.sync.client import connect
 
 from harness import Cluster, wait_for
-from test_node_link import ScriptedNode
-from usher.ctrl.config import Settings
+from test_node_link import ScriptedNode, ctrl
 from usher.ctrl.controller import Controller
 from usher.ctrl.engine import SYSTEM
-from usher.images import catalog
 from usher.model import VM, OpKind, OpStatus, VMAction, VMSpec, VMState
 
 from .scenario import STATS
+
+__all__ = ["ctrl"]  # the scripted-node tests' controller fixture
 
 
 class NumberedNode(ScriptedNode):
@@ -37,18 +34,6 @@ class NumberedNode(ScriptedNode):
         reply = {"type": "reply", "id": msg["id"], "ok": True, "result": self.answer(msg)}
         loop = asyncio.get_running_loop()
         loop.call_soon(self.link.on_reply, reply, self.link.observations.stamp())
-
-
-@pytest.fixture
-async def ctrl(tmp_path: Path) -> Any:
-    settings = Settings(state_dir=tmp_path, storage_dir=tmp_path / "storage")
-    blank = tmp_path / "blank.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(blank), "16M"], check=True)
-    catalog.import_disk(settings.storage_dir, "tiny", blank, "blank disk")
-    controller = Controller(settings)
-    await controller.start()
-    yield controller
-    await controller.stop()
 
 
 async def test_a_hello_older_than_a_steps_reply_is_not_applied(ctrl: Controller) -> None:

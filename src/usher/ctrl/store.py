@@ -575,7 +575,7 @@ class Store:
 
     async def add_events(self, events: Iterable[Event]) -> None:
         """Queue events to be written with the next flush (reads of events flush first)."""
-        rows = [_row_values(e, EventRow) for e in events]
+        rows = [_writable_event(_row_values(e, EventRow)) for e in events]
         if rows:
             self._batch.events.extend(rows)
             self._queued()
@@ -688,7 +688,8 @@ class Store:
         until it commits, so two changes at once behave as one after the other (on SQLite the
         store's single writer serializes them; on PostgreSQL rows read are locked ``FOR
         UPDATE``, and a value two changes both created is retried). ``change`` may run more
-        than once; raising from it changes nothing."""
+        than once; raising from it changes nothing. It must use only the ``PluginData`` it
+        is given (another write of the store from it would wait for itself)."""
         for attempt in range(5):
             try:
                 async with self._write() as s:
@@ -704,6 +705,18 @@ class Store:
         stmt = stmt.on_conflict_do_update(index_elements=["plugin", "key"], set_={"value": value})
         async with self._write() as s:
             await s.execute(stmt)
+
+
+def _writable_event(row: dict[str, Any]) -> dict[str, Any]:
+    """An event row whose data JSON can carry (a plugin's event with, say, an integer beyond
+    64 bits keeps its name and says why its data is gone, and the batch it is written with,
+    VM updates and other events, is not lost with it)."""
+    try:
+        wire.dumps(row["data"])
+    except ValueError as exc:
+        log.warning("event %s: its data cannot be stored: %s", row.get("name"), exc)
+        row["data"] = {"unwritable": str(exc)[:200]}
+    return row
 
 
 class PluginData:

@@ -248,13 +248,15 @@ class LNM:
         """Run one command and answer it; whatever it holds, the answer is a reply (an
         error reply for a malformed command), never the end of this process."""
         vm_id = msg.get("vm_id")
-        if not (vm_id is None or (isinstance(vm_id, str) and NAME_RE.fullmatch(vm_id))):
+        valid_vm = vm_id is None or (isinstance(vm_id, str) and NAME_RE.fullmatch(vm_id))
+        if not valid_vm:
             vm_id = None
-            msg = {**msg, "action": "invalid"}
         if vm_id:
             self._busy[vm_id] = self._busy.get(vm_id, 0) + 1
         try:
             action, args, guest = msg.get("action"), msg.get("args"), msg.get("guest")
+            if not valid_vm:
+                raise DriverError(f"node {self.config.name}: malformed VM id")
             if not isinstance(action, str) or not isinstance(args, dict | None):
                 raise DriverError(f"node {self.config.name}: malformed command")
             if not isinstance(guest, dict | None):

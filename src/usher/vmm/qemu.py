@@ -294,12 +294,8 @@ class QemuDriver(Driver):
 
     async def destroy(self, vm_id: str) -> None:
         """Kill QEMU, remove the VM's records and, if this node runs it, its disks."""
-        dom = self._domains.get(vm_id)
-        if dom is None:
+        if not await self._forget(vm_id):
             return
-        await self._end_leftover(dom)
-        del self._domains[vm_id]
-        shutil.rmtree(self._local(vm_id), ignore_errors=True)
         if self._holds_lease(vm_id):
             await asyncio.to_thread(catalog.remove_vm_disks, self._storage, vm_id)
         else:
@@ -476,12 +472,17 @@ class QemuDriver(Driver):
 
     async def fence(self, vm_id: str) -> None:
         """Kill QEMU and remove the VM's records here; its shared disks stay."""
+        await self._forget(vm_id)
+
+    async def _forget(self, vm_id: str) -> bool:
+        """Kill the VM's QEMU and remove its records here; False if there was no such VM."""
         dom = self._domains.get(vm_id)
         if dom is None:
-            return
+            return False
         await self._end_leftover(dom)
         del self._domains[vm_id]
         shutil.rmtree(self._local(vm_id), ignore_errors=True)
+        return True
 
     async def console_log(self, vm_id: str, *, offset: int = 0) -> bytes:
         """Serial console output from ``offset`` on, at most :data:`CONSOLE_CHUNK` bytes."""
