@@ -13,7 +13,18 @@ import pytest
 
 from harness import Cluster, wait_for
 from usher.ctrl.engine import RequestError
-from usher.model import VM, Event, Operation, OpKind, OpStatus, Page, VMSpec, VMState, now
+from usher.model import (
+    LEASE_HELD,
+    VM,
+    Event,
+    Operation,
+    OpKind,
+    OpStatus,
+    Page,
+    VMSpec,
+    VMState,
+    now,
+)
 from usher.plugins.ha import HA
 
 # --- the decision logic, with a fake controller ------------------------------------------
@@ -46,6 +57,7 @@ class FakeCtx:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.submitted: list[tuple[OpKind, list[str]]] = []
         self.refuse = 0  # refuse this many submits with "no node fits"
+        self.lease_held = 0  # then fail this many starts for a held disk lease
         self.target = target
 
     def logger(self, plugin: str) -> logging.Logger:
@@ -65,6 +77,13 @@ class FakeCtx:
         if self.refuse:
             self.refuse -= 1
             raise RequestError(409, "no node fits")
+        if self.lease_held:
+            self.lease_held -= 1
+            return Operation(
+                id=f"op-{len(self.submitted)}", kind=kind, principal="system", targets=vms,
+                status=OpStatus.FAILED, finished_at=now(),
+                error=f"1 of 1 VMs failed; first: a: {LEASE_HELD}: the disk is in use",
+            )  # fmt: skip
         for vm_id in vms:
             vm = self.store.vms[vm_id]
             vm.node, vm.state = self.target, VMState.RUNNING
@@ -193,6 +212,43 @@ async def test_protect_and_unprotect_clusters_at_run_time() -> None:
     await ha.usher_event(Event(name="node_lost", node="node-1"))
     await settle(ha)
     assert ctx.submitted == [(OpKind.START, ["vm-b"])]
+
+
+async def test_a_held_lease_is_waited_for_without_counting_attempts(monkeypatch) -> None:
+    """A start that meets the VM's disk lease (its old node's copy may still run) is tried
+    again, however often, within lease_wait: it is no failed attempt."""
+    monkeypatch.setattr("usher.plugins.ha.LEASE_RETRY", 0.01)
+    ctx = FakeCtx([vm("a", ha=True)])
+    ha = await make_ha(ctx, max_attempts=1)
+    ctx.lease_held = 4
+    await ha.usher_event(Event(name="node_lost", node="node-1"))
+    await settle(ha)
+    assert len(ctx.submitted) == 5
+    assert ctx.named("ha_restart")[0]["data"]["attempts"] == 1
+    assert ctx.named("ha_failure") == []
+    # past lease_wait it counts again: with one attempt allowed, it gives up
+    ctx.store.vms["vm-a"].state, ctx.store.vms["vm-a"].node = VMState.LOST, "node-1"
+    ha = await make_ha(ctx, max_attempts=1, lease_wait=0)
+    ctx.lease_held = 1
+    await ha.usher_event(Event(name="node_lost", node="node-1"))
+    await settle(ha)
+    assert LEASE_HELD in ctx.named("ha_failure")[0]["data"]["error"]
+
+
+async def test_which_nodes_are_down_survives_a_controller_restart() -> None:
+    """HA's list of down nodes is in its data: a restarted controller's HA restarts the
+    lost VMs of a node that went down before the restart (its first HA was cut short)."""
+    ctx = FakeCtx([vm("a", ha=True)])
+    first = await make_ha(ctx, restart_delay=60)
+    await first.usher_event(Event(name="node_lost", node="node-1"))
+    await first.usher_shutdown()  # the controller dies before the restart is due
+    assert ctx.submitted == [] and "node-1" in ctx.data["down"]
+    second = await make_ha(ctx)
+    await second.usher_event(Event(name="ctrl_start"))
+    await settle(second)
+    assert ctx.submitted == [(OpKind.START, ["vm-a"])]
+    await second.usher_event(Event(name="node_join", node="node-1"))
+    assert ctx.data["down"] == {}
 
 
 async def test_bad_config_is_refused() -> None:
