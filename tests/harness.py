@@ -24,6 +24,8 @@ from usher.images import catalog
 from usher.model import VM, Node, Operation
 
 TESTS_DIR = Path(__file__).parent
+LEASE_TTL = 1.0
+"""Seconds a fake node's disk leases outlive its LNM in the tests (the driver's default: 10)."""
 
 
 def free_port() -> int:
@@ -239,6 +241,8 @@ class Cluster:
             args += ["--labels", labels]
         if self.tls or ca_file:
             args += ["--ca-file", str(ca_file or self.ca)]
+        if driver == "fake":  # a dead host's disk leases expire soon (host_dies)
+            driver_options = {"lease_ttl": LEASE_TTL, **(driver_options or {})}
         for key, value in (driver_options or {}).items():
             args += ["--driver-option", f"{key}={json.dumps(value)}"]
         # nsenter joins only the network namespace (``ip netns exec`` also remounts /sys
@@ -263,6 +267,13 @@ class Cluster:
         proc = self.lnms.pop(name)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+
+    def host_dies(self, name: str) -> None:
+        """kill -9 node ``name``'s LNM and stay away until its disk leases expired: to the
+        shared storage its host died, and another node may take its guests' disks (while
+        they hold, a start elsewhere is refused: its guests may still run)."""
+        self.kill_lnm(name)
+        time.sleep(LEASE_TTL + 0.5)
 
     def stop(self) -> None:
         for client in self._clients:

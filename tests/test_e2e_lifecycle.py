@@ -245,7 +245,7 @@ def test_start_of_a_lost_vm_moves_it_cold_to_another_node(
     cluster = make_cluster(nodes=3)
     _create(cluster, "orphan-1", "node-1")
     _create(cluster, "orphan-2", "node-1")
-    cluster.kill_lnm("node-1")
+    cluster.host_dies("node-1")  # (while its guests may run, they hold their disks)
     _wait_state(cluster, "orphan-1", VMState.LOST)
     _wait_state(cluster, "orphan-2", VMState.LOST)
     client = cluster.client()
@@ -274,7 +274,7 @@ def test_plugin_facade_submits_as_system_and_fences(make_cluster: Callable[..., 
     assert fenced and fenced[0].node == "node-2" and fenced[0].data == {"reason": "probe"}
 
     orphan = _create(cluster, "ha-orphan", "node-1")
-    cluster.kill_lnm("node-1")
+    cluster.host_dies("node-1")
     _wait_state(cluster, "ha-orphan", VMState.LOST)
     r = cluster.http("POST", "/v1/probe/start/ha-orphan", params={"target": "node-3"})
     assert r.status_code == 200, r.text

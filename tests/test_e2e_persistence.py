@@ -92,7 +92,7 @@ def test_operation_on_a_down_node_fails_clearly(cluster: Cluster) -> None:
     op = cluster.run(client.create_vms(count=1, cluster="d", node="node-2"))
     stopped = cluster.run(client.create_vms(count=1, cluster="s", node="node-1")).targets[0]
     assert cluster.run(client.stop([stopped])).status == OpStatus.SUCCEEDED
-    cluster.kill_lnm("node-2")
+    cluster.host_dies("node-2")
     cluster.wait_node("node-2", connected=False, timeout=10)
     wait_for("lost", lambda: client.get_vm(op.targets[0]).state == VMState.LOST)
     # a start asked onto the down node fails with the reason; the VM stays where it was

@@ -27,8 +27,6 @@ from usher.bounds import (
 
 Ref = Annotated[str, Field(pattern=NAME_PATTERN)]
 """A reference to a VM (its id or name), a cluster, a node or an image."""
-NewName = Annotated[str, AfterValidator(lambda v: check_name(v, "VM name"))]
-"""The name of a new VM: a valid name that does not look like an id."""
 PrincipalName = Annotated[str, Field(pattern=PRINCIPAL_PATTERN)]
 Text = Annotated[str, AfterValidator(check_text)]
 """Free text on one line (a description), bounded, without control characters."""
@@ -195,11 +193,14 @@ class Principal(BaseModel):
         return "admin" in self.roles
 
 
-def _unique_names(names: list[str] | None) -> list[str] | None:
+def _new_names(names: list[str] | None) -> list[str] | None:
+    """New VMs' names: valid, none like an id, each once."""
     if names is None:
         return None
     if not names:
         raise ValueError("names, when given, must not be empty")
+    for name in names:
+        check_name(name, "VM name")
     if len(set(names)) != len(names):
         raise ValueError("names must be unique")
     return names
@@ -209,7 +210,7 @@ class CreateVMs(Strict):
     """Body of ``POST /v1/vms``: start ``count`` new VMs (or one per entry of ``names``)."""
 
     count: int = Field(1, ge=1, le=MAX_REFS)
-    names: Annotated[list[NewName] | None, AfterValidator(_unique_names)] = Field(
+    names: Annotated[list[str] | None, AfterValidator(_new_names)] = Field(
         None, max_length=MAX_REFS
     )
     name_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,50}$")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from harness import Cluster, wait_for
+from harness import LEASE_TTL, Cluster, wait_for
 from usher.client import Client
 from usher.model import OpStatus, VMState
 
@@ -130,10 +130,6 @@ def test_migration_target_dies_for_good(make_cluster) -> None:
         assert (vm.node, vm.state) == ("node-1", VMState.RUNNING), vm
 
 
-LEASE_TTL = 1.5
-DEAD_HOST = {"driver_options": {"lease_ttl": LEASE_TTL}}
-
-
 def _host_dies(cluster: Cluster, client: Client, vm_id: str) -> None:
     """node-1's LNM is killed and stays away past its disk leases' ttl: as far as the
     shared storage knows, the host died, and its guests' disks may be taken over."""
@@ -144,7 +140,7 @@ def _host_dies(cluster: Cluster, client: Client, vm_id: str) -> None:
 
 @pytest.mark.parametrize("kind", ["start", "cycle"])
 def test_lost_vm_started_elsewhere_then_node_returns(make_cluster, kind: str) -> None:
-    cluster = make_cluster(nodes=2, lnm_options=DEAD_HOST)
+    cluster = make_cluster(nodes=2)
     client = cluster.client()
     vms = _vms_on_node1(cluster, client, count=1)
     _host_dies(cluster, client, vms[0])
@@ -154,7 +150,7 @@ def test_lost_vm_started_elsewhere_then_node_returns(make_cluster, kind: str) ->
     # its driver still "runs" the old copy, which lost its disk lease: it comes back
     # error and is fenced (tests/faults/test_split_brain.py: while its lease holds, a
     # start elsewhere is refused)
-    cluster.start_lnm("node-1", **DEAD_HOST)
+    cluster.start_lnm("node-1")
     fenced = wait_for(
         "the stale copy fenced", lambda: client.events(name="fenced", vm=vms[0]).items or None
     )
@@ -170,13 +166,13 @@ def test_vm_destroyed_while_its_old_node_was_away(make_cluster) -> None:
     """A lost VM is started elsewhere, then destroyed; its old node comes back with the
     copy: the controller remembers the destroy and fences it (not an unknown VM left
     running and holding capacity)."""
-    cluster = make_cluster(nodes=2, lnm_options=DEAD_HOST)
+    cluster = make_cluster(nodes=2)
     client = cluster.client()
     vms = _vms_on_node1(cluster, client, count=1)
     _host_dies(cluster, client, vms[0])
     assert cluster.run(client.start_existing(vms)).status == OpStatus.SUCCEEDED
     assert cluster.run(client.destroy(vms)).status == OpStatus.SUCCEEDED
-    cluster.start_lnm("node-1", **DEAD_HOST)
+    cluster.start_lnm("node-1")
     fenced = wait_for(
         "the copy fenced", lambda: client.events(name="fenced", vm=vms[0]).items or None
     )

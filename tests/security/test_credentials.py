@@ -16,7 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from harness import Cluster, _env
+from harness import Cluster, _env, wait_for
 
 PASSWORD = "correct horse battery staple"
 
@@ -91,7 +91,9 @@ def test_two_revocations_at_once_leave_one_admin(make_cluster, db_kind: str) -> 
 
 def test_a_node_credential_works_on_the_node_link_only(make_cluster, db_kind: str) -> None:
     cluster: Cluster = make_cluster(nodes=1)
-    secret = (cluster.root / "nodes" / "node-1" / "node.credential").read_text().strip()
+    saved = cluster.root / "nodes" / "node-1" / "node.credential"
+    wait_for("the node's credential saved", saved.exists)
+    secret = saved.read_text().strip()
     for method, path in [
         ("GET", "/v1/whoami"),
         ("POST", "/v1/logout"),

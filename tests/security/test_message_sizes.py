@@ -35,15 +35,15 @@ async def test_a_hello_of_many_large_vms_comes_in_small_pieces(tmp_path: Path) -
 
 
 def test_a_node_with_many_vms_rejoins_a_restarted_controller(make_cluster, db_kind: str) -> None:
-    cluster: Cluster = make_cluster(nodes=1, lnm_options={"vcpus": 2048, "memory_mb": 65536})
+    cluster: Cluster = make_cluster(nodes=1, lnm_options={"vcpus": 1024, "memory_mb": 65536})
     client = cluster.client()
-    op = cluster.run(client.create_vms(count=1100, memory_mb=16, cluster="many"), timeout=120)
+    op = cluster.run(client.create_vms(count=1000, memory_mb=16, cluster="many"), timeout=120)
     assert op.status.value == "succeeded", op.error
     cluster.kill_ctrl()
     cluster.start_ctrl()
     cluster.wait_node("node-1", connected=True, timeout=30)
     wait_for(
-        "all 1,100 running again",
+        "all 1,000 running again",
         lambda: {vm.state.value for vm in cluster.vms(cluster="many")} == {"running"},
         timeout=60,
     )

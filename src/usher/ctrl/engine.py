@@ -1210,12 +1210,16 @@ class Engine:
     async def _settle_after_failed_migration(
         self, op: Operation, vm: VM, src_link: NodeLink, before: VMState, reason: str
     ) -> None:
-        """After a failed migration, record the VM as its source node reports it."""
+        """After a failed migration, record the VM as its source node reports it. If the
+        source no longer has it (it may have sent all of it before the target went away),
+        it is ``lost`` and stays the target's to claim: ``target_node`` is kept, and the
+        target's next report settles it."""
         try:
             info = await src_link.call("info", vm_id=vm.id, timeout=30)
-            state = VMState(info.get("state", before))
         except (CommandFailed, NodeGone):
-            state = S.LOST
+            await self._set_state(vm, S.LOST, f"migration failed: {reason}", op)
+            return
+        state = VMState(info.get("state", before))
         await self._set_state(vm, state, f"migration failed: {reason}", op, target_node=None)
 
     # --- what LNMs report --------------------------------------------------------------

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
-from usher.bounds import is_reserved_principal
+from usher.bounds import PRINCIPAL_RE, is_reserved_principal
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, bearer, client_address
 from usher.ctrl.context import PluginContext
 from usher.ctrl.controller import Controller
@@ -63,7 +63,7 @@ class NewToken(Strict):
 class Credentials(Strict):
     """Body of ``POST /v1/login``."""
 
-    username: PrincipalName
+    username: Text = Field(min_length=1, max_length=200)
     password: str = Field(min_length=1, max_length=1024)
 
 
@@ -211,8 +211,10 @@ class TokenAuth:
             "check_password", username=body.username, password=body.password
         ):
             tried.append(name)
-            if who is not None and is_reserved_principal(who.name):
-                log.warning("plugin %s answered a reserved principal %r: refused", name, who.name)
+            if who is not None and (
+                is_reserved_principal(who.name) or not PRINCIPAL_RE.fullmatch(who.name)
+            ):
+                log.warning("plugin %s answered principal %r: refused", name, who.name[:200])
                 who = None
             if error is not None:
                 failures.append(f"{name}: {getattr(error, 'reason', error)}")
