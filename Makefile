@@ -8,7 +8,7 @@ SOAK_KILLS ?= 100
 PYTHON ?= .venv/bin/python
 BENCH_OUT ?= bench/results
 
-# the soak test for longer than CI runs it (CI: 12 kills or 60 s per database): 100 kills
+# the soak test for longer than CI runs it (CI: 10 kills or 60 s per database): 100 kills
 # of the controller and LNMs on SQLite, then on PostgreSQL (USHER_TEST_PG_URL, as test.sh sets)
 soak:
 	USHER_SOAK_SECONDS=$(SOAK_SECONDS) USHER_SOAK_KILLS=$(SOAK_KILLS) $(PYTEST) -q -s -p no:cacheprovider tests/faults/test_soak.py

@@ -6,7 +6,7 @@ LNMs, with HA on, on SQLite and on PostgreSQL; the invariants are checked *durin
   (compared every half second, each divergence timed from when it is first seen);
 
 and at the end: no record lost, no operation stuck, no divergence left. It runs until
-``USHER_SOAK_KILLS`` kills (default 12; ``make soak`` asks for 100) or
+``USHER_SOAK_KILLS`` kills (default 10; ``make soak`` asks for 100) or
 ``USHER_SOAK_SECONDS`` seconds (default 60; ``make soak``: an hour), whichever comes first,
 and prints its figures.
 """
@@ -30,7 +30,7 @@ from .scenario import STATS, kill_lnm, restart_ctrl, settle_and_check
 from .test_split_brain import CopyWatch
 
 SECONDS = float(os.environ.get("USHER_SOAK_SECONDS", "60"))
-KILLS = int(os.environ.get("USHER_SOAK_KILLS", "12"))
+KILLS = int(os.environ.get("USHER_SOAK_KILLS", "10"))
 DIVERGENCE_BOUND = 10.0
 """Seconds a record may disagree with its node (a report in flight, a step running)."""
 KINDS = ["stop", "start", "pause", "resume", "reboot", "cycle", "migrate", "destroy"]
