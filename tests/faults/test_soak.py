@@ -107,6 +107,7 @@ class DivergenceWatch:
         self._thread.join(10)
 
 
+@pytest.mark.timeout(SECONDS + 300)
 @pytest.mark.parametrize("db_kind", ["sqlite", "postgresql"], indirect=True)
 def test_soak(make_cluster: Callable[..., Cluster], db_kind: str) -> None:
     cluster: Cluster = make_cluster(
