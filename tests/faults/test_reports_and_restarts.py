@@ -31,7 +31,12 @@ class NumberedNode(ScriptedNode):
     async def _send(self, text: str) -> None:
         msg = json.loads(text)
         self.seen.append(msg["action"])
-        reply = {"type": "reply", "id": msg["id"], "ok": True, "result": self.answer(msg)}
+        answer = self.answer(msg)
+        reply: dict[str, Any] = {"type": "reply", "id": msg["id"]}
+        if isinstance(answer, str):
+            reply |= {"ok": False, "error": answer}
+        else:
+            reply |= {"ok": True, "result": answer}
         loop = asyncio.get_running_loop()
         loop.call_soon(self.link.on_reply, reply, self.link.observations.stamp())
 
@@ -57,6 +62,24 @@ async def test_a_hello_older_than_a_steps_reply_is_not_applied(ctrl: Controller)
     await ctrl.engine.vm_reported("node-1", "vm-1", VMState.ERROR, "crashed", newer)
     after = await ctrl.store.get_vm("vm-1")
     assert after is not None and after.state == VMState.ERROR, after
+
+
+async def test_a_refused_command_does_not_make_an_older_report_stale(ctrl: Controller) -> None:
+    """Found by the soak: a VM lost with its node; the node comes back (its hello: the VM
+    runs) while a start of the VM is under way, which the node refuses ("it is running").
+    A refusal records the VM as it was, not as the node said: the hello's report must still
+    be applied (it once was dropped as older than the refusal, and the VM stayed lost)."""
+    node = NumberedNode(ctrl, "node-1", lambda msg: "cannot start VM vm-3: it is running")
+    await ctrl.nodes.attach(node.hello(), node.link, ctrl.settings.max_node_capacity)
+    await ctrl.store.add_vms([VM(id="vm-3", name="three", owner="system", spec=VMSpec(),
+                                 node="node-1", state=VMState.LOST)])  # fmt: skip
+    hello = ctrl.nodes.observations.stamp()
+    op = await ctrl.engine.act(SYSTEM, OpKind.START, VMAction(vms=["vm-3"]), None)
+    assert (await ctrl.engine.wait(op.id, 10)).status == OpStatus.FAILED
+    await ctrl.engine.node_joined("node-1", [{"id": "vm-3", "state": "running"}], hello)
+    await asyncio.sleep(0.2)
+    after = await ctrl.store.get_vm("vm-3")
+    assert after is not None and after.state == VMState.RUNNING, after
 
 
 async def test_an_older_state_report_after_a_newer_one_is_dropped(ctrl: Controller) -> None:

@@ -962,7 +962,9 @@ class Engine:
             return
         reason = f"{op.kind.value} {why}"
         try:
-            info = await self.nodes.link(vm.node).call("info", vm_id=vm.id, timeout=30)
+            info = await self.nodes.link(vm.node).call(
+                "info", vm_id=vm.id, timeout=30, observe=True
+            )
             state = VMState(info.get("state", S.ERROR))
         except CommandFailed:  # the node does not have it
             state = S.STOPPED
@@ -982,7 +984,7 @@ class Engine:
             run.inflight[vm.id] = (link, cmd_id, action)
         # a step that times out leaves it recorded: the node is then told to cancel it
         try:
-            answer = await link.call(action, vm_id=vm.id, cmd_id=cmd_id, **kwargs)
+            answer = await link.call(action, vm_id=vm.id, cmd_id=cmd_id, observe=True, **kwargs)
         except (CommandFailed, NodeGone):
             if run is not None:
                 run.inflight.pop(vm.id, None)
@@ -1181,7 +1183,9 @@ class Engine:
                 timeout=timeout,
                 args={"uri": prepared["uri"], "timeout": timeout},
             )
-            info = await dst_link.call("finish_incoming", vm_id=vm.id, timeout=timeout)
+            info = await dst_link.call(
+                "finish_incoming", vm_id=vm.id, timeout=timeout, observe=True
+            )
         except (CommandFailed, NodeGone, asyncio.CancelledError) as exc:
             with contextlib.suppress(CommandFailed, NodeGone):
                 await dst_link.call("abort_incoming", vm_id=vm.id, timeout=timeout)
@@ -1215,7 +1219,7 @@ class Engine:
         it is ``lost`` and stays the target's to claim: ``target_node`` is kept, and the
         target's next report settles it."""
         try:
-            info = await src_link.call("info", vm_id=vm.id, timeout=30)
+            info = await src_link.call("info", vm_id=vm.id, timeout=30, observe=True)
         except (CommandFailed, NodeGone):
             await self._set_state(vm, S.LOST, f"migration failed: {reason}", op)
             return

@@ -34,8 +34,9 @@ class CommandFailed(Exception):
 
 
 class NodeLink:
-    """One connected LNM: sends commands and matches their replies. A reply to a command
-    on a VM marks what is known of that VM on this node (see :mod:`usher.ctrl.observations`)."""
+    """One connected LNM: sends commands and matches their replies. The successful reply to
+    a command sent with ``observe`` (one whose outcome the engine records as the VM's state)
+    marks what is known of that VM on this node (see :mod:`usher.ctrl.observations`)."""
 
     def __init__(
         self,
@@ -61,9 +62,12 @@ class NodeLink:
         guest: dict[str, Any] | None = None,
         args: dict[str, Any] | None = None,
         cmd_id: str | None = None,
+        observe: bool = False,
     ) -> dict[str, Any]:
         """Run ``action`` on the LNM and return its result; raise CommandFailed or NodeGone.
-        ``cmd_id`` names the command (for a later ``cancel``); one is made up if not given."""
+        ``cmd_id`` names the command (for a later ``cancel``); one is made up if not given.
+        ``observe``: the caller records the VM's state from the answer, so a report of the
+        VM received before the answer is older than what is known (and will be dropped)."""
         if self.closed:
             raise NodeGone(f"node {self.name} is not connected")
         cmd_id = cmd_id or new_id("cmd")
@@ -86,7 +90,7 @@ class NodeLink:
                 f"cannot send {action} to node {self.name}: the command is larger than the "
                 f"link's limit of {MAX_LINK_MESSAGE} bytes"
             )
-        if vm_id is not None:
+        if vm_id is not None and observe:
             self._vm_of[cmd_id] = vm_id
         try:
             try:
@@ -107,7 +111,7 @@ class NodeLink:
         """The reply ``msg``, the message numbered ``number`` on receipt."""
         cmd_id = str(msg.get("id"))
         vm_id = self._vm_of.get(cmd_id)
-        if vm_id is not None and number:
+        if vm_id is not None and number and msg.get("ok"):
             self.observations.saw(vm_id, self.name, number)
         future = self._pending.get(cmd_id)
         if future is None or future.done():
@@ -138,6 +142,7 @@ class NodeRegistry:
         self.observations = Observations()
         self.nodes: dict[str, Node] = {}
         self.links: dict[str, NodeLink] = {}
+        self.dialled: set[str] = set()  # nodes that said hello since the controller started
         self._usage_saved: dict[str, float] = {}
         # copies handed out by snapshot(), kept until their node changes (every change to a
         # node goes through this class, which drops its copy): a placement among 1,000
@@ -218,6 +223,7 @@ class NodeRegistry:
         self.nodes[name] = node
         self._changed(name)
         self.links[name] = link
+        self.dialled.add(name)
         await self.store.save_node(node)
         await self.bus.emit(
             "node_join",
@@ -246,10 +252,11 @@ class NodeRegistry:
         await self.bus.emit("node_capacity", node=name, data=data)
 
     async def declare_lost(self, name: str, reason: str) -> bool:
-        """A node that has no link (it did not come back after a controller restart) is
-        lost: recorded down and announced (``node_lost``). False if it is connected."""
+        """A node that has not dialled since the controller started (it did not come back
+        after a restart) is lost: recorded down and announced (``node_lost``). False if it
+        dialled meanwhile (whatever became of it since is its link's business)."""
         node = self.nodes.get(name)
-        if node is None or name in self.links:
+        if node is None or name in self.dialled:
             return False
         node.connected = False
         node.state = NodeState.DOWN
