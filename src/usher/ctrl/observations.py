@@ -5,8 +5,10 @@ order, the inventory of a hello first). The controller handles them off the link
 loop, each under its VM's lock, so a report may be applied after a later command's reply
 was: a hello's snapshot reconciled after an operation step stopped the VM would record it as
 it was before the step. So every message is stamped with a number when it is received
-(increasing across all links), every command's reply marks the VM on that node as known up
-to its number, and a report older than what is known of the VM on that node is dropped.
+(increasing across all links), the successful reply to a command whose outcome the engine
+records as the VM's state marks the VM on that node as known up to its number, and a report
+older than what is known of the VM on that node is dropped. (A refused command marks
+nothing: the engine records the VM as it was, not as the node said.)
 """
 
 from __future__ import annotations
