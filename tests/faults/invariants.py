@@ -180,6 +180,20 @@ def check_invariants(
     return vms
 
 
+def copies_seen(cluster: Cluster, vm_id: str) -> list[str]:
+    """What each node's fake driver holds of ``vm_id`` and who holds its disk lease: for the
+    message of a check that found two copies."""
+    leases = cluster.storage / "leases"
+    seen = [f"lease held by {lease_holder(leases, vm_id)}"]
+    for node_dir in sorted((cluster.root / "nodes").iterdir()):
+        record = fake_table(node_dir).get(vm_id)
+        if record is not None:
+            holder = os.path.realpath(node_dir / "fake")
+            alive = host_alive(leases, holder)
+            seen.append(f"{node_dir.name} ({holder}, alive={alive}): {record}")
+    return seen
+
+
 def fake_running(cluster: Cluster, node: str, vm_id: str) -> bool:
     """Whether the fake driver of ``node`` holds ``vm_id`` running or paused."""
     record = fake_table(cluster.root / "nodes" / node).get(vm_id)

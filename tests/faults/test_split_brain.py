@@ -15,7 +15,7 @@ import pytest
 from harness import Cluster, wait_for
 from usher.model import LEASE_HELD, OpStatus, VMState
 
-from .invariants import fake_running, running_copies
+from .invariants import copies_seen, fake_running, running_copies
 from .scenario import kill_lnm, settle_and_check
 
 
@@ -26,6 +26,7 @@ class CopyWatch:
     def __init__(self, cluster: Cluster, every: float = 0.05) -> None:
         self.cluster, self.every = cluster, every
         self.doubled: dict[str, int] = {}
+        self.seen: dict[str, str] = {}  # what the first check that saw two copies found
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -34,6 +35,9 @@ class CopyWatch:
         while not self._stop.is_set():
             for vm_id, count in running_copies(self.cluster).items():
                 if count > 1:
+                    if vm_id not in self.doubled:
+                        seen = copies_seen(self.cluster, vm_id)
+                        self.seen[vm_id] = f"at {time.time():.3f}: " + "; ".join(seen)
                     self.doubled[vm_id] = max(count, self.doubled.get(vm_id, 0))
             self.samples += 1
             time.sleep(self.every)
@@ -48,7 +52,7 @@ class CopyWatch:
         if kind is not None:
             return  # the scenario failed already: that error is the one to see
         assert self.samples > 10, self.samples
-        assert not self.doubled, f"running twice at some moment: {self.doubled}"
+        assert not self.doubled, f"running twice at some moment: {self.doubled} {self.seen}"
 
 
 LEASE_TTL = 2.0
