@@ -73,6 +73,16 @@ TRANSITIONAL_STATES = frozenset(
 )
 
 
+class Capability(StrEnum):
+    """What a hypervisor driver can do beyond start, stop and destroy; the controller refuses
+    an operation whose node's driver lacks the capability it needs."""
+
+    PAUSE = "pause"
+    REBOOT = "reboot"
+    LIVE_MIGRATE = "live_migrate"
+    CONSOLE = "console"
+
+
 class NodeState(StrEnum):
     UP = "up"
     DOWN = "down"
@@ -234,8 +244,12 @@ class VMAction(Strict):
 class OpRequest(BaseModel):
     """An operation as plugins see it in ``request`` and ``<op>_request`` hooks.
 
-    Request hooks may change fields in place (say, the spec or the target node) or veto the
-    request by raising :class:`usher.hookspecs.Veto`.
+    Request hooks may change the fields in :data:`REQUEST_HOOKS_MAY_CHANGE` in place (the
+    spec, the kwargs, the node asked for, the migration's target), which are checked again
+    afterwards as the caller's were, or veto the request by raising
+    :class:`usher.hookspecs.Veto`. A hook that changes any other field (which VMs, how many,
+    the cluster, who asks) fails, and the request is refused: what was authorized is what
+    runs.
     """
 
     kind: OpKind
@@ -250,6 +264,10 @@ class OpRequest(BaseModel):
     target_node: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     dry_run: bool = Field(False, description="only planning: nothing will be changed")
+
+
+REQUEST_HOOKS_MAY_CHANGE = frozenset({"spec", "kwargs", "node", "target_node"})
+"""The fields of an :class:`OpRequest` a request hook may change."""
 
 
 class Operation(BaseModel):

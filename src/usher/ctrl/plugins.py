@@ -34,7 +34,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from usher import hookspecs
 from usher.ctrl.context import PluginContext
 from usher.hookspecs import Veto
-from usher.model import Event, OpRequest
+from usher.model import REQUEST_HOOKS_MAY_CHANGE, Event, OpRequest
 
 log = logging.getLogger("usher.plugins")
 ENTRY_POINT_GROUP = "usher.plugins"
@@ -289,10 +289,24 @@ class PluginHost:
                 log.exception("plugin %s failed in %s", plugin, hook)
 
     async def run_request_hooks(self, request: OpRequest) -> None:
-        """Run ``request`` and ``<op>_request`` hooks; raise :class:`Vetoed` or PluginError."""
+        """Run ``request`` and ``<op>_request`` hooks; raise :class:`Vetoed` or PluginError
+        (also when a hook changed a field outside :data:`REQUEST_HOOKS_MAY_CHANGE`)."""
+        fixed = request.model_dump(exclude=set(REQUEST_HOOKS_MAY_CHANGE))
         for hook in ("request", f"{request.kind.value}_request"):
             for plugin, impl in self._impls(hook):
                 await self._answer(plugin, hook, impl, request=request)
+                after = request.model_dump(exclude=set(REQUEST_HOOKS_MAY_CHANGE))
+                changed = sorted(k for k in fixed if after.get(k) != fixed[k])
+                if changed:
+                    allowed = ", ".join(sorted(REQUEST_HOOKS_MAY_CHANGE))
+                    raise PluginError(
+                        plugin,
+                        hook,
+                        ValueError(
+                            f"it changed {', '.join(changed)} of the request; request hooks "
+                            f"may change only {allowed}"
+                        ),
+                    )
 
     async def notify(self, event: Event) -> None:
         for n in self._notifiers:
