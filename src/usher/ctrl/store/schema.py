@@ -13,6 +13,7 @@ the template ``migrations/script.py.mako``, for instance::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -20,6 +21,9 @@ from alembic.config import Config
 from sqlalchemy import Connection
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Alembic's own INFO lines (its dialect, its plugins, each comparison) tell an administrator
+# nothing at every start; each revision applied is logged by ``migrations/env.py`` instead.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def config(connection: Connection | None = None) -> Config:
