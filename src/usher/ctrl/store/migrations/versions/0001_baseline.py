@@ -166,6 +166,7 @@ def _ours(name: str | None, kind: str, _parents: object) -> bool:
 
 
 def _flat(op_tree: ops.MigrateOperation) -> list[ops.MigrateOperation]:
+    """The single operations of a tree of them (a table's changes are nested)."""
     inner = getattr(op_tree, "ops", None)
     return [leaf for child in inner for leaf in _flat(child)] if inner is not None else [op_tree]
 
