@@ -20,7 +20,15 @@ from usher.ctrl.tables import VMRow
 
 _VMS = VMRow.__table__
 # what the views kept in memory are built from when the store opens
-_LOADED = select(_VMS.c.seq, _VMS.c.id, _VMS.c.node, _VMS.c.state, _VMS.c.cluster, _VMS.c.spec)
+_LOADED = select(
+    _VMS.c.seq,
+    _VMS.c.id,
+    _VMS.c.node,
+    _VMS.c.target_node,
+    _VMS.c.state,
+    _VMS.c.cluster,
+    _VMS.c.spec,
+)
 
 
 class Store:
