@@ -287,6 +287,28 @@ class Operation(BaseModel):
         return self.status in FINAL_OP_STATUSES
 
 
+class ApiToken(BaseModel):
+    """An API token as the controller keeps it: everything but its secret (kept only as a
+    digest)."""
+
+    id: str
+    principal: str
+    roles: list[str]
+    description: str = ""
+    created_at: float
+    expires_at: float | None = None
+    revoked: bool = False
+
+    @property
+    def state(self) -> str:
+        """``active``, ``expired`` or ``revoked``."""
+        if self.revoked:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at < now():
+            return "expired"
+        return "active"
+
+
 class Event(BaseModel):
     id: str = Field(default_factory=lambda: new_id("ev"))
     name: str

@@ -30,9 +30,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from usher.ctrl.context import PluginContext
-from usher.hookspecs import Veto, hookimpl
 from usher.model import Event, OpRequest, now
+from usher.plugin import PluginContext, Veto, hookimpl
 from usher.plugins.hooktable import HookEntry, parse_hooks
 
 OUTPUT_LIMIT = 2000

@@ -71,7 +71,7 @@ class Engine:
         self.reconciler = Reconciler(crew, self.fencer)
         self.recovery = Recovery(crew, self.runner)
         self.live = self.runner.live
-        plugins.ctx.attach(self)
+        plugins.ctx.attach(self, plugins)
 
     # --- the controller's life ------------------------------------------------------------
 
