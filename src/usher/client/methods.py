@@ -13,6 +13,8 @@ from usher.client.endpoint import Answer, Paged, Streamed
 
 
 class Methods:
+    """The client API; each attribute is a method built from the request of the same name."""
+
     request = Answer(protocol.request)
     whoami = Answer(protocol.whoami)
 
