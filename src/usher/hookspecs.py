@@ -20,7 +20,7 @@ Three kinds of hook:
 
 Every event the core and the built-in plugins emit is declared, with the model of its
 ``data``, in :mod:`usher.event_types`: :data:`EVENTS` (re-exported here) maps each name to
-its model, and the table of events above is made from it.
+its model; the events table of ``docs/plugins.md`` is made from it.
 """
 
 from __future__ import annotations

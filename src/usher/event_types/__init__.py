@@ -1,14 +1,15 @@
-"""Every event Usher's core and built-in plugins emit: its name and the model of its ``data``.
+"""Every event Usher's core and built-in plugins emit: its name, and the model of its ``data``.
 
-An event (:class:`usher.model.Event`) has ``id``, ``name`` and ``time``; ``principal``,
-``vm_id``, ``node`` and ``operation_id`` where they apply (each payload model's ``sets``
-names which may be set); and ``data``, whose fields are declared here. :data:`EVENTS` maps
-every name to its model; :func:`validate_event` checks an event against it. The tests check
-that the core emits no name missing here and that what it emits validates; nothing checks
-events in production.
+An event (:class:`usher.model.Event`) has ``id``, ``name``, ``time`` and ``data``; events that
+concern a principal, a VM, a node or an operation also set ``principal``, ``vm_id``, ``node``
+or ``operation_id`` (the model's ``sets`` says which may be set). :data:`EVENTS` maps each
+name to the model of its ``data`` and :func:`validate_event` checks an event against it. The
+tests check that the core emits no undeclared event and that what it emits fits its model;
+nothing is checked in production. A plugin's own events are its own: give them names that
+cannot be mistaken for these.
 
-Operation kinds (:class:`usher.model.OpKind`) give three events each: ``<op>_request``
-(as ``request``), ``<op>`` (one VM's step succeeded) and ``<op>_failure``.
+Each operation kind (:class:`~usher.model.OpKind`) gives three events: ``<op>_request``
+(with ``request``), ``<op>`` (one VM's step succeeded) and ``<op>_failure``.
 """
 
 from __future__ import annotations

@@ -135,10 +135,10 @@ _REQUEST_FIELDS: dict[str, Any] = {
 RequestData: type[Payload] = create_model(  # type: ignore[call-overload]
     "RequestData",
     __base__=_Request,
-    __doc__="""A request passed its request hooks and became
-    an operation (both fire, once per request). The :class:`~usher.model.OpRequest` as the
-    hooks left it, but its principal (the event's own ``principal``). ``audit`` records it as
-    accepted; ``scripts`` runs request scripts on these names *before* (see above).""",
+    __doc__="""A request passed its request hooks and became an operation (both fire, once per
+    request). The :class:`~usher.model.OpRequest` as the hooks left it, but its principal (the
+    event's own ``principal``). ``audit`` records it as accepted; ``scripts`` runs request
+    scripts on these names *before* the operation.""",
     **_REQUEST_FIELDS,
 )
 
