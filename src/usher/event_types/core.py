@@ -124,6 +124,8 @@ class ImageDelete(Payload):
 
 
 class _Request(Payload):
+    """The base of :data:`RequestData` (whose fields are those of the request)."""
+
     sets = ("principal", "operation_id")
 
 
@@ -132,13 +134,13 @@ _REQUEST_FIELDS: dict[str, Any] = {
     for name, field in OpRequest.model_fields.items()
     if name != "principal"
 }
-RequestData: type[Payload] = create_model(  # type: ignore[call-overload]
+RequestData: type[Payload] = create_model(
     "RequestData",
     __base__=_Request,
-    __doc__="""A request passed its request hooks and became an operation (both fire, once per
-    request). The :class:`~usher.model.OpRequest` as the hooks left it, but its principal (the
-    event's own ``principal``). ``audit`` records it as accepted; ``scripts`` runs request
-    scripts on these names *before* the operation.""",
+    __doc__="""A request passed its request hooks and became an operation (``request`` and its
+    ``<op>_request`` fire, once each). The :class:`~usher.model.OpRequest` as the hooks left
+    it, without its principal (that is the event's own). ``audit`` records it as accepted;
+    ``scripts`` runs request scripts on these names *before* the operation.""",
     **_REQUEST_FIELDS,
 )
 
