@@ -225,6 +225,7 @@ def migrate_request(request: OpRequest) -> None:
 def usher_event(event: Event) -> None:
     """Something happened. Every event passes here, after it is final.
 
-    Filter on ``event.name``. Runs with a timeout; exceptions are logged, never propagated.
-    May be a coroutine function.
+    Filter on ``event.name``; ``event.data`` is as :data:`EVENTS` declares for that name (the
+    events of other plugins excepted). Runs with a timeout; exceptions are logged, never
+    propagated. May be a coroutine function.
     """
