@@ -16,9 +16,10 @@ ENTRY_POINT_GROUP = "usher.ush_commands"
 
 
 def _warn(entry: EntryPoint, why: str) -> None:
+    package = f"package {entry.dist.name}, " if entry.dist else ""
     click.echo(
-        f"ush: warning: left out command {entry.name!r} ({entry.value}, entry point of "
-        f"{ENTRY_POINT_GROUP}): {why}",
+        f"ush: warning: left out command {entry.name!r} ({package}{entry.value}, entry point "
+        f"of {ENTRY_POINT_GROUP}): {why}",
         err=True,
     )
 
