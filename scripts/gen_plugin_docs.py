@@ -30,7 +30,11 @@ from usher.model import OpKind
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "plugins.md"
 EXAMPLE = ROOT / "examples" / "usher-example-plugin"
-EXAMPLE_FILES = ("pyproject.toml", "src/usher_example_plugin/__init__.py")
+EXAMPLE_FILES = (
+    "pyproject.toml",
+    "src/usher_example_plugin/__init__.py",
+    "src/usher_example_plugin/commands.py",
+)
 SECTION = re.compile(r"^# --- (.+?) -+$")
 ROLE = re.compile(r":\w+:`~?([\w.]+)`")
 
