@@ -34,8 +34,7 @@ if TYPE_CHECKING:
 
     from fastapi import APIRouter
 
-    from usher.ctrl.context import PluginContext
-    from usher.ctrl.reservations import Changes
+    from usher.plugin import Changes, PluginContext
     from usher.event_types import EVENTS as EVENTS
     from usher.model import VM, Event, Node, OpRequest, Placement, Principal, Scope, VMSpec
 
