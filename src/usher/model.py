@@ -93,6 +93,20 @@ class OpKind(StrEnum):
     MIGRATE = "migrate"
 
 
+class Capability(StrEnum):
+    """What a VMM driver can do beyond start, stop and destroy: each node declares its
+    driver's set, and the controller refuses an operation a node's driver cannot do."""
+
+    PAUSE = "pause"
+    """``pause`` and ``resume``."""
+    REBOOT = "reboot"
+    LIVE_MIGRATE = "live_migrate"
+    """``prepare_incoming``, ``migrate``, ``finish_incoming``, ``abort_incoming`` and
+    ``settle_incoming``."""
+    CONSOLE = "console"
+    """``console_log``: the serial console's output."""
+
+
 class OpStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

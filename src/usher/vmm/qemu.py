@@ -733,6 +733,3 @@ async def _ip(*args: str) -> None:
     _, stderr = await ip.communicate()
     if ip.returncode != 0:
         raise DriverError(f"ip {' '.join(args)} failed: {stderr.decode().strip()}")
-
-
-DRIVER = QemuDriver
