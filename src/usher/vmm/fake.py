@@ -17,8 +17,7 @@ Options (``options`` dict):
   outlive its last renewal (its LNM renews them while it runs).
 
 With a ``state_dir`` the table lives in ``<state_dir>/fake-vms.json`` plus a journal of every
-change since (``fake-vms.journal``, one line written at once per change, folded into the table
-now and then and on :meth:`FakeDriver.close`), loaded by :meth:`FakeDriver.open`: a restarted
+change since (:mod:`usher.vmm.fake_journal`), loaded by :meth:`FakeDriver.open`: a restarted
 or killed LNM finds its guests still running, as it would hypervisor processes that outlive it.
 """
 
