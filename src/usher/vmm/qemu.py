@@ -294,14 +294,12 @@ class QemuDriver(Driver):
     async def pause(self, vm_id: str) -> None:
         dom = self._guests.get(vm_id)
         self._guests.require(dom, "pause", frozenset({VMState.RUNNING}))
-        await self._guests.monitor(dom).execute("stop")
-        dom.state = VMState.PAUSED
+        await self._guests.switch(dom, "stop", VMState.PAUSED)
 
     async def resume(self, vm_id: str) -> None:
         dom = self._guests.get(vm_id)
         self._guests.require(dom, "resume", frozenset({VMState.PAUSED}))
-        await self._guests.monitor(dom).execute("cont")
-        dom.state = VMState.RUNNING
+        await self._guests.switch(dom, "cont", VMState.RUNNING)
 
     async def reboot(self, vm_id: str) -> None:
         """Hard reset (``system_reset``): the guest boots again in the same QEMU."""

@@ -94,6 +94,20 @@ class Guests:
         finally:
             del self._claims[vm_id]
 
+    async def switch(self, dom: Domain, command: str, state: VMState) -> None:
+        """Run the QMP ``command`` that puts ``dom`` in ``state`` (``stop``, ``cont``) and
+        record it. Called off, it still waits for QEMU's answer (which comes at once) and
+        records what QEMU did before the cancellation goes on."""
+        answer = asyncio.ensure_future(self.monitor(dom).execute(command))
+        try:
+            await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            await asyncio.wait([answer], timeout=KILL_TIMEOUT)
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                dom.state = state
+            raise
+        dom.state = state
+
     def save(self, dom: Domain) -> None:
         """Write ``dom``'s record atomically."""
         self.files.save_record(dom.id, dom.record())
