@@ -289,7 +289,10 @@ def load_driver(name: str, **kwargs: Any) -> Driver:
     (``fake``, ``qemu``, or a site's own), passing ``kwargs`` to its constructor."""
     found = entry_points(group=DRIVER_GROUP, name=name)
     if not found:
-        installed = ", ".join(installed_drivers()) or "none"
+        installed = ", ".join(installed_drivers()) or (
+            "none (Usher's own are registered when it is installed: reinstall it, e.g. "
+            "`pip install -e .` in a checkout)"
+        )
         raise DriverError(f"unknown VMM driver {name!r}; installed drivers: {installed}")
     entry = next(iter(found))
     try:
