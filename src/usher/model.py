@@ -73,16 +73,6 @@ TRANSITIONAL_STATES = frozenset(
 )
 
 
-class Capability(StrEnum):
-    """What a hypervisor driver can do beyond start, stop and destroy; the controller refuses
-    an operation whose node's driver lacks the capability it needs."""
-
-    PAUSE = "pause"
-    REBOOT = "reboot"
-    LIVE_MIGRATE = "live_migrate"
-    CONSOLE = "console"
-
-
 class NodeState(StrEnum):
     UP = "up"
     DOWN = "down"
@@ -101,6 +91,20 @@ class OpKind(StrEnum):
     REBOOT = "reboot"
     CYCLE = "cycle"
     MIGRATE = "migrate"
+
+
+class Capability(StrEnum):
+    """What a VMM driver can do beyond start, stop and destroy: each node declares its
+    driver's set, and the controller refuses an operation a node's driver cannot do."""
+
+    PAUSE = "pause"
+    """``pause`` and ``resume``."""
+    REBOOT = "reboot"
+    LIVE_MIGRATE = "live_migrate"
+    """``prepare_incoming``, ``migrate``, ``finish_incoming``, ``abort_incoming`` and
+    ``settle_incoming``."""
+    CONSOLE = "console"
+    """``console_log``: the serial console's output."""
 
 
 class OpStatus(StrEnum):
