@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 
     from fastapi import APIRouter
 
-    from usher.plugin import Changes, PluginContext
     from usher.event_types import EVENTS as EVENTS
     from usher.model import VM, Event, Node, OpRequest, Placement, Principal, Scope, VMSpec
+    from usher.plugin import Changes, PluginContext
 
 PROJECT = "usher"
 hookspec = pluggy.HookspecMarker(PROJECT)
