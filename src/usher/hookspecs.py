@@ -74,8 +74,8 @@ def usher_routes() -> list[APIRouter]:
     """API routes of the plugin's own (token management, an audit query, …), mounted under
     ``/v1``. Called once when the controller builds its app, before ``usher_configure``.
 
-    Routes use ``usher.ctrl.api.deps`` (``CtrlDep``, ``PrincipalDep``, ``allow``) like the
-    core's, so they are authenticated and authorized the same way.
+    Routes take ``usher.plugin``'s ``ContextDep`` and ``PrincipalDep`` and call its
+    ``allow`` like the core's, so they are authenticated and authorized the same way.
     """
 
 
@@ -163,7 +163,7 @@ def schedule(
     one whose ``error`` says why nothing fits (every VM fits or none is placed).
 
     ``changes``, when given, says which nodes' records or reservations changed since an
-    earlier call (:class:`usher.ctrl.reservations.Changes`), so a scheduler may keep an index
+    earlier call (:class:`usher.plugin.Changes`), so a scheduler may keep an index
     across calls and update only those; it is ``None`` when ``nodes`` leaves a node out or
     ``reserved`` includes capacity promised beyond the records.
     """
