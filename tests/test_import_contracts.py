@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "usher"
 PLUGIN_SOURCES = [
     *sorted((SRC / "plugins").glob("*.py")),
-    *sorted((ROOT / "examples").glob("*/src/**/*.py")),
+    *sorted((ROOT / "examples" / "usher-example-plugin").glob("src/**/*.py")),
 ]
 
 
