@@ -1,5 +1,6 @@
-"""Write the generated parts of ``docs/plugins.md``: the hook and event reference (from the
-docstrings of :mod:`usher.hookspecs`) and the source of the example plugin package.
+"""Write the generated parts of ``docs/plugins.md``: the hook reference (from the docstrings
+of :mod:`usher.hookspecs`), the table of events (from their declarations in
+:mod:`usher.event_types`) and the source of the example plugin package.
 
     python scripts/gen_plugin_docs.py          # rewrite docs/plugins.md
     python scripts/gen_plugin_docs.py --check  # exit 1 if it is out of date
@@ -14,17 +15,26 @@ import argparse
 import inspect
 import re
 import sys
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from usher import hookspecs
+from pydantic import BaseModel
+
+from usher import event_types, hookspecs
+from usher.model import OpKind
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "plugins.md"
 EXAMPLE = ROOT / "examples" / "usher-example-plugin"
-EXAMPLE_FILES = ("pyproject.toml", "src/usher_example_plugin/__init__.py")
+EXAMPLE_FILES = (
+    "pyproject.toml",
+    "src/usher_example_plugin/__init__.py",
+    "src/usher_example_plugin/commands.py",
+)
 SECTION = re.compile(r"^# --- (.+?) -+$")
 ROLE = re.compile(r":\w+:`~?([\w.]+)`")
 
@@ -86,6 +96,67 @@ def hook_reference(module: ModuleType = hookspecs) -> str:
     return "\n\n".join(parts)
 
 
+def type_name(annotation: Any) -> str:
+    """A field's type as a reader writes it: ``Capacity | None``, ``dict[str, Any]``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(arg) for arg in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(arg) for arg in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(type_name(arg) for arg in args)}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation).removeprefix("typing."))
+
+
+def _event_names(names: list[str]) -> str:
+    """``names`` in backquotes, a family over every operation kind written ``<op>_x``."""
+    for suffix in ("_request", "_failure"):
+        family = [f"{kind.value}{suffix}" for kind in OpKind]
+        if set(family) <= set(names):
+            names = [name for name in names if name not in family] + [f"<op>{suffix}"]
+    return ", ".join(f"`{name}`" for name in names)
+
+
+def _fields(model: type[BaseModel]) -> str:
+    parts = []
+    for name, field in model.model_fields.items():
+        shown = f"`{field.alias or name}`: {type_name(field.annotation)}"
+        if not field.is_required():
+            shown += " (optional)"
+        if field.description:
+            shown += f": {rst_to_markdown(field.description)}"
+        parts.append(shown)
+    return "; ".join(parts) or "(none)"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def event_table(module: ModuleType = event_types) -> str:
+    """The module's introduction, then one row per payload model: the events that carry it,
+    when they fire, the fields of their ``data``, and which other fields of the event they
+    set."""
+    by_model: dict[type[BaseModel], list[str]] = {}
+    for name, model in module.EVENTS.items():
+        by_model.setdefault(model, []).append(name)
+    rows = [
+        "| event | when, and who acts on it | `data` | sets |",
+        "| --- | --- | --- | --- |",
+    ]
+    for model, names in by_model.items():
+        sets = ", ".join(f"`{name}`" for name in getattr(model, "sets", ())) or "none"
+        when = rst_to_markdown(inspect.getdoc(model) or "")
+        rows.append(f"| {_event_names(names)} | {_cell(when)} | {_cell(_fields(model))} | {sets} |")
+    kinds = ", ".join(f"`{kind.value}`" for kind in OpKind)
+    intro = rst_to_markdown(inspect.getdoc(module) or "")
+    return f"{intro}\n\n" + "\n".join(rows) + f"\n\nOperations (`<op>`) are {kinds}."
+
+
 def example_sources(root: Path = EXAMPLE) -> str:
     """The example plugin package, file by file."""
     parts = []
@@ -97,6 +168,7 @@ def example_sources(root: Path = EXAMPLE) -> str:
 
 
 PARTS: dict[str, Callable[[], str]] = {
+    "events": event_table,
     "hook reference": hook_reference,
     "example plugin": example_sources,
 }

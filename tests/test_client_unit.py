@@ -331,6 +331,31 @@ def test_stream_error_answer_is_an_usher_error() -> None:
         list(fake.client().stream_events())
 
 
+# --- image upload ------------------------------------------------------------------------
+
+
+def image_upload(received: list[tuple[str | None, bytes]]) -> Handler:
+    """Accepts an image upload, noting how it came (chunked or not) and its bytes."""
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        received.append((request.headers.get("Transfer-Encoding"), request.read()))
+        return httpx.Response(201, json={"name": "img", "kind": "disk", "files": {}})
+
+    return accept
+
+
+async def test_both_clients_stream_an_image_upload(tmp_path: Path) -> None:
+    qcow2 = tmp_path / "disk.qcow2"
+    qcow2.write_bytes(bytes(range(256)) * 10_000)  # more than one chunk
+    received: list[tuple[str | None, bytes]] = []
+    fake = Fake({("POST", "/v1/images/img"): image_upload(received)})
+    assert fake.client().import_image(qcow2, "img", "a disk").name == "img"
+    async with fake.async_client() as client:
+        assert (await client.import_image(str(qcow2), "img")).name == "img"
+    assert received == [("chunked", qcow2.read_bytes())] * 2
+    assert [r.url.params.get("description") for r in fake.requests] == ["a disk", None]
+
+
 # --- the async client shares all of the above --------------------------------------------
 
 

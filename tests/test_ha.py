@@ -53,6 +53,7 @@ class FakeCtx:
 
     def __init__(self, vms: list[VM], target: str = "node-2") -> None:
         self.store = FakeStore(vms)
+        self.records = self.store
         self.data: dict[str, Any] = {}
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.submitted: list[tuple[OpKind, list[str]]] = []

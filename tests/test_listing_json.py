@@ -105,7 +105,7 @@ async def test_a_write_that_did_not_commit_is_not_listed(
     async def broken(*args: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "_write_batch", broken)
+    monkeypatch.setattr(store.batcher, "write_batch", broken)
     vm.state, vm.updated_at = VMState.ERROR, now()
     with pytest.raises(OSError, match="disk full"):
         await store.update_vms([vm])
@@ -129,7 +129,7 @@ async def test_writes_through_the_store_show_at_once(store: Store) -> None:
 async def test_a_vm_deleted_while_its_page_is_read_is_left_out(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    read_page = store._vm_page
+    read_page = store.vm_pages.read_page
 
     async def page_then_delete(*args: Any) -> Any:
         found = await read_page(*args)
@@ -138,7 +138,7 @@ async def test_a_vm_deleted_while_its_page_is_read_is_left_out(
         await store.delete_vm(victim)  # after the page was read, before its JSON is
         return found
 
-    monkeypatch.setattr(store, "_vm_page", page_then_delete)
+    monkeypatch.setattr(store.vm_pages, "read_page", page_then_delete)
     page = Page[VM].model_validate_json(await store.list_vms_json(limit=5, owner="bob"))
     assert [vm.id for vm in page.items] == ["vm-0001", "vm-0005", "vm-0007", "vm-0009"]
 

@@ -142,7 +142,7 @@ async def test_a_bug_in_a_step_does_not_leave_its_vm_in_transition(
     async def broken(vm: VM) -> dict[str, Any]:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(ctrl.engine, "_guest", broken)
+    monkeypatch.setattr(ctrl.engine.images, "guest", broken)
     body = VMAction(vms=["vm-1"], target_node="node-2")
     op = await ctrl.engine.wait((await ctrl.engine.act(SYSTEM, OpKind.MIGRATE, body, None)).id, 10)
     assert op.status == OpStatus.FAILED and "internal error: KeyError" in (op.error or ""), op

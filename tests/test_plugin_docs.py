@@ -11,6 +11,7 @@ from types import ModuleType
 import pytest
 
 from usher import hookspecs
+from usher.event_types import EVENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT / "scripts" / "gen_plugin_docs.py"
@@ -65,3 +66,21 @@ def test_rst_becomes_markdown(gen: ModuleType) -> None:
     assert gen.rst_to_markdown(text) == (
         "See `OpRequest` and `x = 1`:\n\n```\n[plugins]\na = 1\n```\n\nEnd."
     )
+
+
+def test_every_event_is_in_the_table_with_its_fields(gen: ModuleType) -> None:
+    doc = (ROOT / "docs" / "plugins.md").read_text()
+    table = doc.split("<!-- BEGIN GENERATED: events -->")[1].split("<!-- END GENERATED")[0]
+    rows = {
+        line.split(" | ")[0].removeprefix("| "): line
+        for line in table.splitlines()
+        if line.startswith("| `")
+    }
+    for name, model in EVENTS.items():
+        family = next((f"`<op>{s}`" for s in ("_request", "_failure") if name.endswith(s)), None)
+        row = next((r for key, r in rows.items() if f"`{name}`" in key.split(", ")), None)
+        row = row or next(r for key, r in rows.items() if family and family in key)
+        for field_name, field in model.model_fields.items():
+            assert f"`{field.alias or field_name}`: " in row, (name, field_name)
+    assert "`before`: Capacity \\| None: what it was recorded with" in rows["`node_capacity`"]
+    assert gen.type_name(dict[str, list[int | None]]) == "dict[str, list[int | None]]"

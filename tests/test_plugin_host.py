@@ -15,8 +15,9 @@ from usher.model import Event, OpKind, OpRequest, Principal
 
 
 def host(timeout: float = 0.2) -> PluginHost:
-    ctx = PluginContext(store=None, bus=EventBus(), settings=Settings())  # type: ignore[arg-type]
-    return PluginHost(ctx, timeout=timeout)
+    bus = EventBus()
+    ctx = PluginContext(store=None, bus=bus, settings=Settings())  # type: ignore[arg-type]
+    return PluginHost(ctx, bus, timeout=timeout)
 
 
 def request(kind: OpKind = OpKind.START) -> OpRequest:
@@ -84,9 +85,9 @@ async def test_a_slow_notification_plugin_delays_only_itself() -> None:
     h.register("quick", Quick())
     await h.start({})
     errors: list[Event] = []
-    async with h.ctx.bus.subscribe(lambda e: e.name == "plugin_error") as queue:
+    async with h.bus.subscribe(lambda e: e.name == "plugin_error") as queue:
         for i in range(3):
-            await h.ctx.bus.emit(f"e{i}")
+            await h.bus.emit(f"e{i}")
         await asyncio.sleep(0.1)
         assert got == ["e0", "e1", "e2"]  # not held up by the slow one
         for _ in range(3):
@@ -110,9 +111,9 @@ async def test_each_event_has_the_whole_timeout() -> None:
     h = host(timeout=1.0)
     h.register("steady", Steady())
     await h.start({})
-    async with h.ctx.bus.subscribe(lambda e: e.name == "plugin_error") as queue:
+    async with h.bus.subscribe(lambda e: e.name == "plugin_error") as queue:
         for name in ("a", "b", "c", "long", "d", "e"):
-            await h.ctx.bus.emit(name)
+            await h.bus.emit(name)
         error = await asyncio.wait_for(queue.get(), 5)
         assert (error.data["event"], error.data["error"]) == ("long", "timed out")
         await asyncio.sleep(1.5)  # d and e

@@ -13,6 +13,8 @@ from usher.ctrl.reservations import ChangeLog, Reservations
 from usher.ctrl.store import Store
 from usher.model import VM, VMSpec, VMState
 
+SPEC = {"vcpus": 2, "memory_mb": 512}
+
 NODES = ["a", "b", "c", None]
 STATES = [VMState.RUNNING.value, VMState.STOPPED.value, VMState.STARTING.value]
 
@@ -99,3 +101,23 @@ async def test_the_store_keeps_them_through_writes_and_rebuilds_them_when_opened
     await again.open()
     assert again.reservations.by_node == kept
     await again.close()
+
+
+def test_a_migrating_vm_holds_room_on_its_target_once() -> None:
+    """A migration's target holds the VM from its placement (promise) through its record's
+    ``target_node`` until the promise is released and the record moved: never twice."""
+    changes = ChangeLog()
+    res = Reservations(changes)
+    row = {"id": "v", "node": "a", "state": "running", "cluster": "c", "spec": SPEC}
+    res.apply([row])
+    res.promise("v", "b", "c", 2, 512)
+    assert res.by_node["b"]["vcpus"] == 2 and res.by_node["a"]["vcpus"] == 2
+    res.apply([row | {"state": "migrating", "target_node": "b"}])
+    assert res.by_node["b"]["vms"] == 1  # the record's target and the promise are one hold
+    res.apply([row | {"node": "b", "target_node": None}])
+    assert "a" not in res.by_node and res.by_node["b"]["vms"] == 2  # the promise still holds
+    res.release("v")
+    assert res.by_node["b"] == {"vms": 1, "vcpus": 2, "memory_mb": 512, "clusters": {"c": 1}}
+    res.release("v")  # twice: nothing more
+    res.forget("v")
+    assert res.by_node == {}

@@ -20,6 +20,7 @@ from harness import Cluster, free_port, wait_for
 from usher.client import UsherError
 from usher.model import OpStatus, VMState
 from usher.plugins.hooktable import parse_hooks
+from usher.plugins.scripts import run_script
 
 SCRIPTS = {
     # every event it gets, one file each
@@ -219,3 +220,13 @@ def test_webhooks_post_events_and_report_failures(hooked: Cluster, receiver: Rec
 def test_bad_hook_tables_are_refused(hooks: list[Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_hooks("scripts", {"hooks": hooks}, "run")
+
+
+async def test_a_script_that_exits_without_reading_its_input_fails_cleanly() -> None:
+    """A script that never reads the event on its stdin (here a megabyte of it) is an
+    ordinary failure with its exit status, not an error in the plugin."""
+    payload = {"name": "start", "data": {"big": "x" * 1024 * 1024}}
+    result = await run_script(["sh", "-c", "echo no >&2; exit 3"], payload, 10)
+    assert result.error == "sh exited with status 3" and result.output == "no"
+    result = await run_script(["sh", "-c", "wc -c"], payload, 10)
+    assert result.error is None and int(result.output) > 1024 * 1024

@@ -18,9 +18,9 @@ Three kinds of hook:
   and its failures are logged; neither ever breaks an operation or other plugins. A
   notification hook may be a coroutine function.
 
-Event names are Usher's: ``ctrl_start``, ``request``, ``<op>_request``, ``<op>``,
-``<op>_failure``, ``register``, ``unregister``, ``state_change``, ``node_join``, ``node_lost``,
-``node_state``, ``usage``.
+Every event the core and the built-in plugins emit is declared, with the model of its
+``data``, in :mod:`usher.event_types`: :data:`EVENTS` (re-exported here) maps each name to
+its model; the events table of ``docs/plugins.md`` is made from it.
 """
 
 from __future__ import annotations
@@ -34,13 +34,22 @@ if TYPE_CHECKING:
 
     from fastapi import APIRouter
 
-    from usher.ctrl.context import PluginContext
-    from usher.ctrl.reservations import Changes
+    from usher.event_types import EVENTS as EVENTS
     from usher.model import VM, Event, Node, OpRequest, Placement, Principal, Scope, VMSpec
+    from usher.plugin import Changes, PluginContext
 
 PROJECT = "usher"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+def __getattr__(name: str) -> Any:
+    """``EVENTS``, imported when first asked for: importing ``usher`` stays light."""
+    if name == "EVENTS":
+        from usher.event_types import EVENTS
+
+        return EVENTS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Veto(Exception):
@@ -65,8 +74,8 @@ def usher_routes() -> list[APIRouter]:
     """API routes of the plugin's own (token management, an audit query, …), mounted under
     ``/v1``. Called once when the controller builds its app, before ``usher_configure``.
 
-    Routes use ``usher.ctrl.api.deps`` (``CtrlDep``, ``PrincipalDep``, ``allow``) like the
-    core's, so they are authenticated and authorized the same way.
+    Routes take ``usher.plugin``'s ``ContextDep`` and ``PrincipalDep`` and call its
+    ``allow`` like the core's, so they are authenticated and authorized the same way.
     """
 
 
@@ -154,7 +163,7 @@ def schedule(
     one whose ``error`` says why nothing fits (every VM fits or none is placed).
 
     ``changes``, when given, says which nodes' records or reservations changed since an
-    earlier call (:class:`usher.ctrl.reservations.Changes`), so a scheduler may keep an index
+    earlier call (:class:`usher.plugin.Changes`), so a scheduler may keep an index
     across calls and update only those; it is ``None`` when ``nodes`` leaves a node out or
     ``reserved`` includes capacity promised beyond the records.
     """
@@ -215,6 +224,7 @@ def migrate_request(request: OpRequest) -> None:
 def usher_event(event: Event) -> None:
     """Something happened. Every event passes here, after it is final.
 
-    Filter on ``event.name``. Runs with a timeout; exceptions are logged, never propagated.
-    May be a coroutine function.
+    Filter on ``event.name``; ``event.data`` is as :data:`EVENTS` declares for that name (the
+    events of other plugins excepted). Runs with a timeout; exceptions are logged, never
+    propagated. May be a coroutine function.
     """

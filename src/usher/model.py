@@ -93,6 +93,20 @@ class OpKind(StrEnum):
     MIGRATE = "migrate"
 
 
+class Capability(StrEnum):
+    """What a VMM driver can do beyond start, stop and destroy: each node declares its
+    driver's set, and the controller refuses an operation a node's driver cannot do."""
+
+    PAUSE = "pause"
+    """``pause`` and ``resume``."""
+    REBOOT = "reboot"
+    LIVE_MIGRATE = "live_migrate"
+    """``prepare_incoming``, ``migrate``, ``finish_incoming``, ``abort_incoming`` and
+    ``settle_incoming``."""
+    CONSOLE = "console"
+    """``console_log``: the serial console's output."""
+
+
 class OpStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -234,8 +248,12 @@ class VMAction(Strict):
 class OpRequest(BaseModel):
     """An operation as plugins see it in ``request`` and ``<op>_request`` hooks.
 
-    Request hooks may change fields in place (say, the spec or the target node) or veto the
-    request by raising :class:`usher.hookspecs.Veto`.
+    Request hooks may change the fields in :data:`REQUEST_HOOKS_MAY_CHANGE` in place (the
+    spec, the kwargs, the node asked for, the migration's target), which are checked again
+    afterwards as the caller's were, or veto the request by raising
+    :class:`usher.hookspecs.Veto`. A hook that changes any other field (which VMs, how many,
+    the cluster, who asks) fails, and the request is refused: what was authorized is what
+    runs.
     """
 
     kind: OpKind
@@ -250,6 +268,10 @@ class OpRequest(BaseModel):
     target_node: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     dry_run: bool = Field(False, description="only planning: nothing will be changed")
+
+
+REQUEST_HOOKS_MAY_CHANGE = frozenset({"spec", "kwargs", "node", "target_node"})
+"""The fields of an :class:`OpRequest` a request hook may change."""
 
 
 class Operation(BaseModel):
@@ -267,6 +289,28 @@ class Operation(BaseModel):
     @property
     def done(self) -> bool:
         return self.status in FINAL_OP_STATUSES
+
+
+class ApiToken(BaseModel):
+    """An API token as the controller keeps it: everything but its secret (kept only as a
+    digest)."""
+
+    id: str
+    principal: str
+    roles: list[str]
+    description: str = ""
+    created_at: float
+    expires_at: float | None = None
+    revoked: bool = False
+
+    @property
+    def state(self) -> str:
+        """``active``, ``expired`` or ``revoked``."""
+        if self.revoked:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at < now():
+            return "expired"
+        return "active"
 
 
 class Event(BaseModel):

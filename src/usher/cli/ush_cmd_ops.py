@@ -1,54 +1,40 @@
-"""``ush cancel OP`` and ``ush node evacuate|maintenance|activate NODE`` (host maintenance).
-
-``ush node NAME`` still shows a node: the ``node`` group runs its ``show`` subcommand (the
-``ush node`` command of :mod:`usher.cli.ush`) when the first word is not one of its own.
-"""
+"""``ush ops``, ``op``, ``wait`` and ``cancel``: operations."""
 
 from __future__ import annotations
 
 import click
 
-from usher.cli.ush import Ush, UshGroup, _submitted, _wait_option, pass_ush
+from usher.cli.ush_context import Ush, pass_ush
+from usher.cli.ush_outcome import conclude
+from usher.model import OpKind, OpStatus
 
 
-class NodeGroup(UshGroup):
-    """``ush node NAME`` is ``ush node show NAME``; ``ush node ACTION NAME`` runs ACTION."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["show", *args]
-        return super().parse_args(ctx, args)
-
-
-@click.group("node", cls=NodeGroup)
-def node() -> None:
-    """Show a node (``ush node NAME``), or evacuate it, put it in maintenance, activate it."""
-
-
-@node.command()
-@click.argument("name")
-@_wait_option
+@click.command()
+@click.option("--status", type=click.Choice([status.value for status in OpStatus]))
+@click.option("--kind", type=click.Choice([kind.value for kind in OpKind]))
+@click.option("--vm", help="Only operations on this VM.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @pass_ush
-def evacuate(ush: Ush, name: str, wait: bool) -> None:
-    """Move every VM off node NAME: running ones live, stopped ones cold."""
-    _submitted(ush, ush.client.evacuate(name), wait)
+def ops(ush: Ush, status: str | None, kind: str | None, vm: str | None, limit: int) -> None:
+    """List operations, newest first."""
+    page = ush.client.list_operations(status=status, kind=kind, vm=vm, limit=limit)
+    ush.out.operations(page.items, page.total)
 
 
-@node.command()
-@click.argument("name")
-@_wait_option
+@click.command()
+@click.argument("op_id", metavar="ID")
 @pass_ush
-def maintenance(ush: Ush, name: str, wait: bool) -> None:
-    """Put node NAME in maintenance (no new VMs) and evacuate it."""
-    _submitted(ush, ush.client.maintenance(name), wait)
+def op(ush: Ush, op_id: str) -> None:
+    """Show one operation."""
+    ush.out.operation(ush.client.get_operation(op_id))
 
 
-@node.command()
-@click.argument("name")
+@click.command("wait")
+@click.argument("op_id", metavar="ID")
 @pass_ush
-def activate(ush: Ush, name: str) -> None:
-    """Return node NAME from maintenance: new VMs may go there again."""
-    ush.out.node(ush.client.activate(name))
+def wait_op(ush: Ush, op_id: str) -> None:
+    """Wait for an operation to finish; exit 1 unless it succeeded."""
+    conclude(ush, op_id)
 
 
 @click.command()
@@ -63,9 +49,4 @@ def cancel(ush: Ush, op: str) -> None:
     ush.out.submitted(answer)
 
 
-def register(group: click.Group) -> None:
-    show = group.commands.get("node")
-    if show is not None and "show" not in node.commands:
-        node.add_command(show, "show")
-    group.add_command(node)
-    group.add_command(cancel)
+COMMANDS: tuple[click.Command, ...] = (ops, op, wait_op, cancel)

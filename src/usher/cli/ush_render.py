@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -100,6 +100,17 @@ class Renderer:
             self.emit(data)
         else:
             self.console.print(_details(data))
+
+    def line(self, message: str) -> None:
+        """One line for people on stdout, as it is (no markup)."""
+        self.console.print(Text(message))
+
+    def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Rows under the given headings, each value on one line as :func:`fmt_value` puts it."""
+        table = _table(*columns)
+        for row in rows:
+            _row(table, *row)
+        self.console.print(table)
 
     def note(self, message: str) -> None:
         """A message for the person at the terminal, on stderr."""

@@ -123,7 +123,12 @@ def _host_capacity() -> tuple[int, int]:
     help="Controller URL, e.g. https://ctrl.example.org:8760",
 )
 @click.option("--name", required=True, help="This node's name.")
-@click.option("--driver", default="fake", show_default=True, help="VMM driver: fake, qemu, …")
+@click.option(
+    "--driver",
+    default="fake",
+    show_default=True,
+    help="VMM driver: the name of an installed usher.drivers entry point (fake, qemu, …)",
+)
 @click.option(
     "--state-dir", type=click.Path(file_okay=False), default="/var/lib/usher-lnm", show_default=True
 )

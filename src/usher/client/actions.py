@@ -1,97 +1,116 @@
-"""The VM actions as named methods, written once for both clients.
+"""The VM actions, written once for both clients (see :mod:`usher.client.protocol`).
 
-A client implements :meth:`ActionMethods.action`; the named methods only pick the kind.
-``R`` is what ``action`` returns: an :class:`~usher.model.Operation` for the sync client,
-an awaitable of one for the async client.
+:func:`action` asks for any kind of action; the named ones only pick the kind.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from usher.model import OpKind
+from usher.client.call import Call, name_list, request_body
+from usher.client.errors import UsherError
+from usher.model import Operation, OpKind, Plan, VMAction
 
-R = TypeVar("R")
+
+def action(
+    kind: OpKind | str,
+    vms: Sequence[str] | None = None,
+    cluster: str | None = None,
+    target_node: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Call[Operation]:
+    """Ask for ``kind`` on VMs (ids or names) and/or every VM of ``cluster``."""
+    try:
+        kind = OpKind(kind)
+    except ValueError:
+        known = ", ".join(OpKind)
+        raise UsherError(400, f"unknown action {kind!r}; use one of {known}") from None
+    body = request_body(
+        VMAction, vms=name_list(vms), cluster=cluster, target_node=target_node, kwargs=kwargs or {}
+    )
+    return Call("POST", f"/vms/actions/{kind.value}", Operation.model_validate, body=body)
 
 
-class ActionMethods(ABC, Generic[R]):
-    @abstractmethod
-    def action(
-        self,
-        kind: OpKind | str,
-        vms: Sequence[str] | None = None,
-        cluster: str | None = None,
-        target_node: str | None = None,
-        kwargs: dict[str, Any] | None = None,
-    ) -> R:
-        """Ask for ``kind`` on VMs (ids or names) and/or every VM of ``cluster``."""
+def plan_migrate(
+    vms: Sequence[str] | None = None,
+    cluster: str | None = None,
+    target_node: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Call[Plan]:
+    """Dry run of :meth:`migrate`: where each VM would go; nothing changes."""
+    call = action(OpKind.MIGRATE, vms, cluster, target_node, kwargs)
+    return Call("POST", "/vms/actions/migrate/plan", Plan.model_validate, body=call.body)
 
-    def start_existing(
-        self,
-        vms: Sequence[str] | None = None,
-        cluster: str | None = None,
-        kwargs: dict[str, Any] | None = None,
-    ) -> R:
-        """Boot stopped VMs (to create new ones, use ``create_vms``)."""
-        return self.action(OpKind.START, vms, cluster, kwargs=kwargs)
 
-    def stop(
-        self,
-        vms: Sequence[str] | None = None,
-        cluster: str | None = None,
-        kwargs: dict[str, Any] | None = None,
-    ) -> R:
-        return self.action(OpKind.STOP, vms, cluster, kwargs=kwargs)
+def start_existing(
+    vms: Sequence[str] | None = None,
+    cluster: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Call[Operation]:
+    """Boot stopped VMs (to create new ones, use ``create_vms``)."""
+    return action(OpKind.START, vms, cluster, kwargs=kwargs)
 
-    def destroy(
-        self,
-        vms: Sequence[str] | None = None,
-        cluster: str | None = None,
-        kwargs: dict[str, Any] | None = None,
-    ) -> R:
-        return self.action(OpKind.DESTROY, vms, cluster, kwargs=kwargs)
 
-    def pause(
-        self,
-        vms: Sequence[str] | None = None,
-        cluster: str | None = None,
-        kwargs: dict[str, Any] | None = None,
-    ) -> R:
-        return self.action(OpKind.PAUSE, vms, cluster, kwargs=kwargs)
+def stop(
+    vms: Sequence[str] | None = None,
+    cluster: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Call[Operation]:
+    """Power VMs off (gracefully first)."""
+    return action(OpKind.STOP, vms, cluster, kwargs=kwargs)
 
-    def resume(
-        self,
-        vms: Sequence[str] | None = None,
-        cluster: str | None = None,
-        kwargs: dict[str, Any] | None = None,
-    ) -> R:
-        return self.action(OpKind.RESUME, vms, cluster, kwargs=kwargs)
 
-    def reboot(
-        self,
-        vms: Sequence[str] | None = None,
-        cluster: str | None = None,
-        kwargs: dict[str, Any] | None = None,
-    ) -> R:
-        return self.action(OpKind.REBOOT, vms, cluster, kwargs=kwargs)
+def destroy(
+    vms: Sequence[str] | None = None,
+    cluster: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Call[Operation]:
+    """Power VMs off and remove them and their disks."""
+    return action(OpKind.DESTROY, vms, cluster, kwargs=kwargs)
 
-    def cycle(
-        self,
-        vms: Sequence[str] | None = None,
-        cluster: str | None = None,
-        kwargs: dict[str, Any] | None = None,
-    ) -> R:
-        """Stop and start again (a cold reboot)."""
-        return self.action(OpKind.CYCLE, vms, cluster, kwargs=kwargs)
 
-    def migrate(
-        self,
-        vms: Sequence[str] | None = None,
-        cluster: str | None = None,
-        target_node: str | None = None,
-        kwargs: dict[str, Any] | None = None,
-    ) -> R:
-        """Move VMs to ``target_node``, or to nodes the scheduler picks."""
-        return self.action(OpKind.MIGRATE, vms, cluster, target_node, kwargs)
+def pause(
+    vms: Sequence[str] | None = None,
+    cluster: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Call[Operation]:
+    """Freeze running VMs in memory."""
+    return action(OpKind.PAUSE, vms, cluster, kwargs=kwargs)
+
+
+def resume(
+    vms: Sequence[str] | None = None,
+    cluster: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Call[Operation]:
+    """Let paused VMs run again."""
+    return action(OpKind.RESUME, vms, cluster, kwargs=kwargs)
+
+
+def reboot(
+    vms: Sequence[str] | None = None,
+    cluster: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Call[Operation]:
+    """Reset running VMs' guests (a warm reboot)."""
+    return action(OpKind.REBOOT, vms, cluster, kwargs=kwargs)
+
+
+def cycle(
+    vms: Sequence[str] | None = None,
+    cluster: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Call[Operation]:
+    """Stop and start again (a cold reboot)."""
+    return action(OpKind.CYCLE, vms, cluster, kwargs=kwargs)
+
+
+def migrate(
+    vms: Sequence[str] | None = None,
+    cluster: str | None = None,
+    target_node: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Call[Operation]:
+    """Move VMs to ``target_node``, or to nodes the scheduler picks."""
+    return action(OpKind.MIGRATE, vms, cluster, target_node, kwargs)

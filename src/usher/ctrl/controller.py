@@ -53,7 +53,7 @@ class Controller:
         self.bus = EventBus()
         self.ctx = PluginContext(store=self.store, bus=self.bus, settings=settings)
         self.plugins = PluginHost(
-            self.ctx, timeout=settings.notify_timeout, hook_timeout=settings.hook_timeout
+            self.ctx, self.bus, timeout=settings.notify_timeout, hook_timeout=settings.hook_timeout
         )
         self.nodes = NodeRegistry(self.store, self.bus, settings.node_timeout)
         self.node_credentials = NodeCredentials(self.store)

@@ -25,16 +25,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from usher import hookspecs
-from usher.ctrl.context import PluginContext
+from usher.ctrl.events import EventBus
 from usher.hookspecs import Veto
-from usher.model import Event, OpRequest
+from usher.model import REQUEST_HOOKS_MAY_CHANGE, Event, OpRequest
+
+if TYPE_CHECKING:
+    from usher.ctrl.context import PluginContext
 
 log = logging.getLogger("usher.plugins")
 ENTRY_POINT_GROUP = "usher.plugins"
@@ -125,9 +128,14 @@ class _Notifier:
 
 class PluginHost:
     def __init__(
-        self, ctx: PluginContext, timeout: float = 5.0, hook_timeout: float = 10.0
+        self,
+        ctx: PluginContext,
+        bus: EventBus,
+        timeout: float = 5.0,
+        hook_timeout: float = 10.0,
     ) -> None:
         self.ctx = ctx
+        self.bus = bus
         self.timeout = timeout
         self.hook_timeout = hook_timeout
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -182,10 +190,10 @@ class PluginHost:
             notifier = _Notifier(plugin, impl, self.timeout)
             notifier.task = asyncio.create_task(self._deliver(notifier), name=f"notify-{plugin}")
             self._notifiers.append(notifier)
-        self.ctx.bus.notifier = self.notify
+        self.bus.notifier = self.notify
 
     async def stop(self, drain_timeout: float = 2.0) -> None:
-        self.ctx.bus.notifier = None
+        self.bus.notifier = None
         for n in self._notifiers:
             try:
                 await asyncio.wait_for(n.queue.join(), drain_timeout)
@@ -289,10 +297,24 @@ class PluginHost:
                 log.exception("plugin %s failed in %s", plugin, hook)
 
     async def run_request_hooks(self, request: OpRequest) -> None:
-        """Run ``request`` and ``<op>_request`` hooks; raise :class:`Vetoed` or PluginError."""
+        """Run ``request`` and ``<op>_request`` hooks; raise :class:`Vetoed` or PluginError
+        (also when a hook changed a field outside :data:`REQUEST_HOOKS_MAY_CHANGE`)."""
+        fixed = request.model_dump(exclude=set(REQUEST_HOOKS_MAY_CHANGE))
         for hook in ("request", f"{request.kind.value}_request"):
             for plugin, impl in self._impls(hook):
                 await self._answer(plugin, hook, impl, request=request)
+                after = request.model_dump(exclude=set(REQUEST_HOOKS_MAY_CHANGE))
+                changed = sorted(k for k in fixed if after.get(k) != fixed[k])
+                if changed:
+                    allowed = ", ".join(sorted(REQUEST_HOOKS_MAY_CHANGE))
+                    raise PluginError(
+                        plugin,
+                        hook,
+                        ValueError(
+                            f"it changed {', '.join(changed)} of the request; request hooks "
+                            f"may change only {allowed}"
+                        ),
+                    )
 
     async def notify(self, event: Event) -> None:
         for n in self._notifiers:
@@ -326,7 +348,7 @@ class PluginHost:
             except Exception as exc:
                 reason = "timed out" if isinstance(exc, TimeoutError) else repr(exc)
                 log.warning("plugin %s failed on event %s: %s", n.plugin, event.name, reason)
-                await self.ctx.bus.publish(
+                await self.bus.publish(
                     Event(
                         name="plugin_error",
                         data={

@@ -64,12 +64,18 @@ _Hold = tuple[str, str | None, int, int]
 
 class Reservations:
     """Per node, what its VM records hold (every VM with a node that is not stopped counts):
-    ``{"vms": n, "vcpus": n, "memory_mb": n, "clusters": {cluster: vm count}}``."""
+    ``{"vms": n, "vcpus": n, "memory_mb": n, "clusters": {cluster: vm count}}``.
+
+    A VM on its way to another node holds there too: from the moment a migration is placed
+    (:meth:`promise`, until :meth:`release`) and while its record names that node as its
+    ``target_node``. So a node promised to one request is not promised to the next."""
 
     def __init__(self, changes: ChangeLog) -> None:
         self.changes = changes
         self._by_node: dict[str, dict[str, Any]] = {}
         self._holds: dict[str, _Hold] = {}
+        self._promised: dict[str, _Hold] = {}  # vm id: hold on the node it is moving to
+        self._targets: dict[str, _Hold] = {}  # vm id: hold on its record's target_node
 
     @property
     def by_node(self) -> Mapping[str, Mapping[str, Any]]:
@@ -87,14 +93,43 @@ class Reservations:
         ``cluster`` and ``spec``)."""
         for row in rows:
             hold: _Hold | None = None
+            target: _Hold | None = None
             if row["node"] is not None and row["state"] != STOPPED:
                 spec = row["spec"]
                 hold = (row["node"], row["cluster"], spec["vcpus"], spec["memory_mb"])
+                if row.get("target_node") is not None:
+                    target = (row["target_node"], *hold[1:])
             self._set(row["id"], hold)
+            if target is None:
+                self._targets.pop(row["id"], None)
+            else:
+                self._targets[row["id"]] = target
+            self._set_moving(row["id"])
 
     def forget(self, vm_id: str) -> None:
         """A VM record deleted."""
         self._set(vm_id, None)
+        self._targets.pop(vm_id, None)
+        self._set_moving(vm_id)
+
+    def promise(
+        self, vm_id: str, node: str, cluster: str | None, vcpus: int, memory_mb: int
+    ) -> None:
+        """Hold room on ``node`` for VM ``vm_id``, which a migration placed there."""
+        self._promised[vm_id] = (node, cluster, vcpus, memory_mb)
+        self._set_moving(vm_id)
+
+    def release(self, vm_id: str) -> None:
+        """The migration :meth:`promise` held room for is over (its record says where the
+        VM is now)."""
+        if self._promised.pop(vm_id, None) is not None:
+            self._set_moving(vm_id)
+
+    def _set_moving(self, vm_id: str) -> None:
+        """The hold of ``vm_id`` on the node it moves to: its record's target, else what a
+        placement promised (one hold, not both: they are the same move)."""
+        hold = self._targets.get(vm_id) or self._promised.get(vm_id)
+        self._set(f"{vm_id}>", hold)
 
     def _set(self, vm_id: str, hold: _Hold | None) -> None:
         old = self._holds.pop(vm_id, None)

@@ -1,4 +1,7 @@
-"""The controller's database schema (SQLAlchemy ORM), one table per kind of record."""
+"""The controller's database schema (SQLAlchemy ORM), one table per kind of record.
+
+A change here comes with an Alembic revision that makes it in existing databases
+(``usher.ctrl.store.schema``); a test checks that a new database matches these models."""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 One LNM per physical host. It keeps a WebSocket to the controller open (reconnecting with
 backoff), says hello with its capacity, labels and every VM its driver runs, sends heartbeats
 with usage, answers each command, and reports VM state changes the driver notices on its own.
+This module is the link; what it says is in :mod:`usher.lnm.inventory`, how a command becomes a
+driver call in :mod:`usher.lnm.commands`, its settings in :mod:`usher.lnm.config`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import random
 import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import websockets
@@ -25,58 +23,22 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from usher import wire
 from usher.bounds import MAX_LINK_MESSAGE, NAME_RE
+from usher.lnm import inventory
+from usher.lnm.commands import Commands
+from usher.lnm.config import CREDENTIAL_FILE, LNMConfig, ws_url
+from usher.lnm.inventory import INVENTORY_CHUNK, UsageMeter
 from usher.model import VMState
-from usher.vmm.base import DomainInfo, Driver, DriverError, Guest
+from usher.vmm.base import Driver, DriverError
+
+__all__ = ["CREDENTIAL_FILE", "INVENTORY_CHUNK", "LNM", "LNMConfig", "Refused"]
 
 log = logging.getLogger("usher.lnm")
-CREDENTIAL_FILE = "node.credential"  # in the LNM's state dir, mode 0600
-INVENTORY_CHUNK = 500
-"""VMs per message of the inventory a hello starts (the rest follow in ``inventory``
-messages): no message grows with the number of VMs a node runs."""
-CONSOLE_REPLY = 256 * 1024
-"""Most console bytes one ``console`` reply carries (ask again from its ``next``)."""
-MAX_OFFSET = 2**53
 REFUSED_CODE = 4001
 """The close code of a controller that refuses this node (the reason says why)."""
 
 
 class Refused(Exception):
     """The controller refused this LNM (bad credential, bad name): retrying will not help."""
-
-
-@dataclass
-class LNMConfig:
-    ctrl_url: str
-    name: str
-    credential_file: Path
-    vcpus: int
-    memory_mb: int
-    labels: dict[str, str] = field(default_factory=dict)
-    migration_host: str = "127.0.0.1"
-    backoff_max: float = 10.0
-    join_token: str | None = None
-    ca_file: str | None = None
-
-    def secret(self) -> str | None:
-        """This node's credential once it has one, else the join token."""
-        if self.credential_file.exists():
-            return self.credential_file.read_text().strip()
-        return self.join_token
-
-    def save_credential(self, credential: str) -> None:
-        fd = os.open(self.credential_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(credential + "\n")
-
-
-def ws_url(ctrl_url: str) -> str:
-    """``http://host:port`` → ``ws://host:port/v1/lnm`` (and https → wss)."""
-    base = ctrl_url.rstrip("/")
-    if base.startswith("https://"):
-        base = "wss://" + base.removeprefix("https://")
-    elif base.startswith("http://"):
-        base = "ws://" + base.removeprefix("http://")
-    return base + "/v1/lnm"
 
 
 class LNM:
@@ -89,7 +51,10 @@ class LNM:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._commands: dict[str, asyncio.Task[Any]] = {}  # running commands, by id
         self._cancelled: set[str] = set()  # ids of commands a `cancel` command cancelled
-        self._cpu_seen: tuple[float, float] | None = None
+        self._usage = UsageMeter()
+        self._driver_commands = Commands(
+            driver, node=config.name, migration_host=config.migration_host, cancel=self._cancel
+        )
         self._send_lock = asyncio.Lock()  # one message at a time, in the order observed
         self.connected = asyncio.Event()
 
@@ -183,26 +148,8 @@ class LNM:
                 task.cancel()
 
     async def _hello(self) -> list[dict[str, Any]]:
-        """The hello and the inventory that follows it: every VM the driver has, in pieces
-        of :data:`INVENTORY_CHUNK` (``more`` says whether another follows)."""
-        vms = [_summary(d) for d in await self.driver.list()]
-        chunks = [vms[i : i + INVENTORY_CHUNK] for i in range(0, len(vms), INVENTORY_CHUNK)]
-        chunks = chunks or [[]]
-        hello = {
-            "type": "hello",
-            "node": self.config.name,
-            "driver": self.driver.name,
-            "capacity": {"vcpus": self.config.vcpus, "memory_mb": self.config.memory_mb},
-            "labels": self.config.labels,
-            "capabilities": sorted(c.value for c in self.driver.capabilities),
-            "vms": chunks[0],
-            "more": len(chunks) > 1,
-        }
-        rest = [
-            {"type": "inventory", "vms": chunk, "more": n < len(chunks) - 1}
-            for n, chunk in enumerate(chunks[1:], start=1)
-        ]
-        return [hello, *rest]
+        """The hello and the inventory that follows it (:func:`inventory.hello`)."""
+        return inventory.hello(self.config, self.driver, await self.driver.list())
 
     async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
@@ -317,90 +264,7 @@ class LNM:
         args: dict[str, Any] | None,
     ) -> dict[str, Any]:
         """Run one controller command through the driver; the answer is JSON-ready."""
-        args = args or {}
-        d = self.driver
-
-        def need_guest() -> Guest:
-            if guest is None:
-                raise DriverError(f"{action} needs the VM's description")
-            return Guest.model_validate(guest)
-
-        def vm() -> str:
-            if not vm_id:
-                raise DriverError(f"{action} needs a VM id")
-            return vm_id
-
-        def dom(info: DomainInfo) -> dict[str, Any]:
-            return info.model_dump(mode="json")
-
-        def offset() -> int:
-            value = args.get("offset", 0)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or not 0 <= value <= MAX_OFFSET
-            ):
-                raise DriverError(f"console offset must be 0 to {MAX_OFFSET}")
-            return value
-
-        def seconds(key: str, default: float | None) -> float | None:
-            value = args.get(key, default)
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise DriverError(f"{action}: {key} must be a number of seconds")
-            if not 0 <= value <= 86400 * 7:
-                raise DriverError(f"{action}: {key} must be 0 to 604800 seconds")
-            return float(value)
-
-        handlers: dict[str, Callable[[], Any]] = {
-            "start": lambda: d.start(need_guest()),
-            "stop": lambda: d.stop(
-                vm(), timeout=seconds("timeout", None), hard=args.get("hard") is True
-            ),
-            "destroy": lambda: d.destroy(vm()),
-            "fence": lambda: d.fence(vm()),
-            "pause": lambda: d.pause(vm()),
-            "resume": lambda: d.resume(vm()),
-            "reboot": lambda: d.reboot(vm()),
-            "cycle": lambda: d.cycle(need_guest()),
-            "info": lambda: d.info(vm()),
-            "prepare_incoming": lambda: d.prepare_incoming(
-                need_guest(), self.config.migration_host
-            ),
-            "migrate": lambda: d.migrate(
-                vm(), str(args.get("uri"))[:1000], timeout=seconds("timeout", 120) or 120.0
-            ),
-            "finish_incoming": lambda: d.finish_incoming(vm()),
-            "abort_incoming": lambda: d.abort_incoming(vm()),
-            "settle_incoming": lambda: self._settle_incoming(vm()),
-            "console": lambda: d.console_log(vm(), offset=offset()),
-            "cancel": lambda: self._cancel(str(args.get("command"))),
-        }
-        handler = handlers.get(action)
-        if handler is None:
-            raise DriverError(f"node {self.config.name} does not know the command {action!r}")
-        answer = await handler()
-        if isinstance(answer, DomainInfo):
-            return dom(answer)
-        if action == "prepare_incoming":
-            return {"uri": answer}
-        if action == "console":
-            chunk = answer[:CONSOLE_REPLY]
-            return {"data": chunk.decode("utf-8", "replace"), "next": offset() + len(chunk)}
-        if isinstance(answer, dict):
-            return answer
-        if answer is not None and hasattr(answer, "model_dump"):
-            return answer.model_dump(mode="json")
-        return {}
-
-    async def _settle_incoming(self, vm_id: str) -> dict[str, Any]:
-        """The ``settle_incoming`` command: ``{"settled": "running", "vm": <domain>}`` or
-        ``{"settled": "dropped"}``."""
-        info = await self.driver.settle_incoming(vm_id)
-        if info is None:
-            return {"settled": "dropped"}
-        return {"settled": "running", "vm": info.model_dump(mode="json")}
+        return await self._driver_commands.execute(action, vm_id, guest, args)
 
     async def _cancel(self, cmd_id: str) -> dict[str, Any]:
         """The ``cancel`` command: cancel the running command ``cmd_id`` (its driver call
@@ -424,32 +288,4 @@ class LNM:
 
     async def usage(self) -> dict[str, Any]:
         """What this node's VMs reserve and consume now."""
-        doms = await self.driver.list()
-        live = [d for d in doms if d.state in (VMState.RUNNING, VMState.PAUSED)]
-        cpu_total = sum(d.cpu_seconds for d in doms)
-        t = time.monotonic()
-        cpu_percent = 0.0
-        if self._cpu_seen is not None and t > self._cpu_seen[0]:
-            cpu_percent = max(0.0, (cpu_total - self._cpu_seen[1]) / (t - self._cpu_seen[0]) * 100)
-        self._cpu_seen = (t, cpu_total)
-        return {
-            "vcpus": sum(d.spec.vcpus for d in live),
-            "memory_mb": sum(d.spec.memory_mb for d in live),
-            "vms": len(live),
-            "cpu_percent": round(cpu_percent, 2),
-            "memory_used_mb": int(sum(d.memory_used_mb for d in live)),
-            "per_vm": {
-                d.id: {
-                    "cpu_seconds": round(d.cpu_seconds, 3),
-                    "memory_used_mb": round(d.memory_used_mb, 1),
-                }
-                for d in live
-            },
-        }
-
-
-def _summary(dom: DomainInfo) -> dict[str, Any]:
-    """What the controller reconciles of a VM a node has (not its spec: a node's messages
-    do not grow with what users store in their VMs)."""
-    reason = dom.reason[:500] if dom.reason else None
-    return {"id": dom.id, "name": dom.name, "state": dom.state.value, "reason": reason}
+        return self._usage.read(await self.driver.list())

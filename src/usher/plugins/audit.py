@@ -46,10 +46,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, visible
-from usher.ctrl.context import PluginContext
-from usher.hookspecs import hookimpl
 from usher.model import Event, OpKind, OpRequest, now
+from usher.plugin import ContextDep, PluginContext, PrincipalDep, allow, hookimpl, visible
 
 KINDS = frozenset(kind.value for kind in OpKind)
 PENDING_SECONDS = 60.0  # how long a request may wait for its refusal event to arrive
@@ -159,9 +157,9 @@ class Audit:
         self.file = Path(config["file"]) if config.get("file") else None
         if self.file is not None:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-        async with ctx.store.engine.begin() as conn:
+        async with ctx.database.begin() as conn:
             await conn.run_sync(AuditBase.metadata.create_all)
-        self.sessions = async_sessionmaker(ctx.store.engine, expire_on_commit=False)
+        self.sessions = async_sessionmaker(ctx.database, expire_on_commit=False)
 
     @hookimpl
     def usher_routes(self) -> list[APIRouter]:
@@ -169,7 +167,7 @@ class Audit:
 
         @router.get("")
         async def list_audit(
-            ctrl: CtrlDep,
+            ctx: ContextDep,
             principal: PrincipalDep,
             user: str | None = None,
             vm: str | None = Query(None, description="a VM id or name"),
@@ -178,8 +176,8 @@ class Audit:
             limit: int = Query(100, ge=1, le=1000),
         ) -> AuditPage:
             """The latest requests (oldest of them first), filtered."""
-            await allow(ctrl, principal, "audit.list")
-            scope = await visible(ctrl, principal)
+            await allow(ctx, principal, "audit.list")
+            scope = await visible(ctx, principal)
             users = None if scope is None else scope.principals
             return AuditPage(items=await self.query(user, vm, since, outcome, limit, users))
 
@@ -263,7 +261,7 @@ class Audit:
         if pending is not None:
             data = pending.data
         else:  # a plugin before this one refused it: the operation record names the targets
-            op = await self.ctx.store.get_op(op_id)
+            op = await self.ctx.records.get_op(op_id)
             data = {"kind": kind, "vm_ids": op.targets if op else []}
         outcome = Outcome.VETOED if vetoed else Outcome.REFUSED
         await self._insert(op_id, event.principal or "", data, outcome, error)
@@ -277,7 +275,7 @@ class Audit:
         reason: str | None,
     ) -> None:
         vm_ids = list(data.get("vm_ids", []))
-        vms = await self.ctx.store.get_vms(vm_ids) if vm_ids else {}
+        vms = await self.ctx.records.get_vms(vm_ids) if vm_ids else {}
         row = AuditRow(
             operation_id=op_id,
             time=now(),

@@ -21,13 +21,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from usher.bounds import PRINCIPAL_PATTERN
-from usher.ctrl.api.deps import PrincipalDep
-from usher.ctrl.context import PluginContext
-from usher.ctrl.engine import RequestError
-from usher.ctrl.store import PluginData
-from usher.hookspecs import Veto, hookimpl
 from usher.model import NAME_PATTERN, OpKind, OpRequest, Principal, Scope
+from usher.plugin import (
+    PRINCIPAL_PATTERN,
+    PluginContext,
+    PluginData,
+    PrincipalDep,
+    RequestError,
+    Veto,
+    hookimpl,
+)
 
 PLUGIN = "authz"
 ClusterPath = Annotated[str, Path(pattern=NAME_PATTERN)]

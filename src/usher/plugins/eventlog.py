@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from usher.ctrl.context import PluginContext
-from usher.hookspecs import hookimpl
 from usher.model import Event
+from usher.plugin import PluginContext, hookimpl
 
 
 class EventLog:
@@ -25,4 +24,4 @@ class EventLog:
     @hookimpl
     async def usher_event(self, event: Event) -> None:
         if event.name not in self.skip:
-            await self.ctx.store.add_events([event])
+            await self.ctx.record_events([event])

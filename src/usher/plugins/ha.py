@@ -46,11 +46,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
-from usher.ctrl.context import PluginContext
-from usher.ctrl.controller import Controller
-from usher.ctrl.engine import RequestError
-from usher.hookspecs import hookimpl
 from usher.model import (
     LEASE_HELD,
     NAME_PATTERN,
@@ -63,6 +58,7 @@ from usher.model import (
     VMState,
     now,
 )
+from usher.plugin import ContextDep, PluginContext, PrincipalDep, RequestError, allow, hookimpl
 
 PLUGIN = "ha"
 RETRY_FIRST = 1.0
@@ -158,16 +154,16 @@ class HA:
     async def usher_event(self, event: Event) -> None:
         if event.name == "node_lost" and event.node:
             await self._node_down(event.node, event.time)
-            for vm in await self.ctx.store.vms_where(node=event.node):
+            for vm in await self.ctx.records.vms_where(node=event.node):
                 await self._consider(vm, event.node)
         elif event.name == "node_join" and event.node:
             await self._node_down(event.node, None)
         elif event.name == "ctrl_start":  # restarts cut short by the controller's restart
             for node in list(self.down):
-                for vm in await self.ctx.store.vms_where(node=node):
+                for vm in await self.ctx.records.vms_where(node=node):
                     await self._consider(vm, node)
         elif event.name == "state_change" and event.data.get("to") == VMState.LOST:
-            vm = await self.ctx.store.get_vm(event.vm_id or "")
+            vm = await self.ctx.records.get_vm(event.vm_id or "")
             if vm is not None and vm.node in self.down:
                 await self._consider(vm, vm.node)
 
@@ -194,7 +190,7 @@ class HA:
     async def _still_lost(self, vm_id: str, node: str, lost_at: float) -> VM | None:
         """``vm_id`` if it still waits for a restart: its node still down since ``lost_at``,
         the VM lost (or in error after a failed attempt) and protected."""
-        vm = await self.ctx.store.get_vm(vm_id)
+        vm = await self.ctx.records.get_vm(vm_id)
         if (
             vm is None
             or self.down.get(node) != lost_at
@@ -207,7 +203,7 @@ class HA:
     async def _finished(self, op: Operation) -> Operation:
         while not op.done:
             await asyncio.sleep(POLL)
-            op = await self.ctx.store.get_op(op.id) or op
+            op = await self.ctx.records.get_op(op.id) or op
         return op
 
     async def restart(self, vm_id: str, node: str, lost_at: float) -> None:
@@ -255,7 +251,7 @@ class HA:
     async def _restarted(
         self, vm: VM, node: str, lost_at: float, op: Operation, attempts: int
     ) -> None:
-        moved = await self.ctx.store.get_vm(vm.id)
+        moved = await self.ctx.records.get_vm(vm.id)
         running_at = op.finished_at or lost_at
         record = {
             "from": node,
@@ -281,7 +277,7 @@ class HA:
         found: list[ProtectedVM] = []
         cursor = None
         while True:
-            page = await self.ctx.store.list_vms(limit=1000, cursor=cursor)
+            page = await self.ctx.records.list_vms(limit=1000, cursor=cursor)
             for vm in page.items:
                 policy = self.policy(vm, clusters)
                 if policy is not None:
@@ -305,12 +301,12 @@ class HA:
         router = APIRouter(prefix="/ha", tags=["ha"])
 
         @router.get("", response_model=HAStatus)
-        async def show(ctrl: CtrlDep, principal: PrincipalDep) -> HAStatus:
-            await allow(ctrl, principal, "ha.status")
+        async def show(ctx: ContextDep, principal: PrincipalDep) -> HAStatus:
+            await allow(ctx, principal, "ha.status")
             return await self.status()
 
-        async def change(ctrl: Controller, principal: Principal, name: str, on: bool) -> HAStatus:
-            await allow(ctrl, principal, "ha.protect" if on else "ha.unprotect", cluster=name)
+        async def change(ctx: PluginContext, principal: Principal, name: str, on: bool) -> HAStatus:
+            await allow(ctx, principal, "ha.protect" if on else "ha.unprotect", cluster=name)
             await self.set_protected(name, on)
             await self.ctx.emit(
                 "ha_protect" if on else "ha_unprotect",
@@ -320,11 +316,13 @@ class HA:
             return await self.status()
 
         @router.put("/clusters/{name}", response_model=HAStatus)
-        async def protect(name: ClusterName, ctrl: CtrlDep, principal: PrincipalDep) -> HAStatus:
-            return await change(ctrl, principal, name, True)
+        async def protect(name: ClusterName, ctx: ContextDep, principal: PrincipalDep) -> HAStatus:
+            return await change(ctx, principal, name, True)
 
         @router.delete("/clusters/{name}", response_model=HAStatus)
-        async def unprotect(name: ClusterName, ctrl: CtrlDep, principal: PrincipalDep) -> HAStatus:
-            return await change(ctrl, principal, name, False)
+        async def unprotect(
+            name: ClusterName, ctx: ContextDep, principal: PrincipalDep
+        ) -> HAStatus:
+            return await change(ctx, principal, name, False)
 
         return [router]

@@ -42,11 +42,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
-from usher.ctrl.authz import Forbidden
-from usher.ctrl.context import PluginContext
-from usher.hookspecs import Veto, hookimpl
 from usher.model import VM, Event, OpRequest, Principal
+from usher.plugin import ContextDep, Forbidden, PluginContext, PrincipalDep, Veto, allow, hookimpl
 from usher.plugins.dnsmasq import Dnsmasq, Lease
 
 PLUGIN = "ipam"
@@ -295,7 +292,7 @@ class IPAM:
     async def start_request(self, request: OpRequest) -> None:
         """VMs started again after a failed start take their old addresses back."""
         for vm_id in request.vm_ids:
-            vm = await self.ctx.store.get_vm(vm_id)
+            vm = await self.ctx.records.get_vm(vm_id)
             if vm is not None:
                 await self._reclaim(vm)
 
@@ -347,9 +344,9 @@ class IPAM:
             return self.usage(principal)
 
         @router.get("/allocations")
-        async def allocations(ctrl: CtrlDep, principal: PrincipalDep) -> list[dict[str, Any]]:
+        async def allocations(ctx: ContextDep, principal: PrincipalDep) -> list[dict[str, Any]]:
             """Every address handed out, with its range, MAC, VM and DNS name (admins)."""
-            await allow(ctrl, principal, "ipam.allocations")
+            await allow(ctx, principal, "ipam.allocations")
             if not principal.is_admin:
                 raise Forbidden("only admins may list IP allocations")
             return [

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from usher.hookspecs import Veto, hookimpl
 from usher.model import OpRequest
+from usher.plugin import Veto, hookimpl
 
 ANY = "*"
 

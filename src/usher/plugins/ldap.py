@@ -28,8 +28,8 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 from pydantic import Field, ValidationError, field_validator
 
-from usher.hookspecs import hookimpl
 from usher.model import Principal, Strict
+from usher.plugin import hookimpl
 
 INVALID_CREDENTIALS = 49  # the LDAP result code of a failed simple bind
 

@@ -29,12 +29,16 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from usher.bounds import is_reserved_principal
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
-from usher.ctrl.context import PluginContext
-from usher.ctrl.engine import RequestError
-from usher.hookspecs import hookimpl
 from usher.model import Principal, Strict
+from usher.plugin import (
+    ContextDep,
+    PluginContext,
+    PrincipalDep,
+    RequestError,
+    allow,
+    hookimpl,
+    is_reserved_principal,
+)
 
 PLUGIN = "passwords"
 USERS_KEY = "users"
@@ -123,9 +127,9 @@ class PasswordAuth:
 
     # --- routes ------------------------------------------------------------------------
 
-    async def list_users(self, ctrl: CtrlDep, principal: PrincipalDep) -> list[UserInfo]:
+    async def list_users(self, ctx: ContextDep, principal: PrincipalDep) -> list[UserInfo]:
         """Every user, without password hashes (admins only)."""
-        await allow(ctrl, principal, "user.list")
+        await allow(ctx, principal, "user.list")
         _admin_only(principal, "list users")
         managed = await self._managed()
         users = [_info(name, user, "config") for name, user in self.fixed.items()]
@@ -133,10 +137,10 @@ class PasswordAuth:
         return sorted(users, key=lambda u: u.name)
 
     async def set_user(
-        self, name: NameParam, body: SetUser, ctrl: CtrlDep, principal: PrincipalDep
+        self, name: NameParam, body: SetUser, ctx: ContextDep, principal: PrincipalDep
     ) -> UserInfo:
         """Create or change a user (admins), or change one's own password."""
-        await allow(ctrl, principal, "user.set", user=name)
+        await allow(ctx, principal, "user.set", user=name)
         if not principal.is_admin and (
             name != principal.name or body.roles is not None or body.groups is not None
         ):
@@ -156,12 +160,12 @@ class PasswordAuth:
             fields.update(body.model_dump(exclude={"password"}, exclude_none=True))
             users[name] = user = User.model_validate(fields)
             await self._save(users)
-        await ctrl.bus.emit("user_set", principal=principal.name, data={"user": name})
+        await ctx.emit("user_set", principal=principal.name, data={"user": name})
         return _info(name, user, "api")
 
-    async def delete_user(self, name: NameParam, ctrl: CtrlDep, principal: PrincipalDep) -> None:
+    async def delete_user(self, name: NameParam, ctx: ContextDep, principal: PrincipalDep) -> None:
         """Remove a user managed through the API (admins only)."""
-        await allow(ctrl, principal, "user.delete", user=name)
+        await allow(ctx, principal, "user.delete", user=name)
         _admin_only(principal, "remove users")
         if name in self.fixed:
             raise RequestError(409, f"user {name!r} is defined in the controller config")
@@ -170,7 +174,7 @@ class PasswordAuth:
             if users.pop(name, None) is None:
                 raise RequestError(404, f"no user {name!r}")
             await self._save(users)
-        await ctrl.bus.emit("user_delete", principal=principal.name, data={"user": name})
+        await ctx.emit("user_delete", principal=principal.name, data={"user": name})
 
     # --- storage -----------------------------------------------------------------------
 

@@ -18,9 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from usher.ctrl.context import PluginContext
-from usher.hookspecs import Veto, hookimpl
 from usher.model import OpRequest
+from usher.plugin import PluginContext, Veto, hookimpl
 
 PLUGIN = "quotas"
 WHAT = {"vms": "VMs", "vcpus": "vCPUs", "memory_mb": "MB of memory"}
@@ -57,7 +56,7 @@ class Quotas:
         for owner in owners:
             cursor = None
             while True:
-                page = await self.ctx.store.list_vms(owner=owner, limit=1000, cursor=cursor)
+                page = await self.ctx.records.list_vms(owner=owner, limit=1000, cursor=cursor)
                 for vm in page.items:
                     total["vms"] += 1
                     total["vcpus"] += vm.spec.vcpus

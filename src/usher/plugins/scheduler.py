@@ -26,7 +26,7 @@ request (or, for a migration, the VM's own start request) chooses with its kwarg
   runs VMs of the request's virtual cluster;
 * ``affinity = true``: all on one node, the one already running VMs of the cluster if any.
 
-A caller that passes ``changes`` (a :class:`~usher.ctrl.reservations.Changes`: what
+A caller that passes ``changes`` (a :class:`~usher.plugin.Changes`: what
 changed since an earlier call) gets one-VM requests answered from a
 :class:`~usher.plugins.scheduler_index.PlacementIndex` kept across requests, which looks at a
 few nodes rather than all; the answer is the one :func:`place` gives, without the
@@ -38,9 +38,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from usher.ctrl.reservations import Changes
-from usher.hookspecs import hookimpl
 from usher.model import Node, OpRequest, Placement, VMSpec
+from usher.plugin import Changes, hookimpl
 from usher.plugins.scheduler_config import WEIGHERS, SchedulerConfig
 from usher.plugins.scheduler_filters import Constraints
 from usher.plugins.scheduler_index import PlacementIndex

@@ -100,7 +100,8 @@ def _asked_for(node: Node, only: str | None) -> str | None:
     return f"request: not the asked-for node {only}"
 
 
-def _state(node: Node) -> str | None:
+def unusable_state(node: Node) -> str | None:
+    """Why ``node``'s state keeps VMs off it (None: it may take them)."""
     if not node.connected or node.state == NodeState.DOWN:
         return "state: node is down"
     if node.drained or node.state != NodeState.UP:
@@ -143,7 +144,7 @@ def usable(
     for node in nodes:
         reason = (
             _asked_for(node, want.only)
-            or _state(node)
+            or unusable_state(node)
             or _labels(node, want.labels)
             or _groups(cluster_vms(node.name), held_by, want)
         )

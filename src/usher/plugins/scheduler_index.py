@@ -27,10 +27,10 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from usher.ctrl.reservations import Changes
 from usher.model import Node, VMSpec
+from usher.plugin import Changes
 from usher.plugins.scheduler_config import SchedulerConfig
-from usher.plugins.scheduler_filters import Constraints, Slot, _state
+from usher.plugins.scheduler_filters import Constraints, Slot, unusable_state
 from usher.plugins.scheduler_place import scorer
 
 EMPTY: Mapping[str, Any] = {}
@@ -168,7 +168,7 @@ class PlacementIndex:
         slot, node = entry.slot, entry.node
         if (
             not slot.fits(spec.vcpus, spec.memory_mb)
-            or _state(node) is not None
+            or unusable_state(node) is not None
             or any(node.labels.get(k) != v for k, v in labels.items())
         ):
             return None

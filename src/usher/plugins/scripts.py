@@ -27,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from usher.ctrl.context import PluginContext
-from usher.hookspecs import Veto, hookimpl
 from usher.model import Event, OpRequest, now
+from usher.plugin import PluginContext, Veto, hookimpl
 from usher.plugins.hooktable import HookEntry, parse_hooks
 
 OUTPUT_LIMIT = 2000
@@ -54,18 +54,22 @@ def _argv(entry: HookEntry) -> list[str]:
 async def run_script(argv: list[str], payload: dict[str, Any], timeout: float) -> ScriptResult:
     """Run ``argv`` with ``payload`` as JSON on stdin, killed after ``timeout`` seconds."""
     env = {**os.environ, "USHER_EVENT": str(payload.get("name", ""))}
+    # stdin is a file, not a pipe: a script that exits without reading it is no error
+    with tempfile.TemporaryFile() as stdin:
+        stdin.write(json.dumps(payload).encode())
+        stdin.seek(0)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=stdin,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:
+            return ScriptResult(f"cannot run {argv[0]}: {exc.strerror or exc}", "")
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-    except OSError as exc:
-        return ScriptResult(f"cannot run {argv[0]}: {exc.strerror or exc}", "")
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(json.dumps(payload).encode()), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()

@@ -1,6 +1,6 @@
 """Built-in authentication by API token, token management and password login.
 
-Tokens are random secrets stored only as their SHA-256 digest (:mod:`usher.ctrl.tokens`),
+Tokens are random secrets stored only as their SHA-256 digest (:class:`usher.plugin.Credentials`),
 optionally with an expiry. Routes, under ``/v1``:
 
 * ``POST /tokens``: create a token (admins: for anyone, any roles; others: for themselves,
@@ -20,21 +20,24 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from usher.bounds import PRINCIPAL_RE, is_reserved_principal
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, bearer, client_address
-from usher.ctrl.context import PluginContext
-from usher.ctrl.controller import Controller
-from usher.ctrl.engine import RequestError
-from usher.ctrl.ratelimit import Window
-from usher.ctrl.store import LastCredential
-from usher.ctrl.tables import TokenRow
-from usher.ctrl.tokens import digest, issue_token
-from usher.hookspecs import hookimpl
-from usher.model import Principal, PrincipalName, Strict, Text, now
+from usher.model import ApiToken, Principal, PrincipalName, Strict, Text
+from usher.plugin import (
+    PRINCIPAL_RE,
+    BearerDep,
+    ContextDep,
+    LastCredential,
+    PluginContext,
+    PrincipalDep,
+    RequestError,
+    Window,
+    allow,
+    client_address,
+    hookimpl,
+    is_reserved_principal,
+)
 
 DEFAULT_SESSION_TTL = 12 * 3600.0
 PLUGIN = "tokens"
@@ -87,9 +90,6 @@ class IssuedToken(TokenInfo):
     token: str
 
 
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-
-
 class TokenAuth:
     ctx: PluginContext
     session_ttl: float = DEFAULT_SESSION_TTL
@@ -111,8 +111,8 @@ class TokenAuth:
 
     @hookimpl
     async def authenticate(self, token: str) -> Principal | None:
-        row = await self.ctx.store.find_token(digest(token))
-        if row is None or _state(row) != "active":
+        row = await self.ctx.credentials.find(token)
+        if row is None or row.state != "active":
             return None
         return Principal(name=row.principal, roles=list(row.roles), groups=await self._of(row))
 
@@ -139,13 +139,13 @@ class TokenAuth:
     # --- routes ------------------------------------------------------------------------
 
     async def create_token(
-        self, body: NewToken, ctrl: CtrlDep, principal: PrincipalDep
+        self, body: NewToken, ctx: ContextDep, principal: PrincipalDep
     ) -> IssuedToken:
         """Create an API token; its secret is in this answer only."""
         owner = body.principal or principal.name
         roles = principal.roles if body.roles is None else body.roles
         groups = principal.groups if body.groups is None else body.groups
-        await allow(ctrl, principal, "token.create", owner=owner, roles=roles)
+        await allow(ctx, principal, "token.create", owner=owner, roles=roles)
         if not principal.is_admin:
             _check_own(principal, owner, roles, groups)
         if NODE_ROLE in roles or owner.startswith("node:") or owner == "node-join":
@@ -155,7 +155,7 @@ class TokenAuth:
                 "(`usher node token` admits a node)",
             )
         issued = await self._issue(owner, roles, groups, body.description, body.ttl)
-        await ctrl.bus.emit(
+        await ctx.emit(
             "token_create",
             principal=principal.name,
             data={"token": issued.id, "for": owner, "roles": roles},
@@ -163,27 +163,27 @@ class TokenAuth:
         return issued
 
     async def list_tokens(
-        self, ctrl: CtrlDep, principal: PrincipalDep, owner: str | None = None
+        self, ctx: ContextDep, principal: PrincipalDep, owner: str | None = None
     ) -> list[TokenInfo]:
         """Tokens, without their secrets: all of them for admins, one's own for others."""
-        await allow(ctrl, principal, "token.list", owner=owner)
+        await allow(ctx, principal, "token.list", owner=owner)
         if not principal.is_admin:
             if owner not in (None, principal.name):
                 raise RequestError(403, f"{principal.name} may list only its own tokens")
             owner = principal.name
-        return [await self._info(row) for row in await ctrl.store.list_tokens(owner)]
+        return [await self._info(row) for row in await ctx.credentials.list(owner)]
 
     async def revoke_token(
-        self, token_id: str, ctrl: CtrlDep, principal: PrincipalDep
+        self, token_id: str, ctx: ContextDep, principal: PrincipalDep
     ) -> TokenInfo:
         """Revoke a token: it is refused from now on (revoking twice is fine)."""
-        row = await ctrl.store.get_token(token_id)
+        row = await ctx.credentials.get(token_id)
         if row is None or not (principal.is_admin or row.principal == principal.name):
             raise RequestError(404, f"no token {token_id!r} of yours")
-        await allow(ctrl, principal, "token.revoke", token=token_id, owner=row.principal)
-        return await self._revoke(ctrl, row, principal.name)
+        await allow(ctx, principal, "token.revoke", token=token_id, owner=row.principal)
+        return await self._revoke(row, principal.name)
 
-    async def login(self, body: Credentials, ctrl: CtrlDep, request: Request) -> IssuedToken:
+    async def login(self, body: Credentials, ctx: ContextDep, request: Request) -> IssuedToken:
         """Exchange a username and password for a session token (no bearer token needed).
 
         At most ``login_failures`` failed logins a minute per user name and per client
@@ -203,13 +203,11 @@ class TokenAuth:
                     f"{window.retry_after(key)} s",
                 )
         if is_reserved_principal(user):
-            await self._failed(ctrl, body.username, address, ["reserved principal"])
+            await self._failed(body.username, address, ["reserved principal"])
             raise RequestError(401, "login failed: unknown user or wrong password")
         tried: list[str] = []
         failures: list[str] = []
-        async for name, who, error in ctrl.plugins.answers(
-            "check_password", username=body.username, password=body.password
-        ):
+        async for name, who, error in ctx.check_password(body.username, body.password):
             tried.append(name)
             if who is not None and (
                 is_reserved_principal(who.name) or not PRINCIPAL_RE.fullmatch(who.name)
@@ -222,7 +220,7 @@ class TokenAuth:
                 session = await self._issue(
                     who.name, who.roles, who.groups, "session", self.session_ttl
                 )
-                await ctrl.bus.emit(
+                await ctx.emit(
                     "login",
                     principal=who.name,
                     data={"via": name, "token": session.id, "address": client_address(request)},
@@ -230,30 +228,28 @@ class TokenAuth:
                 return session
         if not tried:
             raise RequestError(404, "password login is off: enable the passwords or ldap plugin")
-        await self._failed(ctrl, body.username, address, failures)
+        await self._failed(body.username, address, failures)
         if failures:
             raise RequestError(503, "login failed, a password check broke: " + "; ".join(failures))
         raise RequestError(
             401, f"login failed: unknown user or wrong password (tried {', '.join(tried)})"
         )
 
-    async def logout(self, ctrl: CtrlDep, principal: PrincipalDep, creds: BearerDep) -> TokenInfo:
+    async def logout(self, ctx: ContextDep, principal: PrincipalDep, creds: BearerDep) -> TokenInfo:
         """Revoke the token this request is made with."""
         assert creds is not None  # PrincipalDep has authenticated it
-        row = await ctrl.store.find_token(digest(creds.credentials))
+        row = await ctx.credentials.find(creds.credentials)
         if row is None:
             raise RequestError(400, "this request's token is not an API token of this plugin")
-        return await self._revoke(ctrl, row, principal.name)
+        return await self._revoke(row, principal.name)
 
     # --- helpers -----------------------------------------------------------------------
 
-    async def _failed(
-        self, ctrl: Controller, username: str, address: str, errors: list[str]
-    ) -> None:
+    async def _failed(self, username: str, address: str, errors: list[str]) -> None:
         """Count a failed login (its event, ``login_failure``, is one of a bounded few)."""
         self._failed_users.hit(username.lower())
         self._failed_addresses.hit(address)
-        await ctrl.bus.emit(
+        await self.ctx.emit(
             "login_failure", principal=username, data={"address": address, "errors": errors}
         )
 
@@ -265,22 +261,20 @@ class TokenAuth:
         description: str,
         ttl: float | None,
     ) -> IssuedToken:
-        secret = await issue_token(
-            self.ctx.store, owner, list(roles), description=description, ttl=ttl
+        secret, row = await self.ctx.credentials.issue(
+            owner, list(roles), description=description, ttl=ttl
         )
-        row = await self.ctx.store.find_token(digest(secret))
-        assert row is not None
         if groups:
             await self.ctx.put(PLUGIN, _groups_key(row.id), list(groups))
         self._groups[row.id] = list(groups)
         return IssuedToken(**(await self._info(row)).model_dump(), token=secret)
 
-    async def _revoke(self, ctrl: Controller, row: TokenRow, by: str) -> TokenInfo:
+    async def _revoke(self, row: ApiToken, by: str) -> TokenInfo:
         """Revoke ``row``, unless it is the last admin credential: revoking that would lock
         every administrator out (checked and done in one transaction, so two revocations
         at once cannot both pass)."""
         try:
-            await ctrl.store.revoke_token(row.id, keep_one_of="admin")
+            await self.ctx.credentials.revoke(row.id, keep_one_of="admin")
         except LastCredential as exc:
             raise RequestError(
                 409,
@@ -289,18 +283,18 @@ class TokenAuth:
                 "controller's host, make one with `usher admin-token`",
             ) from None
         row.revoked = True
-        await ctrl.bus.emit(
+        await self.ctx.emit(
             "token_revoke", principal=by, data={"token": row.id, "for": row.principal}
         )
         return await self._info(row)
 
-    async def _of(self, row: TokenRow) -> list[str]:
+    async def _of(self, row: ApiToken) -> list[str]:
         """The groups of a token (kept in plugin data: the tokens table has no column)."""
         if row.id not in self._groups:
             self._groups[row.id] = await self.ctx.get(PLUGIN, _groups_key(row.id), [])
         return list(self._groups[row.id])
 
-    async def _info(self, row: TokenRow) -> TokenInfo:
+    async def _info(self, row: ApiToken) -> TokenInfo:
         return TokenInfo(
             id=row.id,
             principal=row.principal,
@@ -310,7 +304,7 @@ class TokenAuth:
             created_at=row.created_at,
             expires_at=row.expires_at,
             revoked=row.revoked,
-            state=_state(row),
+            state=row.state,
         )
 
 
@@ -327,14 +321,6 @@ def _check_own(principal: Principal, owner: str, roles: list[str], groups: list[
             raise RequestError(
                 403, f"{principal.name} may not give a token {kind} it lacks: {beyond}"
             )
-
-
-def _state(row: TokenRow) -> str:
-    if row.revoked:
-        return "revoked"
-    if row.expires_at is not None and row.expires_at < now():
-        return "expired"
-    return "active"
 
 
 def _groups_key(token_id: str) -> str:

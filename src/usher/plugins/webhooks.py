@@ -23,9 +23,8 @@ from typing import Any
 
 import httpx
 
-from usher.ctrl.context import PluginContext
-from usher.hookspecs import hookimpl
 from usher.model import Event
+from usher.plugin import PluginContext, hookimpl
 from usher.plugins.hooktable import HookEntry, parse_hooks
 
 

@@ -1,38 +1,71 @@
 """The VMM driver interface: what every hypervisor driver (``fake``, ``qemu``, …) implements.
 
-A driver lives inside an LNM and manages the VMs of one physical host. Its contract:
+A driver lives inside an LNM and manages the VMs of one physical host. Drivers are found by
+name through the ``usher.drivers`` entry-point group (:func:`load_driver`), so a site ships
+its own as a package of its own (``examples/usher-example-driver`` shows one). A driver
+imports only this module and :mod:`usher.model`. Its contract:
 
-* Every method is ``async`` and may be called concurrently for *different* VMs; the LNM never
-  calls two methods for the *same* VM at once.
-* A method that succeeds leaves the VM in the state it names (``start`` → running, ``stop`` →
-  stopped, …). A method that fails raises :class:`DriverError` with a message a person can act
-  on, and leaves the VM as it was (a failed ``start`` leaves nothing behind).
-* ``destroy`` is idempotent: destroying a VM the driver does not know succeeds.
+* **Concurrency.** Every method is ``async`` and may be called concurrently for *different*
+  VMs; the LNM never calls two methods for the *same* VM at once.
+* **Postconditions.** A method that succeeds leaves the VM in the state its docstring names
+  (``start`` → running, ``stop`` → stopped, ``destroy`` → gone, …), and :meth:`Driver.list`
+  reports it so at once. A method that fails raises :class:`DriverError` with a message a
+  person can act on, and leaves the VM as it was (a failed ``start`` of a new VM leaves
+  nothing behind: ``list()`` does not show it).
+* **Cancellation.** Any call may be cancelled (``asyncio.CancelledError`` raised at any
+  ``await``): the controller calls an operation off, or the LNM shuts down. A cancelled call
+  must leave the VM as it was *or* as the call would have left it had it succeeded, never in
+  between, release what the call claimed (capacity, listeners, processes it started, leases),
+  and re-raise the cancellation. In either case ``list()`` tells the truth about the VM
+  afterwards (e.g. a ``stop`` cancelled after the guest got the power button may still end
+  the guest, which is then reported ``stopped``). A cancelled ``migrate`` calls the migration
+  off: the VM goes on running here.
+* **Inventory.** ``list()`` reports every VM the driver has on this host, in its true state:
+  an *incoming* VM (from :meth:`Driver.prepare_incoming` until it is finished, aborted or
+  settled) as ``migrating``; a VM being sent away as what it is (``running`` or ``paused``)
+  until ``migrate`` returns.
+* ``destroy``, ``fence`` and ``abort_incoming`` are idempotent: for a VM the driver does not
+  know they succeed.
 * Invalid transitions (pausing a stopped VM, resuming a running one) raise
   :class:`InvalidTransition`; unknown VMs raise :class:`UnknownVM`.
 * State changes the driver notices on its own (a guest that powers itself off, a process that
-  dies) are reported through the ``on_state_change`` callback given at construction.
-* Drivers declare their :class:`Capability` set, so the controller refuses what a driver cannot
-  do with a clear message instead of failing midway.
+  dies) are reported through the ``on_state_change`` callback given at construction (the LNM
+  replaces it with its own before :meth:`Driver.open`); changes a method makes are not.
+* **Capabilities.** A driver declares what it can do beyond start, stop and destroy as a set
+  of :class:`usher.model.Capability` (``Driver.capabilities``); the controller refuses an
+  operation a node's driver lacks with a clear message instead of failing midway. A method
+  whose capability a driver lacks raises :class:`DriverError` (the defaults here do).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable
-from enum import StrEnum
+from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from usher.model import Image, VMSpec, VMState
+from usher.model import Capability, Image, VMSpec, VMState
 
+__all__ = [
+    "DRIVER_GROUP",
+    "Capability",
+    "DomainInfo",
+    "Driver",
+    "DriverError",
+    "Guest",
+    "InsufficientCapacity",
+    "InvalidTransition",
+    "MigrationResult",
+    "StateCallback",
+    "UnknownVM",
+    "installed_drivers",
+    "load_driver",
+]
 
-class Capability(StrEnum):
-    PAUSE = "pause"
-    REBOOT = "reboot"
-    LIVE_MIGRATE = "live_migrate"
-    CONSOLE = "console"
+DRIVER_GROUP = "usher.drivers"
+"""The entry-point group drivers are found in: ``name = "package.module:DriverClass"``."""
 
 
 class DriverError(Exception):
@@ -100,7 +133,13 @@ async def _ignore_state_change(vm_id: str, state: VMState, reason: str | None) -
 
 
 class Driver(abc.ABC):
-    """Base class of VMM drivers. Subclasses set ``name`` and ``capabilities``."""
+    """Base class of VMM drivers. Subclasses set ``name`` and ``capabilities``.
+
+    The constructor only reads its arguments (it neither touches guests nor does I/O that
+    may block); :meth:`open` attaches to the host. ``options`` are the site's
+    ``--driver-option`` values, plus ``vcpus``, ``memory_mb`` and ``storage_dir`` from the
+    LNM; a driver raises :class:`DriverError` for an option it cannot use.
+    """
 
     name: str = "base"
     capabilities: frozenset[Capability] = frozenset()
@@ -119,19 +158,26 @@ class Driver(abc.ABC):
     # life cycle of the driver itself -------------------------------------------------------
 
     async def open(self) -> None:  # noqa: B027 - optional hook
-        """Attach to whatever already runs (guests left by an earlier LNM) before first use."""
+        """Attach to whatever already runs (guests left by an earlier LNM) before first use.
+
+        Afterwards :meth:`list` reports every VM an earlier driver on this ``state_dir`` left,
+        in its true state now (a guest that ended meanwhile is ``error`` or ``stopped``)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
-        """Detach. Guests keep running: closing a driver never stops a VM."""
+        """Detach. Guests keep running: closing a driver never stops a VM, and the next
+        :meth:`open` on the same ``state_dir`` finds them."""
 
     # inventory ----------------------------------------------------------------------------
 
     @abc.abstractmethod
     async def list(self) -> list[DomainInfo]:
-        """Every VM this driver runs or knows on this host, with its true state."""
+        """Every VM this driver runs or knows on this host, with its true state: incoming
+        VMs (prepared, not yet finished, aborted or settled) are ``migrating``. Changes
+        nothing."""
 
     async def info(self, vm_id: str) -> DomainInfo:
-        """One VM's :class:`DomainInfo`; raises :class:`UnknownVM`."""
+        """One VM's :class:`DomainInfo`, as :meth:`list` reports it; raises
+        :class:`UnknownVM`. Changes nothing."""
         for dom in await self.list():
             if dom.id == vm_id:
                 return dom
@@ -141,82 +187,119 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def start(self, guest: Guest) -> DomainInfo:
-        """Boot ``guest``; creates it if new, boots it if stopped. Afterwards it is running."""
+        """Boot ``guest``: create it if new, boot it if ``stopped`` or ``error`` (anything
+        else raises :class:`InvalidTransition`). Afterwards it is ``running`` here, holding
+        its vCPUs and memory, and the returned info says so. Raises
+        :class:`InsufficientCapacity` when the host cannot fit it."""
 
     @abc.abstractmethod
     async def stop(self, vm_id: str, *, timeout: float | None = None, hard: bool = False) -> None:
-        """Power off: graceful first (up to ``timeout`` s) unless ``hard``. Afterwards stopped."""
+        """Power off a ``running`` or ``paused`` VM: graceful first (up to ``timeout`` s, a
+        driver default if None) unless ``hard``, then hard. Afterwards it is ``stopped``: still
+        listed, its disks kept, its vCPUs and memory free."""
 
     @abc.abstractmethod
     async def destroy(self, vm_id: str) -> None:
-        """Power off and remove the VM and its disks. Idempotent."""
+        """Power off and remove the VM and its disks. Afterwards :meth:`list` does not show
+        it. Idempotent: destroying a VM the driver does not know succeeds."""
 
     async def fence(self, vm_id: str) -> None:
         """Kill this host's copy of a VM and forget it, leaving its shared disks alone: the
         controller fences a copy that runs where the VM's record does not say (the VM may
-        run, with those disks, elsewhere). Idempotent. The default destroys, for drivers
-        whose ``destroy`` leaves shared disks to the node that holds the VM's lease."""
+        run, with those disks, elsewhere). Afterwards :meth:`list` does not show it.
+        Idempotent. The default destroys, for drivers whose ``destroy`` leaves shared disks to
+        the node that holds the VM's lease."""
         await self.destroy(vm_id)
 
     async def pause(self, vm_id: str) -> None:
-        """Freeze a running VM. Afterwards paused."""
+        """Freeze a ``running`` VM (capability ``pause``). Afterwards it is ``paused``, still
+        holding its vCPUs and memory."""
         raise DriverError(f"the {self.name} driver cannot pause VMs")
 
     async def resume(self, vm_id: str) -> None:
-        """Thaw a paused VM. Afterwards running."""
+        """Thaw a ``paused`` VM (capability ``pause``). Afterwards it is ``running``."""
         raise DriverError(f"the {self.name} driver cannot resume VMs")
 
     async def reboot(self, vm_id: str) -> None:
-        """Reset a running VM's guest. Afterwards running."""
+        """Reset a ``running`` VM's guest (capability ``reboot``). Afterwards it is
+        ``running``, its guest booted again."""
         raise DriverError(f"the {self.name} driver cannot reboot VMs")
 
     async def cycle(self, guest: Guest) -> DomainInfo:
-        """Power off (hard) and boot again. Afterwards running."""
+        """Power off (hard) if ``running`` or ``paused``, and boot again. Afterwards it is
+        ``running``, as after :meth:`start`."""
         dom = await self.info(guest.id)
         if dom.state in (VMState.RUNNING, VMState.PAUSED):
             await self.stop(guest.id, hard=True)
         return await self.start(guest)
 
-    # live migration: the controller calls prepare on the target, migrate on the source,
-    # then finish (or abort) on the target.
+    # live migration (capability ``live_migrate``): the controller calls prepare_incoming on
+    # the target, migrate on the source, then finish_incoming (or abort_incoming) on the
+    # target; settle_incoming when a restart cut that short.
 
     async def prepare_incoming(self, guest: Guest, listen_host: str) -> str:
-        """Reserve resources for an incoming VM; return the URI the source migrates to."""
+        """Reserve resources for an incoming VM and wait for it on ``listen_host``; return
+        the URI the source migrates to. Afterwards :meth:`list` shows the VM ``migrating``
+        (until it is finished, aborted or settled). Raises :class:`DriverError` if the VM is
+        already here, :class:`InsufficientCapacity` if it does not fit."""
         raise DriverError(f"the {self.name} driver cannot live-migrate VMs")
 
     async def migrate(self, vm_id: str, uri: str, *, timeout: float) -> MigrationResult:
-        """Send a running VM to ``uri``. On success the VM is gone from this host; on failure
-        it still runs here and :class:`DriverError` is raised."""
+        """Send a ``running`` or ``paused`` VM to ``uri`` within ``timeout`` seconds. On
+        success the VM is gone from this host (not listed; its shared disks stay for the
+        target); on failure, timeout or cancellation it still runs here as before and
+        :class:`DriverError` is raised (or the cancellation re-raised)."""
         raise DriverError(f"the {self.name} driver cannot live-migrate VMs")
 
     async def finish_incoming(self, vm_id: str) -> DomainInfo:
-        """Confirm an incoming migration completed; afterwards the VM runs here."""
+        """Confirm an incoming migration completed. Afterwards the VM runs here (``running``,
+        or ``paused`` if it was paused at the source). Raises :class:`DriverError` if its
+        state has not all arrived (it stays ``migrating``)."""
         raise DriverError(f"the {self.name} driver cannot live-migrate VMs")
 
     async def abort_incoming(self, vm_id: str) -> None:
-        """Drop an incoming VM after a failed migration. Idempotent."""
+        """Drop an incoming VM after a failed migration, releasing what
+        :meth:`prepare_incoming` reserved. Afterwards it is not listed here. Idempotent;
+        refuses (:class:`InvalidTransition`) a VM that is no longer incoming."""
         raise DriverError(f"the {self.name} driver cannot live-migrate VMs")
 
     async def settle_incoming(self, vm_id: str) -> DomainInfo | None:
         """Settle an incoming migration no controller will finish (it was cut short by a
         controller or LNM restart): run the VM here if its whole state arrived (its source
-        let go of it) and return its info; otherwise drop it and return None."""
+        let go of it) and return its info, as :meth:`finish_incoming`; otherwise drop it, as
+        :meth:`abort_incoming`, and return None."""
         raise DriverError(f"the {self.name} driver cannot live-migrate VMs")
 
     # console ------------------------------------------------------------------------------
 
     async def console_log(self, vm_id: str, *, offset: int = 0) -> bytes:
-        """The VM's serial console output from ``offset`` on."""
+        """The VM's serial console output from byte ``offset`` on (capability ``console``);
+        a driver may return less than all of it: ask again from ``offset + len(result)``.
+        Changes nothing."""
         raise DriverError(f"the {self.name} driver has no console")
 
 
-def load_driver(name: str, **kwargs: Any) -> Driver:
-    """Build the driver called ``name`` (``fake``, ``qemu``, …)."""
-    import importlib
+def installed_drivers() -> list[str]:
+    """The names of the drivers installed in the ``usher.drivers`` entry-point group."""
+    return sorted({ep.name for ep in entry_points(group=DRIVER_GROUP)})
 
+
+def load_driver(name: str, **kwargs: Any) -> Driver:
+    """Build the driver installed as ``name`` in the ``usher.drivers`` entry-point group
+    (``fake``, ``qemu``, or a site's own), passing ``kwargs`` to its constructor."""
+    found = entry_points(group=DRIVER_GROUP, name=name)
+    if not found:
+        installed = ", ".join(installed_drivers()) or (
+            "none (Usher's own are registered when it is installed: reinstall it, e.g. "
+            "`pip install -e .` in a checkout)"
+        )
+        raise DriverError(f"unknown VMM driver {name!r}; installed drivers: {installed}")
+    entry = next(iter(found))
     try:
-        module = importlib.import_module(f"usher.vmm.{name}")
-    except ModuleNotFoundError as exc:
-        raise DriverError(f"unknown VMM driver {name!r}") from exc
-    driver_cls: type[Driver] = module.DRIVER
-    return driver_cls(**kwargs)
+        driver_cls = entry.load()
+    except Exception as exc:  # a broken package: say which, whatever it raised
+        raise DriverError(f"VMM driver {name!r} ({entry.value}) does not load: {exc!r}") from exc
+    if not (isinstance(driver_cls, type) and issubclass(driver_cls, Driver)):
+        raise DriverError(f"VMM driver {name!r} ({entry.value}) is not a usher.vmm.base.Driver")
+    driver: Driver = driver_cls(**kwargs)
+    return driver

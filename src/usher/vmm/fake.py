@@ -17,151 +17,52 @@ Options (``options`` dict):
   outlive its last renewal (its LNM renews them while it runs).
 
 With a ``state_dir`` the table lives in ``<state_dir>/fake-vms.json`` plus a journal of every
-change since (``fake-vms.journal``, one line written at once per change, folded into the table
-now and then and on :meth:`FakeDriver.close`), loaded by :meth:`FakeDriver.open`: a restarted
+change since (:mod:`usher.vmm.fake_journal`), loaded by :meth:`FakeDriver.open`: a restarted
 or killed LNM finds its guests still running, as it would hypervisor processes that outlive it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import os
-import random
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import urlsplit
 
-from usher.model import Capacity, VMSpec, VMState, now
+from usher.model import Capability, Capacity, VMState, now
 from usher.vmm.base import (
-    Capability,
     DomainInfo,
     Driver,
     DriverError,
     Guest,
-    InsufficientCapacity,
     InvalidTransition,
     MigrationResult,
     UnknownVM,
 )
+from usher.vmm.fake_capacity import HostCapacity
+from usher.vmm.fake_domain import (
+    ACTIVE,
+    CPU_LOAD,
+    INCOMING,
+    MEMORY_LOAD,
+    PAUSED,
+    RESERVING,
+    RUNNING,
+    STARTABLE,
+    FakeDomain,
+)
+from usher.vmm.fake_faults import ACTIONS, Faults
+from usher.vmm.fake_journal import JOURNAL_MIN, Journal
 from usher.vmm.fake_wire import Incoming, send
 from usher.vmm.lease import LeaseHeld, Leases
 
+__all__ = ["ACTIONS", "CPU_LOAD", "JOURNAL_MIN", "MEMORY_LOAD", "FakeDriver"]
+
 log = logging.getLogger(__name__)
-
-ACTIONS = frozenset(
-    {
-        "start",
-        "stop",
-        "destroy",
-        "pause",
-        "resume",
-        "reboot",
-        "migrate",
-        "prepare_incoming",
-        "finish_incoming",
-    }
-)
-"""Actions that ``latency`` and ``fail`` options may name."""
-
-CPU_LOAD = 0.05
-"""CPU-seconds a running guest burns per second and per vCPU."""
-
-MEMORY_LOAD = 0.5
-"""Fraction of its memory a running or paused guest uses."""
 
 DOWNTIME_FRACTION = 0.1
 """Share of a live migration's time during which the guest is frozen."""
-
-JOURNAL_MIN = 1000  # journal lines before the table is rewritten whole
-"""Least number of seconds between two saves of the VM table."""
-
-STATE_FILE = "fake-vms.json"
-JOURNAL_FILE = "fake-vms.journal"
-
-_STARTABLE = frozenset({VMState.STOPPED, VMState.ERROR})
-_ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
-_RUNNING = frozenset({VMState.RUNNING})
-_PAUSED = frozenset({VMState.PAUSED})
-_INCOMING = frozenset({VMState.MIGRATING})
-_RESERVING = _ACTIVE | _INCOMING
-"""States in which a guest holds its vCPUs and memory (a prepared incoming VM is migrating)."""
-
-
-@dataclass
-class _Domain:
-    """One simulated guest."""
-
-    id: str
-    name: str
-    spec: VMSpec
-    state: VMState = VMState.STOPPED
-    reason: str | None = None
-    cpu_seconds: float = 0.0
-    """CPU time burnt before ``running_since``."""
-    running_since: float | None = None
-    console: list[str] = field(default_factory=list)
-    received: bool = False
-    """An incoming VM whose whole state arrived (the source let go of it)."""
-
-    def info(self) -> DomainInfo:
-        cpu = self.cpu_seconds
-        if self.running_since is not None:
-            cpu += max(0.0, now() - self.running_since) * CPU_LOAD * self.spec.vcpus
-        in_memory = self.state in _ACTIVE
-        return DomainInfo(
-            id=self.id,
-            name=self.name,
-            spec=self.spec,
-            state=self.state,
-            reason=self.reason,
-            cpu_seconds=cpu,
-            memory_used_mb=self.spec.memory_mb * MEMORY_LOAD if in_memory else 0.0,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "spec": self.spec.model_dump(mode="json"),
-            "state": self.state.value,
-            "reason": self.reason,
-            "cpu_seconds": self.cpu_seconds,
-            "running_since": self.running_since,
-            "console": self.console,
-            "received": self.received,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> _Domain:
-        return cls(
-            id=data["id"],
-            name=data["name"],
-            spec=VMSpec.model_validate(data["spec"]),
-            state=VMState(data["state"]),
-            reason=data["reason"],
-            cpu_seconds=data["cpu_seconds"],
-            running_since=data["running_since"],
-            console=list(data["console"]),
-            received=bool(data.get("received", False)),
-        )
-
-
-def _per_action(option: str, value: Any) -> dict[str, float]:
-    """Read a ``latency`` or ``fail`` option: one number for every action, or a dict."""
-    if not isinstance(value, dict):
-        return dict.fromkeys(ACTIONS, float(value))
-    unknown = set(value) - ACTIONS
-    if unknown:
-        raise DriverError(
-            f"fake driver option {option!r} names unknown actions {sorted(unknown)}; "
-            f"known: {sorted(ACTIONS)}"
-        )
-    return {action: float(seconds) for action, seconds in value.items()}
 
 
 def _target_of(uri: str, vm_id: str) -> tuple[str, int]:
@@ -184,23 +85,17 @@ class FakeDriver(Driver):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._total = Capacity(
-            vcpus=int(self.options.get("vcpus", 64)),
-            memory_mb=int(self.options.get("memory_mb", 262144)),
-            disk_gb=int(self.options.get("disk_gb", 1024)),
+        self._host = HostCapacity(
+            Capacity(
+                vcpus=int(self.options.get("vcpus", 64)),
+                memory_mb=int(self.options.get("memory_mb", 262144)),
+                disk_gb=int(self.options.get("disk_gb", 1024)),
+            )
         )
-        self._latency = _per_action("latency", self.options.get("latency", 0.0))
-        self._fail = _per_action("fail", self.options.get("fail", {}))
-        for action, probability in self._fail.items():
-            if not 0.0 <= probability <= 1.0:
-                raise DriverError(f"fake driver: fail probability of {action} must be in [0, 1]")
-        self._rng = random.Random(self.options.get("seed"))
-        self._domains: dict[str, _Domain] = {}
-        self._used_vcpus = 0
-        self._used_memory_mb = 0
-        self._journal: TextIO | None = None
+        self._faults = Faults(self.options)
+        self._domains: dict[str, FakeDomain] = {}
+        self._journal: Journal | None = None
         self._incoming: dict[str, Incoming] = {}
-        self._journal_lines = 0
         self._lease_ttl = float(self.options.get("lease_ttl", 10.0))
         self._leases: Leases | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -209,39 +104,13 @@ class FakeDriver(Driver):
 
     def capacity(self) -> Capacity:
         """The host's total capacity."""
-        return self._total.model_copy()
+        return self._host.total.model_copy()
 
     def reserved(self) -> Capacity:
         """What running, paused and incoming VMs (and operations under way) hold."""
-        return Capacity(vcpus=self._used_vcpus, memory_mb=self._used_memory_mb)
-
-    def _reserve(self, spec: VMSpec, sign: int) -> None:
-        self._used_vcpus += sign * spec.vcpus
-        self._used_memory_mb += sign * spec.memory_mb
-
-    @contextlib.contextmanager
-    def _claim(self, vm_id: str, spec: VMSpec) -> Iterator[None]:
-        """Hold ``spec``'s resources while an operation runs, so concurrent ones cannot
-        overbook the host; the caller reserves them for good by changing the VM's state."""
-        free_vcpus = self._total.vcpus - self._used_vcpus
-        free_memory_mb = self._total.memory_mb - self._used_memory_mb
-        if spec.vcpus > free_vcpus or spec.memory_mb > free_memory_mb:
-            raise InsufficientCapacity(
-                f"VM {vm_id} needs {spec.vcpus} vCPUs and {spec.memory_mb} MB, but only "
-                f"{free_vcpus} vCPUs and {free_memory_mb} MB are free on this host"
-            )
-        self._reserve(spec, 1)
-        try:
-            yield
-        finally:
-            self._reserve(spec, -1)
+        return self._host.reserved()
 
     # life cycle ----------------------------------------------------------------------------
-
-    @property
-    def _state_path(self) -> str:
-        assert self.state_dir is not None
-        return os.path.join(self.state_dir, STATE_FILE)
 
     async def open(self) -> None:
         """Load the guests an earlier driver left in ``state_dir``; journal changes from now.
@@ -250,8 +119,14 @@ class FakeDriver(Driver):
         if self.state_dir is None:
             return
         os.makedirs(self.state_dir, exist_ok=True)
-        self._load()
-        self._compact()
+        journal = Journal(self.state_dir, self._domains)
+        journal.load()
+        self._host.clear()
+        for dom in self._domains.values():
+            if dom.state in RESERVING:
+                self._host.reserve(dom.spec)
+        journal.compact()
+        self._journal = journal
         storage = self.options.get("storage_dir")
         if storage:
             holder = os.path.realpath(self.state_dir)
@@ -259,7 +134,7 @@ class FakeDriver(Driver):
             held = [
                 dom
                 for dom in self._domains.values()
-                if dom.state in _ACTIVE or (dom.state in _INCOMING and dom.received)
+                if dom.state in ACTIVE or (dom.state in INCOMING and dom.received)
             ]
             # first what lost its disk while this host was away (before this host renews:
             # as a host coming back, it has no lease until it says so)
@@ -275,7 +150,7 @@ class FakeDriver(Driver):
                     self._reclaim(dom)
             self._renewer = asyncio.get_running_loop().create_task(self._renew())
 
-    def _reclaim(self, dom: _Domain) -> None:
+    def _reclaim(self, dom: FakeDomain) -> None:
         assert self._leases is not None
         try:
             self._leases.take(dom.id)
@@ -314,108 +189,46 @@ class FakeDriver(Driver):
             incoming.close()
         self._incoming.clear()
         if self._journal is not None:
-            self._compact()
             self._journal.close()
             self._journal = None
 
-    def _path(self, name: str) -> str:
-        assert self.state_dir is not None
-        return os.path.join(self.state_dir, name)
-
-    def _load(self) -> None:
-        """The last snapshot, then every journalled change made after it."""
-        path = self._path(STATE_FILE)
-        try:
-            with open(path, encoding="utf-8") as file:
-                records = {r["id"]: r for r in json.load(file)["vms"]}
-            with (
-                contextlib.suppress(FileNotFoundError),
-                open(self._path(JOURNAL_FILE), encoding="utf-8") as journal,
-            ):
-                for line in journal:
-                    if not line.endswith("\n"):
-                        break  # a change cut short by a crash never happened
-                    entry = json.loads(line)
-                    if "put" in entry:
-                        records[entry["put"]["id"]] = entry["put"]
-                    else:
-                        records.pop(entry["del"], None)
-            domains = [_Domain.from_json(record) for record in records.values()]
-        except FileNotFoundError:
-            return
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DriverError(f"cannot read the fake driver's VM table {path}: {exc}") from exc
-        self._domains = {dom.id: dom for dom in domains}
-        self._used_vcpus = self._used_memory_mb = 0
-        for dom in domains:
-            if dom.state in _RESERVING:
-                self._reserve(dom.spec, 1)
-
-    def _changed(self, dom: _Domain, *, removed: bool = False) -> None:
-        """Journal one guest's change at once: like a hypervisor's guest, it outlives an LNM
-        killed right after (a line in the page cache survives the process)."""
-        if self._journal is None:
-            return
-        entry = {"del": dom.id} if removed else {"put": dom.to_json()}
-        self._journal.write(json.dumps(entry) + "\n")
-        self._journal.flush()
-        self._journal_lines += 1
-        if self._journal_lines > max(JOURNAL_MIN, 2 * len(self._domains)):
-            self._compact()
-
-    def _compact(self) -> None:
-        """Write the whole table atomically, then start an empty journal."""
-        path = self._path(STATE_FILE)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as file:
-            json.dump({"vms": [dom.to_json() for dom in self._domains.values()]}, file)
-        os.replace(tmp, path)
+    def _changed(self, dom: FakeDomain, *, removed: bool = False) -> None:
         if self._journal is not None:
-            self._journal.close()
-        self._journal = open(self._path(JOURNAL_FILE), "w", encoding="utf-8")  # noqa: SIM115
-        self._journal_lines = 0
+            self._journal.write(dom, removed=removed)
 
     # helpers -------------------------------------------------------------------------------
 
-    async def _act(self, action: str, vm_id: str) -> None:
-        """Spend the action's latency (yielding at least once), then maybe fail it."""
-        await asyncio.sleep(self._latency.get(action, 0.0))
-        probability = self._fail.get(action, 0.0)
-        if probability and self._rng.random() < probability:
-            raise DriverError(f"simulated failure of {action} on VM {vm_id}")
-
-    def _get(self, vm_id: str) -> _Domain:
+    def _get(self, vm_id: str) -> FakeDomain:
         try:
             return self._domains[vm_id]
         except KeyError:
             raise UnknownVM(vm_id) from None
 
     @staticmethod
-    def _require(dom: _Domain, action: str, states: frozenset[VMState]) -> None:
+    def _require(dom: FakeDomain, action: str, states: frozenset[VMState]) -> None:
         if dom.state not in states:
             raise InvalidTransition(dom.id, dom.state, action)
 
-    def _add(self, guest: Guest) -> _Domain:
-        self._domains[guest.id] = _Domain(guest.id, guest.name, guest.spec)
+    def _add(self, guest: Guest) -> FakeDomain:
+        self._domains[guest.id] = FakeDomain(guest.id, guest.name, guest.spec)
         return self._domains[guest.id]
 
-    def _remove(self, dom: _Domain) -> None:
+    def _remove(self, dom: FakeDomain) -> None:
         self._stop_listening(dom.id)
-        if dom.state in _RESERVING:
-            self._reserve(dom.spec, -1)
+        if dom.state in RESERVING:
+            self._host.reserve(dom.spec, -1)
         del self._domains[dom.id]
         self._changed(dom, removed=True)
         self._release_lease(dom.id)
 
-    def _set_state(self, dom: _Domain, state: VMState, reason: str | None = None) -> None:
+    def _set_state(self, dom: FakeDomain, state: VMState, reason: str | None = None) -> None:
         """The one place a guest changes state: keeps CPU time, capacity and console right."""
         t = now()
-        if dom.running_since is not None:
-            dom.cpu_seconds += max(0.0, t - dom.running_since) * CPU_LOAD * dom.spec.vcpus
+        dom.cpu_seconds = dom.burnt(t)
         dom.running_since = t if state is VMState.RUNNING else None
-        was_reserving, reserving = dom.state in _RESERVING, state in _RESERVING
+        was_reserving, reserving = dom.state in RESERVING, state in RESERVING
         if was_reserving != reserving:
-            self._reserve(dom.spec, 1 if reserving else -1)
+            self._host.reserve(dom.spec, 1 if reserving else -1)
         dom.state, dom.reason = state, reason
         dom.console.append(f"{dom.name}: {state.value}{f' ({reason})' if reason else ''}\n")
         self._changed(dom)
@@ -423,10 +236,11 @@ class FakeDriver(Driver):
     # inventory -----------------------------------------------------------------------------
 
     async def list(self) -> list[DomainInfo]:
-        return [dom.info() for dom in self._domains.values()]
+        t = now()
+        return [dom.info(t) for dom in self._domains.values()]
 
     async def info(self, vm_id: str) -> DomainInfo:
-        return self._get(vm_id).info()
+        return self._get(vm_id).info(now())
 
     # operations ----------------------------------------------------------------------------
 
@@ -434,11 +248,11 @@ class FakeDriver(Driver):
         """Boot a new, stopped or crashed (``error``) guest with ``guest``'s name and spec."""
         dom = self._domains.get(guest.id)
         if dom is not None:
-            self._require(dom, "start", _STARTABLE)
-        with self._claim(guest.id, guest.spec):
+            self._require(dom, "start", STARTABLE)
+        with self._host.claim(guest.id, guest.spec):
             self._take_lease(guest.id)
             try:
-                await self._act("start", guest.id)
+                await self._faults.act("start", guest.id)
             except BaseException:
                 self._release_lease(guest.id)
                 raise
@@ -450,13 +264,13 @@ class FakeDriver(Driver):
             f"{dom.spec.memory_mb} MB\n"
         )
         self._set_state(dom, VMState.RUNNING)
-        return dom.info()
+        return dom.info(now())
 
     async def stop(self, vm_id: str, *, timeout: float | None = None, hard: bool = False) -> None:
         """Power off; a simulated guest always shuts down within ``timeout``."""
         dom = self._get(vm_id)
-        self._require(dom, "stop", _ACTIVE)
-        await self._act("stop", vm_id)
+        self._require(dom, "stop", ACTIVE)
+        await self._faults.act("stop", vm_id)
         self._set_state(dom, VMState.STOPPED)
         self._release_lease(vm_id)
 
@@ -465,25 +279,25 @@ class FakeDriver(Driver):
         if dom is None:
             await asyncio.sleep(0)
             return
-        await self._act("destroy", vm_id)
+        await self._faults.act("destroy", vm_id)
         self._remove(dom)
 
     async def pause(self, vm_id: str) -> None:
         dom = self._get(vm_id)
-        self._require(dom, "pause", _RUNNING)
-        await self._act("pause", vm_id)
+        self._require(dom, "pause", RUNNING)
+        await self._faults.act("pause", vm_id)
         self._set_state(dom, VMState.PAUSED)
 
     async def resume(self, vm_id: str) -> None:
         dom = self._get(vm_id)
-        self._require(dom, "resume", _PAUSED)
-        await self._act("resume", vm_id)
+        self._require(dom, "resume", PAUSED)
+        await self._faults.act("resume", vm_id)
         self._set_state(dom, VMState.RUNNING)
 
     async def reboot(self, vm_id: str) -> None:
         dom = self._get(vm_id)
-        self._require(dom, "reboot", _RUNNING)
-        await self._act("reboot", vm_id)
+        self._require(dom, "reboot", RUNNING)
+        await self._faults.act("reboot", vm_id)
         dom.console.append(f"{dom.name}: reboot\n")
         self._set_state(dom, VMState.RUNNING)
 
@@ -494,8 +308,8 @@ class FakeDriver(Driver):
         ``migrating`` until finished or aborted."""
         if guest.id in self._domains:
             raise DriverError(f"cannot receive VM {guest.id}: it is already on this host")
-        with self._claim(guest.id, guest.spec):
-            await self._act("prepare_incoming", guest.id)
+        with self._host.claim(guest.id, guest.spec):
+            await self._faults.act("prepare_incoming", guest.id)
             incoming = Incoming(guest.id, lambda: self._received(guest.id))
             try:
                 port = await incoming.listen(ipv6=":" in listen_host)
@@ -509,7 +323,7 @@ class FakeDriver(Driver):
     def _received(self, vm_id: str) -> bool:
         """The source sent all of ``vm_id``: take it, if it is still expected here."""
         dom = self._domains.get(vm_id)
-        if dom is None or dom.state not in _INCOMING or dom.received:
+        if dom is None or dom.state not in INCOMING or dom.received:
             return False
         dom.received = True
         self._changed(dom)
@@ -526,16 +340,16 @@ class FakeDriver(Driver):
         """Send a running or paused VM to the target listening at
         ``fake://<host>:<port>/<vm_id>``; if the target does not take it, it runs on here."""
         dom = self._get(vm_id)
-        self._require(dom, "migrate", _ACTIVE)
+        self._require(dom, "migrate", ACTIVE)
         host, port = _target_of(uri, vm_id)
         began = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
-                await send(host, port, vm_id, lambda: self._act("migrate", vm_id))
+                await send(host, port, vm_id, lambda: self._faults.act("migrate", vm_id))
         except TimeoutError:
             raise DriverError(f"migration of VM {vm_id} timed out after {timeout} s") from None
         total_ms = (time.monotonic() - began) * 1000
-        transferred = int(dom.info().memory_used_mb * 1024 * 1024)
+        transferred = int(dom.info(now()).memory_used_mb * 1024 * 1024)
         self._remove(dom)
         return MigrationResult(
             total_ms=total_ms,
@@ -546,13 +360,13 @@ class FakeDriver(Driver):
     async def finish_incoming(self, vm_id: str) -> DomainInfo:
         """Run an incoming VM here once its source sent all of it."""
         dom = self._get(vm_id)
-        self._require(dom, "finish incoming migration of", _INCOMING)
+        self._require(dom, "finish incoming migration of", INCOMING)
         if not dom.received:
             raise DriverError(f"incoming migration of VM {vm_id} is not complete")
-        await self._act("finish_incoming", vm_id)
+        await self._faults.act("finish_incoming", vm_id)
         self._stop_listening(vm_id)
         self._set_state(dom, VMState.RUNNING)
-        return dom.info()
+        return dom.info(now())
 
     async def abort_incoming(self, vm_id: str) -> None:
         """Release a prepared incoming VM; succeeds if it is gone, refuses if it runs here."""
@@ -560,7 +374,7 @@ class FakeDriver(Driver):
         dom = self._domains.get(vm_id)
         if dom is None:
             return
-        self._require(dom, "abort incoming migration of", _INCOMING)
+        self._require(dom, "abort incoming migration of", INCOMING)
         self._remove(dom)
 
     async def settle_incoming(self, vm_id: str) -> DomainInfo | None:
@@ -568,13 +382,13 @@ class FakeDriver(Driver):
         the check and the change, so a transfer cannot complete in between)."""
         await asyncio.sleep(0)
         dom = self._get(vm_id)
-        self._require(dom, "settle incoming migration of", _INCOMING)
+        self._require(dom, "settle incoming migration of", INCOMING)
         if not dom.received:
             self._remove(dom)
             return None
         self._stop_listening(vm_id)
         self._set_state(dom, VMState.RUNNING)
-        return dom.info()
+        return dom.info(now())
 
     # console and fault injection -----------------------------------------------------------
 
@@ -585,10 +399,7 @@ class FakeDriver(Driver):
         """Test helper: kill a guest's simulated process; it turns ``error`` and frees its
         resources, and ``on_state_change`` hears about it as it would from a real driver."""
         dom = self._get(vm_id)
-        self._require(dom, "crash", _RESERVING)
+        self._require(dom, "crash", RESERVING)
         self._set_state(dom, VMState.ERROR, reason)
         self._release_lease(vm_id)
         await self.on_state_change(vm_id, VMState.ERROR, reason)
-
-
-DRIVER = FakeDriver

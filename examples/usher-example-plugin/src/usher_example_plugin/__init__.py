@@ -18,10 +18,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from usher import Veto, hookimpl
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
-from usher.ctrl.context import PluginContext
 from usher.model import Event, OpRequest
+from usher.plugin import ContextDep, PluginContext, PrincipalDep, Veto, allow, hookimpl
 
 
 class VmCap:
@@ -55,8 +53,8 @@ class VmCap:
         router = APIRouter(prefix="/vmcap", tags=["vmcap"])
 
         @router.get("/counts")
-        async def counts(ctrl: CtrlDep, principal: PrincipalDep) -> dict[str, int]:
-            await allow(ctrl, principal, "vmcap.counts")  # the authorize hook decides
+        async def counts(ctx: ContextDep, principal: PrincipalDep) -> dict[str, int]:
+            await allow(ctx, principal, "vmcap.counts")  # the authorize hook decides
             return dict(self.counts)
 
         return [router]

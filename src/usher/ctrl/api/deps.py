@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from usher.ctrl.api.guard import PRINCIPAL_KEY
 from usher.ctrl.authz import authorize
+from usher.ctrl.context import PluginContext
 from usher.ctrl.controller import Controller
 from usher.ctrl.engine import RequestError, in_scope
 from usher.model import VM, Principal, Scope
@@ -18,6 +19,11 @@ bearer = HTTPBearer(auto_error=False, description="an Usher API token")
 
 def get_ctrl(request: Request) -> Controller:
     return request.app.state.ctrl
+
+
+def get_context(request: Request) -> PluginContext:
+    """What a plugin's route may use of the controller (``usher.plugin.ContextDep``)."""
+    return get_ctrl(request).ctx
 
 
 async def authenticate_token(ctrl: Controller, token: str | None) -> Principal:
@@ -36,6 +42,7 @@ async def get_principal(
 
 
 CtrlDep = Annotated[Controller, Depends(get_ctrl)]
+ContextDep = Annotated[PluginContext, Depends(get_context)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 

@@ -1,4 +1,4 @@
-"""``ush ha …``: what the HA plugin protects, and protecting virtual clusters (``ha``)."""
+"""``ush ha status|protect|unprotect``: what the ``ha`` plugin protects, and protecting clusters."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ from typing import Any
 from urllib.parse import quote
 
 import click
-from rich.table import Table
-from rich.text import Text
 
-from usher.cli.ush import Ush, UshGroup, pass_ush
-from usher.cli.ush_render import Renderer, fmt_time, fmt_value
+from usher.cli.api import Renderer, Ush, UshGroup, fmt_time, fmt_value, pass_ush
 
 COLUMNS = ("VM", "CLUSTER", "POLICY", "NODE", "STATE", "LAST RESTART")
 
@@ -25,14 +22,19 @@ def _show(out: Renderer, status: dict[str, Any]) -> None:
     if out.json:
         out.emit(status)
         return
-    out.console.print(Text(f"protected clusters: {fmt_value(status['clusters'])}"))
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in COLUMNS:
-        table.add_column(column)
-    for vm in status["vms"]:
-        values = (vm["name"], vm["cluster"], vm["policy"], vm["node"], vm["state"])
-        table.add_row(*(Text(fmt_value(v)) for v in values), Text(_restart(vm["last_restart"])))
-    out.console.print(table)
+    out.line(f"protected clusters: {fmt_value(status['clusters'])}")
+    rows = [
+        (
+            vm["name"],
+            vm["cluster"],
+            vm["policy"],
+            vm["node"],
+            vm["state"],
+            _restart(vm["last_restart"]),
+        )
+        for vm in status["vms"]
+    ]
+    out.table(COLUMNS, rows)
 
 
 @click.group(cls=UshGroup)
@@ -61,7 +63,3 @@ def protect(ush: Ush, cluster: str) -> None:
 def unprotect(ush: Ush, cluster: str) -> None:
     """Stop protecting a virtual cluster (VMs started with ha=true stay protected)."""
     _show(ush.out, ush.client.request("DELETE", f"/ha/clusters/{quote(cluster, safe='')}"))
-
-
-def register(group: click.Group) -> None:
-    group.add_command(ha)

@@ -1,4 +1,5 @@
-"""``ush cluster …``: who administers a virtual cluster and who may use it (authz plugin)."""
+"""``ush cluster show|add-member|remove-member``: who administers a virtual cluster and who
+may use it (the ``authz`` plugin)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from urllib.parse import quote
 
 import click
 
-from usher.cli.ush import Ush, UshGroup, pass_ush
+from usher.cli.api import Ush, UshGroup, pass_ush
 
 
 @click.group(cls=UshGroup)
@@ -42,7 +43,3 @@ def add_member(ush: Ush, name: str, user: str) -> None:
 def remove_member(ush: Ush, name: str, user: str) -> None:
     """Take USER's access to cluster NAME away."""
     ush.out.mapping(ush.client.request("DELETE", _path(name, "members", user)))
-
-
-def register(group: click.Group) -> None:
-    group.add_command(cluster)

@@ -1,0 +1,50 @@
+"""``ush images`` and ``ush image import|show|rm``: the guest image catalogue."""
+
+from __future__ import annotations
+
+import click
+
+from usher.cli.ush_context import Ush, pass_ush
+from usher.cli.ush_group import UshGroup
+
+
+@click.command()
+@pass_ush
+def images(ush: Ush) -> None:
+    """List the guest images of the catalogue."""
+    ush.out.images(ush.client.images())
+
+
+@click.group(cls=UshGroup)
+def image() -> None:
+    """Manage guest images: import, show, rm."""
+
+
+@image.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", required=True, help="Name of the new image.")
+@click.option("--description", default="", help="What the image is.")
+@pass_ush
+def image_import(ush: Ush, path: str, name: str, description: str) -> None:
+    """Upload a qcow2 disk image into the catalogue."""
+    ush.out.image(ush.client.import_image(path, name, description))
+
+
+@image.command("show")
+@click.argument("name")
+@pass_ush
+def image_show(ush: Ush, name: str) -> None:
+    """Show one image."""
+    ush.out.image(ush.client.image(name))
+
+
+@image.command("rm")
+@click.argument("name")
+@pass_ush
+def image_rm(ush: Ush, name: str) -> None:
+    """Delete an image no VM uses."""
+    ush.client.delete_image(name)
+    ush.out.note(f"deleted image {name}")
+
+
+COMMANDS: tuple[click.Command, ...] = (images, image)

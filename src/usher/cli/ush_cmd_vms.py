@@ -1,0 +1,199 @@
+"""``ush start``, the power actions, ``migrate``, ``list``, ``show`` and ``console``: VMs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from usher.cli.ush_context import Ush, pass_ush
+from usher.cli.ush_options import (
+    dry_run_option,
+    kwarg_option,
+    require_targets,
+    split_names,
+    wait_option,
+)
+from usher.cli.ush_outcome import planned, submitted
+from usher.model import OpKind, Plan, VMState
+
+CREATE_OPTIONS = ("count", "names", "name_prefix", "vcpus", "memory_mb", "image", "node")
+
+
+@click.command()
+@click.argument("vms", nargs=-1)
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="How many VMs to create.",
+)
+@click.option("--cluster", help="Virtual cluster to create the VMs in, or to boot.")
+@click.option("--vcpus", type=click.IntRange(1), default=1, show_default=True)
+@click.option(
+    "--memory",
+    "memory_mb",
+    type=click.IntRange(16),
+    default=256,
+    show_default=True,
+    help="Memory in MiB.",
+)
+@click.option("--image", default="tiny", show_default=True)
+@click.option("--name-prefix", help="Name VMs PREFIX-<n> (default: the cluster, or vm).")
+@click.option("--names", callback=split_names, help="Comma-separated names, one VM each.")
+@click.option("--node", help="Place the new VMs on this node.")
+@kwarg_option
+@wait_option
+@dry_run_option
+@pass_ush
+def start(
+    ush: Ush,
+    vms: tuple[str, ...],
+    count: int,
+    cluster: str | None,
+    vcpus: int,
+    memory_mb: int,
+    image: str,
+    name_prefix: str | None,
+    names: list[str],
+    node: str | None,
+    kwargs: dict[str, Any],
+    wait: bool,
+    dry_run: bool,
+) -> None:
+    """Create new VMs, or boot stopped ones.
+
+    Given VMs (ids or names), or only --cluster, boots those stopped VMs. Otherwise creates
+    -n new VMs (or one per --names entry), in --cluster if given.
+    """
+    ctx = click.get_current_context()
+    creating = [
+        f"--{name.replace('_', '-')}"
+        for name in CREATE_OPTIONS
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    ]
+    if vms or (cluster and not creating):
+        if creating:
+            raise click.UsageError(f"{creating[0]} only applies to new VMs, not when booting")
+        if dry_run:
+            raise click.UsageError("--dry-run plans new VMs (or migrations), not boots")
+        op = ush.client.start_existing(vms, cluster, kwargs)
+    else:
+        create = ush.client.plan_start if dry_run else ush.client.create_vms
+        op = create(
+            count=count,
+            names=names or None,
+            name_prefix=name_prefix,
+            cluster=cluster,
+            vcpus=vcpus,
+            memory_mb=memory_mb,
+            image=image,
+            node=node,
+            kwargs=kwargs,
+        )
+    if isinstance(op, Plan):
+        planned(ush, op)
+        return
+    submitted(ush, op, wait)
+
+
+def _action_command(kind: OpKind, summary: str) -> click.Command:
+    @click.command(name=kind.value, help=f"{summary} VMs (ids or names) and/or a --cluster.")
+    @click.argument("vms", nargs=-1)
+    @click.option("--cluster", help="Every VM of this virtual cluster.")
+    @kwarg_option
+    @wait_option
+    @pass_ush
+    def command(
+        ush: Ush, vms: tuple[str, ...], cluster: str | None, kwargs: dict[str, Any], wait: bool
+    ) -> None:
+        require_targets(vms, cluster)
+        submitted(ush, ush.client.action(kind, vms, cluster, kwargs=kwargs), wait)
+
+    return command
+
+
+ACTIONS = tuple(
+    _action_command(kind, summary)
+    for kind, summary in (
+        (OpKind.STOP, "Stop"),
+        (OpKind.DESTROY, "Destroy"),
+        (OpKind.PAUSE, "Pause"),
+        (OpKind.RESUME, "Resume"),
+        (OpKind.REBOOT, "Reboot"),
+        (OpKind.CYCLE, "Power-cycle (stop, then start)"),
+    )
+)
+
+
+@click.command()
+@click.argument("vms", nargs=-1)
+@click.option("--cluster", help="Every VM of this virtual cluster.")
+@click.option("--to", "target_node", help="Target node (default: the scheduler picks).")
+@kwarg_option
+@wait_option
+@dry_run_option
+@pass_ush
+def migrate(
+    ush: Ush,
+    vms: tuple[str, ...],
+    cluster: str | None,
+    target_node: str | None,
+    kwargs: dict[str, Any],
+    wait: bool,
+    dry_run: bool,
+) -> None:
+    """Move VMs (ids or names) and/or a --cluster to another node."""
+    require_targets(vms, cluster)
+    if dry_run:
+        planned(ush, ush.client.plan_migrate(vms, cluster, target_node, kwargs))
+        return
+    submitted(ush, ush.client.migrate(vms, cluster, target_node, kwargs), wait)
+
+
+@click.command("list")
+@click.option("--cluster")
+@click.option("--owner")
+@click.option("--node")
+@click.option("--state", type=click.Choice([state.value for state in VMState]))
+@pass_ush
+def list_vms(
+    ush: Ush, cluster: str | None, owner: str | None, node: str | None, state: str | None
+) -> None:
+    """List VMs (all pages)."""
+    ush.out.vms(ush.client.iter_vms(cluster=cluster, owner=owner, node=node, state=state))
+
+
+@click.command()
+@click.argument("vm")
+@pass_ush
+def show(ush: Ush, vm: str) -> None:
+    """Show one VM, by id or name."""
+    ush.out.vm(ush.client.get_vm(vm))
+
+
+@click.command()
+@click.argument("vm")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until Ctrl-C.")
+@click.option("--interval", type=float, default=0.5, show_default=True, hidden=True)
+@pass_ush
+def console(ush: Ush, vm: str, follow: bool, interval: float) -> None:
+    """Show a VM's serial console output (--follow to tail it)."""
+    offset = 0
+    try:
+        while True:
+            chunk = ush.client.console(vm, offset)
+            click.echo(chunk.data, nl=False)
+            offset = chunk.next
+            if not follow:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+COMMANDS: tuple[click.Command, ...] = (start, *ACTIONS, migrate, list_vms, show, console)

@@ -1,0 +1,48 @@
+"""The ``ush`` command group: ``-o/--output`` on every command, API errors as one line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from usher.client import UsherError
+
+OUTPUT_KEY = "ush.output"
+
+
+class Failure(click.ClickException):
+    """An API error, shown as ``error: <message>``."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _store_output(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[OUTPUT_KEY] = value
+
+
+def output_option() -> click.Option:
+    """``-o/--output``, accepted before the command and after it."""
+    return click.Option(
+        ["-o", "--output"],
+        type=click.Choice(["table", "json"]),
+        expose_value=False,
+        callback=_store_output,
+        help="table, or json: machine-readable, and nothing else on stdout.",
+    )
+
+
+class UshGroup(click.Group):
+    """Adds ``-o`` to every command and turns API errors into :class:`Failure`."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.append(output_option())
+        super().add_command(cmd, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsherError as exc:
+            raise Failure(exc.message) from None

@@ -1,0 +1,286 @@
+"""The engine: every VM operation passes through the same phases.
+
+admission (resolve targets → authorize → check states and capabilities → ``request`` and
+``<op>_request`` hooks, which may veto or change what they may) → placement (start,
+migrate: every VM of the request placed in one decision, all or none) → record the
+operation → the runner dispatches one step per VM to the LNMs → record each outcome →
+``<op>`` or ``<op>_failure``. Reconciliation keeps the records honest with what the nodes
+report between operations.
+
+Steps on the same VM never overlap (a lock per VM); steps on different VMs run concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+from usher.ctrl.config import Settings
+from usher.ctrl.engine.addresses import Addresses
+from usher.ctrl.engine.admission import Admission
+from usher.ctrl.engine.crew import SYSTEM, Crew
+from usher.ctrl.engine.errors import RequestError
+from usher.ctrl.engine.fencing import Fencer
+from usher.ctrl.engine.images import ImageCache
+from usher.ctrl.engine.placement import Moves, Placer
+from usher.ctrl.engine.reconcile import Reconciler
+from usher.ctrl.engine.recovery import Recovery
+from usher.ctrl.engine.runner import Runner
+from usher.ctrl.engine.steps import Steps
+from usher.ctrl.events import EventBus
+from usher.ctrl.nodes import CommandFailed, NodeGone, NodeRegistry
+from usher.ctrl.plugins import PluginHost
+from usher.ctrl.store import Store
+from usher.model import (
+    VM,
+    ConsoleChunk,
+    CreateVMs,
+    Image,
+    Operation,
+    OpKind,
+    OpRequest,
+    Plan,
+    PlannedVM,
+    Principal,
+    Scope,
+    VMAction,
+    VMState,
+    new_id,
+)
+
+
+class Engine:
+    """Coordinates the phases; each lives in its own module of this package."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bus: EventBus,
+        plugins: PluginHost,
+        nodes: NodeRegistry,
+    ) -> None:
+        self.crew = crew = Crew(settings, store, bus, plugins, nodes)
+        self.images = ImageCache(settings.storage_dir)
+        self.admission = Admission(crew, self.images)
+        self.addresses = Addresses(self.admission)
+        self.placer = Placer(crew)
+        self.runner = Runner(crew)
+        self.steps = Steps(crew, self.runner, self.images, self.placer)
+        self.fencer = Fencer(crew)
+        self.reconciler = Reconciler(crew, self.fencer)
+        self.recovery = Recovery(crew, self.runner)
+        self.live = self.runner.live
+        plugins.ctx.attach(self, plugins)
+
+    # --- the controller's life ------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a restart: operations that were running when the controller died failed."""
+        await self.recovery.recover()
+
+    async def close(self) -> None:
+        await self.crew.close()
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def get_op(self, op_id: str) -> Operation:
+        return await self.runner.get_op(op_id)
+
+    async def wait(self, op_id: str, timeout: float) -> Operation:
+        return await self.runner.wait(op_id, timeout)
+
+    async def cancel(self, op_id: str) -> Operation:
+        return await self.runner.cancel(op_id)
+
+    async def scope(self, principal: Principal) -> Scope | None:
+        return await self.admission.scope(principal)
+
+    async def image(self, name: str) -> Image:
+        """The catalogue entry of image ``name`` (cached briefly); 404 if there is none."""
+        return await self.images.image(name)
+
+    async def console(self, vm: VM, offset: int) -> ConsoleChunk:
+        """Serial console output of ``vm`` from byte ``offset``, read by its node's driver."""
+        try:
+            answer = await self.crew.nodes.link(vm.node).call(
+                "console", vm_id=vm.id, args={"offset": offset}, timeout=30
+            )
+        except (CommandFailed, NodeGone) as exc:
+            raise RequestError(409, f"no console for {vm.name}: {exc}") from exc
+        return ConsoleChunk(
+            vm_id=vm.id,
+            offset=offset,
+            next=int(answer.get("next", offset)),
+            data=str(answer.get("data", "")),
+        )
+
+    # --- asking for operations ----------------------------------------------------------
+
+    async def create(self, principal: Principal, body: CreateVMs, client: str | None) -> Operation:
+        """Start new VMs (the ``start`` operation with no existing targets).
+
+        Creates are admitted one at a time, from their request hooks to their VMs' records:
+        what a hook checks against the records (a quota, a cluster's owner) still holds
+        when the VMs are recorded, so two creates at once get what one after the other
+        would (the operations then run concurrently)."""
+        crew = self.crew
+        async with self.admission.refusals(OpKind.START, principal, client, body):
+            async with crew.create_lock:
+                req, op = await self.admission.create(principal, body, client, False)
+                async with crew.placement_lock:
+                    vms = await self._new_vms(req, body, op)
+            op.targets = [vm.id for vm in vms]
+            await crew.store.add_op(op)
+        for vm in vms:
+            await crew.bus.emit(
+                "register",
+                vm_id=vm.id,
+                node=vm.node,
+                operation_id=op.id,
+                principal=principal.name,
+                data={"name": vm.name, "cluster": vm.cluster, "addresses": vm.addresses},
+            )
+        timeout = self.runner.step_timeout(OpKind.START, req.kwargs)
+        self.runner.launch(op, self.steps.start(req), timeout)
+        return op.model_copy(deep=True)
+
+    async def _new_vms(self, req: OpRequest, body: CreateVMs, op: Operation) -> list[VM]:
+        """Name, place, address and record the new VMs of ``req`` (under the placement
+        lock: the nodes chosen are taken before anyone else chooses)."""
+        assert req.spec is not None
+        names = await self.admission.new_names(req, body)
+        nodes = await self.placer.new_vms(req, [req.spec] * len(names))
+        vms = [
+            VM(
+                id=new_id("vm"),
+                name=name,
+                owner=req.principal.name,
+                cluster=req.cluster,
+                spec=req.spec,
+                node=node,
+                state=VMState.PENDING,
+            )
+            for name, node in zip(names, nodes, strict=True)
+        ]
+        await self.addresses.assign(op, req, vms)
+        await self.crew.store.add_vms(vms)
+        return vms
+
+    async def plan_start(self, principal: Principal, body: CreateVMs, client: str | None) -> Plan:
+        """Where new VMs would go, and why other nodes would not do: nothing is changed."""
+        req, _op = await self.admission.create(principal, body, client, True)
+        assert req.spec is not None
+        async with self.crew.placement_lock:
+            names = await self.admission.new_names(req, body)
+            placement = await self.placer.ask(req, [req.spec] * len(names))
+        nodes: list[str | None] = list(placement.nodes) if not placement.error else []
+        nodes += [None] * (len(names) - len(nodes))
+        return Plan(
+            vms=[PlannedVM(name=n, node=node) for n, node in zip(names, nodes, strict=True)],
+            rejected=placement.rejected,
+            error=placement.error,
+        )
+
+    async def plan_migrate(self, principal: Principal, body: VMAction, client: str | None) -> Plan:
+        """Where VMs would migrate to, as the same request would place them: nothing is
+        changed."""
+        vms, req, _op = await self.admission.action(principal, OpKind.MIGRATE, body, client, True)
+        async with self.crew.placement_lock:
+            moves = await self.placer.moves(req, vms, req.target_node)
+        return moves.plan(vms)
+
+    async def act(
+        self, principal: Principal, kind: OpKind, body: VMAction, client: str | None
+    ) -> Operation:
+        """Run ``kind`` on existing VMs named in ``body`` (ids, names and/or a cluster)."""
+        async with self.admission.refusals(kind, principal, client, body):
+            vms, req, op = await self.admission.action(principal, kind, body, client, False)
+            moves = await self._place_moves(req, vms) if kind == OpKind.MIGRATE else None
+        op.targets = list(req.vm_ids)
+        return await self._start(op, req, self.steps.for_request(req, moves), moves)
+
+    async def evacuate(self, principal: Principal, node: str) -> Operation:
+        """Move every VM off ``node``: running and paused ones live, stopped ones cold (their
+        record moves; the disks are on shared storage), each where the scheduler puts it,
+        all placed before the answer. The answer is a ``migrate`` operation over those VMs;
+        ``result.evacuate`` names the node."""
+        if self.crew.nodes.get(node) is None:
+            raise RequestError(404, f"unknown node {node!r}")
+        vms = await self.crew.store.vms_where(node=node)
+        req = OpRequest(
+            kind=OpKind.MIGRATE,
+            principal=principal,
+            vm_ids=[vm.id for vm in vms],
+            kwargs={"evacuate": node},
+        )
+        op = await self.admission.system_request(req)
+        movable = (VMState.RUNNING, VMState.PAUSED, VMState.STOPPED)  # others fail their step
+        moves = await self._place_moves(req, [vm for vm in vms if vm.state in movable])
+        op.targets = list(req.vm_ids)
+        op.result = {"evacuate": node}
+        return await self._start(op, req, self.steps.evacuate(req, node, moves), moves)
+
+    async def _place_moves(self, req: OpRequest, vms: list[VM]) -> Moves:
+        """Place every VM of a migration in one decision and promise the nodes; 409 (and
+        nothing changed) if any VM has nowhere to go."""
+        async with self.crew.placement_lock:
+            moves = await self.placer.moves(req, vms, req.target_node)
+            if moves.error:
+                raise RequestError(
+                    409, f"{moves.error}; nothing was changed", {"rejected": moves.rejected}
+                )
+            self.placer.promise(vms, moves)
+        return moves
+
+    async def _start(
+        self, op: Operation, req: OpRequest, step: Any, moves: Moves | None
+    ) -> Operation:
+        """Record ``op`` and launch its steps (a moved VM's promise ends with its step)."""
+        try:
+            await self.crew.store.add_op(op)
+        except BaseException:
+            for vm_id in op.targets:
+                self.placer.release(vm_id)
+            raise
+        after = self.placer.release if moves is not None else None
+        timeout = self.runner.step_timeout(req.kind, req.kwargs)
+        self.runner.launch(op, step, timeout, after)
+        return op.model_copy(deep=True)
+
+    # --- for plugins (through PluginContext) -------------------------------------------
+
+    async def submit(
+        self,
+        kind: OpKind,
+        vms: list[str],
+        *,
+        target_node: str | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Operation:
+        """Ask for ``kind`` on ``vms`` as the ``system`` principal, through every phase."""
+        body = VMAction(vms=vms, target_node=target_node, kwargs=kwargs or {})
+        return await self.act(SYSTEM, kind, body, None)
+
+    async def fence(self, node: str, vm_id: str, reason: str) -> None:
+        await self.fencer.fence(node, vm_id, reason)
+
+    # --- what LNMs report --------------------------------------------------------------
+
+    async def node_joined(self, name: str, domains: list[dict[str, Any]], number: int) -> None:
+        await self.reconciler.node_joined(name, domains, number)
+
+    async def node_lost(self, name: str, reason: str) -> None:
+        await self.reconciler.node_lost(name, reason)
+
+    async def vm_reported(
+        self, node: str, vm_id: str, state: VMState, reason: str | None, number: int
+    ) -> None:
+        await self.reconciler.vm_reported(node, vm_id, state, reason, number)
+
+    async def vm_gone(self, node: str, vm_id: str, number: int) -> None:
+        await self.reconciler.vm_gone(node, vm_id, number)
+
+    def report_later(self, coro: Awaitable[None], name: str) -> None:
+        """Run an LNM report off the link's read loop (it may wait for a VM lock)."""
+        self.crew.spawn(coro, name)

@@ -1,0 +1,182 @@
+"""Reconciliation: what the nodes report (a hello's inventory, a VM that changed on its
+own, a command's late outcome) against the records.
+
+Only the node the record names, or the target of its migration, is believed about a VM: a
+copy anywhere else is fenced there and the record stays. A report older than what is known
+of the VM on that node (a command's reply came later) is dropped."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from usher.ctrl.engine.crew import SYSTEM, Crew
+from usher.ctrl.engine.fencing import Fencer
+from usher.ctrl.nodes import CommandFailed, NodeGone
+from usher.model import VM, VMState
+
+log = logging.getLogger("usher.engine")
+S = VMState
+
+
+class Reconciler:
+    def __init__(self, crew: Crew, fencer: Fencer) -> None:
+        self.crew = crew
+        self.fencer = fencer
+
+    async def node_joined(self, name: str, domains: list[dict[str, Any]], number: int) -> None:
+        """Reconcile records with what a (re)connected node really runs, as its hello (the
+        message numbered ``number``) says."""
+        crew = self.crew
+        reported = {d["id"]: d for d in domains}
+        for vm in await crew.store.vms_where(node=name):
+            dom = reported.pop(vm.id, None)
+            crew.spawn(self.reconcile(vm.id, name, dom, number), f"reconcile-{vm.id}")
+        for vm in await crew.store.vms_where(target_node=name):
+            if vm.id not in reported:  # a migration's target that has nothing of it
+                crew.spawn(self.reconcile(vm.id, name, None, number), f"target-{vm.id}")
+        for vm_id, dom in reported.items():
+            crew.spawn(self.reconcile(vm_id, name, dom, number), f"adopt-{vm_id}")
+
+    async def node_lost(self, name: str, reason: str) -> None:
+        for vm in await self.crew.store.vms_where(node=name):
+            if vm.state not in (S.STOPPED, S.PENDING, S.LOST):
+                self.crew.spawn(self._mark_lost(vm.id, name, reason), f"lost-{vm.id}")
+
+    async def _mark_lost(self, vm_id: str, node: str, reason: str) -> None:
+        async with self.crew.locks.hold(vm_id):
+            vm = await self.crew.store.get_vm(vm_id)
+            if vm is not None and vm.node == node and vm.state not in (S.STOPPED, S.LOST):
+                await self.crew.set_state(vm, S.LOST, f"node {node} lost: {reason}")
+
+    async def reconcile(
+        self, vm_id: str, node: str, dom: dict[str, Any] | None, number: int
+    ) -> None:
+        """What ``node`` reports of ``vm_id`` (``dom``, None if nothing) in its message
+        numbered ``number``, against the record.
+
+        Under the VM's lock, so after any operation step on it. An incoming migration
+        that no operation will finish is settled on its target first (run there if it
+        arrived whole, dropped if not); then a copy on the target is adopted unless the
+        recorded node still has the VM (then the copy is fenced).
+        """
+        crew = self.crew
+        async with crew.locks.hold(vm_id):
+            if crew.observations.is_stale(vm_id, node, number):
+                log.info("dropped a stale report of %s from node %s", vm_id, node)
+                return
+            crew.observations.saw(vm_id, node, number)
+            vm = await crew.store.get_vm(vm_id)
+            if vm is None:
+                if dom is not None:
+                    await self._unrecorded(vm_id, node, dom)
+                return
+            if vm.node == node:
+                await self._match_report(vm, node, dom)
+            elif node == vm.target_node:
+                await self._from_target(vm, node, dom)
+            elif dom is not None:
+                await self._fence_claim(vm, node)
+
+    async def _match_report(self, vm: VM, node: str, dom: dict[str, Any] | None) -> None:
+        """The record places ``vm`` on ``node``: take the state the node reports."""
+        if dom is not None:
+            state, reason = VMState(dom["state"]), dom.get("reason")
+        elif vm.state in (S.STOPPED, S.PENDING):
+            return
+        else:
+            state, reason = S.LOST, f"node {node} does not report this VM"
+        if state != vm.state:
+            await self.crew.set_state(vm, state, reason)
+
+    async def _from_target(self, vm: VM, node: str, dom: dict[str, Any] | None) -> None:
+        """The target of ``vm``'s migration reports on it after the migration's operation
+        ended without hearing how it went (a restart cut it short)."""
+        set_state = self.crew.set_state
+        if dom is not None and VMState(dom["state"]) is S.MIGRATING:
+            dom = await self._settle_incoming(vm, node)
+        if dom is None:  # the target has nothing of it: the VM stayed where it was
+            await set_state(vm, vm.state, vm.state_reason, target_node=None)
+        elif await self._recorded_node_has(vm):
+            reason = f"stale copy: {vm.name} is recorded on node {vm.node}, which has it"
+            await self.fencer.fence_copy(vm.id, node, reason, recorded_node=vm.node)
+            await set_state(vm, vm.state, vm.state_reason, target_node=None)
+        else:
+            state = VMState(dom["state"])
+            await set_state(vm, state, f"found on node {node}", node=node, target_node=None)
+
+    async def _fence_claim(self, vm: VM, node: str) -> None:
+        """``node`` reports a copy of ``vm``, which is recorded on another node and is not
+        migrating to it: whatever that copy is (left from before the VM was lost and moved,
+        or claimed by a confused or hostile node), it is fenced there and the record stays
+        where it is. (The recorded node is never fenced on another node's word.)"""
+        reason = (
+            f"copy of {vm.name} on node {node}, which the record does not name "
+            f"(it is recorded on {vm.node})"
+        )
+        await self.fencer.fence_copy(vm.id, node, reason, recorded_node=vm.node)
+
+    async def _unrecorded(self, vm_id: str, node: str, dom: dict[str, Any]) -> None:
+        """``node`` has a VM without a record: a copy of a VM destroyed while the node was
+        away (lost with it and moved, or its migration's outcome never heard) is fenced; one
+        Usher never recorded is left alone (``unknown_vm``)."""
+        if await self.crew.store.was_destroyed(vm_id):
+            name = dom.get("name") or vm_id
+            reason = f"stale copy: {name} was destroyed while node {node} was away"
+            await self.fencer.fence_copy(vm_id, node, reason, recorded_node=None)
+        else:
+            await self.crew.bus.emit("unknown_vm", vm_id=vm_id, node=node, data=dom)
+
+    async def _settle_incoming(self, vm: VM, node: str) -> dict[str, Any] | None:
+        """Have ``node`` settle an incoming copy of ``vm`` an interrupted migration left:
+        the VM it now runs, or None if it dropped the copy (or cannot be asked)."""
+        crew = self.crew
+        timeout = crew.settings.command_timeout
+        try:
+            answer = await crew.nodes.link(node).call(
+                "settle_incoming", vm_id=vm.id, timeout=timeout
+            )
+        except (CommandFailed, NodeGone) as exc:
+            # no incoming copy to settle there any more (a late report): what is there now
+            log.warning("cannot settle the incoming copy of %s on %s: %s", vm.name, node, exc)
+            try:
+                return await crew.nodes.link(node).call("info", vm_id=vm.id, timeout=timeout)
+            except (CommandFailed, NodeGone):
+                return None
+        settled = answer.get("settled")
+        await crew.bus.emit(
+            "incoming_settled",
+            vm_id=vm.id,
+            node=node,
+            principal=SYSTEM.name,
+            data={"outcome": settled, "recorded_node": vm.node},
+        )
+        return answer.get("vm") if settled == "running" else None
+
+    async def _recorded_node_has(self, vm: VM) -> bool:
+        """Whether the node the record places ``vm`` on is up and has it."""
+        nodes = self.crew.nodes
+        if vm.node is None or vm.node not in nodes.links:
+            return False
+        try:
+            await nodes.link(vm.node).call(
+                "info", vm_id=vm.id, timeout=self.crew.settings.command_timeout
+            )
+        except (CommandFailed, NodeGone):
+            return False
+        return True
+
+    async def vm_reported(
+        self, node: str, vm_id: str, state: VMState, reason: str | None, number: int
+    ) -> None:
+        """An LNM saw a VM change state on its own (a guest powered off, a process died), or
+        tells the outcome of a command that outlived its link (message ``number``):
+        reconciled as a hello's report of that VM would be."""
+        dom = {"id": vm_id, "state": state.value, "reason": reason}
+        await self.reconcile(vm_id, node, dom, number)
+
+    async def vm_gone(self, node: str, vm_id: str, number: int) -> None:
+        """An LNM no longer has a VM whose command outlived its link (a destroy that ended
+        after its controller went away, and after the node's hello had still listed it):
+        reconciled as if that hello had left it out."""
+        await self.reconcile(vm_id, node, None, number)

@@ -1,0 +1,86 @@
+"""What the ``fake`` driver knows about one simulated guest, and what it costs while it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from usher.model import VMSpec, VMState
+from usher.vmm.base import DomainInfo
+
+CPU_LOAD = 0.05
+"""CPU-seconds a running guest burns per second and per vCPU."""
+
+MEMORY_LOAD = 0.5
+"""Fraction of its memory a running or paused guest uses."""
+
+STARTABLE = frozenset({VMState.STOPPED, VMState.ERROR})
+ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
+RUNNING = frozenset({VMState.RUNNING})
+PAUSED = frozenset({VMState.PAUSED})
+INCOMING = frozenset({VMState.MIGRATING})
+RESERVING = ACTIVE | INCOMING
+"""States in which a guest holds its vCPUs and memory (a prepared incoming VM is migrating)."""
+
+
+@dataclass
+class FakeDomain:
+    """One simulated guest."""
+
+    id: str
+    name: str
+    spec: VMSpec
+    state: VMState = VMState.STOPPED
+    reason: str | None = None
+    cpu_seconds: float = 0.0
+    """CPU time burnt before ``running_since``."""
+    running_since: float | None = None
+    console: list[str] = field(default_factory=list)
+    received: bool = False
+    """An incoming VM whose whole state arrived (the source let go of it)."""
+
+    def burnt(self, t: float) -> float:
+        """CPU-seconds burnt up to time ``t``."""
+        cpu = self.cpu_seconds
+        if self.running_since is not None:
+            cpu += max(0.0, t - self.running_since) * CPU_LOAD * self.spec.vcpus
+        return cpu
+
+    def info(self, t: float) -> DomainInfo:
+        """The guest as it is at time ``t``."""
+        return DomainInfo(
+            id=self.id,
+            name=self.name,
+            spec=self.spec,
+            state=self.state,
+            reason=self.reason,
+            cpu_seconds=self.burnt(t),
+            memory_used_mb=self.spec.memory_mb * MEMORY_LOAD if self.state in ACTIVE else 0.0,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "spec": self.spec.model_dump(mode="json"),
+            "state": self.state.value,
+            "reason": self.reason,
+            "cpu_seconds": self.cpu_seconds,
+            "running_since": self.running_since,
+            "console": self.console,
+            "received": self.received,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FakeDomain:
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            spec=VMSpec.model_validate(data["spec"]),
+            state=VMState(data["state"]),
+            reason=data["reason"],
+            cpu_seconds=data["cpu_seconds"],
+            running_since=data["running_since"],
+            console=list(data["console"]),
+            received=bool(data.get("received", False)),
+        )

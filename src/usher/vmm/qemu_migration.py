@@ -1,0 +1,211 @@
+"""Live migration for the ``qemu`` driver: an incoming QEMU on the target waits for the VM's
+state (``-incoming defer``, then ``migrate-incoming``), the source's QEMU sends it over TCP;
+the disk stays where it is, in the shared storage both nodes see."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from usher.model import VMState
+from usher.vmm.base import DomainInfo, DriverError, Guest, InvalidTransition, MigrationResult
+from usher.vmm.qemu_argv import nics_of
+from usher.vmm.qemu_domain import Domain
+from usher.vmm.qemu_guests import KILL_TIMEOUT, Guests
+from usher.vmm.qemu_monitor import Monitor, MonitorError
+
+log = logging.getLogger(__name__)
+
+FINISH_TIMEOUT = 30.0
+"""Seconds an incoming QEMU may take to run once the source reported completion."""
+
+_ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
+_MIGRATION_OVER = frozenset({"completed", "failed", "cancelled"})
+
+
+class Migrations:
+    """Both ends of live migrations of ``guests``: see :class:`usher.vmm.base.Driver` for
+    what each method promises."""
+
+    def __init__(
+        self,
+        guests: Guests,
+        *,
+        accelerator: Callable[[], Awaitable[str]],
+        downtime_ms: int,
+        bandwidth: int,
+    ) -> None:
+        self._guests = guests
+        self._files = guests.files
+        self._accelerator = accelerator
+        self._downtime_ms = downtime_ms
+        self._bandwidth = bandwidth
+
+    async def prepare_incoming(self, guest: Guest, listen_host: str) -> str:
+        """Start QEMU with the guest's devices waiting for its state on ``tcp:<host>:<port>``."""
+        guests = self._guests
+        if guest.id in guests.domains:
+            raise DriverError(f"cannot receive VM {guest.id}: it is already on this host")
+        if guest.image is None:
+            raise DriverError(f"cannot receive VM {guest.id}: its image is not in the catalogue")
+        if not self._files.has_disk(guest.id):
+            raise DriverError(
+                f"cannot receive VM {guest.id}: its disk is not in {self._files.storage}; "
+                "live migration needs storage that both nodes share"
+            )
+        dom = Domain(
+            id=guest.id,
+            name=guest.name,
+            spec=guest.spec,
+            image=guest.image,
+            nics=nics_of(guest.id, guest.spec.nics),
+            accel=await self._accelerator(),
+            state=VMState.MIGRATING,
+            incoming=True,
+        )
+        host = f"[{listen_host}]" if ":" in listen_host else listen_host
+        with guests.claim(guest.id, guest.spec):
+            try:
+                await guests.boot(dom)
+            except BaseException:
+                shutil.rmtree(self._files.local(guest.id), ignore_errors=True)
+                raise
+            guests.domains[guest.id] = dom
+            try:
+                monitor = guests.monitor(dom)
+                await monitor.execute("migrate-incoming", {"uri": f"tcp:{host}:0"})
+                listening = await monitor.execute("query-migrate")
+                port = int(listening["socket-address"][0]["port"])
+            except BaseException:
+                await self.abort_incoming(guest.id)
+                raise
+        return f"tcp:{host}:{port}"
+
+    async def migrate(self, vm_id: str, uri: str, *, timeout: float) -> MigrationResult:
+        """Live-migrate to an incoming QEMU at ``uri`` (``tcp:host:port``). On success the
+        source QEMU quits and the VM's records here go (its shared disk stays); on failure,
+        timeout or cancellation the migration is cancelled and the VM runs on here."""
+        guests = self._guests
+        dom = guests.get(vm_id)
+        guests.require(dom, "migrate", _ACTIVE)
+        if not uri.startswith("tcp:"):
+            raise DriverError(f"cannot migrate VM {vm_id} to {uri!r}: expected tcp:<host>:<port>")
+        monitor = guests.monitor(dom)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await monitor.execute(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "auto-converge", "state": True}]},
+        )
+        await monitor.execute(
+            "migrate-set-parameters",
+            {"downtime-limit": self._downtime_ms, "max-bandwidth": self._bandwidth},
+        )
+        await monitor.execute("migrate", {"uri": uri})
+        try:
+            status = await _follow_migration(monitor, began + timeout)
+        except asyncio.CancelledError:  # called off: cancel it, and the guest runs on here
+            with contextlib.suppress(MonitorError):
+                await monitor.execute("migrate_cancel")
+            await _follow_migration(monitor, loop.time() + KILL_TIMEOUT)
+            await self._keep_running(dom)
+            raise
+        timed_out = status["status"] not in _MIGRATION_OVER
+        if timed_out:
+            log.warning("VM %s: migration timed out after %g s; cancelling it", vm_id, timeout)
+            with contextlib.suppress(MonitorError):
+                await monitor.execute("migrate_cancel")
+            status = await _follow_migration(monitor, loop.time() + KILL_TIMEOUT)
+        if status["status"] != "completed":
+            await self._keep_running(dom)
+            why = f"timed out after {timeout:g} s" if timed_out else status.get("error-desc")
+            raise DriverError(
+                f"live migration of VM {vm_id} failed: {why or status['status']}; it runs on here"
+            )
+        total_ms = (loop.time() - began) * 1000
+        await guests.halt(dom)
+        del guests.domains[vm_id]
+        shutil.rmtree(self._files.local(vm_id), ignore_errors=True)
+        ram = status.get("ram", {})
+        return MigrationResult(
+            total_ms=total_ms,
+            downtime_ms=status.get("downtime"),
+            transferred_bytes=ram.get("transferred"),
+            extra={
+                "qemu_total_ms": status.get("total-time"),
+                "setup_ms": status.get("setup-time"),
+                "mbps": ram.get("mbps"),
+            },
+        )
+
+    async def finish_incoming(self, vm_id: str) -> DomainInfo:
+        """Wait until the incoming QEMU runs the guest (the migration stream is complete)."""
+        guests = self._guests
+        dom = guests.get(vm_id)
+        if not dom.incoming:
+            raise InvalidTransition(vm_id, dom.state, "finish incoming migration of")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FINISH_TIMEOUT
+        while True:
+            if dom.exited.is_set():
+                raise DriverError(f"incoming migration of VM {vm_id} failed: {dom.reason}")
+            status = (await guests.monitor(dom).execute("query-status"))["status"]
+            if status in ("running", "paused"):
+                break
+            if status != "inmigrate":
+                raise DriverError(f"incoming migration of VM {vm_id} failed: QEMU is {status}")
+            if loop.time() > deadline:
+                raise DriverError(
+                    f"incoming migration of VM {vm_id} did not finish within {FINISH_TIMEOUT:g} s"
+                )
+            await asyncio.sleep(0.05)
+        dom.incoming = False
+        dom.state = VMState.RUNNING if status == "running" else VMState.PAUSED
+        guests.save(dom)
+        self._files.take_lease(vm_id)
+        return dom.info()
+
+    async def abort_incoming(self, vm_id: str) -> None:
+        """Kill an incoming QEMU and drop its records here; the shared disk stays."""
+        dom = self._guests.domains.get(vm_id)
+        if dom is None:
+            return
+        if not dom.incoming:
+            raise InvalidTransition(vm_id, dom.state, "abort incoming migration of")
+        await self._guests.forget(vm_id)
+
+    async def settle_incoming(self, vm_id: str) -> DomainInfo | None:
+        """An incoming QEMU still in ``inmigrate`` has not got the whole VM: kill it (its
+        source's migration fails and the guest runs on there); one past it runs the guest."""
+        dom = self._guests.get(vm_id)
+        if not dom.incoming:
+            raise InvalidTransition(vm_id, dom.state, "settle incoming migration of")
+        status = None
+        if not dom.exited.is_set():
+            with contextlib.suppress(MonitorError, DriverError):
+                status = (await self._guests.monitor(dom).execute("query-status"))["status"]
+        if status in ("running", "paused"):
+            return await self.finish_incoming(vm_id)
+        await self.abort_incoming(vm_id)
+        return None
+
+    async def _keep_running(self, dom: Domain) -> None:
+        """After a failed migration QEMU resumes the guest itself; make sure it did."""
+        monitor = self._guests.monitor(dom)
+        status = (await monitor.execute("query-status"))["status"]
+        if dom.state is VMState.RUNNING and status != "running":
+            await monitor.execute("cont")
+
+
+async def _follow_migration(monitor: Monitor, deadline: float) -> dict[str, Any]:
+    """Poll ``query-migrate`` until the migration is over or ``deadline`` passes."""
+    loop = asyncio.get_running_loop()
+    while True:
+        status: dict[str, Any] = await monitor.execute("query-migrate")
+        if status.get("status") in _MIGRATION_OVER or loop.time() >= deadline:
+            return status
+        await asyncio.sleep(0.05)
