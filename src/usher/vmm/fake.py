@@ -136,27 +136,14 @@ class FakeDriver(Driver):
                 for dom in self._domains.values()
                 if dom.state in ACTIVE or (dom.state in INCOMING and dom.received)
             ]
-            # first what lost its disk while this host was away (before this host renews:
-            # as a host coming back, it has no lease until it says so)
-            for dom in held:
-                if (other := leases.taken_by_another(dom.id)) is not None:
-                    log.warning("VM %s: host %s took its disk lease while away", dom.id, other)
-                    self._set_state(
-                        dom, VMState.ERROR, "lost its disk lease while the LNM was away"
-                    )
-            leases.renew()
-            for dom in held:
-                if dom.state is not VMState.ERROR:
-                    self._reclaim(dom)
-            self._renewer = asyncio.get_running_loop().create_task(self._renew())
 
-    def _reclaim(self, dom: FakeDomain) -> None:
-        assert self._leases is not None
-        try:
-            self._leases.take(dom.id)
-        except LeaseHeld as exc:  # taken since the look above
-            log.warning("VM %s: %s", dom.id, exc)
-            self._set_state(dom, VMState.ERROR, "lost its disk lease while the LNM was away")
+            def lost(vm_id: str, other: str) -> None:
+                log.warning("VM %s: host %s took its disk lease while away", vm_id, other)
+                dom = self._domains[vm_id]
+                self._set_state(dom, VMState.ERROR, "lost its disk lease while the LNM was away")
+
+            leases.come_back([dom.id for dom in held], lost)
+            self._renewer = asyncio.get_running_loop().create_task(self._renew())
 
     async def _renew(self) -> None:
         assert self._leases is not None

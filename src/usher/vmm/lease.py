@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from usher.model import LEASE_HELD
@@ -70,14 +70,6 @@ class Leases:
     def _read(self, vm_id: str) -> str | None:
         return lease_holder(self.root, vm_id)
 
-    def taken_by_another(self, vm_id: str) -> str | None:
-        """Another live host that holds the VM's disk now (None: this host, nobody, or a
-        host whose lease expired)."""
-        holder = self._read(vm_id)
-        if holder is None or holder == self.holder or not self._alive(holder):
-            return None
-        return holder
-
     def take(self, vm_id: str) -> None:
         """Take the VM's disk for this host; raises :class:`LeaseHeld` if another live host
         holds it. Taking a lease this host holds already succeeds."""
@@ -90,6 +82,24 @@ class Leases:
                 )
             self.renew()
             _write(self._vm_file(vm_id), self.holder)
+
+    def come_back(self, vm_ids: list[str], lost: Callable[[str, str], None]) -> None:
+        """This host returns with guests ``vm_ids``: in one step (no other host can take a
+        lease meanwhile), call ``lost(vm_id, holder)`` for each guest whose disk another
+        live host took while this one was away, then renew this host and take the others'
+        leases up again. ``lost`` runs before the renewal: as a host coming back, this one
+        holds no lease until it says so, and its lost copies must be settled by then."""
+        with self._locked():
+            kept: list[str] = []
+            for vm_id in vm_ids:
+                holder = self._read(vm_id)
+                if holder not in (None, self.holder) and self._alive(holder):
+                    lost(vm_id, holder)
+                else:
+                    kept.append(vm_id)
+            self.renew()
+            for vm_id in kept:
+                _write(self._vm_file(vm_id), self.holder)
 
     def hand_over(self, vm_id: str) -> None:
         """An incoming migration's guest took over the VM (its source sent all of it and let
