@@ -290,3 +290,35 @@ def test_a_dry_run_plans_what_the_request_then_does(
             assert {p.name: p.node for p in plan.vms} == {p.name: by_name[p.name] for p in plan.vms}
 
     asyncio.run(scenario())
+
+
+def test_a_vm_being_moved_is_not_placed_again_until_its_move_ends(storage: Path) -> None:
+    """A second migration of a VM whose first one holds room on its target is refused (it
+    would take that promise over, and the first one's room would be given away)."""
+    nodes = [SlowNode(f"n{i}", Capacity(vcpus=4, memory_mb=4096)) for i in range(3)]
+    vm = VM(
+        id="vm-0",
+        name="moved",
+        owner="system",
+        spec=VMSpec(vcpus=1, memory_mb=256),
+        state=VMState.RUNNING,
+        node="n0",
+    )
+
+    async def scenario() -> None:
+        async with controller(storage, nodes) as ctrl:
+            await ctrl.store.add_vms([vm])
+            first = await send(ctrl, "migrate", VMAction(vms=["moved"]))
+            assert first is not None
+            with pytest.raises(RequestError, match="already being moved") as refused:
+                await ctrl.engine.act(SYSTEM, OpKind.MIGRATE, VMAction(vms=["moved"]), None)
+            assert refused.value.status == 409
+            await ctrl.engine.wait(first, 30)
+            assert not ctrl.store.reservations.is_promised("vm-0")
+            again = await send(ctrl, "migrate", VMAction(vms=["moved"]))
+            assert again is not None
+            await ctrl.engine.wait(again, 30)
+            used = ctrl.store.reservations.by_node
+            assert sum(u["vms"] for u in used.values()) == 1, used
+
+    asyncio.run(scenario())

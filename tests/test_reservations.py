@@ -105,7 +105,8 @@ async def test_the_store_keeps_them_through_writes_and_rebuilds_them_when_opened
 
 def test_a_migrating_vm_holds_room_on_its_target_once() -> None:
     """A migration's target holds the VM from its placement (promise) through its record's
-    ``target_node`` until the promise is released and the record moved: never twice."""
+    ``target_node`` until it arrives: never twice, and a stale ``target_node`` of a VM that
+    is neither migrating nor lost holds nothing."""
     changes = ChangeLog()
     res = Reservations(changes)
     row = {"id": "v", "node": "a", "state": "running", "cluster": "c", "spec": SPEC}
@@ -115,9 +116,13 @@ def test_a_migrating_vm_holds_room_on_its_target_once() -> None:
     res.apply([row | {"state": "migrating", "target_node": "b"}])
     assert res.by_node["b"]["vms"] == 1  # the record's target and the promise are one hold
     res.apply([row | {"node": "b", "target_node": None}])
-    assert "a" not in res.by_node and res.by_node["b"]["vms"] == 2  # the promise still holds
+    assert "a" not in res.by_node and res.by_node["b"]["vms"] == 1  # arrived: held once
     res.release("v")
     assert res.by_node["b"] == {"vms": 1, "vcpus": 2, "memory_mb": 512, "clusters": {"c": 1}}
     res.release("v")  # twice: nothing more
+    res.apply([row | {"node": "b", "target_node": "c"}])  # a stale target: running, not moving
+    assert "c" not in res.by_node
+    res.apply([row | {"node": "b", "state": "lost", "target_node": "c"}])  # may be there
+    assert res.by_node["c"]["vms"] == 1
     res.forget("v")
     assert res.by_node == {}

@@ -16,6 +16,9 @@ from typing import Any, Protocol
 from usher.model import VMState
 
 STOPPED = VMState.STOPPED.value
+MOVING = frozenset({VMState.MIGRATING.value, VMState.LOST.value})
+"""States in which a VM's ``target_node`` holds room there: migrating, or lost by a
+migration whose target may have it (a stale ``target_node`` holds nothing)."""
 
 
 class Changes(Protocol):
@@ -97,7 +100,7 @@ class Reservations:
             if row["node"] is not None and row["state"] != STOPPED:
                 spec = row["spec"]
                 hold = (row["node"], row["cluster"], spec["vcpus"], spec["memory_mb"])
-                if row.get("target_node") is not None:
+                if row.get("target_node") is not None and row["state"] in MOVING:
                     target = (row["target_node"], *hold[1:])
             self._set(row["id"], hold)
             if target is None:
@@ -119,6 +122,10 @@ class Reservations:
         self._promised[vm_id] = (node, cluster, vcpus, memory_mb)
         self._set_moving(vm_id)
 
+    def is_promised(self, vm_id: str) -> bool:
+        """Whether a placement holds room for ``vm_id`` somewhere it is moving to."""
+        return vm_id in self._promised
+
     def release(self, vm_id: str) -> None:
         """The migration :meth:`promise` held room for is over (its record says where the
         VM is now)."""
@@ -129,6 +136,9 @@ class Reservations:
         """The hold of ``vm_id`` on the node it moves to: its record's target, else what a
         placement promised (one hold, not both: they are the same move)."""
         hold = self._targets.get(vm_id) or self._promised.get(vm_id)
+        here = self._holds.get(vm_id)
+        if hold is not None and here is not None and hold[0] == here[0]:
+            hold = None  # it has arrived: its record holds the room now
         self._set(f"{vm_id}>", hold)
 
     def _set(self, vm_id: str, hold: _Hold | None) -> None:

@@ -46,6 +46,8 @@ def new_op(req: OpRequest) -> Operation:
 
 
 def _check_kwargs(kwargs: dict[str, Any]) -> None:
+    if not isinstance(kwargs, dict):  # a request hook replaced them
+        raise RequestError(422, "kwargs must be an object; nothing was changed")
     try:
         check_core_kwargs(kwargs)
     except BoundsError as exc:
@@ -193,10 +195,10 @@ class Admission:
             kwargs=dict(body.kwargs),
             dry_run=dry_run,
         )
-        self._check_target_node(req, vms)
+        self.check_target_node(req, vms)
         op = new_op(req)
         await self.request_hooks(op, req)
-        self._check_target_node(req, vms)
+        self.check_target_node(req, vms)
         return vms, req, op
 
     async def system_request(self, req: OpRequest) -> Operation:
@@ -242,7 +244,7 @@ class Admission:
         if name is not None and self.crew.nodes.get(name) is None:
             raise RequestError(404, f"unknown node {name!r}")
 
-    def _check_target_node(self, req: OpRequest, vms: list[VM]) -> None:
+    def check_target_node(self, req: OpRequest, vms: list[VM]) -> None:
         target = req.target_node
         if req.kind not in (OpKind.MIGRATE, OpKind.START) or target is None:
             return

@@ -215,6 +215,7 @@ class Engine:
             kwargs={"evacuate": node},
         )
         op = await self.admission.system_request(req)
+        self.admission.check_target_node(req, vms)
         movable = (VMState.RUNNING, VMState.PAUSED, VMState.STOPPED)  # others fail their step
         moves = await self._place_moves(req, [vm for vm in vms if vm.state in movable])
         op.targets = list(req.vm_ids)
@@ -225,6 +226,13 @@ class Engine:
         """Place every VM of a migration in one decision and promise the nodes; 409 (and
         nothing changed) if any VM has nowhere to go."""
         async with self.crew.placement_lock:
+            moving = [vm.name for vm in vms if self.placer.is_promised(vm.id)]
+            if moving:
+                raise RequestError(
+                    409,
+                    f"{', '.join(moving[:10])} already being moved by another operation; "
+                    "nothing was changed",
+                )
             moves = await self.placer.moves(req, vms, req.target_node)
             if moves.error:
                 raise RequestError(
@@ -240,8 +248,9 @@ class Engine:
         try:
             await self.crew.store.add_op(op)
         except BaseException:
-            for vm_id in op.targets:
-                self.placer.release(vm_id)
+            if moves is not None:
+                for vm_id in op.targets:
+                    self.placer.release(vm_id)
             raise
         after = self.placer.release if moves is not None else None
         timeout = self.runner.step_timeout(req.kind, req.kwargs)

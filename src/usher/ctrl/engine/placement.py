@@ -87,6 +87,9 @@ class Placer:
     def release(self, vm_id: str) -> None:
         self.crew.store.reservations.release(vm_id)
 
+    def is_promised(self, vm_id: str) -> bool:
+        return self.crew.store.reservations.is_promised(vm_id)
+
     async def pick_target(self, req: OpRequest, vm: VM) -> str:
         """A node for ``vm`` other than its own, chosen by the scheduler (which passes over
         nodes that are down, drained or in maintenance), inside a step."""

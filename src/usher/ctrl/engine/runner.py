@@ -129,6 +129,9 @@ class Runner:
         try:
             await asyncio.gather(*run.waiting.values())
         finally:
+            if after is not None:  # (a step cancelled before it began never ran its own)
+                for vm_id in vm_ids:
+                    after(vm_id)
             self._conclude(op, last_step_end)
             await self.crew.store.update_op(op)
             self._runs.pop(op.id, None)
