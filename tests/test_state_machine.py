@@ -268,7 +268,10 @@ def test_api_state_machine(api_cluster: Cluster) -> None:
                 op = cluster.run(client.action(kind, [vm]))
             except UsherError as exc:
                 assert exc.status == 409, exc
-                assert before not in API_ACCEPTS[kind], (kind, before, str(exc))
+                # a migration is placed before it is answered: one with nowhere to go is
+                # refused as a whole, whatever the VM's state
+                placed = kind == "migrate" and "nothing was changed" in str(exc)
+                assert placed or before not in API_ACCEPTS[kind], (kind, before, str(exc))
                 assert client.get_vm(vm).state == before
                 return
             after = client.get_vm(vm).state
