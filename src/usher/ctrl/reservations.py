@@ -102,12 +102,15 @@ class Reservations:
                 hold = (row["node"], row["cluster"], spec["vcpus"], spec["memory_mb"])
                 if row.get("target_node") is not None and row["state"] in MOVING:
                     target = (row["target_node"], *hold[1:])
-            self._set(row["id"], hold)
+            vm_id = row["id"]
+            self._set(vm_id, hold)
             if target is None:
-                self._targets.pop(row["id"], None)
+                was_moving = self._targets.pop(vm_id, None) is not None
             else:
-                self._targets[row["id"]] = target
-            self._set_moving(row["id"])
+                self._targets[vm_id] = target
+                was_moving = True
+            if was_moving or vm_id in self._promised:  # (most rows: no move, no work)
+                self._set_moving(vm_id)
 
     def forget(self, vm_id: str) -> None:
         """A VM record deleted."""

@@ -25,7 +25,7 @@ from usher.ctrl.engine.images import ImageCache
 from usher.ctrl.engine.placement import Moves, Placer
 from usher.ctrl.engine.reconcile import Reconciler
 from usher.ctrl.engine.recovery import Recovery
-from usher.ctrl.engine.runner import Runner
+from usher.ctrl.engine.runner import Runner, Step
 from usher.ctrl.engine.steps import Steps
 from usher.ctrl.events import EventBus
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeRegistry
@@ -242,7 +242,7 @@ class Engine:
         return moves
 
     async def _start(
-        self, op: Operation, req: OpRequest, step: Any, moves: Moves | None
+        self, op: Operation, req: OpRequest, step: Step, moves: Moves | None
     ) -> Operation:
         """Record ``op`` and launch its steps (a moved VM's promise ends with its step)."""
         try:
