@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from faults.invariants import fake_running
 from harness import Cluster, wait_for
 from usher import hookimpl
 from usher.ctrl.api.deps import PrincipalDep
@@ -185,6 +186,24 @@ def test_cancel_of_a_running_migration_keeps_the_vm_on_its_source(
     assert client.node("node-2").usage.vms == 0 or wait_for(
         "node-2 to free the incoming VM", lambda: client.node("node-2").usage.vms == 0
     )
+
+
+def test_a_migration_that_breaks_after_the_guest_arrived_leaves_it_on_the_target(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """The whole guest reached node-2 (its source let go of it), then node-2 fails to finish
+    the migration: the target settles its copy and runs it. (Before, the target's copy was
+    aborted, which destroyed the only one: the VM was lost.)"""
+    cluster = make_cluster(nodes=1)
+    cluster.start_lnm("node-2", driver_options={"fail": {"finish_incoming": 1.0}})
+    _create(cluster, "arrives", "node-1")
+    client = cluster.client()
+    done = cluster.run(client.action(OpKind.MIGRATE, ["arrives"], target_node="node-2"))
+    assert done.status == OpStatus.SUCCEEDED, done.error
+    vm = _vm(cluster, "arrives")
+    assert (vm.node, vm.state, vm.target_node) == ("node-2", VMState.RUNNING, None)
+    assert "arrived on node-2" in (vm.state_reason or "")
+    assert fake_running(cluster, "node-2", vm.id) and not fake_running(cluster, "node-1", vm.id)
 
 
 def test_maintenance_evacuates_running_live_and_stopped_cold_then_activate(

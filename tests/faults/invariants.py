@@ -3,6 +3,8 @@
 * no VM record lost: every VM id created and not destroyed still exists;
 * no VM running twice: at most one node's hypervisor runs each VM (fake driver: its table
   in ``<node state dir>/**/fake-vms.json`` + journal; qemu: a live ``qemu.pid``);
+* no simulated guest running on a live host without its disk lease (it could write the
+  disk beside a copy another host starts);
 * no operation stuck: every operation reaches a final status within a bound, and no VM
   stays in a transitional state;
 * capacity accounting: per connected node, the specs of its running and paused VMs add up
@@ -16,12 +18,13 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from harness import Cluster, wait_for
 from usher.model import FINAL_OP_STATUSES, TRANSITIONAL_STATES, VM, Operation, VMState
-from usher.vmm.lease import host_alive, lease_holder
+from usher.vmm.lease import frozen, host_alive, lease_holder
 
 ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
 
@@ -50,30 +53,68 @@ def fake_table(node_dir: Path) -> dict[str, dict[str, Any]]:
 def running_copies(cluster: Cluster) -> Counter[str]:
     """How many nodes' hypervisors run (or hold paused) each VM id.
 
-    A simulated guest counts while its node's table says it runs, unless its host died
-    (stopped renewing its leases past their ``ttl``) and another host holds the VM's disk
-    lease now: the dead host's copy can no longer write the disk, as a QEMU whose NFSv4
-    lease expired cannot (and when that host returns, the guest is ``error``)."""
+    A simulated guest counts while its node's table says it runs, unless another host holds
+    the VM's disk lease now and this copy cannot write the disk: its host died (stopped
+    renewing its leases past their ``ttl``), as a QEMU whose NFSv4 lease expired cannot
+    (and when that host returns, the guest is ``error``), or it is the source of a migration
+    whose target took the disk, as a QEMU source that sent all of its guest is inactive.
+    Read under the leases' lock, so the tables and the leases are seen at one moment."""
     copies: Counter[str] = Counter()
     nodes_dir = cluster.root / "nodes"
     if not nodes_dir.exists():
         return copies
-    leases = cluster.storage / "leases"
+    for _dir, vm_id, _rec, _holds in _fake_copies(cluster, nodes_dir):
+        copies[vm_id] += 1
     for node_dir in nodes_dir.iterdir():
-        holder = os.path.realpath(node_dir / "fake")
-        for vm_id, rec in fake_table(node_dir).items():
-            if rec["state"] not in ("running", "paused"):
-                continue
-            owner = lease_holder(leases, vm_id)
-            if owner not in (None, holder) and not host_alive(leases, holder):
-                continue
-            copies[vm_id] += 1
         qemu_vms = node_dir / "qemu" / "vms"
         if qemu_vms.is_dir():
             for vm_dir in qemu_vms.iterdir():
                 if cluster.guest_pid(node_dir.name, vm_dir.name) is not None:
                     copies[vm_dir.name] += 1
     return copies
+
+
+def leaseless_copies(cluster: Cluster) -> list[str]:
+    """Simulated guests that run on a live host without holding their disk lease: such a
+    copy could write the disk beside one another host starts (each must be empty)."""
+    nodes_dir = cluster.root / "nodes"
+    if not nodes_dir.exists():
+        return []
+    return [
+        f"{vm_id} on {node_dir.name} (lease held by {rec['_lease']})"
+        for node_dir, vm_id, rec, holds in _fake_copies(cluster, nodes_dir)
+        if not holds
+    ]
+
+
+def _fake_copies(cluster: Cluster, nodes_dir: Path) -> list[tuple[Path, str, dict[str, Any], bool]]:
+    """Every simulated guest that counts as a running copy (see :func:`running_copies`):
+    its node's dir, its id, its record (with ``_lease``: who holds its disk) and whether its
+    host holds the disk lease."""
+    leases = cluster.storage / "leases"
+    found = []
+    with _leases_still(leases):
+        for node_dir in nodes_dir.iterdir():
+            holder = os.path.realpath(node_dir / "fake")
+            for vm_id, rec in fake_table(node_dir).items():
+                if rec["state"] not in ("running", "paused"):
+                    continue
+                owner = lease_holder(leases, vm_id)
+                if owner not in (None, holder) and (
+                    rec.get("sent") or not host_alive(leases, holder)
+                ):
+                    continue
+                found.append((node_dir, vm_id, {**rec, "_lease": owner}, owner == holder))
+    return found
+
+
+@contextlib.contextmanager
+def _leases_still(leases: Path) -> Iterator[None]:
+    if not leases.is_dir():
+        yield
+        return
+    with frozen(leases):
+        yield
 
 
 def all_operations(cluster: Cluster) -> list[Operation]:
@@ -171,6 +212,8 @@ def check_invariants(
     assert not lost, f"VM records lost: {sorted(lost)}"
     twice = {vm_id: n for vm_id, n in running_copies(cluster).items() if n > 1}
     assert not twice, f"VMs running on more than one node: {twice}"
+    leaseless = leaseless_copies(cluster)
+    assert not leaseless, f"VMs running without their disk lease: {leaseless}"
     # every VM the controller says runs is run by exactly one hypervisor
     copies = running_copies(cluster)
     for vm in vms:

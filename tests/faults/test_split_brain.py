@@ -15,7 +15,7 @@ import pytest
 from harness import Cluster, wait_for
 from usher.model import LEASE_HELD, OpStatus, VMState
 
-from .invariants import copies_seen, fake_running, running_copies
+from .invariants import copies_seen, fake_running, leaseless_copies, running_copies
 from .scenario import kill_lnm, settle_and_check
 
 
@@ -26,6 +26,7 @@ class CopyWatch:
     def __init__(self, cluster: Cluster, every: float = 0.05) -> None:
         self.cluster, self.every = cluster, every
         self.doubled: dict[str, int] = {}
+        self.leaseless: list[str] = []  # the first check that saw a copy without its lease
         self.seen: dict[str, str] = {}  # what the first check that saw two copies found
         self.samples = 0
         self._stop = threading.Event()
@@ -39,6 +40,10 @@ class CopyWatch:
                         seen = copies_seen(self.cluster, vm_id)
                         self.seen[vm_id] = f"at {time.time():.3f}: " + "; ".join(seen)
                     self.doubled[vm_id] = max(count, self.doubled.get(vm_id, 0))
+            if not self.leaseless:
+                leaseless = leaseless_copies(self.cluster)
+                if leaseless:
+                    self.leaseless = [f"at {time.time():.3f}: ", *leaseless]
             self.samples += 1
             time.sleep(self.every)
 
@@ -53,6 +58,7 @@ class CopyWatch:
             return  # the scenario failed already: that error is the one to see
         assert self.samples > 10, self.samples
         assert not self.doubled, f"running twice at some moment: {self.doubled} {self.seen}"
+        assert not self.leaseless, f"running without its disk lease: {self.leaseless}"
 
 
 LEASE_TTL = 2.0

@@ -131,26 +131,47 @@ class FakeDriver(Driver):
         if storage:
             holder = os.path.realpath(self.state_dir)
             self._leases = leases = Leases(str(storage), holder, self._lease_ttl)
-            held = [
-                dom
-                for dom in self._domains.values()
-                if dom.state in ACTIVE or (dom.state in INCOMING and dom.received)
-            ]
-
-            def lost(vm_id: str, other: str) -> None:
-                log.warning("VM %s: host %s took its disk lease while away", vm_id, other)
-                dom = self._domains[vm_id]
-                self._set_state(dom, VMState.ERROR, "lost its disk lease while the LNM was away")
-
-            leases.come_back([dom.id for dom in held], lost)
+            leases.come_back(self._held(), self._lost, self._handed())
+            self._unsend()
             self._renewer = asyncio.get_running_loop().create_task(self._renew())
+
+    def _held(self) -> list[str]:
+        """The guests whose disks this host's leases hold: active ones, and incoming ones
+        whose whole state arrived."""
+        return [
+            dom.id
+            for dom in self._domains.values()
+            if dom.state in ACTIVE or (dom.state in INCOMING and dom.received)
+        ]
+
+    def _handed(self) -> list[str]:
+        return [dom.id for dom in self._domains.values() if dom.sent]
+
+    def _lost(self, vm_id: str, other: str) -> None:
+        """Host ``other`` holds the disk of guest ``vm_id`` now: it took the disk while this
+        host was away (the guest is ``error``), or a migration this host sent it on arrived
+        (the guest is gone from here). Runs under the lease lock: no lease calls."""
+        dom = self._domains[vm_id]
+        if dom.sent:
+            log.info("VM %s: its migration to %s arrived while this host was away", vm_id, other)
+            self._forget(dom)
+        else:
+            log.warning("VM %s: host %s took its disk lease while this host was away", vm_id, other)
+            self._set_state(dom, VMState.ERROR, "lost its disk lease while the host was away")
+
+    def _unsend(self) -> None:
+        """After coming back: a guest still here was not taken by its migration's target."""
+        for dom in self._domains.values():
+            if dom.sent:
+                dom.sent = False
+                self._changed(dom)
 
     async def _renew(self) -> None:
         assert self._leases is not None
         while True:
             await asyncio.sleep(self._lease_ttl / 4)
             try:
-                self._leases.renew()
+                self._leases.keep_alive(self._held, self._lost, self._handed)
             except OSError as exc:
                 log.warning("cannot renew this host's disk leases: %s", exc)
 
@@ -201,12 +222,16 @@ class FakeDriver(Driver):
         return self._domains[guest.id]
 
     def _remove(self, dom: FakeDomain) -> None:
+        self._forget(dom)
+        self._release_lease(dom.id)
+
+    def _forget(self, dom: FakeDomain) -> None:
+        """Drop a guest from the table (its lease is left as it is)."""
         self._stop_listening(dom.id)
         if dom.state in RESERVING:
             self._host.reserve(dom.spec, -1)
         del self._domains[dom.id]
         self._changed(dom, removed=True)
-        self._release_lease(dom.id)
 
     def _set_state(self, dom: FakeDomain, state: VMState, reason: str | None = None) -> None:
         """The one place a guest changes state: keeps CPU time, capacity and console right."""
@@ -312,10 +337,12 @@ class FakeDriver(Driver):
         dom = self._domains.get(vm_id)
         if dom is None or dom.state not in INCOMING or dom.received:
             return False
-        dom.received = True
+        dom.received = True  # journaled first: a host killed now finds it and settles it
         self._changed(dom)
-        if self._leases is not None:
-            self._leases.hand_over(vm_id)
+        if self._leases is not None and not self._leases.accept(vm_id):
+            dom.received = False  # the source withdrew: its migration broke, it runs on there
+            self._changed(dom)
+            return False
         return True
 
     def _stop_listening(self, vm_id: str) -> None:
@@ -330,11 +357,21 @@ class FakeDriver(Driver):
         self._require(dom, "migrate", ACTIVE)
         host, port = _target_of(uri, vm_id)
         began = time.monotonic()
+        self._offer(dom)
         try:
             async with asyncio.timeout(timeout):
                 await send(host, port, vm_id, lambda: self._faults.act("migrate", vm_id))
-        except TimeoutError:
-            raise DriverError(f"migration of VM {vm_id} timed out after {timeout} s") from None
+        except BaseException as exc:
+            if self._withdraw(dom):
+                if isinstance(exc, TimeoutError):
+                    raise DriverError(
+                        f"migration of VM {vm_id} timed out after {timeout} s"
+                    ) from None
+                raise
+            log.warning("VM %s: its target took it though the migration broke: %s", vm_id, exc)
+            if not isinstance(exc, Exception):
+                self._remove(dom)
+                raise
         total_ms = (time.monotonic() - began) * 1000
         transferred = int(dom.info(now()).memory_used_mb * 1024 * 1024)
         self._remove(dom)
@@ -343,6 +380,29 @@ class FakeDriver(Driver):
             downtime_ms=total_ms * DOWNTIME_FRACTION,
             transferred_bytes=transferred,
         )
+
+    def _offer(self, dom: FakeDomain) -> None:
+        """Before a migration sends the guest's last state: offer its disk to the target."""
+        if self._leases is None:
+            return
+        dom.sent = True  # journaled first: a host killed now withdraws the offer on return
+        self._changed(dom)
+        try:
+            self._leases.offer(dom.id)
+        except LeaseHeld as exc:
+            dom.sent = False
+            self._changed(dom)
+            raise DriverError(f"cannot migrate VM {dom.id}: {exc}") from None
+
+    def _withdraw(self, dom: FakeDomain) -> bool:
+        """After a migration broke: whether the guest is still this host's to run."""
+        if self._leases is None:
+            return True
+        if not self._leases.withdraw(dom.id):
+            return False
+        dom.sent = False
+        self._changed(dom)
+        return True
 
     async def finish_incoming(self, vm_id: str) -> DomainInfo:
         """Run an incoming VM here once its source sent all of it."""

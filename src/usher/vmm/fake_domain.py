@@ -38,6 +38,9 @@ class FakeDomain:
     console: list[str] = field(default_factory=list)
     received: bool = False
     """An incoming VM whose whole state arrived (the source let go of it)."""
+    sent: bool = False
+    """A migration's source offered the VM's disk to its target (until the migration ends):
+    once the target took it, this copy is inactive, as a QEMU source after it sent all."""
 
     def burnt(self, t: float) -> float:
         """CPU-seconds burnt up to time ``t``."""
@@ -69,6 +72,7 @@ class FakeDomain:
             "running_since": self.running_since,
             "console": self.console,
             "received": self.received,
+            "sent": self.sent,
         }
 
     @classmethod
@@ -83,4 +87,5 @@ class FakeDomain:
             running_since=data["running_since"],
             console=list(data["console"]),
             received=bool(data.get("received", False)),
+            sent=bool(data.get("sent", False)),
         )

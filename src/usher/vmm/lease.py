@@ -10,7 +10,13 @@ same with files in the shared storage directory every node sees:
 * ``leases/hosts/<host>`` holds when that host last renewed (and its ``ttl``); a host renews
   every few seconds while its LNM runs (for the simulation, the LNM process is the host);
 * a lease whose host has not renewed for ``ttl`` seconds has expired, as NFSv4 expires the
-  locks of a host that died, and may be taken by another host.
+  locks of a host that died, and may be taken by another host; a host that was away that
+  long (dead, or stalled) settles what it lost before it renews (:meth:`Leases.come_back`);
+* ``leases/offers/<vm id>`` names the source of a live migration that offers the disk to
+  its target: the target takes it only while it is offered (:meth:`Leases.accept`), and a
+  source whose migration broke withdraws the offer and learns in the same step whether
+  the target took the disk (:meth:`Leases.withdraw`). So exactly one of them runs on,
+  as with QEMU, whose source lets go of the disk only once it sent the whole guest.
 
 Every change is made under one ``flock`` of ``leases/.lock``, so two hosts that both try to
 take a free lease cannot both get it.
@@ -24,7 +30,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from usher.model import LEASE_HELD
@@ -43,21 +49,19 @@ class Leases:
         self.ttl = ttl
         (self.root / "vms").mkdir(parents=True, exist_ok=True)
         (self.root / "hosts").mkdir(parents=True, exist_ok=True)
+        (self.root / "offers").mkdir(parents=True, exist_ok=True)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return frozen(self.root)
 
     def _host_file(self, holder: str) -> Path:
         return self.root / "hosts" / _host_name(holder)
 
     def _vm_file(self, vm_id: str) -> Path:
         return self.root / "vms" / vm_id
+
+    def _offer_file(self, vm_id: str) -> Path:
+        return self.root / "offers" / vm_id
 
     def renew(self) -> None:
         """This host is alive: its leases hold for another ``ttl`` seconds."""
@@ -83,30 +87,86 @@ class Leases:
             self.renew()
             _write(self._vm_file(vm_id), self.holder)
 
-    def come_back(self, vm_ids: list[str], lost: Callable[[str, str], None]) -> None:
+    def come_back(
+        self,
+        vm_ids: Collection[str],
+        lost: Callable[[str, str], None],
+        handed: Collection[str] = (),
+    ) -> None:
         """This host returns with guests ``vm_ids``: in one step (no other host can take a
         lease meanwhile), call ``lost(vm_id, holder)`` for each guest whose disk another
-        live host took while this one was away, then renew this host and take the others'
-        leases up again. ``lost`` runs before the renewal: as a host coming back, this one
-        holds no lease until it says so, and its lost copies must be settled by then."""
+        live host took while this one was away, or whose disk this host offered to a
+        migration's target (``handed``) and the target took; withdraw its other offers;
+        then renew this host and take the others' leases up again. ``lost`` runs before the
+        renewal: as a host coming back, this one holds no lease until it says so, and its
+        lost copies must be settled by then."""
         with self._locked():
-            kept: list[str] = []
-            for vm_id in vm_ids:
-                holder = self._read(vm_id)
-                if holder not in (None, self.holder) and self._alive(holder):
-                    lost(vm_id, holder)
-                else:
-                    kept.append(vm_id)
-            self.renew()
-            for vm_id in kept:
-                _write(self._vm_file(vm_id), self.holder)
+            self._come_back(vm_ids, lost, handed)
 
-    def hand_over(self, vm_id: str) -> None:
-        """An incoming migration's guest took over the VM (its source sent all of it and let
-        go): the lease moves to this host whoever held it."""
+    def _come_back(
+        self, vm_ids: Collection[str], lost: Callable[[str, str], None], handed: Collection[str]
+    ) -> None:
+        kept: list[str] = []
+        for vm_id in vm_ids:
+            self._withdraw(vm_id)
+            holder = self._read(vm_id)
+            if holder not in (None, self.holder) and (vm_id in handed or self._alive(holder)):
+                lost(vm_id, holder)
+            else:
+                kept.append(vm_id)
+        self.renew()
+        for vm_id in kept:
+            _write(self._vm_file(vm_id), self.holder)
+
+    def keep_alive(
+        self,
+        vm_ids: Callable[[], Collection[str]],
+        lost: Callable[[str, str], None],
+        handed: Callable[[], Collection[str]],
+    ) -> None:
+        """Renew this host's leases; if they expired meanwhile (the host stalled for longer
+        than ``ttl``, and other hosts may have taken its disks), come back as a returning
+        host does (:meth:`come_back`) with the guests ``vm_ids()`` it has now."""
         with self._locked():
+            if self._alive(self.holder):
+                self.renew()
+            else:
+                self._come_back(vm_ids(), lost, handed())
+
+    def offer(self, vm_id: str) -> None:
+        """Offer the VM's disk, which this host holds, to a live migration's target; raises
+        :class:`LeaseHeld` if this host does not hold it."""
+        with self._locked():
+            holder = self._read(vm_id)
+            if holder != self.holder:
+                raise LeaseHeld(
+                    f"{LEASE_HELD}: this host does not hold the disk of VM {vm_id} "
+                    f"(held by {holder or 'nobody'})"
+                )
+            _write(self._offer_file(vm_id), self.holder)
+
+    def accept(self, vm_id: str) -> bool:
+        """A live migration's target takes the VM's disk, if its holder still offers it;
+        returns whether it did."""
+        with self._locked():
+            source = _read_text(self._offer_file(vm_id))
+            if source is None or self._read(vm_id) != source:
+                return False
+            self._offer_file(vm_id).unlink()
             self.renew()
             _write(self._vm_file(vm_id), self.holder)
+            return True
+
+    def withdraw(self, vm_id: str) -> bool:
+        """A migration's source no longer offers the VM's disk; returns whether this host
+        still holds it (False: the target took it first)."""
+        with self._locked():
+            self._withdraw(vm_id)
+            return self._read(vm_id) == self.holder
+
+    def _withdraw(self, vm_id: str) -> None:
+        if _read_text(self._offer_file(vm_id)) == self.holder:
+            self._offer_file(vm_id).unlink()
 
     def release(self, vm_id: str) -> None:
         """Give the VM's disk up, if this host holds it. Idempotent."""
@@ -130,8 +190,23 @@ def host_alive(root: Path, holder: str) -> bool:
 
 def lease_holder(root: Path, vm_id: str) -> str | None:
     """Whom ``leases/vms/<vm_id>`` under ``root`` names, alive or not (None: nobody)."""
+    return _read_text(root / "vms" / vm_id)
+
+
+@contextlib.contextmanager
+def frozen(root: Path) -> Iterator[None]:
+    """No lease under ``root`` changes while this is held (for a checker's consistent look)."""
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        return (root / "vms" / vm_id).read_text() or None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text() or None
     except FileNotFoundError:
         return None
 

@@ -1,15 +1,17 @@
 """A live migration, as one VM's step: prepare the target, migrate from the source, finish
-on the target; on failure the VM is recorded as its source reports it."""
+on the target. If that breaks, the target settles its copy: it runs the VM if the whole
+guest arrived (then the source let go of it, and the VM is recorded there), and drops it if
+not (then the VM is recorded as its source reports it)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from usher.ctrl.engine.crew import Crew
 from usher.ctrl.engine.errors import StepCancelled, StepFailed
 from usher.ctrl.engine.images import ImageCache
+from usher.ctrl.engine.incoming import settle_incoming
 from usher.ctrl.engine.runner import Runner
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeLink
 from usher.model import VM, Operation, VMState, now
@@ -35,6 +37,8 @@ class Migration:
         await crew.set_state(vm, VMState.MIGRATING, f"to {target}", op, target_node=target)
         timeout = crew.settings.migrate_timeout
         started = now()
+        prepared: dict[str, Any] = {}
+        result: dict[str, Any] = {}
         try:
             prepared = await dst_link.call(
                 "prepare_incoming", vm_id=vm.id, guest=await self.images.guest(vm), timeout=timeout
@@ -51,30 +55,56 @@ class Migration:
                 "finish_incoming", vm_id=vm.id, timeout=timeout, observe=True
             )
         except (CommandFailed, NodeGone, asyncio.CancelledError) as exc:
-            with contextlib.suppress(CommandFailed, NodeGone):
-                await dst_link.call("abort_incoming", vm_id=vm.id, timeout=timeout)
+            info = await self._settle_target(vm, target)
+            if info is not None:  # it arrived whole: it runs there, however the rest went
+                await crew.set_state(
+                    vm,
+                    VMState(info.get("state", before)),
+                    f"arrived on {target}, though the migration broke: {exc or 'timed out'}",
+                    op,
+                    node=target,
+                    target_node=None,
+                )
             if isinstance(exc, asyncio.CancelledError):  # timed out: the runner settles it
                 raise
+            if info is not None:
+                return self._details(prepared, result, source, target, started)
             cancelled = self.runner.is_cancelled(op, vm.id)
             why = "cancelled" if cancelled else str(exc)
             await self._settle_after_failure(op, vm, src_link, before, why)
             if cancelled:
                 raise StepCancelled(f"{vm.name}: migration to {target} cancelled") from exc
             raise StepFailed(f"{vm.name}: migration to {target} failed: {exc}") from exc
-        details = {
+        await crew.set_state(
+            vm, VMState(info.get("state", before)), op=op, node=target, target_node=None
+        )
+        return self._details(prepared, result, source, target, started)
+
+    @staticmethod
+    def _details(
+        prepared: dict[str, Any],
+        result: dict[str, Any],
+        source: str | None,
+        target: str,
+        started: float,
+    ) -> dict[str, Any]:
+        return {
             "from": source,
             "to": target,
-            "uri": prepared["uri"],
+            "uri": prepared.get("uri"),
             "total_ms": round((now() - started) * 1000, 1),  # all of it, as the user waits
             "migration_ms": result.get("total_ms"),  # the hypervisor's transfer alone
             "downtime_ms": result.get("downtime_ms"),
             "transferred_bytes": result.get("transferred_bytes"),
         }
-        await crew.set_state(
-            vm, VMState(info.get("state", before)), op=op, node=target, target_node=None
-        )
-        return details
 
+    async def _settle_target(self, vm: VM, target: str) -> dict[str, Any] | None:
+        """After a broken migration: the VM as ``target`` runs it if the whole guest
+        arrived there, None if the target dropped its copy or cannot be asked."""
+        try:
+            return await settle_incoming(self.crew, vm, target)
+        except (CommandFailed, NodeGone):
+            return None
     async def _settle_after_failure(
         self, op: Operation, vm: VM, src_link: NodeLink, before: VMState, reason: str
     ) -> None:

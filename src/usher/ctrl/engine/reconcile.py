@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from usher.ctrl.engine.crew import SYSTEM, Crew
+from usher.ctrl.engine.crew import Crew
 from usher.ctrl.engine.fencing import Fencer
+from usher.ctrl.engine.incoming import settle_incoming
 from usher.ctrl.nodes import CommandFailed, NodeGone
 from usher.model import VM, VMState
 
@@ -131,27 +132,17 @@ class Reconciler:
         """Have ``node`` settle an incoming copy of ``vm`` an interrupted migration left:
         the VM it now runs, or None if it dropped the copy (or cannot be asked)."""
         crew = self.crew
-        timeout = crew.settings.command_timeout
         try:
-            answer = await crew.nodes.link(node).call(
-                "settle_incoming", vm_id=vm.id, timeout=timeout
-            )
+            return await settle_incoming(crew, vm, node)
         except (CommandFailed, NodeGone) as exc:
             # no incoming copy to settle there any more (a late report): what is there now
             log.warning("cannot settle the incoming copy of %s on %s: %s", vm.name, node, exc)
             try:
-                return await crew.nodes.link(node).call("info", vm_id=vm.id, timeout=timeout)
+                return await crew.nodes.link(node).call(
+                    "info", vm_id=vm.id, timeout=crew.settings.command_timeout
+                )
             except (CommandFailed, NodeGone):
                 return None
-        settled = answer.get("settled")
-        await crew.bus.emit(
-            "incoming_settled",
-            vm_id=vm.id,
-            node=node,
-            principal=SYSTEM.name,
-            data={"outcome": settled, "recorded_node": vm.node},
-        )
-        return answer.get("vm") if settled == "running" else None
 
     async def _recorded_node_has(self, vm: VM) -> bool:
         """Whether the node the record places ``vm`` on is up and has it."""
