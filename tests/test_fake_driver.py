@@ -334,7 +334,7 @@ async def test_migration_moves_vm_and_capacity() -> None:
     source, target = FakeDriver(), FakeDriver(options={"vcpus": 4})
     await source.start(guest(vcpus=4))
     uri = await target.prepare_incoming(guest(vcpus=4), "127.0.0.1")
-    assert re.fullmatch(r"fake://127\.0\.0\.1:\d+/vm-1", uri), uri
+    assert re.fullmatch(r"fake://127\.0\.0\.1:\d+/vm-1\?to=[0-9a-f]{16}", uri), uri
     assert await state_of(target) is VMState.MIGRATING
     assert target.reserved().vcpus == 4
     with pytest.raises(InsufficientCapacity):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from usher.model import VMSpec, VMState
-from usher.vmm.base import DriverError, Guest
+from usher.vmm.base import DriverError, Guest, UnknownVM
 from usher.vmm.fake import FakeDriver
 from usher.vmm.lease import lease_holder
 
@@ -50,13 +50,17 @@ def received(driver: FakeDriver) -> bool:
     return dom is not None and dom.received
 
 
+def nonce_of(uri: str) -> str:
+    return uri.rsplit("?to=", 1)[1]
+
+
 def drop_link_after_taking(target: FakeDriver) -> None:
     """The target takes the guest, then its connection to the source breaks before the
     source hears ``ok`` (a network fault, or the target's host dying)."""
     take = target._received
 
-    def received_then_cut(vm_id: str) -> bool:
-        taken = take(vm_id)
+    def received_then_cut(vm_id: str, nonce: str) -> bool:
+        taken = take(vm_id, nonce)
         target._incoming[vm_id].close()
         return taken
 
@@ -91,7 +95,7 @@ async def test_a_source_that_withdrew_first_runs_on_and_the_target_cannot_take_i
     with pytest.raises(DriverError, match="timed out"):
         await a.migrate(VM.id, uri, timeout=0.1)
     assert await active(a) and holder_of(tmp_path) == name_of(a)
-    assert not b._received(VM.id)  # a "done" arriving now is refused
+    assert not b._received(VM.id, nonce_of(uri))  # a "done" arriving now is refused
     assert not received(b)
     assert await b.settle_incoming(VM.id) is None
     with pytest.raises(DriverError, match="in use"):
@@ -109,8 +113,8 @@ async def test_a_source_killed_after_the_target_took_the_guest_forgets_it_on_ret
     taken = asyncio.Event()
     take = b._received
 
-    def received_then_source_dies(vm_id: str) -> bool:
-        ok = take(vm_id)
+    def received_then_source_dies(vm_id: str, nonce: str) -> bool:
+        ok = take(vm_id, nonce)
         taken.set()
         return ok
 
@@ -142,7 +146,7 @@ async def test_a_source_killed_before_the_target_took_the_guest_keeps_it(tmp_pat
     back = await host(tmp_path, "a")
     assert await active(back) and holder_of(tmp_path) == name_of(back)
     assert not back._domains[VM.id].sent
-    assert not b._received(VM.id)  # the offer went with a's return
+    assert not b._received(VM.id, nonce_of(uri))  # the offer went with a's return
     await back.close()
     await b.close()
 
@@ -158,8 +162,59 @@ async def test_a_host_that_stalled_past_its_ttl_settles_what_it_lost(tmp_path: P
     await asyncio.sleep(0.6)
     await b.start(VM)  # a's lease expired: b may take the disk
     assert a._leases is not None
-    a._leases.keep_alive(a._held, a._lost, a._handed)  # a wakes up
+    a._leases.keep_alive()  # a wakes up
     assert (await a.info(VM.id)).state is VMState.ERROR
     assert holder_of(tmp_path) == name_of(b)
     await a.close()
     await b.close()
+
+
+async def test_a_source_whose_target_took_the_guest_no_longer_reports_it(tmp_path: Path) -> None:
+    """Between the target's take and the source's letting go, the source's copy is inactive
+    (a QEMU source that sent all): a controller asking the source must not find it there,
+    or it would fence the target's copy, the only live one."""
+    a, b = await host(tmp_path, "a"), await host(tmp_path, "b")
+    await a.start(VM)
+    uri = await b.prepare_incoming(VM, "127.0.0.1")
+    a._offer(a._domains[VM.id], nonce_of(uri))  # the source is sending its last state
+    assert await active(a)
+    assert b._received(VM.id, nonce_of(uri))  # the target took it
+    with pytest.raises(UnknownVM):
+        await a.info(VM.id)
+    assert not await active(a)
+    for driver in (a, b):
+        await driver.close()
+
+
+async def test_a_second_migration_of_a_guest_being_sent_is_refused(tmp_path: Path) -> None:
+    a = await host(tmp_path, "a", latency={"migrate": 1})
+    b, c = await host(tmp_path, "b"), await host(tmp_path, "c")
+    await a.start(VM)
+    first = asyncio.ensure_future(
+        a.migrate(VM.id, await b.prepare_incoming(VM, "127.0.0.1"), timeout=5)
+    )
+    await asyncio.sleep(0.1)
+    with pytest.raises(DriverError, match="under way"):
+        await a.migrate(VM.id, await c.prepare_incoming(VM, "127.0.0.1"), timeout=5)
+    await first
+    assert received(b) and holder_of(tmp_path) == name_of(b)
+    assert await c.settle_incoming(VM.id) is None
+    for driver in (a, b, c):
+        await driver.close()
+
+
+async def test_a_target_killed_after_its_take_finds_the_guest_arrived(tmp_path: Path) -> None:
+    """The target took the disk and was killed before it noted the guest arrived: the disk
+    says it did, so the target runs it once settled (else the only copy would be lost)."""
+    a, b = await host(tmp_path, "a"), await host(tmp_path, "b")
+    await a.start(VM)
+    uri = await b.prepare_incoming(VM, "127.0.0.1")
+    a._offer(a._domains[VM.id], nonce_of(uri))
+    assert b._leases is not None and b._leases.accept(VM.id, nonce_of(uri))  # then killed
+    await b.close()
+    back = await host(tmp_path, "b")
+    info = await back.settle_incoming(VM.id)
+    assert info is not None and info.state is VMState.RUNNING
+    assert not a._withdraw(a._domains[VM.id])  # the source learns the guest left
+    await back.close()
+    await a.close()

@@ -100,11 +100,10 @@ def _fake_copies(cluster: Cluster, nodes_dir: Path) -> list[tuple[Path, str, dic
                 if rec["state"] not in ("running", "paused"):
                     continue
                 owner = lease_holder(leases, vm_id)
-                if owner not in (None, holder) and (
-                    rec.get("sent") or not host_alive(leases, holder)
-                ):
-                    continue
-                found.append((node_dir, vm_id, {**rec, "_lease": owner}, owner == holder))
+                holds = owner == holder
+                if not holds and (rec.get("sent") or not host_alive(leases, holder)):
+                    continue  # it sent its guest away, or it is a dead host's, to settle
+                found.append((node_dir, vm_id, {**rec, "_lease": owner}, holds))
     return found
 
 

@@ -247,8 +247,11 @@ class Driver(abc.ABC):
     async def migrate(self, vm_id: str, uri: str, *, timeout: float) -> MigrationResult:
         """Send a ``running`` or ``paused`` VM to ``uri`` within ``timeout`` seconds. On
         success the VM is gone from this host (not listed; its shared disks stay for the
-        target); on failure, timeout or cancellation it still runs here as before and
-        :class:`DriverError` is raised (or the cancellation re-raised)."""
+        target). If the target took the whole VM, that is success even if the connection
+        broke afterwards (the target runs it once settled; a cancellation is re-raised, and
+        the VM is gone all the same). Otherwise, on failure, timeout or cancellation, it
+        still runs here as before and :class:`DriverError` is raised (or the cancellation
+        re-raised)."""
         raise DriverError(f"the {self.name} driver cannot live-migrate VMs")
 
     async def finish_incoming(self, vm_id: str) -> DomainInfo:

@@ -26,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from usher.model import Capability, Capacity, VMState, now
 from usher.vmm.base import (
@@ -55,7 +56,7 @@ from usher.vmm.fake_domain import (
 from usher.vmm.fake_faults import ACTIONS, Faults
 from usher.vmm.fake_journal import JOURNAL_MIN, Journal
 from usher.vmm.fake_wire import Incoming, send
-from usher.vmm.lease import LeaseHeld, Leases
+from usher.vmm.lease import Guests, LeaseHeld, Leases
 
 __all__ = ["ACTIONS", "CPU_LOAD", "JOURNAL_MIN", "MEMORY_LOAD", "FakeDriver"]
 
@@ -65,16 +66,19 @@ DOWNTIME_FRACTION = 0.1
 """Share of a live migration's time during which the guest is frozen."""
 
 
-def _target_of(uri: str, vm_id: str) -> tuple[str, int]:
-    """The host and port of a ``fake://<host>:<port>/<vm_id>`` migration URI."""
+def _target_of(uri: str, vm_id: str) -> tuple[str, int, str]:
+    """The host, port and nonce of a ``fake://<host>:<port>/<vm_id>?to=<nonce>`` URI."""
     try:
         parts = urlsplit(uri)
         port = parts.port
+        nonce = parse_qs(parts.query).get("to", [""])[0]
     except ValueError:
-        port = None
+        port, nonce = None, ""
     if port is None or parts.scheme != "fake" or not parts.hostname or parts.path != f"/{vm_id}":
-        raise DriverError(f"cannot migrate VM {vm_id}: {uri!r} is not fake://<host>:<port>/{vm_id}")
-    return parts.hostname, port
+        raise DriverError(
+            f"cannot migrate VM {vm_id}: {uri!r} is not fake://<host>:<port>/{vm_id}?to=<nonce>"
+        )
+    return parts.hostname, port, nonce
 
 
 class FakeDriver(Driver):
@@ -98,6 +102,8 @@ class FakeDriver(Driver):
         self._incoming: dict[str, Incoming] = {}
         self._lease_ttl = float(self.options.get("lease_ttl", 10.0))
         self._leases: Leases | None = None
+        self._lost_guests: list[tuple[str, str]] = []
+        self._sending: set[str] = set()  # guests whose migration is under way
         self._renewer: asyncio.Task[None] | None = None
 
     # capacity ------------------------------------------------------------------------------
@@ -130,40 +136,46 @@ class FakeDriver(Driver):
         storage = self.options.get("storage_dir")
         if storage:
             holder = os.path.realpath(self.state_dir)
-            self._leases = leases = Leases(str(storage), holder, self._lease_ttl)
-            leases.come_back(self._held(), self._lost, self._handed())
-            self._unsend()
+            guests = Guests(held=self._held, lost=self._lost)
+            self._leases = leases = Leases(str(storage), holder, self._lease_ttl, guests)
+            leases.come_back()
+            self._returned()
             self._renewer = asyncio.get_running_loop().create_task(self._renew())
 
     def _held(self) -> list[str]:
-        """The guests whose disks this host's leases hold: active ones, and incoming ones
-        whose whole state arrived."""
+        """The guests whose disks this host holds, as far as it knows: active ones, and
+        incoming ones whose disk it accepted."""
         return [
             dom.id
             for dom in self._domains.values()
-            if dom.state in ACTIVE or (dom.state in INCOMING and dom.received)
+            if dom.state in ACTIVE or (dom.state in INCOMING and self._arrived(dom))
         ]
 
-    def _handed(self) -> list[str]:
-        return [dom.id for dom in self._domains.values() if dom.sent]
-
-    def _lost(self, vm_id: str, other: str) -> None:
-        """Host ``other`` holds the disk of guest ``vm_id`` now: it took the disk while this
-        host was away (the guest is ``error``), or a migration this host sent it on arrived
-        (the guest is gone from here). Runs under the lease lock: no lease calls."""
-        dom = self._domains[vm_id]
-        if dom.sent:
-            log.info("VM %s: its migration to %s arrived while this host was away", vm_id, other)
+    def _lost(self, vm_id: str, holder: str | None) -> None:
+        """The disk of guest ``vm_id`` is no longer this host's (``holder`` has it): a
+        migration this host sent it on took it (the guest is gone from here, as is an
+        incoming one), or it went while this host was away (the guest is ``error``). Runs
+        under the lease lock: no lease calls."""
+        dom = self._domains.get(vm_id)
+        if dom is None:
+            return
+        if dom.sent or dom.state in INCOMING:
+            log.info("VM %s: its disk went to %s while this host was away", vm_id, holder)
             self._forget(dom)
-        else:
-            log.warning("VM %s: host %s took its disk lease while this host was away", vm_id, other)
-            self._set_state(dom, VMState.ERROR, "lost its disk lease while the host was away")
+            return
+        log.warning("VM %s: its disk lease went to %s while this host was away", vm_id, holder)
+        reason = "lost its disk lease while its host was away"
+        self._set_state(dom, VMState.ERROR, reason)
+        self._lost_guests.append((vm_id, reason))
 
-    def _unsend(self) -> None:
-        """After coming back: a guest still here was not taken by its migration's target."""
+    def _returned(self) -> None:
+        """After coming back: a guest still here and not being sent was not taken by its
+        migration's target, and an incoming one whose disk this host holds arrived whole."""
         for dom in self._domains.values():
-            if dom.sent:
-                dom.sent = False
+            if dom.id in self._sending:
+                continue
+            if dom.sent or (dom.state in INCOMING and self._arrived(dom) != dom.received):
+                dom.sent, dom.received = False, dom.state in INCOMING
                 self._changed(dom)
 
     async def _renew(self) -> None:
@@ -171,9 +183,13 @@ class FakeDriver(Driver):
         while True:
             await asyncio.sleep(self._lease_ttl / 4)
             try:
-                self._leases.keep_alive(self._held, self._lost, self._handed)
-            except OSError as exc:
-                log.warning("cannot renew this host's disk leases: %s", exc)
+                self._leases.keep_alive()
+            except Exception:
+                log.exception("cannot renew this host's disk leases")
+            self._returned()
+            lost, self._lost_guests = self._lost_guests, []
+            for vm_id, reason in lost:
+                await self.on_state_change(vm_id, VMState.ERROR, reason)
 
     def _take_lease(self, vm_id: str) -> None:
         if self._leases is not None:
@@ -226,7 +242,9 @@ class FakeDriver(Driver):
         self._release_lease(dom.id)
 
     def _forget(self, dom: FakeDomain) -> None:
-        """Drop a guest from the table (its lease is left as it is)."""
+        """Drop a guest from the table (its lease is left as it is); idempotent."""
+        if self._domains.get(dom.id) is not dom:
+            return
         self._stop_listening(dom.id)
         if dom.state in RESERVING:
             self._host.reserve(dom.spec, -1)
@@ -249,10 +267,24 @@ class FakeDriver(Driver):
 
     async def list(self) -> list[DomainInfo]:
         t = now()
-        return [dom.info(t) for dom in self._domains.values()]
+        return [dom.info(t) for dom in self._domains.values() if not self._gone(dom)]
 
     async def info(self, vm_id: str) -> DomainInfo:
-        return self._get(vm_id).info(now())
+        dom = self._get(vm_id)
+        if self._gone(dom):
+            raise UnknownVM(vm_id)
+        return dom.info(now())
+
+    def _gone(self, dom: FakeDomain) -> bool:
+        """A guest whose migration's target took its disk: inactive here, as a QEMU source
+        that sent all of its guest, until :meth:`migrate` lets it go."""
+        return dom.sent and self._leases is not None and not self._leases.holds(dom.id)
+
+    def _arrived(self, dom: FakeDomain) -> bool:
+        """Whether all of an incoming guest arrived: its disk is this host's."""
+        if self._leases is None or dom.received:
+            return dom.received
+        return self._leases.holds(dom.id)
 
     # operations ----------------------------------------------------------------------------
 
@@ -320,9 +352,10 @@ class FakeDriver(Driver):
         ``migrating`` until finished or aborted."""
         if guest.id in self._domains:
             raise DriverError(f"cannot receive VM {guest.id}: it is already on this host")
+        nonce = secrets.token_hex(8)
         with self._host.claim(guest.id, guest.spec):
             await self._faults.act("prepare_incoming", guest.id)
-            incoming = Incoming(guest.id, lambda: self._received(guest.id))
+            incoming = Incoming(guest.id, lambda: self._received(guest.id, nonce))
             try:
                 port = await incoming.listen(ipv6=":" in listen_host)
             except OSError as exc:
@@ -330,19 +363,18 @@ class FakeDriver(Driver):
         self._incoming[guest.id] = incoming
         self._set_state(self._add(guest), VMState.MIGRATING)
         host = f"[{listen_host}]" if ":" in listen_host else listen_host
-        return f"fake://{host}:{port}/{guest.id}"
+        return f"fake://{host}:{port}/{guest.id}?to={nonce}"
 
-    def _received(self, vm_id: str) -> bool:
-        """The source sent all of ``vm_id``: take it, if it is still expected here."""
+    def _received(self, vm_id: str, nonce: str) -> bool:
+        """The source sent all of ``vm_id``: take it (and its disk, which the source offers
+        this target, ``nonce``), if it is still expected here."""
         dom = self._domains.get(vm_id)
         if dom is None or dom.state not in INCOMING or dom.received:
             return False
-        dom.received = True  # journaled first: a host killed now finds it and settles it
+        if self._leases is not None and not self._leases.accept(vm_id, nonce):
+            return False  # the source withdrew: its migration broke, the guest runs there
+        dom.received = True  # (a host killed before this line finds the disk its own)
         self._changed(dom)
-        if self._leases is not None and not self._leases.accept(vm_id):
-            dom.received = False  # the source withdrew: its migration broke, it runs on there
-            self._changed(dom)
-            return False
         return True
 
     def _stop_listening(self, vm_id: str) -> None:
@@ -352,12 +384,36 @@ class FakeDriver(Driver):
 
     async def migrate(self, vm_id: str, uri: str, *, timeout: float) -> MigrationResult:
         """Send a running or paused VM to the target listening at
-        ``fake://<host>:<port>/<vm_id>``; if the target does not take it, it runs on here."""
+        ``fake://<host>:<port>/<vm_id>?to=<nonce>``; if the target does not take it, it
+        runs on here. If the target took it though the migration broke afterwards (the
+        target's ``ok`` was lost), the migration succeeded: the guest is gone from here."""
         dom = self._get(vm_id)
         self._require(dom, "migrate", ACTIVE)
-        host, port = _target_of(uri, vm_id)
+        if vm_id in self._sending:
+            raise DriverError(f"cannot migrate VM {vm_id}: a migration of it is under way")
+        host, port, nonce = _target_of(uri, vm_id)
         began = time.monotonic()
-        self._offer(dom)
+        self._sending.add(vm_id)
+        try:
+            await self._send(dom, host, port, nonce, timeout)
+        finally:
+            self._sending.discard(vm_id)
+        total_ms = (time.monotonic() - began) * 1000
+        transferred = int(dom.info(now()).memory_used_mb * 1024 * 1024)
+        self._remove(dom)
+        return MigrationResult(
+            total_ms=total_ms,
+            downtime_ms=total_ms * DOWNTIME_FRACTION,
+            transferred_bytes=transferred,
+        )
+
+    async def _send(
+        self, dom: FakeDomain, host: str, port: int, nonce: str, timeout: float
+    ) -> None:
+        """Offer the guest's disk to the target and send the guest: returns once the target
+        took it, raises if it runs on here."""
+        vm_id = dom.id
+        self._offer(dom, nonce)
         try:
             async with asyncio.timeout(timeout):
                 await send(host, port, vm_id, lambda: self._faults.act("migrate", vm_id))
@@ -368,31 +424,25 @@ class FakeDriver(Driver):
                         f"migration of VM {vm_id} timed out after {timeout} s"
                     ) from None
                 raise
-            log.warning("VM %s: its target took it though the migration broke: %s", vm_id, exc)
+            log.warning("VM %s: its disk left this host though the migration broke: %s", vm_id, exc)
             if not isinstance(exc, Exception):
                 self._remove(dom)
                 raise
-        total_ms = (time.monotonic() - began) * 1000
-        transferred = int(dom.info(now()).memory_used_mb * 1024 * 1024)
-        self._remove(dom)
-        return MigrationResult(
-            total_ms=total_ms,
-            downtime_ms=total_ms * DOWNTIME_FRACTION,
-            transferred_bytes=transferred,
-        )
 
-    def _offer(self, dom: FakeDomain) -> None:
-        """Before a migration sends the guest's last state: offer its disk to the target."""
+    def _offer(self, dom: FakeDomain, nonce: str) -> None:
+        """Before a migration sends the guest: offer its disk to the target ``nonce``."""
         if self._leases is None:
             return
         dom.sent = True  # journaled first: a host killed now withdraws the offer on return
         self._changed(dom)
         try:
-            self._leases.offer(dom.id)
-        except LeaseHeld as exc:
+            self._leases.offer(dom.id, nonce)
+        except BaseException as exc:
             dom.sent = False
             self._changed(dom)
-            raise DriverError(f"cannot migrate VM {dom.id}: {exc}") from None
+            if isinstance(exc, LeaseHeld):
+                raise DriverError(f"cannot migrate VM {dom.id}: {exc}") from None
+            raise
 
     def _withdraw(self, dom: FakeDomain) -> bool:
         """After a migration broke: whether the guest is still this host's to run."""
@@ -408,7 +458,7 @@ class FakeDriver(Driver):
         """Run an incoming VM here once its source sent all of it."""
         dom = self._get(vm_id)
         self._require(dom, "finish incoming migration of", INCOMING)
-        if not dom.received:
+        if not self._arrived(dom):
             raise DriverError(f"incoming migration of VM {vm_id} is not complete")
         await self._faults.act("finish_incoming", vm_id)
         self._stop_listening(vm_id)
@@ -430,7 +480,7 @@ class FakeDriver(Driver):
         await asyncio.sleep(0)
         dom = self._get(vm_id)
         self._require(dom, "settle incoming migration of", INCOMING)
-        if not dom.received:
+        if not self._arrived(dom):
             self._remove(dom)
             return None
         self._stop_listening(vm_id)

@@ -31,6 +31,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from usher.model import LEASE_HELD
@@ -40,19 +41,38 @@ class LeaseHeld(Exception):
     """Another host's guest holds the VM's disk; the message says which."""
 
 
+@dataclass
+class Guests:
+    """What a host's driver tells its leases when the host comes back."""
+
+    held: Callable[[], Collection[str]] = list
+    """The guests whose disks this host holds, as far as it knows: active ones, and incoming
+    ones whose disk it accepted."""
+    lost: Callable[[str, str | None], None] = field(default=lambda vm_id, holder: None)
+    """Called with a guest and the disk's holder now (None: nobody) when a returning host
+    finds the disk is no longer its own. Runs under the lease lock: no lease calls."""
+
+
 class Leases:
     """The leases a host (``holder``, unique per node) takes in ``storage``."""
 
-    def __init__(self, storage: str | os.PathLike[str], holder: str, ttl: float) -> None:
+    def __init__(
+        self, storage: str | os.PathLike[str], holder: str, ttl: float, guests: Guests | None = None
+    ) -> None:
         self.root = Path(storage) / "leases"
         self.holder = holder
         self.ttl = ttl
-        (self.root / "vms").mkdir(parents=True, exist_ok=True)
-        (self.root / "hosts").mkdir(parents=True, exist_ok=True)
-        (self.root / "offers").mkdir(parents=True, exist_ok=True)
+        self.guests = guests or Guests()
+        for part in ("vms", "hosts", "offers"):
+            (self.root / part).mkdir(parents=True, exist_ok=True)
 
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
-        return frozen(self.root)
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The lease lock; a host whose leases expired comes back first."""
+        with frozen(self.root):
+            if self._expired():
+                self._come_back()
+            yield
 
     def _host_file(self, holder: str) -> Path:
         return self.root / "hosts" / _host_name(holder)
@@ -64,9 +84,21 @@ class Leases:
         return self.root / "offers" / vm_id
 
     def renew(self) -> None:
-        """This host is alive: its leases hold for another ``ttl`` seconds."""
+        """This host is alive: its leases hold for another ``ttl`` seconds. (Under the lock,
+        from :meth:`keep_alive`, so that an expired host comes back first.)"""
         record = {"renewed": time.time(), "ttl": self.ttl}
         _write(self._host_file(self.holder), json.dumps(record))
+
+    def keep_alive(self) -> None:
+        """Renew this host's leases (every ``ttl / 4`` while it runs); if they expired
+        meanwhile (it stalled longer than ``ttl``), come back first."""
+        with self._locked():
+            self.renew()
+
+    def _expired(self) -> bool:
+        """This host renewed once and then not within its ``ttl``: others may have taken
+        its disks. (A host that never renewed holds nothing to lose.)"""
+        return self._host_file(self.holder).exists() and not self._alive(self.holder)
 
     def _alive(self, holder: str) -> bool:
         return host_alive(self.root, holder)
@@ -87,55 +119,33 @@ class Leases:
             self.renew()
             _write(self._vm_file(vm_id), self.holder)
 
-    def come_back(
-        self,
-        vm_ids: Collection[str],
-        lost: Callable[[str, str], None],
-        handed: Collection[str] = (),
-    ) -> None:
-        """This host returns with guests ``vm_ids``: in one step (no other host can take a
-        lease meanwhile), call ``lost(vm_id, holder)`` for each guest whose disk another
-        live host took while this one was away, or whose disk this host offered to a
-        migration's target (``handed``) and the target took; withdraw its other offers;
-        then renew this host and take the others' leases up again. ``lost`` runs before the
-        renewal: as a host coming back, this one holds no lease until it says so, and its
-        lost copies must be settled by then."""
-        with self._locked():
-            self._come_back(vm_ids, lost, handed)
+    def come_back(self) -> None:
+        """This host returns (its LNM started, or it stalled past its ``ttl``): in one step
+        (no other host can take a lease meanwhile), withdraw its offers and tell
+        ``guests.lost`` of each guest whose lease no longer names this host (another host
+        took the disk, or a migration's target did, or it was released: as NFSv4 does not
+        give a client back locks that expired, that disk is no longer this copy's); then
+        renew this host and its leases. ``lost`` runs before the renewal: a returning host
+        holds no lease until it says so, and its lost copies must be settled by then."""
+        with frozen(self.root):
+            self._come_back()
 
-    def _come_back(
-        self, vm_ids: Collection[str], lost: Callable[[str, str], None], handed: Collection[str]
-    ) -> None:
+    def _come_back(self) -> None:
         kept: list[str] = []
-        for vm_id in vm_ids:
+        for vm_id in self.guests.held():
             self._withdraw(vm_id)
             holder = self._read(vm_id)
-            if holder not in (None, self.holder) and (vm_id in handed or self._alive(holder)):
-                lost(vm_id, holder)
-            else:
+            if holder == self.holder:
                 kept.append(vm_id)
+            else:
+                self.guests.lost(vm_id, holder)
         self.renew()
         for vm_id in kept:
             _write(self._vm_file(vm_id), self.holder)
 
-    def keep_alive(
-        self,
-        vm_ids: Callable[[], Collection[str]],
-        lost: Callable[[str, str], None],
-        handed: Callable[[], Collection[str]],
-    ) -> None:
-        """Renew this host's leases; if they expired meanwhile (the host stalled for longer
-        than ``ttl``, and other hosts may have taken its disks), come back as a returning
-        host does (:meth:`come_back`) with the guests ``vm_ids()`` it has now."""
-        with self._locked():
-            if self._alive(self.holder):
-                self.renew()
-            else:
-                self._come_back(vm_ids(), lost, handed())
-
-    def offer(self, vm_id: str) -> None:
-        """Offer the VM's disk, which this host holds, to a live migration's target; raises
-        :class:`LeaseHeld` if this host does not hold it."""
+    def offer(self, vm_id: str, nonce: str) -> None:
+        """Offer the VM's disk, which this host holds, to the migration target that named
+        itself ``nonce``; raises :class:`LeaseHeld` if this host does not hold it."""
         with self._locked():
             holder = self._read(vm_id)
             if holder != self.holder:
@@ -143,34 +153,46 @@ class Leases:
                     f"{LEASE_HELD}: this host does not hold the disk of VM {vm_id} "
                     f"(held by {holder or 'nobody'})"
                 )
-            _write(self._offer_file(vm_id), self.holder)
+            _write(self._offer_file(vm_id), json.dumps({"from": self.holder, "to": nonce}))
 
-    def accept(self, vm_id: str) -> bool:
-        """A live migration's target takes the VM's disk, if its holder still offers it;
-        returns whether it did."""
+    def accept(self, vm_id: str, nonce: str) -> bool:
+        """The migration target ``nonce`` takes the VM's disk, if its holder still offers it
+        to that target; returns whether it did."""
         with self._locked():
-            source = _read_text(self._offer_file(vm_id))
-            if source is None or self._read(vm_id) != source:
+            offer = self._offer(vm_id)
+            if offer != {"from": self._read(vm_id), "to": nonce}:
                 return False
-            self._offer_file(vm_id).unlink()
             self.renew()
             _write(self._vm_file(vm_id), self.holder)
+            self._offer_file(vm_id).unlink()
             return True
 
     def withdraw(self, vm_id: str) -> bool:
         """A migration's source no longer offers the VM's disk; returns whether this host
-        still holds it (False: the target took it first)."""
+        still holds it (False: the target took it, or the lease went otherwise)."""
         with self._locked():
             self._withdraw(vm_id)
             return self._read(vm_id) == self.holder
 
+    def _offer(self, vm_id: str) -> dict[str, str] | None:
+        text = _read_text(self._offer_file(vm_id))
+        try:
+            offer = json.loads(text) if text else None
+        except ValueError:
+            return None
+        return offer if isinstance(offer, dict) else None
+
     def _withdraw(self, vm_id: str) -> None:
-        if _read_text(self._offer_file(vm_id)) == self.holder:
-            self._offer_file(vm_id).unlink()
+        offer = self._offer(vm_id)
+        if offer is not None and offer.get("from") == self.holder:
+            with contextlib.suppress(FileNotFoundError):
+                self._offer_file(vm_id).unlink()
 
     def release(self, vm_id: str) -> None:
-        """Give the VM's disk up, if this host holds it. Idempotent."""
+        """Give the VM's disk up, and withdraw its offer, if this host holds them.
+        Idempotent."""
         with self._locked():
+            self._withdraw(vm_id)
             if self._read(vm_id) == self.holder:
                 with contextlib.suppress(FileNotFoundError):
                     self._vm_file(vm_id).unlink()

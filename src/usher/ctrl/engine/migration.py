@@ -60,7 +60,7 @@ class Migration:
                 await crew.set_state(
                     vm,
                     VMState(info.get("state", before)),
-                    f"arrived on {target}, though the migration broke: {exc or 'timed out'}",
+                    f"arrived on {target}; the migration broke: {str(exc) or 'it timed out'}",
                     op,
                     node=target,
                     target_node=None,
@@ -105,6 +105,7 @@ class Migration:
             return await settle_incoming(self.crew, vm, target)
         except (CommandFailed, NodeGone):
             return None
+
     async def _settle_after_failure(
         self, op: Operation, vm: VM, src_link: NodeLink, before: VMState, reason: str
     ) -> None:
