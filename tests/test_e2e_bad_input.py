@@ -66,9 +66,21 @@ def error_of(response) -> str:
         ("POST", "/v1/vms/actions/stop", {"json": {}}, 422, "name the VMs"),
         ("POST", "/v1/vms/actions/stop", {"json": {"cluster": "ghost"}}, 404, "no VMs"),
         ("POST", "/v1/vms/actions/explode", {"json": {"vms": ["b-1"]}}, 422, "kind"),
-        ("POST", "/v1/vms/actions/resume", {"json": {"vms": ["b-1"]}}, 409, "b-1 is running"),
+        (
+            "POST",
+            "/v1/vms/actions/resume",
+            {"json": {"vms": ["b-1"], "strict": True}},
+            409,
+            "b-1 is running already",
+        ),
         ("POST", "/v1/vms/actions/pause", {"json": {"vms": ["b-3"]}}, 409, "b-3 is stopped"),
-        ("POST", "/v1/vms/actions/start", {"json": {"vms": ["b-1"]}}, 409, "b-1 is running"),
+        (
+            "POST",
+            "/v1/vms/actions/start",
+            {"json": {"vms": ["b-1"], "strict": True}},
+            409,
+            "b-1 is running already",
+        ),
         (
             "POST",
             "/v1/vms/actions/migrate",

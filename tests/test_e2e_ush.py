@@ -86,8 +86,8 @@ def test_errors_are_messages_not_tracebacks(c1: Cluster) -> None:
     result = c1.ush("pause", "nope")
     assert result.returncode == 1
     assert "unknown VM(s): nope" in result.stderr and "Traceback" not in result.stderr
-    result = c1.ush("resume", "c1-1")
-    assert result.returncode == 1 and "c1-1 is running" in result.stderr
+    result = c1.ush("resume", "c1-1", "--strict")
+    assert result.returncode == 1 and "c1-1 is running already" in result.stderr
     result = c1.ush("--token", "wrong", "list")
     assert result.returncode == 1 and "token" in result.stderr
 

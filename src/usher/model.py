@@ -243,6 +243,12 @@ class VMAction(Strict):
     cluster: Ref | None = None
     target_node: Ref | None = None
     kwargs: Kwargs = Field(default_factory=dict)
+    strict: bool = Field(
+        False,
+        description="refuse the whole action if any VM is not in a state it starts from "
+        "(otherwise VMs already where it leads are skipped, and those that cannot take it "
+        "fail while the rest go on)",
+    )
 
 
 class OpRequest(BaseModel):

@@ -14,6 +14,7 @@ from usher.cli.ush_options import (
     kwarg_option,
     require_targets,
     split_names,
+    strict_option,
     wait_option,
 )
 from usher.cli.ush_outcome import planned, submitted
@@ -49,6 +50,7 @@ CREATE_OPTIONS = ("count", "names", "name_prefix", "vcpus", "memory_mb", "image"
 @kwarg_option
 @wait_option
 @dry_run_option
+@strict_option
 @pass_ush
 def start(
     ush: Ush,
@@ -64,6 +66,7 @@ def start(
     kwargs: dict[str, Any],
     wait: bool,
     dry_run: bool,
+    strict: bool,
 ) -> None:
     """Create new VMs, or boot stopped ones.
 
@@ -81,7 +84,7 @@ def start(
             raise click.UsageError(f"{creating[0]} only applies to new VMs, not when booting")
         if dry_run:
             raise click.UsageError("--dry-run plans new VMs (or migrations), not boots")
-        op = ush.client.start_existing(vms, cluster, kwargs)
+        op = ush.client.action(OpKind.START, vms, cluster, kwargs=kwargs, strict=strict)
     else:
         create = ush.client.plan_start if dry_run else ush.client.create_vms
         op = create(
@@ -107,12 +110,19 @@ def _action_command(kind: OpKind, summary: str) -> click.Command:
     @click.option("--cluster", help="Every VM of this virtual cluster.")
     @kwarg_option
     @wait_option
+    @strict_option
     @pass_ush
     def command(
-        ush: Ush, vms: tuple[str, ...], cluster: str | None, kwargs: dict[str, Any], wait: bool
+        ush: Ush,
+        vms: tuple[str, ...],
+        cluster: str | None,
+        kwargs: dict[str, Any],
+        wait: bool,
+        strict: bool,
     ) -> None:
         require_targets(vms, cluster)
-        submitted(ush, ush.client.action(kind, vms, cluster, kwargs=kwargs), wait)
+        op = ush.client.action(kind, vms, cluster, kwargs=kwargs, strict=strict)
+        submitted(ush, op, wait)
 
     return command
 

@@ -38,7 +38,8 @@ class UshGroup(click.Group):
     """Adds ``-o`` to every command and turns API errors into :class:`Failure`."""
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        cmd.params.append(output_option())
+        if not any(param.name == "output" for param in cmd.params):  # (added once, however
+            cmd.params.append(output_option())  # often the command is: ``python -m`` twice)
         super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:

@@ -70,6 +70,16 @@ def wait_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def strict_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--strict``, passed as ``strict``."""
+    return click.option(
+        "--strict",
+        is_flag=True,
+        help="Change nothing unless every VM can take the action (by default VMs already "
+        "there are skipped, and the others go on without those that cannot).",
+    )(command)
+
+
 def dry_run_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--dry-run``, passed as ``dry_run``."""
     return click.option(

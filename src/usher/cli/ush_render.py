@@ -255,6 +255,8 @@ class Renderer:
         progress = op.result.get("progress") or {}
         if "total" in progress:
             line.append(f": {progress.get('done', 0)}/{progress['total']} done")
+            if progress.get("skipped"):
+                line.append(f", {progress['skipped']} skipped")
             if progress.get("failed"):
                 line.append(f", {progress['failed']} failed")
         if op.started_at is not None and op.finished_at is not None:
@@ -265,6 +267,8 @@ class Renderer:
         if op.error:
             line.append(f": {op.error}")
         self.console.print(line)
+        for message in (op.result.get("skipped") or {}).values():
+            self.console.print(Text(f"  skipped: {message}"))
         for vm_id, message in (op.result.get("errors") or {}).items():
             self.console.print(Text(f"  {vm_id}: {message}"))
 
@@ -375,7 +379,7 @@ class Renderer:
                 bar.update(
                     task,
                     description=f"{op.kind} {op.id} {op.status}",
-                    completed=counts.get("done", 0) + failed,
+                    completed=counts.get("done", 0) + failed + counts.get("skipped", 0),
                     total=counts.get("total") or len(op.targets) or None,
                     failed=failed,
                 )

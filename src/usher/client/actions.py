@@ -19,16 +19,26 @@ def action(
     cluster: str | None = None,
     target_node: str | None = None,
     kwargs: dict[str, Any] | None = None,
+    strict: bool = False,
 ) -> Call[Operation]:
-    """Ask for ``kind`` on VMs (ids or names) and/or every VM of ``cluster``."""
+    """Ask for ``kind`` on VMs (ids or names) and/or every VM of ``cluster``. VMs already
+    where ``kind`` leads are skipped, and those that cannot take it fail while the others
+    go on; ``strict`` refuses the whole request instead (409) if any VM cannot take it."""
     try:
         kind = OpKind(kind)
     except ValueError:
         known = ", ".join(OpKind)
         raise UsherError(400, f"unknown action {kind!r}; use one of {known}") from None
     body = request_body(
-        VMAction, vms=name_list(vms), cluster=cluster, target_node=target_node, kwargs=kwargs or {}
+        VMAction,
+        vms=name_list(vms),
+        cluster=cluster,
+        target_node=target_node,
+        kwargs=kwargs or {},
+        strict=strict,
     )
+    if not strict:
+        del body["strict"]  # the server's default: a request as older servers know it
     return Call("POST", f"/vms/actions/{kind.value}", Operation.model_validate, body=body)
 
 

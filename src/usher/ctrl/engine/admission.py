@@ -15,7 +15,7 @@ from usher.ctrl.authz import Forbidden, authorize
 from usher.ctrl.engine.crew import Crew
 from usher.ctrl.engine.errors import RequestError
 from usher.ctrl.engine.images import ImageCache
-from usher.ctrl.engine.transitions import NEEDS_CAPABILITY, check_admissible
+from usher.ctrl.engine.transitions import NEEDS_CAPABILITY, Triage, triage
 from usher.ctrl.kwargs import check_core_kwargs, nic_network
 from usher.ctrl.plugins import PluginError, Vetoed
 from usher.model import (
@@ -43,6 +43,13 @@ def new_op(req: OpRequest) -> Operation:
     return Operation(
         id=new_id("op"), kind=req.kind, principal=req.principal.name, targets=list(req.vm_ids)
     )
+
+
+def _note_triage(op: Operation, sorted_: Triage) -> None:
+    if sorted_.skipped:
+        op.result["skipped"] = sorted_.skipped
+    if sorted_.refused:
+        op.result["errors"] = sorted_.refused
 
 
 def _check_kwargs(kwargs: dict[str, Any]) -> None:
@@ -174,7 +181,9 @@ class Admission:
     ) -> tuple[list[VM], OpRequest, Operation]:
         """Resolve, authorize, check and run the request hooks of an action on VMs
         (authorization first: a refusal never names what the caller may not see; VMs
-        outside its scope are unknown to it)."""
+        outside its scope are unknown to it). The VMs returned are those the action runs
+        on; the operation's result names the ones skipped (``skipped``: already where the
+        action leads) and refused (``errors``: in a state it cannot start from)."""
         _check_kwargs(body.kwargs)
         vms = await self._resolve_targets(body, await self.scope(principal))
         await authorize(
@@ -183,7 +192,8 @@ class Admission:
             f"vm.{kind.value}",
             {"vms": [vm.model_dump(mode="json") for vm in vms], "cluster": body.cluster},
         )
-        check_admissible(kind, vms)
+        sorted_ = triage(kind, vms, body.strict)
+        vms = sorted_.go
         self._check_capabilities(kind, vms)
         req = OpRequest(
             kind=kind,
@@ -197,6 +207,7 @@ class Admission:
         )
         self.check_target_node(req, vms)
         op = new_op(req)
+        _note_triage(op, sorted_)
         await self.request_hooks(op, req)
         self.check_target_node(req, vms)
         return vms, req, op

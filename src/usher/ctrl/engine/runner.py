@@ -81,10 +81,18 @@ class Runner:
     ) -> None:
         """Run ``step`` on each of ``op.targets`` in the background; ``after(vm_id)`` is
         called when that VM's part is over, however it ended (even if it never began)."""
+        refused = dict(op.result.get("errors", {}))  # VMs refused on admission
+        skipped = len(op.result.get("skipped", {}))
         op.result = {
             **op.result,
-            "progress": {"done": 0, "failed": 0, "cancelled": 0, "total": len(op.targets)},
-            "errors": {},
+            "progress": {
+                "done": 0,
+                "failed": len(refused),
+                "cancelled": 0,
+                "skipped": skipped,
+                "total": len(op.targets) + len(refused) + skipped,
+            },
+            "errors": refused,
             "timeout": timeout,
         }
         self.live[op.id] = op

@@ -3,6 +3,8 @@ and which driver capability it needs: the one table every phase consults."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from usher.ctrl.engine.errors import RequestError, StepFailed
 from usher.model import (
     TRANSITIONAL_STATES,
@@ -33,6 +35,18 @@ TRANSITIONS: dict[OpKind, tuple[frozenset[VMState], VMState | None, VMState | No
     OpKind.DESTROY: (frozenset(VMState), None, None),
 }
 
+ALREADY: dict[OpKind, VMState] = {
+    OpKind.START: S.RUNNING,
+    OpKind.STOP: S.STOPPED,
+    OpKind.PAUSE: S.PAUSED,
+    OpKind.RESUME: S.RUNNING,
+}
+"""The state an action means to reach, for the actions a VM already in it can skip."""
+
+ALL_OR_NOTHING = frozenset({OpKind.MIGRATE})
+"""Actions refused as a whole if any VM cannot take them (a migration's VMs are placed in
+one decision); the others skip VMs already there and go on without those that cannot."""
+
 NEEDS_CAPABILITY: dict[OpKind, Capability] = {
     OpKind.PAUSE: Capability.PAUSE,
     OpKind.RESUME: Capability.PAUSE,
@@ -41,11 +55,53 @@ NEEDS_CAPABILITY: dict[OpKind, Capability] = {
 }
 
 
+@dataclass
+class Triage:
+    """The VMs of an action sorted by their state: those it runs on, those already where
+    it leads (with why they are skipped), those it cannot run on (with why not)."""
+
+    go: list[VM] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def triage(kind: OpKind, vms: list[VM], strict: bool) -> Triage:
+    """Sort ``vms`` for ``kind``. Strict (or an all-or-nothing action): refuse (409) if any
+    VM is not in a state ``kind`` starts from, as :func:`check_admissible`. Otherwise skip
+    VMs already in the state ``kind`` leads to, and refuse the action as a whole only if no
+    VM is left to act on and some cannot take it."""
+    if strict or kind in ALL_OR_NOTHING:
+        check_admissible(kind, vms)
+        return Triage(go=list(vms))
+    allowed, already = TRANSITIONS[kind][0], ALREADY.get(kind)
+    sorted_ = Triage()
+    for vm in vms:
+        if vm.state is already:
+            sorted_.skipped[vm.id] = f"{vm.name} is {vm.state.value} already"
+        elif vm.state in allowed:
+            sorted_.go.append(vm)
+        else:
+            sorted_.refused[vm.id] = _cannot(kind, vm)
+    if sorted_.refused and not sorted_.go:
+        check_admissible(kind, vms)
+    return sorted_
+
+
+def _cannot(kind: OpKind, vm: VM) -> str:
+    wanted = ", ".join(sorted(s.value for s in TRANSITIONS[kind][0]))
+    return f"cannot {kind.value} {vm.name}: it is {vm.state.value} ({kind.value} needs {wanted})"
+
+
 def check_admissible(kind: OpKind, vms: list[VM]) -> None:
     """Refuse (409, naming up to ten) if any of ``vms`` is in a state ``kind`` cannot start
     from."""
     allowed = TRANSITIONS[kind][0]
-    bad = [f"{vm.name} is {vm.state.value}" for vm in vms if vm.state not in allowed]
+    already = ALREADY.get(kind)
+    bad = [
+        f"{vm.name} is {vm.state.value}{' already' if vm.state is already else ''}"
+        for vm in vms
+        if vm.state not in allowed
+    ]
     if bad:
         wanted = ", ".join(sorted(s.value for s in allowed))
         raise RequestError(

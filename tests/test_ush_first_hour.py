@@ -1,0 +1,115 @@
+"""What a new user trips over in ``ush``, through the real ``ush`` process against a real
+controller with three fake LNMs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from harness import Cluster
+
+
+def ok(result: Any) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stdout}{result.stderr}"
+    return str(result.stdout)
+
+
+def states(cluster: Cluster) -> dict[str, str]:
+    vms = json.loads(ok(cluster.ush("list", "-o", "json", "--cluster", "demo")))
+    return {vm["name"]: vm["state"] for vm in vms}
+
+
+@pytest.fixture
+def demo(cluster: Cluster) -> Cluster:
+    ok(cluster.ush("start", "-n", "4", "--cluster", "demo"))
+    return cluster
+
+
+def test_an_action_on_many_vms_skips_those_already_there(demo: Cluster) -> None:
+    ok(demo.ush("stop", "demo-1"))
+    out = ok(demo.ush("stop", "--cluster", "demo"))
+    assert "1 skipped" in out and "demo-1 is stopped already" in out, out
+    assert set(states(demo).values()) == {"stopped"}
+    again = ok(demo.ush("stop", "demo-1"))  # one VM, already there: nothing to do, exit 0
+    assert "skipped" in again
+    ok(demo.ush("start", "demo-1", "demo-2"))
+    ok(demo.ush("start", "--cluster", "demo"))
+    assert set(states(demo).values()) == {"running"}
+
+
+def test_strict_keeps_the_all_or_nothing_refusal(demo: Cluster) -> None:
+    ok(demo.ush("stop", "demo-1"))
+    refused = demo.ush("stop", "--cluster", "demo", "--strict")
+    assert refused.returncode == 1
+    assert "demo-1 is stopped already" in refused.stderr and "nothing was changed" in (
+        refused.stderr
+    )
+    assert states(demo) == {
+        "demo-1": "stopped",
+        "demo-2": "running",
+        "demo-3": "running",
+        "demo-4": "running",
+    }
+
+
+def test_vms_that_cannot_get_there_are_reported_and_the_rest_go_on(demo: Cluster) -> None:
+    ok(demo.ush("pause", "demo-1"))
+    ok(demo.ush("stop", "demo-2"))
+    result = demo.ush("pause", "--cluster", "demo", "-o", "json")
+    assert result.returncode == 1  # not every VM could be paused
+    op = json.loads(result.stdout)
+    assert op["status"] == "failed"
+    assert op["result"]["progress"] == {
+        "done": 2,
+        "failed": 1,
+        "cancelled": 0,
+        "skipped": 1,
+        "total": 4,
+    }
+    assert list(op["result"]["skipped"].values()) == ["demo-1 is paused already"]
+    assert [m for m in op["result"]["errors"].values()] == [
+        "cannot pause demo-2: it is stopped (pause needs running)"
+    ]
+    assert states(demo) == {
+        "demo-1": "paused",
+        "demo-2": "stopped",
+        "demo-3": "paused",
+        "demo-4": "paused",
+    }
+
+
+def test_when_no_vm_can_take_the_action_it_is_refused_as_before(demo: Cluster) -> None:
+    ok(demo.ush("stop", "--cluster", "demo"))
+    refused = demo.ush("pause", "--cluster", "demo")
+    assert refused.returncode == 1 and "nothing was changed" in refused.stderr
+    assert set(states(demo).values()) == {"stopped"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["node", "show", "--help"],
+        ["node", "--help"],
+        ["resume", "--help"],
+        ["list", "--help"],
+        ["stop", "--help"],
+        ["token", "--help"],
+    ],
+)
+def test_no_command_warns_of_a_duplicate_option(args: list[str]) -> None:
+    """``-o`` is added to a command once, however often it is registered (``python -m``
+    imports the command modules a second time)."""
+    for prefix in (["-m", "usher.cli.ush"], ["-c", "from usher.cli.ush import main; main()"]):
+        result = subprocess.run(
+            [sys.executable, "-W", "always", *prefix, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Warning" not in result.stderr, result.stderr
