@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -113,3 +114,41 @@ def test_no_command_warns_of_a_duplicate_option(args: list[str]) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "Warning" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "plugin"),
+    [(["audit"], "audit"), (["ha", "status"], "ha"), (["cluster", "show", "demo"], "authz")],
+)
+def test_a_plugin_command_whose_plugin_is_off_names_the_plugin(
+    cluster: Cluster, args: list[str], plugin: str
+) -> None:
+    result = cluster.ush(*args)
+    assert result.returncode == 1
+    assert f"enable its plugin {plugin!r}" in result.stderr, result.stderr
+    assert "Not Found" not in result.stderr
+
+
+def test_ops_and_events_take_a_vm_name(demo: Cluster) -> None:
+    ok(demo.ush("stop", "demo-2"))
+    by_name = json.loads(ok(demo.ush("ops", "--vm", "demo-2", "-o", "json")))
+    vm_id = json.loads(ok(demo.ush("show", "demo-2", "-o", "json")))["id"]
+    by_id = json.loads(ok(demo.ush("ops", "--vm", vm_id, "-o", "json")))
+    assert [op["kind"] for op in by_name] == ["stop", "start"]
+    assert [op["id"] for op in by_name] == [op["id"] for op in by_id]
+    events = json.loads(ok(demo.ush("events", "--vm", "demo-2", "-o", "json")))
+    assert events and {e["vm_id"] for e in events} == {vm_id}
+    assert "stop" in {e["name"] for e in events}
+
+
+def test_cancel_fails_when_nothing_was_cancelled(make_cluster: Any) -> None:
+    slow = make_cluster(nodes=1, lnm_options={"driver_options": {"latency": {"reboot": 4}}})
+    ok(slow.ush("start", "--names", "slow"))
+    op = json.loads(ok(slow.ush("reboot", "slow", "--no-wait", "-o", "json")))
+    time.sleep(1)  # its one step runs now: a reboot cannot be called off
+    result = slow.ush("cancel", op["id"])
+    assert result.returncode == 1
+    assert "slow: a running reboot step cannot be cancelled" in result.stderr
+    assert "nothing of" in result.stderr and "was cancelled" in result.stderr
+    shown = ok(slow.ush("op", op["id"]))
+    assert "result.cancel" in shown and "result.progress" in shown

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from usher.cli.ush_context import Ush, pass_ush
+from usher.cli.ush_group import Failure
 from usher.cli.ush_outcome import conclude
 from usher.model import OpKind, OpStatus
 
@@ -42,11 +43,14 @@ def wait_op(ush: Ush, op_id: str) -> None:
 @pass_ush
 def cancel(ush: Ush, op: str) -> None:
     """Cancel operation OP: steps not yet begun never run, running migrations are called off;
-    other running steps go on (ush says why)."""
+    other running steps go on (ush says why). Exit 1 if nothing was cancelled."""
     answer = ush.client.cancel(op)
-    for vm_id, why in answer.result.get("cancel", {}).get("refused", {}).items():
-        ush.out.note(f"{vm_id}: {why}")
+    outcome = answer.result.get("cancel", {})
+    for why in outcome.get("refused", {}).values():
+        ush.out.note(why)
     ush.out.submitted(answer)
+    if not outcome.get("cancelled"):
+        raise Failure(f"nothing of {answer.id} was cancelled: every step of it goes on")
 
 
 COMMANDS: tuple[click.Command, ...] = (ops, op, wait_op, cancel)

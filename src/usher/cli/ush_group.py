@@ -42,8 +42,35 @@ class UshGroup(click.Group):
             cmd.params.append(output_option())  # often the command is: ``python -m`` twice)
         super().add_command(cmd, name)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.plugin_commands: dict[str, str] = {}
+        """Commands that plugins added (by entry point): the controller plugin each one
+        needs, to say so when the controller does not serve it."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UsherError as exc:
-            raise Failure(exc.message) from None
+            raise Failure(_explained(ctx, exc)) from None
+
+
+def _explained(ctx: click.Context, exc: UsherError) -> str:
+    """An API error's message; a route the controller does not have, behind a plugin's
+    command, names the plugin to enable."""
+    root = ctx.find_root()
+    command = root.invoked_subcommand if ctx is root else _below_root(ctx).info_name
+    plugins = getattr(root.command, "plugin_commands", {})
+    if exc.status != 404 or exc.message != "Not Found" or command not in plugins:
+        return exc.message
+    return (
+        f"the controller does not serve `ush {command}`: enable its plugin "
+        f"{plugins[command]!r} (add it to `enabled` under [plugins] in the controller's "
+        "config, then restart the controller)"
+    )
+
+
+def _below_root(ctx: click.Context) -> click.Context:
+    while ctx.parent is not None and ctx.parent.parent is not None:
+        ctx = ctx.parent
+    return ctx

@@ -12,6 +12,8 @@ from importlib.metadata import EntryPoint, entry_points
 
 import click
 
+from usher.cli.ush_group import UshGroup
+
 ENTRY_POINT_GROUP = "usher.ush_commands"
 
 
@@ -49,3 +51,16 @@ def add_plugin_commands(group: click.Group) -> None:
             _warn(entry, f"{owner} has that name")
             continue
         group.add_command(command, entry.name)
+        if isinstance(group, UshGroup):
+            group.plugin_commands[entry.name] = _plugin_of(entry)
+
+
+def _plugin_of(command: EntryPoint) -> str:
+    """The controller plugin a command's routes come from: the ``usher.plugins`` entry point
+    whose module the command's module names without ``_ush`` (``usher.plugins.audit_ush`` →
+    ``usher.plugins.audit``), else the command's own name."""
+    module = command.module.removesuffix("_ush")
+    for plugin in entry_points(group="usher.plugins"):
+        if plugin.module == module:
+            return plugin.name
+    return command.name

@@ -44,6 +44,8 @@ def fmt_time(stamp: float | None) -> str:
 
 def fmt_value(value: Any) -> str:
     """A field value on one line: ``-`` for nothing, lists comma-separated, dicts as k=v."""
+    if isinstance(value, _Lines):
+        return str(value)
     if value is None or value == [] or value == {}:
         return "-"
     if isinstance(value, list):
@@ -53,6 +55,17 @@ def fmt_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+class _Lines(str):
+    """A value shown as it is, on several lines."""
+
+
+def _lines(value: Any) -> Any:
+    """A result's part: a mapping of mappings or long values one entry a line."""
+    if isinstance(value, dict) and any(isinstance(v, dict | list | str) for v in value.values()):
+        return _Lines("\n".join(f"{key}: {fmt_value(item)}" for key, item in value.items()))
+    return value
 
 
 def _table(*columns: str) -> Table:
@@ -231,10 +244,10 @@ class Renderer:
                 "principal": op.principal,
                 "targets": op.targets,
                 "error": op.error,
-                "result": op.result,
                 "created": fmt_time(op.created_at),
                 "started": fmt_time(op.started_at),
                 "finished": fmt_time(op.finished_at),
+                **{f"result.{key}": _lines(value) for key, value in op.result.items()},
             },
         )
 

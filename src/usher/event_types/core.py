@@ -161,6 +161,9 @@ class Cancel(Payload):
     """Someone asked to cancel an operation."""
 
     sets = ("principal", "operation_id")
+    cancelled: list[str] = Field(
+        default_factory=list, description="ids of the VMs whose steps were cancelled"
+    )
     refused: dict[str, str] = Field(description="VM id: why its running step goes on")
 
 

@@ -64,5 +64,14 @@ async def visible_vm(ctrl: Controller, principal: Principal, ref: str) -> VM:
     return found
 
 
+async def vm_filter(ctrl: Controller, ref: str | None) -> str | None:
+    """The VM id a listing's ``vm`` filter means: a VM's name or id (one destroyed since
+    is still found in the history by its id)."""
+    if ref is None:
+        return None
+    found = await ctrl.store.get_vm(ref)
+    return found.id if found is not None else ref
+
+
 def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, visible
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, visible, vm_filter
 from usher.ctrl.api.params import Cursor, FilterRef, Limit, Since
 from usher.model import Event, Page, Principal
 
@@ -30,12 +30,12 @@ async def list_events(
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> Page[Event]:
-    """Past events, oldest first."""
+    """Past events, oldest first; ``vm`` is a VM's name or id."""
     await allow(ctrl, principal, "event.list")
     return await ctrl.store.list_events(
         scope=await visible(ctrl, principal),
         name=name,
-        vm=vm,
+        vm=await vm_filter(ctrl, vm),
         node=node,
         operation=operation,
         since=since,
@@ -56,6 +56,7 @@ async def stream_events(
     """Server-Sent Events: one ``event: <name>`` / ``data: <Event JSON>`` per event."""
     await allow(ctrl, principal, "event.stream")
     scope = await visible(ctrl, principal)
+    vm = await vm_filter(ctrl, vm)
 
     def wanted(ev: Event) -> bool:
         return (

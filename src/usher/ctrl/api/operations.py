@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, visible
+from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, visible, vm_filter
 from usher.ctrl.api.params import Cursor, FilterRef, Limit, RefPath
 from usher.ctrl.controller import Controller
 from usher.ctrl.engine import RequestError
@@ -25,13 +25,13 @@ async def list_operations(
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> Page[Operation]:
-    """Operations, newest first; ``vm`` keeps those that targeted that VM id."""
+    """Operations, newest first; ``vm`` (a name or id) keeps those that targeted that VM."""
     await allow(ctrl, principal, "operation.list")
     page = await ctrl.store.list_ops(
         scope=await visible(ctrl, principal),
         status=status.value if status else None,
         kind=kind.value if kind else None,
-        vm=vm,
+        vm=await vm_filter(ctrl, vm),
         limit=limit,
         cursor=cursor,
     )

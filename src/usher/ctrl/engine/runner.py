@@ -292,23 +292,31 @@ class Runner:
 
     async def cancel(self, op_id: str) -> Operation:
         """Cancel what can be: steps not begun never run; a running migration is cancelled
-        on its source node (the VM stays there); other running steps go on, and the answer's
-        ``result.cancel.refused`` says why, VM by VM."""
+        on its source node (the VM stays there); other running steps go on. The answer's
+        ``result.cancel`` names the VMs whose steps were cancelled (``cancelled``) and, VM by
+        VM, why the others go on (``refused``)."""
         run, op = self._runs.get(op_id), self.live.get(op_id)
         if run is None or op is None:
             found = await self.get_op(op_id)
             raise RequestError(409, f"operation {op_id} is {found.status.value}: nothing to cancel")
+        cancelled = list(run.waiting)
         for vm_id, task in list(run.waiting.items()):
             run.cancelled.add(vm_id)
             task.cancel()
         refused: dict[str, str] = {}
         for vm_id in list(run.running):
             why = await self._cancel_running(op, run, vm_id)
-            if why is not None:
-                refused[vm_id] = why
-        op.result["cancel"] = {"refused": refused}
+            if why is None:
+                cancelled.append(vm_id)
+            else:
+                vm = await self.crew.store.get_vm(vm_id)
+                refused[vm_id] = f"{vm.name if vm else vm_id}: {why}"
+        op.result["cancel"] = {"cancelled": cancelled, "refused": refused}
         await self.crew.bus.emit(
-            "cancel", operation_id=op.id, principal=op.principal, data={"refused": refused}
+            "cancel",
+            operation_id=op.id,
+            principal=op.principal,
+            data={"cancelled": cancelled, "refused": refused},
         )
         return op.model_copy(deep=True)
 
