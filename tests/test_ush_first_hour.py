@@ -152,3 +152,23 @@ def test_cancel_fails_when_nothing_was_cancelled(make_cluster: Any) -> None:
     assert "nothing of" in result.stderr and "was cancelled" in result.stderr
     shown = ok(slow.ush("op", op["id"]))
     assert "result.cancel" in shown and "result.progress" in shown
+
+
+def test_desired_state_follows_what_was_asked(demo: Cluster) -> None:
+    def desired(name: str) -> str:
+        return str(json.loads(ok(demo.ush("show", name, "-o", "json")))["desired_state"])
+
+    assert desired("demo-1") == "running"
+    ok(demo.ush("stop", "demo-1"))
+    assert desired("demo-1") == "stopped"
+    assert "desired" in ok(demo.ush("show", "demo-1")) and "stopped" in ok(
+        demo.ush("show", "demo-1")
+    )
+    ok(demo.ush("pause", "demo-2"))
+    assert desired("demo-2") == "paused"
+    ok(demo.ush("start", "demo-1"))
+    ok(demo.ush("resume", "demo-2"))
+    assert desired("demo-1") == desired("demo-2") == "running"
+    ok(demo.ush("stop", "demo-3", "--strict"))
+    ok(demo.ush("stop", "demo-3", "demo-4"))  # demo-3 skipped: wanted stopped all the same
+    assert desired("demo-3") == desired("demo-4") == "stopped"

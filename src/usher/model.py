@@ -150,7 +150,12 @@ class VM(BaseModel):
         None, description="the node a migration moves it to, until the move is settled"
     )
     state: VMState = VMState.PENDING
-    desired_state: VMState = VMState.RUNNING
+    desired_state: VMState = Field(
+        VMState.RUNNING,
+        description="the state its users last asked for (running after a start, reboot, "
+        "cycle or resume; stopped after a stop; paused after a pause), whether or not the "
+        "action got it there",
+    )
     state_reason: str | None = None
     addresses: list[str] = Field(default_factory=list)
     created_at: float = Field(default_factory=now)

@@ -198,7 +198,17 @@ class Engine:
             vms, req, op = await self.admission.action(principal, kind, body, client, False)
             moves = await self._place_moves(req, vms) if kind == OpKind.MIGRATE else None
         op.targets = list(req.vm_ids)
-        return await self._start(op, req, self.steps.for_request(req, moves), moves)
+        started = await self._start(op, req, self.steps.for_request(req, moves), moves)
+        for vm_id in op.result.get("skipped", {}):
+            self.crew.spawn(self._want(vm_id, kind), f"want-{vm_id}")
+        return started
+
+    async def _want(self, vm_id: str, kind: OpKind) -> None:
+        """A VM skipped by ``kind`` (already there) is wanted there from now on."""
+        async with self.crew.locks.hold(vm_id):
+            vm = await self.crew.store.get_vm(vm_id)
+            if vm is not None:
+                await self.runner.want(vm, kind)
 
     async def evacuate(self, principal: Principal, node: str) -> Operation:
         """Move every VM off ``node``: running and paused ones live, stopped ones cold (their

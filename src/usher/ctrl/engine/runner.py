@@ -12,7 +12,7 @@ from typing import Any
 
 from usher.ctrl.engine.crew import Crew
 from usher.ctrl.engine.errors import RequestError, StepCancelled, StepFailed, StepLost
-from usher.ctrl.engine.transitions import TRANSITIONAL
+from usher.ctrl.engine.transitions import DESIRED, TRANSITIONAL
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeLink
 from usher.model import VM, Operation, OpKind, OpStatus, VMState, new_id, now
 
@@ -168,6 +168,8 @@ class Runner:
         timeout), recorded in the operation."""
         vm = await self.crew.store.get_vm(vm_id)
         timeout = self._runs[op.id].timeout
+        if vm is not None:
+            await self.want(vm, op.kind)
         try:
             if vm is None:
                 raise StepFailed(f"VM {vm_id} no longer exists")
@@ -195,6 +197,14 @@ class Runner:
             principal=op.principal,
             data=details or {},
         )
+
+    async def want(self, vm: VM, kind: OpKind) -> None:
+        """Record the state ``vm``'s user wants after asking for ``kind`` (under its lock),
+        whether or not the action gets it there."""
+        desired = DESIRED.get(kind)
+        if desired is not None and vm.desired_state != desired:
+            vm.desired_state = desired
+            await self.crew.store.update_vm(vm)
 
     async def _step_failed(
         self, op: Operation, vm_id: str, vm: VM | None, exc: Exception, progress: dict[str, int]

@@ -43,6 +43,13 @@ ALREADY: dict[OpKind, VMState] = {
 }
 """The state an action means to reach, for the actions a VM already in it can skip."""
 
+DESIRED: dict[OpKind, VMState] = {
+    **ALREADY,
+    OpKind.REBOOT: S.RUNNING,
+    OpKind.CYCLE: S.RUNNING,
+}
+"""The state a VM's user wants it in after asking for each action (``desired_state``)."""
+
 ALL_OR_NOTHING = frozenset({OpKind.MIGRATE})
 """Actions refused as a whole if any VM cannot take them (a migration's VMs are placed in
 one decision); the others skip VMs already there and go on without those that cannot."""
