@@ -172,3 +172,12 @@ def test_desired_state_follows_what_was_asked(demo: Cluster) -> None:
     ok(demo.ush("stop", "demo-3", "--strict"))
     ok(demo.ush("stop", "demo-3", "demo-4"))  # demo-3 skipped: wanted stopped all the same
     assert desired("demo-3") == desired("demo-4") == "stopped"
+
+
+def test_logout_of_the_only_admin_is_refused_and_keeps_the_token(cluster: Cluster) -> None:
+    result = cluster.ush("logout")
+    assert result.returncode == 1
+    assert "lock every administrator out" in result.stderr and "usher admin-token" in (
+        result.stderr
+    )
+    assert json.loads(ok(cluster.ush("whoami", "-o", "json")))["name"] == "admin"
