@@ -312,8 +312,11 @@ class Cluster:
             method, self.url + path, headers=headers, timeout=30, verify=self.verify, **kwargs
         )
 
-    def ush(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        env = _env()
+    def ush(
+        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``ush`` as a user of this cluster would (``env``: more of the environment)."""
+        extra, env = env or {}, _env()
         env.update(
             USHER_URL=self.url,
             USHER_TOKEN=self.token,
@@ -322,6 +325,7 @@ class Cluster:
         )
         if self.tls:
             env["USHER_CA_FILE"] = str(self.ca)
+        env.update(extra)
         return subprocess.run(
             [sys.executable, "-m", "usher.cli.ush", *args],
             env=env,

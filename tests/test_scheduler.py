@@ -134,9 +134,9 @@ def test_required_labels() -> None:
     assert placement.nodes == ["c", "c"]
     assert placement.rejected == {"a": "labels: lacks gpu=yes", "b": "labels: lacks rack=r1"}
     none = place(nodes, [SMALL], {}, want=Constraints(labels={"rack": "r9"}))
-    assert none.error == (
-        "not enough capacity: no VM fits (1 vcpus, 1024 MB each) on 0 usable of 3 nodes"
-    )
+    assert none.error == "no node of 3 may take these VMs: labels: lacks rack=r9 (3 nodes)"
+    assert "capacity" not in (none.error or "")  # a label no node has is not a lack of room
+    assert place([], [SMALL], {}).error == "no node has joined the controller yet"
 
 
 def test_anti_affinity_spreads_a_request_and_avoids_its_cluster() -> None:

@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import certifi
 import pytest
 
 from harness import Cluster
@@ -181,3 +183,29 @@ def test_logout_of_the_only_admin_is_refused_and_keeps_the_token(cluster: Cluste
         result.stderr
     )
     assert json.loads(ok(cluster.ush("whoami", "-o", "json")))["name"] == "admin"
+
+
+def test_a_wrong_start_says_what_is_wrong_and_what_to_do(make_cluster: Any) -> None:
+    secure = make_cluster(nodes=1, settings={"tls": True})
+    plain_url = secure.url.replace("https://", "http://")
+    wrong_scheme = secure.ush("--url", plain_url, "list")
+    assert wrong_scheme.returncode == 1
+    assert "try the https:// URL" in wrong_scheme.stderr, wrong_scheme.stderr
+    other_ca = secure.root / "other-ca.pem"
+    other_ca.write_text(Path(certifi.where()).read_text())
+    unverified = secure.ush("list", env={"USHER_CA_FILE": str(other_ca)})
+    assert unverified.returncode == 1
+    assert "give ush the CA that signed it" in unverified.stderr, unverified.stderr
+    huge = secure.ush("start", "--memory", "99999999")
+    assert huge.returncode == 2
+    assert "'--memory': 99999999 is not in the range 16<=x<=4194304" in huge.stderr
+    labels = secure.ush("start", "--kwarg", 'labels={"rack": "r9"}')
+    assert labels.returncode == 1
+    assert "no node of 1 may take these VMs: labels: lacks rack=r9" in labels.stderr
+    assert "capacity" not in labels.stderr
+
+
+def test_https_to_a_plain_http_controller_says_so(cluster: Cluster) -> None:
+    result = cluster.ush("--url", cluster.url.replace("http://", "https://"), "list")
+    assert result.returncode == 1
+    assert "does not speak TLS" in result.stderr and "http:// URL" in result.stderr

@@ -128,11 +128,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+MAX_VCPUS = 512
+MIN_MEMORY_MB, MAX_MEMORY_MB = 16, 4 * 1024 * 1024
+"""The most vCPUs and the least and most memory (MiB) one VM may have."""
+
+
 class VMSpec(Strict):
     """What a VM is made of. ``kwargs`` are free-form arguments for plugins and drivers."""
 
-    vcpus: int = Field(1, ge=1, le=512)
-    memory_mb: int = Field(256, ge=16, le=4 * 1024 * 1024)
+    vcpus: int = Field(1, ge=1, le=MAX_VCPUS)
+    memory_mb: int = Field(256, ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB)
     image: Ref = "tiny"
     disks: JSONObjects = Field(default_factory=list)
     nics: JSONObjects = Field(default_factory=list)
@@ -234,8 +239,8 @@ class CreateVMs(Strict):
     )
     name_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,50}$")
     cluster: Ref | None = None
-    vcpus: int = Field(1, ge=1, le=512)
-    memory_mb: int = Field(256, ge=16, le=4 * 1024 * 1024)
+    vcpus: int = Field(1, ge=1, le=MAX_VCPUS)
+    memory_mb: int = Field(256, ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB)
     image: Ref = "tiny"
     node: Ref | None = None
     kwargs: Kwargs = Field(default_factory=dict)

@@ -18,7 +18,7 @@ from usher.cli.ush_options import (
     wait_option,
 )
 from usher.cli.ush_outcome import planned, submitted
-from usher.model import OpKind, Plan, VMState
+from usher.model import MAX_MEMORY_MB, MAX_VCPUS, MIN_MEMORY_MB, OpKind, Plan, VMState
 
 CREATE_OPTIONS = ("count", "names", "name_prefix", "vcpus", "memory_mb", "image", "node")
 
@@ -34,11 +34,11 @@ CREATE_OPTIONS = ("count", "names", "name_prefix", "vcpus", "memory_mb", "image"
     help="How many VMs to create.",
 )
 @click.option("--cluster", help="Virtual cluster to create the VMs in, or to boot.")
-@click.option("--vcpus", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), default=1, show_default=True)
 @click.option(
     "--memory",
     "memory_mb",
-    type=click.IntRange(16),
+    type=click.IntRange(MIN_MEMORY_MB, MAX_MEMORY_MB),
     default=256,
     show_default=True,
     help="Memory in MiB.",

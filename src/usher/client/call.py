@@ -167,11 +167,30 @@ def decode_sse(call: Call[T], sse: ServerSentEvent) -> T | None:
 
 
 def transport_error(exc: httpx.TransportError, url: str) -> UsherConnectionError:
-    """A clear error for a request that got no (complete) answer from ``url``."""
+    """A clear error for a request that got no (complete) answer from ``url``: what went
+    wrong, and what to do about it."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return UsherConnectionError(
+            f"cannot verify the certificate of the controller at {url} ({text}): give ush "
+            "the CA that signed it (USHER_CA_FILE, or ca_file in ~/.usher/config.toml; "
+            "`usher local` writes it there, and a controller keeps its own CA in "
+            "<state-dir>/tls/ca.pem)"
+        )
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        return UsherConnectionError(
+            f"the controller at {url} does not speak TLS ({text}): if it serves plain HTTP "
+            "(tls = false in its config), use an http:// URL"
+        )
+    if isinstance(exc, httpx.RemoteProtocolError) and url.startswith("http://"):
+        return UsherConnectionError(
+            f"the controller at {url} closed the connection without an answer ({text}): "
+            "it serves HTTPS by default, so try the https:// URL"
+        )
     if isinstance(exc, httpx.ConnectError):
         return UsherConnectionError(
-            f"cannot reach the controller at {url} ({exc}); is it running, and is the URL right?"
+            f"cannot reach the controller at {url} ({text}); is it running, and is the URL right?"
         )
     if isinstance(exc, httpx.TimeoutException):
         return UsherConnectionError(f"the controller at {url} did not answer in time")
-    return UsherConnectionError(f"lost the connection to the controller at {url} ({exc})")
+    return UsherConnectionError(f"lost the connection to the controller at {url} ({text})")

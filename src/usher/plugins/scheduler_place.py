@@ -10,6 +10,7 @@ are placed largest first, greedily.
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -154,6 +155,8 @@ def place(
     slots, rejected = usable(nodes, reserved, config, want)
     if want.only is not None and want.only not in {n.name for n in nodes}:
         return Placement(rejected=rejected, error=f"unknown node {want.only!r}")
+    if not slots:
+        return Placement(rejected=rejected, error=_none_usable(rejected, len(nodes)))
     strategy = _together if want.affinity else _apart
     weigher = config.describe_weights() if explain else None
     chosen, more, error = strategy(slots, specs, scorer(config.weights), want, weigher)
@@ -163,3 +166,16 @@ def place(
             rejected=rejected, error=f"{error} on {len(slots)} usable of {len(nodes)} nodes"
         )
     return Placement(nodes=chosen, rejected=rejected)
+
+
+def _none_usable(rejected: Mapping[str, str], total: int) -> str:
+    """Why no node may take the VMs at all (not a matter of room): each filter's reason,
+    with how many nodes it ruled out."""
+    if not total:
+        return "no node has joined the controller yet"
+    reasons = Counter(rejected.values())
+    listed = "; ".join(
+        f"{reason} ({count} node{'s' if count > 1 else ''})"
+        for reason, count in reasons.most_common(5)
+    )
+    return f"no node of {total} may take these VMs: {listed}"
