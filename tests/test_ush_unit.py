@@ -332,3 +332,13 @@ def test_events_since_accepts_durations(ctrl: Controller) -> None:
     since = float(ctrl.requests[0].url.params["since"])
     assert since == pytest.approx(time.time() - 600, abs=5)
     assert ush(ctrl, "events", "--since", "soon").exit_code == 2
+
+
+def test_stop_force_and_timeout_reach_the_request(ctrl: Controller) -> None:
+    result = ush(ctrl, "stop", "web-1", "--force", "--timeout", "5", "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert ctrl.body() == {"vms": ["web-1"], "kwargs": {"hard": True, "timeout": 5.0}}
+    result = ush(ctrl, "destroy", "web-1", "--timeout", "60", "--no-wait")
+    assert ctrl.body() == {"vms": ["web-1"], "kwargs": {"timeout": 60.0}}
+    refused = ush(ctrl, "reboot", "web-1", "--force")
+    assert refused.exit_code == 2  # a reboot is a reset already: no --force to offer

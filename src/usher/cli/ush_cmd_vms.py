@@ -104,7 +104,16 @@ def start(
     submitted(ush, op, wait)
 
 
+TIMEOUT_HELP = {
+    OpKind.STOP: "Seconds a guest has to power off on its own (ACPI) before it is stopped "
+    "hard (default: the driver's, 30 for qemu).",
+}
+FORCE_HELP = {OpKind.STOP: "Stop at once (power cut), without asking the guest first."}
+
+
 def _action_command(kind: OpKind, summary: str) -> click.Command:
+    timed = kind in (OpKind.STOP, OpKind.REBOOT, OpKind.CYCLE, OpKind.DESTROY)
+
     @click.command(name=kind.value, help=f"{summary} VMs (ids or names) and/or a --cluster.")
     @click.argument("vms", nargs=-1)
     @click.option("--cluster", help="Every VM of this virtual cluster.")
@@ -119,11 +128,25 @@ def _action_command(kind: OpKind, summary: str) -> click.Command:
         kwargs: dict[str, Any],
         wait: bool,
         strict: bool,
+        timeout: float | None = None,
+        force: bool = False,
     ) -> None:
         require_targets(vms, cluster)
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        if force:
+            kwargs["hard"] = True
         op = ush.client.action(kind, vms, cluster, kwargs=kwargs, strict=strict)
         submitted(ush, op, wait)
 
+    if timed:
+        click.option(
+            "--timeout",
+            type=click.FloatRange(0, 86400, min_open=True),
+            help=TIMEOUT_HELP.get(kind, "Seconds each VM's step may take before it fails."),
+        )(command)
+    if kind in FORCE_HELP:
+        click.option("--force", is_flag=True, help=FORCE_HELP[kind])(command)
     return command
 
 
