@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tomllib
@@ -57,3 +58,22 @@ def test_usher_local_runs_over_tls_and_sets_up_ush(tmp_path: Path) -> None:
         down = _run(env, *local, "--stop", timeout=120)
     assert down.returncode == 0, down.stderr
     assert "stopping 2 VMs" in down.stdout
+
+
+def test_a_bogus_driver_or_a_busy_port_fails_at_once_and_starts_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "local"
+    env = {**os.environ, "USHER_HOME": str(tmp_path / "home")}
+    local = ["usher.cli.usher_cmd", "local", "--state-dir", str(state)]
+    bogus = _run(env, *local, "--driver", "bogus", "--port", str(free_port()), timeout=60)
+    assert bogus.returncode == 2
+    assert "no driver 'bogus' is installed; installed: " in bogus.stderr
+    assert "fake" in bogus.stderr and "Traceback" not in bogus.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = _run(env, *local, "--port", str(port), "--detach", timeout=60)
+    assert taken.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use" in taken.stderr
+    assert taken.stderr.count("\n") == 1  # one clear line
+    assert not state.exists()  # nothing built, nothing started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import httpx
 from usher.client.config import save as save_client_config
 from usher.ctrl.config import ADMIN_TOKEN_FILE, DEFAULT_PORT, load_settings
 from usher.ctrl.tls import base_url, ca_file
+from usher.vmm.base import installed_drivers
 
 DEFAULT_STATE = Path.home() / ".usher" / "local"
 PIDFILE = "local.pid"
@@ -42,7 +44,8 @@ def _wait_ready(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise click.ClickException("the controller exited at start; see its log")
+            log = token_file.parent.parent / "logs" / "ctrl.log"
+            raise click.ClickException(f"the controller exited at start; see {log}")
         if token_file.exists() and (ca is None or ca.exists()):
             token = token_file.read_text().strip()
             try:
@@ -119,7 +122,13 @@ def _stop(state: Path, keep_vms: bool) -> None:
     show_default=True,
     help="How many LNMs to run.",
 )
-@click.option("--driver", default="fake", show_default=True)
+@click.option(
+    "--driver",
+    default="fake",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _installed_driver(value),
+    help="The VMM driver of the nodes (fake, qemu, or a site's own installed one).",
+)
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -155,6 +164,7 @@ def local(
     if stop_:
         _stop(state, keep_vms)
         return
+    _check_port_free(port)
     state.mkdir(parents=True, exist_ok=True)
     pidfile = state / PIDFILE
     if pidfile.exists():
@@ -181,6 +191,27 @@ def local(
         click.echo((state / "ready").read_text(), nl=False)
         return
     _run(state, n_nodes, driver, port, vcpus, memory_mb, config_file)
+
+
+def _installed_driver(name: str) -> str:
+    if name not in installed_drivers():
+        raise click.BadParameter(
+            f"no driver {name!r} is installed; installed: {', '.join(installed_drivers())}"
+        )
+    return name
+
+
+def _check_port_free(port: int) -> None:
+    """Refuse at once (before anything is built or started) a port something listens on."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"port {port} on 127.0.0.1 is in use ({exc.strerror}): pick another with "
+                "--port, or stop what listens there (`usher local --stop` if it is an earlier "
+                "local cluster)"
+            ) from None
 
 
 def _ensure_tiny_image(storage: Path) -> None:
@@ -244,7 +275,7 @@ def _run(
         http = _http(url, ca, token)
         join_token = _join_token(http, state, n_nodes)
         lnm_tls = ["--ca-file", str(ca)] if ca else []
-        for i in range(1, n_nodes + 1):
+        lnms = [
             spawn(
                 f"node-{i}",
                 [
@@ -268,7 +299,9 @@ def _run(
                     *lnm_tls,
                 ],
             )
-        _wait_nodes(http, n_nodes)
+            for i in range(1, n_nodes + 1)
+        ]
+        _wait_nodes(http, lnms, logs)
         config = save_client_config(
             {"url": url, "token": token, "ca_file": str(ca) if ca else None}
         )
@@ -302,9 +335,20 @@ def _run(
         (state / PIDFILE).unlink(missing_ok=True)
 
 
-def _wait_nodes(http: httpx.Client, count: int, timeout: float = 60) -> None:
+def _wait_nodes(
+    http: httpx.Client, lnms: list[subprocess.Popen[bytes]], logs: Path, timeout: float = 60
+) -> None:
+    """Wait until every LNM joined; fail at once, with the last line of its log, if one
+    exits first."""
+    count = len(lnms)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        for i, lnm in enumerate(lnms, start=1):
+            if lnm.poll() is not None:
+                log = logs / f"node-{i}.log"
+                lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+                last = lines[-1] if lines else "(no output)"
+                raise click.ClickException(f"the LNM node-{i} exited at start: {last} (see {log})")
         nodes = http.get("/v1/nodes").json()
         if sum(1 for n in nodes if n["connected"]) >= count:
             return
