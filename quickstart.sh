@@ -6,9 +6,9 @@
 # Meant for a fresh Debian 12 machine, as root. Installs QEMU, Python and the project's
 # virtualenv (scripts/bootstrap.sh), builds the tiny guest image from Debian packages, starts a
 # controller with N local node managers in the background (`usher local --detach`, state under
-# ~/.usher/local; a cluster already running there is reused), starts a virtual cluster of three
-# real guests, live-migrates one while showing that it keeps running, and leaves it all
-# running. Safe to run again.
+# $USHER_HOME/local, ~/.usher/local by default; a cluster already running there is reused),
+# starts a virtual cluster of three real guests, live-migrates one while showing that it keeps
+# running, and leaves it all running. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/bootstrap.sh
@@ -29,7 +29,7 @@ done
 bootstrap
 
 venv=$USHER_VENV
-state="$HOME/.usher/local"
+state="${USHER_HOME:-$HOME/.usher}/local"
 pidfile="$state/local.pid"
 if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && [ -f "$state/ready" ]; then
   say "a local Usher cluster already runs from $state: reusing it"

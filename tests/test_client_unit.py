@@ -12,7 +12,15 @@ import httpx
 import pytest
 
 from usher.client import AsyncClient, Client, UsherConnectionError, UsherError
-from usher.client.config import DEFAULT_URL, resolve, save
+from usher.client.config import (
+    DEFAULT_URL,
+    add_remote,
+    read_config,
+    remove_remote,
+    resolve,
+    save,
+    use_remote,
+)
 from usher.model import OpStatus
 
 URL = "http://usher.test"
@@ -392,3 +400,27 @@ async def test_async_action_wrappers_and_stream() -> None:
     assert op.kind == "pause"
     assert json.loads(fake.requests[0].content)["cluster"] == "web"
     assert events == ["stop", "stop_failure"]
+
+
+def test_remotes_name_controllers_and_one_is_in_use(tmp_path: Path) -> None:
+    env = write_config(tmp_path, 'url = "https://old:1"\ntoken = "old-token"\n')
+    assert resolve(env=env).url == "https://old:1"  # a file from before remotes: "default"
+    add_remote("lab", {"url": "https://lab:2", "token": "lab-token"}, env=env)
+    assert resolve(env=env).token == "old-token"  # adding does not switch
+    assert resolve(env=env, remote="lab").token == "lab-token"
+    assert resolve(env=env | {"USHER_REMOTE": "lab"}).url == "https://lab:2"
+    use_remote("lab", env=env)
+    assert resolve(env=env).url == "https://lab:2"
+    save({"token": "new-lab-token"}, env=env)  # `ush login` updates the remote in use
+    config = read_config(env)
+    assert config.current == "lab"
+    assert config.remotes == {
+        "default": {"url": "https://old:1", "token": "old-token"},
+        "lab": {"url": "https://lab:2", "token": "new-lab-token"},
+    }
+    with pytest.raises(UsherError, match=r"no remote 'nope'.*remotes: default, lab"):
+        resolve(env=env, remote="nope")
+    with pytest.raises(UsherError, match="remote names are"):
+        add_remote("bad name\n", {"url": "https://x"}, env=env)
+    remove_remote("lab", env=env)
+    assert read_config(env).current is None and resolve(env=env).url == DEFAULT_URL

@@ -26,15 +26,29 @@ def test_usher_local_runs_over_tls_and_sets_up_ush(tmp_path: Path) -> None:
     for key in ("USHER_URL", "USHER_TOKEN", "USHER_CA_FILE"):
         env.pop(key, None)
     local = ["usher.cli.usher_cmd", "local", "--state-dir", str(state)]
-    up = _run(env, *local, "--nodes", "2", "--port", str(free_port()), "--detach")
+    home.mkdir()
+    (home / "config.toml").write_text('url = "https://lab.example:8760"\ntoken = "lab-token"\n')
+    port = free_port()
+    up = _run(env, *local, "--nodes", "2", "--port", str(port), "--detach")
     try:
         assert up.returncode == 0, up.stderr + up.stdout
         assert "a controller at https://127.0.0.1:" in up.stdout
         config_file = home / "config.toml"
         assert config_file.stat().st_mode & 0o777 == 0o600
         config = tomllib.loads(config_file.read_text())
-        assert config["url"].startswith("https://")
-        assert Path(config["ca_file"]) == state / "ctrl" / "tls" / "ca.pem"
+        mine = config["remotes"][f"local-{port}"]
+        assert config["remote"] == f"local-{port}" and mine["url"].startswith("https://")
+        assert Path(mine["ca_file"]) == state / "ctrl" / "tls" / "ca.pem"
+        # the controller ush knew before is kept, as a remote of its own
+        assert config["remotes"]["default"] == {
+            "url": "https://lab.example:8760",
+            "token": "lab-token",
+        }
+        remotes = _run(env, "usher.cli.ush", "remote", "list", "-o", "json", timeout=60)
+        assert [(r["name"], r["in_use"]) for r in json.loads(remotes.stdout)] == [
+            ("default", False),
+            (f"local-{port}", True),
+        ]
 
         nodes = _run(env, "usher.cli.ush", "nodes", "-o", "json", timeout=60)
         assert nodes.returncode == 0, nodes.stderr

@@ -14,12 +14,12 @@ from pathlib import Path
 import click
 import httpx
 
-from usher.client.config import save as save_client_config
+from usher.client.config import add_remote, usher_home
 from usher.ctrl.config import ADMIN_TOKEN_FILE, DEFAULT_PORT, load_settings
 from usher.ctrl.tls import base_url, ca_file
 from usher.vmm.base import installed_drivers
 
-DEFAULT_STATE = Path.home() / ".usher" / "local"
+DEFAULT_STATE = usher_home() / "local"
 PIDFILE = "local.pid"
 URL_FILE = "url"
 CA_FILE = "ca_file"
@@ -302,13 +302,14 @@ def _run(
             for i in range(1, n_nodes + 1)
         ]
         _wait_nodes(http, lnms, logs)
-        config = save_client_config(
-            {"url": url, "token": token, "ca_file": str(ca) if ca else None}
+        name = "local" if port == DEFAULT_PORT else f"local-{port}"
+        config = add_remote(
+            name, {"url": url, "token": token, "ca_file": str(ca) if ca else None}, use=True
         )
         message = (
             f"Usher runs: a controller at {url} with {n_nodes} {driver} nodes "
             f"(state and logs in {state}).\n"
-            f"ush is set up through {config}: try `ush nodes`, "
+            f"ush uses it as remote {name!r} ({config}): try `ush nodes`, "
             "`ush start -n 4 --cluster web`, `ush list`, or just `ush` for the shell.\n"
             f"Stop it with `usher local --stop --state-dir {state}`.\n"
         )

@@ -18,6 +18,7 @@ from usher.cli import (
     ush_cmd_login,
     ush_cmd_nodes,
     ush_cmd_ops,
+    ush_cmd_remotes,
     ush_cmd_vms,
 )
 from usher.cli.ush_group import OUTPUT_KEY, UshGroup, output_option
@@ -29,15 +30,20 @@ from usher.cli.ush_shell import Shell
 @click.group(cls=UshGroup, invoke_without_command=True, params=[output_option()])
 @click.option("--url", help="Controller URL [env USHER_URL, ~/.usher/config.toml].")
 @click.option("--token", help="API token [env USHER_TOKEN, ~/.usher/config.toml].")
+@click.option(
+    "--remote",
+    envvar="USHER_REMOTE",
+    help="The controller to use, by its name in ~/.usher/config.toml (ush remote list).",
+)
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
+def cli(ctx: click.Context, url: str | None, token: str | None, remote: str | None) -> None:
     """The Usher shell: start, list and control VMs on an Usher controller.
 
     Without a command, ush starts an interactive shell.
     """
-    if not isinstance(ctx.obj, Session) or url or token:
+    if not isinstance(ctx.obj, Session) or url or token or remote:
         base = ctx.obj if isinstance(ctx.obj, Session) else Session()
-        ctx.obj = base.derive(url, token)
+        ctx.obj = base.derive(url, token, remote)
         ctx.call_on_close(ctx.obj.close)
     if ctx.invoked_subcommand is not None:
         return
@@ -56,6 +62,7 @@ CORE_COMMAND_MODULES = (
     ush_cmd_events,
     ush_cmd_images,
     ush_cmd_login,
+    ush_cmd_remotes,
 )
 for _module in CORE_COMMAND_MODULES:
     for _command in _module.COMMANDS:

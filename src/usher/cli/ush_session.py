@@ -19,6 +19,7 @@ class Session:
 
     url: str | None = None
     token: str | None = None
+    remote: str | None = None
     output: str = "table"
     interactive: bool = False
     transport: httpx.BaseTransport | None = None
@@ -27,13 +28,20 @@ class Session:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.url, self.token, transport=self.transport)
+            self._client = Client(
+                self.url, self.token, remote=self.remote, transport=self.transport
+            )
         return self._client
 
-    def derive(self, url: str | None, token: str | None) -> Session:
-        """A session like this one, with ``url``/``token`` replaced where given."""
+    def derive(self, url: str | None, token: str | None, remote: str | None = None) -> Session:
+        """A session like this one, with ``url``/``token``/``remote`` replaced where given."""
         return Session(
-            url or self.url, token or self.token, self.output, self.interactive, self.transport
+            url or self.url,
+            token or self.token,
+            remote or self.remote,
+            self.output,
+            self.interactive,
+            self.transport,
         )
 
     def connect(self, url: str, token: str | None) -> None:

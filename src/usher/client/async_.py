@@ -36,9 +36,10 @@ class AsyncClient(Methods):
         *,
         timeout: float = 30.0,
         ca_file: str | None = None,
+        remote: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        settings = resolve(url, token, ca_file=ca_file)
+        settings = resolve(url, token, ca_file=ca_file, remote=remote)
         self.url = settings.url
         self._http = httpx.AsyncClient(**http_options(settings, timeout), transport=transport)
 

@@ -29,7 +29,8 @@ T = TypeVar("T")
 class Client(Methods):
     """Talks to an Usher controller; every non-2xx answer raises :class:`UsherError`.
 
-    ``url`` and ``token`` default as :func:`usher.client.config.resolve` says. ``transport``
+    ``url`` and ``token`` default as :func:`usher.client.config.resolve` says (from the
+    remote ``remote``, or the one in use). ``transport``
     replaces httpx's network transport (tests pass an ``httpx.MockTransport``).
     """
 
@@ -40,9 +41,10 @@ class Client(Methods):
         *,
         timeout: float = 30.0,
         ca_file: str | None = None,
+        remote: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        settings = resolve(url, token, ca_file=ca_file)
+        settings = resolve(url, token, ca_file=ca_file, remote=remote)
         self.url = settings.url
         self._http = httpx.Client(**http_options(settings, timeout), transport=transport)
 
