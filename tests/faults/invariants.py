@@ -138,12 +138,22 @@ def wait_ops_final(cluster: Cluster, bound: float = 30.0) -> list[Operation]:
     try:
         return wait_for("every operation to be final", check, timeout=bound, every=0.25)
     except AssertionError:
-        stuck = [
-            (o.id, o.kind, o.status)
-            for o in all_operations(cluster)
-            if o.status not in FINAL_OP_STATUSES
+        stuck = [o for o in all_operations(cluster) if o.status not in FINAL_OP_STATUSES]
+        vms = {vm.id: vm for vm in cluster.vms()}
+        nodes = {n.name: n.connected for n in cluster.client().nodes()}
+        seen = [
+            f"{o.id} {o.kind.value} {o.status.value} progress={o.result.get('progress')} "
+            f"errors={o.result.get('errors')} VMs: "
+            + ", ".join(
+                f"{vms[t].name} {vms[t].state.value} on {vms[t].node} "
+                f"(connected={nodes.get(vms[t].node or '')}, target={vms[t].target_node})"
+                if t in vms
+                else f"{t} (no record)"
+                for t in o.targets
+            )
+            for o in stuck
         ]
-        raise AssertionError(f"operations stuck after {bound} s: {stuck}") from None
+        raise AssertionError(f"operations stuck after {bound} s: {seen}") from None
 
 
 def check_capacity(cluster: Cluster, bound: float = 6.0) -> None:
