@@ -90,13 +90,20 @@ def leaseless_copies(cluster: Cluster) -> list[str]:
 def _fake_copies(cluster: Cluster, nodes_dir: Path) -> list[tuple[Path, str, dict[str, Any], bool]]:
     """Every simulated guest that counts as a running copy (see :func:`running_copies`):
     its node's dir, its id, its record (with ``_lease``: who holds its disk) and whether its
-    host holds the disk lease."""
+    host holds the disk lease.
+
+    The tables are read before the leases' lock is taken and read again under it only if
+    their files changed meanwhile: an LNM waits for that lock on every lease call, and a
+    checker holding it for long would stall the LNMs it checks."""
     leases = cluster.storage / "leases"
+    before = {node_dir: _read_table(node_dir) for node_dir in nodes_dir.iterdir()}
     found = []
     with _leases_still(leases):
-        for node_dir in nodes_dir.iterdir():
+        for node_dir, (files, seen, table) in before.items():
+            if _signature(files) != seen:
+                table = fake_table(node_dir)
             holder = os.path.realpath(node_dir / "fake")
-            for vm_id, rec in fake_table(node_dir).items():
+            for vm_id, rec in table.items():
                 if rec["state"] not in ("running", "paused"):
                     continue
                 owner = lease_holder(leases, vm_id)
@@ -105,6 +112,31 @@ def _fake_copies(cluster: Cluster, nodes_dir: Path) -> list[tuple[Path, str, dic
                     continue  # it sent its guest away, or it is a dead host's, to settle
                 found.append((node_dir, vm_id, {**rec, "_lease": owner}, holds))
     return found
+
+
+def _read_table(
+    node_dir: Path,
+) -> tuple[list[Path], tuple[tuple[int, int, int] | None, ...], dict[str, dict[str, Any]]]:
+    files = [
+        path
+        for state in node_dir.rglob("fake-vms.json")
+        for path in (state, state.with_name("fake-vms.journal"))
+    ]
+    seen = _signature(files)
+    return files, seen, fake_table(node_dir)
+
+
+def _signature(files: list[Path]) -> tuple[tuple[int, int, int] | None, ...]:
+    """What changes when a table file is written, appended to or replaced."""
+    marks: list[tuple[int, int, int] | None] = []
+    for path in files:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            marks.append(None)
+            continue
+        marks.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(marks)
 
 
 @contextlib.contextmanager
