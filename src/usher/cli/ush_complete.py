@@ -63,8 +63,11 @@ class UshCompleter(Completer):
             command = self.group.commands.get(done[0])
             if command is None:
                 return
+            choices = _choices(command, done[-1])
             if current.startswith("-"):
                 candidates = [o for p in command.params for o in p.opts if o.startswith("--")]
+            elif choices is not None:
+                candidates = choices
             elif done[-1] in ("--to", "--node") or done[0] in NODE_COMMANDS:
                 candidates = self.node_names.get()
             else:
@@ -72,3 +75,11 @@ class UshCompleter(Completer):
         for word in candidates:
             if word.startswith(current):
                 yield Completion(word, start_position=-len(current))
+
+
+def _choices(command: click.Command, option: str) -> list[str] | None:
+    """The values ``option`` of ``command`` takes, if it is a choice (``--state``, ``-o``)."""
+    for param in command.params:
+        if option in param.opts and isinstance(param.type, click.Choice):
+            return [str(choice) for choice in param.type.choices]
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
 import click
@@ -78,7 +79,7 @@ class Shell:
     def run(self) -> None:
         """The read-eval loop on the terminal, until ``quit`` or end of input."""
         prompt: PromptSession[str] = PromptSession(
-            history=_history(),
+            history=history_file(),
             completer=UshCompleter(
                 self.group,
                 BUILTINS,
@@ -98,11 +99,36 @@ class Shell:
                 return
 
 
-def _history() -> History:
-    """Lines from earlier sessions, in ``~/.usher/history`` when that can be written."""
+def history_file() -> History:
+    """Lines from earlier sessions, in ``~/.usher/history`` (mode 0600) when that can be
+    written."""
     home = usher_home()
     try:
         home.mkdir(parents=True, exist_ok=True)
+        path = home / "history"
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(path, 0o600)
     except OSError:
         return InMemoryHistory()
-    return FileHistory(str(home / "history"))
+    return PrivateHistory(str(path))
+
+
+class PrivateHistory(FileHistory):
+    """A history file that keeps no token: a ``connect URL TOKEN`` line is not written."""
+
+    def store_string(self, string: str) -> None:
+        if not carries_token(string):
+            super().store_string(string)
+
+
+def carries_token(line: str) -> bool:
+    """Whether ``line`` is a ``connect`` (or ``--token``) line with a token in it."""
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError:
+        return "connect" in line or "--token" in line  # unparsable: keep nothing risky
+    if words[:1] == ["ush"]:
+        words = words[1:]
+    return (words[:1] == ["connect"] and len(words) > 2) or any(
+        w == "--token" or w.startswith("--token=") for w in words
+    )
