@@ -206,8 +206,22 @@ def test_start_boots_existing_vms(
 def test_start_refuses_creation_options_when_booting(ctrl: Controller) -> None:
     result = ush(ctrl, "start", "web-1", "--vcpus", "2")
     assert result.exit_code == 2
-    assert "--vcpus only applies to new VMs" in result.stderr
+    assert "--vcpus sizes or places new VMs" in result.stderr
+    # before `ush create`, this one silently created a new VM in cluster web
+    result = ush(ctrl, "start", "--cluster", "web", "--vcpus", "2")
+    assert result.exit_code == 2
+    assert "use `ush create --cluster web --vcpus …`" in result.stderr
+    result = ush(ctrl, "start")
+    assert result.exit_code == 2 and "ush create" in result.stderr
     assert ctrl.requests == []
+
+
+def test_create_makes_new_vms_and_start_n_is_its_shorthand(ctrl: Controller) -> None:
+    for command in (["create"], ["start", "-n", "2"]):
+        result = ush(ctrl, *command, "--cluster", "web", "--vcpus", "2", "--no-wait")
+        assert result.exit_code == 0, result.output
+        assert ctrl.requests[-1].url.path == "/v1/vms"
+        assert ctrl.body()["cluster"] == "web" and ctrl.body()["vcpus"] == 2
 
 
 def test_migrate_sends_target_node(ctrl: Controller) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -21,40 +22,61 @@ from usher.cli.ush_outcome import planned, submitted
 from usher.model import MAX_MEMORY_MB, MAX_VCPUS, MIN_MEMORY_MB, OpKind, Plan, VMState
 
 CREATE_OPTIONS = ("count", "names", "name_prefix", "vcpus", "memory_mb", "image", "node")
+NAMING_OPTIONS = ("count", "names", "name_prefix")
+"""Options that say "make new VMs" on their own (the others only size or place them)."""
+
+
+def _new_vm_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of new VMs: how many, their names, size, image and node."""
+    for option in reversed(
+        (
+            click.option(
+                "-n",
+                "--count",
+                type=click.IntRange(1),
+                default=1,
+                show_default=True,
+                help="How many VMs to create.",
+            ),
+            click.option("--cluster", help="Virtual cluster of the VMs."),
+            click.option(
+                "--vcpus", type=click.IntRange(1, MAX_VCPUS), default=1, show_default=True
+            ),
+            click.option(
+                "--memory",
+                "memory_mb",
+                type=click.IntRange(MIN_MEMORY_MB, MAX_MEMORY_MB),
+                default=256,
+                show_default=True,
+                help="Memory in MiB.",
+            ),
+            click.option("--image", default="tiny", show_default=True),
+            click.option(
+                "--name-prefix", help="Name VMs PREFIX-<n> (default: the cluster, or vm)."
+            ),
+            click.option(
+                "--names", callback=split_names, help="Comma-separated names, one VM each."
+            ),
+            click.option("--node", help="Place the new VMs on this node."),
+            kwarg_option,
+            wait_option,
+            dry_run_option,
+        )
+    ):
+        command = option(command)
+    return command
 
 
 @click.command()
-@click.argument("vms", nargs=-1)
-@click.option(
-    "-n",
-    "--count",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="How many VMs to create.",
-)
-@click.option("--cluster", help="Virtual cluster to create the VMs in, or to boot.")
-@click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), default=1, show_default=True)
-@click.option(
-    "--memory",
-    "memory_mb",
-    type=click.IntRange(MIN_MEMORY_MB, MAX_MEMORY_MB),
-    default=256,
-    show_default=True,
-    help="Memory in MiB.",
-)
-@click.option("--image", default="tiny", show_default=True)
-@click.option("--name-prefix", help="Name VMs PREFIX-<n> (default: the cluster, or vm).")
-@click.option("--names", callback=split_names, help="Comma-separated names, one VM each.")
-@click.option("--node", help="Place the new VMs on this node.")
-@kwarg_option
-@wait_option
-@dry_run_option
-@strict_option
+@_new_vm_options
 @pass_ush
-def start(
+def create(ush: Ush, **options: Any) -> None:
+    """Create new VMs: -n of them (or one per --names entry), in --cluster if given."""
+    _create(ush, **options)
+
+
+def _create(
     ush: Ush,
-    vms: tuple[str, ...],
     count: int,
     cluster: str | None,
     vcpus: int,
@@ -66,42 +88,68 @@ def start(
     kwargs: dict[str, Any],
     wait: bool,
     dry_run: bool,
-    strict: bool,
 ) -> None:
-    """Create new VMs, or boot stopped ones.
-
-    Given VMs (ids or names), or only --cluster, boots those stopped VMs. Otherwise creates
-    -n new VMs (or one per --names entry), in --cluster if given.
-    """
-    ctx = click.get_current_context()
-    creating = [
-        f"--{name.replace('_', '-')}"
-        for name in CREATE_OPTIONS
-        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
-    ]
-    if vms or (cluster and not creating):
-        if creating:
-            raise click.UsageError(f"{creating[0]} only applies to new VMs, not when booting")
-        if dry_run:
-            raise click.UsageError("--dry-run plans new VMs (or migrations), not boots")
-        op = ush.client.action(OpKind.START, vms, cluster, kwargs=kwargs, strict=strict)
-    else:
-        create = ush.client.plan_start if dry_run else ush.client.create_vms
-        op = create(
-            count=count,
-            names=names or None,
-            name_prefix=name_prefix,
-            cluster=cluster,
-            vcpus=vcpus,
-            memory_mb=memory_mb,
-            image=image,
-            node=node,
-            kwargs=kwargs,
-        )
+    make = ush.client.plan_start if dry_run else ush.client.create_vms
+    op = make(
+        count=count,
+        names=names or None,
+        name_prefix=name_prefix,
+        cluster=cluster,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        image=image,
+        node=node,
+        kwargs=kwargs,
+    )
     if isinstance(op, Plan):
         planned(ush, op)
         return
     submitted(ush, op, wait)
+
+
+@click.command()
+@click.argument("vms", nargs=-1)
+@_new_vm_options
+@strict_option
+@pass_ush
+def start(ush: Ush, vms: tuple[str, ...], strict: bool, **options: Any) -> None:
+    """Boot stopped VMs (ids or names) and/or a --cluster's.
+
+    With -n, --names or --name-prefix, creates new VMs instead, as `ush create` does (the
+    shorthand `ush start -n 3 --cluster web`).
+    """
+    ctx = click.get_current_context()
+    given = [
+        name
+        for name in CREATE_OPTIONS
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    ]
+    flags = [f"--{name.replace('_', '-')}" for name in given]
+    if any(name in NAMING_OPTIONS for name in given):
+        if vms:
+            raise click.UsageError(
+                f"{flags[0]} makes new VMs, which cannot also be named as arguments; "
+                "to boot existing VMs, name them without it"
+            )
+        _create(ush, **options)
+        return
+    cluster = options["cluster"]
+    if not vms and not cluster:
+        raise click.UsageError(
+            "name the VMs to boot (or --cluster); to make new ones, use `ush create`"
+        )
+    if flags:
+        target = f"--cluster {cluster}" if cluster else " ".join(vms)
+        create_as = " ".join(([f"--cluster {cluster}"] if cluster else []) + flags)
+        raise click.UsageError(
+            f"{flags[0]} sizes or places new VMs, but `ush start {target}` boots existing "
+            f"ones: to create, use `ush create {create_as} …`; to boot, leave out "
+            f"{' '.join(flags)}"
+        )
+    if options["dry_run"]:
+        raise click.UsageError("--dry-run plans new VMs (or migrations), not boots")
+    op = ush.client.action(OpKind.START, vms, cluster, kwargs=options["kwargs"], strict=strict)
+    submitted(ush, op, options["wait"])
 
 
 TIMEOUT_HELP = {
@@ -229,4 +277,4 @@ def console(ush: Ush, vm: str, follow: bool, interval: float) -> None:
         return
 
 
-COMMANDS: tuple[click.Command, ...] = (start, *ACTIONS, migrate, list_vms, show, console)
+COMMANDS: tuple[click.Command, ...] = (create, start, *ACTIONS, migrate, list_vms, show, console)
