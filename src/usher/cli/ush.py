@@ -24,7 +24,6 @@ from usher.cli import (
 from usher.cli.ush_group import OUTPUT_KEY, UshGroup, output_option
 from usher.cli.ush_plugin_commands import add_plugin_commands
 from usher.cli.ush_session import Session
-from usher.cli.ush_shell import Shell
 
 
 @click.group(cls=UshGroup, invoke_without_command=True, params=[output_option()])
@@ -52,6 +51,8 @@ def cli(ctx: click.Context, url: str | None, token: str | None, remote: str | No
         return
     ctx.obj.interactive = True
     ctx.obj.output = ctx.meta.get(OUTPUT_KEY, ctx.obj.output)
+    from usher.cli.ush_shell import Shell  # prompt_toolkit: only for the shell
+
     Shell(cli, ctx.obj).run()
 
 
