@@ -209,3 +209,16 @@ def test_https_to_a_plain_http_controller_says_so(cluster: Cluster) -> None:
     result = cluster.ush("--url", cluster.url.replace("http://", "https://"), "list")
     assert result.returncode == 1
     assert "does not speak TLS" in result.stderr and "http:// URL" in result.stderr
+
+
+def test_events_tail_shows_the_latest_and_the_api_reads_newest_first(demo: Cluster) -> None:
+    ok(demo.ush("stop", "demo-4"))
+    everything = json.loads(ok(demo.ush("events", "-o", "json")))
+    last = json.loads(ok(demo.ush("events", "--tail", "3", "-o", "json")))
+    assert [e["id"] for e in last] == [e["id"] for e in everything[-3:]]  # oldest first
+    newest = demo.http("GET", "/v1/events", params={"newest": "true", "limit": 2}).json()
+    assert [e["id"] for e in newest["items"]] == [e["id"] for e in everything[-1:-3:-1]]
+    more = demo.http(
+        "GET", "/v1/events", params={"newest": "true", "limit": 2, "cursor": newest["next"]}
+    ).json()
+    assert [e["id"] for e in more["items"]] == [e["id"] for e in everything[-3:-5:-1]]

@@ -286,10 +286,19 @@ def events(
     since: float | None = None,
     limit: int | None = None,
     cursor: str | None = None,
+    newest: bool = False,
 ) -> Call[Page[Event]]:
-    """Recorded events, oldest first; ``since`` is in seconds since the epoch."""
+    """Recorded events, oldest first (``newest``: newest first); ``since`` is in seconds
+    since the epoch."""
     params = query(
-        name=name, vm=vm, node=node, operation=operation, since=since, limit=limit, cursor=cursor
+        name=name,
+        vm=vm,
+        node=node,
+        operation=operation,
+        since=since,
+        limit=limit,
+        cursor=cursor,
+        newest=newest or None,
     )
     return Call("GET", "/events", Page[Event].model_validate, params=params)
 

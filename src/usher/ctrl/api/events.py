@@ -29,8 +29,10 @@ async def list_events(
     since: Since = None,
     limit: Limit = 100,
     cursor: Cursor = None,
+    newest: bool = False,
 ) -> Page[Event]:
-    """Past events, oldest first; ``vm`` is a VM's name or id."""
+    """Past events, oldest first (``newest``: newest first, for the latest few); ``vm`` is
+    a VM's name or id."""
     await allow(ctrl, principal, "event.list")
     return await ctrl.store.list_events(
         scope=await visible(ctrl, principal),
@@ -41,6 +43,7 @@ async def list_events(
         since=since,
         limit=limit,
         cursor=cursor,
+        newest=newest,
     )
 
 

@@ -53,8 +53,9 @@ class Events:
         limit: int = 100,
         cursor: str | None = None,
         scope: Scope | None = None,
+        newest: bool = False,
     ) -> Page[Event]:
-        """A page of events, oldest first."""
+        """A page of events, oldest first (``newest``: newest first)."""
         filters = []
         if scope is not None:
             filters.append(EventRow.principal.in_(scope.principals))
@@ -76,7 +77,8 @@ class Events:
             total = (await s.execute(count)).scalar()
             stmt = select(EventRow).where(*filters)
             if after is not None:
-                stmt = stmt.where(EventRow.seq > after)
-            rows = (await s.execute(stmt.order_by(EventRow.seq).limit(limit + 1))).scalars().all()
+                stmt = stmt.where(EventRow.seq < after if newest else EventRow.seq > after)
+            order = EventRow.seq.desc() if newest else EventRow.seq
+            rows = (await s.execute(stmt.order_by(order).limit(limit + 1))).scalars().all()
         items = [Event.model_validate(r, from_attributes=True) for r in rows]
         return page(items, [r.seq for r in rows], limit, total or 0)

@@ -113,7 +113,8 @@ async function enter() {
 async function loadBacklog() {
   const since = Date.now() / 1000 - BACKLOG_SECONDS;
   try {
-    const page = await api("GET", `/v1/events${query({ since, limit: MAX_EVENTS })}`);
+    // the newest of the backlog, not its oldest: the feed shows newest first
+    const page = await api("GET", `/v1/events${query({ since, limit: MAX_EVENTS, newest: true })}`);
     for (const ev of page.items) feed(ev);
   } catch (err) {
     say(`cannot read recent events: ${err.message}`, true);
