@@ -13,7 +13,7 @@ from usher.client import Client, UsherError
 
 @pytest.fixture
 def site(make_cluster) -> Cluster:
-    return make_cluster(nodes=0)
+    return make_cluster(nodes=0, plugin_tables={"tokens": {"roles": ["operator"]}})
 
 
 def refused(
@@ -44,6 +44,12 @@ def test_admins_manage_tokens_of_anyone(site: Cluster) -> None:
     assert [(t["id"], t["description"], t["groups"]) for t in only_bob] == [
         (made["id"], "ci", ["ops"])
     ]
+
+    least = admin.request("POST", "/tokens", body={"principal": "carol"})
+    assert least["roles"] == ["user"]  # not the admin's own roles
+    err = refused(admin, "POST", "/tokens", body={"principal": "bob", "roles": ["amdin"]})
+    assert err.status == 422 and "unknown role(s) amdin" in err.message
+    assert "admin, user, operator" in err.message
 
     gone = admin.request("DELETE", f"/tokens/{made['id']}")
     assert gone["revoked"] and gone["state"] == "revoked"

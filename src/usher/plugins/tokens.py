@@ -12,7 +12,9 @@ optionally with an expiry. Routes, under ``/v1``:
   configured order; the first that accepts decides who the session belongs to.
 * ``POST /logout``: revoke the token the request was made with.
 
-Config ``[plugins.tokens]``: ``session_ttl``, seconds a login session lasts (default 12 h).
+Config ``[plugins.tokens]``: ``session_ttl``, seconds a login session lasts (default 12 h);
+``roles``, the site's roles a token may carry besides ``admin`` and ``user`` (a token made
+without roles gets ``user``, the least; an unknown role is refused).
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ NODE_ROLE = "node"
 
 
 class NewToken(Strict):
-    """Body of ``POST /v1/tokens``; left out, ``principal``, ``roles`` and ``groups`` are
-    the caller's own."""
+    """Body of ``POST /v1/tokens``; left out, ``principal`` and ``groups`` are the caller's
+    own, and ``roles`` is ``["user"]`` (the least role; none if the caller may not give it)."""
 
     principal: PrincipalName | None = None
     roles: list[RoleName] | None = Field(None, max_length=32)
@@ -90,9 +92,15 @@ class IssuedToken(TokenInfo):
     token: str
 
 
+DEFAULT_ROLES = ("admin", "user")
+LEAST_ROLE = "user"
+
+
 class TokenAuth:
     ctx: PluginContext
     session_ttl: float = DEFAULT_SESSION_TTL
+    roles: tuple[str, ...] = DEFAULT_ROLES
+    """The roles a token may carry (``[plugins.tokens] roles``: the site's, if it has more)."""
 
     def __init__(self) -> None:
         self._groups: dict[str, list[str]] = {}  # token id -> groups; they never change
@@ -106,6 +114,10 @@ class TokenAuth:
         if ttl <= 0:
             raise ValueError(f"[plugins.tokens] session_ttl must be positive, not {ttl}")
         self.session_ttl = ttl
+        roles = config.get("roles", list(DEFAULT_ROLES))
+        if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
+            raise ValueError("[plugins.tokens] roles must be a list of role names")
+        self.roles = tuple(dict.fromkeys([*DEFAULT_ROLES, *roles]))
         limit = ctx.settings.login_failures
         self._failed_users.limit = self._failed_addresses.limit = limit
 
@@ -143,7 +155,14 @@ class TokenAuth:
     ) -> IssuedToken:
         """Create an API token; its secret is in this answer only."""
         owner = body.principal or principal.name
-        roles = principal.roles if body.roles is None else body.roles
+        roles = self._least(principal) if body.roles is None else body.roles
+        unknown = [role for role in roles if role not in self.roles and role != NODE_ROLE]
+        if unknown:
+            raise RequestError(
+                422,
+                f"unknown role(s) {', '.join(unknown)}: a token's roles are among "
+                f"{', '.join(self.roles)} (a site adds its own in [plugins.tokens] roles)",
+            )
         groups = principal.groups if body.groups is None else body.groups
         await allow(ctx, principal, "token.create", owner=owner, roles=roles)
         if not principal.is_admin:
@@ -244,6 +263,12 @@ class TokenAuth:
         return await self._revoke(row, principal.name)
 
     # --- helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _least(principal: Principal) -> list[str]:
+        """A new token's roles when none are asked for: the least role, ``user``, if the
+        caller may give it, else none (never the caller's admin role by default)."""
+        return [LEAST_ROLE] if principal.is_admin or LEAST_ROLE in principal.roles else []
 
     async def _failed(self, username: str, address: str, errors: list[str]) -> None:
         """Count a failed login (its event, ``login_failure``, is one of a bounded few)."""

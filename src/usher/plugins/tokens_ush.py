@@ -41,7 +41,12 @@ def token() -> None:
 
 @token.command("create")
 @click.option("--user", help="Whom the token is for (admins only; default: yourself).")
-@click.option("--role", "roles", multiple=True, help="A role of the token (default: yours).")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    help="A role of the token (repeatable; default: user, the least).",
+)
 @click.option("--ttl", type=click.FloatRange(min=0, min_open=True), help="Seconds it is valid.")
 @click.option("--description", default="", help="What the token is for.")
 @pass_ush
