@@ -21,7 +21,8 @@ def _run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Co
 
 
 def test_usher_local_runs_over_tls_and_sets_up_ush(tmp_path: Path) -> None:
-    state, home = tmp_path / "local", tmp_path / "home"
+    home = tmp_path / "home"
+    state = home / "local"  # where usher local keeps it by default (as the quick start)
     env = {**os.environ, "USHER_HOME": str(home)}
     for key in ("USHER_URL", "USHER_TOKEN", "USHER_CA_FILE"):
         env.pop(key, None)
@@ -56,6 +57,14 @@ def test_usher_local_runs_over_tls_and_sets_up_ush(tmp_path: Path) -> None:
             ("node-1", True),
             ("node-2", True),
         ]
+        # the admin tools find the local cluster without --state-dir or --storage-dir
+        if not Path("/var/lib/usher").exists():
+            joining = _run(env, "usher.cli.usher_cmd", "node", "token", timeout=60)
+            assert joining.returncode == 0, joining.stderr
+            assert joining.stdout.strip()
+            images = _run(env, "usher.cli.usher_cmd", "image", "list", "-o", "json", timeout=60)
+            assert images.returncode == 0, images.stderr
+            assert "tiny" in [image["name"] for image in json.loads(images.stdout)]
         started = _run(env, "usher.cli.ush", "start", "-n", "2", "--cluster", "t", timeout=60)
         assert started.returncode == 0, started.stderr
 

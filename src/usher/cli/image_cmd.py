@@ -10,18 +10,28 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from usher.cli.local_cluster import running_local
 from usher.images.catalog import ImageError, delete_image, import_disk, list_images, read_manifest
 from usher.images.tiny import build_tiny
 
 DEFAULT_STORAGE = "/var/lib/usher/storage"
 
 
+def default_storage() -> str:
+    """The site's storage dir, or the one of the cluster ``usher local`` runs if the site
+    has none."""
+    local = running_local()
+    if local is not None and not Path(DEFAULT_STORAGE).is_dir():
+        return str(local.storage)
+    return DEFAULT_STORAGE
+
+
 def storage_option() -> click.Option:
     return click.Option(
         ["--storage-dir"],
         envvar="USHER_STORAGE",
-        default=DEFAULT_STORAGE,
-        show_default=True,
+        default=default_storage,
+        show_default=f"{DEFAULT_STORAGE}, or usher local's",
         type=click.Path(file_okay=False, path_type=Path),
         help="Storage directory shared by the cluster's LNMs (env USHER_STORAGE).",
     )

@@ -14,15 +14,13 @@ from pathlib import Path
 import click
 import httpx
 
-from usher.client.config import add_remote, usher_home
+from usher.cli.local_cluster import CA_FILE, PIDFILE, URL_FILE, default_state
+from usher.client.config import add_remote
 from usher.ctrl.config import ADMIN_TOKEN_FILE, DEFAULT_PORT, load_settings
 from usher.ctrl.tls import base_url, ca_file
 from usher.vmm.base import installed_drivers
 
-DEFAULT_STATE = usher_home() / "local"
-PIDFILE = "local.pid"
-URL_FILE = "url"
-CA_FILE = "ca_file"
+DEFAULT_STATE = default_state()
 JOIN_TOKEN_FILE = "join.token"
 
 

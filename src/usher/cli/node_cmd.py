@@ -1,7 +1,8 @@
 """``usher node``: admit LNMs to the cluster and shut them out, on the controller's host.
 
 The commands read the controller's config (or ``--state-dir``/``--listen``) to find its
-URL, its CA and the admin token in its state dir, then call the admin API.
+URL, its CA and the admin token in its state dir, then call the admin API. Told nothing,
+they use the site's default state dir, or the cluster ``usher local`` runs if that has none.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 import click
 import httpx
 
-from usher.ctrl.config import ADMIN_TOKEN_FILE, Settings, load_settings
+from usher.cli.local_cluster import running_local
+from usher.ctrl.config import ADMIN_TOKEN_FILE, DEFAULT_STATE_DIR, Settings, load_settings
 from usher.ctrl.tls import base_url, ca_file
 
 
@@ -42,6 +44,9 @@ def _call(
     path: str,
     body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    local = running_local() if config_file is None and state_dir is None else None
+    if local is not None and not (DEFAULT_STATE_DIR / ADMIN_TOKEN_FILE).exists():
+        state_dir, listen = str(local.ctrl_state), listen or local.listen  # usher local's
     try:
         settings: Settings = load_settings(config_file, state_dir=state_dir, listen=listen)
         token = (settings.state_dir / ADMIN_TOKEN_FILE).read_text().strip()

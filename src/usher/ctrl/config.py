@@ -41,6 +41,10 @@ class PluginSettings(BaseModel):
         return dict(value) if isinstance(value, dict) else {}
 
 
+DEFAULT_STATE_DIR = Path("/var/lib/usher")
+"""Where a controller keeps its state unless told otherwise."""
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,7 +60,7 @@ class Settings(BaseModel):
     tls_names: list[str] = Field(
         default_factory=list, description="more DNS names or addresses for the generated cert"
     )
-    state_dir: Path = Path("/var/lib/usher")
+    state_dir: Path = DEFAULT_STATE_DIR
     database_url: str | None = None
     storage_dir: Path = Field(
         Path("/var/lib/usher/storage"),
