@@ -4,6 +4,7 @@ controller with three fake LNMs."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -222,3 +223,30 @@ def test_events_tail_shows_the_latest_and_the_api_reads_newest_first(demo: Clust
         "GET", "/v1/events", params={"newest": "true", "limit": 2, "cursor": newest["next"]}
     ).json()
     assert [e["id"] for e in more["items"]] == [e["id"] for e in everything[-3:-5:-1]]
+
+
+def test_config_prints_the_command_that_makes_the_vm_again(cluster: Cluster) -> None:
+    ok(
+        cluster.ush(
+            "create",
+            "--names",
+            "cfg",
+            "--cluster",
+            "c",
+            "--vcpus",
+            "2",
+            "--memory",
+            "512",
+            "--kwarg",
+            'note="two words"',
+        )
+    )
+    line = ok(cluster.ush("config", "cfg")).strip()
+    assert line == (
+        "ush create --names cfg --cluster c --vcpus 2 --memory 512 --image tiny "
+        "--kwarg 'note=\"two words\"'"
+    )
+    before = json.loads(ok(cluster.ush("config", "cfg", "-o", "json")))
+    ok(cluster.ush("destroy", "cfg"))
+    ok(cluster.ush(*shlex.split(line)[1:]))  # the printed command, run again
+    assert json.loads(ok(cluster.ush("config", "cfg", "-o", "json"))) == before

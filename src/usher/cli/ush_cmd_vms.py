@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -257,6 +259,33 @@ def show(ush: Ush, vm: str) -> None:
     ush.out.vm(ush.client.get_vm(vm))
 
 
+@click.command("config")
+@click.argument("vm")
+@pass_ush
+def config_of(ush: Ush, vm: str) -> None:
+    """A VM's definition: the `ush create` command that makes it again (-o json: as data)."""
+    found = ush.client.get_vm(vm)
+    spec = found.spec
+    definition = {
+        "names": [found.name],
+        "cluster": found.cluster,
+        "vcpus": spec.vcpus,
+        "memory_mb": spec.memory_mb,
+        "image": spec.image,
+        "kwargs": spec.kwargs,
+    }
+    if ush.out.json:
+        ush.out.emit(definition)
+        return
+    words = ["ush", "create", "--names", found.name]
+    if found.cluster:
+        words += ["--cluster", found.cluster]
+    words += ["--vcpus", str(spec.vcpus), "--memory", str(spec.memory_mb), "--image", spec.image]
+    for key, value in spec.kwargs.items():
+        words += ["--kwarg", f"{key}={json.dumps(value)}"]
+    ush.out.line(shlex.join(words))
+
+
 @click.command()
 @click.argument("vm")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until Ctrl-C.")
@@ -277,4 +306,13 @@ def console(ush: Ush, vm: str, follow: bool, interval: float) -> None:
         return
 
 
-COMMANDS: tuple[click.Command, ...] = (create, start, *ACTIONS, migrate, list_vms, show, console)
+COMMANDS: tuple[click.Command, ...] = (
+    create,
+    start,
+    *ACTIONS,
+    migrate,
+    list_vms,
+    show,
+    config_of,
+    console,
+)
