@@ -250,3 +250,21 @@ def test_config_prints_the_command_that_makes_the_vm_again(cluster: Cluster) -> 
     ok(cluster.ush("destroy", "cfg"))
     ok(cluster.ush(*shlex.split(line)[1:]))  # the printed command, run again
     assert json.loads(ok(cluster.ush("config", "cfg", "-o", "json"))) == before
+
+
+def test_list_takes_name_patterns_a_sort_and_columns(demo: Cluster) -> None:
+    ok(demo.ush("create", "--names", "db-1,db-2", "--vcpus", "2"))
+    ok(demo.ush("stop", "demo-3"))
+    out = ok(demo.ush("list", "demo-*", "--sort", "state", "--columns", "name,state"))
+    lines = [line.split() for line in out.strip().splitlines()]
+    assert lines[0] == ["NAME", "STATE"]
+    assert lines[1:] == [
+        ["demo-1", "running"],
+        ["demo-2", "running"],
+        ["demo-4", "running"],
+        ["demo-3", "stopped"],
+    ]
+    names = json.loads(ok(demo.ush("list", "db-?", "-o", "json")))
+    assert sorted(vm["name"] for vm in names) == ["db-1", "db-2"]
+    bad = demo.ush("list", "--columns", "name,colour")
+    assert bad.returncode == 2 and "no column 'colour'" in bad.stderr

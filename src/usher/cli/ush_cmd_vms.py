@@ -6,6 +6,7 @@ import json
 import shlex
 import time
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from typing import Any
 
 import click
@@ -21,7 +22,8 @@ from usher.cli.ush_options import (
     wait_option,
 )
 from usher.cli.ush_outcome import planned, submitted
-from usher.model import MAX_MEMORY_MB, MAX_VCPUS, MIN_MEMORY_MB, OpKind, Plan, VMState
+from usher.cli.ush_render import VM_COLUMNS, VM_FIELDS
+from usher.model import MAX_MEMORY_MB, MAX_VCPUS, MIN_MEMORY_MB, VM, OpKind, Plan, VMState
 
 CREATE_OPTIONS = ("count", "names", "name_prefix", "vcpus", "memory_mb", "image", "node")
 NAMING_OPTIONS = ("count", "names", "name_prefix")
@@ -238,17 +240,64 @@ def migrate(
     submitted(ush, ush.client.migrate(vms, cluster, target_node, kwargs), wait)
 
 
+SORT_KEYS: dict[str, Callable[[VM], Any]] = {
+    "name": lambda vm: vm.name,
+    "node": lambda vm: vm.node or "",
+    "state": lambda vm: vm.state.value,
+    "cluster": lambda vm: vm.cluster or "",
+    "created": lambda vm: vm.created_at,
+    "vcpus": lambda vm: vm.spec.vcpus,
+    "memory": lambda vm: vm.spec.memory_mb,
+}
+
+
+def _columns(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
+    names = split_names(_ctx, _param, value) or list(VM_COLUMNS)
+    unknown = [name for name in names if name not in VM_FIELDS]
+    if unknown:
+        raise click.BadParameter(f"no column {unknown[0]!r}; columns: {', '.join(VM_FIELDS)}")
+    return names
+
+
 @click.command("list")
+@click.argument("patterns", nargs=-1)
 @click.option("--cluster")
 @click.option("--owner")
 @click.option("--node")
 @click.option("--state", type=click.Choice([state.value for state in VMState]))
+@click.option("--sort", type=click.Choice(list(SORT_KEYS)), help="Order by this field.")
+@click.option("--columns", callback=_columns, help=f"Comma-separated, of: {', '.join(VM_FIELDS)}.")
+@click.option("-w", "--watch", is_flag=True, help="Show the list again every 2 s, until Ctrl-C.")
 @pass_ush
 def list_vms(
-    ush: Ush, cluster: str | None, owner: str | None, node: str | None, state: str | None
+    ush: Ush,
+    patterns: tuple[str, ...],
+    cluster: str | None,
+    owner: str | None,
+    node: str | None,
+    state: str | None,
+    sort: str | None,
+    columns: list[str],
+    watch: bool,
 ) -> None:
-    """List VMs (all pages)."""
-    ush.out.vms(ush.client.iter_vms(cluster=cluster, owner=owner, node=node, state=state))
+    """List VMs (all pages); PATTERNS keep the VMs whose names match one (web-*, db-?)."""
+
+    def fetch() -> list[VM]:
+        vms = ush.client.iter_vms(cluster=cluster, owner=owner, node=node, state=state)
+        shown = [vm for vm in vms if not patterns or any(fnmatchcase(vm.name, p) for p in patterns)]
+        return sorted(shown, key=SORT_KEYS[sort]) if sort else shown
+
+    if not watch:
+        ush.out.vms(fetch(), columns)
+        return
+    try:
+        while True:
+            vms = fetch()
+            click.clear()
+            ush.out.vms(vms, columns)
+            time.sleep(2)
+    except KeyboardInterrupt:
+        return
 
 
 @click.command()

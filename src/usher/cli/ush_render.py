@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -88,6 +88,24 @@ def _details(rows: dict[str, Any]) -> Table:
     return grid
 
 
+VM_FIELDS: dict[str, Callable[[VM], Any]] = {
+    "id": lambda vm: vm.id,
+    "name": lambda vm: vm.name,
+    "cluster": lambda vm: vm.cluster,
+    "owner": lambda vm: vm.owner,
+    "node": lambda vm: vm.node,
+    "state": lambda vm: vm.state,
+    "desired": lambda vm: vm.desired_state,
+    "vcpus": lambda vm: vm.spec.vcpus,
+    "memory": lambda vm: f"{vm.spec.memory_mb} MiB",
+    "image": lambda vm: vm.spec.image,
+    "addresses": lambda vm: vm.addresses,
+    "created": lambda vm: fmt_time(vm.created_at),
+}
+"""What ``ush list --columns`` may show, by name."""
+VM_COLUMNS = ("id", "name", "cluster", "node", "state", "vcpus", "memory", "addresses")
+
+
 class Renderer:
     """Prints results in the chosen output format (``table`` or ``json``)."""
 
@@ -129,25 +147,14 @@ class Renderer:
         """A message for the person at the terminal, on stderr."""
         self.err.print(Text(message))
 
-    def vms(self, vms: Iterable[VM]) -> None:
+    def vms(self, vms: Iterable[VM], columns: Sequence[str] = VM_COLUMNS) -> None:
         vms = list(vms)
         if self.json:
             self.emit([vm.model_dump(mode="json") for vm in vms])
             return
-        table = _table("ID", "NAME", "CLUSTER", "NODE", "STATE", "VCPUS", "MEMORY", "ADDRESSES")
+        table = _table(*(column.upper() for column in columns))
         for vm in vms:
-            spec = vm.spec
-            _row(
-                table,
-                vm.id,
-                vm.name,
-                vm.cluster,
-                vm.node,
-                vm.state,
-                spec.vcpus,
-                f"{spec.memory_mb} MiB",
-                vm.addresses,
-            )
+            _row(table, *(VM_FIELDS[column](vm) for column in columns))
         self.console.print(table)
 
     def vm(self, vm: VM) -> None:
