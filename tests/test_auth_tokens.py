@@ -13,7 +13,7 @@ from usher.client import Client, UsherError
 
 @pytest.fixture
 def site(make_cluster) -> Cluster:
-    return make_cluster(nodes=0, plugin_tables={"tokens": {"roles": ["operator"]}})
+    return make_cluster(nodes=0, plugin_tables={"tokens": {"roles": ["auditor"]}})
 
 
 def refused(
@@ -49,7 +49,9 @@ def test_admins_manage_tokens_of_anyone(site: Cluster) -> None:
     assert least["roles"] == ["user"]  # not the admin's own roles
     err = refused(admin, "POST", "/tokens", body={"principal": "bob", "roles": ["amdin"]})
     assert err.status == 422 and "unknown role(s) amdin" in err.message
-    assert "admin, user, operator" in err.message
+    assert "admin, operator, user, auditor" in err.message  # the site's own last
+    audit = admin.request("POST", "/tokens", body={"principal": "ann", "roles": ["auditor"]})
+    assert audit["roles"] == ["auditor"]
 
     gone = admin.request("DELETE", f"/tokens/{made['id']}")
     assert gone["revoked"] and gone["state"] == "revoked"

@@ -13,8 +13,8 @@ optionally with an expiry. Routes, under ``/v1``:
 * ``POST /logout``: revoke the token the request was made with.
 
 Config ``[plugins.tokens]``: ``session_ttl``, seconds a login session lasts (default 12 h);
-``roles``, the site's roles a token may carry besides ``admin`` and ``user`` (a token made
-without roles gets ``user``, the least; an unknown role is refused).
+``roles``, the site's roles a token may carry besides ``admin``, ``operator`` and ``user`` (a
+token made without roles gets ``user``, the least; an unknown role is refused).
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class IssuedToken(TokenInfo):
     token: str
 
 
-DEFAULT_ROLES = ("admin", "user")
+DEFAULT_ROLES = ("admin", "operator", "user")
+"""Usher's own roles: admin, operator (the authz plugin's) and user."""
 LEAST_ROLE = "user"
 
 
