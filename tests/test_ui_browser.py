@@ -265,3 +265,36 @@ def test_dashboard_on_a_qemu_guest(tmp_path: Path, tiny_storage: Path, page: Pag
         if live:  # guests outlive their LNM by design: end this one
             cluster.client().wait(cluster.client().stop(live, kwargs={"hard": True}), 60)
         cluster.stop()
+
+
+def test_the_selection_is_what_is_visible_and_confirmations_name_the_vms(
+    site: Cluster, page: Page
+) -> None:
+    admin = site.client()
+    site.run(admin.create_vms(names=["sel-a", "sel-b", "other"], vcpus=1, memory_mb=64))
+    by_name = {vm.name: vm for vm in site.vms()}
+    page.goto(f"{site.url}/ui/")
+    page.fill("#login-user", "alice")
+    page.fill("#login-password", ALICE_PW)
+    page.click("#login-submit")
+    expect(page.locator("#page-info")).to_have_text("1-3 of 3")
+    for name in ("sel-a", "sel-b"):
+        row(page, by_name[name]).locator("input.pick").check()
+    expect(page.locator("#selected-count")).to_have_text("2 selected")
+
+    page.fill("#f-search", "other")  # both selected VMs leave the table
+    page.click("#f-apply")
+    expect(page.locator("#vms tbody tr")).to_have_count(1)
+    expect(page.locator("#selected-count")).to_have_text("0 selected")
+    page.click('#actions button[data-action="stop"]')
+    expect(page.locator("#messages .msg.error", has_text="select VMs first")).to_be_visible()
+    assert {vm.name: vm.state for vm in site.vms()}["sel-a"] == "running"  # nothing hit
+
+    page.click("#f-clear")
+    expect(page.locator("#page-info")).to_have_text("1-3 of 3")
+    for name in ("sel-a", "sel-b"):
+        row(page, by_name[name]).locator("input.pick").check()
+    page.click('#actions button[data-action="destroy"]')
+    expect(page.locator("#confirm-text")).to_contain_text("Destroy 2 VMs sel-a, sel-b?")
+    page.click("#confirm-no")
+    assert len(site.vms()) == 3

@@ -231,6 +231,10 @@ function vmRow(vm) {
 }
 
 function renderVMs() {
+  // the selection is what the user sees: VMs that left the table (filtered out, another page,
+  // destroyed) are no longer selected, so no action reaches a VM that is not on screen
+  const shown = new Set(ui.vms.map((vm) => vm.id));
+  for (const id of [...ui.selected]) if (!shown.has(id)) ui.selected.delete(id);
   $("#vms tbody").replaceChildren(...ui.vms.map(vmRow));
   const first = (ui.cursors.length - 1) * Number($("#page-size").value);
   $("#page-info").textContent = ui.vms.length
@@ -258,9 +262,13 @@ function firstPage() {
 
 // --- actions ----------------------------------------------------------------------------
 
-function confirmDestroy(count) {
+function selectedNames() {
+  return ui.vms.filter((vm) => ui.selected.has(vm.id)).map((vm) => vm.name);
+}
+
+function confirmDestroy(names) {
   const dialog = $("#confirm");
-  $("#confirm-text").textContent = `Destroy ${count} VM${count === 1 ? "" : "s"}? Their disks are deleted; this cannot be undone.`;
+  $("#confirm-text").textContent = `Destroy ${names.length === 1 ? "VM" : `${names.length} VMs`} ${names.join(", ")}? Their disks are deleted; this cannot be undone.`;
   return new Promise((resolve) => {
     const done = (yes) => { dialog.close(); resolve(yes); };
     $("#confirm-yes").onclick = () => done(true);
@@ -272,7 +280,7 @@ function confirmDestroy(count) {
 async function act(kind) {
   const vms = [...ui.selected];
   if (!vms.length) { say("select VMs first", true); return; }
-  if (kind === "destroy" && !(await confirmDestroy(vms.length))) return;
+  if (kind === "destroy" && !(await confirmDestroy(selectedNames()))) return;
   const body = { vms };
   if (kind === "migrate" && $("#migrate-target").value) body.target_node = $("#migrate-target").value;
   try {
