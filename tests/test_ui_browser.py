@@ -110,6 +110,8 @@ def check_static_files(site: Cluster) -> None:
     """The page's files come from the package, with a policy that allows only them."""
     r = site.http("GET", "/ui", token=None, follow_redirects=False)
     assert r.status_code == 308 and r.headers["location"] == "/ui/"
+    r = site.http("GET", "/", token=None, follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/ui/"
     for name, kind in (("", "text/html"), ("app.js", "text/javascript"), ("app.css", "text/css")):
         r = site.http("GET", f"/ui/{name}", token=None)
         assert r.status_code == 200 and r.headers["content-type"].startswith(kind)

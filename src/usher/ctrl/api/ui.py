@@ -34,6 +34,12 @@ def _asset(name: str) -> Response:
     return Response(body, media_type=ASSETS[name], headers=HEADERS)
 
 
+@router.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    """A browser pointed at the controller gets the dashboard."""
+    return RedirectResponse("/ui/", status_code=307)
+
+
 @router.get("/ui")
 async def ui_root() -> RedirectResponse:
     return RedirectResponse("/ui/", status_code=308)
