@@ -294,6 +294,10 @@ def test_the_selection_is_what_is_visible_and_confirmations_name_the_vms(
 
     page.click("#f-clear")
     expect(page.locator("#page-info")).to_have_text("1-3 of 3")
+    row(page, by_name["sel-a"]).locator("input.pick").check()
+    page.click('#actions button[data-action="stop"]')  # the toast follows it to its end
+    expect(page.locator("#messages .msg", has_text="stop of sel-a: succeeded")).to_be_visible()
+    row(page, by_name["sel-a"]).locator("input.pick").uncheck()
     for name in ("sel-a", "sel-b"):
         row(page, by_name[name]).locator("input.pick").check()
     page.click('#actions button[data-action="destroy"]')

@@ -61,6 +61,8 @@ function say(text, error = false) {
   const div = document.createElement("div");
   div.className = error ? "msg error" : "msg";
   div.textContent = text;
+  div.title = "click to dismiss";
+  div.addEventListener("click", () => div.remove());
   $("#messages").append(div);
   setTimeout(() => div.remove(), error ? 15000 : 5000);
 }
@@ -283,12 +285,32 @@ async function act(kind) {
   if (kind === "destroy" && !(await confirmDestroy(selectedNames()))) return;
   const body = { vms };
   if (kind === "migrate" && $("#migrate-target").value) body.target_node = $("#migrate-target").value;
+  const label = `${kind} of ${selectedNames().join(", ")}`;
   try {
     const op = await api("POST", `/v1/vms/actions/${kind}`, body);
-    say(`${kind} of ${vms.length} VM${vms.length === 1 ? "" : "s"}: operation ${op.id} ${op.status}`);
+    say(`${label}: operation ${op.id} ${op.status}`);
+    follow(op, label);
   } catch (err) {
     say(`${kind} refused: ${err.message}`, true);
   }
+}
+
+const FINAL = new Set(["succeeded", "failed", "cancelled", "vetoed"]);
+
+async function follow(op, label) {
+  // wait for the operation's end (the API holds each ask up to 30 s) and say how it went
+  let now = op;
+  while (!FINAL.has(now.status)) {
+    try {
+      now = await api("GET", `/v1/operations/${encodeURIComponent(op.id)}/wait${query({ timeout: 30 })}`);
+    } catch (err) {
+      say(`${label}: cannot follow ${op.id}: ${err.message}`, true);
+      return;
+    }
+  }
+  const skipped = Object.keys((now.result && now.result.skipped) || {}).length;
+  const note = skipped ? ` (${skipped} already there)` : "";
+  say(`${label}: ${now.status}${note}${now.error ? ` — ${now.error}` : ""}`, now.status !== "succeeded");
 }
 
 // --- charts -----------------------------------------------------------------------------
