@@ -136,7 +136,7 @@ def test_ush_login_keeps_a_session_token_and_logout_revokes_it(site: Cluster) ->
     out = ush_as_user(site, "logout")
     assert out.returncode == 0, out.stderr
     assert "logged out" in out.stderr
-    assert config.read_text() == f'url = "{site.url}"\n'
+    assert config.read_text() == f'remote = "default"\n\n[remotes."default"]\nurl = "{site.url}"\n'
     with pytest.raises(UsherError) as err:
         site.client(token).whoami()
     assert err.value.status == 401

@@ -424,3 +424,17 @@ def test_remotes_name_controllers_and_one_is_in_use(tmp_path: Path) -> None:
         add_remote("bad name\n", {"url": "https://x"}, env=env)
     remove_remote("lab", env=env)
     assert read_config(env).current is None and resolve(env=env).url == DEFAULT_URL
+
+
+def test_a_saved_token_goes_to_its_own_controller_only(tmp_path: Path) -> None:
+    env = write_config(tmp_path, 'url = "https://prod:1"\ntoken = "prod-token"\n')
+    add_remote("lab", {"url": "https://lab:2", "token": "lab-token"}, env=env)
+    assert resolve(env=env).token == "prod-token"
+    assert resolve(env=env | {"USHER_URL": "https://other:3"}).token is None
+    assert resolve("https://other:3", env=env).token is None  # as the shell's connect URL
+    named = resolve(env=env | {"USHER_URL": "https://other:3", "USHER_TOKEN": "x"}, remote="lab")
+    assert (named.url, named.token) == ("https://lab:2", "lab-token")  # a named remote, whole
+    save({"token": "new-lab"}, env=env, remote="lab")  # as `ush --remote lab login`
+    config = read_config(env)
+    assert config.current == "default" and config.remotes["default"]["token"] == "prod-token"
+    assert config.remotes["lab"] == {"url": "https://lab:2", "token": "new-lab"}

@@ -202,6 +202,7 @@ def _installed_driver(name: str) -> str:
 def _check_port_free(port: int) -> None:
     """Refuse at once (before anything is built or started) a port something listens on."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:

@@ -8,13 +8,15 @@ keeps it, with the controller's URL, in ``$USHER_HOME/config.toml`` (``~/.usher`
 from __future__ import annotations
 
 import os
+import re
 import sys
+from urllib.parse import urlsplit
 
 import click
 
 from usher.cli.ush_context import Ush, pass_ush
 from usher.cli.ush_render import fmt_time, fmt_value
-from usher.client.config import resolve
+from usher.client.config import remote_for, resolve
 from usher.client.config import save as save_config
 from usher.client.config import saved as saved_config
 
@@ -32,26 +34,43 @@ def login(ush: Ush, username: str | None, password_stdin: bool) -> None:
         password = click.prompt("password", hide_input=True)
     body = {"username": username, "password": password}
     session = ush.client.request("POST", "/login", body=body)
-    path = save_config({"url": ush.client.url, "token": session["token"]})
+    remote = _remote_of(ush)
+    path = save_config({"url": ush.client.url, "token": session["token"]}, remote=remote)
     if ush.out.json:
         ush.out.emit({k: v for k, v in session.items() if k != "token"} | {"config": str(path)})
     ush.out.note(
         f"logged in as {session['principal']} (roles: {fmt_value(session['roles'])}) until "
         f"{fmt_time(session['expires_at'])}; the session token is in {path}"
+        + (f" (remote {remote})" if remote else "")
     )
     if os.environ.get("USHER_TOKEN"):
         ush.out.note("note: USHER_TOKEN is set and is used instead of the saved token")
+
+
+def _remote_of(ush: Ush) -> str | None:
+    """The remote a login's token belongs to: the one named, else the one with the URL
+    ush talks to, else (a URL given that no remote has) a new remote named after its host
+    (None: the remote in use)."""
+    if ush.session.remote:
+        return ush.session.remote
+    if not ush.session.url:
+        return None
+    known = remote_for(ush.client.url)
+    if known:
+        return known
+    host = urlsplit(ush.client.url).netloc.replace(":", "-")
+    return re.sub(r"[^A-Za-z0-9._-]", "-", host).lstrip(".-_")[:63] or "remote"
 
 
 @click.command()
 @pass_ush
 def logout(ush: Ush) -> None:
     """Revoke the token ush uses and remove it from ~/.usher/config.toml."""
-    used = resolve(ush.session.url, ush.session.token).token
+    used = resolve(ush.session.url, ush.session.token, remote=ush.session.remote).token
     revoked = ush.client.request("POST", "/logout")
-    saved = saved_config()
-    if used and saved.get("token") == used:
-        save_config({"url": saved.get("url") or ush.client.url, "token": None})
+    remote = ush.session.remote or remote_for(ush.client.url)
+    if used and remote and saved_config(remote=remote).get("token") == used:
+        save_config({"token": None}, remote=remote)
     if ush.out.json:
         ush.out.emit(revoked)
     else:

@@ -18,7 +18,11 @@ def remote() -> None:
 @click.argument("name")
 @click.argument("url")
 @click.option("--token", help="Its API token (or `ush login` once it is in use).")
-@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="Its CA (PEM).")
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+    help="Its CA (PEM).",
+)
 @click.option("--use", is_flag=True, help="Use it from now on (as the first remote is).")
 @pass_ush
 def add(ush: Ush, name: str, url: str, token: str | None, ca_file: str | None, use: bool) -> None:

@@ -21,7 +21,7 @@ remote, ``default``, and is rewritten in this form when next saved. The URL defa
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import re
 import tomllib
@@ -68,15 +68,29 @@ def resolve(
     ca_file: str | None = None,
     remote: str | None = None,
 ) -> Settings:
-    """Settle the controller URL, token and CA file; the config file is read only if needed
-    (``remote``, else ``USHER_REMOTE``, else the file's choice, names the remote to read)."""
+    """Settle the controller URL, token and CA file; the config file is read only if needed.
+
+    A remote named (``remote``, else ``USHER_REMOTE``) gives all three, as a set (only
+    ``url``/``token``/``ca_file`` passed here override it). Otherwise each comes from the
+    arguments, the environment, then the remote in use, whose token and CA are taken only
+    for that remote's own URL: a saved token is never sent to another controller."""
     env = os.environ if env is None else env
-    from_file = cache(lambda: _remote_settings(env, remote or env.get("USHER_REMOTE")))
-    url = url or env.get("USHER_URL") or from_file().get("url") or DEFAULT_URL
-    token = token or env.get("USHER_TOKEN") or from_file().get("token") or None
-    url = _normalise_url(url)
+    named = remote or env.get("USHER_REMOTE")
+    if named:
+        chosen = _remote_settings(env, named)
+        url = _normalise_url(url or chosen.get("url") or DEFAULT_URL)
+        token = token or chosen.get("token") or None
+        ca_file = ca_file or chosen.get("ca_file") or None
+        return Settings(url=url, token=token, ca_file=ca_file if url.startswith("https:") else None)
+    in_use = cache(lambda: _remote_settings(env, None))
+    url = _normalise_url(url or env.get("USHER_URL") or in_use().get("url") or DEFAULT_URL)
+    # the remote's token and CA go to its own URL only (a remote without one takes any)
+    own = cache(lambda: "url" not in in_use() or _normalise_url(in_use()["url"]) == url)
+    token = token or env.get("USHER_TOKEN") or (own() and in_use().get("token")) or None
     if url.startswith("https:"):  # plain HTTP needs no CA
-        ca_file = ca_file or env.get("USHER_CA_FILE") or from_file().get("ca_file") or None
+        ca_file = ca_file or env.get("USHER_CA_FILE") or (own() and in_use().get("ca_file")) or None
+    else:
+        ca_file = None
     return Settings(url=url, token=token, ca_file=ca_file)
 
 
@@ -131,35 +145,72 @@ def _settings(path: Path, table: Mapping[str, Any]) -> dict[str, str]:
 
 
 def write_config(config: ConfigFile, env: Mapping[str, str] | None = None) -> Path:
-    """Write ``config`` to ``$USHER_HOME/config.toml``, readable by its owner only."""
+    """Write ``config`` to ``$USHER_HOME/config.toml``, readable by its owner only: written
+    whole to a private file beside it, then moved over it."""
     path = _path(env)
-    lines = [f"remote = {json.dumps(config.current)}"] if config.current else []
+    lines = [f"remote = {_toml_string(config.current)}"] if config.current else []
     for name, settings in sorted(config.remotes.items()):
-        lines += ["", f"[remotes.{json.dumps(name)}]"]
-        lines += [f"{key} = {json.dumps(settings[key])}" for key in KEYS if settings.get(key)]
+        lines += ["", f"[remotes.{_toml_string(name)}]"]
+        lines += [f"{key} = {_toml_string(settings[key])}" for key in KEYS if settings.get(key)]
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.chmod(path, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 
-def saved(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The settings of the remote in use ({} if there is none)."""
-    config = read_config(env)
-    return dict(config.remotes.get(config.current or "", {}))
+def _toml_string(value: str) -> str:
+    """``value`` as a TOML basic string (any Unicode as itself; quotes, backslashes and
+    control characters escaped)."""
+    out = []
+    for char in value:
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
-def save(changes: Mapping[str, str | None], env: Mapping[str, str] | None = None) -> Path:
-    """Update the remote in use (``default`` if none is) with ``changes`` (None removes a
-    key), keeping its other settings and the other remotes. Returns the file's path."""
+def saved(env: Mapping[str, str] | None = None, remote: str | None = None) -> dict[str, str]:
+    """The settings of remote ``remote`` (default: the one in use; {} if there is none)."""
     config = read_config(env)
-    name = config.current or DEFAULT_REMOTE
+    return dict(config.remotes.get(remote or config.current or "", {}))
+
+
+def save(
+    changes: Mapping[str, str | None],
+    env: Mapping[str, str] | None = None,
+    remote: str | None = None,
+) -> Path:
+    """Update remote ``remote`` (default: the one in use, or ``default`` if none is) with
+    ``changes`` (None removes a key), keeping its other settings and the other remotes; a
+    remote that did not exist yet becomes the one in use. Returns the file's path."""
+    config = read_config(env)
+    name = remote or config.current or DEFAULT_REMOTE
     values = {**config.remotes.get(name, {}), **changes}
     config.remotes[name] = {k: v for k, v in values.items() if v}
-    config.current = name
+    config.current = config.current or name
     return write_config(config, env)
+
+
+def remote_for(url: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The remote whose URL is ``url``: the one in use if it is, else the first by name."""
+    config = read_config(env)
+    url = _normalise_url(url)
+    matches = [n for n, s in config.remotes.items() if _normalise_url(s.get("url", "")) == url]
+    if config.current in matches:
+        return config.current
+    return min(matches) if matches else None
 
 
 def add_remote(
