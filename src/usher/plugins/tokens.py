@@ -157,7 +157,8 @@ class TokenAuth:
         """Create an API token; its secret is in this answer only."""
         owner = body.principal or principal.name
         roles = self._least(principal) if body.roles is None else body.roles
-        unknown = [role for role in roles if role not in self.roles and role != NODE_ROLE]
+        known = (*self.roles, *principal.roles)  # and any the caller holds (LDAP, passwords)
+        unknown = [role for role in roles if role not in known and role != NODE_ROLE]
         if unknown:
             raise RequestError(
                 422,
@@ -268,8 +269,10 @@ class TokenAuth:
     @staticmethod
     def _least(principal: Principal) -> list[str]:
         """A new token's roles when none are asked for: the least role, ``user``, if the
-        caller may give it, else none (never the caller's admin role by default)."""
-        return [LEAST_ROLE] if principal.is_admin or LEAST_ROLE in principal.roles else []
+        caller may give it, else the caller's own (never admin by default)."""
+        if principal.is_admin or LEAST_ROLE in principal.roles:
+            return [LEAST_ROLE]
+        return [role for role in principal.roles if role != "admin"]
 
     async def _failed(self, username: str, address: str, errors: list[str]) -> None:
         """Count a failed login (its event, ``login_failure``, is one of a bounded few)."""

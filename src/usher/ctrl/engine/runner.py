@@ -33,6 +33,10 @@ class _Run:
     inflight: dict[str, tuple[NodeLink, str, str]] = field(default_factory=dict)  # link, id, action
 
 
+HARD_STOP_MARGIN = 30.0
+"""Seconds a stop step has beyond the guest's grace, for the hard stop after it."""
+
+
 class Runner:
     def __init__(self, crew: Crew) -> None:
         self.crew = crew
@@ -65,12 +69,15 @@ class Runner:
 
     def step_timeout(self, kind: OpKind, kwargs: dict[str, Any]) -> float:
         """The configured limit of a step of ``kind``; a request's ``timeout`` kwarg may
-        shorten it (for ``stop`` that kwarg is the guest's grace, so it does not count)."""
+        shorten it. For ``stop`` that kwarg is the guest's grace before a hard stop: the
+        step may then take that long and :data:`HARD_STOP_MARGIN` more."""
         limit = self.crew.settings.op_timeout(kind.value)
         asked = kwargs.get("timeout")
-        if kind != OpKind.STOP and isinstance(asked, int | float) and asked > 0:
-            return min(limit, float(asked))
-        return limit
+        if not isinstance(asked, int | float) or isinstance(asked, bool) or asked <= 0:
+            return limit
+        if kind == OpKind.STOP:
+            return max(limit, float(asked) + HARD_STOP_MARGIN)
+        return min(limit, float(asked))
 
     def launch(
         self,
