@@ -204,3 +204,38 @@ def test_requests_refused_before_they_run_are_recorded(audited: Cluster) -> None
     assert "not enough capacity" in reasons["start"]
     assert {e["principal"] for e in entries} == {"admin"}
     assert all(e["client_address"] == "127.0.0.1" for e in entries)
+
+
+def test_an_action_that_skips_and_refuses_some_vms_is_audited_whole(
+    make_cluster, tmp_path: Path
+) -> None:
+    cluster = make_cluster(
+        nodes=1, plugins=["audit"], plugin_tables={"audit": {"file": str(tmp_path / "a.jsonl")}}
+    )
+    admin = cluster.client()
+    assert cluster.run(admin.create_vms(names=["p-1", "p-2", "p-3"])).status == OpStatus.SUCCEEDED
+    cluster.run(admin.pause(["p-1"]))
+    cluster.run(admin.stop(["p-2"]))
+    paused = cluster.run(admin.pause(["p-1", "p-2", "p-3"]))  # skips p-1, refuses p-2
+    assert paused.status == OpStatus.FAILED
+    entry = wait_for(
+        "the partial pause to be audited",
+        lambda: (e := by_op(audit(cluster)).get(paused.id)) and e["finished_at"] and e,
+    )
+    assert entry["outcome"] == "failed"
+    assert (entry["total"], entry["done"], entry["failed"]) == (3, 2, 1)
+    assert sorted(entry["vm_names"]) == ["p-1", "p-2", "p-3"]
+    events = admin.events(operation=paused.id).items
+    seen = {
+        (e.name, e.data.get("skipped") is not None)
+        for e in events
+        if e.vm_id and e.name.startswith("pause")
+    }
+    assert seen == {("pause", True), ("pause", False), ("pause_failure", False)}
+    nothing = cluster.run(admin.pause(["p-1", "p-3"]))  # both there already: no step at all
+    assert nothing.status == OpStatus.SUCCEEDED
+    done = wait_for(
+        "the all-skipped pause to be audited",
+        lambda: (e := by_op(audit(cluster)).get(nothing.id)) and e["finished_at"] and e,
+    )
+    assert (done["outcome"], done["total"], done["done"]) == ("succeeded", 2, 2)

@@ -225,7 +225,13 @@ def test_maintenance_evacuates_running_live_and_stopped_cold_then_activate(
     op = cluster.client().list_operations(kind=OpKind.MIGRATE, limit=1).items[0]
     assert op.result["evacuate"] == "node-1"
     assert op.result["details"][vms["evac-3"].id]["cold"] is True
-    assert op.result["progress"] == {"done": 3, "failed": 0, "cancelled": 0, "total": 3}
+    assert op.result["progress"] == {
+        "done": 3,
+        "failed": 0,
+        "cancelled": 0,
+        "skipped": 0,
+        "total": 3,
+    }
     # nothing new goes to a node in maintenance
     new = _create(cluster, "after", "node-2")
     assert new.node == "node-2"

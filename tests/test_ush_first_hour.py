@@ -200,7 +200,7 @@ def test_a_wrong_start_says_what_is_wrong_and_what_to_do(make_cluster: Any) -> N
     huge = secure.ush("start", "--memory", "99999999")
     assert huge.returncode == 2
     assert "'--memory': 99999999 is not in the range 16<=x<=4194304" in huge.stderr
-    labels = secure.ush("start", "--kwarg", 'labels={"rack": "r9"}')
+    labels = secure.ush("create", "--kwarg", 'labels={"rack": "r9"}')
     assert labels.returncode == 1
     assert "no node of 1 may take these VMs: labels: lacks rack=r9" in labels.stderr
     assert "capacity" not in labels.stderr

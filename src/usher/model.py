@@ -276,6 +276,14 @@ class OpRequest(BaseModel):
     principal: Principal
     client_address: str | None = None
     vm_ids: list[str] = Field(default_factory=list)
+    skipped: list[str] = Field(
+        default_factory=list,
+        description="VMs named that are already where the action leads: left alone",
+    )
+    refused: list[str] = Field(
+        default_factory=list,
+        description="VMs named in a state the action cannot start from: they fail",
+    )
     count: int = Field(0, description="how many new VMs a start creates (0: none)")
     names: list[str] = Field(default_factory=list)
     cluster: str | None = None

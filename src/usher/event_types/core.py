@@ -181,10 +181,11 @@ class Register(Payload):
 
 
 class StepDone(Payload):
-    """One VM's step of the operation succeeded (no details). ``audit`` counts it; ``ipam`` frees a
-    destroyed VM's address."""
+    """One VM's step of the operation succeeded, or it was already where the action leads
+    (``skipped``). ``audit`` counts it; ``ipam`` frees a destroyed VM's address."""
 
     sets = OP
+    skipped: str | None = Field(None, description="why the VM was left alone")
 
 
 class Moved(Payload):
@@ -195,6 +196,7 @@ class Moved(Payload):
     from_: str | None = Field(None, alias="from")
     to: str | None = None
     cold: bool = False
+    skipped: str | None = Field(None, description="why the VM was left alone")
 
 
 class Migrated(Moved):
@@ -207,7 +209,6 @@ class Migrated(Moved):
     migration_ms: float | None = Field(None, description="the hypervisor's transfer alone")
     downtime_ms: float | None = None
     transferred_bytes: int | None = None
-    skipped: str | None = Field(None, description="why the VM was left alone")
 
 
 class OpFailure(Payload):

@@ -274,7 +274,8 @@ class Audit:
         outcome: Outcome,
         reason: str | None,
     ) -> None:
-        vm_ids = list(data.get("vm_ids", []))
+        # every VM named: those acted on, and those left alone (already there, or refused)
+        vm_ids = [*data.get("vm_ids", []), *data.get("skipped", []), *data.get("refused", [])]
         vms = await self.ctx.records.get_vms(vm_ids) if vm_ids else {}
         row = AuditRow(
             operation_id=op_id,

@@ -200,6 +200,8 @@ class Admission:
             principal=principal,
             client_address=client,
             vm_ids=[vm.id for vm in vms],
+            skipped=list(sorted_.skipped),
+            refused=list(sorted_.refused),
             cluster=body.cluster,
             target_node=body.target_node,
             kwargs=dict(body.kwargs),

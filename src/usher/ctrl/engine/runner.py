@@ -113,6 +113,7 @@ class Runner:
         progress = op.result["progress"]
         run = self._runs[op.id]
         last_step_end = 0.0
+        await self._announce_triage(op)
 
         async def one(vm_id: str) -> None:
             nonlocal last_step_end
@@ -204,6 +205,27 @@ class Runner:
             principal=op.principal,
             data=details or {},
         )
+
+    async def _announce_triage(self, op: Operation) -> None:
+        """The VMs admission left alone are part of the operation's story too: one already
+        there is a ``<op>`` event with ``skipped``, one that could not take it ``<op>_failure``
+        (so that the audit, metrics and webhooks see every VM that was named)."""
+        for vm_id, why in op.result.get("skipped", {}).items():
+            await self.crew.bus.emit(
+                op.kind.value,
+                vm_id=vm_id,
+                operation_id=op.id,
+                principal=op.principal,
+                data={"skipped": why},
+            )
+        for vm_id, why in op.result.get("errors", {}).items():
+            await self.crew.bus.emit(
+                f"{op.kind.value}_failure",
+                vm_id=vm_id,
+                operation_id=op.id,
+                principal=op.principal,
+                data={"error": why},
+            )
 
     async def want(self, vm: VM, kind: OpKind) -> None:
         """Record the state ``vm``'s user wants after asking for ``kind`` (under its lock),
