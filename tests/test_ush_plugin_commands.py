@@ -9,7 +9,7 @@ from importlib.metadata import EntryPoint
 import click
 import pytest
 
-from usher.cli import ush_plugin_commands
+from usher.cli import ush, ush_plugin_commands
 from usher.cli.ush_group import UshGroup
 from usher.cli.ush_plugin_commands import ENTRY_POINT_GROUP, add_plugin_commands
 
@@ -72,3 +72,21 @@ def test_ush_lists_the_built_in_plugins_commands() -> None:
     assert result.returncode == 0 and result.stderr == "", result.stderr
     listed = {line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")}
     assert set(PLUGIN_COMMANDS) <= listed
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["list"], "list"),
+        (["--url", "https://c", "-o", "json", "stop", "web-1"], "stop"),
+        (["--remote", "lab", "audit"], "audit"),
+        (["--help"], None),
+        ([], None),
+    ],
+)
+def test_a_core_command_is_told_apart_before_plugins_load(
+    args: list[str], named: str | None
+) -> None:
+    """ush loads plugins' commands only when no core command is named (the shell, help, or
+    a plugin's command): an installed plugin package may be slow to import."""
+    assert ush._command_named(args) == named

@@ -10,6 +10,8 @@ of plugins come from installed packages through the entry-point group ``usher.us
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from usher.cli import (
@@ -70,8 +72,25 @@ for _module in CORE_COMMAND_MODULES:
         cli.add_command(_command)
 
 
+GLOBAL_OPTIONS_WITH_VALUES = frozenset({"--url", "--token", "--remote", "-o", "--output"})
+
+
+def _command_named(args: list[str]) -> str | None:
+    """The command ``args`` run (the first word after ush's own options), if any."""
+    words = iter(args)
+    for word in words:
+        if word in GLOBAL_OPTIONS_WITH_VALUES:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main() -> None:
-    add_plugin_commands(cli)
+    # a core command needs no plugin's: their packages (an example plugin imports FastAPI)
+    # load only for the shell, for help, or when a plugin's command is named
+    if _command_named(sys.argv[1:]) not in cli.commands:
+        add_plugin_commands(cli)
     cli.main(prog_name="ush")
 
 
