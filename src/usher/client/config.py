@@ -98,9 +98,7 @@ def _remote_settings(env: Mapping[str, str], name: str | None) -> dict[str, str]
     config = read_config(env)
     if name is None:
         return config.remotes.get(config.current or "", {})
-    if name not in config.remotes:
-        known = ", ".join(sorted(config.remotes)) or "none yet: `ush remote add NAME URL`"
-        raise UsherError(None, f"no remote {name!r} in {_path(env)}; remotes: {known}")
+    _known(config, name, env)
     return config.remotes[name]
 
 
@@ -250,6 +248,7 @@ def remove_remote(name: str, env: Mapping[str, str] | None = None) -> Path:
 
 
 def _known(config: ConfigFile, name: str, env: Mapping[str, str] | None) -> None:
+    """Refuse a remote ``config`` does not name, saying which it does."""
     if name not in config.remotes:
-        known = ", ".join(sorted(config.remotes)) or "none"
+        known = ", ".join(sorted(config.remotes)) or "none yet: `ush remote add NAME URL`"
         raise UsherError(None, f"no remote {name!r} in {_path(env)}; remotes: {known}")

@@ -136,10 +136,9 @@ class FakeDriver(Driver):
         storage = self.options.get("storage_dir")
         if storage:
             holder = os.path.realpath(self.state_dir)
-            guests = Guests(held=self._held, lost=self._lost)
+            guests = Guests(held=self._held, lost=self._lost, returned=self._returned)
             self._leases = leases = Leases(str(storage), holder, self._lease_ttl, guests)
             leases.come_back()
-            self._returned()
             self._renewer = asyncio.get_running_loop().create_task(self._renew())
 
     def _held(self) -> list[str]:
@@ -169,8 +168,9 @@ class FakeDriver(Driver):
         self._lost_guests.append((vm_id, reason))
 
     def _returned(self) -> None:
-        """After coming back: a guest still here and not being sent was not taken by its
-        migration's target, and an incoming one whose disk this host holds arrived whole."""
+        """After coming back (under the lease lock): a guest still here and not being sent
+        was not taken by its migration's target, and an incoming one whose disk this host
+        holds arrived whole."""
         for dom in self._domains.values():
             if dom.id in self._sending:
                 continue
@@ -186,7 +186,6 @@ class FakeDriver(Driver):
                 self._leases.keep_alive()
             except Exception:
                 log.exception("cannot renew this host's disk leases")
-            self._returned()
             lost, self._lost_guests = self._lost_guests, []
             for vm_id, reason in lost:
                 await self.on_state_change(vm_id, VMState.ERROR, reason)

@@ -51,6 +51,8 @@ class Guests:
     lost: Callable[[str, str | None], None] = field(default=lambda vm_id, holder: None)
     """Called with a guest and the disk's holder now (None: nobody) when a returning host
     finds the disk is no longer its own. Runs under the lease lock: no lease calls."""
+    returned: Callable[[], None] = field(default=lambda: None)
+    """Called once a returning host has settled and renewed (under the lease lock, too)."""
 
 
 class Leases:
@@ -125,23 +127,20 @@ class Leases:
         ``guests.lost`` of each guest whose lease no longer names this host (another host
         took the disk, or a migration's target did, or it was released: as NFSv4 does not
         give a client back locks that expired, that disk is no longer this copy's); then
-        renew this host and its leases. ``lost`` runs before the renewal: a returning host
-        holds no lease until it says so, and its lost copies must be settled by then."""
+        renew this host (the leases that still name it hold again). ``lost`` runs before the
+        renewal: a returning host holds no lease until it says so, and its lost copies must
+        be settled by then."""
         with frozen(self.root):
             self._come_back()
 
     def _come_back(self) -> None:
-        kept: list[str] = []
         for vm_id in self.guests.held():
             self._withdraw(vm_id)
             holder = self._read(vm_id)
-            if holder == self.holder:
-                kept.append(vm_id)
-            else:
+            if holder != self.holder:
                 self.guests.lost(vm_id, holder)
         self.renew()
-        for vm_id in kept:
-            _write(self._vm_file(vm_id), self.holder)
+        self.guests.returned()
 
     def offer(self, vm_id: str, nonce: str) -> None:
         """Offer the VM's disk, which this host holds, to the migration target that named
