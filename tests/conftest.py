@@ -45,8 +45,8 @@ def _drop_our_schemas() -> Iterator[None]:
     if not url or not CREATED_SCHEMAS:
         return
     engine = _pg_engine(url)
-    with engine.begin() as conn:
-        for schema in CREATED_SCHEMAS:
+    for schema in CREATED_SCHEMAS:  # one transaction each: all at once outgrows the lock table
+        with engine.begin() as conn:
             conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
     engine.dispose()
 

@@ -383,6 +383,26 @@ async def test_failed_migration_leaves_the_vm_on_the_source(
     assert (vm_dir(storage, guest.id) / "disk.qcow2").exists()
 
 
+async def test_a_qemu_that_quits_on_an_error_says_why(
+    make_driver: DriverFactory, tiny: Image, storage: Path
+) -> None:
+    """What QEMU printed before it quit (a daemon's stderr) is the reason of its end."""
+    source = await make_driver("a")
+    target = await make_driver("b")
+    guest = new_guest(tiny, "garbled")
+    await source.start(guest)
+    uri = await target.prepare_incoming(guest, "127.0.0.1")
+    _, host, port = uri.split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"not a migration stream" * 100)
+    await writer.drain()
+    writer.close()
+    with pytest.raises(DriverError, match="load of migration failed"):
+        await target.finish_incoming(guest.id)
+    await target.abort_incoming(guest.id)
+    await source.destroy(guest.id)
+
+
 async def test_cancelled_and_interrupted_migrations_settle(
     make_driver: DriverFactory, tiny: Image
 ) -> None:

@@ -99,12 +99,14 @@ def qemu_argv(
     disk: str,
     console: str,
     qmp_socket: str,
+    log: str,
     nics: list[tuple[Nic, str | None]],
     kernel: KernelBoot | None,
     incoming: bool,
 ) -> list[str]:
     """The command line of a guest; ``nics`` pairs each NIC with its tap device (None: user-mode
-    networking). ``qmp_socket`` may be relative to QEMU's working directory."""
+    networking). ``qmp_socket`` and ``log`` (where the daemon's stderr goes) may be relative to
+    QEMU's working directory."""
     argv = [
         binary,
         *("-name", _escaped(name)),
@@ -114,6 +116,7 @@ def qemu_argv(
         *("-chardev", f"file,id=serial0,path={_escaped(console)},append=on"),
         *("-serial", "chardev:serial0"),
         *("-qmp", f"unix:{_escaped(qmp_socket)},server=on,wait=off"),
+        *("-D", log),
         # the image lock is the disk lease: a second QEMU cannot open a disk one holds (on
         # this host, or on another host of an NFSv4 storage); kept on, never "auto"
         *("-drive", f"file={_escaped(disk)},format=qcow2,if=none,id=disk0,file.locking=on"),

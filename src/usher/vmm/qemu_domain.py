@@ -83,11 +83,14 @@ class Domain:
         )
 
 
-def ending(shutdown: dict[str, Any] | None, how: str | None) -> tuple[VMState, str]:
+def ending(
+    shutdown: dict[str, Any] | None, how: str | None, said: str | None = None
+) -> tuple[VMState, str]:
     """The state and reason of a QEMU that ended on its own, from its ``SHUTDOWN`` event (if
-    it sent one) and how the process ended (if /proc still tells)."""
+    it sent one), how the process ended (if /proc still tells) and the last line it printed."""
     if shutdown is None:
-        return VMState.ERROR, "QEMU process exited unexpectedly" + (f" ({how})" if how else "")
+        reason = "QEMU process exited unexpectedly" + (f" ({how})" if how else "")
+        return VMState.ERROR, f"{reason}: {said}" if said else reason
     reason = shutdown.get("reason")
     if reason == "guest-shutdown":
         return VMState.STOPPED, "guest powered off"

@@ -1,7 +1,7 @@
 """Where the ``qemu`` driver keeps a VM's files, and the files themselves.
 
-* in the LNM's state dir, ``<state_dir>/vms/<vm_id>/``: ``vm.json`` (the record), ``qemu.pid``
-  and ``qmp.sock``;
+* in the LNM's state dir, ``<state_dir>/vms/<vm_id>/``: ``vm.json`` (the record), ``qemu.pid``,
+  ``qmp.sock`` and ``qemu.log`` (what QEMU printed: a daemon's stderr goes there);
 * in the shared storage, ``<storage>/vms/<vm_id>/`` (:mod:`usher.images.catalog`): the disk,
   ``console.log`` and ``node``, naming the node that runs the VM (its lease).
 """
@@ -19,6 +19,7 @@ RECORD = "vm.json"
 PIDFILE = "qemu.pid"
 QMP_SOCKET = "qmp.sock"
 CONSOLE = "console.log"
+QEMU_LOG = "qemu.log"
 LEASE = "node"
 
 CONSOLE_CHUNK = 4 << 20
@@ -60,6 +61,16 @@ class VMFiles:
         for name in (PIDFILE, QMP_SOCKET):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.local(vm_id, name))
+
+    def last_qemu_message(self, vm_id: str) -> str | None:
+        """The last line QEMU printed for this VM (why it quit, when it quit on an error)."""
+        try:
+            with open(self.local(vm_id, QEMU_LOG), "rb") as file:
+                file.seek(max(0, os.fstat(file.fileno()).st_size - 4096))
+                lines = file.read().decode(errors="replace").strip().splitlines()
+        except FileNotFoundError:
+            return None
+        return lines[-1].removeprefix("qemu-system-x86_64: ") if lines else None
 
     def take_lease(self, vm_id: str) -> None:
         """Note in the shared VM dir that this node runs the VM now."""

@@ -22,7 +22,7 @@ from usher.vmm.base import (
 )
 from usher.vmm.qemu_argv import KernelBoot, Nic, bridge_of, qemu_argv, tap_name
 from usher.vmm.qemu_domain import LIVE, Domain, ending
-from usher.vmm.qemu_files import CONSOLE, PIDFILE, QMP_SOCKET, VMFiles
+from usher.vmm.qemu_files import CONSOLE, PIDFILE, QEMU_LOG, QMP_SOCKET, VMFiles
 from usher.vmm.qemu_monitor import Monitor, MonitorError
 
 log = logging.getLogger(__name__)
@@ -148,12 +148,15 @@ class Guests:
             disk=self.files.shared(dom.id, catalog.DISK),
             console=self.files.shared(dom.id, CONSOLE),
             qmp_socket=QMP_SOCKET,
+            log=QEMU_LOG,
             nics=nics,
             kernel=self._kernel_boot(dom),
             incoming=dom.incoming,
         )
         self.save(dom)
         pidfile = self.files.local(dom.id, PIDFILE)
+        with contextlib.suppress(FileNotFoundError):  # what an earlier QEMU said is not news
+            os.unlink(self.files.local(dom.id, QEMU_LOG))
         pid = await proc.launch(argv, cwd=self.files.local(dom.id), pidfile=pidfile)
         monitor = None
         try:
@@ -225,7 +228,9 @@ class Guests:
                 await asyncio.wait_for(monitor.wait_closed(), WATCH_INTERVAL)
         # The socket closes a moment before the process turns into a zombie.
         await proc.wait_gone(pid, KILL_TIMEOUT)
-        state, reason = ending(monitor.shutdown, proc.how_it_ended(pid))
+        state, reason = ending(
+            monitor.shutdown, proc.how_it_ended(pid), self.files.last_qemu_message(dom.id)
+        )
         await monitor.close()
         dom.monitor = dom.watcher = None
         if proc.is_alive(pid):  # a QEMU that cannot be controlled any more is no use

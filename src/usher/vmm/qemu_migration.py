@@ -151,9 +151,14 @@ class Migrations:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FINISH_TIMEOUT
         while True:
-            if dom.exited.is_set():
-                raise DriverError(f"incoming migration of VM {vm_id} failed: {dom.reason}")
-            status = (await guests.monitor(dom).execute("query-status"))["status"]
+            try:
+                status = (await guests.monitor(dom).execute("query-status"))["status"]
+            except DriverError:  # QEMU quit on a bad stream: it says why as it goes
+                if await guests.exited(dom, KILL_TIMEOUT):
+                    raise DriverError(
+                        f"incoming migration of VM {vm_id} failed: {dom.reason}"
+                    ) from None
+                raise
             if status in ("running", "paused"):
                 break
             if status != "inmigrate":
