@@ -268,3 +268,54 @@ def test_list_takes_name_patterns_a_sort_and_columns(demo: Cluster) -> None:
     assert sorted(vm["name"] for vm in names) == ["db-1", "db-2"]
     bad = demo.ush("list", "--columns", "name,colour")
     assert bad.returncode == 2 and "no column 'colour'" in bad.stderr
+
+
+def bash_completes(cluster: Cluster, line: str) -> list[str]:
+    """What bash offers at the end of ``line``, with the script ``ush completion bash``
+    prints installed, asking the real ``ush`` (on PATH, as after the quick start)."""
+    script = ok(cluster.ush("completion", "bash"))
+    words = shlex.split(line) + ([""] if line.endswith(" ") else [])
+    program = (
+        f"{script}\nCOMP_WORDS=({shlex.join(words)}); COMP_CWORD={len(words) - 1}\n"
+        'complete -p ush >/dev/null && _ush_completion ush && printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "USHER_URL": cluster.url,
+        "USHER_TOKEN": cluster.token,
+        "USHER_HOME": str(cluster.root / "home"),
+    }
+    if cluster.tls:
+        env["USHER_CA_FILE"] = str(cluster.ca)
+    done = subprocess.run(["bash", "-c", program], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [word for word in done.stdout.splitlines() if word]
+
+
+def test_bash_completes_commands_options_and_names_from_the_controller(demo: Cluster) -> None:
+    assert bash_completes(demo, "ush st") == ["start", "stop"]
+    assert bash_completes(demo, "ush stop demo-") == [f"demo-{i}" for i in range(1, 5)]
+    assert bash_completes(demo, "ush show demo-3") == ["demo-3"]
+    assert bash_completes(demo, "ush drain node-") == ["node-1", "node-2", "node-3"]
+    assert "--timeout" in bash_completes(demo, "ush stop --t")
+    assert bash_completes(demo, "ush list --state pa") == ["paused"]
+    for shell in ("zsh", "fish"):
+        assert "_USH_COMPLETE" in ok(demo.ush("completion", shell))
+    wrong = demo.ush("completion", "tcsh")
+    assert wrong.returncode == 2 and "'tcsh' is not one of" in wrong.stderr
+
+
+def test_names_complete_to_nothing_when_the_controller_is_away(demo: Cluster) -> None:
+    demo.url = "https://127.0.0.1:1"  # nobody listens there
+    assert bash_completes(demo, "ush stop demo-") == []
+
+
+def test_man_pages_for_every_command(cluster: Cluster, tmp_path: Path) -> None:
+    written = cluster.ush("man", "--dir", str(tmp_path / "man1"))
+    assert written.returncode == 0 and "man ush-list" in written.stderr, written.stderr
+    pages = {page.name for page in (tmp_path / "man1").iterdir()}
+    assert {"ush.1", "ush-stop.1", "ush-create.1", "ush-remote-add.1"} <= pages
+    stop = (tmp_path / "man1" / "ush-stop.1").read_text()
+    assert stop.startswith(".TH") and "\\-\\-timeout" in stop and "\\-\\-force" in stop
+    refused = cluster.ush("man", "--dir", "/proc/no-such-dir")
+    assert refused.returncode == 1 and "cannot write the man pages" in refused.stderr

@@ -15,6 +15,7 @@ import sys
 import click
 
 from usher.cli import (
+    ush_cmd_completion,
     ush_cmd_events,
     ush_cmd_images,
     ush_cmd_login,
@@ -66,6 +67,7 @@ CORE_COMMAND_MODULES = (
     ush_cmd_images,
     ush_cmd_login,
     ush_cmd_remotes,
+    ush_cmd_completion,
 )
 for _module in CORE_COMMAND_MODULES:
     for _command in _module.COMMANDS:

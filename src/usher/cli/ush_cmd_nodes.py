@@ -10,6 +10,7 @@ import click
 
 from usher.cli.ush_context import Ush, pass_ush
 from usher.cli.ush_group import UshGroup
+from usher.cli.ush_names import complete_node_names
 from usher.cli.ush_options import wait_option
 from usher.cli.ush_outcome import submitted
 
@@ -36,7 +37,7 @@ def node() -> None:
 
 
 @node.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_node_names)
 @pass_ush
 def show(ush: Ush, name: str) -> None:
     """Show one node."""
@@ -44,7 +45,7 @@ def show(ush: Ush, name: str) -> None:
 
 
 @node.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_node_names)
 @wait_option
 @pass_ush
 def evacuate(ush: Ush, name: str, wait: bool) -> None:
@@ -53,7 +54,7 @@ def evacuate(ush: Ush, name: str, wait: bool) -> None:
 
 
 @node.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_node_names)
 @wait_option
 @pass_ush
 def maintenance(ush: Ush, name: str, wait: bool) -> None:
@@ -62,7 +63,7 @@ def maintenance(ush: Ush, name: str, wait: bool) -> None:
 
 
 @node.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_node_names)
 @pass_ush
 def activate(ush: Ush, name: str) -> None:
     """Return node NAME from maintenance: new VMs may go there again."""
@@ -70,7 +71,7 @@ def activate(ush: Ush, name: str) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_node_names)
 @pass_ush
 def drain(ush: Ush, name: str) -> None:
     """Place no new VMs on a node."""
@@ -78,7 +79,7 @@ def drain(ush: Ush, name: str) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_node_names)
 @pass_ush
 def undrain(ush: Ush, name: str) -> None:
     """Let the scheduler place VMs on a node again."""

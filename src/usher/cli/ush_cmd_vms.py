@@ -13,6 +13,7 @@ import click
 from click.core import ParameterSource
 
 from usher.cli.ush_context import Ush, pass_ush
+from usher.cli.ush_names import complete_vm_names
 from usher.cli.ush_options import (
     dry_run_option,
     kwarg_option,
@@ -112,7 +113,7 @@ def _create(
 
 
 @click.command()
-@click.argument("vms", nargs=-1)
+@click.argument("vms", nargs=-1, shell_complete=complete_vm_names)
 @_new_vm_options
 @strict_option
 @pass_ush
@@ -167,7 +168,7 @@ def _action_command(kind: OpKind, summary: str) -> click.Command:
     timed = kind in (OpKind.STOP, OpKind.REBOOT, OpKind.CYCLE, OpKind.DESTROY)
 
     @click.command(name=kind.value, help=f"{summary} VMs (ids or names) and/or a --cluster.")
-    @click.argument("vms", nargs=-1)
+    @click.argument("vms", nargs=-1, shell_complete=complete_vm_names)
     @click.option("--cluster", help="Every VM of this virtual cluster.")
     @kwarg_option
     @wait_option
@@ -216,7 +217,7 @@ ACTIONS = tuple(
 
 
 @click.command()
-@click.argument("vms", nargs=-1)
+@click.argument("vms", nargs=-1, shell_complete=complete_vm_names)
 @click.option("--cluster", help="Every VM of this virtual cluster.")
 @click.option("--to", "target_node", help="Target node (default: the scheduler picks).")
 @kwarg_option
@@ -260,7 +261,7 @@ def _columns(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 
 
 @click.command("list")
-@click.argument("patterns", nargs=-1)
+@click.argument("patterns", nargs=-1, shell_complete=complete_vm_names)
 @click.option("--cluster")
 @click.option("--owner")
 @click.option("--node")
@@ -301,7 +302,7 @@ def list_vms(
 
 
 @click.command()
-@click.argument("vm")
+@click.argument("vm", shell_complete=complete_vm_names)
 @pass_ush
 def show(ush: Ush, vm: str) -> None:
     """Show one VM, by id or name."""
@@ -309,7 +310,7 @@ def show(ush: Ush, vm: str) -> None:
 
 
 @click.command("config")
-@click.argument("vm")
+@click.argument("vm", shell_complete=complete_vm_names)
 @pass_ush
 def config_of(ush: Ush, vm: str) -> None:
     """A VM's definition: the `ush create` command that makes it again (-o json: as data)."""
@@ -336,7 +337,7 @@ def config_of(ush: Ush, vm: str) -> None:
 
 
 @click.command()
-@click.argument("vm")
+@click.argument("vm", shell_complete=complete_vm_names)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until Ctrl-C.")
 @click.option("--interval", type=float, default=0.5, show_default=True, hidden=True)
 @pass_ush

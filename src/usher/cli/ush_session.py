@@ -22,6 +22,7 @@ class Session:
     remote: str | None = None
     output: str = "table"
     interactive: bool = False
+    timeout: float = 30.0
     transport: httpx.BaseTransport | None = None
     _client: Client | None = field(default=None, init=False, repr=False)
 
@@ -29,7 +30,11 @@ class Session:
     def client(self) -> Client:
         if self._client is None:
             self._client = Client(
-                self.url, self.token, remote=self.remote, transport=self.transport
+                self.url,
+                self.token,
+                remote=self.remote,
+                timeout=self.timeout,
+                transport=self.transport,
             )
         return self._client
 
@@ -41,6 +46,7 @@ class Session:
             remote or self.remote,
             self.output,
             self.interactive,
+            self.timeout,
             self.transport,
         )
 
