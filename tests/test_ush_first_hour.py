@@ -319,3 +319,22 @@ def test_man_pages_for_every_command(cluster: Cluster, tmp_path: Path) -> None:
     assert stop.startswith(".TH") and "\\-\\-timeout" in stop and "\\-\\-force" in stop
     refused = cluster.ush("man", "--dir", "/proc/no-such-dir")
     assert refused.returncode == 1 and "cannot write the man pages" in refused.stderr
+
+
+def test_a_slow_stop_says_what_it_waits_for(make_cluster: Any) -> None:
+    """A guest that takes its time to power off (here: 5 s on every stop): ush says, once,
+    what it waits for and how to stop at once; a hard stop has nothing to explain."""
+    cluster = make_cluster(nodes=1, lnm_options={"driver_options": {"latency": {"stop": 5}}})
+    ok(cluster.ush("create", "--names", "slow-1,slow-2"))
+    result = cluster.ush("stop", "slow-1", "slow-2", "--timeout", "20")
+    assert result.returncode == 0, result.stderr
+    hints = [line for line in result.stderr.splitlines() if "waiting for" in line]
+    assert len(hints) == 1, result.stderr
+    assert "waiting for 2 guests to power off" in hints[0] and "after 20 s" in hints[0]
+    assert "ush stop --force VM" in hints[0]
+    ok(cluster.ush("start", "slow-1"))
+    quick = cluster.ush("stop", "slow-1")
+    assert "the driver's grace" in quick.stderr, quick.stderr
+    ok(cluster.ush("start", "slow-1"))
+    forced = cluster.ush("stop", "slow-1", "--force")
+    assert forced.returncode == 0 and "waiting for" not in forced.stderr, forced.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import time
@@ -24,7 +25,16 @@ from usher.cli.ush_options import (
 )
 from usher.cli.ush_outcome import planned, submitted
 from usher.cli.ush_render import VM_COLUMNS, VM_FIELDS
-from usher.model import MAX_MEMORY_MB, MAX_VCPUS, MIN_MEMORY_MB, VM, OpKind, Plan, VMState
+from usher.model import (
+    MAX_MEMORY_MB,
+    MAX_VCPUS,
+    MIN_MEMORY_MB,
+    VM,
+    Operation,
+    OpKind,
+    Plan,
+    VMState,
+)
 
 CREATE_OPTIONS = ("count", "names", "name_prefix", "vcpus", "memory_mb", "image", "node")
 NAMING_OPTIONS = ("count", "names", "name_prefix")
@@ -190,7 +200,10 @@ def _action_command(kind: OpKind, summary: str) -> click.Command:
         if force:
             kwargs["hard"] = True
         op = ush.client.action(kind, vms, cluster, kwargs=kwargs, strict=strict)
-        submitted(ush, op, wait)
+        graceful = kind is OpKind.STOP and not force
+        submitted(
+            ush, op, wait, functools.partial(why_a_stop_waits, grace=timeout) if graceful else None
+        )
 
     if timed:
         click.option(
@@ -201,6 +214,26 @@ def _action_command(kind: OpKind, summary: str) -> click.Command:
     if kind in FORCE_HELP:
         click.option("--force", is_flag=True, help=FORCE_HELP[kind])(command)
     return command
+
+
+EXPLAIN_AFTER = 3.0
+"""Seconds a stop runs before ush says what it waits for."""
+
+
+def why_a_stop_waits(op: Operation, waited: float, grace: float | None) -> str | None:
+    """What a graceful stop still running after :data:`EXPLAIN_AFTER` seconds waits for."""
+    if op.done or waited < EXPLAIN_AFTER:
+        return None
+    counts = op.result.get("progress") or {}
+    left = (counts.get("total") or len(op.targets)) - sum(
+        counts.get(key, 0) for key in ("done", "failed", "skipped")
+    )
+    guests = "a guest" if left == 1 else f"{left} guests" if left > 1 else "the guests"
+    until = f"{grace:g} s" if grace is not None else "the driver's grace (30 s for qemu)"
+    return (
+        f"{op.id}: waiting for {guests} to power off: each was asked to (ACPI) and is "
+        f"stopped hard after {until}; `ush stop --force VM` cuts the power now"
+    )
 
 
 ACTIONS = tuple(

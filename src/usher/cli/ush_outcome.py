@@ -6,15 +6,17 @@ import click
 
 from usher.cli.ush_context import Ush
 from usher.cli.ush_group import Failure
+from usher.cli.ush_render import Explain
 from usher.model import Operation, OpStatus, Plan
 
 
-def conclude(ush: Ush, op: Operation | str) -> None:
-    """Wait for the operation with a progress bar, show how it went; exit 1 unless it succeeded."""
+def conclude(ush: Ush, op: Operation | str, explain: Explain | None = None) -> None:
+    """Wait for the operation with a progress bar (``explain``: what it waits for, see
+    :meth:`Renderer.progress`), show how it went; exit 1 unless it succeeded."""
     if isinstance(op, str) or not op.done:
         op_id = op if isinstance(op, str) else op.id
         try:
-            with ush.out.progress() as on_progress:
+            with ush.out.progress(explain) as on_progress:
                 op = ush.client.wait(op_id, on_progress=on_progress)
         except KeyboardInterrupt:
             ush.out.note(f"{op_id} goes on; `ush wait {op_id}` waits for it again")
@@ -24,10 +26,10 @@ def conclude(ush: Ush, op: Operation | str) -> None:
         click.get_current_context().exit(1)
 
 
-def submitted(ush: Ush, op: Operation, wait: bool) -> None:
+def submitted(ush: Ush, op: Operation, wait: bool, explain: Explain | None = None) -> None:
     """An accepted operation: wait for it (``--wait``) or print it (``--no-wait``)."""
     if wait:
-        conclude(ush, op)
+        conclude(ush, op, explain)
     else:
         ush.out.submitted(op)
 

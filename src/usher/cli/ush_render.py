@@ -103,6 +103,9 @@ VM_FIELDS: dict[str, Callable[[VM], Any]] = {
     "created": lambda vm: fmt_time(vm.created_at),
 }
 """What ``ush list --columns`` may show, by name."""
+Explain = Callable[[Operation, float], str | None]
+"""What an operation still running after so many seconds waits for, if worth saying."""
+
 VM_COLUMNS = ("id", "name", "cluster", "node", "state", "vcpus", "memory", "addresses")
 
 
@@ -377,8 +380,10 @@ class Renderer:
         )
 
     @contextmanager
-    def progress(self) -> Iterator[ProgressCallback]:
-        """A progress bar on stderr (when it is a terminal), fed by the callback yielded."""
+    def progress(self, explain: Explain | None = None) -> Iterator[ProgressCallback]:
+        """A progress bar on stderr (when it is a terminal), fed by the callback yielded;
+        ``explain(op, seconds waited)`` may say once what the operation waits for (as a note,
+        which a log shows too)."""
         bar = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -390,12 +395,18 @@ class Renderer:
             transient=True,
             disable=not self.err.is_terminal,
         )
+        began = time.monotonic()
+        explained: set[str] = set()
         with bar:
             task = bar.add_task("waiting", total=None, failed=0)
 
             def update(op: Operation) -> None:
                 counts = op.result.get("progress") or {}
                 failed = counts.get("failed", 0)
+                waited = time.monotonic() - began
+                if explain and op.id not in explained and (why := explain(op, waited)):
+                    explained.add(op.id)
+                    self.note(why)
                 bar.update(
                     task,
                     description=f"{op.kind} {op.id} {op.status}",
