@@ -42,6 +42,12 @@ MATRIX = [
     # unknown to one (404, as one that does not exist): a refusal reveals nothing
     ("GET", "/v1/vms/a-1", None, {ANON: 401, BOB: 404, CAROL: 200, OSCAR: 200, ADMIN: 200}),
     ("GET", "/v1/vms/a-1/console", None, {ANON: 401, BOB: 404, CAROL: 200, OSCAR: 200, ADMIN: 200}),
+    (  # a change of its tags (its name stays, for the other rows)
+        "PATCH",
+        "/v1/vms/a-1",
+        {"add_tags": ["seen"]},
+        {ANON: 401, BOB: 404, CAROL: 200, OSCAR: 200, ADMIN: 200},
+    ),
     (
         "POST",
         "/v1/vms/actions/reboot",

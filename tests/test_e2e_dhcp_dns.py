@@ -117,8 +117,12 @@ def test_guest_gets_its_address_and_name(dhcp: tuple[Cluster, int]) -> None:
     leases = (cluster.state / "dnsmasq" / BRIDGE / "leases").read_text()
     assert "52:54:00:d5:09:64 10.213.9.100" in leases
 
+    client.change_vm(vm.id, name="www-1")  # renamed: the new name resolves, the old one not
+    wait_for("the new name", lambda: resolve("www-1.web.usher.test", port) == (0, "10.213.9.100"))
+    assert resolve("web-1.web.usher.test", port) == (NXDOMAIN, None)
+
     cluster.run(client.destroy([vm.id]), timeout=60)
-    wait_for("the name to go", lambda: resolve("web-1.web.usher.test", port) == (NXDOMAIN, None))
+    wait_for("the name to go", lambda: resolve("www-1.web.usher.test", port) == (NXDOMAIN, None))
     assert cluster.http("GET", "/v1/ipam/allocations").json() == []
     # the address is free again: the next VM gets it, and its own name
     op = cluster.run(client.create_vms(count=1, cluster="db"), timeout=120)

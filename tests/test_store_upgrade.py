@@ -114,6 +114,7 @@ async def test_a_database_of_the_previous_release_is_upgraded_and_stamped(
             ("old-1", VMState.RUNNING, "node-1", None),
         ]
         assert page.items[1].spec.vcpus == 2 and page.items[1].addresses == ["10.0.0.11"]
+        assert [vm.tags for vm in page.items] == [[], []]  # 0002: VMs gained tags, none yet
         assert store.reservations.by_node["node-1"]["vcpus"] == 2  # old-1 runs there
         assert await store.was_destroyed("vm-000000000002")
         node = await store.get_node("node-1")

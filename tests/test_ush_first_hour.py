@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -338,3 +339,94 @@ def test_a_slow_stop_says_what_it_waits_for(make_cluster: Any) -> None:
     ok(cluster.ush("start", "slow-1"))
     forced = cluster.ush("stop", "slow-1", "--force")
     assert forced.returncode == 0 and "waiting for" not in forced.stderr, forced.stderr
+
+
+def names_and_tags(cluster: Cluster, *args: str) -> dict[str, list[str]]:
+    vms = json.loads(ok(cluster.ush("list", "-o", "json", *args)))
+    return {vm["name"]: vm["tags"] for vm in vms}
+
+
+def test_tags_set_at_create_changed_later_and_listed(demo: Cluster) -> None:
+    ok(demo.ush("create", "--names", "db-1,db-2", "--tag", "env=prod", "--tag", "db"))
+    ok(demo.ush("create", "--names", "db-3", "--tag", "db", "--tag", "team/data"))
+    assert names_and_tags(demo, "--tag", "db") == {
+        "db-1": ["env=prod", "db"],
+        "db-2": ["env=prod", "db"],
+        "db-3": ["db", "team/data"],
+    }
+    assert list(names_and_tags(demo, "--tag", "db", "--tag", "env=prod")) == ["db-1", "db-2"]
+    assert names_and_tags(demo, "--tag", "nothing") == {}
+    ok(demo.ush("tag", "add", "db-3", "env=prod", "db"))  # db: there already, kept once
+    ok(demo.ush("tag", "rm", "db-1", "env=prod"))
+    assert names_and_tags(demo, "--tag", "env=prod") == {
+        "db-2": ["env=prod", "db"],
+        "db-3": ["db", "team/data", "env=prod"],
+    }
+    ok(demo.ush("tag", "set", "db-2"))  # no tags
+    assert json.loads(ok(demo.ush("show", "db-2", "-o", "json")))["tags"] == []
+    # like-patterns are not patterns: _ and % are themselves
+    ok(demo.ush("tag", "set", "db-1", "a_b"))
+    assert list(names_and_tags(demo, "--tag", "a_b")) == ["db-1"]
+    assert names_and_tags(demo, "--tag", "axb") == {}
+    config = ok(demo.ush("config", "db-3"))
+    assert "--tag db --tag team/data --tag env=prod" in config
+    assert "TAGS" in ok(demo.ush("list", "--columns", "name,tags"))
+
+    for bad in ('a"b', "-x", "a" * 64, "é"):
+        refused = demo.ush("tag", "add", "db-1", "--", bad)
+        assert refused.returncode == 1 and "invalid tag" in refused.stderr, refused.stderr
+    many = [f"t{i}" for i in range(33)]
+    refused = demo.ush("create", "--names", "many", *[w for t in many for w in ("--tag", t)])
+    assert refused.returncode == 1 and "at most 32 tags" in refused.stderr
+    refused = demo.ush("start", "--cluster", "demo", "--tag", "x")
+    assert refused.returncode == 2 and "ush create" in refused.stderr
+
+
+def test_rename_keeps_the_vm_and_refuses_a_taken_or_bad_name(demo: Cluster) -> None:
+    before = json.loads(ok(demo.ush("show", "demo-1", "-o", "json")))
+    ok(demo.ush("rename", "demo-1", "front-1"))
+    after = json.loads(ok(demo.ush("show", "front-1", "-o", "json")))
+    assert (after["id"], after["state"]) == (before["id"], "running")
+    assert demo.ush("show", "demo-1").returncode == 1
+    ok(demo.ush("stop", "front-1"))  # the new name works for operations
+    taken = demo.ush("rename", "front-1", "demo-2")
+    assert taken.returncode == 1 and "'demo-2' is taken" in taken.stderr
+    for bad in ("vm-0123456789ab", "a b", "x" * 64):
+        refused = demo.ush("rename", "front-1", bad)
+        assert refused.returncode == 1 and "invalid" in refused.stderr, refused.stderr
+    events = json.loads(ok(demo.ush("events", "--vm", "front-1", "-o", "json")))
+    [change] = [e for e in events if e["name"] == "vm_change"]
+    assert change["data"] == {"name": "front-1", "old_name": "demo-1", "tags": []}
+
+
+def test_two_renames_to_one_name_at_once_give_it_to_one_vm(demo: Cluster) -> None:
+    client = demo.client()
+
+    def rename(vm: str) -> int:
+        return demo.http("PATCH", f"/v1/vms/{vm}", json={"name": "same"}).status_code
+
+    def create() -> int:
+        return demo.http("POST", "/v1/vms", json={"names": ["same"]}).status_code
+
+    with ThreadPoolExecutor(5) as pool:
+        renames = [pool.submit(rename, f"demo-{i}") for i in range(1, 5)]
+        created = pool.submit(create)
+        results = sorted([f.result() for f in renames] + [created.result()])
+    assert results in ([200, 409, 409, 409, 409], [202, 409, 409, 409, 409]), results
+    assert [vm.name for vm in client.iter_vms()].count("same") == 1
+
+
+def test_a_change_waits_for_a_running_step_then_says_busy(make_cluster: Any) -> None:
+    """A rename never lands in the middle of a step (which would write its older copy of
+    the VM over it): it waits a few seconds for the step, then is refused as busy."""
+    cluster = make_cluster(nodes=1, lnm_options={"driver_options": {"latency": {"stop": 8}}})
+    ok(cluster.ush("create", "--names", "slow"))
+    ok(cluster.ush("stop", "slow", "--no-wait"))
+    busy = cluster.ush("rename", "slow", "quick")
+    assert busy.returncode == 1 and "busy with an operation" in busy.stderr, busy.stderr
+    ok(cluster.ush("wait", json.loads(ok(cluster.ush("ops", "-o", "json")))[0]["id"]))
+    ok(cluster.ush("rename", "slow", "quick"))
+    assert (
+        states(cluster) == {}
+        and json.loads(ok(cluster.ush("show", "quick", "-o", "json")))["state"] == "stopped"
+    )

@@ -58,6 +58,26 @@ class BoundsError(ValueError):
     """A value outside the limits; the message says which limit and where."""
 
 
+TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:=/-]{0,62}")
+"""A tag on a VM: like a name, and ``:``, ``=``, ``/`` for ``env=prod`` or ``team/web``."""
+MAX_TAGS = 32
+"""The most tags one VM may have."""
+
+
+def check_tags(tags: list[str]) -> list[str]:
+    """Valid tags, each once (in the order first given), at most :data:`MAX_TAGS`."""
+    for tag in tags:
+        if not TAG_RE.fullmatch(tag):
+            raise BoundsError(
+                f"invalid tag {shown(tag)}: 1-63 letters, digits, '.', '_', ':', '=', '/', "
+                "'-', starting with a letter or digit"
+            )
+    unique = list(dict.fromkeys(tags))
+    if len(unique) > MAX_TAGS:
+        raise BoundsError(f"a VM has at most {MAX_TAGS} tags, not {len(unique)}")
+    return unique
+
+
 def is_name(value: str) -> bool:
     """A valid name that is not an id."""
     return NAME_RE.fullmatch(value) is not None and ID_RE.fullmatch(value) is None

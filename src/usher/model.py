@@ -22,6 +22,7 @@ from usher.bounds import (
     PRINCIPAL_PATTERN,
     check_json,
     check_name,
+    check_tags,
     check_text,
 )
 
@@ -34,6 +35,10 @@ Kwargs = Annotated[dict[str, Any], AfterValidator(lambda v: check_json(v, "kwarg
 """Free-form arguments for plugins and drivers: JSON that reads back identically."""
 JSONObjects = Annotated[list[dict[str, Any]], AfterValidator(lambda v: check_json(v, "list"))]
 Int64 = Annotated[int, Field(ge=0, le=INT_MAX)]
+VMName = Annotated[str, AfterValidator(lambda v: check_name(v, "VM name"))]
+"""A VM's name: valid, and not shaped like an id."""
+Tags = Annotated[list[str], AfterValidator(check_tags)]
+"""A VM's tags: each valid and once, at most :data:`usher.bounds.MAX_TAGS`."""
 
 
 # ids need to be unique, not secret (secrets come from ``secrets``): a generator seeded from
@@ -163,6 +168,7 @@ class VM(BaseModel):
     )
     state_reason: str | None = None
     addresses: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, description="labels its users chose")
     created_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
 
@@ -243,7 +249,24 @@ class CreateVMs(Strict):
     memory_mb: int = Field(256, ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB)
     image: Ref = "tiny"
     node: Ref | None = None
+    tags: Tags = Field(default_factory=list, description="tags of every new VM")
     kwargs: Kwargs = Field(default_factory=dict)
+
+
+class VMChange(Strict):
+    """Body of ``PATCH /v1/vms/{vm}``: a new name, and tags set, added or removed (``tags``
+    replaces them all; ``add_tags`` and ``remove_tags`` change them one by one)."""
+
+    name: VMName | None = Field(None, description="its new name (unique, not like an id)")
+    tags: Tags | None = None
+    add_tags: Tags = Field(default_factory=list)
+    remove_tags: Tags = Field(default_factory=list)
+
+    def tags_of(self, vm: VM) -> list[str]:
+        """``vm``'s tags after this change."""
+        tags = self.tags if self.tags is not None else vm.tags
+        gone = set(self.remove_tags)
+        return check_tags([tag for tag in [*tags, *self.add_tags] if tag not in gone])
 
 
 class VMAction(Strict):

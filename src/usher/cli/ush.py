@@ -16,6 +16,7 @@ import click
 
 from usher.cli import (
     ush_cmd_completion,
+    ush_cmd_definitions,
     ush_cmd_events,
     ush_cmd_images,
     ush_cmd_login,
@@ -61,6 +62,7 @@ def cli(ctx: click.Context, url: str | None, token: str | None, remote: str | No
 
 CORE_COMMAND_MODULES = (
     ush_cmd_vms,
+    ush_cmd_definitions,
     ush_cmd_nodes,
     ush_cmd_ops,
     ush_cmd_events,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
-import shlex
 import time
 from collections.abc import Callable
 from fnmatch import fnmatchcase
@@ -21,6 +19,7 @@ from usher.cli.ush_options import (
     require_targets,
     split_names,
     strict_option,
+    tag_option,
     wait_option,
 )
 from usher.cli.ush_outcome import planned, submitted
@@ -36,7 +35,7 @@ from usher.model import (
     VMState,
 )
 
-CREATE_OPTIONS = ("count", "names", "name_prefix", "vcpus", "memory_mb", "image", "node")
+CREATE_OPTIONS = ("count", "names", "name_prefix", "vcpus", "memory_mb", "image", "node", "tags")
 NAMING_OPTIONS = ("count", "names", "name_prefix")
 """Options that say "make new VMs" on their own (the others only size or place them)."""
 
@@ -73,6 +72,7 @@ def _new_vm_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 "--names", callback=split_names, help="Comma-separated names, one VM each."
             ),
             click.option("--node", help="Place the new VMs on this node."),
+            tag_option("Tag the new VMs (env=prod, team/web). Repeatable."),
             kwarg_option,
             wait_option,
             dry_run_option,
@@ -100,6 +100,7 @@ def _create(
     name_prefix: str | None,
     names: list[str],
     node: str | None,
+    tags: tuple[str, ...],
     kwargs: dict[str, Any],
     wait: bool,
     dry_run: bool,
@@ -115,6 +116,7 @@ def _create(
         image=image,
         node=node,
         kwargs=kwargs,
+        tags=tags,
     )
     if isinstance(op, Plan):
         planned(ush, op)
@@ -299,6 +301,7 @@ def _columns(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @click.option("--owner")
 @click.option("--node")
 @click.option("--state", type=click.Choice([state.value for state in VMState]))
+@tag_option("Only VMs with this tag (repeated: with every one).")
 @click.option("--sort", type=click.Choice(list(SORT_KEYS)), help="Order by this field.")
 @click.option("--columns", callback=_columns, help=f"Comma-separated, of: {', '.join(VM_FIELDS)}.")
 @click.option("-w", "--watch", is_flag=True, help="Show the list again every 2 s, until Ctrl-C.")
@@ -310,6 +313,7 @@ def list_vms(
     owner: str | None,
     node: str | None,
     state: str | None,
+    tags: tuple[str, ...],
     sort: str | None,
     columns: list[str],
     watch: bool,
@@ -317,7 +321,7 @@ def list_vms(
     """List VMs (all pages); PATTERNS keep the VMs whose names match one (web-*, db-?)."""
 
     def fetch() -> list[VM]:
-        vms = ush.client.iter_vms(cluster=cluster, owner=owner, node=node, state=state)
+        vms = ush.client.iter_vms(cluster=cluster, owner=owner, node=node, state=state, tags=tags)
         shown = [vm for vm in vms if not patterns or any(fnmatchcase(vm.name, p) for p in patterns)]
         return sorted(shown, key=SORT_KEYS[sort]) if sort else shown
 
@@ -340,33 +344,6 @@ def list_vms(
 def show(ush: Ush, vm: str) -> None:
     """Show one VM, by id or name."""
     ush.out.vm(ush.client.get_vm(vm))
-
-
-@click.command("config")
-@click.argument("vm", shell_complete=complete_vm_names)
-@pass_ush
-def config_of(ush: Ush, vm: str) -> None:
-    """A VM's definition: the `ush create` command that makes it again (-o json: as data)."""
-    found = ush.client.get_vm(vm)
-    spec = found.spec
-    definition = {
-        "names": [found.name],
-        "cluster": found.cluster,
-        "vcpus": spec.vcpus,
-        "memory_mb": spec.memory_mb,
-        "image": spec.image,
-        "kwargs": spec.kwargs,
-    }
-    if ush.out.json:
-        ush.out.emit(definition)
-        return
-    words = ["ush", "create", "--names", found.name]
-    if found.cluster:
-        words += ["--cluster", found.cluster]
-    words += ["--vcpus", str(spec.vcpus), "--memory", str(spec.memory_mb), "--image", spec.image]
-    for key, value in spec.kwargs.items():
-        words += ["--kwarg", f"{key}={json.dumps(value)}"]
-    ush.out.line(shlex.join(words))
 
 
 @click.command()
@@ -396,6 +373,5 @@ COMMANDS: tuple[click.Command, ...] = (
     migrate,
     list_vms,
     show,
-    config_of,
     console,
 )

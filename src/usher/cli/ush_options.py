@@ -61,6 +61,11 @@ def kwarg_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def tag_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--tag T`` (repeatable), passed as ``tags``."""
+    return click.option("--tag", "tags", multiple=True, metavar="TAG", help=help_text)
+
+
 def wait_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--wait/--no-wait``, passed as ``wait``."""
     return click.option(

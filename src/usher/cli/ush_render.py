@@ -100,6 +100,7 @@ VM_FIELDS: dict[str, Callable[[VM], Any]] = {
     "memory": lambda vm: f"{vm.spec.memory_mb} MiB",
     "image": lambda vm: vm.spec.image,
     "addresses": lambda vm: vm.addresses,
+    "tags": lambda vm: vm.tags,
     "created": lambda vm: fmt_time(vm.created_at),
 }
 """What ``ush list --columns`` may show, by name."""
@@ -176,6 +177,7 @@ class Renderer:
                 "memory": f"{vm.spec.memory_mb} MiB",
                 "image": vm.spec.image,
                 "addresses": vm.addresses,
+                "tags": vm.tags,
                 "kwargs": vm.spec.kwargs,
                 "created": fmt_time(vm.created_at),
                 "updated": fmt_time(vm.updated_at),

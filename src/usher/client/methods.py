@@ -23,6 +23,7 @@ class Methods:
     list_vms = Answer(protocol.list_vms)
     iter_vms = Paged(protocol.iter_vms)
     get_vm = Answer(protocol.get_vm)
+    change_vm = Answer(protocol.change_vm)
     console = Answer(protocol.console)
 
     action = Answer(actions.action)

@@ -32,6 +32,7 @@ from usher.model import (
     Page,
     Plan,
     Principal,
+    VMChange,
     VMState,
 )
 
@@ -68,6 +69,7 @@ def create_vms(
     image: str = "tiny",
     node: str | None = None,
     kwargs: dict[str, Any] | None = None,
+    tags: Sequence[str] | None = None,
 ) -> Call[Operation]:
     """Start ``count`` new VMs (or one per entry of ``names``); see ``CreateVMs``."""
     body = request_body(
@@ -80,6 +82,7 @@ def create_vms(
         memory_mb=memory_mb,
         image=image,
         node=node,
+        tags=list(tags or ()),
         kwargs=kwargs or {},
     )
     return Call("POST", "/vms", Operation.model_validate, body=body)
@@ -95,9 +98,12 @@ def plan_start(
     image: str = "tiny",
     node: str | None = None,
     kwargs: dict[str, Any] | None = None,
+    tags: Sequence[str] | None = None,
 ) -> Call[Plan]:
     """Dry run of :meth:`create_vms`: where the VMs would go; nothing changes."""
-    create = create_vms(count, names, name_prefix, cluster, vcpus, memory_mb, image, node, kwargs)
+    create = create_vms(
+        count, names, name_prefix, cluster, vcpus, memory_mb, image, node, kwargs, tags
+    )
     return Call("POST", "/vms/plan", Plan.model_validate, body=create.body)
 
 
@@ -108,9 +114,18 @@ def list_vms(
     state: VMState | str | None = None,
     limit: int | None = None,
     cursor: str | None = None,
+    tags: Sequence[str] | None = None,
 ) -> Call[Page[VM]]:
-    """One page of the VMs that match."""
-    params = query(cluster=cluster, owner=owner, node=node, state=state, limit=limit, cursor=cursor)
+    """One page of the VMs that match (``tags``: those with every one of them)."""
+    params = query(
+        cluster=cluster,
+        owner=owner,
+        node=node,
+        state=state,
+        limit=limit,
+        cursor=cursor,
+        tag=list(tags) if tags else None,
+    )
     return Call("GET", "/vms", Page[VM].model_validate, params=params)
 
 
@@ -120,14 +135,33 @@ def iter_vms(
     node: str | None = None,
     state: VMState | str | None = None,
     page_size: int | None = None,
+    tags: Sequence[str] | None = None,
 ) -> Paging[VM]:
     """Every matching VM, fetching pages as needed."""
-    return lambda cursor: list_vms(cluster, owner, node, state, page_size, cursor)
+    return lambda cursor: list_vms(cluster, owner, node, state, page_size, cursor, tags)
 
 
 def get_vm(vm: str) -> Call[VM]:
     """A VM by id or name."""
     return Call("GET", f"/vms/{segment(vm)}", VM.model_validate)
+
+
+def change_vm(
+    vm: str,
+    name: str | None = None,
+    tags: Sequence[str] | None = None,
+    add_tags: Sequence[str] = (),
+    remove_tags: Sequence[str] = (),
+) -> Call[VM]:
+    """Rename a VM and/or change its tags (``tags`` replaces them all); see ``VMChange``."""
+    body = request_body(
+        VMChange,
+        name=name,
+        tags=None if tags is None else list(tags),
+        add_tags=list(add_tags),
+        remove_tags=list(remove_tags),
+    )
+    return Call("PATCH", f"/vms/{segment(vm)}", VM.model_validate, body=body)
 
 
 def console(vm: str, offset: int = 0) -> Call[ConsoleChunk]:

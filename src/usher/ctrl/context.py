@@ -58,12 +58,19 @@ class Records:
         owner: str | None = None,
         node: str | None = None,
         state: str | None = None,
+        tags: list[str] | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[VM]:
-        """A page of VMs, as ``GET /v1/vms`` lists them."""
+        """A page of VMs, as ``GET /v1/vms`` lists them (``tags``: VMs with all of them)."""
         return await self._store.list_vms(
-            cluster=cluster, owner=owner, node=node, state=state, limit=limit, cursor=cursor
+            cluster=cluster,
+            owner=owner,
+            node=node,
+            state=state,
+            tags=tags,
+            limit=limit,
+            cursor=cursor,
         )
 
     async def get_op(self, op_id: str) -> Operation | None:

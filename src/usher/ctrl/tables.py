@@ -33,6 +33,7 @@ class VMRow(Base):
     state_reason: Mapped[str | None] = mapped_column(Text)
     spec: Mapped[dict[str, Any]]
     addresses: Mapped[list[Any]]
+    tags: Mapped[list[Any]] = mapped_column(server_default="[]")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

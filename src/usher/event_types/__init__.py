@@ -58,6 +58,7 @@ EVENTS: dict[str, type[BaseModel]] = {
     **{f"{kind.value}_failure": core.OpFailure for kind in OpKind},
     "state_change": core.StateChange,
     "unregister": core.Unregister,
+    "vm_change": core.VMChangeData,
     "unknown_vm": core.UnknownVM,
     "incoming_settled": core.IncomingSettled,
     "fenced": core.Fenced,

@@ -233,6 +233,16 @@ class StateChange(Payload):
     target_node: str | None = Field(None, description="only when set or cleared")
 
 
+class VMChangeData(Payload):
+    """A VM was renamed or its tags changed (``PATCH /v1/vms/{vm}``). The dashboard updates
+    the VM."""
+
+    sets = ("vm_id", "node", "principal")
+    name: str
+    old_name: str | None = Field(description="only when it was renamed: its name before")
+    tags: list[str]
+
+
 class Unregister(Payload):
     """A VM's record was deleted (by ``destroy``). ``ipam`` frees its address; the dashboard drops
     it."""

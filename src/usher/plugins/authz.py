@@ -44,6 +44,7 @@ USER_ACTIONS = frozenset(
         "vm.list",
         "vm.show",
         "vm.console",
+        "vm.change",
         "operation.list",
         "operation.show",
         "event.list",

@@ -287,6 +287,19 @@ class IPAM:
     async def usher_event(self, event: Event) -> None:
         if event.name in RELEASING_EVENTS and event.vm_id:
             await self.release(event.vm_id)
+        elif event.name == "vm_change" and event.vm_id and event.data.get("old_name"):
+            await self.rename(event.vm_id)
+
+    async def rename(self, vm_id: str) -> None:
+        """A renamed VM's address gets its new DNS name (and dnsmasq serves it)."""
+        vm = await self.ctx.records.get_vm(vm_id)
+        async with self.lock:
+            held = self._holding(vm_id)
+            if vm is None or held is None:
+                return
+            r, record = held
+            renamed = self._record(vm, record["address"], record["mac"])
+            await self._save(r, {**self.held[r.name], record["address"]: renamed})
 
     @hookimpl
     async def start_request(self, request: OpRequest) -> None:

@@ -14,7 +14,7 @@ from usher.ctrl.api.deps import (
     visible,
     visible_vm,
 )
-from usher.ctrl.api.params import Cursor, FilterPrincipal, FilterRef, Limit, RefPath
+from usher.ctrl.api.params import Cursor, FilterPrincipal, FilterRef, FilterTags, Limit, RefPath
 from usher.model import (
     VM,
     ConsoleChunk,
@@ -24,6 +24,7 @@ from usher.model import (
     Page,
     Plan,
     VMAction,
+    VMChange,
     VMState,
 )
 
@@ -64,6 +65,7 @@ async def list_vms(
     owner: FilterPrincipal = None,
     node: FilterRef = None,
     state: VMState | None = None,
+    tag: FilterTags = None,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> Response:
@@ -74,6 +76,7 @@ async def list_vms(
         owner=owner,
         node=node,
         state=state.value if state else None,
+        tags=tag,
         limit=limit,
         cursor=cursor,
     )
@@ -85,6 +88,14 @@ async def show_vm(vm: RefPath, ctrl: CtrlDep, principal: PrincipalDep) -> VM:
     found = await visible_vm(ctrl, principal, vm)
     await allow(ctrl, principal, "vm.show", vms=[found.model_dump(mode="json")])
     return found
+
+
+@router.patch("/{vm}", response_model=VM)
+async def change_vm(vm: RefPath, body: VMChange, ctrl: CtrlDep, principal: PrincipalDep) -> VM:
+    """Rename the VM and/or change its tags; the answer is the VM as it is now."""
+    found = await visible_vm(ctrl, principal, vm)
+    await allow(ctrl, principal, "vm.change", vms=[found.model_dump(mode="json")])
+    return await ctrl.engine.change_vm(principal, found.id, body)
 
 
 @router.get("/{vm}/console", response_model=ConsoleChunk)

@@ -27,6 +27,7 @@ from usher.ctrl.engine.reconcile import Reconciler
 from usher.ctrl.engine.recovery import Recovery
 from usher.ctrl.engine.runner import Runner, Step
 from usher.ctrl.engine.steps import Steps
+from usher.ctrl.engine.vm_changes import VMChanges
 from usher.ctrl.events import EventBus
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeRegistry
 from usher.ctrl.plugins import PluginHost
@@ -44,6 +45,7 @@ from usher.model import (
     Principal,
     Scope,
     VMAction,
+    VMChange,
     VMState,
     new_id,
 )
@@ -70,6 +72,7 @@ class Engine:
         self.fencer = Fencer(crew)
         self.reconciler = Reconciler(crew, self.fencer)
         self.recovery = Recovery(crew, self.runner)
+        self.vm_changes = VMChanges(crew)
         self.live = self.runner.live
         plugins.ctx.attach(self, plugins)
 
@@ -114,6 +117,10 @@ class Engine:
             next=int(answer.get("next", offset)),
             data=str(answer.get("data", "")),
         )
+
+    async def change_vm(self, principal: Principal, vm_id: str, body: VMChange) -> VM:
+        """Rename a VM and/or change its tags (no operation: see :mod:`.vm_changes`)."""
+        return await self.vm_changes.change(principal, vm_id, body)
 
     # --- asking for operations ----------------------------------------------------------
 
@@ -160,6 +167,7 @@ class Engine:
                 spec=req.spec,
                 node=node,
                 state=VMState.PENDING,
+                tags=body.tags,
             )
             for name, node in zip(names, nodes, strict=True)
         ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, Text, cast, func, or_, select
 
 from usher import wire
 from usher.ctrl.listing import Listing
@@ -27,14 +27,18 @@ def _vm_filters(
     owner: str | None,
     node: str | None,
     state: str | None,
+    tags: list[str] | None = None,
 ) -> list[Any]:
-    """The WHERE clauses of a VM listing: the caller's scope and the filters asked for."""
+    """The WHERE clauses of a VM listing: the caller's scope and the filters asked for (a
+    VM has every tag of ``tags``)."""
     filters: list[Any] = []
     if scope is not None:
         filters.append(or_(_VMS.c.owner.in_(scope.owners), _VMS.c.cluster.in_(scope.clusters)))
     for column, value in (("cluster", cluster), ("owner", owner), ("node", node), ("state", state)):
         if value is not None:
             filters.append(_VMS.c[column] == value)
+    for tag in tags or ():  # the tags column is a JSON list; a tag has no quote or backslash
+        filters.append(cast(_VMS.c.tags, Text).contains(f'"{tag}"', autoescape=True))
     return filters
 
 
@@ -50,12 +54,15 @@ class VMPages:
         owner: str | None = None,
         node: str | None = None,
         state: str | None = None,
+        tags: list[str] | None = None,
         limit: int = 100,
         cursor: str | None = None,
         scope: Scope | None = None,
     ) -> Page[VM]:
         """A page of VMs as models (for plugins); the API serves :meth:`list_vms_json`."""
-        filters = _vm_filters(scope, cluster=cluster, owner=owner, node=node, state=state)
+        filters = _vm_filters(
+            scope, cluster=cluster, owner=owner, node=node, state=state, tags=tags
+        )
         rows, total, limit = await self.read_page(select(_VMS), filters, limit, cursor)
         items = [VM.model_validate(r._mapping) for r in rows]
         return page(items, [r.seq for r in rows], limit, total)
@@ -67,6 +74,7 @@ class VMPages:
         owner: str | None = None,
         node: str | None = None,
         state: str | None = None,
+        tags: list[str] | None = None,
         limit: int = 100,
         cursor: str | None = None,
         scope: Scope | None = None,
@@ -75,7 +83,9 @@ class VMPages:
         model per VM (a listing of a large cluster is the API's biggest answer). A filtered
         page's VMs come from a query; a page of every VM from the listing order in memory.
         Their JSON is the one held since they were written, or read from the database."""
-        filters = _vm_filters(scope, cluster=cluster, owner=owner, node=node, state=state)
+        filters = _vm_filters(
+            scope, cluster=cluster, owner=owner, node=node, state=state, tags=tags
+        )
         if filters:
             rows, total, limit = await self.read_page(_VM_IDS, filters, limit, cursor)
             ids_on_page = [(seq, vm_id) for seq, vm_id, _total in rows[:limit]]
