@@ -52,6 +52,12 @@ def qemu_img_info(path: Path) -> dict[str, object]:
     return json.loads(out)
 
 
+def same_content(raw: Path, disk: Path) -> bool:
+    """Whether the qcow2 ``disk`` holds exactly the bytes of the raw disk ``raw``."""
+    compare = ["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", str(raw), str(disk)]
+    return subprocess.run(compare, check=False).returncode == 0
+
+
 @pytest.fixture
 def storage(tmp_path: Path) -> Path:
     return tmp_path / "storage"
@@ -121,13 +127,32 @@ def test_import_from_a_stream(storage: Path, tmp_path: Path) -> None:
     assert image_path(storage, imported, "disk").read_bytes() == data
 
 
-def test_import_refuses_what_is_not_a_qcow2(storage: Path, tmp_path: Path) -> None:
+def test_import_makes_a_raw_disk_qcow2(storage: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(bytes(range(256)) * 4096 + b"\0" * 65536)  # what a cloud image holds
+    imported = import_disk(storage, "raw", raw)  # told from its first bytes: no magic, raw
+    disk = image_path(storage, imported, "disk")
+    assert qemu_img_info(disk)["format"] == "qcow2"
+    assert same_content(raw, disk)
+    # a raw disk that begins like a qcow2 is taken as raw when said to be raw
+    fake = tmp_path / "fake.raw"
+    fake.write_bytes(qcow2(tmp_path / "inner.qcow2").read_bytes())
+    said_raw = import_disk(storage, "said-raw", fake, fmt="raw")
+    assert same_content(fake, image_path(storage, said_raw, "disk"))
+
+
+def test_import_refuses_other_formats_and_a_format_that_does_not_match(
+    storage: Path, tmp_path: Path
+) -> None:
     raw = tmp_path / "disk.raw"
     raw.write_bytes(b"\0" * 65536)
-    with pytest.raises(ImageError, match=r"not a qcow2 disk image \(qemu-img sees 'raw'\)"):
-        import_disk(storage, "raw", raw)
-    with pytest.raises(ImageError, match="not a qcow2"):
-        import_disk(storage, "text", io.BytesIO(b"#!/bin/sh\necho hello\n"))
+    with pytest.raises(ImageError, match=r"is a raw disk, not qcow2"):
+        import_disk(storage, "raw", raw, fmt="qcow2")
+    for fmt in ("vmdk", "vdi", "vhdx", "qed", "vpc"):
+        other = tmp_path / f"disk.{fmt}"
+        subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(other), "16M"], check=True)
+        with pytest.raises(ImageError, match=r"is a .*disk: import qcow2 or raw"):
+            import_disk(storage, fmt, other)
     with pytest.raises(ImageError, match="no such file"):
         import_disk(storage, "missing", tmp_path / "missing.qcow2")
     backed = qcow2(tmp_path / "backed.qcow2", "16M", "-b", str(raw), "-F", "raw")

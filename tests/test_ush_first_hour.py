@@ -430,3 +430,58 @@ def test_a_change_waits_for_a_running_step_then_says_busy(make_cluster: Any) -> 
         states(cluster) == {}
         and json.loads(ok(cluster.ush("show", "quick", "-o", "json")))["state"] == "stopped"
     )
+
+
+def test_image_import_takes_raw_and_qcow2_and_replaces_on_request(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    raw = tmp_path / "cloud.raw"
+    raw.write_bytes(bytes(range(256)) * 32768)  # 8 MiB, no format's magic: a raw disk
+    imported = json.loads(
+        ok(cluster.ush("image", "import", str(raw), "--name", "cloud", "-o", "json"))
+    )
+    assert (imported["name"], imported["files"]) == ("cloud", {"disk": "disk.qcow2"})
+    qcow2 = tmp_path / "other.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "64M"], check=True)
+    again = cluster.ush("image", "import", str(qcow2), "--name", "cloud")
+    assert again.returncode == 1 and "image cloud already exists" in again.stderr
+    replaced = ok(
+        cluster.ush("image", "import", str(qcow2), "--name", "cloud", "--replace", "-o", "json")
+    )
+    assert json.loads(replaced)["size_bytes"] != imported["size_bytes"]
+    mismatch = cluster.ush("image", "import", str(raw), "--name", "x", "--format", "qcow2")
+    assert mismatch.returncode == 1
+    assert "the upload for image x is a raw disk, not qcow2" in mismatch.stderr, mismatch.stderr
+    vmdk = tmp_path / "disk.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(vmdk), "16M"], check=True)
+    refused = cluster.ush("image", "import", str(vmdk), "--name", "y")
+    assert refused.returncode == 1 and "is a vmdk disk" in refused.stderr
+    assert {i["name"] for i in json.loads(ok(cluster.ush("images", "-o", "json")))} >= {"cloud"}
+    ok(cluster.ush("create", "--names", "from-cloud", "--image", "cloud"))
+
+
+def test_image_import_shows_its_progress_on_a_terminal(cluster: Cluster, tmp_path: Path) -> None:
+    big = tmp_path / "big.raw"
+    big.write_bytes(b"\1" * (24 << 20))
+    command = shlex.join(
+        [sys.executable, "-m", "usher.cli.ush", "image", "import", str(big), "--name", "big"]
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "USHER_URL": cluster.url,
+        "USHER_TOKEN": cluster.token,
+        "USHER_HOME": str(cluster.root / "home"),
+        "COLUMNS": "120",
+        "TERM": "xterm",
+    }
+    if cluster.tls:
+        env["USHER_CA_FILE"] = str(cluster.ca)
+    done = subprocess.run(  # script(1) gives ush a terminal, as a user has
+        ["script", "-qec", command, "/dev/null"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout
+    assert "uploading" in done.stdout and "25.2 MB" in done.stdout, done.stdout[-2000:]

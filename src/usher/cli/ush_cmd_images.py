@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from usher.cli.ush_context import Ush, pass_ush
 from usher.cli.ush_group import UshGroup
+from usher.images.disk_formats import FORMATS
 
 
 @click.command()
@@ -24,10 +27,21 @@ def image() -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--name", required=True, help="Name of the new image.")
 @click.option("--description", default="", help="What the image is.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="auto",
+    show_default=True,
+    help="What the file is: a qcow2 or a raw disk (auto: the controller tells).",
+)
+@click.option("--replace", is_flag=True, help="Replace an image of that name no VM is based on.")
 @pass_ush
-def image_import(ush: Ush, path: str, name: str, description: str) -> None:
-    """Upload a qcow2 disk image into the catalogue."""
-    ush.out.image(ush.client.import_image(path, name, description))
+def image_import(ush: Ush, path: str, name: str, description: str, fmt: str, replace: bool) -> None:
+    """Upload a disk image (a qcow2 or a raw disk, e.g. a cloud image) into the catalogue."""
+    with ush.out.upload(os.path.getsize(path)) as progress:
+        found = ush.client.import_image(path, name, description, fmt, replace, progress)
+    ush.out.image(found)
 
 
 @image.command("show")

@@ -17,11 +17,14 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -380,6 +383,24 @@ class Renderer:
                 "groups": principal.groups,
             },
         )
+
+    @contextmanager
+    def upload(self, total: int) -> Iterator[Callable[[int], object]]:
+        """A bar of bytes sent out of ``total`` on stderr (when it is a terminal), fed by the
+        callback yielded."""
+        bar = Progress(
+            TextColumn("uploading"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.err,
+            transient=True,
+            disable=not self.err.is_terminal,
+        )
+        with bar:
+            task = bar.add_task("upload", total=total)
+            yield lambda sent: bar.update(task, completed=sent)
 
     @contextmanager
     def progress(self, explain: Explain | None = None) -> Iterator[ProgressCallback]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import closing
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import httpx
 from httpx_sse import aconnect_sse
@@ -14,6 +14,7 @@ from usher.client.call import (
     Call,
     Flow,
     Paging,
+    Readable,
     check,
     decode,
     decode_sse,
@@ -93,7 +94,7 @@ class AsyncClient(Methods):
             raise transport_error(exc, self.url) from exc
 
 
-async def _chunks(file: BinaryIO) -> AsyncIterator[bytes]:
+async def _chunks(file: Readable) -> AsyncIterator[bytes]:
     """The file's contents: a local file's reads are short, so they may block the loop."""
     while chunk := file.read(UPLOAD_CHUNK):
         yield chunk

@@ -12,7 +12,7 @@ import json
 import ssl
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -33,6 +33,12 @@ USER_AGENT = "usher-client"
 UPLOAD_CHUNK = 1 << 20
 
 
+class Readable(Protocol):
+    """What an upload is read from: a binary file, or anything with its ``read``."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Call(Generic[T]):
     """One HTTP request to ``/v1`` and the function that reads its JSON answer."""
@@ -43,7 +49,7 @@ class Call(Generic[T]):
     params: dict[str, Any] = field(default_factory=dict)
     body: Any = None
     timeout: httpx.Timeout | None = None
-    upload: BinaryIO | None = None  # a file streamed as the raw request body, instead of JSON
+    upload: Readable | None = None  # a file streamed as the raw request body, instead of JSON
 
     def request_args(self) -> dict[str, Any]:
         """Keyword arguments for ``httpx.Client.request``/``stream`` (and their async twins),

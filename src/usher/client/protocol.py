@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 from pydantic import TypeAdapter
@@ -289,19 +289,47 @@ def image(name: str) -> Call[Image]:
     return Call("GET", f"/images/{segment(name)}", Image.model_validate)
 
 
-def import_image(path: str | Path, name: str, description: str = "") -> Flow[Image]:
-    """Upload the qcow2 file at ``path`` into the catalogue as ``name``."""
+def import_image(
+    path: str | Path,
+    name: str,
+    description: str = "",
+    format: str = "auto",
+    replace: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> Flow[Image]:
+    """Upload the disk image at ``path`` (qcow2 or raw, as ``format`` says; ``auto``: the
+    controller tells) into the catalogue as ``name``; ``replace`` swaps out one of that name
+    no VM's disk is based on. ``progress(bytes sent)`` is called as the upload goes."""
     with open(path, "rb") as file:  # streamed, never read whole into memory
         return (
             yield Call(
                 "POST",
                 f"/images/{segment(name)}",
                 Image.model_validate,
-                params=query(description=description or None),
-                upload=file,
+                params=query(
+                    description=description or None,
+                    format=None if format == "auto" else format,
+                    replace="true" if replace else None,
+                ),
+                upload=file if progress is None else CountingReader(file, progress),
                 timeout=httpx.Timeout(30.0, read=600.0, write=600.0),
             )
         )
+
+
+class CountingReader:
+    """A file whose reads report how many bytes were read so far."""
+
+    def __init__(self, file: BinaryIO, progress: Callable[[int], object]) -> None:
+        self._file = file
+        self._progress = progress
+        self._read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._file.read(size)
+        self._read += len(chunk)
+        self._progress(self._read)
+        return chunk
 
 
 def delete_image(name: str) -> Call[None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import httpx
 from httpx_sse import connect_sse
@@ -14,6 +14,7 @@ from usher.client.call import (
     Call,
     Flow,
     Paging,
+    Readable,
     check,
     decode,
     decode_sse,
@@ -97,6 +98,6 @@ class Client(Methods):
             raise transport_error(exc, self.url) from exc
 
 
-def _chunks(file: BinaryIO) -> Iterator[bytes]:
+def _chunks(file: Readable) -> Iterator[bytes]:
     while chunk := file.read(UPLOAD_CHUNK):
         yield chunk

@@ -27,6 +27,7 @@ from typing import BinaryIO
 from pydantic import ValidationError
 
 from usher.bounds import NAME_RE
+from usher.images import disk_formats
 from usher.model import Image, ImageKind
 
 log = logging.getLogger(__name__)
@@ -228,28 +229,43 @@ def import_disk(
     description: str = "",
     *,
     replace: bool = False,
+    fmt: str = "auto",
+    shown_as: str | None = None,
 ) -> Image:
-    """Add a user's bootable qcow2 disk (a path or a binary stream) as image ``name``.
+    """Add a user's bootable disk (a path or a binary stream) as image ``name``: a qcow2, or
+    a raw disk (made qcow2); ``fmt`` says which, or ``auto`` (see :mod:`.disk_formats`).
 
-    The file is copied to ``<storage>/images/<name>/disk.qcow2`` and checked with
-    ``qemu-img info``: anything but a standalone qcow2 is refused with :class:`ImageError`, as
-    is an existing name unless ``replace``, and an image whose base disk backs VM disks.
+    The disk ends up as ``<storage>/images/<name>/disk.qcow2``, checked with ``qemu-img
+    info``: anything but a standalone qcow2 is refused with :class:`ImageError`, as is an
+    existing name unless ``replace``, and (even then) an image whose base disk backs VM disks.
+    Errors name the disk ``shown_as`` (default: its path).
     """
     if image_dir(storage, name).exists():
         if not replace:
             raise ImageError(f"image {name} already exists")
         _check_unused(storage, name)
-    shown_as = os.fspath(source) if isinstance(source, str | os.PathLike) else f"<{name} upload>"
+    if shown_as is None:
+        is_path = isinstance(source, str | os.PathLike)
+        shown_as = os.fspath(source) if is_path else f"<{name} upload>"
     staged = staging_dir(storage, name, "import")
     try:
-        disk = staged / DISK
+        disk, upload = staged / DISK, staged / "upload"
         if isinstance(source, str | os.PathLike):
             if not Path(source).is_file():
                 raise ImageError(f"{shown_as}: no such file")
-            shutil.copyfile(source, disk)
+            shutil.copyfile(source, upload)
         else:
-            with disk.open("wb") as out:
+            with upload.open("wb") as out:
                 shutil.copyfileobj(source, out, 1 << 20)
+        try:
+            found = disk_formats.detect(upload, fmt)
+        except disk_formats.UnsupportedFormat as exc:
+            raise ImageError(f"{shown_as} {exc}") from None
+        if found == "raw":
+            qemu_img("convert", "-f", "raw", "-O", "qcow2", str(upload), str(disk))
+            upload.unlink()
+        else:
+            upload.rename(disk)
         _check_qcow2(disk, shown_as)
         image = Image(
             name=name,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
+from usher.bounds import MAX_TEXT
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
 from usher.ctrl.engine import RequestError
 from usher.images import catalog
@@ -31,9 +33,17 @@ async def show_image(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Image
 
 @router.post("/{name}", status_code=201, response_model=Image)
 async def import_image(
-    name: str, request: Request, ctrl: CtrlDep, principal: PrincipalDep, description: str = ""
+    name: str,
+    request: Request,
+    ctrl: CtrlDep,
+    principal: PrincipalDep,
+    description: Annotated[str, Query(max_length=MAX_TEXT)] = "",
+    format: Annotated[Literal["auto", "qcow2", "raw"], Query()] = "auto",
+    replace: bool = False,
 ) -> Image:
-    """Import a qcow2 disk image sent as the request body (``application/octet-stream``)."""
+    """Import a disk image sent as the request body (``application/octet-stream``): a qcow2
+    or a raw disk (made qcow2), as ``format`` says (``auto``: told from its first bytes).
+    ``replace`` swaps out an image of that name that no VM's disk is based on."""
     await allow(ctrl, principal, "image.import", image=name)
     storage = ctrl.settings.storage_dir
     (storage / "incoming").mkdir(parents=True, exist_ok=True)
@@ -46,13 +56,22 @@ async def import_image(
             await asyncio.to_thread(tmp.write, chunk)
         tmp.flush()
         if size == 0:
-            raise RequestError(422, "empty upload: send the qcow2 file as the request body")
+            raise RequestError(422, "empty upload: send the disk image as the request body")
         try:
             image = await asyncio.to_thread(
-                catalog.import_disk, storage, name, Path(tmp.name), description=description
+                catalog.import_disk,
+                storage,
+                name,
+                Path(tmp.name),
+                description=description,
+                replace=replace,
+                fmt=format,
+                shown_as=f"the upload for image {name}",
             )
         except catalog.ImageError as exc:
-            raise RequestError(409 if "exists" in str(exc) else 422, str(exc)) from exc
+            conflict = "exists" in str(exc) or "is the base of" in str(exc)
+            raise RequestError(409 if conflict else 422, str(exc)) from exc
+    ctrl.engine.images.forget(name)
     await ctrl.bus.emit(
         "image_import",
         principal=principal.name,
@@ -72,4 +91,5 @@ async def delete_image(name: str, ctrl: CtrlDep, principal: PrincipalDep) -> Non
         await asyncio.to_thread(catalog.delete_image, ctrl.settings.storage_dir, name)
     except catalog.ImageError as exc:
         raise RequestError(409, str(exc)) from exc
+    ctrl.engine.images.forget(name)
     await ctrl.bus.emit("image_delete", principal=principal.name, data={"name": name})

@@ -22,6 +22,10 @@ class ImageCache:
         """The catalogue entry of image ``name``; RequestError 404 if there is none."""
         return (await self._entry(name))[0]
 
+    def forget(self, name: str) -> None:
+        """Read image ``name`` afresh next time (it was imported, replaced or deleted)."""
+        self._entries.pop(name, None)
+
     async def guest(self, vm: VM) -> dict[str, Any]:
         """What a node needs to run ``vm``: its spec and its image's catalogue entry."""
         try:
