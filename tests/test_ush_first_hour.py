@@ -282,6 +282,7 @@ def bash_completes(cluster: Cluster, line: str) -> list[str]:
     )
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "USHER_SERVER_IDLE": "5",  # (the installed ush starts its server: let it end soon)
         "USHER_URL": cluster.url,
         "USHER_TOKEN": cluster.token,
         "USHER_HOME": str(cluster.root / "home"),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # (not typing's: the ush launcher does not import typing)
 if TYPE_CHECKING:
+    from typing import Any
+
     from usher.hookspecs import Veto, hookimpl
 
 __all__ = ["Veto", "__version__", "hookimpl"]
