@@ -304,3 +304,105 @@ def test_the_selection_is_what_is_visible_and_confirmations_name_the_vms(
     expect(page.locator("#confirm-text")).to_contain_text("Destroy 2 VMs sel-a, sel-b?")
     page.click("#confirm-no")
     assert len(site.vms()) == 3
+
+
+def log_in_as_alice(site: Cluster, page: Page) -> None:
+    page.goto(f"{site.url}/ui/")
+    page.fill("#login-user", "alice")
+    page.fill("#login-password", ALICE_PW)
+    page.click("#login-submit")
+    expect(page.locator("#whoami")).to_contain_text("alice")
+
+
+def test_create_form_vm_detail_view_and_node_actions(site: Cluster, page: Page) -> None:
+    log_in_as_alice(site, page)
+    page.click("#create summary")
+    expect(page.locator("#c-image option")).to_have_count(1)  # the catalogue: blank
+    page.fill("#c-names", "web-1, web-2")
+    page.fill("#c-vcpus", "2")
+    page.fill("#c-memory", "128")
+    page.fill("#c-cluster", "web")
+    page.fill("#c-tags", "env=prod, web")
+    page.click("#c-submit")
+    expect(
+        page.locator("#messages .msg", has_text="create of web-1, web-2: succeeded")
+    ).to_be_visible()
+    made = {vm.name: vm for vm in site.vms()}
+    assert (made["web-1"].spec.vcpus, made["web-1"].spec.memory_mb) == (2, 128)
+    assert made["web-2"].tags == ["env=prod", "web"] and made["web-2"].cluster == "web"
+    expect(row(page, made["web-1"]).locator("td.tags")).to_have_text("env=prod, web")
+    page.fill("#c-names", "web-1")  # taken: the API's refusal
+    page.click("#c-submit")
+    expect(page.locator("#messages .msg.error", has_text="already taken: web-1")).to_be_visible()
+    page.fill("#f-tag", "web")
+    page.click("#f-apply")
+    expect(page.locator("#page-info")).to_have_text("1-2 of 2")
+
+    # the detail view: definition, state history, events, console, usage; rename, tags
+    web1 = made["web-1"]
+    row(page, web1).locator("td.clickable").click()
+    detail = page.locator("#detail-panel")
+    expect(detail).to_be_visible()
+    expect(page.locator("#d-name")).to_have_text("web-1")
+    expect(page.locator('#d-definition dd[data-field="tags"]')).to_have_text("env=prod, web")
+    expect(page.locator('#d-definition dd[data-field="memory"]')).to_have_text("128 MiB")
+    expect(page.locator("#d-history li").first).to_contain_text("→ running")
+    expect(page.locator("#d-events li", has_text="register")).to_have_count(1)
+    expect(page.locator("#d-console")).to_contain_text("web-1: running")
+    expect(page.locator("#chart-title")).to_contain_text("VM web-1")
+    page.fill("#d-new-name", "front-1")
+    page.click("#d-rename button")
+    expect(page.locator("#d-name")).to_have_text("front-1")
+    expect(page.locator(f'#vms tr[data-vm="{web1.id}"]')).to_have_attribute("data-name", "front-1")
+    page.fill("#d-new-name", "web-2")  # taken
+    page.click("#d-rename button")
+    expect(page.locator("#messages .msg.error", has_text="'web-2' is taken")).to_be_visible()
+    page.fill("#d-tag-list", "db, team/data")
+    page.click("#d-tags button")
+    expect(page.locator('#d-definition dd[data-field="tags"]')).to_have_text("db, team/data")
+    assert site.client().get_vm(web1.id).tags == ["db", "team/data"]
+    page.fill("#f-tag", "")  # (front-1 is not tagged web any more)
+    vm_action(page, site.client().get_vm(web1.id), "stop")  # the view follows the VM live
+    expect(page.locator('#d-definition dd[data-field="state"]')).to_have_text("stopped")
+    expect(page.locator('#d-definition dd[data-field="desired"]')).to_have_text("stopped")
+    page.click("#d-close")
+    expect(detail).to_be_hidden()
+
+    # node actions: drain and undrain, maintenance (confirmed: it empties the node), activate
+    node1 = page.locator('#nodes tr[data-node="node-1"]')
+    node1.locator('button[data-node-action="drain"]').click()
+    expect(node1.locator("td.state")).to_have_text("draining")
+    assert site.client().node("node-1").drained
+    node1.locator('button[data-node-action="undrain"]').click()
+    expect(node1.locator("td.state")).to_have_text("up")
+    node2 = page.locator('#nodes tr[data-node="node-2"]')
+    node2.locator('button[data-node-action="maintenance"]').click()
+    expect(page.locator("#confirm-text")).to_contain_text("Put in maintenance node node-2?")
+    page.click("#confirm-yes")
+    expect(
+        page.locator("#messages .msg", has_text="maintenance of node node-2: succeeded")
+    ).to_be_visible()
+    expect(node2.locator("td.state")).to_have_text("maintenance")
+    assert all(vm.node == "node-1" for vm in site.vms())
+    node2.locator('button[data-node-action="activate"]').click()
+    expect(node2.locator("td.state")).to_have_text("up")
+    shot(page, "detail-and-nodes")
+
+
+def test_the_layout_works_at_800_pixels(site: Cluster, page: Page) -> None:
+    site.run(
+        site.client().create_vms(
+            names=["narrow-1"], vcpus=1, memory_mb=64, tags=["a-long-tag=with-a-value"]
+        )
+    )
+    page.set_viewport_size({"width": 800, "height": 900})
+    log_in_as_alice(site, page)
+    expect(page.locator('#vms tr[data-name="narrow-1"]')).to_be_visible()
+    page.locator('#vms tr[data-name="narrow-1"] td.clickable').click()
+    expect(page.locator("#detail-panel")).to_be_visible()
+    page.click("#create summary")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800  # no sideways scroll
+    for panel in ("#nodes-panel", "#vms-panel", "#detail-panel", "#events-panel", "#create-panel"):
+        box = page.locator(panel).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 800, panel
+    shot(page, "narrow")

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Query
 from sqlalchemy import func, or_, select
 
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow, visible
-from usher.ctrl.api.params import FilterPrincipal, FilterRef, Limit
+from usher.ctrl.api.params import FilterPrincipal, FilterRef, FilterTags, Limit
+from usher.ctrl.store.vm_pages import having_tags
 from usher.ctrl.tables import VMRow
 from usher.model import VM, Page, VMState
 
@@ -46,6 +47,7 @@ async def search_vms(
     owner: FilterPrincipal = None,
     node: FilterRef = None,
     state: VMState | None = None,
+    tag: FilterTags = None,
     sort: SortKey = "created",
     desc: bool = False,
     limit: Limit = 100,
@@ -59,6 +61,7 @@ async def search_vms(
     offset = _offset(cursor)
     wanted = {"cluster": cluster, "owner": owner, "node": node, "state": state}
     filters = [getattr(VMRow, k) == v for k, v in wanted.items() if v is not None]
+    filters += having_tags(tag)
     if scope is not None:
         filters.append(or_(VMRow.owner.in_(scope.owners), VMRow.cluster.in_(scope.clusters)))
     if q:

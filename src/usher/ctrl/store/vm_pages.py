@@ -37,9 +37,15 @@ def _vm_filters(
     for column, value in (("cluster", cluster), ("owner", owner), ("node", node), ("state", state)):
         if value is not None:
             filters.append(_VMS.c[column] == value)
-    for tag in tags or ():  # the tags column is a JSON list; a tag has no quote or backslash
-        filters.append(cast(_VMS.c.tags, Text).contains(f'"{tag}"', autoescape=True))
-    return filters
+    return filters + having_tags(tags)
+
+
+def having_tags(tags: list[str] | None) -> list[Any]:
+    """WHERE clauses of VMs that have every tag of ``tags`` (valid tags: see
+    :func:`usher.bounds.check_tags`)."""
+    # the tags column holds a JSON list of strings; a valid tag has no quote or backslash to
+    # escape there, and its LIKE wildcards (_) are escaped
+    return [cast(_VMS.c.tags, Text).contains(f'"{tag}"', autoescape=True) for tag in tags or ()]
 
 
 class VMPages:

@@ -21,6 +21,8 @@ const ui = {
   selected: new Set(),
   sort: { key: null, dir: 1 },
   chart: null,        // {kind: "node"|"vm", key, label}
+  detail: null,       // the VM shown in the detail panel, as last read
+  console: { vm: null, next: 0, text: "" },
   stream: null,       // AbortController of the event stream
   timers: {},
   session: 0,         // bumped at each login and logout: answers to an older one are dropped
@@ -109,7 +111,8 @@ async function enter() {
   $("#whoami").textContent = `${ui.me.name} (${ui.me.roles.join(", ") || "no roles"})`;
   $("#events").replaceChildren();
   startStream();
-  await Promise.all([loadNodes(), loadVMs(), loadBacklog()]);
+  closeDetail();
+  await Promise.all([loadNodes(), loadVMs(), loadBacklog(), loadImages()]);
 }
 
 async function loadBacklog() {
@@ -168,16 +171,83 @@ async function loadNodes() {
       el("td", {}, bar(u.cpu_percent / 100, c.vcpus, `${(u.cpu_percent / 100).toFixed(2)} CPUs`)),
       el("td", {}, bar(u.memory_mb, c.memory_mb, `${u.memory_mb} / ${c.memory_mb} MiB`)),
       el("td", {}, bar(u.memory_used_mb, c.memory_mb, `${u.memory_used_mb} MiB`)),
+      el("td", { className: "node-actions" }, ...nodeActions(n)),
     );
     row.dataset.node = n.name;
     if (ui.chart && ui.chart.kind === "node" && ui.chart.key === n.name) row.classList.add("chosen");
     row.addEventListener("click", () => showChart("node", n.name, `node ${n.name}`));
     return row;
   }));
-  for (const id of ["#f-node", "#migrate-target"]) {
+  for (const id of ["#f-node", "#migrate-target", "#c-node"]) {
     const select = $(id), keep = select.value;
     select.replaceChildren(select.options[0], ...ui.nodes.map((n) => el("option", { value: n.name, textContent: n.name })));
     select.value = keep;
+  }
+}
+
+function nodeActions(n) {
+  // what an administrator does to a node: keep new VMs off it, empty it, service it
+  const actions = [n.drained ? ["undrain", "Undrain"] : ["drain", "Drain"], ["evacuate", "Evacuate"]];
+  actions.push(n.maintenance ? ["activate", "Activate"] : ["maintenance", "Maintenance"]);
+  return actions.map(([action, text]) => {
+    const button = el("button", { type: "button", textContent: text });
+    button.dataset.nodeAction = action;
+    button.addEventListener("click", (ev) => { ev.stopPropagation(); nodeAct(n.name, action); });
+    return button;
+  });
+}
+
+async function nodeAct(name, action) {
+  if ((action === "evacuate" || action === "maintenance") &&
+      !(await confirmDialog(`${action === "evacuate" ? "Evacuate" : "Put in maintenance"} node ${name}? Its running VMs migrate live, its stopped VMs move.`, "Go"))) return;
+  const label = `${action} of node ${name}`;
+  try {
+    const answer = await api("POST", `/v1/nodes/${encodeURIComponent(name)}/${action}`);
+    if (answer && answer.kind) { say(`${label}: operation ${answer.id} ${answer.status}`); follow(answer, label); }
+    else say(`${label}: done`);
+    await loadNodes();
+  } catch (err) {
+    say(`${label} refused: ${err.message}`, true);
+  }
+}
+
+// --- creating VMs -----------------------------------------------------------------------
+
+function words(text) {
+  return text.split(",").map((w) => w.trim()).filter(Boolean);
+}
+
+async function loadImages() {
+  try {
+    const images = await api("GET", "/v1/images");
+    const select = $("#c-image"), keep = select.value;
+    select.replaceChildren(...images.map((i) => el("option", { value: i.name, textContent: `${i.name} (${i.kind})` })));
+    if (keep) select.value = keep;
+  } catch (err) {
+    say(`cannot list images: ${err.message}`, true);
+  }
+}
+
+async function create(ev) {
+  ev.preventDefault();
+  const names = words($("#c-names").value);
+  const body = {
+    image: $("#c-image").value,
+    vcpus: Number($("#c-vcpus").value),
+    memory_mb: Number($("#c-memory").value),
+    tags: words($("#c-tags").value),
+  };
+  if (names.length) body.names = names; else body.count = Number($("#c-count").value);
+  if ($("#c-cluster").value.trim()) body.cluster = $("#c-cluster").value.trim();
+  if ($("#c-node").value) body.node = $("#c-node").value;
+  const label = `create of ${names.length ? names.join(", ") : `${body.count} VM(s)`}`;
+  try {
+    const op = await api("POST", "/v1/vms", body);
+    say(`${label}: operation ${op.id} ${op.status}`);
+    follow(op, label);
+    refreshSoon("vms");
+  } catch (err) {
+    say(`${label} refused: ${err.message}`, true);
   }
 }
 
@@ -187,6 +257,7 @@ function filters() {
   return {
     state: $("#f-state").value, node: $("#f-node").value,
     owner: $("#f-owner").value.trim(), cluster: $("#f-cluster").value.trim(),
+    tag: $("#f-tag").value.trim(),
   };
 }
 
@@ -216,7 +287,7 @@ function vmRow(vm) {
     renderSelection();
   });
   const name = el("td", { className: "clickable", textContent: vm.name, title: vm.id });
-  name.addEventListener("click", () => showChart("vm", vm.id, `VM ${vm.name}`));
+  name.addEventListener("click", () => openDetail(vm.id));
   const row = el("tr", {},
     el("td", {}, pick), name,
     el("td", { className: `state state-${vm.state}`, textContent: vm.state, title: vm.state_reason || "" }),
@@ -225,6 +296,7 @@ function vmRow(vm) {
     el("td", { textContent: vm.cluster || "—" }),
     el("td", { textContent: String(vm.spec.vcpus) }),
     el("td", { textContent: `${vm.spec.memory_mb} MiB` }),
+    el("td", { className: "tags", textContent: (vm.tags || []).join(", ") }),
   );
   row.dataset.vm = vm.id;
   row.dataset.name = vm.name;
@@ -269,8 +341,13 @@ function selectedNames() {
 }
 
 function confirmDestroy(names) {
+  return confirmDialog(`Destroy ${names.length === 1 ? "VM" : `${names.length} VMs`} ${names.join(", ")}? Their disks are deleted; this cannot be undone.`, "Destroy");
+}
+
+function confirmDialog(text, yes) {
   const dialog = $("#confirm");
-  $("#confirm-text").textContent = `Destroy ${names.length === 1 ? "VM" : `${names.length} VMs`} ${names.join(", ")}? Their disks are deleted; this cannot be undone.`;
+  $("#confirm-text").textContent = text;
+  $("#confirm-yes").textContent = yes;
   return new Promise((resolve) => {
     const done = (yes) => { dialog.close(); resolve(yes); };
     $("#confirm-yes").onclick = () => done(true);
@@ -311,6 +388,98 @@ async function follow(op, label) {
   const skipped = Object.keys((now.result && now.result.skipped) || {}).length;
   const note = skipped ? ` (${skipped} already there)` : "";
   say(`${label}: ${now.status}${note}${now.error ? ` — ${now.error}` : ""}`, now.status !== "succeeded");
+}
+
+// --- one VM -----------------------------------------------------------------------------
+
+const CONSOLE_KEEP = 64 * 1024; // characters of console output the panel keeps
+
+async function openDetail(id) {
+  $("#detail-panel").hidden = false;
+  if (!ui.detail || ui.detail.id !== id) {
+    ui.console = { vm: id, next: 0, text: "" };
+    $("#d-console").textContent = "";
+  }
+  await Promise.all([loadDetail(id), loadHistory(id), loadConsole()]);
+  if (ui.detail && ui.detail.id === id) showChart("vm", id, `VM ${ui.detail.name}`);
+}
+
+function closeDetail() {
+  ui.detail = null;
+  $("#detail-panel").hidden = true;
+}
+
+async function loadDetail(id) {
+  let vm;
+  try {
+    vm = await api("GET", `/v1/vms/${encodeURIComponent(id)}`);
+  } catch (err) {
+    say(`cannot show VM: ${err.message}`, true);
+    if (err.status === 404) closeDetail();
+    return;
+  }
+  ui.detail = vm;
+  $("#d-name").textContent = vm.name;
+  const rows = [
+    ["id", vm.id], ["state", vm.state + (vm.state_reason ? ` (${vm.state_reason})` : "")],
+    ["desired", vm.desired_state], ["node", vm.node || "—"], ["owner", vm.owner],
+    ["cluster", vm.cluster || "—"], ["vCPUs", String(vm.spec.vcpus)],
+    ["memory", `${vm.spec.memory_mb} MiB`], ["image", vm.spec.image],
+    ["addresses", vm.addresses.join(", ") || "—"], ["tags", vm.tags.join(", ") || "—"],
+    ["kwargs", Object.keys(vm.spec.kwargs).length ? JSON.stringify(vm.spec.kwargs) : "—"],
+    ["created", new Date(vm.created_at * 1000).toLocaleString()],
+  ];
+  $("#d-definition").replaceChildren(...rows.flatMap(([k, v]) => {
+    const dd = el("dd", { textContent: v });
+    dd.dataset.field = k;
+    return [el("dt", { textContent: k }), dd];
+  }));
+  if (document.activeElement !== $("#d-tag-list")) $("#d-tag-list").value = vm.tags.join(", ");
+}
+
+async function loadHistory(id) {
+  try {
+    const page = await api("GET", `/v1/events${query({ vm: id, limit: 100, newest: true })}`);
+    const mine = page.items;
+    const item = (ev) => el("li", {}, el("time", { textContent: new Date(ev.time * 1000).toLocaleTimeString() }),
+      el("span", { className: "ev-name", textContent: ev.name }), el("span", { textContent: summary(ev) }));
+    $("#d-history").replaceChildren(...mine.filter((ev) => ev.name === "state_change").map(item));
+    $("#d-events").replaceChildren(...mine.filter((ev) => ev.name !== "state_change").map(item));
+  } catch (err) {
+    say(`cannot read the VM's events: ${err.message}`, true);
+  }
+}
+
+async function loadConsole() {
+  const c = ui.console;
+  if (!c.vm) return;
+  try {
+    for (let i = 0; i < 16; i++) { // up to 16 chunks now; the rest on the next refresh
+      const chunk = await api("GET", `/v1/vms/${encodeURIComponent(c.vm)}/console${query({ offset: c.next })}`);
+      if (ui.console !== c) return;
+      c.text = (c.text + chunk.data).slice(-CONSOLE_KEEP);
+      const done = chunk.next === c.next || !chunk.data;
+      c.next = chunk.next;
+      if (done) break;
+    }
+    $("#d-console").textContent = c.text || "(no console output yet)";
+    $("#d-console").scrollTop = $("#d-console").scrollHeight;
+  } catch (err) {
+    $("#d-console").textContent = `no console: ${err.message}`;
+  }
+}
+
+async function changeVM(body, what) {
+  const vm = ui.detail;
+  if (!vm) return;
+  try {
+    ui.detail = await api("PATCH", `/v1/vms/${encodeURIComponent(vm.id)}`, body);
+    say(`${what} of ${vm.name}: done`);
+    await loadDetail(vm.id);
+    refreshSoon("vms");
+  } catch (err) {
+    say(`${what} of ${vm.name} refused: ${err.message}`, true);
+  }
 }
 
 // --- charts -----------------------------------------------------------------------------
@@ -422,6 +591,7 @@ function refreshSoon(what) {
     ui.timers[what] = null;
     if (!ui.me) return;
     if (what === "vms") loadVMs();
+    else if (what === "detail") { if (ui.detail) { loadDetail(ui.detail.id); loadHistory(ui.detail.id); } }
     else if (what === "nodes") loadNodes().catch((err) => say(`cannot list nodes: ${err.message}`, true));
     else drawChart();
   }, 700);
@@ -439,6 +609,10 @@ function onEvent(ev) {
     }
   }
   if (ev.name === "unregister" && ui.selected.delete(ev.vm_id)) renderSelection();
+  if (ui.detail && ev.vm_id === ui.detail.id) {
+    if (ev.name === "unregister") { say(`VM ${ui.detail.name} was destroyed`); closeDetail(); }
+    else refreshSoon("detail");
+  }
   if (ev.vm_id || ev.name.startsWith("node_")) refreshSoon("vms");
   if (ev.name.startsWith("node_") || ev.name === "usage" || ev.name === "state_change") refreshSoon("nodes");
   if (ev.name === "usage" && ui.chart) refreshSoon("chart");
@@ -500,6 +674,18 @@ function wire() {
       firstPage();
     });
   }
+  $("#create-form").addEventListener("submit", create);
+  $("#d-close").addEventListener("click", closeDetail);
+  $("#d-console-refresh").addEventListener("click", loadConsole);
+  $("#d-rename").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    changeVM({ name: $("#d-new-name").value.trim() }, "rename");
+    $("#d-new-name").value = "";
+  });
+  $("#d-tags").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    changeVM({ tags: words($("#d-tag-list").value) }, "tags");
+  });
   for (const button of document.querySelectorAll("#actions button[data-action]")) {
     button.addEventListener("click", () => act(button.dataset.action));
   }
