@@ -486,3 +486,22 @@ def test_image_import_shows_its_progress_on_a_terminal(cluster: Cluster, tmp_pat
     )
     assert done.returncode == 0, done.stdout
     assert "uploading" in done.stdout and "25.2 MB" in done.stdout, done.stdout[-2000:]
+
+
+def test_a_second_stop_while_the_first_runs_waits_and_skips(make_cluster: Any) -> None:
+    """Two users stop one VM a moment apart: the second is not refused because the VM is
+    `stopping`; its step waits for the first one's and finds the VM stopped already."""
+    cluster = make_cluster(nodes=1, lnm_options={"driver_options": {"latency": {"stop": 3}}})
+    ok(cluster.ush("create", "--names", "twice"))
+    ok(cluster.ush("stop", "twice", "--no-wait"))
+    second = cluster.ush("stop", "twice", "-o", "json")
+    assert second.returncode == 0, second.stderr
+    op = json.loads(second.stdout)
+    assert op["status"] == "succeeded"
+    assert op["result"]["progress"]["skipped"] == 1
+    assert list(op["result"]["skipped"].values()) == ["twice is stopped already"]
+    events = json.loads(ok(cluster.ush("events", "--vm", "twice", "-o", "json")))
+    stops = [e for e in events if e["name"] == "stop" and e["operation_id"] == op["id"]]
+    assert [e["data"] for e in stops] == [{"skipped": "twice is stopped already"}]
+    strict = cluster.ush("stop", "twice", "--strict")  # stopped already: refused, as asked
+    assert strict.returncode == 1 and "nothing was changed" in strict.stderr

@@ -12,7 +12,7 @@ from typing import Any
 
 from usher.ctrl.engine.crew import Crew
 from usher.ctrl.engine.errors import RequestError, StepCancelled, StepFailed, StepLost
-from usher.ctrl.engine.transitions import DESIRED, TRANSITIONAL
+from usher.ctrl.engine.transitions import ALREADY, DESIRED, TRANSITIONAL, already_there
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeLink
 from usher.model import VM, Operation, OpKind, OpStatus, VMState, new_id, now
 
@@ -178,6 +178,9 @@ class Runner:
         timeout = self._runs[op.id].timeout
         if vm is not None:
             await self.want(vm, op.kind)
+            if vm.state is ALREADY.get(op.kind):  # another operation got it there meanwhile
+                await self._skip(op, vm, progress)
+                return
         try:
             if vm is None:
                 raise StepFailed(f"VM {vm_id} no longer exists")
@@ -204,6 +207,19 @@ class Runner:
             operation_id=op.id,
             principal=op.principal,
             data=details or {},
+        )
+
+    async def _skip(self, op: Operation, vm: VM, progress: dict[str, int]) -> None:
+        why = already_there(vm)
+        progress["skipped"] += 1
+        op.result.setdefault("skipped", {})[vm.id] = why
+        await self.crew.bus.emit(
+            op.kind.value,
+            vm_id=vm.id,
+            node=vm.node,
+            operation_id=op.id,
+            principal=op.principal,
+            data={"skipped": why},
         )
 
     async def _announce_triage(self, op: Operation) -> None:

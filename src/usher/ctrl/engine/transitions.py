@@ -43,6 +43,10 @@ ALREADY: dict[OpKind, VMState] = {
 }
 """The state an action means to reach, for the actions a VM already in it can skip."""
 
+ON_ITS_WAY: dict[OpKind, VMState] = {OpKind.START: S.STARTING, OpKind.STOP: S.STOPPING}
+"""The state of a VM that another operation is taking where an action leads: the action
+goes ahead, and its step (which waits for the other one's) skips the VM once it is there."""
+
 DESIRED: dict[OpKind, VMState] = {
     **ALREADY,
     OpKind.REBOOT: S.RUNNING,
@@ -84,14 +88,19 @@ def triage(kind: OpKind, vms: list[VM], strict: bool) -> Triage:
     sorted_ = Triage()
     for vm in vms:
         if vm.state is already:
-            sorted_.skipped[vm.id] = f"{vm.name} is {vm.state.value} already"
-        elif vm.state in allowed:
+            sorted_.skipped[vm.id] = already_there(vm)
+        elif vm.state in allowed or vm.state is ON_ITS_WAY.get(kind):
             sorted_.go.append(vm)
         else:
             sorted_.refused[vm.id] = _cannot(kind, vm)
     if sorted_.refused and not sorted_.go:
         check_admissible(kind, vms)
     return sorted_
+
+
+def already_there(vm: VM) -> str:
+    """Why an action skips ``vm``."""
+    return f"{vm.name} is {vm.state.value} already"
 
 
 def _cannot(kind: OpKind, vm: VM) -> str:
