@@ -23,8 +23,8 @@ def ok(result: Any) -> str:
     return str(result.stdout)
 
 
-def states(cluster: Cluster) -> dict[str, str]:
-    vms = json.loads(ok(cluster.ush("list", "-o", "json", "--cluster", "demo")))
+def states(cluster: Cluster, of: str = "demo") -> dict[str, str]:
+    vms = json.loads(ok(cluster.ush("list", "-o", "json", "--cluster", of)))
     return {vm["name"]: vm["state"] for vm in vms}
 
 
@@ -505,3 +505,26 @@ def test_a_second_stop_while_the_first_runs_waits_and_skips(make_cluster: Any) -
     assert [e["data"] for e in stops] == [{"skipped": "twice is stopped already"}]
     strict = cluster.ush("stop", "twice", "--strict")  # stopped already: refused, as asked
     assert strict.returncode == 1 and "nothing was changed" in strict.stderr
+
+
+def test_vms_on_a_node_that_cannot_take_the_action_are_refused_alone(make_cluster: Any) -> None:
+    """node-2 plays a hypervisor that cannot pause: its VMs are refused each alone, the
+    others pause; with --strict, or when no VM is left, nothing is changed."""
+    cluster = make_cluster(nodes=1)
+    cluster.start_lnm("node-2", driver_options={"capabilities": ["console"]})
+    cluster.wait_node("node-2", connected=True)
+    ok(cluster.ush("create", "--names", "can", "--node", "node-1", "--cluster", "mixed"))
+    ok(cluster.ush("create", "--names", "cannot", "--node", "node-2", "--cluster", "mixed"))
+    strict = cluster.ush("pause", "--cluster", "mixed", "--strict")
+    assert strict.returncode == 1
+    assert "cannot pause cannot: the fake driver of node node-2 cannot pause" in strict.stderr
+    assert states(cluster, "mixed") == {"can": "running", "cannot": "running"}
+    result = cluster.ush("pause", "--cluster", "mixed", "-o", "json")
+    assert result.returncode == 1  # not every VM could be paused
+    op = json.loads(result.stdout)
+    assert list(op["result"]["errors"].values()) == [
+        "cannot pause cannot: the fake driver of node node-2 cannot pause"
+    ]
+    assert states(cluster, "mixed") == {"can": "paused", "cannot": "running"}
+    alone = cluster.ush("pause", "cannot")
+    assert alone.returncode == 1 and "nothing was changed" in alone.stderr

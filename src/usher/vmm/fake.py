@@ -11,6 +11,8 @@ Options (``options`` dict):
   :data:`ACTIONS`) to seconds; default 0.
 * ``fail``: the probability (0..1) that an action raises ``DriverError("simulated failure …")``,
   or a dict of them by action name, for fault injection; ``seed`` seeds its RNG.
+* ``capabilities``: what this simulated hypervisor declares it can do (names of
+  :class:`~usher.model.Capability`; default all), to play a more limited one.
 * ``storage_dir``: the shared storage; with a ``state_dir`` too, guests hold disk leases in it
   (:mod:`usher.vmm.lease`), as QEMU's image locks do: a guest cannot start while another
   host's copy holds the VM's disk. ``lease_ttl`` (default 10 s): how long a host's leases
@@ -89,6 +91,8 @@ class FakeDriver(Driver):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if "capabilities" in self.options:
+            self.capabilities = frozenset(Capability(c) for c in self.options["capabilities"])
         self._host = HostCapacity(
             Capacity(
                 vcpus=int(self.options.get("vcpus", 64)),

@@ -15,7 +15,7 @@ from usher.ctrl.authz import Forbidden, authorize
 from usher.ctrl.engine.crew import Crew
 from usher.ctrl.engine.errors import RequestError
 from usher.ctrl.engine.images import ImageCache
-from usher.ctrl.engine.transitions import NEEDS_CAPABILITY, Triage, triage
+from usher.ctrl.engine.transitions import ALL_OR_NOTHING, NEEDS_CAPABILITY, Triage, triage
 from usher.ctrl.kwargs import check_core_kwargs, nic_network
 from usher.ctrl.plugins import PluginError, Vetoed
 from usher.model import (
@@ -193,8 +193,8 @@ class Admission:
             {"vms": [vm.model_dump(mode="json") for vm in vms], "cluster": body.cluster},
         )
         sorted_ = triage(kind, vms, body.strict)
+        self._check_capabilities(kind, sorted_, body.strict or kind in ALL_OR_NOTHING)
         vms = sorted_.go
-        self._check_capabilities(kind, vms)
         req = OpRequest(
             kind=kind,
             principal=principal,
@@ -240,18 +240,32 @@ class Admission:
             raise RequestError(422, "name the VMs to act on (ids or names) or a --cluster")
         return vms
 
-    def _check_capabilities(self, kind: OpKind, vms: list[VM]) -> None:
+    def _check_capabilities(self, kind: OpKind, sorted_: Triage, strict: bool) -> None:
+        """VMs whose node's driver cannot do ``kind`` are refused: each alone (moved from
+        ``go`` to ``refused``), or the whole request (409) when it is ``strict`` or no VM
+        is left to act on."""
         needed = NEEDS_CAPABILITY.get(kind)
         if needed is None:
             return
-        for vm in vms:
+        for vm in list(sorted_.go):
             node = self.crew.nodes.get(vm.node or "")
             if node is not None and node.capabilities and needed not in node.capabilities:
-                raise RequestError(
-                    409,
+                why = (
                     f"cannot {kind.value} {vm.name}: the {node.driver} "
-                    f"driver of node {node.name} cannot {needed.value}",
+                    f"driver of node {node.name} cannot {needed.value}"
                 )
+                if strict:
+                    raise RequestError(409, f"{why}; nothing was changed")
+                sorted_.go.remove(vm)
+                sorted_.refused[vm.id] = why
+        if sorted_.refused and not sorted_.go:
+            reasons = list(sorted_.refused.values())
+            raise RequestError(
+                409,
+                "; ".join(reasons[:10])
+                + (f" (and {len(reasons) - 10} more)" if len(reasons) > 10 else "")
+                + "; nothing was changed",
+            )
 
     def _check_node(self, name: str | None) -> None:
         if name is not None and self.crew.nodes.get(name) is None:
