@@ -15,7 +15,9 @@ died leaves its guests running, and a dead host's lease takes a while to expire)
 again every few seconds for up to ``lease_wait`` seconds without counting as an attempt: HA
 never starts a second copy, it waits for the first to be gone. Each restart fires
 ``ha_restart`` (``data``: ``from``, ``to``, ``seconds`` from ``node_lost`` to running again,
-``attempts``). If the node comes back first, nothing is restarted.
+``attempts``). If the node comes back first, nothing is restarted, and neither is a VM its
+users last asked to stop or pause (its ``desired_state`` is not ``running``): HA brings
+back what should run, not what someone was stopping when its node died.
 
 Which nodes are down is kept in the plugin's data, so a controller restart does not forget
 it: at start, lost protected VMs of nodes still down are considered again (and nodes that
@@ -169,7 +171,12 @@ class HA:
 
     async def _consider(self, vm: VM, node: str) -> None:
         """Restart ``vm``, lost with ``node``, if it is protected and not being restarted."""
-        if vm.state != VMState.LOST or vm.id in self.restarting or not await self.protected(vm):
+        if (
+            vm.state != VMState.LOST
+            or vm.desired_state != VMState.RUNNING
+            or vm.id in self.restarting
+            or not await self.protected(vm)
+        ):
             return
         self.restarting.add(vm.id)
         self._spawn(self.restart(vm.id, node, self.down[node]))
@@ -195,6 +202,7 @@ class HA:
             vm is None
             or self.down.get(node) != lost_at
             or vm.state not in (VMState.LOST, VMState.ERROR)
+            or vm.desired_state != VMState.RUNNING
             or not await self.protected(vm)
         ):
             return None
