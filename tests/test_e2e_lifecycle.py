@@ -37,8 +37,10 @@ class FacadeProbe:
         router = APIRouter(prefix="/probe")
 
         @router.post("/start/{vm}", response_model=Operation)
-        async def start(vm: str, _: PrincipalDep, target: str | None = None) -> Operation:
-            return await self.ctx.submit(OpKind.START, [vm], target_node=target)
+        async def start(
+            vm: str, _: PrincipalDep, target: str | None = None, strict: bool = False
+        ) -> Operation:
+            return await self.ctx.submit(OpKind.START, [vm], target_node=target, strict=strict)
 
         @router.post("/fence/{node}/{vm_id}")
         async def fence(node: str, vm_id: str, _: PrincipalDep) -> dict[str, str]:
@@ -307,6 +309,14 @@ def test_plugin_facade_submits_as_system_and_fences(make_cluster: Callable[..., 
     assert (op.principal, op.status) == ("system", OpStatus.SUCCEEDED)
     vm = _vm(cluster, "ha-orphan")
     assert (vm.id, vm.node, vm.state) == (orphan.id, "node-3", VMState.RUNNING)
+    # running already: skipped and named as such, or (strict) the request refused
+    again = cluster.run(
+        Operation.model_validate(cluster.http("POST", "/v1/probe/start/ha-orphan").json())
+    )
+    assert again.status == OpStatus.SUCCEEDED
+    assert again.result["skipped"] == {orphan.id: "ha-orphan is running already"}
+    strict = cluster.http("POST", "/v1/probe/start/ha-orphan", params={"strict": "true"})
+    assert strict.status_code == 409 and "ha-orphan is running already" in strict.json()["error"]
 
 
 def test_evacuation_respects_anti_affinity(make_cluster: Callable[..., Cluster]) -> None:

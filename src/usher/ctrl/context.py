@@ -168,14 +168,20 @@ class PluginContext:
         *,
         target_node: str | None = None,
         kwargs: dict[str, Any] | None = None,
+        strict: bool = False,
     ) -> Operation:
         """Ask for an operation on existing VMs (ids or names) as the principal ``system``
         (role admin), through the normal phases (request hooks, scheduler, …). ``start`` of a
         lost, stopped or failed VM with ``target_node`` (or, if its node is down, a node the
         scheduler picks) moves it cold and boots it there. Returns the operation, running;
-        raises :class:`usher.plugin.RequestError` if it is refused."""
+        raises :class:`usher.plugin.RequestError` if it is refused.
+
+        As for a user, VMs already where the action leads are left alone (named in the
+        operation's ``result["skipped"]``) and VMs that cannot take it fail alone (in
+        ``result["errors"]``) while the others go on; ``strict`` refuses the whole request
+        instead if any VM is not in a state the action starts from."""
         engine = self._running[0]
-        return await engine.submit(kind, vms, target_node=target_node, kwargs=kwargs)
+        return await engine.submit(kind, vms, target_node=target_node, kwargs=kwargs, strict=strict)
 
     async def fence(self, node: str, vm_id: str, reason: str) -> None:
         """Tell ``node``'s LNM to destroy its copy of ``vm_id`` without touching the VM

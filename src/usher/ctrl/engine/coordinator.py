@@ -284,9 +284,10 @@ class Engine:
         *,
         target_node: str | None = None,
         kwargs: dict[str, Any] | None = None,
+        strict: bool = False,
     ) -> Operation:
         """Ask for ``kind`` on ``vms`` as the ``system`` principal, through every phase."""
-        body = VMAction(vms=vms, target_node=target_node, kwargs=kwargs or {})
+        body = VMAction(vms=vms, target_node=target_node, kwargs=kwargs or {}, strict=strict)
         return await self.act(SYSTEM, kind, body, None)
 
     async def fence(self, node: str, vm_id: str, reason: str) -> None:
