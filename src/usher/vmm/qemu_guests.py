@@ -157,7 +157,7 @@ class Guests:
         pidfile = self.files.local(dom.id, PIDFILE)
         with contextlib.suppress(FileNotFoundError):  # what an earlier QEMU said is not news
             os.unlink(self.files.local(dom.id, QEMU_LOG))
-        pid = await proc.launch(argv, cwd=self.files.local(dom.id), pidfile=pidfile)
+        pid = await proc.launch(argv, cwd=self.files.local(dom.id), pidfile=pidfile, log=QEMU_LOG)
         monitor = None
         try:
             for tap, bridge in taps:

@@ -119,9 +119,10 @@ def read_pid(pidfile: str) -> int | None:
         return None
 
 
-async def launch(argv: list[str], *, cwd: str, pidfile: str) -> int:
+async def launch(argv: list[str], *, cwd: str, pidfile: str, log: str | None = None) -> int:
     """Start ``argv`` (a QEMU command line) detached; return the daemon's pid once it is set
-    up. Raises :class:`DriverError` with QEMU's own message when it cannot start."""
+    up. Raises :class:`DriverError` with QEMU's own message when it cannot start (from its
+    stderr, or from ``log`` when ``argv`` sends its messages there with ``-D``)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(pidfile)
     try:
@@ -148,6 +149,9 @@ async def launch(argv: list[str], *, cwd: str, pidfile: str) -> int:
             kill(pid)
         raise DriverError(f"QEMU did not get ready within {LAUNCH_TIMEOUT:g} s") from None
     message = stderr.decode(errors="replace").strip()
+    if not message and log is not None:
+        with contextlib.suppress(OSError), open(os.path.join(cwd, log), "rb") as file:
+            message = file.read()[-4096:].decode(errors="replace").strip()
     if proc.returncode != 0:
         raise DriverError(f"QEMU failed to start: {message or f'exit status {proc.returncode}'}")
     if message:
