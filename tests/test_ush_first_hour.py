@@ -357,6 +357,9 @@ def test_tags_set_at_create_changed_later_and_listed(demo: Cluster) -> None:
     }
     assert list(names_and_tags(demo, "--tag", "db", "--tag", "env=prod")) == ["db-1", "db-2"]
     assert names_and_tags(demo, "--tag", "nothing") == {}
+    ok(demo.ush("create", "--names", "shouting", "--tag", "ENV=PROD"))  # case counts
+    assert "shouting" not in names_and_tags(demo, "--tag", "env=prod")
+    assert list(names_and_tags(demo, "--tag", "ENV=PROD")) == ["shouting"]
     ok(demo.ush("tag", "add", "db-3", "env=prod", "db"))  # db: there already, kept once
     ok(demo.ush("tag", "rm", "db-1", "env=prod"))
     assert names_and_tags(demo, "--tag", "env=prod") == {

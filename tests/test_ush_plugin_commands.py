@@ -9,8 +9,9 @@ from importlib.metadata import EntryPoint
 import click
 import pytest
 
-from usher.cli import ush, ush_plugin_commands
+from usher.cli import ush_plugin_commands
 from usher.cli.ush_group import UshGroup
+from usher.cli.ush_launcher import command_named
 from usher.cli.ush_plugin_commands import ENTRY_POINT_GROUP, add_plugin_commands
 
 PLUGIN_COMMANDS = ("audit", "cluster", "ha", "hash-password", "token")
@@ -89,4 +90,4 @@ def test_a_core_command_is_told_apart_before_plugins_load(
 ) -> None:
     """ush loads plugins' commands only when no core command is named (the shell, help, or
     a plugin's command): an installed plugin package may be slow to import."""
-    assert ush._command_named(args) == named
+    assert command_named(args) == named

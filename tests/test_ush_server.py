@@ -89,7 +89,7 @@ def test_the_server_answers_as_ush_does_without_it(ush: Ush, shared_cluster: Clu
     assert ush.server_pids(), "no server started"
     assert stat.S_IMODE(ush.socket.stat().st_mode) == 0o600
     here = dict(ush.env, USHER_SERVER="off")
-    for args in (["list"], ["nodes", "-o", "json"], ["show", "nosuch"], ["nosuch"], ["--help"]):
+    for args in (["list"], ["images", "-o", "json"], ["show", "nosuch"], ["nosuch"], ["--help"]):
         served = ush(*args)
         alone = subprocess.run([USH, *args], env=here, capture_output=True, text=True)
         assert (served.returncode, served.stdout, served.stderr) == (
@@ -183,6 +183,72 @@ def test_an_idle_server_ends(ush: Ush) -> None:
     wait_for("the idle server to end", lambda: not ush.server_pids(), timeout=15)
     assert not ush.socket.exists()
     assert ush("nodes").returncode == 0  # runs by itself
+
+
+def test_the_command_runs_as_the_launcher_would_time_zone_umask_signals(
+    ush: Ush, shared_cluster: Cluster, tmp_path: Path
+) -> None:
+    ush.warm()
+    here = dict(ush.env, USHER_SERVER="off")
+    tokyo = {"TZ": "Asia/Tokyo"}
+    served = subprocess.run(
+        [USH, "nodes"], env={**ush.env, **tokyo}, capture_output=True, text=True
+    )
+    alone = subprocess.run([USH, "nodes"], env={**here, **tokyo}, capture_output=True, text=True)
+    assert served.stdout == alone.stdout
+    pages = tmp_path / "man"
+    subprocess.run(["sh", "-c", f"umask 077; {USH} man --dir {pages}"], env=ush.env, check=True)
+    assert stat.S_IMODE(pages.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in pages.iterdir()} == {0o600}
+    # SIGTERM ends the command as it would end it here (128 + 15)
+    watching = subprocess.Popen([USH, "list", "--watch"], env=ush.env, stdout=subprocess.DEVNULL)
+    time.sleep(2)
+    watching.send_signal(signal.SIGTERM)
+    assert watching.wait(10) == 143
+
+
+def test_a_killed_launcher_takes_its_command_with_it(ush: Ush) -> None:
+    ush.warm()
+    [server] = ush.server_pids()
+    following = subprocess.Popen(
+        [USH, "events", "--follow"], env=ush.env, stdout=subprocess.DEVNULL
+    )
+
+    def children() -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(server)], capture_output=True, text=True)
+        return [int(pid) for pid in found.stdout.split()]
+
+    wait_for("the command's process in the server", children, timeout=10)
+    following.kill()
+    following.wait()
+    wait_for("the command to end with its launcher", lambda: not children(), timeout=10)
+
+
+def test_no_server_where_others_could_listen_or_plant_code(
+    shared_cluster: Cluster, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # a USHER_HOME anyone may write: no server, the command runs here
+    open_home = Ush(shared_cluster, shared)
+    assert open_home("nodes").returncode == 0
+    time.sleep(1)
+    assert not open_home.socket.exists() and not open_home.server_pids()
+
+    # a module planted where the first command runs is never imported by the server
+    project = tmp_path / "project"
+    project.mkdir()
+    marker = tmp_path / "imported"
+    for module in ("click", "stringprep", "json"):
+        (project / f"{module}.py").write_text(f"open({str(marker)!r}, 'a').write('{module}')\n")
+    runner = Ush(shared_cluster, tmp_path / "home")
+    try:
+        assert runner("nodes", cwd=project).returncode == 0
+        runner.warm()
+        assert runner("nodes", "-o", "json", cwd=project).returncode == 0
+        assert not marker.exists(), marker.read_text()
+    finally:
+        runner.stop()
 
 
 def test_off_runs_every_command_in_the_launcher(ush: Ush) -> None:

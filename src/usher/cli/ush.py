@@ -26,6 +26,7 @@ from usher.cli import (
     ush_cmd_vms,
 )
 from usher.cli.ush_group import OUTPUT_KEY, UshGroup, output_option
+from usher.cli.ush_launcher import command_named
 from usher.cli.ush_plugin_commands import add_plugin_commands
 from usher.cli.ush_session import Session
 
@@ -76,24 +77,10 @@ for _module in CORE_COMMAND_MODULES:
         cli.add_command(_command)
 
 
-GLOBAL_OPTIONS_WITH_VALUES = frozenset({"--url", "--token", "--remote", "-o", "--output"})
-
-
-def _command_named(args: list[str]) -> str | None:
-    """The command ``args`` run (the first word after ush's own options), if any."""
-    words = iter(args)
-    for word in words:
-        if word in GLOBAL_OPTIONS_WITH_VALUES:
-            next(words, None)
-        elif not word.startswith("-"):
-            return word
-    return None
-
-
 def main() -> None:
     # a core command needs no plugin's: their packages (an example plugin imports FastAPI)
     # load only for the shell, for help, or when a plugin's command is named
-    if _command_named(sys.argv[1:]) not in cli.commands:
+    if command_named(sys.argv[1:]) not in cli.commands:
         add_plugin_commands(cli)
     cli.main(prog_name="ush")
 

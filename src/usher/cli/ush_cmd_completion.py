@@ -14,6 +14,7 @@ from click.shell_completion import get_completion_class
 
 from usher import __version__
 from usher.cli.ush_context import Ush, pass_ush
+from usher.cli.ush_plugin_commands import add_plugin_commands
 
 PROG = "ush"
 COMPLETE_VAR = "_USH_COMPLETE"
@@ -51,6 +52,8 @@ def man(ush: Ush, directory: Path) -> None:
     from click_man.core import write_man_pages  # only this command needs it
 
     root = click.get_current_context().find_root().command
+    assert isinstance(root, click.Group)
+    add_plugin_commands(root)  # their pages too
     try:
         directory.mkdir(parents=True, exist_ok=True)
         write_man_pages(PROG, root, version=__version__, target_dir=str(directory))

@@ -20,20 +20,24 @@ import signal
 import socket
 import struct
 import sys
-from typing import BinaryIO
+import threading
+import time
+from typing import Any, BinaryIO
 
 from usher.cli import ush
-from usher.cli.ush_launcher import CHECK_SECONDS, IDLE_SECONDS, PROTOCOL, code_stamp
+from usher.cli.ush_launcher import (
+    CHECK_SECONDS,
+    FORWARDED_SIGNALS,
+    IDLE_SECONDS,
+    PROTOCOL,
+    code_stamp,
+    peer_uid,
+    private_dir,
+)
 from usher.cli.ush_plugin_commands import add_plugin_commands
 from usher.cli.ush_render import VM_COLUMNS
 
 MAX_REQUEST = 16 << 20
-
-
-def _same_user(conn: socket.socket) -> bool:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid == os.getuid()
 
 
 def _answer(conn: socket.socket, **answer: object) -> None:
@@ -56,10 +60,39 @@ def _exit_status(code: object) -> int:
     return 1
 
 
+def _take_on(request: dict[str, Any]) -> None:
+    """Become the launcher's process as far as a command can tell: its working directory,
+    environment (time zone included), umask, stream encodings and ignored signals."""
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    time.tzset()
+    os.umask(int(request["umask"]))
+    streams = {"stdin": sys.stdin, "stdout": sys.stdout, "stderr": sys.stderr}
+    for name, (encoding, errors) in request["streams"].items():
+        with contextlib.suppress(AttributeError, LookupError, OSError, ValueError):
+            streams[name].reconfigure(  # type: ignore[union-attr]
+                encoding=encoding, errors=errors, line_buffering=streams[name].isatty()
+            )
+    ignored = set(request["ignored"])
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for signum in FORWARDED_SIGNALS:
+        default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        signal.signal(signum, signal.SIG_IGN if signum in ignored else default)
+
+
+def _end_with(conn: socket.socket) -> None:
+    """Watch the launcher (it sends nothing more): when it is gone, so is its command."""
+    with contextlib.suppress(OSError):
+        while conn.recv(4096):
+            pass
+    os._exit(129)
+
+
 def run_one(conn: socket.socket, path: str, inode: int) -> int:
     """In the forked child: take the launcher's request and run it; the exit status."""
     header, fds, _flags, _addr = socket.recv_fds(conn, 4, 3)
-    if len(header) != 4 or len(fds) != 3 or not _same_user(conn):
+    if len(header) != 4 or len(fds) != 3 or peer_uid(conn) != os.getuid():
         return 2
     (size,) = struct.unpack("!I", header)
     if size > MAX_REQUEST:
@@ -75,16 +108,9 @@ def run_one(conn: socket.socket, path: str, inode: int) -> int:
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    for stream in (sys.stdin, sys.stdout, sys.stderr):  # as Python sets them up for a tty
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(line_buffering=stream.isatty())  # type: ignore[union-attr]
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for signum in (signal.SIGCHLD, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_DFL)
+    _take_on(request)
     _answer(conn, pid=os.getpid())
+    threading.Thread(target=_end_with, args=(conn,), daemon=True).start()
     sys.argv = ["ush", *request["argv"]]
     try:
         ush.main()
@@ -148,6 +174,9 @@ def _listen(path: str) -> socket.socket | None:
 
 
 def serve(path: str, idle: float) -> None:
+    os.chdir("/")  # nothing is imported from where the server was started
+    if not private_dir(os.path.dirname(path)):
+        return  # another user could replace the socket: no server
     listener = _listen(path)
     if listener is None:
         return
@@ -158,13 +187,18 @@ def serve(path: str, idle: float) -> None:
     _warm_up()
     listener.settimeout(min(idle, CHECK_SECONDS))
     waited = 0.0
+    checked = time.monotonic()
     try:
         while True:
+            if time.monotonic() - checked >= CHECK_SECONDS:  # (busy or not)
+                if code_stamp() != stamp:
+                    return
+                checked = time.monotonic()
             try:
                 conn, _ = listener.accept()
             except TimeoutError:
                 waited += listener.gettimeout() or 0.0
-                if waited >= idle or code_stamp() != stamp:
+                if waited >= idle:
                     return
                 continue
             waited = 0.0

@@ -274,6 +274,8 @@ def import_disk(
             size_bytes=disk.stat().st_size,
             description=description,
         )
+        if replace and image_dir(storage, name).exists():  # again: a VM may have come
+            _check_unused(storage, name)  # during the copy (a moment is left, not minutes)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

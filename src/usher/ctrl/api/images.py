@@ -45,6 +45,8 @@ async def import_image(
     or a raw disk (made qcow2), as ``format`` says (``auto``: told from its first bytes).
     ``replace`` swaps out an image of that name that no VM's disk is based on."""
     await allow(ctrl, principal, "image.import", image=name)
+    if replace:  # what it replaces is deleted
+        await allow(ctrl, principal, "image.delete", image=name)
     storage = ctrl.settings.storage_dir
     (storage / "incoming").mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=storage / "incoming", suffix=".upload") as tmp:

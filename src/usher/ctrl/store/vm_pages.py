@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, Text, cast, func, or_, select
+from sqlalchemy import Integer, Select, Text, cast, func, or_, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from usher import wire
 from usher.ctrl.listing import Listing
@@ -40,12 +42,31 @@ def _vm_filters(
     return filters + having_tags(tags)
 
 
+class _Position(FunctionElement[int]):
+    """Where the second argument first occurs in the first (1 on; 0: nowhere), in every
+    database alike: case counts and nothing is a wildcard (unlike SQLite's LIKE)."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_Position, "sqlite")
+def _instr(element: _Position, compiler: Any, **kw: Any) -> str:
+    return f"instr({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_Position, "postgresql")
+def _strpos(element: _Position, compiler: Any, **kw: Any) -> str:
+    return f"strpos({compiler.process(element.clauses, **kw)})"
+
+
 def having_tags(tags: list[str] | None) -> list[Any]:
     """WHERE clauses of VMs that have every tag of ``tags`` (valid tags: see
     :func:`usher.bounds.check_tags`)."""
     # the tags column holds a JSON list of strings; a valid tag has no quote or backslash to
-    # escape there, and its LIKE wildcards (_) are escaped
-    return [cast(_VMS.c.tags, Text).contains(f'"{tag}"', autoescape=True) for tag in tags or ()]
+    # escape there, so a tag is in the list when its quoted form is in the text
+    text = cast(_VMS.c.tags, Text)
+    return [_Position(text, f'"{tag}"') > 0 for tag in tags or ()]
 
 
 class VMPages:
