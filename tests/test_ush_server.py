@@ -25,6 +25,27 @@ pytestmark = pytest.mark.parametrize("db_kind", ["sqlite"], indirect=True)
 USH = str(Path(sys.executable).parent / "ush")
 
 
+def processes() -> dict[int, tuple[int, str]]:
+    """Every live process (zombies left out): pid → (parent's pid, command line)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat_line.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            found[int(entry.name)] = (int(fields[1]), line)
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    return [child for child, (parent, _line) in processes().items() if parent == pid]
+
+
 class Ush:
     """Runs the installed ``ush`` as a user would, with its own USHER_HOME (so its own
     server), against ``cluster``."""
@@ -53,10 +74,9 @@ class Ush:
         )
 
     def server_pids(self) -> list[int]:
-        found = subprocess.run(
-            ["pgrep", "-f", f"usher.cli.ush_server {self.socket}"], capture_output=True, text=True
-        )
-        return [int(pid) for pid in found.stdout.split()]
+        """The server's pid (and its children's: they share its command line)."""
+        wanted = f"usher.cli.ush_server {self.socket}"
+        return [pid for pid, (_ppid, line) in processes().items() if wanted in line]
 
     def warm(self) -> None:
         """Make sure a server answers (the first command starts it and runs by itself)."""
@@ -134,8 +154,7 @@ def test_a_command_killed_in_the_server_fails_in_the_launcher(ush: Ush) -> None:
     children: list[int] = []
 
     def child_runs() -> bool:
-        found = subprocess.run(["pgrep", "-P", str(server)], capture_output=True, text=True)
-        children[:] = [int(pid) for pid in found.stdout.split()]
+        children[:] = children_of(server)
         return bool(children)
 
     wait_for("the command's process in the server", child_runs, timeout=10)
@@ -214,14 +233,10 @@ def test_a_killed_launcher_takes_its_command_with_it(ush: Ush) -> None:
         [USH, "events", "--follow"], env=ush.env, stdout=subprocess.DEVNULL
     )
 
-    def children() -> list[int]:
-        found = subprocess.run(["pgrep", "-P", str(server)], capture_output=True, text=True)
-        return [int(pid) for pid in found.stdout.split()]
-
-    wait_for("the command's process in the server", children, timeout=10)
+    wait_for("the command's process in the server", lambda: children_of(server), timeout=10)
     following.kill()
     following.wait()
-    wait_for("the command to end with its launcher", lambda: not children(), timeout=10)
+    wait_for("the command to end with its launcher", lambda: not children_of(server), timeout=10)
 
 
 def test_no_server_where_others_could_listen_or_plant_code(
