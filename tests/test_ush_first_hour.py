@@ -333,7 +333,7 @@ def test_a_slow_stop_says_what_it_waits_for(make_cluster: Any) -> None:
     hints = [line for line in result.stderr.splitlines() if "waiting for" in line]
     assert len(hints) == 1, result.stderr
     assert "waiting for 2 guests to power off" in hints[0] and "after 20 s" in hints[0]
-    assert "ush stop --force VM" in hints[0]
+    assert "`ush stop --force` stops at once" in hints[0]
     ok(cluster.ush("start", "slow-1"))
     quick = cluster.ush("stop", "slow-1")
     assert "the driver's grace" in quick.stderr, quick.stderr
@@ -508,6 +508,11 @@ def test_a_second_stop_while_the_first_runs_waits_and_skips(make_cluster: Any) -
     assert [e["data"] for e in stops] == [{"skipped": "twice is stopped already"}]
     strict = cluster.ush("stop", "twice", "--strict")  # stopped already: refused, as asked
     assert strict.returncode == 1 and "nothing was changed" in strict.stderr
+    # a hard stop does not queue behind a graceful one (it would not be hard): refused
+    ok(cluster.ush("start", "twice"))
+    ok(cluster.ush("stop", "twice", "--no-wait"))
+    hard = cluster.ush("stop", "twice", "--force")
+    assert hard.returncode == 1 and "twice is stopping" in hard.stderr, hard.stderr
 
 
 def test_vms_on_a_node_that_cannot_take_the_action_are_refused_alone(make_cluster: Any) -> None:

@@ -234,7 +234,7 @@ def why_a_stop_waits(op: Operation, waited: float, grace: float | None) -> str |
     until = f"{grace:g} s" if grace is not None else "the driver's grace (30 s for qemu)"
     return (
         f"{op.id}: waiting for {guests} to power off: each was asked to (ACPI) and is "
-        f"stopped hard after {until}; `ush stop --force VM` cuts the power now"
+        f"stopped hard after {until} (`ush stop --force` stops at once, without asking)"
     )
 
 

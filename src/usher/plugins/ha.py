@@ -237,7 +237,8 @@ class HA:
                 error = exc.message
             else:
                 if op.status == OpStatus.SUCCEEDED:
-                    await self._restarted(vm, node, lost_at, op, attempt + 1)
+                    if vm_id not in op.result.get("skipped", {}):  # (else it came back
+                        await self._restarted(vm, node, lost_at, op, attempt + 1)  # itself)
                     return
                 error = op.error or f"operation {op.id} {op.status.value}"
             if LEASE_HELD in error and now() < leased_until:

@@ -192,7 +192,12 @@ class Admission:
             f"vm.{kind.value}",
             {"vms": [vm.model_dump(mode="json") for vm in vms], "cluster": body.cluster},
         )
-        sorted_ = triage(kind, vms, body.strict)
+        hard = body.kwargs.get("hard") is True  # a hard stop does not wait for a soft one
+
+        def under_way(vm: VM) -> bool:
+            return not hard and self.crew.locks.held(vm.id)
+
+        sorted_ = triage(kind, vms, body.strict, under_way)
         self._check_capabilities(kind, sorted_, body.strict or kind in ALL_OR_NOTHING)
         vms = sorted_.go
         req = OpRequest(

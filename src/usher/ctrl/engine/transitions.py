@@ -3,6 +3,7 @@ and which driver capability it needs: the one table every phase consults."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from usher.ctrl.engine.errors import RequestError, StepFailed
@@ -76,11 +77,14 @@ class Triage:
     refused: dict[str, str] = field(default_factory=dict)
 
 
-def triage(kind: OpKind, vms: list[VM], strict: bool) -> Triage:
+def triage(
+    kind: OpKind, vms: list[VM], strict: bool, under_way: Callable[[VM], bool] = lambda _: False
+) -> Triage:
     """Sort ``vms`` for ``kind``. Strict (or an all-or-nothing action): refuse (409) if any
     VM is not in a state ``kind`` starts from, as :func:`check_admissible`. Otherwise skip
-    VMs already in the state ``kind`` leads to, and refuse the action as a whole only if no
-    VM is left to act on and some cannot take it."""
+    VMs already in the state ``kind`` leads to, let through VMs :data:`ON_ITS_WAY` there
+    for which ``under_way`` says another operation is taking them, and refuse the action as
+    a whole only if no VM is left to act on and some cannot take it."""
     if strict or kind in ALL_OR_NOTHING:
         check_admissible(kind, vms)
         return Triage(go=list(vms))
@@ -89,7 +93,7 @@ def triage(kind: OpKind, vms: list[VM], strict: bool) -> Triage:
     for vm in vms:
         if vm.state is already:
             sorted_.skipped[vm.id] = already_there(vm)
-        elif vm.state in allowed or vm.state is ON_ITS_WAY.get(kind):
+        elif vm.state in allowed or (vm.state is ON_ITS_WAY.get(kind) and under_way(vm)):
             sorted_.go.append(vm)
         else:
             sorted_.refused[vm.id] = _cannot(kind, vm)
