@@ -334,9 +334,16 @@ def test_create_form_vm_detail_view_and_node_actions(site: Cluster, page: Page) 
     page.fill("#c-names", "web-1")  # taken: the API's refusal
     page.click("#c-submit")
     expect(page.locator("#messages .msg.error", has_text="already taken: web-1")).to_be_visible()
-    page.fill("#f-tag", "web")
+    page.fill("#f-tag", "web, env=prod")  # VMs with both
     page.click("#f-apply")
     expect(page.locator("#page-info")).to_have_text("1-2 of 2")
+
+    # one VM after another, quickly: the view is the last one's, console included
+    row(page, made["web-1"]).locator("td.clickable").click()
+    row(page, made["web-2"]).locator("td.clickable").click()
+    expect(page.locator("#d-name")).to_have_text("web-2")
+    expect(page.locator("#d-console")).to_contain_text("web-2: running")
+    expect(page.locator("#d-console")).not_to_contain_text("web-1")
 
     # the detail view: definition, state history, events, console, usage; rename, tags
     web1 = made["web-1"]
@@ -398,8 +405,10 @@ def test_the_layout_works_at_800_pixels(site: Cluster, page: Page) -> None:
     page.set_viewport_size({"width": 800, "height": 900})
     log_in_as_alice(site, page)
     expect(page.locator('#vms tr[data-name="narrow-1"]')).to_be_visible()
-    page.locator('#vms tr[data-name="narrow-1"] td.clickable').click()
+    page.locator('#vms tr[data-name="narrow-1"] td.clickable').focus()
+    page.keyboard.press("Enter")  # the keyboard opens a VM's details too
     expect(page.locator("#detail-panel")).to_be_visible()
+    expect(page.locator("#d-name")).to_have_text("narrow-1")
     page.click("#create summary")
     assert page.evaluate("document.documentElement.scrollWidth") <= 800  # no sideways scroll
     for panel in ("#nodes-panel", "#vms-panel", "#detail-panel", "#events-panel", "#create-panel"):

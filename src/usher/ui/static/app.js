@@ -22,7 +22,8 @@ const ui = {
   sort: { key: null, dir: 1 },
   chart: null,        // {kind: "node"|"vm", key, label}
   detail: null,       // the VM shown in the detail panel, as last read
-  console: { vm: null, next: 0, text: "" },
+  wanted: null,       // the id of the VM the detail panel is for (answers for others are dropped)
+  console: { vm: null, next: 0, text: "", busy: false },
   stream: null,       // AbortController of the event stream
   timers: {},
   session: 0,         // bumped at each login and logout: answers to an older one are dropped
@@ -52,7 +53,10 @@ async function api(method, path, body) {
 
 function query(params) {
   const q = new URLSearchParams();
-  for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined && v !== "") q.set(k, v);
+  for (const [k, v] of Object.entries(params)) {
+    if (Array.isArray(v)) for (const item of v) q.append(k, item);
+    else if (v !== null && v !== undefined && v !== "") q.set(k, v);
+  }
   const s = q.toString();
   return s ? `?${s}` : "";
 }
@@ -145,6 +149,7 @@ function loggedOut(reason) {
   $("#whoami").textContent = "";
   $("#login").hidden = false;
   $("#login-error").textContent = reason;
+  closeDetail();
   streamStatus(false);
 }
 
@@ -191,6 +196,7 @@ function nodeActions(n) {
   actions.push(n.maintenance ? ["activate", "Activate"] : ["maintenance", "Maintenance"]);
   return actions.map(([action, text]) => {
     const button = el("button", { type: "button", textContent: text });
+    button.setAttribute("aria-label", `${text} node ${n.name}`);
     button.dataset.nodeAction = action;
     button.addEventListener("click", (ev) => { ev.stopPropagation(); nodeAct(n.name, action); });
     return button;
@@ -241,6 +247,7 @@ async function create(ev) {
   if ($("#c-cluster").value.trim()) body.cluster = $("#c-cluster").value.trim();
   if ($("#c-node").value) body.node = $("#c-node").value;
   const label = `create of ${names.length ? names.join(", ") : `${body.count} VM(s)`}`;
+  $("#c-submit").disabled = true; // a second click must not make the VMs twice
   try {
     const op = await api("POST", "/v1/vms", body);
     say(`${label}: operation ${op.id} ${op.status}`);
@@ -248,6 +255,8 @@ async function create(ev) {
     refreshSoon("vms");
   } catch (err) {
     say(`${label} refused: ${err.message}`, true);
+  } finally {
+    $("#c-submit").disabled = false;
   }
 }
 
@@ -257,7 +266,7 @@ function filters() {
   return {
     state: $("#f-state").value, node: $("#f-node").value,
     owner: $("#f-owner").value.trim(), cluster: $("#f-cluster").value.trim(),
-    tag: $("#f-tag").value.trim(),
+    tag: words($("#f-tag").value),
   };
 }
 
@@ -286,8 +295,10 @@ function vmRow(vm) {
     if (pick.checked) ui.selected.add(vm.id); else ui.selected.delete(vm.id);
     renderSelection();
   });
-  const name = el("td", { className: "clickable", textContent: vm.name, title: vm.id });
+  const name = el("td", { className: "clickable", textContent: vm.name, title: `${vm.id}: show its details`, tabIndex: 0 });
+  name.setAttribute("role", "button");
   name.addEventListener("click", () => openDetail(vm.id));
+  name.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); openDetail(vm.id); } });
   const row = el("tr", {},
     el("td", {}, pick), name,
     el("td", { className: `state state-${vm.state}`, textContent: vm.state, title: vm.state_reason || "" }),
@@ -395,17 +406,24 @@ async function follow(op, label) {
 const CONSOLE_KEEP = 64 * 1024; // characters of console output the panel keeps
 
 async function openDetail(id) {
+  if (ui.wanted !== id) clearDetail();
+  ui.wanted = id;
   $("#detail-panel").hidden = false;
-  if (!ui.detail || ui.detail.id !== id) {
-    ui.console = { vm: id, next: 0, text: "" };
-    $("#d-console").textContent = "";
-  }
+  if (ui.console.vm !== id) ui.console = { vm: id, next: 0, text: "", busy: false };
   await Promise.all([loadDetail(id), loadHistory(id), loadConsole()]);
-  if (ui.detail && ui.detail.id === id) showChart("vm", id, `VM ${ui.detail.name}`);
+  if (ui.wanted === id && ui.detail) showChart("vm", id, `VM ${ui.detail.name}`);
+}
+
+function clearDetail() {
+  ui.detail = null;
+  for (const id of ["#d-name", "#d-definition", "#d-history", "#d-events", "#d-console"]) $(id).replaceChildren();
+  $("#d-tag-list").value = "";
 }
 
 function closeDetail() {
-  ui.detail = null;
+  ui.wanted = null;
+  ui.console = { vm: null, next: 0, text: "", busy: false };
+  clearDetail();
   $("#detail-panel").hidden = true;
 }
 
@@ -414,10 +432,12 @@ async function loadDetail(id) {
   try {
     vm = await api("GET", `/v1/vms/${encodeURIComponent(id)}`);
   } catch (err) {
+    if (ui.wanted !== id) return;
     say(`cannot show VM: ${err.message}`, true);
     if (err.status === 404) closeDetail();
     return;
   }
+  if (ui.wanted !== id) return; // another VM was asked for meanwhile
   ui.detail = vm;
   $("#d-name").textContent = vm.name;
   const rows = [
@@ -440,19 +460,21 @@ async function loadDetail(id) {
 async function loadHistory(id) {
   try {
     const page = await api("GET", `/v1/events${query({ vm: id, limit: 100, newest: true })}`);
+    if (ui.wanted !== id) return;
     const mine = page.items;
     const item = (ev) => el("li", {}, el("time", { textContent: new Date(ev.time * 1000).toLocaleTimeString() }),
       el("span", { className: "ev-name", textContent: ev.name }), el("span", { textContent: summary(ev) }));
     $("#d-history").replaceChildren(...mine.filter((ev) => ev.name === "state_change").map(item));
     $("#d-events").replaceChildren(...mine.filter((ev) => ev.name !== "state_change").map(item));
   } catch (err) {
-    say(`cannot read the VM's events: ${err.message}`, true);
+    if (ui.wanted === id) say(`cannot read the VM's events: ${err.message}`, true);
   }
 }
 
 async function loadConsole() {
   const c = ui.console;
-  if (!c.vm) return;
+  if (!c.vm || c.busy) return; // (one read at a time: two would append a chunk twice)
+  c.busy = true;
   try {
     for (let i = 0; i < 16; i++) { // up to 16 chunks now; the rest on the next refresh
       const chunk = await api("GET", `/v1/vms/${encodeURIComponent(c.vm)}/console${query({ offset: c.next })}`);
@@ -465,7 +487,9 @@ async function loadConsole() {
     $("#d-console").textContent = c.text || "(no console output yet)";
     $("#d-console").scrollTop = $("#d-console").scrollHeight;
   } catch (err) {
-    $("#d-console").textContent = `no console: ${err.message}`;
+    if (ui.console === c) $("#d-console").textContent = `no console: ${err.message}`;
+  } finally {
+    c.busy = false;
   }
 }
 
@@ -473,9 +497,9 @@ async function changeVM(body, what) {
   const vm = ui.detail;
   if (!vm) return;
   try {
-    ui.detail = await api("PATCH", `/v1/vms/${encodeURIComponent(vm.id)}`, body);
+    await api("PATCH", `/v1/vms/${encodeURIComponent(vm.id)}`, body);
     say(`${what} of ${vm.name}: done`);
-    await loadDetail(vm.id);
+    if (ui.wanted === vm.id) await loadDetail(vm.id);
     refreshSoon("vms");
   } catch (err) {
     say(`${what} of ${vm.name} refused: ${err.message}`, true);
@@ -591,7 +615,7 @@ function refreshSoon(what) {
     ui.timers[what] = null;
     if (!ui.me) return;
     if (what === "vms") loadVMs();
-    else if (what === "detail") { if (ui.detail) { loadDetail(ui.detail.id); loadHistory(ui.detail.id); } }
+    else if (what === "detail") { if (ui.wanted) { loadDetail(ui.wanted); loadHistory(ui.wanted); } }
     else if (what === "nodes") loadNodes().catch((err) => say(`cannot list nodes: ${err.message}`, true));
     else drawChart();
   }, 700);
@@ -609,8 +633,8 @@ function onEvent(ev) {
     }
   }
   if (ev.name === "unregister" && ui.selected.delete(ev.vm_id)) renderSelection();
-  if (ui.detail && ev.vm_id === ui.detail.id) {
-    if (ev.name === "unregister") { say(`VM ${ui.detail.name} was destroyed`); closeDetail(); }
+  if (ui.wanted && ev.vm_id === ui.wanted) {
+    if (ev.name === "unregister") { say(`VM ${ev.data.name || ev.vm_id} was destroyed`); closeDetail(); }
     else refreshSoon("detail");
   }
   if (ev.vm_id || ev.name.startsWith("node_")) refreshSoon("vms");
@@ -684,7 +708,9 @@ function wire() {
   });
   $("#d-tags").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    changeVM({ tags: words($("#d-tag-list").value) }, "tags");
+    // the difference from the tags shown: a change someone else made meanwhile stays
+    const shown = new Set(ui.detail ? ui.detail.tags : []), wanted = new Set(words($("#d-tag-list").value));
+    changeVM({ add_tags: [...wanted].filter((t) => !shown.has(t)), remove_tags: [...shown].filter((t) => !wanted.has(t)) }, "tags");
   });
   for (const button of document.querySelectorAll("#actions button[data-action]")) {
     button.addEventListener("click", () => act(button.dataset.action));
