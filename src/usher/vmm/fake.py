@@ -12,7 +12,8 @@ Options (``options`` dict):
 * ``fail``: the probability (0..1) that an action raises ``DriverError("simulated failure …")``,
   or a dict of them by action name, for fault injection; ``seed`` seeds its RNG.
 * ``capabilities``: what this simulated hypervisor declares it can do (names of
-  :class:`~usher.model.Capability`; default all), to play a more limited one.
+  :class:`~usher.model.Capability`; default all), to play a more limited one. (The
+  controller reads an empty list as "not declared", and then lets everything through.)
 * ``storage_dir``: the shared storage; with a ``state_dir`` too, guests hold disk leases in it
   (:mod:`usher.vmm.lease`), as QEMU's image locks do: a guest cannot start while another
   host's copy holds the VM's disk. ``lease_ttl`` (default 10 s): how long a host's leases
