@@ -102,9 +102,9 @@ def test_images_and_console(c1: Cluster, tmp_path) -> None:
     ok(c1.ush("image", "import", str(disk), "--name", "mine", "--description", "my disk"))
     assert json.loads(ok(c1.ush("image", "show", "mine", "-o", "json")))["kind"] == "disk"
     not_qcow2 = tmp_path / "junk.img"
-    not_qcow2.write_bytes(b"\0" * 4096)
-    result = c1.ush("image", "import", str(not_qcow2), "--name", "junk")
-    assert result.returncode == 1 and "qcow2" in result.stderr
+    not_qcow2.write_bytes(b"\0" * 4096)  # a raw disk, which an import said to be qcow2 refuses
+    result = c1.ush("image", "import", str(not_qcow2), "--name", "junk", "--format", "qcow2")
+    assert result.returncode == 1 and "is a raw disk, not qcow2" in result.stderr
     ok(c1.ush("start", "--names", "m1", "--image", "mine"))
     assert json.loads(ok(c1.ush("show", "m1", "-o", "json")))["spec"]["image"] == "mine"
     result = c1.ush("image", "rm", "mine")
