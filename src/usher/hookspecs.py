@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from usher.event_types import EVENTS as EVENTS
+    from usher.guest_config import GuestConfig
     from usher.model import VM, Event, Node, OpRequest, Placement, Principal, Scope, VMSpec
     from usher.plugin import Changes, PluginContext
 
@@ -166,6 +167,32 @@ def schedule(
     earlier call (:class:`usher.plugin.Changes`), so a scheduler may keep an index
     across calls and update only those; it is ``None`` when ``nodes`` leaves a node out or
     ``reserved`` includes capacity promised beyond the records.
+    """
+
+
+@hookspec
+def ssh_keys(user: str) -> list[str] | None:
+    """The SSH public keys principal ``user`` logs into guests with (``ssh-ed25519 AAAA…``
+    lines). Every plugin's answer counts: the built-in ``keys`` plugin gives those the user
+    registered (``ush key add``); a site's plugin may add keys from its directory. Plugins
+    ask through ``PluginContext.ssh_keys``. May be a coroutine function.
+    """
+
+
+@hookspec
+def guest_config(vm: VM, config: GuestConfig) -> None:
+    """Configure the guest of ``vm`` (one whose image runs cloud-init) before it boots.
+
+    Called at every start, in configured order, with the configuration so far: the core has
+    set the hostname (the VM's name) and an account for the VM's owner with their keys (and
+    the ``ssh_keys`` kwarg's), with sudo. Add to it in place through
+    :class:`usher.plugin.GuestConfig`: ``add_user`` (accounts merge by name: keys and groups
+    added, sudo if either asks), ``set_network`` (cloud-init network config v2; the first
+    plugin to set it wins, a different one later raises ``ConfigConflict``) and ``merge``
+    (any cloud-config: mappings merged, lists extended, a value already set kept, a
+    different one raising ``ConfigConflict``). The user's own ``user_data`` goes first in the
+    seed and the plugins' part is merged over it by cloud-init. A plugin that raises fails
+    the VM's start with its message, as a request hook would. May be a coroutine function.
     """
 
 

@@ -424,6 +424,9 @@ class Image(BaseModel):
     files: dict[str, str]
     size_bytes: int = 0
     cmdline: str | None = None
+    cloud_init: bool = Field(
+        False, description="its guests run cloud-init: each VM gets a NoCloud seed"
+    )
     description: Annotated[str, Field(max_length=MAX_TEXT)] = ""
     created_at: float = Field(default_factory=now)
 

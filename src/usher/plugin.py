@@ -16,6 +16,8 @@ release. See ``docs/plugins.md`` for the hooks, the events and a worked example.
 * The errors a plugin may meet: :class:`RequestError` (an operation or request refused),
   :class:`Forbidden`, :class:`NodeGone`, :class:`CommandFailed`, :class:`LastCredential`.
 * For schedulers: :class:`Changes`, the log of what changed between two ``schedule`` calls.
+* Guests: :class:`GuestConfig`, what the ``guest_config`` hook adds to (accounts, network,
+  cloud-config), with :func:`account_name` and :class:`ConfigConflict`; ``ctx.ssh_keys``.
 * Helpers: :class:`Window` (a rate limit), the bounds of names and principals.
 """
 
@@ -43,6 +45,8 @@ from usher.ctrl.nodes import CommandFailed, NodeGone
 from usher.ctrl.ratelimit import Window
 from usher.ctrl.reservations import Changes
 from usher.ctrl.store import LastCredential, PluginData
+from usher.guest_config import ConfigConflict, GuestConfig, account_name, check_ssh_key
+from usher.guest_config import fingerprint as ssh_fingerprint
 from usher.hookspecs import Veto, hookimpl
 from usher.model import Principal, Scope
 
@@ -68,9 +72,11 @@ __all__ = [
     "BearerDep",
     "Changes",
     "CommandFailed",
+    "ConfigConflict",
     "ContextDep",
     "Credentials",
     "Forbidden",
+    "GuestConfig",
     "LastCredential",
     "NodeGone",
     "PluginContext",
@@ -80,11 +86,14 @@ __all__ = [
     "RequestError",
     "Veto",
     "Window",
+    "account_name",
     "allow",
     "check_json",
+    "check_ssh_key",
     "client_address",
     "hookimpl",
     "is_name",
     "is_reserved_principal",
+    "ssh_fingerprint",
     "visible",
 ]

@@ -12,7 +12,7 @@ from usher.bounds import MAX_BODY_BYTES
 from usher.model import Capacity
 
 DEFAULT_PORT = 8760
-DEFAULT_PLUGINS = ["tokens", "scheduler", "eventlog"]
+DEFAULT_PLUGINS = ["tokens", "keys", "scheduler", "eventlog"]
 ADMIN_TOKEN_FILE = "admin.token"  # in the state dir: the first admin token, mode 0600
 
 

@@ -159,6 +159,12 @@ class PluginContext:
         ):
             yield answer
 
+    async def ssh_keys(self, user: str) -> list[str]:
+        """The SSH public keys principal ``user`` logs into guests with: every plugin's
+        ``ssh_keys`` answer (the ``keys`` plugin's registered keys, a directory's), each key
+        once. A plugin that fails is logged and left out."""
+        return await self._running[1].ssh_keys(user)
+
     # --- operations ----------------------------------------------------------------------
 
     async def submit(

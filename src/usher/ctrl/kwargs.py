@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from usher.bounds import BoundsError, is_name, shown
+from usher.guest_config import check_ssh_key, check_user_data
+
+MAX_SSH_KEYS = 32
+"""Most keys the ``ssh_keys`` kwarg may carry."""
 
 MAX_TIMEOUT = 7 * 86400.0
 """Largest ``timeout`` kwarg (seconds); a step's configured limit bounds it further."""
@@ -19,7 +23,9 @@ def check_core_kwargs(kwargs: dict[str, Any]) -> None:
     """Raise :class:`BoundsError` for a core kwarg of the wrong type or out of range:
     ``timeout`` (seconds, 0 to :data:`MAX_TIMEOUT`), ``hard`` (a boolean), ``network`` (a
     name: which networks exist is the site's, see :func:`nic_network`) and
-    ``name_prefix``."""
+    ``name_prefix``; for guests that run cloud-init, ``user_data`` (the user's own
+    cloud-config or script, see :func:`usher.guest_config.check_user_data`) and ``ssh_keys``
+    (public keys the owner's account also logs in with)."""
     timeout = kwargs.get("timeout")
     if timeout is not None and (
         isinstance(timeout, bool)
@@ -39,6 +45,27 @@ def check_core_kwargs(kwargs: dict[str, Any]) -> None:
         isinstance(prefix, str) and len(prefix) <= 50 and is_name(prefix)
     ):
         raise BoundsError(f"kwarg name_prefix {shown(prefix)} is not a valid name")
+    _check_guest_kwargs(kwargs)
+
+
+def _check_guest_kwargs(kwargs: dict[str, Any]) -> None:
+    user_data = kwargs.get("user_data")
+    if user_data is not None:
+        if not isinstance(user_data, str):
+            raise BoundsError("kwarg user_data must be text")
+        try:
+            check_user_data(user_data)
+        except ValueError as exc:
+            raise BoundsError(f"kwarg user_data: {exc}") from None
+    keys = kwargs.get("ssh_keys")
+    if keys is not None:
+        if not isinstance(keys, list) or len(keys) > MAX_SSH_KEYS:
+            raise BoundsError(f"kwarg ssh_keys must be a list of at most {MAX_SSH_KEYS} keys")
+        for index, key in enumerate(keys):
+            try:
+                check_ssh_key(key if isinstance(key, str) else "")
+            except ValueError as exc:
+                raise BoundsError(f"kwarg ssh_keys[{index}]: {exc}") from None
 
 
 def nic_network(kwargs: dict[str, Any], networks: dict[str, str]) -> str:

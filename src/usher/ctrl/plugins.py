@@ -288,6 +288,16 @@ class PluginHost:
             else:
                 yield plugin, answer, None
 
+    async def ssh_keys(self, user: str) -> list[str]:
+        """Every plugin's ``ssh_keys`` for ``user``, each key once; a plugin that fails is
+        logged and left out."""
+        keys: list[str] = []
+        async for plugin, answer, error in self.answers("ssh_keys", user=user):
+            if error is not None:
+                log.warning("plugin %s gave no SSH keys for %s: %s", plugin, user, error)
+            keys.extend(key for key in answer or () if key not in keys)
+        return keys
+
     async def call_all(self, hook: str, **kwargs: Any) -> None:
         """Call every plugin's ``hook``; a failure is logged and the others still run."""
         for plugin, impl in self._impls(hook):

@@ -69,6 +69,8 @@ EVENTS: dict[str, type[BaseModel]] = {
     "login_failure": plugins.LoginFailure,
     "user_set": plugins.UserChange,
     "user_delete": plugins.UserChange,
+    "key_add": plugins.KeyChange,
+    "key_remove": plugins.KeyChange,
     "cluster_member_add": plugins.ClusterMember,
     "cluster_member_remove": plugins.ClusterMember,
     "ha_protect": plugins.HAProtect,

@@ -49,6 +49,15 @@ class UserChange(Payload):
     user: str
 
 
+class KeyChange(Payload):
+    """Plugin ``keys``: an SSH public key was registered or forgotten."""
+
+    sets = ("principal",)
+    owner: str = Field(description="whose key it is")
+    name: str
+    fingerprint: str = Field(description="OpenSSH's SHA256 fingerprint")
+
+
 class ClusterMember(Payload):
     """Plugin ``authz``: a virtual cluster's member was added or removed."""
 

@@ -21,6 +21,7 @@ from usher.ctrl.engine.admission import Admission
 from usher.ctrl.engine.crew import SYSTEM, Crew
 from usher.ctrl.engine.errors import RequestError
 from usher.ctrl.engine.fencing import Fencer
+from usher.ctrl.engine.guest_seeds import GuestSeeds
 from usher.ctrl.engine.images import ImageCache
 from usher.ctrl.engine.placement import Moves, Placer
 from usher.ctrl.engine.reconcile import Reconciler
@@ -63,7 +64,7 @@ class Engine:
         nodes: NodeRegistry,
     ) -> None:
         self.crew = crew = Crew(settings, store, bus, plugins, nodes)
-        self.images = ImageCache(settings.storage_dir)
+        self.images = ImageCache(settings.storage_dir, GuestSeeds(plugins))
         self.admission = Admission(crew, self.images)
         self.addresses = Addresses(self.admission)
         self.placer = Placer(crew)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from usher.ctrl.engine.errors import RequestError, StepFailed
+from usher.ctrl.engine.guest_seeds import GuestSeeds
 from usher.images import catalog
 from usher.model import VM, Image, now
 
@@ -14,8 +15,9 @@ CACHE_SECONDS = 5.0
 
 
 class ImageCache:
-    def __init__(self, storage_dir: Path) -> None:
+    def __init__(self, storage_dir: Path, seeds: GuestSeeds | None = None) -> None:
         self.storage_dir = storage_dir
+        self.seeds = seeds
         self._entries: dict[str, tuple[float, Image, dict[str, Any]]] = {}
 
     async def image(self, name: str) -> Image:
@@ -27,17 +29,21 @@ class ImageCache:
         self._entries.pop(name, None)
 
     async def guest(self, vm: VM) -> dict[str, Any]:
-        """What a node needs to run ``vm``: its spec and its image's catalogue entry."""
+        """What a node needs to run ``vm``: its spec, its image's catalogue entry and, if the
+        image runs cloud-init, the guest's configuration (``config``, its NoCloud seed)."""
         try:
-            _image, image = await self._entry(vm.spec.image)
+            found, image = await self._entry(vm.spec.image)
         except RequestError as exc:
             raise StepFailed(f"{vm.name}: {exc.message}") from exc
-        return {
+        guest = {
             "id": vm.id,
             "name": vm.name,
             "spec": vm.spec.model_dump(mode="json"),
             "image": image,
         }
+        if found.cloud_init and self.seeds is not None:
+            guest["config"] = await self.seeds.seed(vm)
+        return guest
 
     async def _entry(self, name: str) -> tuple[Image, dict[str, Any]]:
         cached = self._entries.get(name)
