@@ -42,6 +42,8 @@ MATRIX = [
     # unknown to one (404, as one that does not exist): a refusal reveals nothing
     ("GET", "/v1/vms/a-1", None, {ANON: 401, BOB: 404, CAROL: 200, OSCAR: 200, ADMIN: 200}),
     ("GET", "/v1/vms/a-1/console", None, {ANON: 401, BOB: 404, CAROL: 200, OSCAR: 200, ADMIN: 200}),
+    # the fake guests' image runs no cloud-init: a caller who may see the VM is told so (409)
+    ("GET", "/v1/vms/a-1/ssh", None, {ANON: 401, BOB: 404, CAROL: 409, OSCAR: 409, ADMIN: 409}),
     (  # a change of its tags (its name stays, for the other rows)
         "PATCH",
         "/v1/vms/a-1",

@@ -440,6 +440,16 @@ class ConsoleChunk(BaseModel):
     data: str
 
 
+class SSHAccess(BaseModel):
+    """Where and as whom the caller logs into a VM's guest with SSH (``ush ssh``)."""
+
+    vm_id: str
+    user: str = Field(description="the caller's account in the guest")
+    host: str
+    port: int
+    via: str = Field(description="``address`` (the VM's own) or ``forward`` (a node's port)")
+
+
 class PlannedVM(BaseModel):
     name: str
     node: str | None = None

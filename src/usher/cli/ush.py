@@ -23,6 +23,7 @@ from usher.cli import (
     ush_cmd_nodes,
     ush_cmd_ops,
     ush_cmd_remotes,
+    ush_cmd_ssh,
     ush_cmd_vms,
 )
 from usher.cli.ush_group import OUTPUT_KEY, UshGroup, output_option
@@ -70,6 +71,7 @@ CORE_COMMAND_MODULES = (
     ush_cmd_images,
     ush_cmd_login,
     ush_cmd_remotes,
+    ush_cmd_ssh,
     ush_cmd_completion,
 )
 for _module in CORE_COMMAND_MODULES:

@@ -82,11 +82,53 @@ def _new_vm_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _read_text(path: str, what: str, limit: int = 64 * 1024) -> str:
+    try:
+        with click.open_file(path, encoding="utf-8") as file:
+            text = str(file.read(limit + 1))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint=what) from None
+    if len(text) > limit:
+        raise click.BadParameter(f"{path} is over {limit // 1024} KiB", param_hint=what)
+    return text
+
+
+def guest_kwargs(user_data: str | None, ssh_keys: tuple[str, ...]) -> dict[str, Any]:
+    """The ``user_data`` and ``ssh_keys`` kwargs of ``--user-data`` and ``--ssh-key`` files."""
+    kwargs: dict[str, Any] = {}
+    if user_data is not None:
+        kwargs["user_data"] = _read_text(user_data, "--user-data")
+    keys = [
+        line.strip()
+        for path in ssh_keys
+        for line in _read_text(path, "--ssh-key").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    if keys:
+        kwargs["ssh_keys"] = keys
+    return kwargs
+
+
 @click.command()
 @_new_vm_options
+@click.option(
+    "--user-data",
+    metavar="FILE",
+    help="Your own cloud-init user data (#cloud-config or a script) for images that run "
+    "cloud-init; `-` reads stdin.",
+)
+@click.option(
+    "--ssh-key",
+    "ssh_keys",
+    multiple=True,
+    metavar="FILE",
+    help="A public key file your account in the guests also accepts (besides the keys of "
+    "`ush key`). Repeatable.",
+)
 @pass_ush
-def create(ush: Ush, **options: Any) -> None:
+def create(ush: Ush, user_data: str | None, ssh_keys: tuple[str, ...], **options: Any) -> None:
     """Create new VMs: -n of them (or one per --names entry), in --cluster if given."""
+    options["kwargs"] = {**options["kwargs"], **guest_kwargs(user_data, ssh_keys)}
     _create(ush, **options)
 
 

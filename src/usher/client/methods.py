@@ -25,6 +25,7 @@ class Methods:
     get_vm = Answer(protocol.get_vm)
     change_vm = Answer(protocol.change_vm)
     console = Answer(protocol.console)
+    ssh_access = Answer(protocol.ssh_access)
 
     action = Answer(actions.action)
     plan_migrate = Answer(actions.plan_migrate)

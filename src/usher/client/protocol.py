@@ -32,6 +32,7 @@ from usher.model import (
     Page,
     Plan,
     Principal,
+    SSHAccess,
     VMChange,
     VMState,
 )
@@ -168,6 +169,11 @@ def console(vm: str, offset: int = 0) -> Call[ConsoleChunk]:
     """The VM's serial console output from byte ``offset``."""
     path = f"/vms/{segment(vm)}/console"
     return Call("GET", path, ConsoleChunk.model_validate, params={"offset": offset})
+
+
+def ssh_access(vm: str) -> Call[SSHAccess]:
+    """Where and as whom the caller logs into the VM's guest with SSH."""
+    return Call("GET", f"/vms/{segment(vm)}/ssh", SSHAccess.model_validate)
 
 
 # --- operations --------------------------------------------------------------------------

@@ -8,6 +8,8 @@ per-cluster LDAP groups of the original did):
 
 ``GET /v1/clusters/{name}``, ``PUT /v1/clusters/{name}/members/{user}``,
 ``DELETE /v1/clusters/{name}/members/{user}``; ``ush cluster show|add-member|remove-member``.
+Guests of a cluster whose image runs cloud-init get an account for each member, with their
+SSH keys, and sudo for the cluster's administrator (hook ``guest_config``).
 
 Config (``[plugins.authz]``): ``operator_denied`` lists the actions operators may not do
 (default: ``node.drain`` and ``node.undrain``).
@@ -21,14 +23,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from usher.model import NAME_PATTERN, OpKind, OpRequest, Principal, Scope
+from usher.model import NAME_PATTERN, VM, OpKind, OpRequest, Principal, Scope
 from usher.plugin import (
     PRINCIPAL_PATTERN,
+    GuestConfig,
     PluginContext,
     PluginData,
     PrincipalDep,
     RequestError,
     Veto,
+    account_name,
     hookimpl,
 )
 
@@ -44,7 +48,11 @@ USER_ACTIONS = frozenset(
         "vm.list",
         "vm.show",
         "vm.console",
+        "vm.ssh",
         "vm.change",
+        "key.list",
+        "key.add",
+        "key.remove",
         "operation.list",
         "operation.show",
         "event.list",
@@ -156,6 +164,18 @@ class Authorization:
             ):
                 return False
         return not cluster or await self._member(principal, cluster)
+
+    @hookimpl
+    async def guest_config(self, vm: VM, config: GuestConfig) -> None:
+        """Every member of the VM's virtual cluster gets an account with their SSH keys; its
+        administrator (the cluster's owner) with sudo. Members added later get theirs at the
+        next new VM (cloud-init makes accounts on a guest's first boot)."""
+        info = await self.cluster(vm.cluster) if vm.cluster else None
+        if info is None:
+            return
+        for user in dict.fromkeys([info.owner, *info.members]):
+            keys = await self.ctx.ssh_keys(user)
+            config.add_user(account_name(user), keys=keys, sudo=user == info.owner)
 
     @hookimpl
     async def start_request(self, request: OpRequest) -> None:

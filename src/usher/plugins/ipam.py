@@ -28,8 +28,9 @@ its old address back if it is still free and is refused if it is not.
 
 With dnsmasq enabled, a dnsmasq per bridge on the controller host (see
 :mod:`usher.plugins.dnsmasq`) serves static DHCP leases and the DNS names of the allocations.
-IPv4 only. Routes: ``GET /v1/ipam/ranges`` (usage of every range) and
-``GET /v1/ipam/allocations`` (admins).
+Guests whose image runs cloud-init are configured with their address, gateway and (with
+dnsmasq) DNS server (hook ``guest_config``). IPv4 only. Routes: ``GET /v1/ipam/ranges``
+(usage of every range) and ``GET /v1/ipam/allocations`` (admins).
 """
 
 from __future__ import annotations
@@ -43,7 +44,16 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from usher.model import VM, Event, OpRequest, Principal
-from usher.plugin import ContextDep, Forbidden, PluginContext, PrincipalDep, Veto, allow, hookimpl
+from usher.plugin import (
+    ContextDep,
+    Forbidden,
+    GuestConfig,
+    PluginContext,
+    PrincipalDep,
+    Veto,
+    allow,
+    hookimpl,
+)
 from usher.plugins.dnsmasq import Dnsmasq, Lease
 
 PLUGIN = "ipam"
@@ -278,6 +288,26 @@ class IPAM:
             r, record = held
             rest = {a: rec for a, rec in self.held[r.name].items() if a != record["address"]}
             await self._save(r, rest)
+
+    @hookimpl
+    async def guest_config(self, vm: VM, config: GuestConfig) -> None:
+        """The guest's network: its address on its NIC (matched by MAC), the range's gateway
+        as its default route and, where this plugin's dnsmasq serves the range, as its DNS
+        server; its DNS name as its FQDN."""
+        held = self._holding(vm.id)
+        if held is None:
+            return
+        r, record = held
+        nic: dict[str, Any] = {
+            "match": {"macaddress": record["mac"]},
+            "set-name": "eth0",
+            "addresses": [f"{record['address']}/{r.network.prefixlen}"],
+            "routes": [{"to": "default", "via": str(r.gateway)}],
+        }
+        if r.dnsmasq if r.dnsmasq is not None else self.config.dnsmasq:
+            nic["nameservers"] = {"addresses": [str(r.gateway)], "search": [self.config.domain]}
+        config.set_network({"version": 2, "ethernets": {"eth0": nic}})
+        config.fqdn = record["fqdn"]
 
     @hookimpl
     async def release_address(self, vm: VM) -> None:

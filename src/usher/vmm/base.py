@@ -94,13 +94,19 @@ class Guest(BaseModel):
     """What the LNM tells the driver about a VM it should run.
 
     ``image`` is the catalogue entry of ``spec.image`` (None when the controller has none);
-    its files are relative to ``<storage>/images/<image.name>/``.
+    its files are relative to ``<storage>/images/<image.name>/``. ``config`` is the guest's
+    cloud-init configuration when its image runs cloud-init (``image.cloud_init``):
+    ``meta_data`` (a mapping), ``user_data`` (text) and ``network_config`` (a mapping or
+    None), which a driver hands to the guest as a NoCloud seed
+    (:func:`usher.images.nocloud.build_seed`) at every boot, and keeps attached on the target
+    of a live migration.
     """
 
     id: str
     name: str
     spec: VMSpec
     image: Image | None = None
+    config: dict[str, Any] | None = None
 
 
 class DomainInfo(BaseModel):
@@ -113,6 +119,11 @@ class DomainInfo(BaseModel):
     reason: str | None = None
     cpu_seconds: float = 0.0
     memory_used_mb: float = 0.0
+    endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="how to reach the guest's services from outside, by name: "
+        "``ssh`` is ``host:port`` where the guest's port 22 is forwarded (user-mode networking)",
+    )
 
 
 class MigrationResult(BaseModel):

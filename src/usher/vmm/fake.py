@@ -55,6 +55,7 @@ from usher.vmm.fake_domain import (
     RUNNING,
     STARTABLE,
     FakeDomain,
+    cloud_init_report,
 )
 from usher.vmm.fake_faults import ACTIONS, Faults
 from usher.vmm.fake_journal import JOURNAL_MIN, Journal
@@ -311,6 +312,8 @@ class FakeDriver(Driver):
             f"fake BIOS: booting {dom.spec.image} with {dom.spec.vcpus} vCPUs, "
             f"{dom.spec.memory_mb} MB\n"
         )
+        if guest.config is not None:
+            dom.console.append(cloud_init_report(guest.config))
         self._set_state(dom, VMState.RUNNING)
         return dom.info(now())
 

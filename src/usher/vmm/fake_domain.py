@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,3 +91,25 @@ class FakeDomain:
             received=bool(data.get("received", False)),
             sent=bool(data.get("sent", False)),
         )
+
+
+def cloud_init_report(config: dict[str, Any]) -> str:
+    """What a simulated guest's cloud-init prints about its seed: hostname, accounts (with
+    how many keys each, and sudo), network and whether the user's own part came along."""
+    user_data = str(config.get("user_data") or "")
+    message = email.message_from_string(user_data)
+    parts = [p for p in message.walk() if not p.is_multipart()] if message.is_multipart() else []
+    texts = [p.get_payload(decode=True).decode() for p in parts] if parts else [user_data]
+    ours = next((t for t in reversed(texts) if t.startswith("#cloud-config\n{")), "")
+    cloud = json.loads(ours.removeprefix("#cloud-config\n")) if ours else {}
+    users = ", ".join(
+        f"{u['name']}({len(u.get('ssh_authorized_keys', []))} keys"
+        f"{', sudo' if 'sudo' in u else ''})"
+        for u in cloud.get("users", [])
+    )
+    network = "static" if config.get("network_config") else "dhcp"
+    own = " +user-data" if len(texts) > 1 else ""
+    return (
+        f"fake cloud-init: hostname {cloud.get('hostname')}; users {users or 'none'}; "
+        f"network {network}{own}\n"
+    )

@@ -35,6 +35,9 @@ Options (``options`` dict, ``usher lnm --driver-option KEY=JSON``):
   way; QEMU creates the tap and it vanishes with QEMU.
 * ``vcpus``, ``memory_mb``: what guests may use on this host (default: the host's); a start
   that does not fit raises :class:`InsufficientCapacity`.
+* ``ssh_forward_host`` (default ``127.0.0.1``): where this node forwards a port to port 22
+  of a guest that has a cloud-init seed and a NIC on user-mode networking (its ``ssh``
+  endpoint; ``ush ssh`` goes there).
 * ``migrate_downtime_ms`` (default 300) and ``migrate_bandwidth_mbps`` (MiB/s, default
   1024): QEMU's live-migration downtime limit and bandwidth cap.
 """
@@ -109,6 +112,7 @@ class QemuDriver(Driver):
             self._files,
             binary=self._binary,
             bridge=opts.get("bridge") or None,
+            forward_host=str(opts.get("ssh_forward_host", "127.0.0.1")),
             vcpus=int(opts.get("vcpus") or os.cpu_count() or 1),
             memory_mb=int(opts.get("memory_mb") or _host_memory_mb()),
             report=lambda vm_id, state, reason: self.on_state_change(vm_id, state, reason),
@@ -224,6 +228,7 @@ class QemuDriver(Driver):
             if old is not None:
                 await self._guests.end_leftover(old)
             try:
+                await self._guests.prepare_access(dom, guest, write_seed=True)
                 await self._guests.boot(dom)
             except BaseException as exc:
                 if old is not None:

@@ -103,10 +103,13 @@ def qemu_argv(
     nics: list[tuple[Nic, str | None]],
     kernel: KernelBoot | None,
     incoming: bool,
+    seed: str | None = None,
+    ssh_forward: str | None = None,
 ) -> list[str]:
     """The command line of a guest; ``nics`` pairs each NIC with its tap device (None: user-mode
     networking). ``qmp_socket`` and ``log`` (where the daemon's stderr goes) may be relative to
-    QEMU's working directory."""
+    QEMU's working directory. ``seed`` is a cloud-init NoCloud seed, attached read-only as a
+    CD-ROM; ``ssh_forward`` (``host:port``) is forwarded to port 22 of the first user-mode NIC."""
     argv = [
         binary,
         *("-name", _escaped(name)),
@@ -122,9 +125,11 @@ def qemu_argv(
         *("-drive", f"file={_escaped(disk)},format=qcow2,if=none,id=disk0,file.locking=on"),
         *("-device", "virtio-blk-pci,drive=disk0"),
     ]
+    forward = f",hostfwd=tcp:{ssh_forward}-:22" if ssh_forward else ""
     for index, (nic, tap) in enumerate(nics):
         if tap is None:
-            backend = f"user,id=net{index}"
+            backend = f"user,id=net{index}{forward}"
+            forward = ""
         else:
             backend = f"tap,id=net{index},ifname={tap},script=no,downscript=no"
         argv += ["-netdev", backend, "-device", f"virtio-net-pci,netdev=net{index},mac={nic.mac}"]
@@ -132,6 +137,12 @@ def qemu_argv(
         argv += ["-kernel", kernel.kernel, "-append", kernel.append]
         if kernel.initrd is not None:
             argv += ["-initrd", kernel.initrd]
+    if seed is not None:
+        argv += [
+            "-drive",
+            f"file={_escaped(seed)},format=raw,if=none,id=seed0,media=cdrom,readonly=on",
+            *("-device", "ide-cd,drive=seed0"),
+        ]
     if incoming:
         argv += ["-incoming", "defer"]
     return argv

@@ -29,6 +29,10 @@ class Domain:
     state: VMState = VMState.STOPPED
     reason: str | None = None
     incoming: bool = False
+    seed: bool = False
+    """The guest has a cloud-init seed (``seed.iso`` in its shared dir) as a CD-ROM."""
+    ssh_forward: str | None = None
+    """``host:port`` this node forwards to the guest's port 22 (user-mode networking)."""
     pid: int | None = None
     monitor: Monitor | None = None
     watcher: asyncio.Task[None] | None = None
@@ -47,6 +51,8 @@ class Domain:
             "state": self.state.value,
             "reason": self.reason,
             "incoming": self.incoming,
+            "seed": self.seed,
+            "ssh_forward": self.ssh_forward,
         }
 
     @classmethod
@@ -61,6 +67,8 @@ class Domain:
             state=VMState(data["state"]),
             reason=data["reason"],
             incoming=data["incoming"],
+            seed=data.get("seed", False),
+            ssh_forward=data.get("ssh_forward"),
         )
 
     def usage(self) -> tuple[float, float]:
@@ -80,6 +88,7 @@ class Domain:
             reason=self.reason,
             cpu_seconds=cpu_seconds,
             memory_used_mb=memory_used_mb,
+            endpoints={"ssh": self.ssh_forward} if self.ssh_forward else {},
         )
 
 

@@ -3,7 +3,8 @@
 * in the LNM's state dir, ``<state_dir>/vms/<vm_id>/``: ``vm.json`` (the record), ``qemu.pid``,
   ``qmp.sock`` and ``qemu.log`` (what QEMU printed: a daemon's stderr goes there);
 * in the shared storage, ``<storage>/vms/<vm_id>/`` (:mod:`usher.images.catalog`): the disk,
-  ``console.log`` and ``node``, naming the node that runs the VM (its lease).
+  ``console.log``, ``seed.iso`` (the cloud-init seed of a guest whose image runs cloud-init)
+  and ``node``, naming the node that runs the VM (its lease).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ QMP_SOCKET = "qmp.sock"
 CONSOLE = "console.log"
 QEMU_LOG = "qemu.log"
 LEASE = "node"
+SEED = "seed.iso"
 
 CONSOLE_CHUNK = 4 << 20
 """Most bytes :meth:`VMFiles.read_console` returns at once; ask again from where it ended."""

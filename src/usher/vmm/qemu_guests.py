@@ -15,6 +15,7 @@ from usher.model import ImageKind, VMSpec, VMState
 from usher.vmm import qemu_process as proc
 from usher.vmm.base import (
     DriverError,
+    Guest,
     InsufficientCapacity,
     InvalidTransition,
     StateCallback,
@@ -22,8 +23,9 @@ from usher.vmm.base import (
 )
 from usher.vmm.qemu_argv import KernelBoot, Nic, bridge_of, qemu_argv, tap_name
 from usher.vmm.qemu_domain import LIVE, Domain, ending
-from usher.vmm.qemu_files import CONSOLE, PIDFILE, QEMU_LOG, QMP_SOCKET, VMFiles
+from usher.vmm.qemu_files import CONSOLE, PIDFILE, QEMU_LOG, QMP_SOCKET, SEED, VMFiles
 from usher.vmm.qemu_monitor import Monitor, MonitorError
+from usher.vmm.qemu_seed import prepare_guest_access
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class Guests:
         *,
         binary: str,
         bridge: str | None,
+        forward_host: str,
         vcpus: int,
         memory_mb: int,
         report: StateCallback,
@@ -51,6 +54,7 @@ class Guests:
         self.domains: dict[str, Domain] = {}
         self._binary = binary
         self._bridge = bridge
+        self._forward_host = forward_host
         self._vcpus = vcpus
         self._memory_mb = memory_mb
         self._report = report
@@ -124,6 +128,18 @@ class Guests:
 
     # QEMU processes -------------------------------------------------------------------------
 
+    async def prepare_access(self, dom: Domain, guest: Guest, *, write_seed: bool) -> None:
+        """Give ``dom`` the cloud-init seed and SSH forward ``guest`` asks for (see
+        :mod:`usher.vmm.qemu_seed`) before it boots."""
+        await prepare_guest_access(
+            dom,
+            guest,
+            self.files,
+            bridge=self._bridge,
+            forward_host=self._forward_host,
+            write_seed=write_seed,
+        )
+
     async def boot(self, dom: Domain) -> None:
         """Launch ``dom``'s QEMU and open its QMP session; QEMU runs the guest (or, incoming,
         waits for it) when this returns. On failure nothing of the attempt is left."""
@@ -152,6 +168,8 @@ class Guests:
             nics=nics,
             kernel=self._kernel_boot(dom),
             incoming=dom.incoming,
+            seed=self.files.shared(dom.id, SEED) if dom.seed else None,
+            ssh_forward=dom.ssh_forward,
         )
         self.save(dom)
         pidfile = self.files.local(dom.id, PIDFILE)

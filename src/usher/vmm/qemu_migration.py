@@ -70,6 +70,7 @@ class Migrations:
         host = f"[{listen_host}]" if ":" in listen_host else listen_host
         with guests.claim(guest.id, guest.spec):
             try:
+                await guests.prepare_access(dom, guest, write_seed=False)
                 await guests.boot(dom)
             except BaseException:
                 shutil.rmtree(self._files.local(guest.id), ignore_errors=True)

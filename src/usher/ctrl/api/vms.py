@@ -23,6 +23,7 @@ from usher.model import (
     OpKind,
     Page,
     Plan,
+    SSHAccess,
     VMAction,
     VMChange,
     VMState,
@@ -110,6 +111,15 @@ async def console(
     found = await visible_vm(ctrl, principal, vm)
     await allow(ctrl, principal, "vm.console", vms=[found.model_dump(mode="json")])
     return await ctrl.engine.console(found, offset)
+
+
+@router.get("/{vm}/ssh", response_model=SSHAccess)
+async def ssh_access(vm: RefPath, ctrl: CtrlDep, principal: PrincipalDep) -> SSHAccess:
+    """Where the caller logs into the VM's guest with SSH, and as which account: the VM's
+    address, or a port its node forwards to the guest's port 22 (user-mode networking)."""
+    found = await visible_vm(ctrl, principal, vm)
+    await allow(ctrl, principal, "vm.ssh", vms=[found.model_dump(mode="json")])
+    return await ctrl.engine.ssh_access(found, principal)
 
 
 @router.post("/actions/{kind}", status_code=202, response_model=Operation)

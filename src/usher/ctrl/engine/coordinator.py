@@ -33,6 +33,7 @@ from usher.ctrl.events import EventBus
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeRegistry
 from usher.ctrl.plugins import PluginHost
 from usher.ctrl.store import Store
+from usher.guest_config import account_name
 from usher.model import (
     VM,
     ConsoleChunk,
@@ -45,6 +46,7 @@ from usher.model import (
     PlannedVM,
     Principal,
     Scope,
+    SSHAccess,
     VMAction,
     VMChange,
     VMState,
@@ -118,6 +120,29 @@ class Engine:
             next=int(answer.get("next", offset)),
             data=str(answer.get("data", "")),
         )
+
+    async def ssh_access(self, vm: VM, principal: Principal) -> SSHAccess:
+        """Where ``principal`` logs into ``vm`` with SSH: its first address (from IP
+        management), or the port its node forwards to the guest's port 22."""
+        user = account_name(principal.name)
+        if vm.addresses:
+            return SSHAccess(vm_id=vm.id, user=user, host=vm.addresses[0], port=22, via="address")
+        if vm.state != VMState.RUNNING:
+            raise RequestError(409, f"{vm.name} is {vm.state.value}: start it to log in")
+        try:
+            info = await self.crew.nodes.link(vm.node).call("info", vm_id=vm.id, timeout=30)
+        except (CommandFailed, NodeGone) as exc:
+            raise RequestError(409, f"cannot reach {vm.name}: {exc}") from exc
+        endpoint = str((info.get("endpoints") or {}).get("ssh") or "")
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise RequestError(
+                409,
+                f"{vm.name} has no address and its node forwards no SSH port to it "
+                "(its image may not run cloud-init)",
+            )
+        host = host.strip("[]")
+        return SSHAccess(vm_id=vm.id, user=user, host=host, port=int(port), via="forward")
 
     async def change_vm(self, principal: Principal, vm_id: str, body: VMChange) -> VM:
         """Rename a VM and/or change its tags (no operation: see :mod:`.vm_changes`)."""
