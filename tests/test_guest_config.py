@@ -144,12 +144,15 @@ def test_the_seed_puts_the_users_part_first() -> None:
 
 
 @pytest.fixture
-def guests(make_cluster) -> Cluster:
+def guests(make_cluster, tmp_path: Path) -> Cluster:
+    """Two fake nodes, keys and authz, and an image ``cloudy`` imported as running cloud-init."""
     cluster = make_cluster(nodes=2, plugins=["keys", "authz"])
-    cluster.add_blank_image("cloudy")
+    disk = tmp_path / "cloudy.raw"
+    disk.write_bytes(b"\0" * 65536)
+    imported = cluster.ush("image", "import", str(disk), "--name", "cloudy", "--cloud-init")
+    assert imported.returncode == 0, imported.stderr
     image = catalog.read_manifest(cluster.storage, "cloudy")
-    assert image is not None
-    catalog.write_manifest(cluster.storage, image.model_copy(update={"cloud_init": True}))
+    assert image is not None and image.cloud_init
     return cluster
 
 

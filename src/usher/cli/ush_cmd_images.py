@@ -36,11 +36,20 @@ def image() -> None:
     help="What the file is: a qcow2 or a raw disk (auto: the controller tells).",
 )
 @click.option("--replace", is_flag=True, help="Replace an image of that name no VM is based on.")
+@click.option(
+    "--cloud-init",
+    is_flag=True,
+    help="The image runs cloud-init (a cloud image): its VMs get accounts, keys and network.",
+)
 @pass_ush
-def image_import(ush: Ush, path: str, name: str, description: str, fmt: str, replace: bool) -> None:
+def image_import(
+    ush: Ush, path: str, name: str, description: str, fmt: str, replace: bool, cloud_init: bool
+) -> None:
     """Upload a disk image (a qcow2 or a raw disk, e.g. a cloud image) into the catalogue."""
     with ush.out.upload(os.path.getsize(path)) as progress:
-        found = ush.client.import_image(path, name, description, fmt, replace, progress)
+        found = ush.client.import_image(
+            path, name, description, fmt, replace, progress, cloud_init=cloud_init
+        )
     ush.out.image(found)
 
 

@@ -369,6 +369,7 @@ class Renderer:
                 "size": f"{image.size_bytes / 2**20:.1f} MiB",
                 "files": image.files,
                 "cmdline": image.cmdline or "-",
+                "cloud-init": "yes" if image.cloud_init else "no",
                 "created": fmt_time(image.created_at),
                 "description": image.description,
             },

@@ -302,10 +302,12 @@ def import_image(
     format: str = "auto",
     replace: bool = False,
     progress: Callable[[int], object] | None = None,
+    cloud_init: bool = False,
 ) -> Flow[Image]:
     """Upload the disk image at ``path`` (qcow2 or raw, as ``format`` says; ``auto``: the
     controller tells) into the catalogue as ``name``; ``replace`` swaps out one of that name
-    no VM's disk is based on. ``progress(bytes sent)`` is called as the upload goes."""
+    no VM's disk is based on; ``cloud_init``: it runs cloud-init (its VMs get a seed).
+    ``progress(bytes sent)`` is called as the upload goes."""
     with open(path, "rb") as file:  # streamed, never read whole into memory
         return (
             yield Call(
@@ -316,6 +318,7 @@ def import_image(
                     description=description or None,
                     format=None if format == "auto" else format,
                     replace="true" if replace else None,
+                    cloud_init="true" if cloud_init else None,
                 ),
                 upload=file if progress is None else CountingReader(file, progress),
                 timeout=httpx.Timeout(30.0, read=600.0, write=600.0),

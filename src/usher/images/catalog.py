@@ -231,9 +231,11 @@ def import_disk(
     replace: bool = False,
     fmt: str = "auto",
     shown_as: str | None = None,
+    cloud_init: bool = False,
 ) -> Image:
     """Add a user's bootable disk (a path or a binary stream) as image ``name``: a qcow2, or
     a raw disk (made qcow2); ``fmt`` says which, or ``auto`` (see :mod:`.disk_formats`).
+    ``cloud_init``: the disk runs cloud-init, so its VMs get a NoCloud seed.
 
     The disk ends up as ``<storage>/images/<name>/disk.qcow2``, checked with ``qemu-img
     info``: anything but a standalone qcow2 is refused with :class:`ImageError`, as is an
@@ -272,6 +274,7 @@ def import_disk(
             kind=ImageKind.DISK,
             files={"disk": DISK},
             size_bytes=disk.stat().st_size,
+            cloud_init=cloud_init,
             description=description,
         )
         if replace and image_dir(storage, name).exists():  # again: a VM may have come

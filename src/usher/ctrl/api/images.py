@@ -40,10 +40,12 @@ async def import_image(
     description: Annotated[str, Query(max_length=MAX_TEXT)] = "",
     format: Annotated[Literal["auto", "qcow2", "raw"], Query()] = "auto",
     replace: bool = False,
+    cloud_init: bool = False,
 ) -> Image:
     """Import a disk image sent as the request body (``application/octet-stream``): a qcow2
     or a raw disk (made qcow2), as ``format`` says (``auto``: told from its first bytes).
-    ``replace`` swaps out an image of that name that no VM's disk is based on."""
+    ``replace`` swaps out an image of that name that no VM's disk is based on; ``cloud_init``
+    says the image runs cloud-init (its VMs get a NoCloud seed: accounts, keys, network)."""
     await allow(ctrl, principal, "image.import", image=name)
     if replace:  # what it replaces is deleted
         await allow(ctrl, principal, "image.delete", image=name)
@@ -69,6 +71,7 @@ async def import_image(
                 replace=replace,
                 fmt=format,
                 shown_as=f"the upload for image {name}",
+                cloud_init=cloud_init,
             )
         except catalog.ImageError as exc:
             conflict = "exists" in str(exc) or "is the base of" in str(exc)
