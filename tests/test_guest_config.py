@@ -19,6 +19,7 @@ from usher.guest_config import (
     check_ssh_key,
     check_user_data,
     fingerprint,
+    hostname_of,
 )
 from usher.images import catalog
 
@@ -47,6 +48,11 @@ def test_account_names_are_linux_accounts() -> None:
     assert account_name("7of9") == "u_7of9"
     assert account_name("-x") == "u_-x"
     assert len(account_name("a" * 200)) == 32
+    assert account_name("root") == "u_root" and account_name("sshd") == "u_sshd"
+    assert account_name("systemd-network") == "u_systemd-network"
+    assert account_name("_apt") == "u__apt"
+    assert hostname_of("web_1.prod") == "web-1-prod" and hostname_of("-x-") == "x"
+    assert hostname_of("_") == "vm" and len(hostname_of("a" * 100)) == 63
 
 
 def test_ssh_keys_are_checked(keys: dict[str, str]) -> None:

@@ -50,7 +50,45 @@ PLUGIN_PART_MERGE = "list(append)+dict(recurse_array)+str()"
 """How cloud-init merges the plugins' part over the user's own (``Merge-Type``)."""
 USER_DATA_STARTS = ("#cloud-config", "#!")
 
+SYSTEM_ACCOUNTS = frozenset(
+    [
+        "root",
+        "daemon",
+        "bin",
+        "sys",
+        "sync",
+        "games",
+        "man",
+        "lp",
+        "mail",
+        "news",
+        "uucp",
+        "proxy",
+        "www-data",
+        "backup",
+        "list",
+        "irc",
+        "gnats",
+        "nobody",
+        "nogroup",
+        "sshd",
+        "messagebus",
+        "polkitd",
+        "tss",
+        "sudo",
+        "staff",
+        "users",
+        "adm",
+        "wheel",
+        "debian",
+        "cloud",
+        "ubuntu",
+    ]
+)
+"""Accounts (and groups) a guest has or a distribution reserves: a principal of such a name
+gets ``u_<name>`` instead, so no plugin ever changes a system account."""
 _ACCOUNT_BAD = re.compile(r"[^a-z0-9_-]")
+_HOSTNAME_BAD = re.compile(r"[^A-Za-z0-9-]")
 _COMMENT_OK = re.compile(r"[ -~]*")
 
 
@@ -60,11 +98,19 @@ class ConfigConflict(ValueError):
 
 def account_name(principal: str) -> str:
     """The Linux account a principal gets in guests: lower case, other characters than
-    ``a-z 0-9 _ -`` as ``_``, at most 32 characters, never starting with a digit or ``-``."""
+    ``a-z 0-9 _ -`` as ``_``, at most 32 characters, never starting with a digit, ``-`` or
+    ``_``, and never a system account (:data:`SYSTEM_ACCOUNTS`, ``systemd-*``): those get a
+    ``u_`` in front."""
     name = _ACCOUNT_BAD.sub("_", principal.lower())
-    if not name or not (name[0].isalpha() or name[0] == "_"):
+    if not name[:1].isalpha() or name in SYSTEM_ACCOUNTS or name.startswith("systemd-"):
         name = f"u_{name}"
     return name[:32]
+
+
+def hostname_of(name: str) -> str:
+    """A host name for a VM named ``name``: characters other than letters, digits and ``-``
+    as ``-``, at most 63, no ``-`` at either end."""
+    return _HOSTNAME_BAD.sub("-", name)[:63].strip("-") or "vm"
 
 
 def check_ssh_key(line: str) -> str:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from usher.bounds import BoundsError
 from usher.ctrl.engine.errors import StepFailed
-from usher.guest_config import GuestConfig, account_name
+from usher.ctrl.kwargs import check_core_kwargs
+from usher.guest_config import GuestConfig, account_name, hostname_of
 from usher.model import VM
 
 if TYPE_CHECKING:
@@ -22,8 +24,12 @@ class GuestSeeds:
         """``vm``'s seed: hostname and owner's account (their keys, the ``ssh_keys`` kwarg's,
         sudo) from the core, then each plugin's part; StepFailed if a plugin fails."""
         kwargs = vm.spec.kwargs
-        config = GuestConfig(vm.id, vm.name, user_data=kwargs.get("user_data"))
-        keys = [*await self.plugins.ssh_keys(vm.owner), *kwargs.get("ssh_keys", ())]
+        try:  # checked on admission; a record of an older release is checked again here
+            check_core_kwargs({k: kwargs.get(k) for k in ("user_data", "ssh_keys")})
+        except BoundsError as exc:
+            raise StepFailed(f"{vm.name}: {exc}") from exc
+        config = GuestConfig(vm.id, hostname_of(vm.name), user_data=kwargs.get("user_data"))
+        keys = [*await self.plugins.ssh_keys(vm.owner), *(kwargs.get("ssh_keys") or ())]
         try:
             config.add_user(account_name(vm.owner), keys=keys, sudo=True)
         except ValueError as exc:  # a key a plugin gave that is no key
