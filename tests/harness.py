@@ -313,9 +313,14 @@ class Cluster:
         )
 
     def ush(
-        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+        self,
+        *args: str,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``ush`` as a user of this cluster would (``env``: more of the environment)."""
+        """Run ``ush`` as a user of this cluster would (``env``: more of the environment;
+        ``input``: its stdin, none if None)."""
         extra, env = env or {}, _env()
         env.update(
             USHER_URL=self.url,
@@ -332,7 +337,7 @@ class Cluster:
             capture_output=True,
             text=True,
             timeout=timeout,
-            stdin=subprocess.DEVNULL,
+            **({"input": input} if input is not None else {"stdin": subprocess.DEVNULL}),
         )
 
     def node(self, name: str) -> Node:

@@ -473,3 +473,42 @@ async def test_refusals_leave_nothing_behind(
     await driver.abort_incoming("vm-nosuchvm0000")
     with pytest.raises(DriverError, match="accel must be auto, kvm or tcg"):
         QemuDriver(state_dir=str(storage), options={"accel": "xen"})
+
+
+async def test_seed_and_ssh_forward_follow_a_migration(
+    make_driver: DriverFactory, tiny: Image, storage: Path
+) -> None:
+    """A guest with a config gets ``seed.iso`` (label ``cidata``) as a CD-ROM and, on
+    user-mode networking, a forwarded SSH port; the target of a live migration attaches the
+    same seed and forwards a port of its own."""
+    source, target = await make_driver("a"), await make_driver("b")
+    config = {
+        "meta_data": {"instance-id": "x", "local-hostname": "seeded"},
+        "user_data": "#cloud-config\n{}",
+        "network_config": None,
+    }
+    guest = new_guest(tiny, "seeded").model_copy(update={"config": config})
+    info = await source.start(guest)
+    seed = vm_dir(storage, guest.id) / "seed.iso"
+    label = subprocess.run(["blkid", "-s", "LABEL", "-o", "value", str(seed)], capture_output=True)
+    assert label.stdout.decode().strip() == "cidata"
+    host, port = info.endpoints["ssh"].rsplit(":", 1)
+    assert host == "127.0.0.1"
+    await asyncio.open_connection(host, int(port))  # QEMU listens there
+    monitor = source._domains[guest.id].monitor  # the driver's own QMP session
+    assert monitor is not None
+    blocks = await monitor.execute("query-block")
+    cdrom = next(b for b in blocks if b["device"] == "seed0")
+    assert cdrom["inserted"]["file"] == str(seed) and cdrom["inserted"]["ro"]
+    await wait_for_text(source, guest.id, r"USHER-READY seeded\b")
+
+    uri = await target.prepare_incoming(guest, "127.0.0.1")
+    await source.migrate(guest.id, uri, timeout=60)
+    moved = await target.finish_incoming(guest.id)
+    assert moved.state is VMState.RUNNING
+    new_port = moved.endpoints["ssh"].rsplit(":", 1)[1]
+    assert new_port != port
+    await asyncio.open_connection("127.0.0.1", int(new_port))
+    plain = new_guest(tiny, "plain")  # no config: no seed, no forward
+    assert (await target.start(plain)).endpoints == {}
+    assert not (vm_dir(storage, plain.id) / "seed.iso").exists()
