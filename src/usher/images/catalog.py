@@ -4,7 +4,8 @@ Layout::
 
     <storage>/images/<name>/image.json   the Image manifest; its files are relative to this dir
     <storage>/images/<name>/disk.qcow2   the base disk (and, for kernel images, kernel + initrd)
-    <storage>/vms/<vm_id>/disk.qcow2     a VM's copy-on-write overlay on its image's base disk
+    <storage>/vms/<vm_id>/disk.qcow2     a VM's root disk, a copy-on-write overlay on its image's
+    <storage>/vms/<vm_id>/data1.qcow2    its data disks (data1, data2, … as in ``spec.disks``)
 
 Directories whose name starts with ``.`` are work in progress (imports, builds) and are not
 part of the catalogue: an image is assembled in one and moved into place with ``rename``, so
@@ -57,6 +58,29 @@ def vm_dir(storage: StrPath, vm_id: str) -> Path:
     """``<storage>/vms/<vm_id>/``: where a VM's disks live."""
     _check_name("VM id", vm_id)
     return Path(storage) / "vms" / vm_id
+
+
+def data_disk_name(index: int) -> str:
+    """The file name of a VM's data disk ``index`` (1 for the first of ``spec.disks``)."""
+    if index < 1:
+        raise ImageError(f"data disks are numbered from 1, not {index}")
+    return f"data{index}.qcow2"
+
+
+def vm_disks(storage: StrPath, vm_id: str) -> list[Path]:
+    """A VM's disk files that exist, in order: the root disk (``disk.qcow2``) first, then its
+    data disks ``data1.qcow2``, ``data2.qcow2``, … up to the first one missing. Empty for a
+    VM whose root disk was never made."""
+    directory = vm_dir(storage, vm_id)
+    root = directory / DISK
+    if not root.exists():
+        return []
+    disks = [root]
+    index = 1
+    while (data := directory / data_disk_name(index)).exists():
+        disks.append(data)
+        index += 1
+    return disks
 
 
 def image_path(storage: StrPath, image: Image, role: str) -> Path:
