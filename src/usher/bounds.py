@@ -62,6 +62,8 @@ TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:=/-]{0,62}")
 """A tag on a VM: like a name, and ``:``, ``=``, ``/`` for ``env=prod`` or ``team/web``."""
 MAX_TAGS = 32
 """The most tags one VM may have."""
+MAX_SNAPSHOTS = 32
+"""The most snapshots one VM may have (each pins the guest data it holds)."""
 
 
 def check_tags(tags: list[str]) -> list[str]:

@@ -96,6 +96,15 @@ class OpKind(StrEnum):
     REBOOT = "reboot"
     CYCLE = "cycle"
     MIGRATE = "migrate"
+    SNAPSHOT = "snapshot"
+    """Snapshot all of a VM's disks (``kwargs.snapshot`` names it)."""
+    SNAPSHOT_REVERT = "snapshot_revert"
+    """Put a stopped VM's disks back as a snapshot holds them."""
+    SNAPSHOT_DELETE = "snapshot_delete"
+    CLONE = "clone"
+    """Create a VM whose disks are a copy of another's (stopped, or one of its snapshots)."""
+    IMAGE_FROM_VM = "image_from_vm"
+    """Publish a VM's root disk (stopped, or a snapshot) as a catalogue image."""
 
 
 class Capability(StrEnum):
@@ -110,6 +119,9 @@ class Capability(StrEnum):
     ``settle_incoming``."""
     CONSOLE = "console"
     """``console_log``: the serial console's output."""
+    SNAPSHOT = "snapshot"
+    """``snapshot_create``, ``snapshot_list``, ``snapshot_revert``, ``snapshot_delete``, and
+    copies of a VM's disks: ``clone_disks`` and ``export_disk``."""
 
 
 class OpStatus(StrEnum):
@@ -149,6 +161,20 @@ class VMSpec(Strict):
     kwargs: Kwargs = Field(default_factory=dict)
 
 
+class Snapshot(BaseModel):
+    """A snapshot of all of a VM's disks (never its cloud-init seed), as its node reported
+    it when it was taken."""
+
+    name: Ref
+    created_at: float = Field(default_factory=now)
+    size_bytes: Int64 = Field(
+        0,
+        description="the guest data it holds: what the VM's disks had allocated when it was "
+        "taken (at most what deleting it frees); quotas count it",
+    )
+    running: bool = Field(False, description="taken while the VM ran (crash-consistent)")
+
+
 class VM(BaseModel):
     id: str
     name: str
@@ -169,6 +195,9 @@ class VM(BaseModel):
     state_reason: str | None = None
     addresses: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list, description="labels its users chose")
+    snapshots: list[Snapshot] = Field(
+        default_factory=list, description="its snapshots, oldest first, as its node reported"
+    )
     created_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
 
@@ -282,6 +311,34 @@ class VMAction(Strict):
         "(otherwise VMs already where it leads are skipped, and those that cannot take it "
         "fail while the rest go on)",
     )
+
+
+class SnapshotCreate(Strict):
+    """Body of ``POST /v1/vms/{vm}/snapshots``: snapshot all of the VM's disks as ``name``."""
+
+    name: Ref
+    kwargs: Kwargs = Field(default_factory=dict)
+
+
+class CloneVM(Strict):
+    """Body of ``POST /v1/vms/{vm}/clone``: a new VM ``name`` whose disks are a copy of the
+    VM's (stopped), or of its ``snapshot`` (any state); it is admitted as a create would be
+    (names, quotas, placement) and boots."""
+
+    name: VMName
+    snapshot: Ref | None = None
+    node: Ref | None = None
+    kwargs: Kwargs = Field(default_factory=dict)
+
+
+class ImageFromVM(Strict):
+    """Body of ``POST /v1/vms/{vm}/image``: publish the VM's root disk (stopped), or its
+    ``snapshot``'s, flattened, as the catalogue image ``name``."""
+
+    name: Ref
+    snapshot: Ref | None = None
+    description: Text = ""
+    kwargs: Kwargs = Field(default_factory=dict)
 
 
 class OpRequest(BaseModel):

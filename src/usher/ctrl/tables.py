@@ -34,6 +34,7 @@ class VMRow(Base):
     spec: Mapped[dict[str, Any]]
     addresses: Mapped[list[Any]]
     tags: Mapped[list[Any]] = mapped_column(server_default="[]")
+    snapshots: Mapped[list[Any]] = mapped_column(server_default="[]")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

@@ -3,14 +3,18 @@ driver's answer into a JSON-ready result."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from usher.bounds import NAME_RE
 from usher.vmm.base import DomainInfo, Driver, DriverError, Guest
 
 CONSOLE_REPLY = 256 * 1024
 """Most console bytes one ``console`` reply carries (ask again from its ``next``)."""
 MAX_OFFSET = 2**53
+STAGING = re.compile(r"\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,200}")
+"""A staging directory of the image catalogue, as the controller names it."""
 
 
 class Commands:
@@ -74,6 +78,15 @@ class Commands:
             "abort_incoming": lambda: d.abort_incoming(vm()),
             "settle_incoming": lambda: self._settle_incoming(vm()),
             "console": lambda: d.console_log(vm(), offset=_offset(args)),
+            "snapshot_create": lambda: self._snapshots(vm(), "create", args),
+            "snapshot_list": lambda: self._snapshots(vm(), "list", args),
+            "snapshot_revert": lambda: self._snapshots(vm(), "revert", args),
+            "snapshot_delete": lambda: self._snapshots(vm(), "delete", args),
+            "disk_usage": lambda: self._disk_usage(vm()),
+            "clone_disks": lambda: d.clone_disks(
+                vm(), _name(args, "new_vm_id"), snapshot=_snapshot_arg(args)
+            ),
+            "export_disk": lambda: self._export_disk(vm(), args),
             "cancel": lambda: self._cancel(str(args.get("command"))),
         }
         handler = handlers.get(action)
@@ -93,6 +106,29 @@ class Commands:
             return answer.model_dump(mode="json")
         return {}
 
+    async def _snapshots(self, vm_id: str, what: str, args: dict[str, Any]) -> dict[str, Any]:
+        """The ``snapshot_*`` commands: each answers with the VM's snapshots afterwards
+        (``{"snapshots": [...]}``), so the controller records what the disks hold."""
+        d = self.driver
+        if what == "create":
+            await d.snapshot_create(vm_id, _name(args, "name"))
+        elif what == "revert":
+            await d.snapshot_revert(vm_id, _name(args, "name"))
+        elif what == "delete":
+            await d.snapshot_delete(vm_id, _name(args, "name"))
+        snapshots = await d.snapshot_list(vm_id)
+        return {"snapshots": [snap.model_dump(mode="json") for snap in snapshots]}
+
+    async def _disk_usage(self, vm_id: str) -> dict[str, Any]:
+        return {"bytes": await self.driver.disk_usage(vm_id)}
+
+    async def _export_disk(self, vm_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        staging = args.get("staging")
+        if not (isinstance(staging, str) and STAGING.fullmatch(staging)):
+            raise DriverError("export_disk needs the name of a staging directory (.<name>)")
+        size = await self.driver.export_disk(vm_id, staging, snapshot=_snapshot_arg(args))
+        return {"size_bytes": size}
+
     async def _settle_incoming(self, vm_id: str) -> dict[str, Any]:
         """The ``settle_incoming`` command: ``{"settled": "running", "vm": <domain>}`` or
         ``{"settled": "dropped"}``."""
@@ -108,6 +144,19 @@ def _offset(args: dict[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_OFFSET:
         raise DriverError(f"console offset must be 0 to {MAX_OFFSET}")
     return value
+
+
+def _name(args: dict[str, Any], key: str) -> str:
+    """A name argument (a snapshot's, a new VM's id), as :data:`usher.bounds.NAME_RE`."""
+    value = args.get(key)
+    if not (isinstance(value, str) and NAME_RE.fullmatch(value)):
+        raise DriverError(f"{key} must be a name (letters, digits, '.', '_', '-')")
+    return value
+
+
+def _snapshot_arg(args: dict[str, Any]) -> str | None:
+    """The optional ``snapshot`` argument of a copy of disks."""
+    return None if args.get("snapshot") is None else _name(args, "snapshot")
 
 
 def _seconds(action: str, args: dict[str, Any], key: str, default: float | None) -> float | None:

@@ -46,7 +46,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from usher.model import Capability, Image, VMSpec, VMState
+from usher.model import Capability, Image, Snapshot, VMSpec, VMState
 
 __all__ = [
     "DRIVER_GROUP",
@@ -291,6 +291,60 @@ class Driver(abc.ABC):
         a driver may return less than all of it: ask again from ``offset + len(result)``.
         Changes nothing."""
         raise DriverError(f"the {self.name} driver has no console")
+
+    # snapshots and copies of disks (capability ``snapshot``) ------------------------------
+    # A snapshot covers every disk of the VM (never its cloud-init seed); its name is unique
+    # among the VM's snapshots. None of these changes the VM's state.
+
+    async def snapshot_create(self, vm_id: str, name: str) -> Snapshot:
+        """Snapshot all the disks of a ``running``, ``paused`` or ``stopped`` VM as ``name``
+        (a running guest's at one instant, crash-consistent; it runs on). Afterwards
+        :meth:`snapshot_list` shows it last, its ``size_bytes`` the guest data it holds (what
+        :meth:`disk_usage` said just before). Raises :class:`DriverError` if the VM has a
+        snapshot ``name`` already, :class:`InvalidTransition` in another state; nothing is
+        changed then, nor when it fails on one of the disks."""
+        raise DriverError(f"the {self.name} driver cannot snapshot VMs")
+
+    async def snapshot_list(self, vm_id: str) -> list[Snapshot]:
+        """The VM's snapshots, oldest first. Changes nothing."""
+        raise DriverError(f"the {self.name} driver cannot snapshot VMs")
+
+    async def snapshot_revert(self, vm_id: str, name: str) -> None:
+        """Put every disk of a ``stopped`` VM back as snapshot ``name`` holds it (any other
+        state: :class:`InvalidTransition`; a running VM is stopped first by the controller's
+        user). Afterwards the disks read what they read when ``name`` was taken, and
+        ``name`` is still there (to revert to again); later snapshots stay too. Raises
+        :class:`DriverError` for a snapshot the VM does not have."""
+        raise DriverError(f"the {self.name} driver cannot snapshot VMs")
+
+    async def snapshot_delete(self, vm_id: str, name: str) -> None:
+        """Delete snapshot ``name`` of a ``running``, ``paused`` or ``stopped`` VM from all
+        its disks. Afterwards :meth:`snapshot_list` does not show it and the space only it
+        held is free. Raises :class:`DriverError` for a snapshot the VM does not have."""
+        raise DriverError(f"the {self.name} driver cannot snapshot VMs")
+
+    async def disk_usage(self, vm_id: str) -> int:
+        """Bytes of guest data the VM's disks hold now, beyond their image's base disk: what
+        a snapshot taken now would hold. Changes nothing."""
+        raise DriverError(f"the {self.name} driver cannot snapshot VMs")
+
+    async def clone_disks(self, vm_id: str, new_vm_id: str, *, snapshot: str | None) -> None:
+        """Copy the disks of a ``stopped`` VM, or those of its snapshot ``snapshot`` (the VM
+        in any state), as the disks of the new VM ``new_vm_id``, which :meth:`start` then
+        boots (on any node of the shared storage). The copies share nothing writable with
+        the source; a root disk's copy keeps the image's base disk as its backing, so it
+        holds only the guest's own data. Afterwards the new VM's disks are complete; on
+        failure or cancellation none of them is left. Raises :class:`DriverError` if the new
+        VM has disks already."""
+        raise DriverError(f"the {self.name} driver cannot copy VM disks")
+
+    async def export_disk(self, vm_id: str, staging: str, *, snapshot: str | None) -> int:
+        """Write the root disk of a ``stopped`` VM, or of its snapshot ``snapshot`` (the VM
+        in any state), flattened into a standalone qcow2 (its base disk's data included), as
+        ``disk.qcow2`` in ``<storage>/images/<staging>/``, a staging directory of the
+        catalogue the controller made (:func:`usher.images.catalog.staging_dir`); return
+        its size in bytes. On failure no such file is left."""
+        raise DriverError(f"the {self.name} driver cannot copy VM disks")
 
 
 def installed_drivers() -> list[str]:

@@ -14,6 +14,8 @@ Options (``options`` dict):
 * ``capabilities``: what this simulated hypervisor declares it can do (names of
   :class:`~usher.model.Capability`; default all), to play a more limited one. (The
   controller reads an empty list as "not declared", and then lets everything through.)
+* ``disk_usage_mb``: the guest data each simulated guest's disks hold (default 64), which
+  is what each of its snapshots holds (:mod:`usher.vmm.fake_snapshots`).
 * ``storage_dir``: the shared storage; with a ``state_dir`` too, guests hold disk leases in it
   (:mod:`usher.vmm.lease`), as QEMU's image locks do: a guest cannot start while another
   host's copy holds the VM's disk. ``lease_ttl`` (default 10 s): how long a host's leases
@@ -34,7 +36,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from usher.model import Capability, Capacity, VMState, now
+from usher.model import Capability, Capacity, Snapshot, VMState, now
 from usher.vmm.base import (
     DomainInfo,
     Driver,
@@ -59,6 +61,7 @@ from usher.vmm.fake_domain import (
 )
 from usher.vmm.fake_faults import ACTIONS, Faults
 from usher.vmm.fake_journal import JOURNAL_MIN, Journal
+from usher.vmm.fake_snapshots import FakeSnapshots
 from usher.vmm.fake_wire import Incoming, send
 from usher.vmm.lease import Guests, LeaseHeld, Leases
 
@@ -104,6 +107,13 @@ class FakeDriver(Driver):
         )
         self._faults = Faults(self.options)
         self._domains: dict[str, FakeDomain] = {}
+        self._snapshots = FakeSnapshots(
+            self._domains,
+            self._faults,
+            self._changed,
+            disk_usage_mb=float(self.options.get("disk_usage_mb", 64)),
+            storage_dir=str(self.options.get("storage_dir") or "") or None,
+        )
         self._journal: Journal | None = None
         self._incoming: dict[str, Incoming] = {}
         self._lease_ttl = float(self.options.get("lease_ttl", 10.0))
@@ -493,6 +503,31 @@ class FakeDriver(Driver):
         self._stop_listening(vm_id)
         self._set_state(dom, VMState.RUNNING)
         return dom.info(now())
+
+    # snapshots and copies of disks: see usher.vmm.fake_snapshots ------------------------------
+
+    async def snapshot_create(self, vm_id: str, name: str) -> Snapshot:
+        return await self._snapshots.create(vm_id, name)
+
+    async def snapshot_list(self, vm_id: str) -> list[Snapshot]:
+        await asyncio.sleep(0)
+        return self._snapshots.listed(vm_id)
+
+    async def snapshot_revert(self, vm_id: str, name: str) -> None:
+        await self._snapshots.revert(vm_id, name)
+
+    async def snapshot_delete(self, vm_id: str, name: str) -> None:
+        await self._snapshots.delete(vm_id, name)
+
+    async def disk_usage(self, vm_id: str) -> int:
+        await asyncio.sleep(0)
+        return self._snapshots.usage(vm_id)
+
+    async def clone_disks(self, vm_id: str, new_vm_id: str, *, snapshot: str | None) -> None:
+        await self._snapshots.clone_disks(vm_id, new_vm_id, snapshot)
+
+    async def export_disk(self, vm_id: str, staging: str, *, snapshot: str | None) -> int:
+        return await self._snapshots.export_disk(vm_id, staging, snapshot)
 
     # console and fault injection -----------------------------------------------------------
 

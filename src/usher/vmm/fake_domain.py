@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from usher.model import VMSpec, VMState
+from usher.model import Snapshot, VMSpec, VMState
 from usher.vmm.base import DomainInfo
 
 CPU_LOAD = 0.05
@@ -38,6 +38,8 @@ class FakeDomain:
     """CPU time burnt before ``running_since``."""
     running_since: float | None = None
     console: list[str] = field(default_factory=list)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    """Its snapshots, oldest first (:mod:`usher.vmm.fake_snapshots`)."""
     received: bool = False
     """An incoming VM whose whole state arrived (the source let go of it)."""
     sent: bool = False
@@ -75,6 +77,7 @@ class FakeDomain:
             "console": self.console,
             "received": self.received,
             "sent": self.sent,
+            "snapshots": [snap.model_dump(mode="json") for snap in self.snapshots],
         }
 
     @classmethod
@@ -90,6 +93,7 @@ class FakeDomain:
             console=list(data["console"]),
             received=bool(data.get("received", False)),
             sent=bool(data.get("sent", False)),
+            snapshots=[Snapshot.model_validate(snap) for snap in data.get("snapshots", [])],
         )
 
 

@@ -20,6 +20,11 @@ ACTIONS = frozenset(
         "migrate",
         "prepare_incoming",
         "finish_incoming",
+        "snapshot_create",
+        "snapshot_revert",
+        "snapshot_delete",
+        "clone_disks",
+        "export_disk",
     }
 )
 """Actions that ``latency`` and ``fail`` options may name."""

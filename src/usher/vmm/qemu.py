@@ -54,7 +54,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from usher.images import catalog
-from usher.model import LEASE_HELD, Capability, VMState
+from usher.model import LEASE_HELD, Capability, Snapshot, VMState
 from usher.vmm import qemu_process as proc
 from usher.vmm.base import DomainInfo, Driver, DriverError, Guest, MigrationResult
 from usher.vmm.qemu_accel import DEFAULT_BINARY, detect_accel
@@ -64,6 +64,7 @@ from usher.vmm.qemu_files import PIDFILE, VMFiles
 from usher.vmm.qemu_guests import Guests
 from usher.vmm.qemu_migration import Migrations
 from usher.vmm.qemu_monitor import Monitor, MonitorError
+from usher.vmm.qemu_snapshots import QemuSnapshots
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class QemuDriver(Driver):
             report=lambda vm_id, state, reason: self.on_state_change(vm_id, state, reason),
         )
         self._domains = self._guests.domains
+        self._snapshots = QemuSnapshots(self._guests)
         self._migrations = Migrations(
             self._guests,
             accelerator=self._accelerator,
@@ -332,6 +334,29 @@ class QemuDriver(Driver):
 
     async def settle_incoming(self, vm_id: str) -> DomainInfo | None:
         return await self._migrations.settle_incoming(vm_id)
+
+    # snapshots and copies of disks: see usher.vmm.qemu_snapshots -----------------------------
+
+    async def snapshot_create(self, vm_id: str, name: str) -> Snapshot:
+        return await self._snapshots.create(vm_id, name)
+
+    async def snapshot_list(self, vm_id: str) -> list[Snapshot]:
+        return await self._snapshots.listed(vm_id)
+
+    async def snapshot_revert(self, vm_id: str, name: str) -> None:
+        await self._snapshots.revert(vm_id, name)
+
+    async def snapshot_delete(self, vm_id: str, name: str) -> None:
+        await self._snapshots.delete(vm_id, name)
+
+    async def disk_usage(self, vm_id: str) -> int:
+        return await self._snapshots.usage(vm_id)
+
+    async def clone_disks(self, vm_id: str, new_vm_id: str, *, snapshot: str | None) -> None:
+        await self._snapshots.clone_disks(vm_id, new_vm_id, snapshot)
+
+    async def export_disk(self, vm_id: str, staging: str, *, snapshot: str | None) -> int:
+        return await self._snapshots.export_disk(vm_id, staging, snapshot)
 
     # console --------------------------------------------------------------------------------
 

@@ -1,0 +1,136 @@
+"""Snapshots, clones and exported disks of the ``qemu`` driver, on real QEMU guests (TCG).
+
+The tiny guest does not mount its disk, so the tests write to the disk from the host while
+the VM is stopped (``qemu-io``) and read it back after a revert or in a copy: a revert or a
+copy that did nothing fails them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_qemu_driver import (  # noqa: F401 - fixtures
+    DriverFactory,
+    make_driver,
+    new_guest,
+    reports,
+    storage,
+    tiny,
+    wait_for_text,
+)
+from usher.images import catalog
+from usher.model import Image, VMState
+from usher.vmm.base import DriverError, InvalidTransition
+
+
+def qemu_io(disk: Path, command: str) -> bool:
+    """Run one ``qemu-io`` command on ``disk``; whether it succeeded (a ``read -P`` whose
+    pattern does not match fails)."""
+    done = subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", command, str(disk)], capture_output=True, text=True
+    )
+    return done.returncode == 0 and "Pattern verification failed" not in done.stdout
+
+
+def backing_of(disk: Path) -> str | None:
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", "-U", str(disk)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    return info.get("backing-filename")
+
+
+async def test_snapshot_revert_list_delete_on_running_and_stopped_vms(
+    make_driver: DriverFactory, storage: Path, tiny: Image
+) -> None:
+    driver = await make_driver("n1")
+    guest = new_guest(tiny, "snappy")
+    disk = catalog.vm_dir(storage, guest.id) / catalog.DISK
+    await driver.start(guest)
+    await wait_for_text(driver, guest.id, r"USHER-READY snappy")
+
+    live = await driver.snapshot_create(guest.id, "live")  # running: QMP transaction
+    assert live.running and live.name == "live"
+    assert [s.name for s in await driver.snapshot_list(guest.id)] == ["live"]
+    assert (await driver.info(guest.id)).state is VMState.RUNNING  # the guest ran on
+    with pytest.raises(DriverError, match="already"):
+        await driver.snapshot_create(guest.id, "live")
+    with pytest.raises(InvalidTransition, match="stop it first"):
+        await driver.snapshot_revert(guest.id, "live")
+
+    await driver.stop(guest.id, hard=True)
+    assert qemu_io(disk, "write -P 0xab 0 64k")
+    usage = await driver.disk_usage(guest.id)
+    assert usage >= 64 * 1024
+    ab = await driver.snapshot_create(guest.id, "ab")  # stopped: qemu-img
+    assert not ab.running and ab.size_bytes == usage
+    assert qemu_io(disk, "write -P 0xcd 0 64k")
+
+    await driver.snapshot_revert(guest.id, "ab")
+    assert qemu_io(disk, "read -P 0xab 0 64k")
+    await driver.snapshot_revert(guest.id, "live")  # before anything was written
+    assert not qemu_io(disk, "read -P 0xab 0 64k")
+    await driver.snapshot_revert(guest.id, "ab")
+    assert qemu_io(disk, "read -P 0xab 0 64k")
+    listed = await driver.snapshot_list(guest.id)
+    assert [(s.name, s.size_bytes) for s in listed] == [("live", live.size_bytes), ("ab", usage)]
+
+    await driver.start(guest)  # delete while running: QMP
+    await driver.snapshot_delete(guest.id, "live")
+    assert [s.name for s in await driver.snapshot_list(guest.id)] == ["ab"]
+    with pytest.raises(DriverError, match="no snapshot 'live'"):
+        await driver.snapshot_delete(guest.id, "live")
+    await driver.stop(guest.id, hard=True)
+    with pytest.raises(DriverError, match="no snapshot 'gone'"):
+        await driver.snapshot_revert(guest.id, "gone")
+
+
+async def test_clone_and_export_copy_the_disks_and_share_nothing_writable(
+    make_driver: DriverFactory, storage: Path, tiny: Image
+) -> None:
+    driver = await make_driver("n1")
+    source = new_guest(tiny, "source")
+    disk = catalog.vm_dir(storage, source.id) / catalog.DISK
+    await driver.start(source)
+    await driver.stop(source.id, hard=True)
+    assert qemu_io(disk, "write -P 0xab 0 64k")
+    await driver.snapshot_create(source.id, "ab")
+
+    clone = new_guest(tiny, "clone")
+    await driver.clone_disks(source.id, clone.id, snapshot=None)  # a stopped source
+    clone_disk = catalog.vm_dir(storage, clone.id) / catalog.DISK
+    assert backing_of(clone_disk) == backing_of(disk)  # the image's base disk, not a copy
+    assert qemu_io(clone_disk, "read -P 0xab 0 64k")
+    assert qemu_io(clone_disk, "write -P 0x11 0 64k")
+    assert qemu_io(disk, "read -P 0xab 0 64k")  # the source's disk is its own
+    with pytest.raises(DriverError, match="has disks already"):
+        await driver.clone_disks(source.id, clone.id, snapshot=None)
+    await driver.start(clone)
+    await wait_for_text(driver, clone.id, r"USHER-READY clone")
+
+    assert qemu_io(disk, "write -P 0xcd 0 64k")  # after the snapshot
+    await driver.start(source)
+    with pytest.raises(InvalidTransition, match="without a snapshot"):
+        await driver.clone_disks(source.id, "vm-000000000001", snapshot=None)
+    from_snapshot = new_guest(tiny, "from-snap")
+    await driver.clone_disks(source.id, from_snapshot.id, snapshot="ab")  # a running source
+    copied = catalog.vm_dir(storage, from_snapshot.id) / catalog.DISK
+    assert qemu_io(copied, "read -P 0xab 0 64k")
+
+    staging = catalog.staging_dir(storage, "template", "from-vm")
+    size = await driver.export_disk(source.id, staging.name, snapshot="ab")
+    exported = staging / catalog.DISK
+    assert size == exported.stat().st_size
+    assert backing_of(exported) is None  # flattened: the base disk's data is in it
+    assert qemu_io(exported, "read -P 0xab 0 64k")
+    with pytest.raises(DriverError, match="no snapshot 'nope'"):
+        await driver.export_disk(source.id, staging.name, snapshot="nope")
+    assert not list(catalog.vm_dir(storage, "vm-000000000001").glob("*.qcow2"))
