@@ -64,6 +64,50 @@ MAX_TAGS = 32
 """The most tags one VM may have."""
 MAX_SNAPSHOTS = 32
 """The most snapshots one VM may have (each pins the guest data it holds)."""
+MAX_DISK_GB = 16 * 1024
+"""The largest disk of a VM, root or data, in GiB (16 TiB: well within what a qcow2 with its
+default 64 KiB clusters addresses, and more than one VM should take of a shared storage)."""
+MAX_DATA_DISKS = 16
+"""The most data disks one VM may have (each is a virtio-blk PCI device of its own)."""
+
+_SIZE = re.compile(r"(\d{1,20}) *(M|MiB|G|GiB|T|TiB)", re.IGNORECASE | re.ASCII)
+_MIB_PER = {"m": 1, "mib": 1, "g": 1024, "gib": 1024, "t": 1024 * 1024, "tib": 1024 * 1024}
+
+
+def parse_gib(text: str, what: str = "disk size") -> int:
+    """A disk size written as ``8G``, ``8GiB``, ``2048M``/``2048MiB`` or ``1T``/``1TiB``
+    (powers of 1024, any case), in whole GiB from 1 to :data:`MAX_DISK_GB`."""
+    found = _SIZE.fullmatch(text.strip())
+    if found is None:
+        raise BoundsError(
+            f"invalid {what} {shown(text)}: write a whole number and a unit, M/MiB, G/GiB or "
+            "T/TiB (powers of 1024), e.g. 8G"
+        )
+    mib = int(found.group(1)) * _MIB_PER[found.group(2).lower()]
+    gib, rest = divmod(mib, 1024)
+    if rest:
+        raise BoundsError(f"invalid {what} {shown(text)}: not a whole number of GiB")
+    return check_disk_gb(gib, f"{what} {text.strip()}")
+
+
+def check_disk_gb(size_gb: int, what: str = "disk size") -> int:
+    """A disk size in GiB: an integer from 1 to :data:`MAX_DISK_GB`."""
+    if isinstance(size_gb, bool) or not isinstance(size_gb, int):
+        raise BoundsError(f"{what} must be a whole number of GiB, not {shown(size_gb)}")
+    if not 1 <= size_gb <= MAX_DISK_GB:
+        raise BoundsError(f"{what} must be 1 to {MAX_DISK_GB} GiB, not {shown(size_gb)}")
+    return size_gb
+
+
+def check_data_disks(disks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A VM's data disks: at most :data:`MAX_DATA_DISKS`, each exactly ``{"size_gb": N}``."""
+    if len(disks) > MAX_DATA_DISKS:
+        raise BoundsError(f"a VM has at most {MAX_DATA_DISKS} data disks, not {len(disks)}")
+    for index, disk in enumerate(disks, start=1):
+        if set(disk) != {"size_gb"}:
+            raise BoundsError(f'data disk {index} must be {{"size_gb": N}}, not {shown(disk)}')
+        check_disk_gb(disk["size_gb"], f"the size of data disk {index}")
+    return disks
 
 
 def check_tags(tags: list[str]) -> list[str]:

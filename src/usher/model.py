@@ -16,10 +16,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from usher.bounds import (
     INT_MAX,
+    MAX_DATA_DISKS,
+    MAX_DISK_GB,
     MAX_REFS,
     MAX_TEXT,
     NAME_PATTERN,
     PRINCIPAL_PATTERN,
+    check_data_disks,
     check_json,
     check_name,
     check_tags,
@@ -35,6 +38,14 @@ Kwargs = Annotated[dict[str, Any], AfterValidator(lambda v: check_json(v, "kwarg
 """Free-form arguments for plugins and drivers: JSON that reads back identically."""
 JSONObjects = Annotated[list[dict[str, Any]], AfterValidator(lambda v: check_json(v, "list"))]
 Int64 = Annotated[int, Field(ge=0, le=INT_MAX)]
+DiskGB = Annotated[int, Field(ge=1, le=MAX_DISK_GB)]
+"""A disk's size in GiB (:data:`usher.bounds.MAX_DISK_GB` at most)."""
+DataDisks = Annotated[
+    list[dict[str, Any]],
+    Field(max_length=MAX_DATA_DISKS),
+    AfterValidator(check_data_disks),
+]
+"""A VM's data disks, in the order they are attached, each ``{"size_gb": N}``."""
 VMName = Annotated[str, AfterValidator(lambda v: check_name(v, "VM name"))]
 """A VM's name: valid, and not shaped like an id."""
 Tags = Annotated[list[str], AfterValidator(check_tags)]
@@ -105,6 +116,8 @@ class OpKind(StrEnum):
     """Create a VM whose disks are a copy of another's (stopped, or one of its snapshots)."""
     IMAGE_FROM_VM = "image_from_vm"
     """Publish a VM's root disk (stopped, or a snapshot) as a catalogue image."""
+    RESIZE = "resize"
+    """Change one VM's vCPUs and memory (stopped) and grow its disks (``ResizeVM``)."""
 
 
 class Capability(StrEnum):
@@ -124,6 +137,8 @@ class Capability(StrEnum):
     copies of a VM's disks: ``clone_disks`` and ``export_disk``."""
 
 
+    RESIZE_DISK = "resize_disk"
+    """``resize_disk``: a VM's disks grow, stopped or running."""
 class OpStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -156,12 +171,28 @@ class VMSpec(Strict):
     vcpus: int = Field(1, ge=1, le=MAX_VCPUS)
     memory_mb: int = Field(256, ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB)
     image: Ref = "tiny"
-    disks: JSONObjects = Field(default_factory=list)
+    disk_gb: DiskGB | None = Field(
+        None, description="the root disk's size in GiB (None: its image's own size)"
+    )
+    disks: DataDisks = Field(
+        default_factory=list,
+        description='data disks, each {"size_gb": N}: data1.qcow2, data2.qcow2, … in order',
+    )
     nics: JSONObjects = Field(default_factory=list)
     kwargs: Kwargs = Field(default_factory=dict)
 
 
 class Snapshot(BaseModel):
+    def disk_sizes(self) -> list[int | None]:
+        """Every disk's size in GiB, the root disk's first (None: its image's own size)."""
+        return [self.disk_gb, *(int(disk["size_gb"]) for disk in self.disks)]
+
+    def disks_asked_gb(self) -> int:
+        """The GiB of disk asked for (what quotas count): the root disk's size when one was
+        asked (a root disk of its image's own size is the site's image and counts 0), and
+        every data disk's."""
+        return sum(size or 0 for size in self.disk_sizes())
+
     """A snapshot of all of a VM's disks (never its cloud-init seed), as its node reported
     it when it was taken."""
 
@@ -279,6 +310,12 @@ class CreateVMs(Strict):
     image: Ref = "tiny"
     node: Ref | None = None
     tags: Tags = Field(default_factory=list, description="tags of every new VM")
+    disk_gb: DiskGB | None = Field(
+        None, description="each VM's root disk in GiB (None: its image's own size)"
+    )
+    disks: DataDisks = Field(
+        default_factory=list, description='data disks of each VM, each {"size_gb": N}'
+    )
     kwargs: Kwargs = Field(default_factory=dict)
 
 
@@ -315,6 +352,33 @@ class VMAction(Strict):
 
 class SnapshotCreate(Strict):
     """Body of ``POST /v1/vms/{vm}/snapshots``: snapshot all of the VM's disks as ``name``."""
+class DiskGrowth(Strict):
+    """One disk of a resize: disk ``disk`` (0: the root disk; N: data disk N) grows by
+    ``grow_gb`` GiB. Disks never shrink."""
+
+    disk: int = Field(0, ge=0, le=MAX_DATA_DISKS)
+    grow_gb: DiskGB
+
+
+def _one_growth_a_disk(disks: list[DiskGrowth]) -> list[DiskGrowth]:
+    named = [growth.disk for growth in disks]
+    if len(set(named)) != len(named):
+        raise ValueError("name each disk at most once")
+    return disks
+
+
+class ResizeVM(Strict):
+    """Body of ``POST /v1/vms/{vm}/resize``: new vCPUs and memory (the VM stopped), and disks
+    that grow (stopped, running or paused). Whatever is left out stays as it is."""
+
+    vcpus: int | None = Field(None, ge=1, le=MAX_VCPUS)
+    memory_mb: int | None = Field(None, ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB)
+    disks: Annotated[list[DiskGrowth], AfterValidator(_one_growth_a_disk)] = Field(
+        default_factory=list, max_length=MAX_DATA_DISKS + 1
+    )
+    kwargs: Kwargs = Field(default_factory=dict)
+
+
 
     name: Ref
     kwargs: Kwargs = Field(default_factory=dict)
