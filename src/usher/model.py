@@ -135,10 +135,10 @@ class Capability(StrEnum):
     SNAPSHOT = "snapshot"
     """``snapshot_create``, ``snapshot_list``, ``snapshot_revert``, ``snapshot_delete``, and
     copies of a VM's disks: ``clone_disks`` and ``export_disk``."""
-
-
     RESIZE_DISK = "resize_disk"
     """``resize_disk``: a VM's disks grow, stopped or running."""
+
+
 class OpStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -181,8 +181,6 @@ class VMSpec(Strict):
     nics: JSONObjects = Field(default_factory=list)
     kwargs: Kwargs = Field(default_factory=dict)
 
-
-class Snapshot(BaseModel):
     def disk_sizes(self) -> list[int | None]:
         """Every disk's size in GiB, the root disk's first (None: its image's own size)."""
         return [self.disk_gb, *(int(disk["size_gb"]) for disk in self.disks)]
@@ -193,6 +191,8 @@ class Snapshot(BaseModel):
         every data disk's."""
         return sum(size or 0 for size in self.disk_sizes())
 
+
+class Snapshot(BaseModel):
     """A snapshot of all of a VM's disks (never its cloud-init seed), as its node reported
     it when it was taken."""
 
@@ -308,14 +308,14 @@ class CreateVMs(Strict):
     vcpus: int = Field(1, ge=1, le=MAX_VCPUS)
     memory_mb: int = Field(256, ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB)
     image: Ref = "tiny"
-    node: Ref | None = None
-    tags: Tags = Field(default_factory=list, description="tags of every new VM")
     disk_gb: DiskGB | None = Field(
         None, description="each VM's root disk in GiB (None: its image's own size)"
     )
     disks: DataDisks = Field(
         default_factory=list, description='data disks of each VM, each {"size_gb": N}'
     )
+    node: Ref | None = None
+    tags: Tags = Field(default_factory=list, description="tags of every new VM")
     kwargs: Kwargs = Field(default_factory=dict)
 
 
@@ -350,8 +350,6 @@ class VMAction(Strict):
     )
 
 
-class SnapshotCreate(Strict):
-    """Body of ``POST /v1/vms/{vm}/snapshots``: snapshot all of the VM's disks as ``name``."""
 class DiskGrowth(Strict):
     """One disk of a resize: disk ``disk`` (0: the root disk; N: data disk N) grows by
     ``grow_gb`` GiB. Disks never shrink."""
@@ -379,6 +377,8 @@ class ResizeVM(Strict):
     kwargs: Kwargs = Field(default_factory=dict)
 
 
+class SnapshotCreate(Strict):
+    """Body of ``POST /v1/vms/{vm}/snapshots``: snapshot all of the VM's disks as ``name``."""
 
     name: Ref
     kwargs: Kwargs = Field(default_factory=dict)
