@@ -12,6 +12,7 @@ from rich.table import Table
 
 from usher.cli.local_cluster import running_local
 from usher.images.catalog import ImageError, delete_image, import_disk, list_images, read_manifest
+from usher.images.debian import build_debian
 from usher.images.tiny import build_tiny
 
 DEFAULT_STORAGE = "/var/lib/usher/storage"
@@ -66,15 +67,16 @@ def _size(size: int) -> str:
 
 
 @image.command()
-@click.argument("kind", type=click.Choice(["tiny"]))
+@click.argument("kind", type=click.Choice(["tiny", "debian"]))
 @click.option("--force", is_flag=True, help="Rebuild even if the image exists.")
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where downloaded packages are cached [~/.cache/usher/debs].",
+    help="Where downloaded packages are cached [~/.cache/usher/debs, or ~/.cache/usher/debian].",
 )
 def build(kind: str, force: bool, work_dir: Path | None, storage_dir: Path) -> None:
-    """Build a standard image: KIND ``tiny`` is the small busybox test guest."""
+    """Build a standard image: KIND ``tiny`` is the small busybox test guest, ``debian`` a
+    Debian 12 guest with cloud-init, SSH and a serial login (needs root and mmdebstrap)."""
     err = Console(stderr=True, soft_wrap=True)
     existing = read_manifest(storage_dir, kind)
     if existing is not None and not force:
@@ -87,7 +89,8 @@ def build(kind: str, force: bool, work_dir: Path | None, storage_dir: Path) -> N
             err.print(f"  {step}")
             status.update(step)
 
-        built = build_tiny(storage_dir, work_dir=work_dir, force=force, progress=progress)
+        builder = build_debian if kind == "debian" else build_tiny
+        built = builder(storage_dir, work_dir=work_dir, force=force, progress=progress)
     err.print(
         f"[green]image {built.name}[/]: {built.description}, {_size(built.size_bytes)} "
         f"({time.monotonic() - started:.1f} s)"
