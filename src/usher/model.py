@@ -191,6 +191,20 @@ class VMSpec(Strict):
         every data disk's."""
         return sum(size or 0 for size in self.disk_sizes())
 
+    def with_disk_size(self, disk: int, size_gb: int) -> VMSpec:
+        """This spec with disk ``disk`` (0: the root disk; N: data disk N) of ``size_gb``
+        GiB; raises ``IndexError`` for a disk it does not have."""
+        if not 0 <= disk <= len(self.disks):
+            raise IndexError(
+                f"the VM has no disk {disk} (0 is its root disk; it has {len(self.disks)} "
+                "data disks, numbered from 1)"
+            )
+        if disk == 0:
+            return self.model_copy(update={"disk_gb": size_gb})
+        disks = [dict(d) for d in self.disks]
+        disks[disk - 1] = {"size_gb": size_gb}
+        return self.model_copy(update={"disks": disks})
+
 
 class Snapshot(BaseModel):
     """A snapshot of all of a VM's disks (never its cloud-init seed), as its node reported

@@ -4,7 +4,7 @@ Layout::
 
     <storage>/images/<name>/image.json   the Image manifest; its files are relative to this dir
     <storage>/images/<name>/disk.qcow2   the base disk (and, for kernel images, kernel + initrd)
-    <storage>/vms/<vm_id>/disk.qcow2     a VM's root disk, a copy-on-write overlay on its image's
+    <storage>/vms/<vm_id>/disk.qcow2     a VM's root disk, an overlay on its image's base disk
     <storage>/vms/<vm_id>/data1.qcow2    its data disks (data1, data2, … as in ``spec.disks``)
 
 Directories whose name starts with ``.`` are work in progress (imports, builds) and are not
@@ -358,11 +358,22 @@ def delete_image(storage: StrPath, name: str, *, force: bool = False) -> bool:
     return True
 
 
-def create_overlay(storage: StrPath, image: Image, vm_id: str) -> Path:
-    """Create ``<storage>/vms/<vm_id>/disk.qcow2``, a qcow2 overlay on ``image``'s base disk.
+GIB = 1 << 30
 
-    Idempotent: an existing overlay is kept as it is (it holds the VM's writes).
-    """
+
+def virtual_size(path: Path) -> int:
+    """The size in bytes the guest sees of the disk image at ``path`` (``qemu-img info``; read
+    with ``-U``, so also while a QEMU holds the image)."""
+    info = json.loads(qemu_img("info", "--output=json", "-U", str(path)))
+    return int(info["virtual-size"])
+
+
+def create_overlay(storage: StrPath, image: Image, vm_id: str, size_gb: int | None = None) -> Path:
+    """Create ``<storage>/vms/<vm_id>/disk.qcow2``, a qcow2 overlay on ``image``'s base disk,
+    of ``size_gb`` GiB (None: the base disk's size). A size smaller than the base disk's is
+    refused: the guest's file systems end where the base disk does.
+
+    Idempotent: an existing overlay is kept as it is (it holds the VM's writes)."""
     base = image_path(storage, image, "disk")
     if not base.is_file():
         raise ImageError(f"image {image.name} has lost its base disk {base}")
@@ -370,11 +381,49 @@ def create_overlay(storage: StrPath, image: Image, vm_id: str) -> Path:
     disk = directory / DISK
     if disk.exists():
         return disk
+    size: list[str] = []
+    if size_gb is not None:
+        base_size = virtual_size(base)
+        if size_gb * GIB < base_size:
+            raise ImageError(
+                f"a root disk of {size_gb} GiB is smaller than image {image.name}'s disk "
+                f"({base_size / GIB:.2f} GiB)"
+            )
+        size = [f"{size_gb}G"]
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{DISK}.new"
-    qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(tmp))
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(tmp), *size)
     os.replace(tmp, disk)
     return disk
+
+
+def create_data_disks(storage: StrPath, vm_id: str, sizes_gb: list[int]) -> list[Path]:
+    """Create the VM's data disks ``data1.qcow2``, ``data2.qcow2``, … of ``sizes_gb`` GiB,
+    blank qcow2 files (allocated as the guest writes). Idempotent: a data disk that exists is
+    kept as it is. Returns their paths, in order."""
+    directory = vm_dir(storage, vm_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    disks = []
+    for index, size_gb in enumerate(sizes_gb, start=1):
+        disk = directory / data_disk_name(index)
+        if not disk.exists():
+            tmp = directory / f".{disk.name}.new"
+            qemu_img("create", "-q", "-f", "qcow2", str(tmp), f"{size_gb}G")
+            os.replace(tmp, disk)
+        disks.append(disk)
+    return disks
+
+
+def grow_disk(path: Path, size_gb: int) -> None:
+    """Grow the qcow2 disk at ``path`` (no QEMU may have it open) to ``size_gb`` GiB; a disk
+    that is that size already is left alone, a smaller size is refused (disks never shrink)."""
+    current = virtual_size(path)
+    if size_gb * GIB < current:
+        raise ImageError(
+            f"{path.name} is {current / GIB:.2f} GiB: it cannot shrink to {size_gb} GiB"
+        )
+    if size_gb * GIB > current:
+        qemu_img("resize", "-q", "-f", "qcow2", str(path), f"{size_gb}G")
 
 
 def remove_vm_disks(storage: StrPath, vm_id: str) -> None:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from usher.bounds import NAME_RE
+from usher.bounds import MAX_DATA_DISKS, MAX_DISK_GB, NAME_RE
 from usher.vmm.base import DomainInfo, Driver, DriverError, Guest
 
 CONSOLE_REPLY = 256 * 1024
@@ -87,6 +87,11 @@ class Commands:
                 vm(), _name(args, "new_vm_id"), snapshot=_snapshot_arg(args)
             ),
             "export_disk": lambda: self._export_disk(vm(), args),
+            "resize_disk": lambda: d.resize_disk(
+                vm(),
+                _bounded_int(args, "disk", 0, MAX_DATA_DISKS),
+                _bounded_int(args, "size_gb", 1, MAX_DISK_GB),
+            ),
             "cancel": lambda: self._cancel(str(args.get("command"))),
         }
         handler = handlers.get(action)
@@ -151,6 +156,14 @@ def _name(args: dict[str, Any], key: str) -> str:
     value = args.get(key)
     if not (isinstance(value, str) and NAME_RE.fullmatch(value)):
         raise DriverError(f"{key} must be a name (letters, digits, '.', '_', '-')")
+    return value
+
+
+def _bounded_int(args: dict[str, Any], key: str, least: int, most: int) -> int:
+    """An integer argument from ``least`` to ``most``."""
+    value = args.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise DriverError(f"{key} must be an integer from {least} to {most}")
     return value
 
 

@@ -201,7 +201,13 @@ class Driver(abc.ABC):
         """Boot ``guest``: create it if new, boot it if ``stopped`` or ``error`` (anything
         else raises :class:`InvalidTransition`). Afterwards it is ``running`` here, holding
         its vCPUs and memory, and the returned info says so. Raises
-        :class:`InsufficientCapacity` when the host cannot fit it."""
+        :class:`InsufficientCapacity` when the host cannot fit it.
+
+        Its disks are in the shared storage (:func:`usher.images.catalog.vm_disks`): at its
+        first start a root disk of ``spec.disk_gb`` GiB (None: its image's size; a smaller
+        size than the image's is refused) and one data disk per entry of ``spec.disks``, of
+        its ``size_gb``, attached after the root disk in that order; at later starts, on any
+        node, the same files as they are. A live migration's target attaches the same disks."""
 
     @abc.abstractmethod
     async def stop(self, vm_id: str, *, timeout: float | None = None, hard: bool = False) -> None:
@@ -291,6 +297,19 @@ class Driver(abc.ABC):
         a driver may return less than all of it: ask again from ``offset + len(result)``.
         Changes nothing."""
         raise DriverError(f"the {self.name} driver has no console")
+
+    # disks ---------------------------------------------------------------------------------
+
+    async def resize_disk(self, vm_id: str, disk: int, size_gb: int) -> DomainInfo:
+        """Grow disk ``disk`` (0: the root disk; N: data disk N of ``spec.disks``) of a
+        ``stopped``, ``running`` or ``paused`` VM to ``size_gb`` GiB (capability
+        ``resize_disk``). Afterwards the disk's virtual size is ``size_gb`` GiB, a running
+        guest sees the new size at once (its partitions and file systems grow when the guest
+        grows them), the returned info's ``spec`` says the new size, and nothing else has
+        changed. A disk of ``size_gb`` GiB already is left alone; a smaller size (disks never
+        shrink) or a disk the VM does not have raises :class:`DriverError`, another state
+        :class:`InvalidTransition`; the disk is as it was then."""
+        raise DriverError(f"the {self.name} driver cannot resize disks")
 
     # snapshots and copies of disks (capability ``snapshot``) ------------------------------
     # A snapshot covers every disk of the VM (never its cloud-init seed); its name is unique

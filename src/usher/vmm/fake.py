@@ -54,6 +54,7 @@ from usher.vmm.fake_domain import (
     MEMORY_LOAD,
     PAUSED,
     RESERVING,
+    RESIZABLE,
     RUNNING,
     STARTABLE,
     FakeDomain,
@@ -502,6 +503,31 @@ class FakeDriver(Driver):
             return None
         self._stop_listening(vm_id)
         self._set_state(dom, VMState.RUNNING)
+        return dom.info(now())
+
+    # disks ---------------------------------------------------------------------------------
+
+    async def resize_disk(self, vm_id: str, disk: int, size_gb: int) -> DomainInfo:
+        """Record the disk's new size in the guest's spec; a running guest's console says
+        it saw the change, as Linux does (``vdb: detected capacity change``)."""
+        dom = self._get(vm_id)
+        self._require(dom, "resize a disk of", RESIZABLE)
+        try:
+            current = dom.spec.disk_sizes()[disk] if disk >= 0 else None
+            grown = dom.spec.with_disk_size(disk, size_gb)
+        except IndexError as exc:
+            raise DriverError(f"cannot resize a disk of VM {vm_id}: {exc}") from None
+        if current is not None and size_gb < current:
+            raise DriverError(
+                f"cannot shrink disk {disk} of VM {vm_id} from {current} to {size_gb} GiB"
+            )
+        await self._faults.act("resize_disk", vm_id)
+        dom.spec = grown
+        if dom.state in ACTIVE and size_gb != current:
+            dom.console.append(
+                f"vd{chr(ord('a') + disk)}: detected capacity change to {size_gb} GiB\n"
+            )
+        self._changed(dom)
         return dom.info(now())
 
     # snapshots and copies of disks: see usher.vmm.fake_snapshots ------------------------------

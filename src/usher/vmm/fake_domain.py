@@ -22,6 +22,8 @@ RUNNING = frozenset({VMState.RUNNING})
 PAUSED = frozenset({VMState.PAUSED})
 INCOMING = frozenset({VMState.MIGRATING})
 RESERVING = ACTIVE | INCOMING
+RESIZABLE = ACTIVE | {VMState.STOPPED}
+"""States in which a guest's disks grow (``resize_disk``)."""
 """States in which a guest holds its vCPUs and memory (a prepared incoming VM is migrating)."""
 
 

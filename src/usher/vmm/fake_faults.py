@@ -25,6 +25,7 @@ ACTIONS = frozenset(
         "snapshot_delete",
         "clone_disks",
         "export_disk",
+        "resize_disk",
     }
 )
 """Actions that ``latency`` and ``fail`` options may name."""

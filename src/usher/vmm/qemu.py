@@ -16,7 +16,8 @@ Files of a VM (:mod:`usher.vmm.qemu_files`):
 * in this LNM's state dir, ``<state_dir>/vms/<vm_id>/``: ``vm.json`` (the record: id, name,
   spec, image, NICs, accelerator, last state), ``qemu.pid`` and ``qmp.sock``;
 * in the shared storage, ``<storage>/vms/<vm_id>/`` (:mod:`usher.images.catalog`):
-  ``disk.qcow2``, the copy-on-write overlay on the image's base disk; ``console.log``, the
+  ``disk.qcow2``, the copy-on-write overlay on the image's base disk (of ``spec.disk_gb``
+  GiB), its data disks ``data1.qcow2``, … (``spec.disks``); ``console.log``, the
   serial console, which every QEMU the VM ever runs in appends to, on any node, so it reads
   on across stops, reboots and live migrations; and ``node``, naming the node (host and state
   dir) that runs the VM. Only that node's ``destroy`` removes the shared files: a node the VM
@@ -49,12 +50,13 @@ import logging
 import os
 import shutil
 import socket
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from usher.images import catalog
-from usher.model import LEASE_HELD, Capability, Snapshot, VMState
+from usher.model import LEASE_HELD, Capability, Image, Snapshot, VMState
 from usher.vmm import qemu_process as proc
 from usher.vmm.base import DomainInfo, Driver, DriverError, Guest, MigrationResult
 from usher.vmm.qemu_accel import DEFAULT_BINARY, detect_accel
@@ -222,9 +224,7 @@ class QemuDriver(Driver):
         with self._guests.claim(guest.id, guest.spec):
             disk_was_there = self._files.has_disk(guest.id)
             try:
-                await asyncio.to_thread(
-                    catalog.create_overlay, self._files.storage, image, guest.id
-                )
+                await asyncio.to_thread(self._create_disks, guest, image, disk_was_there)
             except catalog.ImageError as exc:
                 raise DriverError(f"cannot start VM {guest.id}: {exc}") from exc
             if old is not None:
@@ -248,6 +248,22 @@ class QemuDriver(Driver):
             self._domains[guest.id] = dom
             self._files.take_lease(guest.id)
         return dom.info()
+
+    def _create_disks(self, guest: Guest, image: Image, disk_was_there: bool) -> None:
+        """A new VM's disks: its root overlay of ``spec.disk_gb`` GiB and its data disks.
+        A VM that has its root disk already keeps what it has (a data disk that went
+        missing is not made anew, blank: QEMU then says which file it lacks)."""
+        storage = self._files.storage
+        if disk_was_there:
+            return
+        try:
+            catalog.create_overlay(storage, image, guest.id, guest.spec.disk_gb)
+            catalog.create_data_disks(
+                storage, guest.id, [int(disk["size_gb"]) for disk in guest.spec.disks]
+            )
+        except BaseException:
+            catalog.remove_vm_disks(storage, guest.id)
+            raise
 
     async def stop(self, vm_id: str, *, timeout: float | None = None, hard: bool = False) -> None:
         """ACPI power button, then ``quit`` (and SIGKILL) if the guest is not off in time.
@@ -334,6 +350,46 @@ class QemuDriver(Driver):
 
     async def settle_incoming(self, vm_id: str) -> DomainInfo | None:
         return await self._migrations.settle_incoming(vm_id)
+
+    # disks ----------------------------------------------------------------------------------
+
+    async def resize_disk(self, vm_id: str, disk: int, size_gb: int) -> DomainInfo:
+        """``qemu-img resize`` while QEMU does not run; QMP ``block_resize`` while it does
+        (the guest sees the new size at once)."""
+        dom = self._guests.get(vm_id)
+        self._guests.require(dom, "resize a disk of", _ACTIVE | {VMState.STOPPED})
+        try:
+            grown = dom.spec.with_disk_size(disk, size_gb)
+        except IndexError as exc:
+            raise DriverError(f"cannot resize a disk of VM {vm_id}: {exc}") from None
+        name = catalog.data_disk_name(disk) if disk else catalog.DISK
+        path = Path(self._files.shared(vm_id, name))
+        try:
+            if dom.state is VMState.STOPPED:
+                await asyncio.to_thread(catalog.grow_disk, path, size_gb)
+            else:
+                await self._block_resize(dom, disk, path, size_gb)
+        except catalog.ImageError as exc:
+            raise DriverError(f"cannot resize disk {disk} of VM {vm_id}: {exc}") from exc
+        dom.spec = grown
+        self._guests.save(dom)
+        return dom.info()
+
+    async def _block_resize(self, dom: Domain, disk: int, path: Path, size_gb: int) -> None:
+        current = await asyncio.to_thread(catalog.virtual_size, path)
+        if size_gb * catalog.GIB < current:
+            raise catalog.ImageError(
+                f"{path.name} is {current / catalog.GIB:.2f} GiB: it cannot shrink to {size_gb} GiB"
+            )
+        if size_gb * catalog.GIB == current:
+            return
+        drive = f"data{disk}" if disk else "disk0"
+        try:
+            await self._guests.monitor(dom).execute(
+                "block_resize", {"device": drive, "size": size_gb * catalog.GIB}
+            )
+        except MonitorError as exc:
+            raise DriverError(f"cannot resize disk {disk} of VM {dom.id}: {exc}") from exc
 
     # snapshots and copies of disks: see usher.vmm.qemu_snapshots -----------------------------
 

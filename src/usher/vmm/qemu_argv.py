@@ -105,11 +105,15 @@ def qemu_argv(
     incoming: bool,
     seed: str | None = None,
     ssh_forward: str | None = None,
+    data_disks: tuple[str, ...] = (),
 ) -> list[str]:
     """The command line of a guest; ``nics`` pairs each NIC with its tap device (None: user-mode
     networking). ``qmp_socket`` and ``log`` (where the daemon's stderr goes) may be relative to
     QEMU's working directory. ``seed`` is a cloud-init NoCloud seed, attached read-only as a
-    CD-ROM; ``ssh_forward`` (``host:port``) is forwarded to port 22 of the first user-mode NIC."""
+    CD-ROM; ``ssh_forward`` (``host:port``) is forwarded to port 22 of the first user-mode NIC.
+    ``data_disks`` are qcow2 files attached after the root disk ``disk``, in order, as
+    virtio-blk devices whose drives are ``data1``, ``data2``, … (``disk0`` is the root disk's;
+    the guest sees ``vda``, ``vdb``, …)."""
     argv = [
         binary,
         *("-name", _escaped(name)),
@@ -125,6 +129,12 @@ def qemu_argv(
         *("-drive", f"file={_escaped(disk)},format=qcow2,if=none,id=disk0,file.locking=on"),
         *("-device", "virtio-blk-pci,drive=disk0"),
     ]
+    for index, data in enumerate(data_disks, start=1):
+        argv += [
+            "-drive",
+            f"file={_escaped(data)},format=qcow2,if=none,id=data{index},file.locking=on",
+            *("-device", f"virtio-blk-pci,drive=data{index}"),
+        ]
     forward = f",hostfwd=tcp:{ssh_forward}-:22" if ssh_forward else ""
     for index, (nic, tap) in enumerate(nics):
         if tap is None:

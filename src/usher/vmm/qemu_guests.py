@@ -170,6 +170,10 @@ class Guests:
             incoming=dom.incoming,
             seed=self.files.shared(dom.id, SEED) if dom.seed else None,
             ssh_forward=dom.ssh_forward,
+            data_disks=tuple(
+                self.files.shared(dom.id, catalog.data_disk_name(index))
+                for index in range(1, len(dom.spec.disks) + 1)
+            ),
         )
         self.save(dom)
         pidfile = self.files.local(dom.id, PIDFILE)
