@@ -131,7 +131,9 @@ class Capability(StrEnum):
     """``prepare_incoming``, ``migrate``, ``finish_incoming``, ``abort_incoming`` and
     ``settle_incoming``."""
     CONSOLE = "console"
-    """``console_log``: the serial console's output."""
+    """``console_log`` and ``console_end``: the serial console's output."""
+    CONSOLE_INPUT = "console_input"
+    """``console_write``: typing into the serial console (``ush console --attach``)."""
     SNAPSHOT = "snapshot"
     """``snapshot_create``, ``snapshot_list``, ``snapshot_revert``, ``snapshot_delete``, and
     copies of a VM's disks: ``clone_disks`` and ``export_disk``."""

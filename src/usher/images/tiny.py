@@ -9,6 +9,9 @@ console the guest prints::
     USHER-IP <address>        when DHCP on eth0 gets a lease
     USHER-POWEROFF            when the ACPI power button is pressed, just before powering off
 
+A shell reads the serial console (respawned when it exits), so what is typed into it
+(``ush console VM --attach``) runs: ``echo hi`` answers ``hi``, between heartbeats.
+
 The power button (QEMU ``system_powerdown``) powers the guest off at once through busybox
 ``acpid``. A blank 64 MiB qcow2 base disk comes with the image, so every VM gets a real
 copy-on-write overlay; the guest does not use it.
@@ -75,6 +78,8 @@ if [ -e /sys/class/net/eth0 ]; then
     ip link set eth0 up
     udhcpc -f -i eth0 -s /etc/udhcpc.script &
 fi
+# a shell for whoever types into the serial console (ush console --attach)
+(while :; do setsid cttyhack sh </dev/console >/dev/console 2>&1; sleep 1; done) &
 echo "USHER-READY $name"
 n=0
 while :; do

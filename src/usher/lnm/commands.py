@@ -3,6 +3,8 @@ driver's answer into a JSON-ready result."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +17,8 @@ CONSOLE_REPLY = 256 * 1024
 MAX_OFFSET = 2**53
 STAGING = re.compile(r"\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,200}")
 """A staging directory of the image catalogue, as the controller names it."""
+MAX_CONSOLE_INPUT = 4096
+"""Most bytes one ``console_input`` command types into a VM's console."""
 
 
 class Commands:
@@ -77,7 +81,8 @@ class Commands:
             "finish_incoming": lambda: d.finish_incoming(vm()),
             "abort_incoming": lambda: d.abort_incoming(vm()),
             "settle_incoming": lambda: self._settle_incoming(vm()),
-            "console": lambda: d.console_log(vm(), offset=_offset(args)),
+            "console": lambda: self._console(vm(), args),
+            "console_input": lambda: d.console_write(vm(), _console_input(args)),
             "snapshot_create": lambda: self._snapshots(vm(), "create", args),
             "snapshot_list": lambda: self._snapshots(vm(), "list", args),
             "snapshot_revert": lambda: self._snapshots(vm(), "revert", args),
@@ -102,14 +107,35 @@ class Commands:
             return answer.model_dump(mode="json")
         if action == "prepare_incoming":
             return {"uri": answer}
-        if action == "console":
-            chunk = answer[:CONSOLE_REPLY]
-            return {"data": chunk.decode("utf-8", "replace"), "next": _offset(args) + len(chunk)}
         if isinstance(answer, dict):
             return answer
         if answer is not None and hasattr(answer, "model_dump"):
             return answer.model_dump(mode="json")
         return {}
+
+    async def _console(self, vm_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        """The ``console`` command: output from ``offset`` on, or the last ``tail`` bytes;
+        ``{"offset", "next", "data"}``. A reply never ends inside a UTF-8 character: its last
+        incomplete one comes in the next reply, so output read in pieces decodes as a whole."""
+        if "tail" in args:
+            tail = args["tail"]
+            if (
+                isinstance(tail, bool)
+                or not isinstance(tail, int)
+                or not 0 <= tail <= CONSOLE_REPLY
+            ):
+                raise DriverError(f"console tail must be 0 to {CONSOLE_REPLY} bytes")
+            offset = max(0, await self.driver.console_end(vm_id) - tail)
+        else:
+            offset = _offset(args)
+        chunk = _whole_characters(
+            (await self.driver.console_log(vm_id, offset=offset))[:CONSOLE_REPLY]
+        )
+        return {
+            "offset": offset,
+            "next": offset + len(chunk),
+            "data": chunk.decode("utf-8", "replace"),
+        }
 
     async def _snapshots(self, vm_id: str, what: str, args: dict[str, Any]) -> dict[str, Any]:
         """The ``snapshot_*`` commands: each answers with the VM's snapshots afterwards
@@ -170,6 +196,30 @@ def _bounded_int(args: dict[str, Any], key: str, least: int, most: int) -> int:
 def _snapshot_arg(args: dict[str, Any]) -> str | None:
     """The optional ``snapshot`` argument of a copy of disks."""
     return None if args.get("snapshot") is None else _name(args, "snapshot")
+
+
+def _console_input(args: dict[str, Any]) -> bytes:
+    """The ``data`` argument of a ``console_input`` command: base64, at most
+    :data:`MAX_CONSOLE_INPUT` bytes once decoded."""
+    data = args.get("data")
+    if not isinstance(data, str) or len(data) > (MAX_CONSOLE_INPUT + 2) // 3 * 4:
+        raise DriverError(f"console input must be base64 of at most {MAX_CONSOLE_INPUT} bytes")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise DriverError("console input must be base64") from None
+
+
+def _whole_characters(chunk: bytes) -> bytes:
+    """``chunk`` without an incomplete UTF-8 character at its end (at most 3 bytes)."""
+    for back in range(1, min(4, len(chunk)) + 1):
+        byte = chunk[-back]
+        if byte < 0x80:
+            return chunk
+        if byte >= 0xC0:  # the lead byte of the last character: is it all there?
+            length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return chunk if back >= length else chunk[:-back]
+    return chunk
 
 
 def _seconds(action: str, args: dict[str, Any], key: str, default: float | None) -> float | None:

@@ -6,7 +6,9 @@ its own as a package of its own (``examples/usher-example-driver`` shows one). A
 imports only this module and :mod:`usher.model`. Its contract:
 
 * **Concurrency.** Every method is ``async`` and may be called concurrently for *different*
-  VMs; the LNM never calls two methods for the *same* VM at once.
+  VMs; the LNM never calls two methods for the *same* VM at once, except the console's
+  (``console_log``, ``console_end``, ``console_write``), which may come at any time, also
+  while another call for that VM runs, and must then fail or succeed without disturbing it.
 * **Postconditions.** A method that succeeds leaves the VM in the state its docstring names
   (``start`` → running, ``stop`` → stopped, ``destroy`` → gone, …), and :meth:`Driver.list`
   reports it so at once. A method that fails raises :class:`DriverError` with a message a
@@ -297,6 +299,28 @@ class Driver(abc.ABC):
         a driver may return less than all of it: ask again from ``offset + len(result)``.
         Changes nothing."""
         raise DriverError(f"the {self.name} driver has no console")
+
+    async def console_end(self, vm_id: str) -> int:
+        """Where the VM's console output ends now: the byte offset from which
+        :meth:`console_log` returns nothing yet (capability ``console``). Changes nothing.
+        The default reads all of the output through :meth:`console_log`; a driver that can
+        tell at once overrides it."""
+        end = 0
+        while chunk := await self.console_log(vm_id, offset=end):
+            end += len(chunk)
+        return end
+
+    async def console_write(self, vm_id: str, data: bytes) -> None:
+        """Type ``data`` into the VM's serial console (capability ``console_input``).
+
+        The VM must be ``running`` or ``paused`` (otherwise :class:`InvalidTransition`).
+        Afterwards the guest has all of ``data`` to read, after whatever was typed before and
+        in order (a paused guest reads it once resumed); what the guest answers shows in
+        :meth:`console_log`. Nothing else changes: not the VM's state, nor the console's
+        output by itself. Raises :class:`DriverError` when the console cannot take the input
+        (e.g. the guest has not read what was typed before it for long); some of ``data`` may
+        have reached the guest then. The default raises: no console input."""
+        raise DriverError(f"the {self.name} driver takes no console input")
 
     # disks ---------------------------------------------------------------------------------
 

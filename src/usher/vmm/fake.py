@@ -24,6 +24,10 @@ Options (``options`` dict):
 With a ``state_dir`` the table lives in ``<state_dir>/fake-vms.json`` plus a journal of every
 change since (:mod:`usher.vmm.fake_journal`), loaded by :meth:`FakeDriver.open`: a restarted
 or killed LNM finds its guests still running, as it would hypervisor processes that outlive it.
+
+A guest's console prints what happens to it (boot, state changes, its cloud-init seed), and
+what is typed into it (``console_write``) goes to a tiny shell that echoes and answers
+(:mod:`usher.vmm.fake_console`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from usher.vmm.base import (
     UnknownVM,
 )
 from usher.vmm.fake_capacity import HostCapacity
+from usher.vmm.fake_console import type_into
 from usher.vmm.fake_domain import (
     ACTIVE,
     CPU_LOAD,
@@ -355,6 +360,9 @@ class FakeDriver(Driver):
         self._require(dom, "resume", PAUSED)
         await self._faults.act("resume", vm_id)
         self._set_state(dom, VMState.RUNNING)
+        if dom.unread:
+            self._read_console_input(dom)
+            self._changed(dom)
 
     async def reboot(self, vm_id: str) -> None:
         dom = self._get(vm_id)
@@ -559,6 +567,26 @@ class FakeDriver(Driver):
 
     async def console_log(self, vm_id: str, *, offset: int = 0) -> bytes:
         return "".join(self._get(vm_id).console).encode()[offset:]
+
+    async def console_end(self, vm_id: str) -> int:
+        return len("".join(self._get(vm_id).console).encode())
+
+    async def console_write(self, vm_id: str, data: bytes) -> None:
+        """A running guest's console answers at once (:mod:`usher.vmm.fake_console`); a paused
+        one keeps what is typed until it is resumed."""
+        dom = self._get(vm_id)
+        self._require(dom, "type into the console of", ACTIVE)
+        dom.unread += data.decode("utf-8", "replace")
+        if dom.state is VMState.RUNNING:
+            self._read_console_input(dom)
+        self._changed(dom)
+
+    @staticmethod
+    def _read_console_input(dom: FakeDomain) -> None:
+        shown, dom.line = type_into(dom.name, dom.line, dom.unread)
+        dom.unread = ""
+        if shown:
+            dom.console.append(shown)
 
     async def crash(self, vm_id: str, reason: str = "crashed") -> None:
         """Test helper: kill a guest's simulated process; it turns ``error`` and frees its

@@ -40,6 +40,10 @@ class FakeDomain:
     """CPU time burnt before ``running_since``."""
     running_since: float | None = None
     console: list[str] = field(default_factory=list)
+    line: str = ""
+    """What was typed on the console since the last Enter (:mod:`usher.vmm.fake_console`)."""
+    unread: str = ""
+    """Console input typed while the guest was paused, which it reads once resumed."""
     snapshots: list[Snapshot] = field(default_factory=list)
     """Its snapshots, oldest first (:mod:`usher.vmm.fake_snapshots`)."""
     received: bool = False
@@ -77,6 +81,8 @@ class FakeDomain:
             "cpu_seconds": self.cpu_seconds,
             "running_since": self.running_since,
             "console": self.console,
+            "line": self.line,
+            "unread": self.unread,
             "received": self.received,
             "sent": self.sent,
             "snapshots": [snap.model_dump(mode="json") for snap in self.snapshots],
@@ -93,6 +99,8 @@ class FakeDomain:
             cpu_seconds=data["cpu_seconds"],
             running_since=data["running_since"],
             console=list(data["console"]),
+            line=str(data.get("line", "")),
+            unread=str(data.get("unread", "")),
             received=bool(data.get("received", False)),
             sent=bool(data.get("sent", False)),
             snapshots=[Snapshot.model_validate(snap) for snap in data.get("snapshots", [])],

@@ -14,7 +14,8 @@ migration is in :mod:`usher.vmm.qemu_migration`.
 Files of a VM (:mod:`usher.vmm.qemu_files`):
 
 * in this LNM's state dir, ``<state_dir>/vms/<vm_id>/``: ``vm.json`` (the record: id, name,
-  spec, image, NICs, accelerator, last state), ``qemu.pid`` and ``qmp.sock``;
+  spec, image, NICs, accelerator, last state), ``qemu.pid``, ``qmp.sock`` and
+  ``console.sock``, where console input is typed (:mod:`usher.vmm.qemu_console`);
 * in the shared storage, ``<storage>/vms/<vm_id>/`` (:mod:`usher.images.catalog`):
   ``disk.qcow2``, the copy-on-write overlay on the image's base disk (of ``spec.disk_gb``
   GiB), its data disks ``data1.qcow2``, … (``spec.disks``); ``console.log``, the
@@ -61,6 +62,7 @@ from usher.vmm import qemu_process as proc
 from usher.vmm.base import DomainInfo, Driver, DriverError, Guest, MigrationResult
 from usher.vmm.qemu_accel import DEFAULT_BINARY, detect_accel
 from usher.vmm.qemu_argv import nics_of
+from usher.vmm.qemu_console import Consoles
 from usher.vmm.qemu_domain import LIVE, Domain, state_of
 from usher.vmm.qemu_files import PIDFILE, VMFiles
 from usher.vmm.qemu_guests import Guests
@@ -121,6 +123,7 @@ class QemuDriver(Driver):
             report=lambda vm_id, state, reason: self.on_state_change(vm_id, state, reason),
         )
         self._domains = self._guests.domains
+        self._consoles = Consoles(self._files)
         self._snapshots = QemuSnapshots(self._guests)
         self._migrations = Migrations(
             self._guests,
@@ -148,6 +151,7 @@ class QemuDriver(Driver):
 
     async def close(self) -> None:
         """Stop watching; the guests keep running and the next :meth:`open` finds them."""
+        await self._consoles.close()
         for dom in self._domains.values():
             await self._guests.unwatch(dom)
 
@@ -307,6 +311,7 @@ class QemuDriver(Driver):
 
     async def destroy(self, vm_id: str) -> None:
         """Kill QEMU, remove the VM's records and, if this node runs it, its disks."""
+        await self._consoles.drop(vm_id)
         if not await self._guests.forget(vm_id):
             return
         if self._files.holds_lease(vm_id):
@@ -332,6 +337,7 @@ class QemuDriver(Driver):
 
     async def fence(self, vm_id: str) -> None:
         """Kill QEMU and remove the VM's records here; its shared disks stay."""
+        await self._consoles.drop(vm_id)
         await self._guests.forget(vm_id)
 
     # live migration: see usher.vmm.qemu_migration -------------------------------------------
@@ -421,3 +427,13 @@ class QemuDriver(Driver):
         :data:`usher.vmm.qemu_files.CONSOLE_CHUNK` bytes."""
         self._guests.get(vm_id)
         return self._files.read_console(vm_id, offset)
+
+    async def console_end(self, vm_id: str) -> int:
+        self._guests.get(vm_id)
+        return self._files.console_size(vm_id)
+
+    async def console_write(self, vm_id: str, data: bytes) -> None:
+        """Through the VM's console socket (:mod:`usher.vmm.qemu_console`)."""
+        dom = self._guests.get(vm_id)
+        self._guests.require(dom, "type into the console of", _ACTIVE)
+        await self._consoles.write(vm_id, data)

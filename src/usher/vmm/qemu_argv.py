@@ -98,6 +98,7 @@ def qemu_argv(
     spec: VMSpec,
     disk: str,
     console: str,
+    console_socket: str,
     qmp_socket: str,
     log: str,
     nics: list[tuple[Nic, str | None]],
@@ -108,19 +109,27 @@ def qemu_argv(
     data_disks: tuple[str, ...] = (),
 ) -> list[str]:
     """The command line of a guest; ``nics`` pairs each NIC with its tap device (None: user-mode
-    networking). ``qmp_socket`` and ``log`` (where the daemon's stderr goes) may be relative to
-    QEMU's working directory. ``seed`` is a cloud-init NoCloud seed, attached read-only as a
-    CD-ROM; ``ssh_forward`` (``host:port``) is forwarded to port 22 of the first user-mode NIC.
-    ``data_disks`` are qcow2 files attached after the root disk ``disk``, in order, as
-    virtio-blk devices whose drives are ``data1``, ``data2``, … (``disk0`` is the root disk's;
-    the guest sees ``vda``, ``vdb``, …)."""
+    networking). ``qmp_socket``, ``console_socket`` and ``log`` (where the daemon's stderr goes)
+    may be relative to QEMU's working directory. The serial console is a Unix socket server
+    (``console_socket``, where the driver types into it; see :mod:`usher.vmm.qemu_console`)
+    that appends all the guest's output to the file ``console`` whether or not a client is
+    connected (a socket chardev drops output while none is, so the guest never waits).
+    ``seed`` is a cloud-init NoCloud seed, attached read-only as a CD-ROM; ``ssh_forward``
+    (``host:port``) is forwarded to port 22 of the first user-mode NIC. ``data_disks`` are
+    qcow2 files attached after the root disk ``disk``, in order, as virtio-blk devices whose
+    drives are ``data1``, ``data2``, … (``disk0`` is the root disk's; the guest sees ``vda``,
+    ``vdb``, …)."""
     argv = [
         binary,
         *("-name", _escaped(name)),
         *("-accel", accel, "-machine", "pc"),
         *("-m", str(spec.memory_mb), "-smp", str(spec.vcpus)),
         *("-nodefaults", "-no-user-config", "-display", "none"),
-        *("-chardev", f"file,id=serial0,path={_escaped(console)},append=on"),
+        *(
+            "-chardev",
+            f"socket,id=serial0,path={_escaped(console_socket)},server=on,wait=off,"
+            f"logfile={_escaped(console)},logappend=on",
+        ),
         *("-serial", "chardev:serial0"),
         *("-qmp", f"unix:{_escaped(qmp_socket)},server=on,wait=off"),
         *("-D", log),

@@ -1,7 +1,8 @@
 """Where the ``qemu`` driver keeps a VM's files, and the files themselves.
 
 * in the LNM's state dir, ``<state_dir>/vms/<vm_id>/``: ``vm.json`` (the record), ``qemu.pid``,
-  ``qmp.sock`` and ``qemu.log`` (what QEMU printed: a daemon's stderr goes there);
+  ``qmp.sock``, ``console.sock`` (the serial console's input) and ``qemu.log`` (what QEMU
+  printed: a daemon's stderr goes there);
 * in the shared storage, ``<storage>/vms/<vm_id>/`` (:mod:`usher.images.catalog`): the disk,
   ``console.log``, ``seed.iso`` (the cloud-init seed of a guest whose image runs cloud-init)
   and ``node``, naming the node that runs the VM (its lease).
@@ -19,6 +20,7 @@ from usher.images import catalog
 RECORD = "vm.json"
 PIDFILE = "qemu.pid"
 QMP_SOCKET = "qmp.sock"
+CONSOLE_SOCKET = "console.sock"
 CONSOLE = "console.log"
 QEMU_LOG = "qemu.log"
 LEASE = "node"
@@ -59,8 +61,8 @@ class VMFiles:
         os.replace(f"{path}.tmp", path)
 
     def remove_runtime_files(self, vm_id: str) -> None:
-        """The pidfile and QMP socket of a QEMU that is gone."""
-        for name in (PIDFILE, QMP_SOCKET):
+        """The pidfile and sockets of a QEMU that is gone."""
+        for name in (PIDFILE, QMP_SOCKET, CONSOLE_SOCKET):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.local(vm_id, name))
 
@@ -85,6 +87,13 @@ class VMFiles:
                 return file.read() == self.node
         except FileNotFoundError:
             return True
+
+    def console_size(self, vm_id: str) -> int:
+        """How many bytes of serial console output there are."""
+        try:
+            return os.path.getsize(self.shared(vm_id, CONSOLE))
+        except FileNotFoundError:
+            return 0
 
     def read_console(self, vm_id: str, offset: int) -> bytes:
         """Serial console output from ``offset`` on, at most :data:`CONSOLE_CHUNK` bytes."""

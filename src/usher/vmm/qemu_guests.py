@@ -23,7 +23,15 @@ from usher.vmm.base import (
 )
 from usher.vmm.qemu_argv import KernelBoot, Nic, bridge_of, qemu_argv, tap_name
 from usher.vmm.qemu_domain import LIVE, Domain, ending
-from usher.vmm.qemu_files import CONSOLE, PIDFILE, QEMU_LOG, QMP_SOCKET, SEED, VMFiles
+from usher.vmm.qemu_files import (
+    CONSOLE,
+    CONSOLE_SOCKET,
+    PIDFILE,
+    QEMU_LOG,
+    QMP_SOCKET,
+    SEED,
+    VMFiles,
+)
 from usher.vmm.qemu_monitor import Monitor, MonitorError
 from usher.vmm.qemu_seed import prepare_guest_access
 
@@ -163,6 +171,7 @@ class Guests:
             spec=dom.spec,
             disk=self.files.shared(dom.id, catalog.DISK),
             console=self.files.shared(dom.id, CONSOLE),
+            console_socket=CONSOLE_SOCKET,
             qmp_socket=QMP_SOCKET,
             log=QEMU_LOG,
             nics=nics,

@@ -28,7 +28,7 @@ class MonitorError(DriverError):
     """A QMP command failed, or QEMU did not answer."""
 
 
-def _unix_socket(path: str) -> socket.socket:
+def unix_socket(path: str) -> socket.socket:
     """A socket connected to ``path``, however long the path: the kernel refuses socket
     addresses over 107 bytes, so connect through ``/proc/self/fd/<dir fd>/<name>``."""
     directory = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_CLOEXEC)
@@ -57,7 +57,7 @@ class Monitor:
         """Open a session on the QMP socket at ``path``."""
         monitor = cls(name)
         try:
-            sock = _unix_socket(path)
+            sock = unix_socket(path)
             await asyncio.wait_for(monitor._client.connect(sock), timeout)
         except (OSError, QMPError, TimeoutError) as exc:
             await monitor.close()
