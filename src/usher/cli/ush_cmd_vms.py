@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable
 from fnmatch import fnmatchcase
@@ -24,6 +25,7 @@ from usher.cli.ush_options import (
 )
 from usher.cli.ush_outcome import planned, submitted
 from usher.cli.ush_render import VM_COLUMNS, VM_FIELDS
+from usher.client import UsherError
 from usher.model import (
     MAX_MEMORY_MB,
     MAX_VCPUS,
@@ -391,10 +393,26 @@ def show(ush: Ush, vm: str) -> None:
 @click.command()
 @click.argument("vm", shell_complete=complete_vm_names)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until Ctrl-C.")
+@click.option(
+    "-a",
+    "--attach",
+    is_flag=True,
+    help="Read-write: what you type goes to the guest; Ctrl-] detaches.",
+)
+@click.option(
+    "--linger",
+    type=click.FloatRange(0, 3600),
+    default=2.0,
+    show_default=True,
+    help="With --attach and piped input: seconds to stay attached after the input ends.",
+)
 @click.option("--interval", type=float, default=0.5, show_default=True, hidden=True)
 @pass_ush
-def console(ush: Ush, vm: str, follow: bool, interval: float) -> None:
-    """Show a VM's serial console output (--follow to tail it)."""
+def console(ush: Ush, vm: str, follow: bool, attach: bool, linger: float, interval: float) -> None:
+    """Show a VM's serial console output (--follow to tail it, --attach to type into it)."""
+    if attach:
+        _attach(ush, vm, linger)
+        return
     offset = 0
     try:
         while True:
@@ -406,6 +424,21 @@ def console(ush: Ush, vm: str, follow: bool, interval: float) -> None:
             time.sleep(interval)
     except KeyboardInterrupt:
         return
+
+
+def _attach(ush: Ush, vm: str, linger: float) -> None:
+    """``ush console --attach``: see :mod:`usher.cli.ush_attach`."""
+    from usher.cli.ush_attach import run_attached  # termios and a WebSocket client: only here
+
+    interactive = sys.stdin.isatty()
+    if interactive:
+        click.echo(f"attached to {vm}'s console; Ctrl-] detaches", err=True)
+    with ush.client.attach_console(vm) as attached:
+        why = run_attached(attached, stdin=sys.stdin.fileno(), linger=linger)
+    if why is not None:
+        raise UsherError(None, f"the console ended: {why}")
+    if interactive:
+        click.echo("\r\ndetached", err=True)
 
 
 COMMANDS: tuple[click.Command, ...] = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 from httpx_sse import connect_sse
@@ -23,6 +23,9 @@ from usher.client.call import (
 )
 from usher.client.config import resolve
 from usher.client.methods import Methods
+
+if TYPE_CHECKING:
+    from usher.client.console import AttachedConsole
 
 T = TypeVar("T")
 
@@ -47,7 +50,15 @@ class Client(Methods):
     ) -> None:
         settings = resolve(url, token, ca_file=ca_file, remote=remote)
         self.url = settings.url
+        self.settings = settings
         self._http = httpx.Client(**http_options(settings, timeout), transport=transport)
+
+    def attach_console(self, vm: str) -> AttachedConsole:
+        """A read-write serial console on ``vm`` (:mod:`usher.client.console`, imported
+        here: ``ush`` does not load a WebSocket client for every command)."""
+        from usher.client.console import attach_console
+
+        return attach_console(self.settings, vm)
 
     def close(self) -> None:
         self._http.close()

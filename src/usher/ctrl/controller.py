@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from usher.ctrl.config import ADMIN_TOKEN_FILE, Settings
+from usher.ctrl.consoles import ConsoleHub
 from usher.ctrl.context import PluginContext
 from usher.ctrl.engine import Engine, RequestError
 from usher.ctrl.events import EventBus
@@ -58,6 +59,7 @@ class Controller:
         self.nodes = NodeRegistry(self.store, self.bus, settings.node_timeout)
         self.node_credentials = NodeCredentials(self.store)
         self.engine = Engine(settings, self.store, self.bus, self.plugins, self.nodes)
+        self.consoles = ConsoleHub(self.store, self.nodes)
         self.plugins.load(settings.plugins.enabled, extra_plugins or {})
         observe = settings.plugins.table("metrics")  # dashboard and /metrics settings
         self.usage = UsageHistory(self.store, self.nodes, observe)
@@ -102,6 +104,7 @@ class Controller:
                 await self.engine.node_lost(name, reason)
 
     async def stop(self) -> None:
+        await self.consoles.close()
         await self.usage.stop()
         for task in (self._watcher, self._rejoin):
             if task is None:

@@ -16,6 +16,11 @@ plugin's own ``request`` hook, which sees every request before the others may re
 Requests refused before they became operations (not allowed, unknown VMs, wrong state, no
 capacity) come as the engine's ``request_refused`` event and are recorded as ``refused``.
 Only a request without a valid token (or a malformed body) is not recorded: it names no one.
+
+An attached console (``console_attach``, ``console_detach``) is one record of kind ``console``
+on its VM: ``accepted`` while attached, ``succeeded`` once detached, its ``request`` saying
+how long it lasted, how many bytes were typed (never what) and why it ended; an attach that
+was not allowed (``console_refused``) is ``refused``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from usher.model import Event, OpKind, OpRequest, now
 from usher.plugin import ContextDep, PluginContext, PrincipalDep, allow, hookimpl, visible
 
 KINDS = frozenset(kind.value for kind in OpKind)
+CONSOLE_EVENTS = frozenset({"console_attach", "console_detach", "console_refused"})
 PENDING_SECONDS = 60.0  # how long a request may wait for its refusal event to arrive
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -150,6 +156,8 @@ class Audit:
 
     def __init__(self) -> None:
         self._pending: deque[_Pending] = deque(maxlen=10000)
+        self._consoles: dict[str, int] = {}
+        """The record of each attached console session, by session id."""
 
     @hookimpl
     async def usher_configure(self, ctx: PluginContext, config: dict[str, Any]) -> None:
@@ -198,6 +206,9 @@ class Audit:
         if event.name == "request_refused":
             await self._refused_early(event)
             return
+        if event.name in CONSOLE_EVENTS:
+            await self._console(event)
+            return
         if event.operation_id is None:
             return
         name = event.name
@@ -229,6 +240,45 @@ class Audit:
         await self._insert(
             None, event.principal or "", data, Outcome.REFUSED, str(event.data.get("error", ""))
         )
+
+    async def _console(self, event: Event) -> None:
+        """An attached console: a record when it starts, finished when it ends."""
+        data = event.data
+        if event.name == "console_refused":
+            asked = {
+                "kind": "console",
+                "vm": data.get("vm"),
+                "client_address": data.get("client_address"),
+            }
+            await self._insert(
+                None, event.principal or "", asked, Outcome.REFUSED, data.get("error")
+            )
+            return
+        session = str(data.get("session"))
+        if event.name == "console_attach":
+            asked = {
+                "kind": "console",
+                "vm_ids": [event.vm_id] if event.vm_id else [],
+                "client_address": data.get("client_address"),
+                "session": session,
+                "read_only": data.get("read_only"),
+            }
+            self._consoles[session] = await self._insert(
+                None, event.principal or "", asked, Outcome.ACCEPTED, None
+            )
+            return
+        seq = self._consoles.pop(session, None)
+        if seq is None:
+            return
+        async with self.sessions() as s, s.begin():
+            row = await s.get(AuditRow, seq)
+            if row is None:
+                return
+            ended = {k: data.get(k) for k in ("seconds", "bytes_typed", "code")}
+            row.request = {**row.request, **ended}
+            row.outcome, row.reason = Outcome.SUCCEEDED, data.get("reason")
+            row.done, row.finished_at = row.total, event.time
+        await self._log(seq)
 
     def _take(self, principal: str | None, data: dict[str, Any]) -> _Pending | None:
         """The oldest pending request of ``principal`` like ``data`` (any of its kind if
@@ -273,7 +323,8 @@ class Audit:
         data: dict[str, Any],
         outcome: Outcome,
         reason: str | None,
-    ) -> None:
+    ) -> int:
+        """Record a request; its record's number."""
         # every VM named: those acted on, and those left alone (already there, or refused)
         vm_ids = [*data.get("vm_ids", []), *data.get("skipped", []), *data.get("refused", [])]
         vms = await self.ctx.records.get_vms(vm_ids) if vm_ids else {}
@@ -301,6 +352,7 @@ class Audit:
                 for i in vm_ids
             )
         await self._log(row.seq)
+        return row.seq
 
     async def _registered(self, op_id: str, vm_id: str, name: str | None) -> None:
         """A start created a VM: one more target."""

@@ -48,6 +48,7 @@ USER_ACTIONS = frozenset(
         "vm.list",
         "vm.show",
         "vm.console",
+        "vm.console.attach",
         "vm.ssh",
         "vm.change",
         "key.list",

@@ -2,10 +2,17 @@
 
 The page itself is public; everything it shows comes from the ``/v1`` API with the token the
 user logs in with, so the API's authentication and authorization apply unchanged.
+
+The VM view's interactive console is xterm.js 6.0.0 (``xterm.js``, ``xterm.css``, its licence
+``xterm.LICENSE``; MIT), from the npm package ``@xterm/xterm`` unchanged, loaded from here
+only when a console is attached. Its renderer styles the terminal with ``<style>`` elements it
+makes, which the policy allows only with the nonce that each answer for the page carries
+(``usher-style-nonce``); scripts stay ``'self'`` only.
 """
 
 from __future__ import annotations
 
+import secrets
 from importlib.resources import files
 
 from fastapi import APIRouter
@@ -18,7 +25,12 @@ ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "xterm.js": "text/javascript; charset=utf-8",
+    "xterm.css": "text/css; charset=utf-8",
+    "xterm.LICENSE": "text/plain; charset=utf-8",
 }
+NONCE_MARK = b"@STYLE_NONCE@"
+"""Where ``index.html`` takes the nonce of its answer."""
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -47,7 +59,18 @@ async def ui_root() -> RedirectResponse:
 
 @router.get("/ui/")
 async def ui_index() -> Response:
-    return _asset("index.html")
+    """The page, with a fresh nonce for the styles xterm.js makes (module doc)."""
+    nonce = secrets.token_urlsafe(18)
+    page = files("usher.ui").joinpath("static", "index.html").read_bytes()
+    policy = (
+        f"default-src 'self'; style-src 'self' 'nonce-{nonce}'; img-src 'self' data:; "
+        "frame-ancestors 'none'"
+    )
+    return Response(
+        page.replace(NONCE_MARK, nonce.encode()),
+        media_type=ASSETS["index.html"],
+        headers={**HEADERS, "Content-Security-Policy": policy},
+    )
 
 
 @router.get("/ui/{name}")

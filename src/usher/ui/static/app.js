@@ -24,6 +24,7 @@ const ui = {
   detail: null,       // the VM shown in the detail panel, as last read
   wanted: null,       // the id of the VM the detail panel is for (answers for others are dropped)
   console: { vm: null, next: 0, text: "", busy: false },
+  terminal: null,     // the attached console: {vm, socket, term, ended}
   stream: null,       // AbortController of the event stream
   timers: {},
   session: 0,         // bumped at each login and logout: answers to an older one are dropped
@@ -415,6 +416,7 @@ async function openDetail(id) {
 }
 
 function clearDetail() {
+  detachConsole(false);
   ui.detail = null;
   for (const id of ["#d-name", "#d-definition", "#d-history", "#d-events", "#d-console"]) $(id).replaceChildren();
   $("#d-tag-list").value = "";
@@ -491,6 +493,100 @@ async function loadConsole() {
   } finally {
     c.busy = false;
   }
+}
+
+// --- the attached console: xterm.js over /v1/vms/{vm}/console/attach ---------------------
+// A browser cannot set headers on a WebSocket: the token goes as a subprotocol
+// ("usher.auth.<base64url>"), never in the URL. xterm.js (shipped beside this file) loads on
+// the first attach; its <style> elements carry the page's nonce (the policy wants it).
+
+const CONSOLE_PROTOCOL = "usher.console.v1";
+const CONSOLE_FRAME = 4096; // bytes of input per frame, the most the controller takes
+let xtermLoading = null;
+
+function loadXterm() {
+  if (!xtermLoading) {
+    xtermLoading = new Promise((resolve, reject) => {
+      const nonce = document.querySelector('meta[name="usher-style-nonce"]').content;
+      const make = Document.prototype.createElement;
+      Document.prototype.createElement = function (tag, options) {
+        const made = make.call(this, tag, options);
+        if (String(tag).toLowerCase() === "style") made.nonce = nonce;
+        return made;
+      };
+      document.head.append(el("link", { rel: "stylesheet", href: "xterm.css" }));
+      const script = el("script", { src: "xterm.js" });
+      script.addEventListener("load", () => resolve(window.Terminal));
+      script.addEventListener("error", () => { xtermLoading = null; reject(new Error("cannot load xterm.js")); });
+      document.head.append(script);
+    });
+  }
+  return xtermLoading;
+}
+
+function base64url(text) {
+  return btoa(text).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+async function attachConsole() {
+  const vm = ui.detail;
+  if (!vm) return;
+  if (ui.terminal && !ui.terminal.ended) { detachConsole(); return; }
+  detachConsole(false); // (a session that ended: its terminal goes)
+  let Terminal;
+  try {
+    Terminal = await loadXterm();
+  } catch (err) {
+    say(err.message, true);
+    return;
+  }
+  if (!ui.detail || ui.detail.id !== vm.id || ui.terminal) return;
+  const box = $("#d-terminal");
+  box.replaceChildren();
+  box.hidden = false;
+  $("#d-console").hidden = true;
+  const term = new Terminal({ convertEol: true, cursorBlink: true, fontSize: 13, rows: 20, scrollback: 2000 });
+  term.open(box);
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const url = `${scheme}//${location.host}/v1/vms/${encodeURIComponent(vm.id)}/console/attach`;
+  const token = sessionStorage.getItem(TOKEN_KEY) || "";
+  const socket = new WebSocket(url, [CONSOLE_PROTOCOL, `usher.auth.${base64url(token)}`]);
+  const attached = { vm: vm.id, socket, term, ended: false };
+  ui.terminal = attached;
+  $("#d-console-attach").textContent = "Detach";
+  box.dataset.state = "connecting";
+  const encoder = new TextEncoder();
+  socket.addEventListener("open", () => { box.dataset.state = "attached"; term.focus(); });
+  socket.addEventListener("message", (ev) => term.write(ev.data));
+  socket.addEventListener("close", (ev) => {
+    if (attached.ended) return;
+    attached.ended = true;
+    box.dataset.state = "ended";
+    term.write(`\r\n[console ended: ${ev.reason || `code ${ev.code}`}]\r\n`);
+    $("#d-console-attach").textContent = "Attach";
+  });
+  term.onData((typed) => {
+    if (socket.readyState !== WebSocket.OPEN) return;
+    const bytes = encoder.encode(typed);
+    for (let at = 0; at < bytes.length; at += CONSOLE_FRAME) socket.send(bytes.slice(at, at + CONSOLE_FRAME));
+  });
+}
+
+// Detach (or drop a session that ended), and show the read-only console again.
+function detachConsole(refresh = true) {
+  const attached = ui.terminal;
+  if (!attached) return;
+  ui.terminal = null;
+  if (!attached.ended) {
+    attached.ended = true;
+    attached.socket.close(1000, "detached");
+  }
+  attached.term.dispose();
+  $("#d-terminal").replaceChildren();
+  $("#d-terminal").hidden = true;
+  $("#d-console").hidden = false;
+  $("#d-console-attach").textContent = "Attach";
+  if (refresh) loadConsole();
 }
 
 async function changeVM(body, what) {
@@ -701,6 +797,7 @@ function wire() {
   $("#create-form").addEventListener("submit", create);
   $("#d-close").addEventListener("click", closeDetail);
   $("#d-console-refresh").addEventListener("click", loadConsole);
+  $("#d-console-attach").addEventListener("click", attachConsole);
   $("#d-rename").addEventListener("submit", (ev) => {
     ev.preventDefault();
     changeVM({ name: $("#d-new-name").value.trim() }, "rename");
