@@ -13,18 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from test_qemu_driver import (  # noqa: F401 - fixtures
-    DriverFactory,
-    make_driver,
-    new_guest,
-    reports,
-    storage,
-    tiny,
-    wait_for_text,
-)
+import test_qemu_driver
+from test_qemu_driver import DriverFactory, new_guest, wait_for_text
 from usher.images import catalog
 from usher.model import Image, VMState
 from usher.vmm.base import DriverError, InvalidTransition
+
+storage, tiny = test_qemu_driver.storage, test_qemu_driver.tiny  # the fixtures
+make_driver, reports = test_qemu_driver.make_driver, test_qemu_driver.reports
 
 
 def qemu_io(disk: Path, command: str) -> bool:

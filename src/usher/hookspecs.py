@@ -244,6 +244,37 @@ def migrate_request(request: OpRequest) -> None:
     """VMs are to be live-migrated (``target_node`` may be set). May modify or veto."""
 
 
+@hookspec
+def snapshot_request(request: OpRequest) -> None:
+    """A VM's disks are to be snapshot: ``kwargs.snapshot`` names the snapshot,
+    ``kwargs.snapshot_bytes`` is the guest data it would hold (what quotas count). May modify
+    or veto."""
+
+
+@hookspec
+def snapshot_revert_request(request: OpRequest) -> None:
+    """A stopped VM's disks are to be put back as snapshot ``kwargs.snapshot`` holds them.
+    May modify or veto."""
+
+
+@hookspec
+def snapshot_delete_request(request: OpRequest) -> None:
+    """Snapshot ``kwargs.snapshot`` of a VM is to be deleted. May modify or veto."""
+
+
+@hookspec
+def clone_request(request: OpRequest) -> None:
+    """A new VM is to be made from another's disks: a create (``count``, ``names``,
+    ``spec``, ``cluster`` as in ``start_request``, which is not called for it). May modify or
+    veto."""
+
+
+@hookspec
+def image_from_vm_request(request: OpRequest) -> None:
+    """A VM's root disk (or snapshot ``kwargs.snapshot``'s) is to be published as the
+    catalogue image ``kwargs.image_name``. May modify or veto."""
+
+
 # --- notification hooks -------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from usher.cli import (
     ush_cmd_nodes,
     ush_cmd_ops,
     ush_cmd_remotes,
+    ush_cmd_snapshots,
     ush_cmd_ssh,
     ush_cmd_vms,
 )
@@ -72,6 +73,7 @@ CORE_COMMAND_MODULES = (
     ush_cmd_login,
     ush_cmd_remotes,
     ush_cmd_ssh,
+    ush_cmd_snapshots,
     ush_cmd_completion,
 )
 for _module in CORE_COMMAND_MODULES:

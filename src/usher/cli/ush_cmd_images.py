@@ -8,6 +8,9 @@ import click
 
 from usher.cli.ush_context import Ush, pass_ush
 from usher.cli.ush_group import UshGroup
+from usher.cli.ush_names import complete_vm_names
+from usher.cli.ush_options import wait_option
+from usher.cli.ush_outcome import submitted
 from usher.images.disk_formats import FORMATS
 
 
@@ -20,7 +23,7 @@ def images(ush: Ush) -> None:
 
 @click.group(cls=UshGroup)
 def image() -> None:
-    """Manage guest images: import, show, rm."""
+    """Manage guest images: import, show, rm, from-vm."""
 
 
 @image.command("import")
@@ -68,6 +71,20 @@ def image_rm(ush: Ush, name: str) -> None:
     """Delete an image no VM uses."""
     ush.client.delete_image(name)
     ush.out.note(f"deleted image {name}")
+
+
+@image.command("from-vm")
+@click.argument("vm", shell_complete=complete_vm_names)
+@click.option("--name", required=True, help="Name of the new image.")
+@click.option("--snapshot", help="From this snapshot of VM (VM may run); default: VM (stopped).")
+@click.option("--description", default="", help="What the image is.")
+@wait_option
+@pass_ush
+def image_from_vm(
+    ush: Ush, vm: str, name: str, snapshot: str | None, description: str, wait: bool
+) -> None:
+    """Make a template: VM's root disk, flattened, as a new image (`ush create --image`)."""
+    submitted(ush, ush.client.image_from_vm(vm, name, snapshot, description), wait)
 
 
 COMMANDS: tuple[click.Command, ...] = (images, image)

@@ -9,6 +9,7 @@ events).
 from __future__ import annotations
 
 from usher.client import actions, protocol
+from usher.client import snapshots as snaps
 from usher.client.endpoint import Answer, Paged, Streamed
 
 
@@ -37,6 +38,13 @@ class Methods:
     reboot = Answer(actions.reboot)
     cycle = Answer(actions.cycle)
     migrate = Answer(actions.migrate)
+
+    snapshots = Answer(snaps.snapshots)
+    snapshot_create = Answer(snaps.snapshot_create)
+    snapshot_revert = Answer(snaps.snapshot_revert)
+    snapshot_delete = Answer(snaps.snapshot_delete)
+    clone = Answer(snaps.clone)
+    image_from_vm = Answer(snaps.image_from_vm)
 
     get_operation = Answer(protocol.get_operation)
     cancel = Answer(protocol.cancel)

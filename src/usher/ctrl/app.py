@@ -19,6 +19,7 @@ from usher.ctrl.api import (
     nodes,
     operations,
     search,
+    snapshots,
     ui,
     usage,
     vms,
@@ -48,7 +49,19 @@ def create_app(settings: Settings, extra_plugins: dict[str, Any] | None = None) 
     app.state.ctrl = ctrl
     app.add_middleware(Guard)
     errors.install(app)
-    for module in (vms, operations, nodes, events, images, lnm, search, usage, metrics, ui):
+    for module in (
+        vms,
+        snapshots,
+        operations,
+        nodes,
+        events,
+        images,
+        lnm,
+        search,
+        usage,
+        metrics,
+        ui,
+    ):
         app.include_router(module.router)
     for router in ctrl.plugins.routers():
         app.include_router(router, prefix="/v1")

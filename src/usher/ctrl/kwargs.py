@@ -23,9 +23,10 @@ def check_core_kwargs(kwargs: dict[str, Any]) -> None:
     """Raise :class:`BoundsError` for a core kwarg of the wrong type or out of range:
     ``timeout`` (seconds, 0 to :data:`MAX_TIMEOUT`), ``hard`` (a boolean), ``network`` (a
     name: which networks exist is the site's, see :func:`nic_network`) and
-    ``name_prefix``; for guests that run cloud-init, ``user_data`` (the user's own
-    cloud-config or script, see :func:`usher.guest_config.check_user_data`) and ``ssh_keys``
-    (public keys the owner's account also logs in with)."""
+    ``name_prefix``; ``snapshot`` and ``image_name`` (names); for guests that run
+    cloud-init, ``user_data`` (the user's own cloud-config or script, see
+    :func:`usher.guest_config.check_user_data`) and ``ssh_keys`` (public keys the owner's
+    account also logs in with)."""
     timeout = kwargs.get("timeout")
     if timeout is not None and (
         isinstance(timeout, bool)
@@ -45,7 +46,16 @@ def check_core_kwargs(kwargs: dict[str, Any]) -> None:
         isinstance(prefix, str) and len(prefix) <= 50 and is_name(prefix)
     ):
         raise BoundsError(f"kwarg name_prefix {shown(prefix)} is not a valid name")
+    for key in SNAPSHOT_KWARGS:
+        value = kwargs.get(key)
+        if value is not None and not (isinstance(value, str) and is_name(value)):
+            raise BoundsError(f"kwarg {key} {shown(value)} is not a valid name")
     _check_guest_kwargs(kwargs)
+
+
+SNAPSHOT_KWARGS = ("snapshot", "image_name")
+"""The names a snapshot operation, a clone or an image from a VM works on: the snapshot, and
+the new image's name (see :mod:`usher.ctrl.engine.snapshots`)."""
 
 
 def _check_guest_kwargs(kwargs: dict[str, Any]) -> None:

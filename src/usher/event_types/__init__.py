@@ -32,6 +32,11 @@ STEP_DONE: dict[OpKind, type[Payload]] = {
     OpKind.START: core.Moved,
     OpKind.CYCLE: core.Moved,
     OpKind.MIGRATE: core.Migrated,
+    OpKind.SNAPSHOT: core.SnapshotDone,
+    OpKind.SNAPSHOT_REVERT: core.SnapshotDone,
+    OpKind.SNAPSHOT_DELETE: core.SnapshotDone,
+    OpKind.CLONE: core.Cloned,
+    OpKind.IMAGE_FROM_VM: core.ImageFromVMDone,
 }
 """The payload of a step that succeeded, by operation kind (the others:
 :class:`~usher.event_types.core.StepDone`)."""

@@ -211,6 +211,31 @@ class Migrated(Moved):
     transferred_bytes: int | None = None
 
 
+class SnapshotDone(Payload):
+    """A VM's snapshot was taken (``snapshot``), its disks reverted to one
+    (``snapshot_revert``), or one deleted (``snapshot_delete``). ``audit`` counts it."""
+
+    sets = OP
+    snapshot: str
+    size_bytes: int | None = Field(None, description="only when taken: the guest data it holds")
+
+
+class Cloned(Moved):
+    """A clone's new VM got a copy of its source's disks and booted. ``audit`` counts it."""
+
+    source: str = Field(description="the id of the VM whose disks were copied")
+    snapshot: str | None = Field(description="the snapshot copied; None: the disks as they were")
+
+
+class ImageFromVMDone(Payload):
+    """A VM's root disk (or a snapshot's) was published as a catalogue image."""
+
+    sets = OP
+    image: str
+    snapshot: str | None
+    size_bytes: int
+
+
 class OpFailure(Payload):
     """With ``vm_id``, one VM's step failed; without, the request was refused by a plugin
     (``vetoed``) or cut short by a restart, and nothing ran. ``audit`` records the outcome; ``ipam``

@@ -10,10 +10,16 @@ A limit left out is unlimited. A user's usage is what its VMs hold (stopped ones
 disks and addresses are still theirs); a group's usage is that of all the members the plugin
 has seen ask. A request that would exceed any limit is refused with a message naming the
 quota, the request and what is left.
+
+Snapshots (``snapshots``: how many; ``snapshot_mb``: the guest data they hold, as their
+nodes reported) count against the quota of the VM's owner; a snapshot is refused if what it
+would hold (the request's ``snapshot_bytes``) does not fit. A clone is a new VM: it counts
+as a create does.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +28,13 @@ from usher.model import OpRequest
 from usher.plugin import PluginContext, Veto, hookimpl
 
 PLUGIN = "quotas"
-WHAT = {"vms": "VMs", "vcpus": "vCPUs", "memory_mb": "MB of memory"}
+WHAT = {
+    "vms": "VMs",
+    "vcpus": "vCPUs",
+    "memory_mb": "MB of memory",
+    "snapshots": "snapshots",
+    "snapshot_mb": "MB of snapshots",
+}
 
 
 class Limits(BaseModel):
@@ -31,6 +43,8 @@ class Limits(BaseModel):
     vms: int | None = Field(None, ge=0)
     vcpus: int | None = Field(None, ge=0)
     memory_mb: int | None = Field(None, ge=0)
+    snapshots: int | None = Field(None, ge=0)
+    snapshot_mb: int | None = Field(None, ge=0)
 
 
 class QuotaConfig(BaseModel):
@@ -52,7 +66,8 @@ class Quotas:
 
     async def usage(self, owners: list[str]) -> dict[str, int]:
         """What the VMs of ``owners`` hold together."""
-        total = {"vms": 0, "vcpus": 0, "memory_mb": 0}
+        total = dict.fromkeys(WHAT, 0)
+        snapshot_bytes = 0
         for owner in owners:
             cursor = None
             while True:
@@ -61,8 +76,11 @@ class Quotas:
                     total["vms"] += 1
                     total["vcpus"] += vm.spec.vcpus
                     total["memory_mb"] += vm.spec.memory_mb
+                    total["snapshots"] += len(vm.snapshots)
+                    snapshot_bytes += sum(snap.size_bytes for snap in vm.snapshots)
                 if not (cursor := page.next):
                     break
+        total["snapshot_mb"] = math.ceil(snapshot_bytes / 2**20)
         return total
 
     async def _members(self, group: str, user: str) -> list[str]:
@@ -82,21 +100,39 @@ class Quotas:
             "vcpus": request.count * request.spec.vcpus,
             "memory_mb": request.count * request.spec.memory_mb,
         }
-        user = request.principal.name
+        await self._check(request, request.principal.name, asked)
+
+    @hookimpl
+    async def clone_request(self, request: OpRequest) -> None:
+        await self.start_request(request)
+
+    @hookimpl
+    async def snapshot_request(self, request: OpRequest) -> None:
+        vm = await self.ctx.records.get_vm(request.vm_ids[0]) if request.vm_ids else None
+        if vm is None:
+            return
+        size = request.kwargs.get("snapshot_bytes")
+        size = size if isinstance(size, int) and size >= 0 else 0
+        await self._check(request, vm.owner, {"snapshots": 1, "snapshot_mb": size / 2**20})
+
+    async def _check(self, request: OpRequest, user: str, asked: dict[str, float]) -> None:
+        """Refuse (:class:`Veto`) what ``asked`` would take beyond a limit of ``user`` or,
+        when ``user`` is the one asking, of one of its groups."""
         checks: list[tuple[str, Limits, list[str]]] = [
             (f"user {user}", self.config.users.get(user, self.config.default), [user])
         ]
-        for group in request.principal.groups:
+        asking = request.principal
+        for group in asking.groups if user == asking.name else []:
             if group in self.config.groups:
                 members = await self._members(group, user)
                 checks.append((f"group {group}", self.config.groups[group], members))
         for who, limits, owners in checks:
             used = await self.usage(owners)
-            for key, label in WHAT.items():
+            for key, more in asked.items():
                 limit = getattr(limits, key)
-                if limit is not None and used[key] + asked[key] > limit:
+                if limit is not None and used[key] + more > limit:
                     left = max(0, limit - used[key])
                     raise Veto(
-                        f"quota exceeded: {who} may have {limit} {label} ({key} quota), "
-                        f"holds {used[key]} and asks for {asked[key]} more; {left} left"
+                        f"quota exceeded: {who} may have {limit} {WHAT[key]} ({key} quota), "
+                        f"holds {used[key]} and asks for {math.ceil(more)} more; {left} left"
                     )

@@ -99,10 +99,16 @@ class Admission:
     # --- starts of new VMs ---------------------------------------------------------------
 
     async def create(
-        self, principal: Principal, body: CreateVMs, client: str | None, dry_run: bool
+        self,
+        principal: Principal,
+        body: CreateVMs,
+        client: str | None,
+        dry_run: bool,
+        kind: OpKind = OpKind.START,
     ) -> tuple[OpRequest, Operation]:
-        """Check, authorize and run the request hooks of a start of new VMs: the request
-        as the hooks left it (``spec`` set) and its operation (not yet recorded)."""
+        """Check, authorize and run the request hooks of a start of new VMs (``kind``
+        ``clone``: of a clone, whose request hook is ``clone_request``): the request as the
+        hooks left it (``spec`` set) and its operation (not yet recorded)."""
         _check_kwargs(body.kwargs)
         spec = VMSpec(
             vcpus=body.vcpus, memory_mb=body.memory_mb, image=body.image, kwargs=body.kwargs
@@ -110,7 +116,7 @@ class Admission:
         if body.names is not None and body.count not in (1, len(body.names)):
             raise RequestError(422, f"count is {body.count} but {len(body.names)} names given")
         req = OpRequest(
-            kind=OpKind.START,
+            kind=kind,
             principal=principal,
             client_address=client,
             count=len(body.names) if body.names else body.count,

@@ -18,6 +18,7 @@ from typing import Any
 from usher.ctrl.config import Settings
 from usher.ctrl.engine.addresses import Addresses
 from usher.ctrl.engine.admission import Admission
+from usher.ctrl.engine.copies import Copies, Origin, clone_body
 from usher.ctrl.engine.crew import SYSTEM, Crew
 from usher.ctrl.engine.errors import RequestError
 from usher.ctrl.engine.fencing import Fencer
@@ -27,7 +28,9 @@ from usher.ctrl.engine.placement import Moves, Placer
 from usher.ctrl.engine.reconcile import Reconciler
 from usher.ctrl.engine.recovery import Recovery
 from usher.ctrl.engine.runner import Runner, Step
+from usher.ctrl.engine.snapshots import Snapshots
 from usher.ctrl.engine.steps import Steps
+from usher.ctrl.engine.transitions import OWN_ROUTES
 from usher.ctrl.engine.vm_changes import VMChanges
 from usher.ctrl.events import EventBus
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeRegistry
@@ -36,9 +39,11 @@ from usher.ctrl.store import Store
 from usher.guest_config import account_name
 from usher.model import (
     VM,
+    CloneVM,
     ConsoleChunk,
     CreateVMs,
     Image,
+    ImageFromVM,
     Operation,
     OpKind,
     OpRequest,
@@ -72,6 +77,8 @@ class Engine:
         self.placer = Placer(crew)
         self.runner = Runner(crew)
         self.steps = Steps(crew, self.runner, self.images, self.placer)
+        self.snapshots = Snapshots(crew, self.runner)
+        self.copies = Copies(crew, self.runner, self.images, self.steps)
         self.fencer = Fencer(crew)
         self.reconciler = Reconciler(crew, self.fencer)
         self.recovery = Recovery(crew, self.runner)
@@ -150,17 +157,27 @@ class Engine:
 
     # --- asking for operations ----------------------------------------------------------
 
-    async def create(self, principal: Principal, body: CreateVMs, client: str | None) -> Operation:
-        """Start new VMs (the ``start`` operation with no existing targets).
+    async def create(
+        self,
+        principal: Principal,
+        body: CreateVMs,
+        client: str | None,
+        origin: Origin | None = None,
+    ) -> Operation:
+        """Start new VMs (the ``start`` operation with no existing targets), or with an
+        ``origin``, the clone of a VM (the ``clone`` operation, see :mod:`.copies`).
 
         Creates are admitted one at a time, from their request hooks to their VMs' records:
         what a hook checks against the records (a quota, a cluster's owner) still holds
         when the VMs are recorded, so two creates at once get what one after the other
         would (the operations then run concurrently)."""
         crew = self.crew
-        async with self.admission.refusals(OpKind.START, principal, client, body):
+        kind = OpKind.START if origin is None else OpKind.CLONE
+        async with self.admission.refusals(kind, principal, client, body):
+            if origin is not None:
+                await self.copies.admit_clone(principal, origin)
             async with crew.create_lock:
-                req, op = await self.admission.create(principal, body, client, False)
+                req, op = await self.admission.create(principal, body, client, False, kind)
                 async with crew.placement_lock:
                     vms = await self._new_vms(req, body, op)
             op.targets = [vm.id for vm in vms]
@@ -174,8 +191,11 @@ class Engine:
                 principal=principal.name,
                 data={"name": vm.name, "cluster": vm.cluster, "addresses": vm.addresses},
             )
-        timeout = self.runner.step_timeout(OpKind.START, req.kwargs)
-        self.runner.launch(op, self.steps.start(req), timeout)
+        timeout = self.runner.step_timeout(kind, req.kwargs)
+        step = self.steps.start(req) if origin is None else self.copies.clone_step(req, origin)
+        if origin is not None:
+            op.result = {"source": origin.source.id, "snapshot": origin.snapshot}
+        self.runner.launch(op, step, timeout)
         return op.model_copy(deep=True)
 
     async def _new_vms(self, req: OpRequest, body: CreateVMs, op: Operation) -> list[VM]:
@@ -228,6 +248,10 @@ class Engine:
         self, principal: Principal, kind: OpKind, body: VMAction, client: str | None
     ) -> Operation:
         """Run ``kind`` on existing VMs named in ``body`` (ids, names and/or a cluster)."""
+        if kind in OWN_ROUTES:
+            raise RequestError(
+                422, f"{kind.value} is not an action on many VMs: see /v1/vms/{{vm}}/…"
+            )
         async with self.admission.refusals(kind, principal, client, body):
             vms, req, op = await self.admission.action(principal, kind, body, client, False)
             moves = await self._place_moves(req, vms) if kind == OpKind.MIGRATE else None
@@ -236,6 +260,47 @@ class Engine:
         for vm_id in op.result.get("skipped", {}):
             self.crew.spawn(self._want(vm_id, kind), f"want-{vm_id}")
         return started
+
+    # --- snapshots and copies (see .snapshots and .copies) -------------------------------
+
+    async def snapshot(
+        self,
+        principal: Principal,
+        vm: VM,
+        kind: OpKind,
+        name: str,
+        kwargs: dict[str, Any],
+        client: str | None,
+    ) -> Operation:
+        """Take (``snapshot``), revert to (``snapshot_revert``) or delete
+        (``snapshot_delete``) snapshot ``name`` of ``vm``."""
+        body = VMAction(vms=[vm.id], kwargs=dict(kwargs), strict=True)
+        async with self.admission.refusals(kind, principal, client, body):
+            body.kwargs.update(await self.snapshots.prepare(kind, vm, name))
+            _vms, req, op = await self.admission.action(principal, kind, body, client, False)
+        op.targets = list(req.vm_ids)
+        return await self._start(op, req, self.snapshots.step(req), None)
+
+    async def clone(
+        self, principal: Principal, source: VM, body: CloneVM, client: str | None
+    ) -> Operation:
+        """A new VM whose disks are a copy of ``source``'s (stopped) or of its snapshot."""
+        origin = Origin(source, body.snapshot)
+        create = clone_body(origin, body.name, body.node, body.kwargs)
+        return await self.create(principal, create, client, origin)
+
+    async def image_from_vm(
+        self, principal: Principal, vm: VM, body: ImageFromVM, client: str | None
+    ) -> Operation:
+        """Publish ``vm``'s root disk (stopped) or its snapshot's as catalogue image."""
+        kwargs = {**body.kwargs, "image_name": body.name, "snapshot": body.snapshot}
+        action = VMAction(vms=[vm.id], kwargs=kwargs, strict=True)
+        kind = OpKind.IMAGE_FROM_VM
+        async with self.admission.refusals(kind, principal, client, action):
+            await self.copies.admit_image(principal, vm, body.name, body.snapshot)
+            _vms, req, op = await self.admission.action(principal, kind, action, client, False)
+        op.targets = list(req.vm_ids)
+        return await self._start(op, req, self.copies.image_step(req, body.description), None)
 
     async def _want(self, vm_id: str, kind: OpKind) -> None:
         """A VM skipped by ``kind`` (already there) is wanted there from now on."""

@@ -34,6 +34,13 @@ TRANSITIONS: dict[OpKind, tuple[frozenset[VMState], VMState | None, VMState | No
     ),
     OpKind.MIGRATE: (frozenset({S.RUNNING, S.PAUSED}), S.MIGRATING, None),
     OpKind.DESTROY: (frozenset(VMState), None, None),
+    # snapshots and copies leave the VM's state as it is; a revert needs it stopped
+    OpKind.SNAPSHOT: (frozenset({S.RUNNING, S.PAUSED, S.STOPPED}), None, None),
+    OpKind.SNAPSHOT_REVERT: (frozenset({S.STOPPED}), None, None),
+    OpKind.SNAPSHOT_DELETE: (frozenset({S.RUNNING, S.PAUSED, S.STOPPED}), None, None),
+    OpKind.IMAGE_FROM_VM: (frozenset({S.RUNNING, S.PAUSED, S.STOPPED}), None, None),
+    # a clone's step works on the new VM (its source: see COPY_SOURCE)
+    OpKind.CLONE: (frozenset({S.PENDING}), S.STARTING, S.RUNNING),
 }
 
 ALREADY: dict[OpKind, VMState] = {
@@ -52,6 +59,7 @@ DESIRED: dict[OpKind, VMState] = {
     **ALREADY,
     OpKind.REBOOT: S.RUNNING,
     OpKind.CYCLE: S.RUNNING,
+    OpKind.CLONE: S.RUNNING,
 }
 """The state a VM's user wants it in after asking for each action (``desired_state``)."""
 
@@ -64,7 +72,29 @@ NEEDS_CAPABILITY: dict[OpKind, Capability] = {
     OpKind.RESUME: Capability.PAUSE,
     OpKind.REBOOT: Capability.REBOOT,
     OpKind.MIGRATE: Capability.LIVE_MIGRATE,
+    OpKind.SNAPSHOT: Capability.SNAPSHOT,
+    OpKind.SNAPSHOT_REVERT: Capability.SNAPSHOT,
+    OpKind.SNAPSHOT_DELETE: Capability.SNAPSHOT,
+    OpKind.IMAGE_FROM_VM: Capability.SNAPSHOT,
+    OpKind.CLONE: Capability.SNAPSHOT,
 }
+
+OWN_ROUTES = frozenset(
+    {
+        OpKind.SNAPSHOT,
+        OpKind.SNAPSHOT_REVERT,
+        OpKind.SNAPSHOT_DELETE,
+        OpKind.CLONE,
+        OpKind.IMAGE_FROM_VM,
+    }
+)
+"""Operations asked for through routes of their own (they name a snapshot, a new VM or an
+image), never as an action on many VMs."""
+
+COPY_SOURCE = frozenset({S.STOPPED})
+"""The states a VM whose disks are copied as they are (a clone's source, an image's) may be
+in; a copy of one of its snapshots may be made in any state :data:`TRANSITIONS` lets a
+snapshot be taken in."""
 
 
 @dataclass
@@ -130,6 +160,23 @@ def check_admissible(kind: OpKind, vms: list[VM]) -> None:
             + (f" (and {len(bad) - 10} more)" if len(bad) > 10 else "")
             + f" — {kind.value} needs a VM that is {wanted}; nothing was changed",
         )
+
+
+def copy_source_problem(kind: OpKind, vm: VM, snapshot: str | None) -> str | None:
+    """Why ``vm``'s disks (or its ``snapshot``'s) cannot be copied by ``kind`` (a clone, an
+    image) now, or None."""
+    if snapshot is not None:
+        if vm.state not in TRANSITIONS[OpKind.SNAPSHOT][0]:
+            return f"cannot copy {vm.name}: it is {vm.state.value}"
+        if all(snap.name != snapshot for snap in vm.snapshots):
+            return f"{vm.name} has no snapshot {snapshot!r}"
+        return None
+    if vm.state not in COPY_SOURCE:
+        return (
+            f"cannot {kind.value.replace('_', ' ')} {vm.name} as it is: it is "
+            f"{vm.state.value}; stop it first, or name one of its snapshots"
+        )
+    return None
 
 
 def check_still_admissible(op: Operation, vm: VM) -> None:
