@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 import usher
 from usher.ctrl.api import (
+    consoles,
     documented,
     errors,
     events,
@@ -52,6 +53,7 @@ def create_app(settings: Settings, extra_plugins: dict[str, Any] | None = None) 
     for module in (
         vms,
         snapshots,
+        consoles,
         operations,
         nodes,
         events,

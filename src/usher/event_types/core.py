@@ -315,3 +315,38 @@ class FenceFailure(Payload):
     sets = ("principal", "vm_id", "node")
     error: str
     recorded_node: str | None
+
+
+# --- attached consoles ----------------------------------------------------------------------
+
+
+class ConsoleAttach(Payload):
+    """Someone attached to a VM's read-write serial console (``ush console --attach``, the
+    dashboard). ``audit`` records it."""
+
+    sets = ("principal", "vm_id", "node")
+    session: str = Field(description="names the session in its ``console_detach``")
+    client_address: str | None
+    read_only: bool = Field(description="the VM's node takes no console input")
+
+
+class ConsoleDetach(Payload):
+    """An attached console ended. What was typed is never recorded, only how much."""
+
+    sets = ("principal", "vm_id", "node")
+    session: str
+    seconds: float = Field(description="how long it was attached")
+    bytes_typed: int = Field(description="bytes of input delivered to the VM")
+    code: int = Field(description="the WebSocket close code: why it ended")
+    reason: str
+
+
+class ConsoleRefused(Payload):
+    """An attach to a VM's console was refused: no such VM (or not visible), not allowed, no
+    console there, too many attached. ``audit`` records it."""
+
+    sets = ("principal",)
+    vm: str = Field(description="the VM as the client named it")
+    client_address: str | None
+    code: int = Field(description="the WebSocket close code")
+    error: str
