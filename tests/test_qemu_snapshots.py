@@ -77,7 +77,10 @@ async def test_snapshot_revert_list_delete_on_running_and_stopped_vms(
     await driver.snapshot_revert(guest.id, "ab")
     assert qemu_io(disk, "read -P 0xab 0 64k")
     listed = await driver.snapshot_list(guest.id)
-    assert [(s.name, s.size_bytes) for s in listed] == [("live", live.size_bytes), ("ab", usage)]
+    assert [(s.name, s.size_bytes, s.running) for s in listed] == [
+        ("live", live.size_bytes, True),
+        ("ab", usage, False),
+    ]
 
     await driver.start(guest)  # delete while running: QMP
     await driver.snapshot_delete(guest.id, "live")

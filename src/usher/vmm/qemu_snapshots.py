@@ -7,8 +7,8 @@ same instant, or none), with ``qemu-img snapshot`` while it does not. Disk-only 
 are crash-consistent; a revert therefore needs the VM stopped (``qemu-img snapshot -a``).
 
 What a snapshot holds (``size_bytes``) is the guest data the disks had allocated in their own
-layer when it was taken (``qemu-img map``), kept in ``snapshots.json`` beside the disks, since
-qcow2 records no such figure.
+layer when it was taken (``qemu-img map``); it is kept, with whether the VM ran then, in
+``snapshots.json`` beside the disks, since qcow2 records neither.
 
 Copies read a stopped VM's disks, or one of its snapshots with ``-U`` (another QEMU holds
 the image): a clone's root keeps the image's base disk as its backing (``qemu-img convert
@@ -32,8 +32,8 @@ from usher.vmm.base import DriverError, InvalidTransition
 from usher.vmm.qemu_domain import Domain
 from usher.vmm.qemu_guests import Guests
 
-SIZES = "snapshots.json"
-"""Beside a VM's disks: what each of its snapshots holds, by name."""
+NOTES = "snapshots.json"
+"""Beside a VM's disks: what each of its snapshots holds and whether the VM ran, by name."""
 _LIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
 _SNAPSHOTTABLE = _LIVE | {VMState.STOPPED}
 _DATA_DISK = re.compile(r"data([1-9][0-9]*)\.qcow2")
@@ -118,7 +118,9 @@ class QemuSnapshots:
         else:
             await self._each_disk(disks, ["snapshot", "-c", name], undo=["snapshot", "-d", name])
         snap = Snapshot(name=name, created_at=now(), size_bytes=size, running=running)
-        self._write_sizes(vm_id, {**self._read_sizes(vm_id), name: size})
+        notes = self._read_notes(vm_id)
+        notes[name] = {"size_bytes": size, "running": running}
+        self._write_notes(vm_id, notes)
         return snap
 
     async def listed(self, vm_id: str) -> list[Snapshot]:
@@ -127,11 +129,8 @@ class QemuSnapshots:
         if not disks:
             return []
         found = await self._snapshots(dom, disks)
-        sizes = self._read_sizes(vm_id)
-        return [
-            snap.model_copy(update={"size_bytes": sizes.get(snap.name, snap.size_bytes)})
-            for snap in found
-        ]
+        notes = self._read_notes(vm_id)
+        return [snap.model_copy(update=notes.get(snap.name, {})) for snap in found]
 
     async def revert(self, vm_id: str, name: str) -> None:
         dom = self._guests.get(vm_id)
@@ -155,9 +154,9 @@ class QemuSnapshots:
                 )
         else:
             await self._each_disk(disks, ["snapshot", "-d", name])
-        sizes = self._read_sizes(vm_id)
-        sizes.pop(name, None)
-        self._write_sizes(vm_id, sizes)
+        notes = self._read_notes(vm_id)
+        notes.pop(name, None)
+        self._write_notes(vm_id, notes)
 
     async def usage(self, vm_id: str) -> int:
         """Bytes of data allocated in the disks' own layer (not their base disk's)."""
@@ -284,18 +283,29 @@ class QemuSnapshots:
                     await qemu_img(*(undo or []), str(disk))
             raise
 
-    def _read_sizes(self, vm_id: str) -> dict[str, int]:
-        path = catalog.vm_dir(self._storage, vm_id) / SIZES
+    def _read_notes(self, vm_id: str) -> dict[str, dict[str, Any]]:
+        """What :data:`NOTES` says of each snapshot (``size_bytes``, ``running``); what does
+        not read is left out."""
+        path = catalog.vm_dir(self._storage, vm_id) / NOTES
         try:
-            sizes = json.loads(path.read_text(encoding="utf-8"))
+            notes = json.loads(path.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             return {}
-        return {str(k): int(v) for k, v in sizes.items() if isinstance(v, int)}
+        if not isinstance(notes, dict):
+            return {}
+        return {
+            str(name): {
+                "size_bytes": note["size_bytes"] if isinstance(note["size_bytes"], int) else 0,
+                "running": note.get("running") is True,
+            }
+            for name, note in notes.items()
+            if isinstance(note, dict) and "size_bytes" in note
+        }
 
-    def _write_sizes(self, vm_id: str, sizes: dict[str, int]) -> None:
-        path = catalog.vm_dir(self._storage, vm_id) / SIZES
-        tmp = path.with_name(f".{SIZES}.new")
-        tmp.write_text(json.dumps(sizes), encoding="utf-8")
+    def _write_notes(self, vm_id: str, notes: dict[str, dict[str, Any]]) -> None:
+        path = catalog.vm_dir(self._storage, vm_id) / NOTES
+        tmp = path.with_name(f".{NOTES}.new")
+        tmp.write_text(json.dumps(notes), encoding="utf-8")
         os.replace(tmp, path)
 
 
