@@ -275,6 +275,14 @@ def image_from_vm_request(request: OpRequest) -> None:
     catalogue image ``kwargs.image_name``. May modify or veto."""
 
 
+@hookspec
+def resize_request(request: OpRequest) -> None:
+    """A VM (``vm_ids``, one) is to be resized: ``spec`` is its spec as it would become (new
+    ``vcpus`` and ``memory_mb`` only while it is stopped; ``disk_gb`` and ``disks`` sizes that
+    grow), ``kwargs.resize`` what was asked. Compare with the VM's record for what it adds
+    (quotas do). May change ``spec`` within what a resize changes, or veto."""
+
+
 # --- notification hooks -------------------------------------------------------------------
 
 

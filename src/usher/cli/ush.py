@@ -23,6 +23,7 @@ from usher.cli import (
     ush_cmd_nodes,
     ush_cmd_ops,
     ush_cmd_remotes,
+    ush_cmd_resize,
     ush_cmd_snapshots,
     ush_cmd_ssh,
     ush_cmd_vms,
@@ -74,6 +75,7 @@ CORE_COMMAND_MODULES = (
     ush_cmd_remotes,
     ush_cmd_ssh,
     ush_cmd_snapshots,
+    ush_cmd_resize,
     ush_cmd_completion,
 )
 for _module in CORE_COMMAND_MODULES:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from usher.bounds import MAX_DATA_DISKS, BoundsError, parse_gib
 from usher.cli.ush_context import Ush, pass_ush
 from usher.cli.ush_names import complete_vm_names
 from usher.cli.ush_options import (
@@ -37,7 +38,18 @@ from usher.model import (
     VMState,
 )
 
-CREATE_OPTIONS = ("count", "names", "name_prefix", "vcpus", "memory_mb", "image", "node", "tags")
+CREATE_OPTIONS = (
+    "count",
+    "names",
+    "name_prefix",
+    "vcpus",
+    "memory_mb",
+    "image",
+    "disk_size",
+    "data_disks",
+    "node",
+    "tags",
+)
 NAMING_OPTIONS = ("count", "names", "name_prefix")
 """Options that say "make new VMs" on their own (the others only size or place them)."""
 
@@ -68,6 +80,21 @@ def _new_vm_options(command: Callable[..., Any]) -> Callable[..., Any]:
             ),
             click.option("--image", default="tiny", show_default=True),
             click.option(
+                "--disk-size",
+                metavar="SIZE",
+                callback=_disk_size,
+                help="The root disk's size, e.g. 8G (M/MiB, G/GiB, T/TiB; whole GiB; default: "
+                "the image's). The guest's root file system grows to it on first boot.",
+            ),
+            click.option(
+                "--disk",
+                "data_disks",
+                metavar="SIZE",
+                multiple=True,
+                callback=_disk_sizes,
+                help="A data disk of SIZE, e.g. 2G; repeatable, attached in this order.",
+            ),
+            click.option(
                 "--name-prefix", help="Name VMs PREFIX-<n> (default: the cluster, or vm)."
             ),
             click.option(
@@ -82,6 +109,21 @@ def _new_vm_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ):
         command = option(command)
     return command
+
+
+def _disk_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_gib(value)
+    except BoundsError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _disk_sizes(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[int]:
+    if len(values) > MAX_DATA_DISKS:
+        raise click.BadParameter(f"at most {MAX_DATA_DISKS} data disks, not {len(values)}")
+    return [size for value in values if (size := _disk_size(ctx, param, value)) is not None]
 
 
 def _read_text(path: str, what: str, limit: int = 64 * 1024) -> str:
@@ -141,6 +183,8 @@ def _create(
     vcpus: int,
     memory_mb: int,
     image: str,
+    disk_size: int | None,
+    data_disks: list[int],
     name_prefix: str | None,
     names: list[str],
     node: str | None,
@@ -161,6 +205,8 @@ def _create(
         node=node,
         kwargs=kwargs,
         tags=tags,
+        disk_gb=disk_size,
+        disks=data_disks,
     )
     if isinstance(op, Plan):
         planned(ush, op)

@@ -25,6 +25,7 @@ class Methods:
     iter_vms = Paged(protocol.iter_vms)
     get_vm = Answer(protocol.get_vm)
     change_vm = Answer(protocol.change_vm)
+    resize_vm = Answer(protocol.resize_vm)
     console = Answer(protocol.console)
     ssh_access = Answer(protocol.ssh_access)
 

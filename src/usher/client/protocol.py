@@ -32,6 +32,7 @@ from usher.model import (
     Page,
     Plan,
     Principal,
+    ResizeVM,
     SSHAccess,
     VMChange,
     VMState,
@@ -71,8 +72,12 @@ def create_vms(
     node: str | None = None,
     kwargs: dict[str, Any] | None = None,
     tags: Sequence[str] | None = None,
+    disk_gb: int | None = None,
+    disks: Sequence[int] = (),
 ) -> Call[Operation]:
-    """Start ``count`` new VMs (or one per entry of ``names``); see ``CreateVMs``."""
+    """Start ``count`` new VMs (or one per entry of ``names``), each with a root disk of
+    ``disk_gb`` GiB (None: its image's size) and data disks of ``disks`` GiB; see
+    ``CreateVMs``."""
     body = request_body(
         CreateVMs,
         count=count,
@@ -85,7 +90,11 @@ def create_vms(
         node=node,
         tags=list(tags or ()),
         kwargs=kwargs or {},
+        disk_gb=disk_gb,
+        disks=[{"size_gb": size} for size in disks],
     )
+    if not disks:
+        del body["disks"]  # a request as servers before data disks know it
     return Call("POST", "/vms", Operation.model_validate, body=body)
 
 
@@ -100,10 +109,23 @@ def plan_start(
     node: str | None = None,
     kwargs: dict[str, Any] | None = None,
     tags: Sequence[str] | None = None,
+    disk_gb: int | None = None,
+    disks: Sequence[int] = (),
 ) -> Call[Plan]:
     """Dry run of :meth:`create_vms`: where the VMs would go; nothing changes."""
     create = create_vms(
-        count, names, name_prefix, cluster, vcpus, memory_mb, image, node, kwargs, tags
+        count,
+        names,
+        name_prefix,
+        cluster,
+        vcpus,
+        memory_mb,
+        image,
+        node,
+        kwargs,
+        tags,
+        disk_gb,
+        disks,
     )
     return Call("POST", "/vms/plan", Plan.model_validate, body=create.body)
 
@@ -163,6 +185,26 @@ def change_vm(
         remove_tags=list(remove_tags),
     )
     return Call("PATCH", f"/vms/{segment(vm)}", VM.model_validate, body=body)
+
+
+def resize_vm(
+    vm: str,
+    vcpus: int | None = None,
+    memory_mb: int | None = None,
+    grow: dict[int, int] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Call[Operation]:
+    """Resize a VM: new ``vcpus`` and ``memory_mb`` (it must be stopped) and disks that grow,
+    ``grow`` mapping a disk (0: the root disk; N: data disk N) to the GiB it gains; see
+    ``ResizeVM``. The answer is the ``resize`` operation."""
+    body = request_body(
+        ResizeVM,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        disks=[{"disk": disk, "grow_gb": gb} for disk, gb in (grow or {}).items()],
+        kwargs=kwargs or {},
+    )
+    return Call("POST", f"/vms/{segment(vm)}/resize", Operation.model_validate, body=body)
 
 
 def console(vm: str, offset: int = 0) -> Call[ConsoleChunk]:

@@ -37,6 +37,7 @@ STEP_DONE: dict[OpKind, type[Payload]] = {
     OpKind.SNAPSHOT_DELETE: core.SnapshotDone,
     OpKind.CLONE: core.Cloned,
     OpKind.IMAGE_FROM_VM: core.ImageFromVMDone,
+    OpKind.RESIZE: core.Resized,
 }
 """The payload of a step that succeeded, by operation kind (the others:
 :class:`~usher.event_types.core.StepDone`)."""

@@ -236,6 +236,17 @@ class ImageFromVMDone(Payload):
     size_bytes: int
 
 
+class Resized(Payload):
+    """One VM was resized: its spec's vCPUs, memory and disk sizes now (GiB; ``disk_gb`` None:
+    its image's own size), as its node confirmed them. The dashboard updates the VM."""
+
+    sets = OP
+    vcpus: int
+    memory_mb: int
+    disk_gb: int | None
+    disks: list[dict[str, int]] = Field(description='data disks, each {"size_gb": N}')
+
+
 class OpFailure(Payload):
     """With ``vm_id``, one VM's step failed; without, the request was refused by a plugin
     (``vetoed``) or cut short by a restart, and nothing ran. ``audit`` records the outcome; ``ipam``

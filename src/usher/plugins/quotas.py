@@ -15,6 +15,10 @@ Snapshots (``snapshots``: how many; ``snapshot_mb``: the guest data they hold, a
 nodes reported) count against the quota of the VM's owner; a snapshot is refused if what it
 would hold (the request's ``snapshot_bytes``) does not fit. A clone is a new VM: it counts
 as a create does.
+
+Disks (``disk_gb``) count the GiB a user's VMs asked for: each data disk, and a root disk
+given a size (``--disk-size``; a root disk of its image's own size is the site's image and
+counts 0). A resize counts what it adds: more vCPUs or memory, and each disk's growth.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ WHAT = {
     "memory_mb": "MB of memory",
     "snapshots": "snapshots",
     "snapshot_mb": "MB of snapshots",
+    "disk_gb": "GiB of disks",
 }
 
 
@@ -45,6 +50,7 @@ class Limits(BaseModel):
     memory_mb: int | None = Field(None, ge=0)
     snapshots: int | None = Field(None, ge=0)
     snapshot_mb: int | None = Field(None, ge=0)
+    disk_gb: int | None = Field(None, ge=0)
 
 
 class QuotaConfig(BaseModel):
@@ -76,6 +82,7 @@ class Quotas:
                     total["vms"] += 1
                     total["vcpus"] += vm.spec.vcpus
                     total["memory_mb"] += vm.spec.memory_mb
+                    total["disk_gb"] += vm.spec.disks_asked_gb()
                     total["snapshots"] += len(vm.snapshots)
                     snapshot_bytes += sum(snap.size_bytes for snap in vm.snapshots)
                 if not (cursor := page.next):
@@ -99,6 +106,7 @@ class Quotas:
             "vms": request.count,
             "vcpus": request.count * request.spec.vcpus,
             "memory_mb": request.count * request.spec.memory_mb,
+            "disk_gb": request.count * request.spec.disks_asked_gb(),
         }
         await self._check(request, request.principal.name, asked)
 
@@ -114,6 +122,19 @@ class Quotas:
         size = request.kwargs.get("snapshot_bytes")
         size = size if isinstance(size, int) and size >= 0 else 0
         await self._check(request, vm.owner, {"snapshots": 1, "snapshot_mb": size / 2**20})
+
+    @hookimpl
+    async def resize_request(self, request: OpRequest) -> None:
+        vm = await self.ctx.records.get_vm(request.vm_ids[0]) if request.vm_ids else None
+        if vm is None or request.spec is None:
+            return
+        after, before = request.spec, vm.spec
+        asked = {
+            "vcpus": after.vcpus - before.vcpus,
+            "memory_mb": after.memory_mb - before.memory_mb,
+            "disk_gb": after.disks_asked_gb() - before.disks_asked_gb(),
+        }
+        await self._check(request, vm.owner, {k: v for k, v in asked.items() if v > 0})
 
     async def _check(self, request: OpRequest, user: str, asked: dict[str, float]) -> None:
         """Refuse (:class:`Veto`) what ``asked`` would take beyond a limit of ``user`` or,

@@ -23,6 +23,7 @@ from usher.model import (
     OpKind,
     Page,
     Plan,
+    ResizeVM,
     SSHAccess,
     VMAction,
     VMChange,
@@ -128,3 +129,15 @@ async def act(
 ) -> Operation:
     """Run an action on many VMs (ids or names in ``vms``) and/or a whole ``cluster``."""
     return await ctrl.engine.act(principal, kind, body, client_address(request))
+
+
+# (after /actions/{kind}: declared before it, it would take "actions" for a VM's name)
+@router.post("/{vm}/resize", status_code=202, response_model=Operation)
+async def resize_vm(
+    vm: RefPath, body: ResizeVM, request: Request, ctrl: CtrlDep, principal: PrincipalDep
+) -> Operation:
+    """Change the VM's vCPUs and memory (it must be stopped) and grow its disks (stopped or
+    running; never shrink). The answer is the ``resize`` operation, which runs on; the VM's
+    spec changes once its node did it."""
+    found = await visible_vm(ctrl, principal, vm)
+    return await ctrl.engine.resize(principal, found, body, client_address(request))

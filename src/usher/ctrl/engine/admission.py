@@ -111,7 +111,12 @@ class Admission:
         hooks left it (``spec`` set) and its operation (not yet recorded)."""
         _check_kwargs(body.kwargs)
         spec = VMSpec(
-            vcpus=body.vcpus, memory_mb=body.memory_mb, image=body.image, kwargs=body.kwargs
+            vcpus=body.vcpus,
+            memory_mb=body.memory_mb,
+            image=body.image,
+            disk_gb=body.disk_gb,
+            disks=body.disks,
+            kwargs=body.kwargs,
         )
         if body.names is not None and body.count not in (1, len(body.names)):
             raise RequestError(422, f"count is {body.count} but {len(body.names)} names given")
@@ -128,7 +133,7 @@ class Admission:
             dry_run=dry_run,
         )
         self._check_node(req.node)
-        await self.images.image(spec.image)
+        await self.images.root_gb(spec)  # (the image exists, and is no larger than asked)
         await authorize(
             self.crew.plugins,
             principal,
@@ -143,7 +148,7 @@ class Admission:
                 req.spec = VMSpec.model_validate((req.spec or spec).model_dump())
             except ValueError as exc:
                 raise RequestError(422, f"a request hook made the spec invalid: {exc}") from exc
-            await self.images.image(req.spec.image)
+            await self.images.root_gb(req.spec)
         if not self.crew.plugins.has_impl("allocate_address"):  # the core makes the NICs
             try:
                 nic_network(req.kwargs, self.crew.settings.networks)
@@ -184,12 +189,14 @@ class Admission:
         body: VMAction,
         client: str | None,
         dry_run: bool,
+        spec: VMSpec | None = None,
     ) -> tuple[list[VM], OpRequest, Operation]:
         """Resolve, authorize, check and run the request hooks of an action on VMs
         (authorization first: a refusal never names what the caller may not see; VMs
         outside its scope are unknown to it). The VMs returned are those the action runs
         on; the operation's result names the ones skipped (``skipped``: already where the
-        action leads) and refused (``errors``: in a state it cannot start from)."""
+        action leads) and refused (``errors``: in a state it cannot start from). ``spec``:
+        what the action makes of its VM's spec (a resize), for the request hooks."""
         _check_kwargs(body.kwargs)
         vms = await self._resolve_targets(body, await self.scope(principal))
         await authorize(
@@ -215,6 +222,7 @@ class Admission:
             refused=list(sorted_.refused),
             cluster=body.cluster,
             target_node=body.target_node,
+            spec=spec,
             kwargs=dict(body.kwargs),
             dry_run=dry_run,
         )

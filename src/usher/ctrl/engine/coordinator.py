@@ -27,6 +27,7 @@ from usher.ctrl.engine.images import ImageCache
 from usher.ctrl.engine.placement import Moves, Placer
 from usher.ctrl.engine.reconcile import Reconciler
 from usher.ctrl.engine.recovery import Recovery
+from usher.ctrl.engine.resize import Resizes
 from usher.ctrl.engine.runner import Runner, Step
 from usher.ctrl.engine.snapshots import Snapshots
 from usher.ctrl.engine.steps import Steps
@@ -50,6 +51,7 @@ from usher.model import (
     Plan,
     PlannedVM,
     Principal,
+    ResizeVM,
     Scope,
     SSHAccess,
     VMAction,
@@ -77,6 +79,7 @@ class Engine:
         self.placer = Placer(crew)
         self.runner = Runner(crew)
         self.steps = Steps(crew, self.runner, self.images, self.placer)
+        self.resizes = Resizes(crew, self.runner, self.images, self.placer)
         self.snapshots = Snapshots(crew, self.runner)
         self.copies = Copies(crew, self.runner, self.images, self.steps)
         self.fencer = Fencer(crew)
@@ -365,6 +368,24 @@ class Engine:
         timeout = self.runner.step_timeout(req.kind, req.kwargs)
         self.runner.launch(op, step, timeout, after)
         return op.model_copy(deep=True)
+
+    async def resize(
+        self, principal: Principal, vm: VM, body: ResizeVM, client: str | None
+    ) -> Operation:
+        """Change ``vm``'s vCPUs and memory (stopped) and grow its disks (see
+        :mod:`.resize`); the request hooks see the spec as it would become."""
+        kind = OpKind.RESIZE
+        asked = body.model_dump(mode="json", exclude={"kwargs"}, exclude_none=True)
+        action = VMAction(vms=[vm.id], kwargs={**body.kwargs, "resize": asked}, strict=True)
+        async with self.admission.refusals(kind, principal, client, action):
+            spec = await self.resizes.check(vm, body)
+            _vms, req, op = await self.admission.action(
+                principal, kind, action, client, False, spec
+            )
+            plan = await self.resizes.plan(vm, req)
+            await self.resizes.check_room(req, vm)
+        op.targets = list(req.vm_ids)
+        return await self._start(op, req, self.resizes.step(plan), None)
 
     # --- for plugins (through PluginContext) -------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import Any
 from usher.ctrl.engine.errors import RequestError, StepFailed
 from usher.ctrl.engine.guest_seeds import GuestSeeds
 from usher.images import catalog
-from usher.model import VM, Image, now
+from usher.model import VM, Image, VMSpec, now
 
 CACHE_SECONDS = 5.0
 
@@ -19,6 +19,7 @@ class ImageCache:
         self.storage_dir = storage_dir
         self.seeds = seeds
         self._entries: dict[str, tuple[float, Image, dict[str, Any]]] = {}
+        self._disk_sizes: dict[str, tuple[float, int]] = {}
 
     async def image(self, name: str) -> Image:
         """The catalogue entry of image ``name``; RequestError 404 if there is none."""
@@ -27,6 +28,37 @@ class ImageCache:
     def forget(self, name: str) -> None:
         """Read image ``name`` afresh next time (it was imported, replaced or deleted)."""
         self._entries.pop(name, None)
+        self._disk_sizes.pop(name, None)
+
+    async def disk_bytes(self, name: str) -> int:
+        """The size of image ``name``'s base disk as its guests see it, in bytes: what a VM's
+        root disk is unless it asks for more. RequestError 404 without such an image, 422
+        when its disk cannot be read."""
+        cached = self._disk_sizes.get(name)
+        if cached is not None and now() - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        image = await self.image(name)
+        try:
+            base = catalog.image_path(self.storage_dir, image, "disk")
+            size = await asyncio.to_thread(catalog.virtual_size, base)
+        except (catalog.ImageError, OSError, ValueError, KeyError) as exc:
+            raise RequestError(422, f"cannot read the disk of image {name}: {exc}") from exc
+        self._disk_sizes[name] = (now(), size)
+        return size
+
+    async def root_gb(self, spec: VMSpec) -> int:
+        """The size of a root disk of ``spec`` in whole GiB (its image's, rounded up, when
+        it asks for none); 422 when a size asked for is smaller than its image's."""
+        image_bytes = await self.disk_bytes(spec.image)
+        if spec.disk_gb is None:
+            return max(1, -(-image_bytes // catalog.GIB))
+        if spec.disk_gb * catalog.GIB < image_bytes:
+            raise RequestError(
+                422,
+                f"a root disk of {spec.disk_gb} GiB is smaller than image {spec.image}'s "
+                f"({image_bytes / catalog.GIB:.2f} GiB); nothing was changed",
+            )
+        return spec.disk_gb
 
     async def guest(self, vm: VM) -> dict[str, Any]:
         """What a node needs to run ``vm``: its spec, its image's catalogue entry and, if the

@@ -34,6 +34,8 @@ TRANSITIONS: dict[OpKind, tuple[frozenset[VMState], VMState | None, VMState | No
     ),
     OpKind.MIGRATE: (frozenset({S.RUNNING, S.PAUSED}), S.MIGRATING, None),
     OpKind.DESTROY: (frozenset(VMState), None, None),
+    # a resize leaves the state as it is; vCPUs and memory change only while stopped
+    OpKind.RESIZE: (frozenset({S.RUNNING, S.PAUSED, S.STOPPED}), None, None),
     # snapshots and copies leave the VM's state as it is; a revert needs it stopped
     OpKind.SNAPSHOT: (frozenset({S.RUNNING, S.PAUSED, S.STOPPED}), None, None),
     OpKind.SNAPSHOT_REVERT: (frozenset({S.STOPPED}), None, None),
@@ -86,6 +88,7 @@ OWN_ROUTES = frozenset(
         OpKind.SNAPSHOT_DELETE,
         OpKind.CLONE,
         OpKind.IMAGE_FROM_VM,
+        OpKind.RESIZE,
     }
 )
 """Operations asked for through routes of their own (they name a snapshot, a new VM or an
