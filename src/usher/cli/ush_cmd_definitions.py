@@ -28,6 +28,8 @@ def config_of(ush: Ush, vm: str) -> None:
         "vcpus": spec.vcpus,
         "memory_mb": spec.memory_mb,
         "image": spec.image,
+        "disk_gb": spec.disk_gb,
+        "disks": spec.disks,
         "tags": found.tags,
         "kwargs": spec.kwargs,
     }
@@ -38,6 +40,10 @@ def config_of(ush: Ush, vm: str) -> None:
     if found.cluster:
         words += ["--cluster", found.cluster]
     words += ["--vcpus", str(spec.vcpus), "--memory", str(spec.memory_mb), "--image", spec.image]
+    if spec.disk_gb is not None:
+        words += ["--disk-size", f"{spec.disk_gb}G"]
+    for disk in spec.disks:
+        words += ["--disk", f"{disk['size_gb']}G"]
     for tag in found.tags:
         words += ["--tag", tag]
     for key, value in spec.kwargs.items():
