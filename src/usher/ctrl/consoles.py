@@ -14,8 +14,8 @@ A feed follows its VM: when the node no longer knows it, the VM's record says wh
 (after a live migration the output goes on at the same offset, in the same shared log); when
 the record is gone the VM was destroyed and every session ends (:data:`VM_GONE`), as when its
 node's link is gone (:data:`NODE_GONE`) or its driver has no console (:data:`NO_CONSOLE`). A
-session whose client does not read its output ends once :data:`BACKLOG` pieces wait
-(:data:`TOO_SLOW`), so a stalled client holds no more than that.
+session whose client does not read its output ends once :data:`BACKLOG` characters wait for
+it (:data:`TOO_SLOW`), so a stalled client holds no more than that.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeRegistry
@@ -38,8 +39,8 @@ POLL_MIN = 0.05
 POLL_MAX = 0.5
 """Seconds between two reads of a feed's console: the least, after activity; the most, idle."""
 CALL_TIMEOUT = 10.0
-BACKLOG = 256
-"""Pieces of output a session may have waiting before it ends as too slow."""
+BACKLOG = 1 << 20
+"""Characters of output a session may have waiting before it ends as too slow."""
 MAX_SESSIONS = 256
 """Sessions attached at once, on all VMs together."""
 MAX_INPUT = 4096
@@ -70,21 +71,50 @@ class InputRefused(Exception):
 
 @dataclass(eq=False)
 class Session:
-    """One attached client: the output waiting for it, and how much it typed."""
+    """One attached client: the output waiting for it (:meth:`take`), how much it typed,
+    and once it ended, why (``ended``, announced by ``done``)."""
 
     vm_id: str
-    output: asyncio.Queue[str | ConsoleEnded] = field(
-        default_factory=lambda: asyncio.Queue(BACKLOG + 1)
-    )
     bytes_typed: int = 0
+    ended: ConsoleEnded | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    _waiting: deque[str] = field(default_factory=deque)
+    _size: int = 0
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def offer(self, item: str | ConsoleEnded) -> bool:
-        """Queue ``item``; False if the client fell :data:`BACKLOG` pieces behind."""
-        if self.output.qsize() >= BACKLOG and not isinstance(item, ConsoleEnded):
+    def offer(self, text: str) -> bool:
+        """Queue ``text`` for the client; False, and the session ends (:data:`TOO_SLOW`), if
+        more than :data:`BACKLOG` characters would wait."""
+        if self.ended is not None:
             return False
-        with contextlib.suppress(asyncio.QueueFull):
-            self.output.put_nowait(item)
+        if self._size + len(text) > BACKLOG:
+            self._waiting.clear()
+            self._size = 0
+            self.end(ConsoleEnded(TOO_SLOW, "the client did not keep up with the output"))
+            return False
+        self._waiting.append(text)
+        self._size += len(text)
+        self._ready.set()
         return True
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._waiting)
+
+    async def take(self) -> str:
+        """The output waiting, all of it, once there is some."""
+        await self._ready.wait()
+        self._ready.clear()
+        text = "".join(self._waiting)
+        self._waiting.clear()
+        self._size = 0
+        return text
+
+    def end(self, ended: ConsoleEnded) -> None:
+        """The session ends (its route closes the WebSocket); the first reason stands."""
+        if self.ended is None:
+            self.ended = ended
+            self.done.set()
 
 
 class Feed:
@@ -130,11 +160,10 @@ class Feed:
         for session in list(self.sessions):
             if not session.offer(data):
                 self.sessions.discard(session)
-                session.offer(ConsoleEnded(TOO_SLOW, "the client did not keep up with the output"))
 
     def _end(self, ended: ConsoleEnded) -> None:
         for session in self.sessions:
-            session.offer(ended)
+            session.end(ended)
         self.sessions.clear()
         self._hub.drop(self)
 

@@ -205,9 +205,12 @@ def _console_input(args: dict[str, Any]) -> bytes:
     if not isinstance(data, str) or len(data) > (MAX_CONSOLE_INPUT + 2) // 3 * 4:
         raise DriverError(f"console input must be base64 of at most {MAX_CONSOLE_INPUT} bytes")
     try:
-        return base64.b64decode(data, validate=True)
+        decoded = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise DriverError("console input must be base64") from None
+    if len(decoded) > MAX_CONSOLE_INPUT:
+        raise DriverError(f"console input must be base64 of at most {MAX_CONSOLE_INPUT} bytes")
+    return decoded
 
 
 def _whole_characters(chunk: bytes) -> bytes:

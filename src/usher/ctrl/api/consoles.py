@@ -17,8 +17,8 @@ cannot be delivered (the VM is stopped, its driver takes none) a notice in brack
 output instead. Either side ends the session by closing the WebSocket; the server closes with
 a code that says why: ``1000`` after the client left, ``1009`` an input frame too large,
 ``4401`` no valid token, ``4403`` not allowed, ``4404`` unknown or destroyed VM, ``4409`` no
-console there, ``4408`` the client did not read its output, ``4503`` the VM's node is gone,
-``1013`` too many consoles attached, ``1001`` the controller stops.
+console there, ``4408`` the client did not read its output (1 MiB waiting), ``4503`` the
+VM's node is gone, ``1013`` too many consoles attached, ``1001`` the controller stops.
 
 **Audit.** ``console_attach`` when a session starts, ``console_detach`` when it ends (how long,
 how many bytes were typed, why it ended; never what was typed), ``console_refused`` for an
@@ -44,6 +44,7 @@ from usher.ctrl.consoles import (
     MAX_INPUT,
     NO_CONSOLE,
     TOO_BIG,
+    TOO_SLOW,
     ConsoleEnded,
     Feed,
     InputRefused,
@@ -54,6 +55,8 @@ from usher.ctrl.engine import RequestError
 from usher.model import VM, Capability, Principal, new_id
 
 router = APIRouter()
+FLUSH_TIMEOUT = 2.0
+"""Seconds the output that came before a session's end may take to reach its client."""
 SUBPROTOCOL = "usher.console.v1"
 TOKEN_PROTOCOL = "usher.auth."
 """Prefix of the subprotocol that carries a browser's token (base64url, no padding)."""
@@ -171,41 +174,51 @@ async def _attached(
 
 
 async def _serve(ws: WebSocket, feed: Feed, session: Session, writable: bool) -> ConsoleEnded:
-    """Pass output to the client and its input to the VM until one of them ends; how."""
+    """Pass output to the client and its input to the VM until the session ends: the client
+    leaves, sends too much, or the feed ends it; how it ended."""
     tasks = [
         asyncio.create_task(_send_output(ws, session)),
         asyncio.create_task(_take_input(ws, feed, session, writable)),
+        asyncio.create_task(session.done.wait()),
     ]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        return next(iter(done)).result()
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    if session.ended is not None and session.ended.code != TOO_SLOW:
+        with contextlib.suppress(Exception, TimeoutError):  # what came before the end
+            async with asyncio.timeout(FLUSH_TIMEOUT):
+                await _send_output(ws, session, until_empty=True)
+    return session.ended or ConsoleEnded(DETACHED, "the client detached")
 
 
-async def _send_output(ws: WebSocket, session: Session) -> ConsoleEnded:
-    while True:
-        item = await session.output.get()
-        if isinstance(item, ConsoleEnded):
-            return item
+async def _send_output(ws: WebSocket, session: Session, *, until_empty: bool = False) -> None:
+    """Send the client its output as it comes (or, ``until_empty``, what waits); a client
+    that is gone ends the session."""
+    while not until_empty or session.has_output:
+        text = await session.take()
         try:
-            await ws.send_text(item)
-        except Exception:  # the client is gone: its receive side says so
-            return ConsoleEnded(DETACHED, "the client went away")
+            await ws.send_text(text)
+        except Exception:  # the client is gone
+            session.end(ConsoleEnded(DETACHED, "the client went away"))
+            return
 
 
-async def _take_input(ws: WebSocket, feed: Feed, session: Session, writable: bool) -> ConsoleEnded:
+async def _take_input(ws: WebSocket, feed: Feed, session: Session, writable: bool) -> None:
+    """Type what the client sends into the VM until it leaves or sends too much."""
     while True:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
-            return ConsoleEnded(DETACHED, "the client detached")
+            session.end(ConsoleEnded(DETACHED, "the client detached"))
+            return
         data = message.get("bytes")
         if data is None:
             data = str(message.get("text") or "").encode()
         if len(data) > MAX_INPUT:
-            return ConsoleEnded(TOO_BIG, f"input frames are at most {MAX_INPUT} bytes")
+            session.end(ConsoleEnded(TOO_BIG, f"input frames are at most {MAX_INPUT} bytes"))
+            return
         if not data or not writable:
             continue
         try:
@@ -214,5 +227,6 @@ async def _take_input(ws: WebSocket, feed: Feed, session: Session, writable: boo
             session.offer(f"\r\n[usher: input not delivered: {exc}]\r\n")
             continue
         except ConsoleEnded as ended:
-            return ended
+            session.end(ended)
+            return
         session.bytes_typed += len(data)
