@@ -48,8 +48,9 @@ async def test_snapshot_revert_list_delete_on_running_and_stopped_vms(
     make_driver: DriverFactory, storage: Path, tiny: Image
 ) -> None:
     driver = await make_driver("n1")
-    guest = new_guest(tiny, "snappy")
+    guest = new_guest(tiny, "snappy", disks=[{"size_gb": 1}])
     disk = catalog.vm_dir(storage, guest.id) / catalog.DISK
+    data = catalog.vm_dir(storage, guest.id) / "data1.qcow2"  # a snapshot covers it too
     await driver.start(guest)
     await wait_for_text(driver, guest.id, r"USHER-READY snappy")
 
@@ -64,14 +65,17 @@ async def test_snapshot_revert_list_delete_on_running_and_stopped_vms(
 
     await driver.stop(guest.id, hard=True)
     assert qemu_io(disk, "write -P 0xab 0 64k")
+    assert qemu_io(data, "write -P 0xda 0 64k")
     usage = await driver.disk_usage(guest.id)
-    assert usage >= 64 * 1024
+    assert usage >= 2 * 64 * 1024
     ab = await driver.snapshot_create(guest.id, "ab")  # stopped: qemu-img
     assert not ab.running and ab.size_bytes == usage
     assert qemu_io(disk, "write -P 0xcd 0 64k")
+    assert qemu_io(data, "write -P 0xcd 0 64k")
 
     await driver.snapshot_revert(guest.id, "ab")
     assert qemu_io(disk, "read -P 0xab 0 64k")
+    assert qemu_io(data, "read -P 0xda 0 64k")
     await driver.snapshot_revert(guest.id, "live")  # before anything was written
     assert not qemu_io(disk, "read -P 0xab 0 64k")
     await driver.snapshot_revert(guest.id, "ab")
@@ -96,18 +100,21 @@ async def test_clone_and_export_copy_the_disks_and_share_nothing_writable(
     make_driver: DriverFactory, storage: Path, tiny: Image
 ) -> None:
     driver = await make_driver("n1")
-    source = new_guest(tiny, "source")
+    source = new_guest(tiny, "source", disks=[{"size_gb": 1}])
     disk = catalog.vm_dir(storage, source.id) / catalog.DISK
     await driver.start(source)
     await driver.stop(source.id, hard=True)
     assert qemu_io(disk, "write -P 0xab 0 64k")
+    assert qemu_io(disk.with_name("data1.qcow2"), "write -P 0xda 0 64k")
     await driver.snapshot_create(source.id, "ab")
 
-    clone = new_guest(tiny, "clone")
+    clone = new_guest(tiny, "clone", disks=[{"size_gb": 1}])
     await driver.clone_disks(source.id, clone.id, snapshot=None)  # a stopped source
     clone_disk = catalog.vm_dir(storage, clone.id) / catalog.DISK
     assert backing_of(clone_disk) == backing_of(disk)  # the image's base disk, not a copy
     assert qemu_io(clone_disk, "read -P 0xab 0 64k")
+    assert qemu_io(clone_disk.with_name("data1.qcow2"), "read -P 0xda 0 64k")
+    assert backing_of(clone_disk.with_name("data1.qcow2")) is None
     assert qemu_io(clone_disk, "write -P 0x11 0 64k")
     assert qemu_io(disk, "read -P 0xab 0 64k")  # the source's disk is its own
     with pytest.raises(DriverError, match="has disks already"):

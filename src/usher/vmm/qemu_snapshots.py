@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,22 +35,6 @@ NOTES = "snapshots.json"
 """Beside a VM's disks: what each of its snapshots holds and whether the VM ran, by name."""
 _LIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
 _SNAPSHOTTABLE = _LIVE | {VMState.STOPPED}
-_DATA_DISK = re.compile(r"data([1-9][0-9]*)\.qcow2")
-
-
-def vm_disks(storage: str, vm_id: str) -> list[Path]:
-    """A VM's disk files, root first, then its data disks in order."""
-    listed = getattr(catalog, "vm_disks", None)  # (the disks' own helper, once there is one)
-    if listed is not None:
-        return list(listed(storage, vm_id))
-    directory = catalog.vm_dir(storage, vm_id)
-    data = sorted(
-        (int(m.group(1)), path)
-        for path in directory.glob("data*.qcow2")
-        if (m := _DATA_DISK.fullmatch(path.name))
-    )
-    root = directory / catalog.DISK
-    return ([root] if root.exists() else []) + [path for _, path in data]
 
 
 async def qemu_img(*args: str) -> str:
@@ -94,7 +77,7 @@ class QemuSnapshots:
         return dom
 
     def _disks(self, vm_id: str) -> list[Path]:
-        disks = vm_disks(self._storage, vm_id)
+        disks = catalog.vm_disks(self._storage, vm_id)
         if not disks:
             raise DriverError(f"VM {vm_id} has no disk in {self._storage}")
         return disks
@@ -125,7 +108,7 @@ class QemuSnapshots:
 
     async def listed(self, vm_id: str) -> list[Snapshot]:
         dom = self._guests.get(vm_id)
-        disks = vm_disks(self._storage, vm_id)
+        disks = catalog.vm_disks(self._storage, vm_id)
         if not disks:
             return []
         found = await self._snapshots(dom, disks)
@@ -172,7 +155,7 @@ class QemuSnapshots:
     async def clone_disks(self, vm_id: str, new_vm_id: str, snapshot: str | None) -> None:
         disks, shared = await self._source(vm_id, snapshot, "copy the disks of")
         target = catalog.vm_dir(self._storage, new_vm_id)
-        if vm_disks(self._storage, new_vm_id):
+        if catalog.vm_disks(self._storage, new_vm_id):
             raise DriverError(f"cannot copy disks to VM {new_vm_id}: it has disks already")
         target.mkdir(parents=True, exist_ok=True)
         try:
