@@ -13,6 +13,8 @@ from sqlalchemy import Engine, create_engine, text
 
 from harness import Cluster
 
+pytest_plugins = ["guest_images"]  # the debian_image fixture, cached between runs
+
 PG_ENV = "USHER_TEST_PG_URL"
 SCHEMA_PREFIX = "usher_t_"
 CREATED_SCHEMAS: list[str] = []
