@@ -54,6 +54,9 @@ export USHER_TEST_PG_URL
 # the LDAP tests start their own slapd and seed it with ldapadd; the dashboard test drives
 # Debian's chromium through Playwright (no browser download; its node driver needs libatomic1)
 apt_install slapd ldap-utils dnsmasq-base chromium libatomic1
+# the debian image tests build it with mmdebstrap (cached in /var/cache/usher-ci) and read
+# its root file system with debugfs
+apt_install mmdebstrap e2fsprogs
 
 say "pytest $*"
 exec "$USHER_VENV/bin/python" -m pytest "$@"
