@@ -8,6 +8,12 @@ answers the words, ``hostname`` the VM's name.
 from __future__ import annotations
 
 import base64
+import os
+import pty
+import select
+import subprocess
+import sys
+import termios
 import time
 from collections.abc import Callable
 
@@ -177,3 +183,50 @@ def test_many_sessions_share_one_feed(site: Cluster) -> None:
     finally:
         for console in consoles:
             console.close()
+
+
+def read_terminal(master: int, text: bytes, timeout: float = 10) -> bytes:
+    """What a terminal shows until ``text`` is in it."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"{text!r} did not show: {seen!r}")
+        seen += os.read(master, 4096)
+    return seen
+
+
+def test_ush_attach_on_a_terminal(site: Cluster) -> None:
+    """On a terminal: raw mode while attached (only the guest echoes), Ctrl-] detaches, and
+    the terminal is as it was afterwards."""
+    make_vm(site, "tty-1")
+    master, terminal = pty.openpty()
+    before = termios.tcgetattr(terminal)
+    env = {
+        **os.environ,
+        "USHER_URL": site.url,
+        "USHER_TOKEN": site.token,
+        "USHER_HOME": str(site.root / "home"),
+    }
+    ush = subprocess.Popen(
+        [sys.executable, "-m", "usher.cli.ush", "console", "tty-1", "--attach"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        read_terminal(master, b"tty-1: running")
+        os.write(master, b"echo over a tty\r")
+        shown = read_terminal(master, b"over a tty\r\n# ")
+        assert shown.count(b"echo over a tty") == 1, "the terminal echoed too: not raw"
+        os.write(master, b"\x1d")
+        assert ush.wait(timeout=15) == 0
+        assert termios.tcgetattr(terminal) == before
+    finally:
+        ush.kill()
+        _, stderr = ush.communicate()
+        os.close(master)
+        os.close(terminal)
+    assert b"Ctrl-] detaches" in stderr and b"detached" in stderr
