@@ -96,6 +96,8 @@ MATRIX = [
     ("DELETE", "/v1/images/nope", None, {ANON: 401, BOB: 403, OSCAR: 404, ADMIN: 404}),
     ("GET", "/v1/clusters/a", None, {ANON: 401, BOB: 404, CAROL: 200, OSCAR: 200, ADMIN: 200}),
     ("PUT", "/v1/clusters/a/members/bob", None, {ANON: 401, BOB: 403, CAROL: 403}),
+    # making a cluster that exists: its owner and those who see all get it, others a 409
+    ("PUT", "/v1/clusters/a", None, {ANON: 401, BOB: 409, CAROL: 409, OSCAR: 200, ADMIN: 200}),
     ("GET", "/v1/events/stream?name=nothing", None, {ANON: 401}),
 ]
 

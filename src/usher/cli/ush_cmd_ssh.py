@@ -51,7 +51,13 @@ def ssh_argv(
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("-i", "--identity", type=click.Path(dir_okay=False), help="Private key file.")
 @click.option("-l", "--login", "user", help="Account to log in as (default: your own).")
-@click.option("-o", "--ssh-option", "options", multiple=True, help="An ssh -o option. Repeatable.")
+@click.option(
+    "--ssh-option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An ssh -o option. Repeatable.",
+)
 @click.option("--print", "print_only", is_flag=True, help="Print the ssh command; do not run it.")
 @pass_ush
 def ssh(

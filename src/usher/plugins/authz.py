@@ -6,8 +6,10 @@ the virtual clusters it administers or is a member of. A principal with none of 
 may do nothing. The creator of a virtual cluster administers it and can add members (as the
 per-cluster LDAP groups of the original did):
 
-``GET /v1/clusters/{name}``, ``PUT /v1/clusters/{name}/members/{user}``,
-``DELETE /v1/clusters/{name}/members/{user}``; ``ush cluster show|add-member|remove-member``.
+``GET /v1/clusters/{name}``, ``PUT /v1/clusters/{name}`` (make one before its first VM),
+``PUT /v1/clusters/{name}/members/{user}``,
+``DELETE /v1/clusters/{name}/members/{user}``; ``ush cluster
+create|show|add-member|remove-member``.
 Guests of a cluster whose image runs cloud-init get an account for each member, with their
 SSH keys, and sudo for the cluster's administrator (hook ``guest_config``).
 
@@ -219,6 +221,21 @@ class Authorization:
                 self._sees_all(principal) or principal.name in (info.owner, *info.members)
             ):
                 raise RequestError(404, f"unknown virtual cluster {name!r}")
+            return info
+
+        @router.put("/{name}", response_model=ClusterInfo)
+        async def create(name: ClusterPath, principal: PrincipalDep) -> ClusterInfo:
+            """Make a virtual cluster the caller administers before any VM is in it (so
+            members can be added first); one the caller already has is left as it is."""
+
+            def creating(old: ClusterInfo | None) -> ClusterInfo | None:
+                return ClusterInfo(name=name, owner=principal.name) if old is None else None
+
+            await self._change(name, creating)
+            info = await self.cluster(name)
+            assert info is not None
+            if info.owner != principal.name and not self._sees_all(principal):
+                raise RequestError(409, f"virtual cluster {name} belongs to {info.owner}")
             return info
 
         @router.put("/{name}/members/{user}", response_model=ClusterInfo)

@@ -1,4 +1,4 @@
-"""``ush cluster show|add-member|remove-member``: who administers a virtual cluster and who
+"""``ush cluster create|show|add-member|remove-member``: who administers a virtual cluster and who
 may use it (the ``authz`` plugin)."""
 
 from __future__ import annotations
@@ -17,6 +17,14 @@ def cluster() -> None:
 
 def _path(name: str, *rest: str) -> str:
     return "/".join(["/clusters", quote(name, safe=""), *(quote(r, safe="") for r in rest)])
+
+
+@cluster.command("create")
+@click.argument("name")
+@pass_ush
+def create(ush: Ush, name: str) -> None:
+    """Make virtual cluster NAME, administered by you, before its first VM."""
+    ush.out.mapping(ush.client.request("PUT", _path(name)))
 
 
 @cluster.command("show")
