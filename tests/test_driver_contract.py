@@ -130,6 +130,24 @@ async def test_console_reads_on_from_an_offset(make: MakeDriver) -> None:
         return
     whole = await driver.console_log("vm-1")
     assert whole and await driver.console_log("vm-1", offset=3) == whole[3:]
+    assert await driver.console_end("vm-1") == len(whole)
+
+
+async def test_console_input_leaves_the_vm_as_it_was(make: MakeDriver) -> None:
+    driver = make()
+    await driver.start(guest())
+    if Capability.CONSOLE_INPUT not in driver.capabilities:
+        with pytest.raises(DriverError):
+            await driver.console_write("vm-1", b"hello\n")
+        return
+    before = await driver.info("vm-1")
+    await driver.console_write("vm-1", b"hello\n")
+    assert (await driver.info("vm-1")).state is before.state is VMState.RUNNING
+    await driver.stop("vm-1")
+    with pytest.raises(InvalidTransition):
+        await driver.console_write("vm-1", b"hello\n")
+    with pytest.raises(UnknownVM):
+        await driver.console_write("vm-2", b"hello\n")
 
 
 async def test_an_incoming_vm_is_listed_migrating_until_aborted(make: MakeDriver) -> None:
