@@ -80,7 +80,7 @@ def test_members_log_in_with_their_keys_and_others_cannot(world: dict[str, Any])
     alice = world["users"]["alice"]
     created = cluster.ush(
         "create", "--image", "debian", "--cluster", "lab", "--names", "web", "--memory", "512",
-        env={"USHER_TOKEN": alice["token"]},
+        "--disk-size", "4G", "--disk", "1G", env={"USHER_TOKEN": alice["token"]},
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
     print(f"debian guest: start to SSH in {wait_ssh(world, 'alice', 'web'):.1f} s")
@@ -108,11 +108,38 @@ def test_members_log_in_with_their_keys_and_others_cannot(world: dict[str, Any])
         assert direct.returncode == 255 and "Permission denied" in direct.stderr
 
 
+def sizes(world: dict[str, Any], vm: str) -> dict[str, int]:
+    """The guest's own view: its disks' sizes and its root file system's, in bytes."""
+    lsblk = ush_ssh(world, "alice", vm, "lsblk", "-bdno", "NAME,SIZE", "/dev/vda", "/dev/vdb")
+    assert lsblk.returncode == 0, lsblk.stderr
+    found = {name: int(size) for name, size in (line.split() for line in lsblk.stdout.splitlines())}
+    df = ush_ssh(world, "alice", vm, "df", "-B1", "--output=size", "/")
+    found["root_fs"] = int(df.stdout.split()[-1])
+    return found
+
+
+def test_disks_have_the_sizes_asked_and_grow_while_running(world: dict[str, Any]) -> None:
+    cluster: Cluster = world["cluster"]
+    before = sizes(world, "web")
+    assert before["vda"] == 4 << 30 and before["vdb"] == 1 << 30
+    assert before["root_fs"] > 3.5 * (1 << 30)  # the root grew to the disk on first boot
+    grown = cluster.ush(
+        "resize", "web", "--disk", "+1G", "--disk", "1:+1G",
+        env={"USHER_TOKEN": world["users"]["alice"]["token"]},
+    )  # fmt: skip
+    assert grown.returncode == 0, grown.stderr
+    after = sizes(world, "web")
+    assert after["vda"] == 5 << 30 and after["vdb"] == 2 << 30
+
+
 def test_a_migrated_guest_keeps_its_seed_and_logins(world: dict[str, Any]) -> None:
     cluster: Cluster = world["cluster"]
     alice = world["users"]["alice"]["client"]
     vm = alice.get_vm("web")
     assert ush_ssh(world, "alice", "web", "touch", "/home/alice/before").returncode == 0
+    mark = "usher-data-disk-mark"
+    write = ush_ssh(world, "alice", "web", f"echo {mark} | sudo dd of=/dev/vdb oflag=direct,sync")
+    assert write.returncode == 0, write.stderr
     op = cluster.run(alice.migrate(["web"]), timeout=180)
     assert op.status == OpStatus.SUCCEEDED, op.result
     moved = alice.get_vm("web")
@@ -122,3 +149,6 @@ def test_a_migrated_guest_keeps_its_seed_and_logins(world: dict[str, Any]) -> No
     assert after.returncode == 0, after.stderr
     label = ush_ssh(world, "alice", "web", "lsblk", "-no", "LABEL", "/dev/sr0")
     assert label.stdout.strip() == "cidata"
+    data = ush_ssh(world, "alice", "web", "sudo", "head", "-c", "64", "/dev/vdb")
+    assert data.returncode == 0 and mark in data.stdout
+    assert sizes(world, "web")["vdb"] == 2 << 30
