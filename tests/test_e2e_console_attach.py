@@ -151,6 +151,23 @@ def test_a_destroyed_vm_ends_its_sessions(site: Cluster) -> None:
     assert ended
 
 
+def test_a_session_follows_its_vm_and_ends_when_its_node_goes(site: Cluster) -> None:
+    site.start_lnm("node-3")
+    vm = make_vm(site, "mover")
+    client = site.client()
+    with client.attach_console("mover") as console:
+        read_until(console, "mover: running")
+        site.run(client.migrate([vm.id], target_node="node-3"))
+        console.send(b"echo on node 3\r")
+        read_until(console, "on node 3\r\n# ")
+        site.kill_lnm("node-3")
+        began = time.monotonic()
+        while console.receive(timeout=10) not in (None, ""):
+            pass
+        assert console.close_code == 4503 and "node-3" in console.close_reason
+        assert time.monotonic() - began < 8
+
+
 def test_input_a_vm_cannot_take_is_said_so(site: Cluster) -> None:
     make_vm(site, "readonly", node="node-2")  # its driver takes no input
     with site.client().attach_console("readonly") as console:

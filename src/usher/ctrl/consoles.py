@@ -11,11 +11,13 @@ gets too. Input goes to the node at once (``console_input``), and the feed looks
 echo straight after.
 
 A feed follows its VM: when the node no longer knows it, the VM's record says where it went
-(after a live migration the output goes on at the same offset, in the same shared log); when
-the record is gone the VM was destroyed and every session ends (:data:`VM_GONE`), as when its
-node's link is gone (:data:`NODE_GONE`) or its driver has no console (:data:`NO_CONSOLE`). A
-session whose client does not read its output ends once :data:`BACKLOG` characters wait for
-it (:data:`TOO_SLOW`), so a stalled client holds no more than that.
+(after a live migration the output goes on at the same offset, in the same shared log; where
+the new node keeps a console of its own, from its last :data:`HISTORY` bytes). When the
+record is gone the VM was destroyed and every session ends (:data:`VM_GONE`), as when its
+node's link is gone or its driver has no console, once :data:`READ_FAILURES` reads in a row
+failed (:data:`NODE_GONE`, :data:`NO_CONSOLE`). A session whose client does not read its
+output ends once :data:`BACKLOG` characters wait for it (:data:`TOO_SLOW`), so a stalled
+client holds no more than that.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from usher.ctrl.nodes import CommandFailed, NodeGone, NodeRegistry
 from usher.ctrl.store import Store
@@ -39,6 +42,8 @@ POLL_MIN = 0.05
 POLL_MAX = 0.5
 """Seconds between two reads of a feed's console: the least, after activity; the most, idle."""
 CALL_TIMEOUT = 10.0
+READ_FAILURES = 4
+"""Reads of a console that fail in a row (:data:`POLL_MAX` apart) before its sessions end."""
 BACKLOG = 1 << 20
 """Characters of output a session may have waiting before it ends as too slow."""
 MAX_SESSIONS = 256
@@ -132,10 +137,27 @@ class Feed:
     async def _run(self) -> None:
         offset: int | None = None
         pause = POLL_MIN
+        failures = 0
         try:
             while True:
                 args = {"tail": HISTORY} if offset is None else {"offset": offset}
-                answer = await self._call("console", args)
+                node = self.node
+                try:
+                    answer = await self._call("console", args)
+                    if (
+                        self.node != node
+                        and offset is not None
+                        and not await self._same_log(offset)
+                    ):
+                        offset = None  # a console of its own there: start again from its end
+                        continue
+                except ConsoleEnded as ended:  # for good only if it lasts (a VM being
+                    failures += 1  # destroyed is unknown to its node before its record goes)
+                    if ended.code == VM_GONE or failures >= READ_FAILURES:
+                        raise
+                    await asyncio.sleep(POLL_MAX)
+                    continue
+                failures = 0
                 data = str(answer.get("data", ""))
                 offset = int(answer.get("next", offset or 0))
                 if data:
@@ -154,6 +176,12 @@ class Feed:
         except Exception as exc:  # never leave sessions hanging on a feed that broke
             log.exception("console feed of VM %s failed", self.vm_id)
             self._end(ConsoleEnded(NO_CONSOLE, f"the console broke: {exc}"))
+
+    async def _same_log(self, offset: int) -> bool:
+        """Whether the VM's console where it runs now goes on from ``offset`` (QEMU's shared
+        log does; a driver that keeps a console per node starts a new one)."""
+        end = await self._call("console", {"tail": 0})
+        return int(end.get("next", 0)) >= offset
 
     def _publish(self, data: str) -> None:
         self.history = (self.history + data)[-HISTORY:]
@@ -178,7 +206,7 @@ class Feed:
             raise InputRefused(ended.reason) from None
         self._wake.set()
 
-    async def _call(self, action: str, args: dict[str, object]) -> dict[str, object]:
+    async def _call(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
         """Run ``action`` on the VM's node, following the VM if it moved; raises
         :class:`ConsoleEnded` when it cannot be run there."""
         for _ in range(3):
