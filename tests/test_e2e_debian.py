@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -152,3 +153,34 @@ def test_a_migrated_guest_keeps_its_seed_and_logins(world: dict[str, Any]) -> No
     data = ush_ssh(world, "alice", "web", "sudo", "head", "-c", "64", "/dev/vdb")
     assert data.returncode == 0 and mark in data.stdout
     assert sizes(world, "web")["vdb"] == 2 << 30
+
+
+def test_snapshot_revert_and_clone_keep_the_guests_files(world: dict[str, Any]) -> None:
+    """A file written, snapshotted (the guest running), then changed: the clone of that
+    snapshot and the VM reverted to it both boot with the old content."""
+    cluster: Cluster = world["cluster"]
+    as_alice = {"USHER_TOKEN": world["users"]["alice"]["token"]}
+
+    def write(text: str) -> None:
+        done = ush_ssh(world, "alice", "web", f"echo {text} > /home/alice/file && sync")
+        assert done.returncode == 0, done.stderr
+
+    def ush(*args: str) -> None:
+        done = cluster.ush(*args, env=as_alice, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    write("before-snapshot")
+    ush("snapshot", "create", "web", "s1")
+    write("after-snapshot")
+    ush("clone", "web", "--snapshot", "s1", "--name", "web-copy")
+    ush("stop", "web")
+    ush("snapshot", "revert", "web", "s1")
+    ush("start", "web")
+    for vm in ("web", "web-copy"):
+        wait_ssh(world, "alice", vm)
+        read = ush_ssh(world, "alice", vm, "cat", "/home/alice/file")
+        assert read.stdout.strip() == "before-snapshot", (vm, read.stdout, read.stderr)
+    host = ush_ssh(world, "alice", "web-copy", "hostname")
+    assert host.stdout.strip() == "web-copy"  # a new instance to cloud-init: its own name
+    listed = cluster.ush("snapshot", "list", "web", "-o", "json", env=as_alice)
+    assert [s["name"] for s in json.loads(listed.stdout)] == ["s1"]
