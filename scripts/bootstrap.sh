@@ -59,8 +59,10 @@ bootstrap() {
   local extras="" spec=. stamp want py
   [ "${1:-}" = --dev ] && { extras=dev; spec=".[dev]"; }
   # QEMU runs the guests; qemu-utils makes their disks; iproute2 serves bridges and the
-  # network-namespace tests.
-  apt_install ca-certificates qemu-system-x86 qemu-utils iproute2
+  # network-namespace tests; mmdebstrap and e2fsprogs build the debian image; `ush ssh` runs
+  # OpenSSH's client.
+  apt_install ca-certificates qemu-system-x86 qemu-utils iproute2 mmdebstrap e2fsprogs \
+    openssh-client
   if ! "$USHER_VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     py=$(_usher_python)
     say "creating $USHER_VENV (with $("$py" -V 2>&1))"
