@@ -39,28 +39,27 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def cached_debian_image() -> Path:
-    """The storage directory in the cache holding the ``debian`` image of this recipe,
-    built now if it is not there (or if ``USHER_REBUILD_IMAGES`` is set)."""
+def debian_image_into(storage: Path) -> None:
+    """Copy the cached ``debian`` image of this recipe into ``storage``, building it first
+    if the cache has none (or if ``USHER_REBUILD_IMAGES`` is set)."""
     root = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE) / "debian"
     root.mkdir(parents=True, exist_ok=True)
-    storage = root / recipe_digest()
-    with _locked(root / ".lock"):
-        if read_manifest(storage, NAME) is None or os.environ.get(REBUILD_ENV):
+    cache = root / recipe_digest()
+    with _locked(root / ".lock"):  # held while copying: another recipe's run prunes old ones
+        if read_manifest(cache, NAME) is None or os.environ.get(REBUILD_ENV):
             began = time.monotonic()
-            print(f"building the debian image into {storage}", file=sys.stderr)
-            build_debian(storage, work_dir=root / "work", force=True)
+            print(f"building the debian image into {cache}", file=sys.stderr)
+            build_debian(cache, work_dir=root / "work", force=True)
             print(f"built in {time.monotonic() - began:.0f} s", file=sys.stderr)
         for old in root.iterdir():
-            if old.is_dir() and old != storage and old.name != "work":
+            if old.is_dir() and old not in (cache, root / "work"):
                 shutil.rmtree(old, ignore_errors=True)
-    return storage
+        shutil.copytree(image_dir(cache, NAME), image_dir(storage, NAME))
 
 
 @pytest.fixture(scope="session")
 def debian_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A storage directory of this session holding a copy of the ``debian`` image."""
-    cached = image_dir(cached_debian_image(), NAME)
     storage = tmp_path_factory.mktemp("debian-storage")
-    shutil.copytree(cached, image_dir(storage, NAME))
+    debian_image_into(storage)
     return storage

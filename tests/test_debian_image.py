@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from test_guest_config import keypair
+from usher.cli.image_cmd import image as image_cli
 from usher.images.catalog import image_path, read_manifest
-from usher.images.debian import NAME
+from usher.images.debian import NAME, build_debian, host_sources
 from usher.images.nocloud import build_seed
 from usher.model import Image
 from usher.vmm.qemu_accel import DEFAULT_BINARY, detect_accel
@@ -243,3 +245,28 @@ def test_the_power_button_powers_the_guest_off(guests: dict[str, PlainGuest]) ->
     for guest in guests.values():
         assert guest.process.wait(timeout=POWER_OFF) == 0
         assert "reboot: Power down" in guest.console
+
+
+def test_a_second_build_returns_the_image_unless_forced(debian_image: Path) -> None:
+    existing = read_manifest(debian_image, NAME)
+    began = time.monotonic()
+    assert build_debian(debian_image) == existing
+    assert time.monotonic() - began < 1
+    result = CliRunner().invoke(image_cli, ["build", "debian", "--storage-dir", str(debian_image)])
+    assert result.exit_code == 0, result.output
+    assert "image debian exists" in result.output and "--force rebuilds it" in result.output
+
+
+def test_the_build_downloads_only_from_the_hosts_sources_for_bookworm(tmp_path: Path) -> None:
+    listed = tmp_path / "sources.list.d"
+    listed.mkdir()
+    (tmp_path / "sources.list").write_text("# deb http://old.example/debian bookworm main\n")
+    (listed / "debian.sources").write_text(
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n"
+    )
+    (listed / "mirror.list").write_text("deb [arch=amd64] http://mirror.example/d bookworm main\n")
+    (listed / "other.list").write_text("deb https://packages.example/apt cloud-sdk-bookworm main\n")
+    (listed / "trixie.sources").write_text("Types: deb\nSuites: trixie\n")
+    (listed / "old.sources.disabled").write_text("Types: deb\nSuites: bookworm\n")
+    found = host_sources("bookworm", tmp_path)
+    assert found == [listed / "debian.sources", listed / "mirror.list"]

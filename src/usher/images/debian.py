@@ -130,6 +130,19 @@ cloud_final_modules:
   - power-state-change
 """
 
+INITRAMFS_FILES = {
+    "conf.d/usher": "MODULES=list\n",
+    "hooks/usher-virtio": (
+        "#!/bin/sh\n"
+        "# Usher's Debian image: the initramfs needs only the virtio disk (ext4 is built in)\n"
+        '[ "$1" = prereqs ] && exit 0\n'
+        ". /usr/share/initramfs-tools/hook-functions\n"
+        "manual_add_modules virtio_pci virtio_blk\n"
+    ),
+}
+"""Put in ``/etc/initramfs-tools`` before the kernel is installed: a small initramfs (a
+third of the default one, which holds most of the kernel's drivers) boots faster."""
+
 FILES = {
     "etc/cloud/cloud.cfg.d/90-usher.cfg": CLOUD_CFG,
     "etc/fstab": "/dev/vda / ext4 defaults 0 0\n",
@@ -139,6 +152,11 @@ FILES = {
     # the host keys cloud-init makes at first boot (RSA ones take seconds under TCG)
     "etc/ssh/sshd_config.d/usher-host-keys.conf": (
         "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n"
+    ),
+    # a root disk made larger while the VM runs is used at once, not at the next boot
+    "etc/udev/rules.d/90-usher-grow-root.rules": (
+        'ACTION=="change", SUBSYSTEM=="block", KERNEL=="vda", ENV{RESIZE}=="1", '
+        'RUN+="/sbin/resize2fs /dev/vda"\n'
     ),
     # one configured NIC is enough for cloud-init to go on (it waits for the network)
     "etc/systemd/system/systemd-networkd-wait-online.service.d/usher-any.conf": (
@@ -178,7 +196,7 @@ def build_debian(
     archives.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="usher-debian-", dir=work) as tmp:
         root = Path(tmp) / "root"
-        _bootstrap(root, archives, say)
+        _bootstrap(root, archives, _initramfs_config(Path(tmp) / "initramfs-tools"), say)
         say("configuring the guest")
         _configure(root)
         kernel = _only(root / "boot", "vmlinuz-*")
@@ -208,10 +226,9 @@ def build_debian(
     return published
 
 
-def host_sources(suite: str = SUITE) -> list[Path]:
-    """The host's apt source files for ``suite`` (one-line ``.list`` or deb822 ``.sources``):
-    the only places the build downloads from."""
-    apt = Path("/etc/apt")
+def host_sources(suite: str = SUITE, apt: Path = Path("/etc/apt")) -> list[Path]:
+    """The host's apt source files for ``suite`` (one-line ``.list`` or deb822 ``.sources``
+    in ``apt``): the only places the build downloads from."""
     candidates = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))]
     word = re.compile(rf"(?m)^(?:deb\s.*\s|Suites:.*\s){re.escape(suite)}(?:\s|$)")
     return [
@@ -241,7 +258,16 @@ def _host_apt_options() -> list[str]:
     ]
 
 
-def _bootstrap(root: Path, archives: Path, say: Callable[[str], None]) -> None:
+def _initramfs_config(directory: Path) -> Path:
+    for relative, content in INITRAMFS_FILES.items():
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        path.chmod(0o755 if relative.startswith("hooks/") else 0o644)
+    return directory
+
+
+def _bootstrap(root: Path, archives: Path, initramfs: Path, say: Callable[[str], None]) -> None:
     sources = host_sources()
     if not sources:
         raise ImageError(f"the host has no apt source for Debian {SUITE} in /etc/apt")
@@ -258,6 +284,8 @@ def _bootstrap(root: Path, archives: Path, say: Callable[[str], None]) -> None:
         "--skip=essential/unlink",
         '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
         f'--setup-hook=sync-in "{archives}" /var/cache/apt/archives/',
+        '--setup-hook=mkdir -p "$1"/etc/initramfs-tools',
+        f'--setup-hook=sync-in "{initramfs}" /etc/initramfs-tools',
         f'--customize-hook=sync-out /var/cache/apt/archives "{archives}"',
         '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
         SUITE,
