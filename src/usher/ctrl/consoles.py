@@ -42,6 +42,8 @@ POLL_MIN = 0.05
 POLL_MAX = 0.5
 """Seconds between two reads of a feed's console: the least, after activity; the most, idle."""
 CALL_TIMEOUT = 10.0
+SAME_LOG_CHECK = 64
+"""Characters of what a feed read last that it looks for where its VM moved."""
 READ_FAILURES = 4
 """Reads of a console that fail in a row (:data:`POLL_MAX` apart) before its sessions end."""
 BACKLOG = 1 << 20
@@ -138,18 +140,16 @@ class Feed:
         offset: int | None = None
         pause = POLL_MIN
         failures = 0
+        read_from = self.node
         try:
             while True:
                 args = {"tail": HISTORY} if offset is None else {"offset": offset}
-                node = self.node
                 try:
                     answer = await self._call("console", args)
-                    if (
-                        self.node != node
-                        and offset is not None
-                        and not await self._same_log(offset)
-                    ):
-                        offset = None  # a console of its own there: start again from its end
+                    if self.node != read_from:  # the VM moved (this read or an input saw it)
+                        read_from = self.node
+                        if offset is not None and not await self._same_log(offset):
+                            offset = None  # a console of its own there: start from its end
                         continue
                 except ConsoleEnded as ended:  # for good only if it lasts (a VM being
                     failures += 1  # destroyed is unknown to its node before its record goes)
@@ -178,10 +178,13 @@ class Feed:
             self._end(ConsoleEnded(NO_CONSOLE, f"the console broke: {exc}"))
 
     async def _same_log(self, offset: int) -> bool:
-        """Whether the VM's console where it runs now goes on from ``offset`` (QEMU's shared
-        log does; a driver that keeps a console per node starts a new one)."""
-        end = await self._call("console", {"tail": 0})
-        return int(end.get("next", 0)) >= offset
+        """Whether the VM's console where it runs now holds what this feed read last, up to
+        ``offset`` (QEMU's shared log does; a driver that keeps a console per node does not)."""
+        last = self.history[-SAME_LOG_CHECK:].encode()
+        if len(last) > offset:
+            return False
+        answer = await self._call("console", {"offset": offset - len(last)})
+        return str(answer.get("data", "")).encode()[: len(last)] == last
 
     def _publish(self, data: str) -> None:
         self.history = (self.history + data)[-HISTORY:]
@@ -196,14 +199,19 @@ class Feed:
         self._hub.drop(self)
 
     async def write(self, data: bytes) -> None:
-        """Type ``data`` into the VM's console; :class:`InputRefused` if the node will not."""
+        """Type ``data`` into the VM's console; :class:`InputRefused` if the node will not,
+        twice :data:`POLL_MAX` apart (a VM that just moved may not have settled yet)."""
         encoded = base64.b64encode(data).decode("ascii")
-        try:
-            await self._call("console_input", {"data": encoded})
-        except ConsoleEnded as ended:
-            if ended.code != NO_CONSOLE:
-                raise
-            raise InputRefused(ended.reason) from None
+        for attempt in (1, 2):
+            try:
+                await self._call("console_input", {"data": encoded})
+                break
+            except ConsoleEnded as ended:
+                if ended.code != NO_CONSOLE:
+                    raise
+                if attempt == 2:
+                    raise InputRefused(ended.reason) from None
+                await asyncio.sleep(POLL_MAX)
         self._wake.set()
 
     async def _call(self, action: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -147,15 +147,15 @@ async def _attached(
     session_id = new_id("con")
     started = time.monotonic()
     envelope = {"principal": principal.name, "vm_id": vm.id, "node": vm.node}
-    await ctrl.bus.emit(
-        "console_attach",
-        **envelope,
-        data={"session": session_id, "client_address": address, "read_only": not writable},
-    )
-    if not writable:
-        session.offer(f"\r\n[usher: node {vm.node}'s driver takes no console input]\r\n")
     ended = ConsoleEnded(DETACHED, "the client detached")
     try:
+        await ctrl.bus.emit(
+            "console_attach",
+            **envelope,
+            data={"session": session_id, "client_address": address, "read_only": not writable},
+        )
+        if not writable:
+            session.offer(f"\r\n[usher: node {vm.node}'s driver takes no console input]\r\n")
         ended = await _serve(ws, feed, session, writable)
     finally:
         ctrl.consoles.detach(feed, session)
@@ -187,7 +187,7 @@ async def _serve(ws: WebSocket, feed: Feed, session: Session, writable: bool) ->
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    if session.ended is not None and session.ended.code != TOO_SLOW:
+    if session.ended is not None and session.ended.code not in (DETACHED, TOO_SLOW):
         with contextlib.suppress(Exception, TimeoutError):  # what came before the end
             async with asyncio.timeout(FLUSH_TIMEOUT):
                 await _send_output(ws, session, until_empty=True)
