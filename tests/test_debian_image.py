@@ -91,13 +91,13 @@ class PlainGuest:
         assert done.returncode == 0, f"{command}: {done.stderr}"
         return done.stdout
 
-    def qmp(self, command: str) -> None:
+    def qmp(self, command: str, **arguments: object) -> None:
         with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(str(self.directory / "qmp.sock"))
             stream = sock.makefile("rw")
             stream.readline()  # the greeting
-            for name in ("qmp_capabilities", command):
-                stream.write(json.dumps({"execute": name}) + "\n")
+            for name, args in (("qmp_capabilities", {}), (command, arguments)):
+                stream.write(json.dumps({"execute": name, "arguments": args}) + "\n")
                 stream.flush()
                 while "return" not in (answer := json.loads(stream.readline())):
                     assert "error" not in answer, answer
@@ -236,6 +236,19 @@ def test_the_serial_console_offers_a_login(guests: dict[str, PlainGuest]) -> Non
         assert time.monotonic() < deadline, guest.console[-2000:]
         time.sleep(1)
     assert "ttyS0" in guest.run("systemctl list-units --no-legend 'serial-getty@*'")
+
+
+def test_the_root_grows_at_once_when_its_disk_grows_while_running(
+    guests: dict[str, PlainGuest],
+) -> None:
+    guest = guests["static"]
+    guest.wait_ssh()
+    guest.qmp("block_resize", device="disk0", size=OVERLAY + (1 << 30))
+    deadline = time.monotonic() + 60
+    while (size := int(guest.run("df -B1 --output=size / | tail -1"))) < OVERLAY + (1 << 29):
+        assert time.monotonic() < deadline, f"the root stayed at {size} bytes"
+        time.sleep(2)
+    assert size <= OVERLAY + (1 << 30)
 
 
 def test_the_power_button_powers_the_guest_off(guests: dict[str, PlainGuest]) -> None:
