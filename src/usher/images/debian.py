@@ -317,7 +317,7 @@ def _configure(root: Path) -> None:
     resolv = root / "etc" / "resolv.conf"
     resolv.unlink(missing_ok=True)
     resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
-    systemctl = ["systemctl", f"--root={root}"]
+    systemctl = ["chroot", str(root), "systemctl"]  # the guest's: a host may have no systemd
     _run([*systemctl, "enable", "systemd-networkd.service", "systemd-resolved.service"])
     _run([*systemctl, "mask", *MASKED_UNITS])
 
