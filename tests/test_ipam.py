@@ -20,6 +20,7 @@ from usher.ctrl.config import Settings
 from usher.ctrl.context import PluginContext
 from usher.ctrl.events import EventBus
 from usher.ctrl.store import Store
+from usher.guest_config import GuestConfig
 from usher.model import VM, Event, OpKind, OpRequest, Principal, VMSpec
 from usher.plugins.ipam import IPAM, IpamConfig, mac_of
 
@@ -248,3 +249,28 @@ def test_routes_show_usage_and_allocations_to_admins(routed: Cluster) -> None:
         "the addresses back",
         lambda: [a["vm"] for a in routed.http("GET", "/v1/ipam/allocations").json()] == ["a-1"],
     )
+
+
+async def test_guests_get_their_address_as_cloud_init_network_config(
+    store: Store, tmp_path: Path
+) -> None:
+    plugin = await ipam(store, tmp_path, {**CONFIG, "dnsmasq": False})
+    await plugin.allocate_address(vm(1), start(ALICE))
+    config = GuestConfig("vm-1", "web-1")
+    await plugin.guest_config(vm(1), config)
+    assert config.network == {
+        "version": 2,
+        "ethernets": {
+            "eth0": {
+                "match": {"macaddress": "52:54:00:d5:09:02"},
+                "set-name": "eth0",
+                "addresses": ["10.213.9.2/24"],
+                # cloud-init 22.4 (Debian 12) refuses "to: default"
+                "routes": [{"to": "0.0.0.0/0", "via": "10.213.9.1"}],
+            }
+        },
+    }
+    assert config.fqdn == "web-1.web.usher.test"
+    untouched = GuestConfig("vm-9", "web-9")
+    await plugin.guest_config(vm(9), untouched)  # holds no address: left to DHCP
+    assert untouched.network is None and untouched.fqdn is None

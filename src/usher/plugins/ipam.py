@@ -302,7 +302,7 @@ class IPAM:
             "match": {"macaddress": record["mac"]},
             "set-name": "eth0",
             "addresses": [f"{record['address']}/{r.network.prefixlen}"],
-            "routes": [{"to": "default", "via": str(r.gateway)}],
+            "routes": [{"to": "0.0.0.0/0", "via": str(r.gateway)}],
         }
         if r.dnsmasq if r.dnsmasq is not None else self.config.dnsmasq:
             nic["nameservers"] = {"addresses": [str(r.gateway)], "search": [self.config.domain]}
