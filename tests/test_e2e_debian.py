@@ -109,6 +109,25 @@ def test_members_log_in_with_their_keys_and_others_cannot(world: dict[str, Any])
         assert direct.returncode == 255 and "Permission denied" in direct.stderr
 
 
+def test_typing_into_the_attached_console_logs_in(world: dict[str, Any]) -> None:
+    """The guest's serial getty answers what is typed through ``ush console --attach``: a
+    user name typed at its login prompt is echoed and answered with the password prompt."""
+    cluster: Cluster = world["cluster"]
+    typed = cluster.ush(
+        "console", "web", "--attach", "--linger", "8",
+        env={"USHER_TOKEN": world["users"]["alice"]["token"]},
+        input="\nalice\n", timeout=120,
+    )  # fmt: skip
+    assert typed.returncode == 0, typed.stderr
+    assert "web login:" in typed.stdout
+    assert "web login: alice" in typed.stdout and "Password:" in typed.stdout
+    denied = cluster.ush(
+        "console", "web", "--attach", env={"USHER_TOKEN": world["users"]["carol"]["token"]},
+        input="\n",
+    )  # fmt: skip
+    assert denied.returncode != 0 and "web" in denied.stderr
+
+
 def sizes(world: dict[str, Any], vm: str) -> dict[str, int]:
     """The guest's own view: its disks' sizes and its root file system's, in bytes."""
     lsblk = ush_ssh(world, "alice", vm, "lsblk", "-bdno", "NAME,SIZE", "/dev/vda", "/dev/vdb")
