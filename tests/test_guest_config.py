@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -42,15 +43,26 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 # --- the model -------------------------------------------------------------------------
 
 
-def test_account_names_are_linux_accounts() -> None:
-    assert account_name("alice") == "alice"
-    assert account_name("Alice.Smith@example.org") == "alice_smith_example_org"
-    assert account_name("7of9") == "u_7of9"
-    assert account_name("-x") == "u_-x"
-    assert len(account_name("a" * 200)) == 32
-    assert account_name("root") == "u_root" and account_name("sshd") == "u_sshd"
-    assert account_name("systemd-network") == "u_systemd-network"
-    assert account_name("_apt") == "u__apt"
+def test_account_names_are_linux_accounts_and_never_shared() -> None:
+    assert account_name("alice") == "alice" and account_name("bob-2") == "bob-2"
+    changed = {
+        "Alice.Smith@example.org": "alice_smith_example_org_",
+        "7of9": "u_7of9_",
+        "-x": "u_-x_",
+        "root": "u_root_",
+        "sshd": "u_sshd_",
+        "systemd-network": "u_systemd-network_",
+        "_apt": "u__apt_",
+        "Alice": "alice_",
+    }
+    for principal, start in changed.items():
+        name = account_name(principal)
+        assert name.startswith(start[:25]) and re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name), name
+    # no two principals share an account, however alike their names
+    alike = ["john.smith", "john_smith", "John_Smith", "Alice", "alice", "root", "u_root",
+             "a" * 40, "a" * 41, "a" * 32]  # fmt: skip
+    assert len({account_name(p) for p in alike}) == len(alike)
+    assert account_name("a" * 32) == "a" * 32 and len(account_name("a" * 200)) == 32
     assert hostname_of("web_1.prod") == "web-1-prod" and hostname_of("-x-") == "x"
     assert hostname_of("_") == "vm" and len(hostname_of("a" * 100)) == 63
 
@@ -137,7 +149,7 @@ def test_the_seed_puts_the_users_part_first() -> None:
     parts = [p for p in email.message_from_string(seed["user_data"]).walk() if not p.is_multipart()]
     assert [p.get_content_type() for p in parts] == ["text/x-shellscript", "text/cloud-config"]
     assert parts[0].get_payload(decode=True).decode() == "#!/bin/sh\necho mine\n"
-    assert parts[1]["Merge-Type"] == "list(append)+dict(recurse_array)+str()"
+    assert parts[1]["Merge-Type"] == "list(append)+dict(recurse_array,replace)+str()"
     ours = json.loads(parts[1].get_payload(decode=True).decode().removeprefix("#cloud-config\n"))
     assert ours["hostname"] == "web-1" and ours["users"][0]["name"] == "alice"
     plain = GuestConfig("vm-2", "db-1").seed()["user_data"]

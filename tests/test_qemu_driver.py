@@ -492,6 +492,7 @@ async def test_seed_and_ssh_forward_follow_a_migration(
     seed = vm_dir(storage, guest.id) / "seed.iso"
     label = subprocess.run(["blkid", "-s", "LABEL", "-o", "value", str(seed)], capture_output=True)
     assert label.stdout.decode().strip() == "cidata"
+    assert seed.stat().st_mode & 0o777 == 0o600  # the user's own user data may hold secrets
     host, port = info.endpoints["ssh"].rsplit(":", 1)
     assert host == "127.0.0.1"
     await asyncio.open_connection(host, int(port))  # QEMU listens there

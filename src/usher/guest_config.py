@@ -46,7 +46,7 @@ KEY_TYPES = frozenset(
     }
 )
 SUDO_ALL = "ALL=(ALL) NOPASSWD:ALL"
-PLUGIN_PART_MERGE = "list(append)+dict(recurse_array)+str()"
+PLUGIN_PART_MERGE = "list(append)+dict(recurse_array,replace)+str()"
 """How cloud-init merges the plugins' part over the user's own (``Merge-Type``)."""
 USER_DATA_STARTS = ("#cloud-config", "#!")
 
@@ -97,14 +97,19 @@ class ConfigConflict(ValueError):
 
 
 def account_name(principal: str) -> str:
-    """The Linux account a principal gets in guests: lower case, other characters than
-    ``a-z 0-9 _ -`` as ``_``, at most 32 characters, never starting with a digit, ``-`` or
-    ``_``, and never a system account (:data:`SYSTEM_ACCOUNTS`, ``systemd-*``): those get a
-    ``u_`` in front."""
+    """The Linux account a principal gets in guests: the principal's name where it is one
+    (``a-z 0-9 _ -``, at most 32 characters, starting with a letter, not a system account of
+    :data:`SYSTEM_ACCOUNTS` or ``systemd-*``); otherwise that name made one (lower case,
+    other characters as ``_``, ``u_`` in front where needed) with ``_`` and 6 hex digits of
+    the principal's hash at the end, so two principals never share an account
+    (``john.smith`` and ``john_smith``, ``Alice`` and ``alice``)."""
     name = _ACCOUNT_BAD.sub("_", principal.lower())
     if not name[:1].isalpha() or name in SYSTEM_ACCOUNTS or name.startswith("systemd-"):
         name = f"u_{name}"
-    return name[:32]
+    if name == principal and len(name) <= 32:
+        return name
+    digest = hashlib.sha256(principal.encode()).hexdigest()[:6]
+    return f"{name[:25]}_{digest}"
 
 
 def hostname_of(name: str) -> str:

@@ -109,9 +109,11 @@ def _json_file(name: str, value: Mapping[str, Any]) -> bytes:
 
 
 def _write_atomically(path: Path, iso: pycdlib.PyCdlib) -> None:
+    """Write ``iso`` at ``path`` readable by its owner only (QEMU runs as the LNM's user): a
+    seed holds the user's own user data, which may hold secrets."""
     fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o644)
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as out:
             iso.write_fp(out)
             out.flush()
