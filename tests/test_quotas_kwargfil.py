@@ -78,6 +78,12 @@ def test_kwargs_filter_refuses_what_a_role_may_not_pass(limited: Cluster) -> Non
         )
     )
     assert "hard" in message
+    # the parameters the core passes for snapshots and resizes are its own, not the user's
+    vm = op.targets[0]
+    assert limited.run(t1.snapshot_create(vm, "s1")).status == OpStatus.SUCCEEDED
+    assert limited.run(t1.resize_vm(vm, grow={0: 1})).status == OpStatus.SUCCEEDED
+    message = refused(lambda: t1.snapshot_create(vm, "s2", kwargs={"cpu_pinning": 1}))
+    assert "kwargs not allowed for t1 (user): cpu_pinning;" in message
     admin = limited.client()
     assert limited.run(admin.stop(op.targets, kwargs={"hard": True})).status == "succeeded"
 

@@ -120,6 +120,18 @@ class OpKind(StrEnum):
     """Change one VM's vCPUs and memory (stopped) and grow its disks (``ResizeVM``)."""
 
 
+OPERATION_KWARGS: dict[OpKind, frozenset[str]] = {
+    OpKind.SNAPSHOT: frozenset({"snapshot", "snapshot_bytes"}),
+    OpKind.SNAPSHOT_REVERT: frozenset({"snapshot"}),
+    OpKind.SNAPSHOT_DELETE: frozenset({"snapshot"}),
+    OpKind.IMAGE_FROM_VM: frozenset({"image_name", "snapshot"}),
+    OpKind.RESIZE: frozenset({"resize"}),
+}
+"""The kwargs the core itself puts into the request of an operation of each kind (the
+parameters of its own route, such as the snapshot's name), over whatever a caller passed
+under those keys: a kwargs filter leaves them alone."""
+
+
 class Capability(StrEnum):
     """What a VMM driver can do beyond start, stop and destroy: each node declares its
     driver's set, and the controller refuses an operation a node's driver cannot do."""

@@ -8,6 +8,8 @@ Config (``[plugins.kwargfil]``)::
 
 A principal may pass the keys allowed to any of its roles (``"*"``: any key). Others are
 refused with a message naming them, or stripped from the request (and from a new VM's spec).
+The keys the core sets for an operation of its own (``usher.model.OPERATION_KWARGS``: a
+snapshot's name, a resize's sizes) are never filtered.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from usher.model import OpRequest
+from usher.model import OPERATION_KWARGS, OpRequest
 from usher.plugin import Veto, hookimpl
 
 ANY = "*"
@@ -45,7 +47,7 @@ class KwargFilter:
         if ANY in allowed:
             return
         passed = set(request.kwargs) | set(request.spec.kwargs if request.spec else ())
-        bad = sorted(passed - allowed)
+        bad = sorted(passed - allowed - OPERATION_KWARGS.get(request.kind, frozenset()))
         if not bad:
             return
         if self.config.mode == "refuse":
