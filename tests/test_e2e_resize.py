@@ -115,23 +115,32 @@ def test_resizes_that_do_not_fit_or_make_no_sense_change_nothing(
     assert client.get_vm(vm).spec.vcpus == 3
 
 
-def test_two_resizes_at_once_both_grow_the_disk(make_cluster: Callable[..., Cluster]) -> None:
+def test_two_resizes_at_once_one_waits_its_turn(make_cluster: Callable[..., Cluster]) -> None:
+    """One resize of a VM at a time: a second asked while the first runs is refused (what
+    quotas checked must still hold when it runs); asked again afterwards, it grows on."""
     cluster = make_cluster(
         nodes=1, lnm_options={"driver_options": {"latency": {"resize_disk": 0.5}}}
     )
     vm = create(cluster, "twice", disk_gb=2)
-    ops = []
+    answers: list[object] = []
 
     def ask() -> None:
-        ops.append(cluster.client().resize_vm(vm, grow={0: 1}))
+        try:
+            answers.append(cluster.client().resize_vm(vm, grow={0: 1}))
+        except UsherError as exc:
+            answers.append(exc)
 
     threads = [threading.Thread(target=ask) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    for op in ops:
-        assert cluster.run(op).status == OpStatus.SUCCEEDED
+    refused = [a for a in answers if isinstance(a, UsherError)]
+    assert len(refused) == 1 and refused[0].status == 409
+    assert "under way" in refused[0].message
+    (op,) = [a for a in answers if not isinstance(a, UsherError)]
+    assert cluster.run(op).status == OpStatus.SUCCEEDED
+    assert cluster.run(cluster.client().resize_vm(vm, grow={0: 1})).status == OpStatus.SUCCEEDED
     assert cluster.client().get_vm(vm).spec.disk_gb == 4
 
 

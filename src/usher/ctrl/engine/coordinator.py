@@ -12,7 +12,8 @@ Steps on the same VM never overlap (a lock per VM); steps on different VMs run c
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from usher.ctrl.config import Settings
@@ -82,6 +83,9 @@ class Engine:
         self.resizes = Resizes(crew, self.runner, self.images, self.placer)
         self.snapshots = Snapshots(crew, self.runner)
         self.copies = Copies(crew, self.runner, self.images, self.steps)
+        self.changing: set[str] = set()
+        """VMs with a snapshot or a resize admitted and not over: one at a time each, so what
+        the snapshot cap and the quotas checked on admission still holds when it runs."""
         self.fencer = Fencer(crew)
         self.reconciler = Reconciler(crew, self.fencer)
         self.recovery = Recovery(crew, self.runner)
@@ -278,11 +282,33 @@ class Engine:
         """Take (``snapshot``), revert to (``snapshot_revert``) or delete
         (``snapshot_delete``) snapshot ``name`` of ``vm``."""
         body = VMAction(vms=[vm.id], kwargs=dict(kwargs), strict=True)
-        async with self.admission.refusals(kind, principal, client, body):
+        claim = kind is OpKind.SNAPSHOT
+        async with self.admission.refusals(kind, principal, client, body), self._change(vm, claim):
             body.kwargs.update(await self.snapshots.prepare(kind, vm, name))
             _vms, req, op = await self.admission.action(principal, kind, body, client, False)
         op.targets = list(req.vm_ids)
-        return await self._start(op, req, self.snapshots.step(req), None)
+        after = self.changing.discard if claim else None
+        return await self._start(op, req, self.snapshots.step(req), None, after)
+
+    @contextlib.asynccontextmanager
+    async def _change(self, vm: VM, claim: bool) -> AsyncIterator[None]:
+        """Admit a snapshot or resize of ``vm`` (``claim``) under the create lock, one per VM
+        at a time (409 while another runs): the VM stays claimed until its operation is over
+        (``changing``), or is let go at once if it is refused."""
+        if not claim:
+            yield
+            return
+        async with self.crew.create_lock:
+            if vm.id in self.changing:
+                raise RequestError(
+                    409, f"{vm.name} has a snapshot or resize under way; ask again when it ends"
+                )
+            self.changing.add(vm.id)
+            try:
+                yield
+            except BaseException:
+                self.changing.discard(vm.id)
+                raise
 
     async def clone(
         self, principal: Principal, source: VM, body: CloneVM, client: str | None
@@ -354,17 +380,24 @@ class Engine:
         return moves
 
     async def _start(
-        self, op: Operation, req: OpRequest, step: Step, moves: Moves | None
+        self,
+        op: Operation,
+        req: OpRequest,
+        step: Step,
+        moves: Moves | None,
+        after: Callable[[str], None] | None = None,
     ) -> Operation:
-        """Record ``op`` and launch its steps (a moved VM's promise ends with its step)."""
+        """Record ``op`` and launch its steps (a moved VM's promise ends with its step;
+        ``after(vm_id)`` is called when a VM's part is over, or at once if ``op`` cannot be
+        recorded)."""
+        if moves is not None:
+            after = self.placer.release
         try:
             await self.crew.store.add_op(op)
         except BaseException:
-            if moves is not None:
-                for vm_id in op.targets:
-                    self.placer.release(vm_id)
+            for vm_id in op.targets if after is not None else ():
+                after(vm_id)
             raise
-        after = self.placer.release if moves is not None else None
         timeout = self.runner.step_timeout(req.kind, req.kwargs)
         self.runner.launch(op, step, timeout, after)
         return op.model_copy(deep=True)
@@ -377,7 +410,7 @@ class Engine:
         kind = OpKind.RESIZE
         asked = body.model_dump(mode="json", exclude={"kwargs"}, exclude_none=True)
         action = VMAction(vms=[vm.id], kwargs={**body.kwargs, "resize": asked}, strict=True)
-        async with self.admission.refusals(kind, principal, client, action):
+        async with self.admission.refusals(kind, principal, client, action), self._change(vm, True):
             spec = await self.resizes.check(vm, body)
             _vms, req, op = await self.admission.action(
                 principal, kind, action, client, False, spec
@@ -385,7 +418,7 @@ class Engine:
             plan = await self.resizes.plan(vm, req)
             await self.resizes.check_room(req, vm)
         op.targets = list(req.vm_ids)
-        return await self._start(op, req, self.resizes.step(plan), None)
+        return await self._start(op, req, self.resizes.step(plan), None, self.changing.discard)
 
     # --- for plugins (through PluginContext) -------------------------------------------
 
