@@ -191,3 +191,12 @@ def test_ush_snapshot_clone_and_image_from_vm(snaps: Cluster, tmp_path: Path) ->
     assert missing.returncode != 0 and "has no snapshot 'first'" in missing.stderr
     assert snaps.client().get_vm("ush-copy").state is VMState.RUNNING
     assert snaps.client().image("ush-img").name == "ush-img"
+
+
+def test_a_snapshot_name_of_digits_only_is_refused(snaps: Cluster) -> None:
+    """qemu-img takes ``-a 1`` for the snapshot whose id is 1: such names never exist."""
+    c = snaps.client()
+    new_vm(snaps, "snap-digits")
+    refused = error_of(lambda: c.snapshot_create("snap-digits", "1"))
+    assert refused.status == 422 and "not all digits" in refused.message
+    assert snaps.run(c.snapshot_create("snap-digits", "v1")).status == OpStatus.SUCCEEDED

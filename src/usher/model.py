@@ -405,10 +405,21 @@ class ResizeVM(Strict):
     kwargs: Kwargs = Field(default_factory=dict)
 
 
+def _not_a_number(name: str) -> str:
+    if name.isdigit():
+        raise ValueError("a snapshot's name is not all digits (qemu-img reads those as ids)")
+    return name
+
+
+SnapshotName = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(_not_a_number)]
+"""A new snapshot's name: a name, not all digits (``qemu-img snapshot -a 1`` would take the
+snapshot whose id is 1, whatever its name)."""
+
+
 class SnapshotCreate(Strict):
     """Body of ``POST /v1/vms/{vm}/snapshots``: snapshot all of the VM's disks as ``name``."""
 
-    name: Ref
+    name: SnapshotName
     kwargs: Kwargs = Field(default_factory=dict)
 
 

@@ -142,7 +142,10 @@ class Commands:
         (``{"snapshots": [...]}``), so the controller records what the disks hold."""
         d = self.driver
         if what == "create":
-            await d.snapshot_create(vm_id, _name(args, "name"))
+            name = _name(args, "name")
+            if name.isdigit():  # qemu-img would read it as a snapshot's id
+                raise DriverError("a snapshot's name is not all digits")
+            await d.snapshot_create(vm_id, name)
         elif what == "revert":
             await d.snapshot_revert(vm_id, _name(args, "name"))
         elif what == "delete":
