@@ -50,6 +50,8 @@ BACKLOG = 1 << 20
 """Characters of output a session may have waiting before it ends as too slow."""
 MAX_SESSIONS = 256
 """Sessions attached at once, on all VMs together."""
+MAX_SESSIONS_EACH = 16
+"""Sessions one principal may have attached at once: nobody takes every slot."""
 MAX_INPUT = 4096
 """Most bytes of one input message (a WebSocket frame); the LNM takes as much at once."""
 
@@ -242,12 +244,18 @@ class ConsoleHub:
         self.nodes = nodes
         self._feeds: dict[str, Feed] = {}
         self._count = 0
+        self._whose: dict[Session, str] = {}
 
-    def attach(self, vm: VM) -> tuple[Feed, Session]:
-        """A new session on ``vm``'s feed (started if there is none), first given the recent
-        output; :class:`ConsoleEnded` when :data:`MAX_SESSIONS` are attached already."""
+    def attach(self, vm: VM, principal: str) -> tuple[Feed, Session]:
+        """A new session of ``principal`` on ``vm``'s feed (started if there is none), first
+        given the recent output; :class:`ConsoleEnded` when :data:`MAX_SESSIONS` are
+        attached already, or :data:`MAX_SESSIONS_EACH` of this principal's."""
         if self._count >= MAX_SESSIONS:
             raise ConsoleEnded(1013, f"{MAX_SESSIONS} consoles are attached already; try later")
+        if list(self._whose.values()).count(principal) >= MAX_SESSIONS_EACH:
+            raise ConsoleEnded(
+                1013, f"{principal} has {MAX_SESSIONS_EACH} consoles attached, the most one may"
+            )
         feed = self._feeds.get(vm.id)
         if feed is None:
             feed = self._feeds[vm.id] = Feed(self, vm)
@@ -256,11 +264,13 @@ class ConsoleHub:
             session.offer(feed.history)
         feed.sessions.add(session)
         self._count += 1
+        self._whose[session] = principal
         return feed, session
 
     def detach(self, feed: Feed, session: Session) -> None:
         """``session`` leaves; its feed stops when it was the last."""
         self._count -= 1
+        self._whose.pop(session, None)
         feed.sessions.discard(session)
         if not feed.sessions and self._feeds.get(feed.vm_id) is feed:
             feed.task.cancel()

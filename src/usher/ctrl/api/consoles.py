@@ -100,7 +100,7 @@ async def attach_console(ws: WebSocket, vm: RefPath) -> None:
         found = await visible_vm(ctrl, principal, vm)
         await allow(ctrl, principal, "vm.console.attach", vms=[found.model_dump(mode="json")])
         writable = await _writable(ctrl, found)
-        feed, session = ctrl.consoles.attach(found)
+        feed, session = ctrl.consoles.attach(found, principal.name)
     except (RequestError, Forbidden, ConsoleEnded) as exc:
         code, reason = _refusal(exc)
         await ctrl.bus.emit(
