@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from usher.images import catalog
 from usher.images.catalog import vm_dir
 from usher.images.tiny import build_tiny
 from usher.model import Image, VMSpec, VMState
@@ -513,3 +514,21 @@ async def test_seed_and_ssh_forward_follow_a_migration(
     plain = new_guest(tiny, "plain")  # no config: no seed, no forward
     assert (await target.start(plain)).endpoints == {}
     assert not (vm_dir(storage, plain.id) / "seed.iso").exists()
+
+
+async def test_destroying_a_vm_that_never_ran_removes_its_disks(
+    make_driver: DriverFactory, tiny: Image, storage: Path
+) -> None:
+    """Disks made for a VM that never booted (a clone whose first start failed) go with its
+    destroy; those of a VM another node runs stay."""
+    driver = await make_driver("a")
+    never = new_guest(tiny, "never")
+    catalog.create_overlay(storage, tiny, never.id)
+    elsewhere = new_guest(tiny, "elsewhere")
+    catalog.create_overlay(storage, tiny, elsewhere.id)
+    (vm_dir(storage, elsewhere.id) / "node").write_text("another-host:/state")
+    await driver.destroy(never.id)
+    await driver.destroy(elsewhere.id)
+    assert not vm_dir(storage, never.id).exists()
+    assert (vm_dir(storage, elsewhere.id) / "disk.qcow2").exists()
+    catalog.remove_vm_disks(storage, elsewhere.id)

@@ -310,9 +310,13 @@ class QemuDriver(Driver):
             log.info("VM %s did not power off within %g s; stopping it hard", dom.id, limit)
 
     async def destroy(self, vm_id: str) -> None:
-        """Kill QEMU, remove the VM's records and, if this node runs it, its disks."""
+        """Kill QEMU, remove the VM's records and, if this node runs it, its disks; a VM
+        unknown here whose disks no node ever ran (a clone whose first boot failed) loses
+        them too."""
         await self._consoles.drop(vm_id)
         if not await self._guests.forget(vm_id):
+            if self._files.never_ran(vm_id):
+                await asyncio.to_thread(catalog.remove_vm_disks, self._files.storage, vm_id)
             return
         if self._files.holds_lease(vm_id):
             await asyncio.to_thread(catalog.remove_vm_disks, self._files.storage, vm_id)

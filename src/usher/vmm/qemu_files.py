@@ -81,6 +81,11 @@ class VMFiles:
         with open(self.shared(vm_id, LEASE), "w", encoding="utf-8") as file:
             file.write(self.node)
 
+    def never_ran(self, vm_id: str) -> bool:
+        """The VM has files in the shared storage but no node ever took its lease (its
+        disks were made or copied, and it never booted)."""
+        return os.path.isdir(self.shared(vm_id)) and not os.path.exists(self.shared(vm_id, LEASE))
+
     def holds_lease(self, vm_id: str) -> bool:
         try:
             with open(self.shared(vm_id, LEASE), encoding="utf-8") as file:
