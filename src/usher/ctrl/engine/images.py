@@ -91,7 +91,8 @@ class ImageCache:
             raise RequestError(
                 404,
                 f"unknown image {name!r} (known: {', '.join(known) or 'none'}); "
-                "build one with `usher image build tiny|debian` or import one with `ush image import`",
+                "build one with `usher image build tiny|debian` or import one with "
+                "`ush image import`",
             )
         as_sent = found.model_dump(mode="json")
         self._entries[name] = (now(), found, as_sent)
