@@ -157,6 +157,30 @@ def staging_dir(storage: StrPath, name: str, purpose: str) -> Path:
     return staged
 
 
+def publish_kernel_image(
+    storage: StrPath,
+    staged: Path,
+    name: str,
+    files: dict[str, str],
+    *,
+    cmdline: str,
+    description: str,
+    cloud_init: bool = False,
+) -> Image:
+    """Publish the direct-boot image assembled in ``staged`` (``files`` by role: kernel,
+    initrd, disk) as ``name``, replacing one of that name (a build made again)."""
+    image = Image(
+        name=name,
+        kind=ImageKind.KERNEL,
+        files=files,
+        size_bytes=sum((staged / path).stat().st_size for path in files.values()),
+        cmdline=cmdline,
+        cloud_init=cloud_init,
+        description=description,
+    )
+    return publish(storage, staged, image, replace=True)
+
+
 def publish(storage: StrPath, staged: Path, image: Image, *, replace: bool) -> Image:
     """Write ``image``'s manifest into ``staged`` and move that directory into the catalogue.
 

@@ -34,12 +34,12 @@ from usher.images.catalog import (
     DISK,
     ImageError,
     StrPath,
-    publish,
+    publish_kernel_image,
     qemu_img,
     read_manifest,
     staging_dir,
 )
-from usher.model import Image, ImageKind
+from usher.model import Image
 
 NAME = "debian"
 SUITE = "bookworm"
@@ -211,17 +211,15 @@ def build_debian(
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
-    files = {"kernel": "vmlinuz", "initrd": "initrd.img", "disk": DISK}
-    image = Image(
-        name=NAME,
-        kind=ImageKind.KERNEL,
-        files=files,
-        size_bytes=sum((staged / path).stat().st_size for path in files.values()),
+    published = publish_kernel_image(
+        storage,
+        staged,
+        NAME,
+        {"kernel": "vmlinuz", "initrd": "initrd.img", "disk": DISK},
         cmdline=CMDLINE,
         cloud_init=True,
         description=f"Debian 12 with cloud-init, Linux {version} (recipe {recipe_digest()})",
     )
-    published = publish(storage, staged, image, replace=True)
     say(f"image {NAME} is ready in {staged.parent / NAME}")
     return published
 

@@ -30,7 +30,7 @@ from usher.images.catalog import (
     DISK,
     ImageError,
     StrPath,
-    publish,
+    publish_kernel_image,
     qemu_img,
     read_manifest,
     staging_dir,
@@ -38,7 +38,7 @@ from usher.images.catalog import (
 from usher.images.cpio import CpioWriter
 from usher.images.debs import DebCache, extract
 from usher.images.kmod import ModuleTree
-from usher.model import Image, ImageKind
+from usher.model import Image
 
 NAME = "tiny"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
@@ -155,16 +155,14 @@ def build_tiny(
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
-    files = {"kernel": "vmlinuz", "initrd": "initrd.gz", "disk": DISK}
-    image = Image(
-        name=NAME,
-        kind=ImageKind.KERNEL,
-        files=files,
-        size_bytes=sum((staged / path).stat().st_size for path in files.values()),
+    published = publish_kernel_image(
+        storage,
+        staged,
+        NAME,
+        {"kernel": "vmlinuz", "initrd": "initrd.gz", "disk": DISK},
         cmdline=CMDLINE,
         description=f"busybox test guest, Linux {version}",
     )
-    published = publish(storage, staged, image, replace=True)
     say(f"image {NAME} is ready in {staged.parent / NAME}")
     return published
 
