@@ -13,6 +13,10 @@ Live migration: through Usher (``migrate`` to the other node, request to operati
 against a plain QMP migration of a plainly started guest (launch the incoming QEMU,
 ``migrate-incoming``, ``migrate`` with the driver's capabilities and parameters, until the
 target runs), same guest, same host, same run; downtime as QEMU reports it.
+
+``--debian-rounds N``: also the Debian image (cloud-init, systemd, sshd), request to SSH
+through Usher against plain QEMU with the same command line and seed
+(:mod:`realvm_debian`).
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from typing import Any
 
 from common import RESULTS, BenchCluster, write_result
 from qemu.qmp import QMPClient
+from realvm_debian import measure_debian
 
 from usher.client import AsyncClient
 from usher.images import catalog
+from usher.images.debian import build_debian
 from usher.images.tiny import build_tiny
 from usher.model import VMSpec
 from usher.vmm.qemu_accel import detect_accel
@@ -86,7 +92,9 @@ class PlainGuest:
             spec=SPEC,
             disk=str(self.disk),
             console=str(self.console),
+            console_socket=str(qmp.with_suffix(".console")),
             qmp_socket=str(qmp),
+            log=str(qmp.with_suffix(".log")),
             nics=[(Nic(default_mac(self.name)), None)],
             kernel=kernel,
             incoming=incoming,
@@ -204,7 +212,9 @@ def summary(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     }
 
 
-async def measure(cluster: BenchCluster, root: Path, storage: Path, rounds: int) -> dict[str, Any]:
+async def measure(
+    cluster: BenchCluster, root: Path, storage: Path, rounds: int, debian_rounds: int
+) -> dict[str, Any]:
     accel = detect_accel(BINARY)
     boots: dict[str, list[dict[str, float]]] = {"usher": [], "plain": []}
     migrations: dict[str, list[dict[str, Any]]] = {"usher": [], "plain": []}
@@ -216,6 +226,7 @@ async def measure(cluster: BenchCluster, root: Path, storage: Path, rounds: int)
             migrations["plain"].append(await plain_migration(root, storage, accel.accel, n))
             print(f"round {n}: boot {boots['usher'][-1]} vs {boots['plain'][-1]}", flush=True)
             print(f"  migration {migrations['usher'][-1]} vs {migrations['plain'][-1]}", flush=True)
+        debian = await measure_debian(client, root, storage, accel.accel, debian_rounds)
     boot = {
         who: {"running_s": summary(b, "running_s"), "ready_s": summary(b, "ready_s")}
         for who, b in boots.items()
@@ -226,7 +237,12 @@ async def measure(cluster: BenchCluster, root: Path, storage: Path, rounds: int)
     }
     u_ready, p_ready = boot["usher"]["ready_s"]["median"], boot["plain"]["ready_s"]["median"]
     u_mig, p_mig = mig["usher"]["total_s"]["median"], mig["plain"]["total_s"]["median"]
+    debian_summary = {
+        who: {"running_s": summary(d, "running_s"), "ssh_s": summary(d, "ssh_s")}
+        for who, d in debian.items()
+    }
     return {
+        "debian": debian_summary if debian_rounds else None,
         "accel": accel.accel,
         "accel_reason": accel.reason,
         "spec": SPEC.model_dump(mode="json"),
@@ -248,10 +264,18 @@ def main() -> None:
         default=str(Path.home() / ".cache" / "usher" / "bench-storage"),
         help="storage dir holding (or to hold) the tiny image",
     )
+    parser.add_argument(
+        "--debian-rounds",
+        type=int,
+        default=0,
+        help="also time the debian image (built first if missing) from request to SSH",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     storage = Path(args.storage)
     build_tiny(storage, progress=lambda line: print(line, file=sys.stderr))
+    if args.debian_rounds:
+        build_debian(storage, progress=lambda line: print(line, file=sys.stderr))
     with tempfile.TemporaryDirectory(prefix="usher-bench-") as tmp:
         root = Path(tmp)
         cluster = BenchCluster(root, storage=storage)
@@ -260,7 +284,9 @@ def main() -> None:
             for name in ("node-1", "node-2"):
                 cluster.start_lnm(name, driver="qemu")
             cluster.wait_nodes(2, timeout=120)
-            result = asyncio.run(measure(cluster, root / "plain", storage, args.rounds))
+            result = asyncio.run(
+                measure(cluster, root / "plain", storage, args.rounds, args.debian_rounds)
+            )
         finally:
             cluster.stop()
     path = write_result("realvm", result, Path(args.out))
