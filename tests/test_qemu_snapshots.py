@@ -140,3 +140,28 @@ async def test_clone_and_export_copy_the_disks_and_share_nothing_writable(
     with pytest.raises(DriverError, match="no snapshot 'nope'"):
         await driver.export_disk(source.id, staging.name, snapshot="nope")
     assert not list(catalog.vm_dir(storage, "vm-000000000001").glob("*.qcow2"))
+
+
+async def test_a_snapshot_cut_short_is_taken_again_cleanly(
+    make_driver: DriverFactory, storage: Path, tiny: Image
+) -> None:
+    """An LNM killed between two disks left snapshot ``s`` on the root disk only: it is not
+    listed, and taking ``s`` again leaves every disk with one ``s``, holding what is now."""
+    driver = await make_driver("n1")
+    guest = new_guest(tiny, "cut", disks=[{"size_gb": 1}])
+    disk = catalog.vm_dir(storage, guest.id) / catalog.DISK
+    await driver.start(guest)
+    await driver.stop(guest.id, hard=True)
+    subprocess.run(["qemu-img", "snapshot", "-c", "s", str(disk)], check=True)  # the leftover
+    assert await driver.snapshot_list(guest.id) == []
+    assert qemu_io(disk, "write -P 0x5a 0 64k")
+    await driver.snapshot_create(guest.id, "s")
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(disk)], capture_output=True, check=True
+        ).stdout
+    )
+    assert [snap["name"] for snap in info["snapshots"]] == ["s"]
+    assert qemu_io(disk, "write -P 0x00 0 64k")
+    await driver.snapshot_revert(guest.id, "s")
+    assert qemu_io(disk, "read -P 0x5a 0 64k")  # the new one, not the leftover

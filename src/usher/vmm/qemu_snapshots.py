@@ -99,6 +99,7 @@ class QemuSnapshots:
             ]
             await self._guests.monitor(dom).execute("transaction", {"actions": actions})
         else:
+            await self._drop_partial(disks, name)
             await self._each_disk(disks, ["snapshot", "-c", name], undo=["snapshot", "-d", name])
         snap = Snapshot(name=name, created_at=now(), size_bytes=size, running=running)
         notes = self._read_notes(vm_id)
@@ -251,6 +252,16 @@ class QemuSnapshots:
         if missing:
             raise DriverError(f"VM {dom.id}: QEMU does not have {', '.join(missing)} open")
         return [str(by_file[str(disk)]["device"]) for disk in disks]
+
+    @staticmethod
+    async def _drop_partial(disks: list[Path], name: str) -> None:
+        """Delete snapshot ``name`` from the disks that have it while others do not (what a
+        snapshot cut short left: an LNM killed between two disks), so taking it again never
+        leaves a disk with two of that name (``qemu-img snapshot -a`` would take the older)."""
+        for disk in disks:
+            info = json.loads(await qemu_img("info", "--output=json", str(disk)))
+            if any(snap["name"] == name for snap in info.get("snapshots", [])):
+                await qemu_img("snapshot", "-d", name, str(disk))
 
     @staticmethod
     async def _each_disk(disks: list[Path], args: list[str], undo: list[str] | None = None) -> None:
