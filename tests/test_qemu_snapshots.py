@@ -165,3 +165,22 @@ async def test_a_snapshot_cut_short_is_taken_again_cleanly(
     assert qemu_io(disk, "write -P 0x00 0 64k")
     await driver.snapshot_revert(guest.id, "s")
     assert qemu_io(disk, "read -P 0x5a 0 64k")  # the new one, not the leftover
+
+
+async def test_a_revert_to_before_a_resize_keeps_the_disk_size(
+    make_driver: DriverFactory, storage: Path, tiny: Image
+) -> None:
+    """The disks keep the size the VM's record says: a snapshot from before a resize brings
+    its data back, not the smaller disk."""
+    driver = await make_driver("n1")
+    guest = new_guest(tiny, "grown", disks=[{"size_gb": 1}])
+    data = catalog.vm_dir(storage, guest.id) / "data1.qcow2"
+    await driver.start(guest)
+    await driver.stop(guest.id, hard=True)
+    assert qemu_io(data, "write -P 0x11 0 64k")
+    await driver.snapshot_create(guest.id, "small")
+    await driver.resize_disk(guest.id, 1, 2)
+    assert qemu_io(data, "write -P 0x22 0 64k")
+    await driver.snapshot_revert(guest.id, "small")
+    assert catalog.virtual_size(data) == 2 << 30
+    assert qemu_io(data, "read -P 0x11 0 64k")

@@ -123,7 +123,13 @@ class QemuSnapshots:
         disks = self._disks(vm_id)
         if name not in await self._names(dom, disks):
             raise DriverError(f"VM {vm_id} has no snapshot {name!r}")
+        sizes = [await asyncio.to_thread(catalog.virtual_size, disk) for disk in disks]
         await self._each_disk(disks, ["snapshot", "-a", name])
+        # a snapshot from before a resize brings the disk's old size back: the disks keep
+        # the size the VM's record says (the guest grows its file systems at its next boot)
+        for disk, size in zip(disks, sizes, strict=True):
+            if await asyncio.to_thread(catalog.virtual_size, disk) < size:
+                await qemu_img("resize", str(disk), str(size))
 
     async def delete(self, vm_id: str, name: str) -> None:
         dom = self._domain(vm_id, "delete a snapshot of")
