@@ -252,3 +252,28 @@ def test_ush_attach_on_a_terminal(site: Cluster) -> None:
         os.close(master)
         os.close(terminal)
     assert b"Ctrl-] detaches" in stderr and b"detached" in stderr
+
+
+def test_a_session_ends_when_its_right_to_attach_does(site: Cluster) -> None:
+    """Asked again while it lasts: a member taken off the VM's cluster is cut off (as one
+    who may not see it, 4404), and so is a session whose token was revoked (4401)."""
+    alice = site.client(site.issue_token("alice", ["user"]))
+    site.run(alice.create_vms(names=["team-vm"], cluster="team", node="node-1"))
+    alice.request("PUT", "/clusters/team/members/bob")
+    bob = site.client(site.issue_token("bob", ["user"]))
+    with bob.attach_console("team-vm") as console:
+        read_until(console, "team-vm: running")
+        alice.request("DELETE", "/clusters/team/members/bob")
+        deadline = time.monotonic() + 20
+        while console.receive(timeout=1) is not None and time.monotonic() < deadline:
+            pass
+        assert console.close_code == 4404 and "no longer allowed" in console.close_reason
+    carol_token = site.issue_token("carol", ["admin"])
+    carol = site.client(carol_token)
+    with carol.attach_console("team-vm") as console:
+        read_until(console, "team-vm: running")
+        carol.request("POST", "/logout")  # revokes the token the session was opened with
+        deadline = time.monotonic() + 20
+        while console.receive(timeout=1) is not None and time.monotonic() < deadline:
+            pass
+        assert console.close_code == 4401 and "no longer allowed" in console.close_reason

@@ -8,7 +8,9 @@ echoing the token; the token never goes into the URL (which logs and proxies kee
 another origin cannot attach for a user: it has no token to offer (no cookie authenticates).
 
 **Authorization.** The action ``vm.console.attach`` on the VM (the read-only console is
-``vm.console``); a VM the caller may not see is unknown (``4404``), as elsewhere.
+``vm.console``); a VM the caller may not see is unknown (``4404``), as elsewhere. It is asked
+again every :data:`RECHECK_SECONDS` while the session lasts: a revoked token or a member
+taken off the VM's cluster ends it (``4401``, ``4403``, ``4404``).
 
 **Messages.** The client sends what is typed, as binary frames (or text frames, taken as
 UTF-8), each at most :data:`usher.ctrl.consoles.MAX_INPUT` bytes. The server sends console
@@ -57,6 +59,8 @@ from usher.model import VM, Capability, Principal, new_id
 router = APIRouter()
 FLUSH_TIMEOUT = 2.0
 """Seconds the output that came before a session's end may take to reach its client."""
+RECHECK_SECONDS = 5.0
+"""How often an attached session's right to its console is asked again."""
 SUBPROTOCOL = "usher.console.v1"
 TOKEN_PROTOCOL = "usher.auth."
 """Prefix of the subprotocol that carries a browser's token (base64url, no padding)."""
@@ -110,7 +114,28 @@ async def attach_console(ws: WebSocket, vm: RefPath) -> None:
         )
         await _close(ws, code, reason)
         return
-    await _attached(ctrl, ws, principal, found, feed, session, writable, address)
+    recheck = asyncio.create_task(_while_allowed(ctrl, _token(ws), found.id, session))
+    try:
+        await _attached(ctrl, ws, principal, found, feed, session, writable, address)
+    finally:
+        recheck.cancel()
+
+
+async def _while_allowed(ctrl: Controller, token: str | None, vm_id: str, session: Session) -> None:
+    """Every :data:`RECHECK_SECONDS`, ask again whether the session's token may attach to
+    its VM: a revoked token, or a member removed from the VM's cluster, ends the session
+    (``4401``, ``4403`` or ``4404``). A VM that is gone is left to its feed to end."""
+    while session.ended is None:
+        await asyncio.sleep(RECHECK_SECONDS)
+        try:
+            principal = await ctrl.authenticate(token)
+            if await ctrl.store.get_vm(vm_id) is None:
+                continue  # destroyed: its feed says so
+            found = await visible_vm(ctrl, principal, vm_id)
+            await allow(ctrl, principal, "vm.console.attach", vms=[found.model_dump(mode="json")])
+        except (RequestError, Forbidden) as exc:
+            code, reason = _refusal(exc)
+            session.end(ConsoleEnded(code, f"no longer allowed: {reason}"))
 
 
 def _refusal(exc: RequestError | Forbidden | ConsoleEnded) -> tuple[int, str]:
