@@ -356,3 +356,14 @@ def test_stop_force_and_timeout_reach_the_request(ctrl: Controller) -> None:
     assert ctrl.body() == {"vms": ["web-1"], "kwargs": {"timeout": 60.0}}
     refused = ush(ctrl, "reboot", "web-1", "--force")
     assert refused.exit_code == 2  # a reboot is a reset already: no --force to offer
+
+
+def test_commands_that_need_the_terminal_run_in_the_launcher(monkeypatch) -> None:
+    """``ush ssh`` becomes ssh (exec) and may ask for a passphrase, as ``login`` asks for a
+    password: neither can run in a server's child, which has no controlling terminal."""
+    from usher.cli import ush_launcher
+
+    monkeypatch.delenv("USHER_SERVER", raising=False)
+    for argv in (["ssh", "web", "--", "uname"], ["login"], ["-o", "json", "ssh", "web"]):
+        assert not ush_launcher._wanted(argv), argv
+    assert ush_launcher._wanted(["list"]) and ush_launcher._wanted(["console", "web"])

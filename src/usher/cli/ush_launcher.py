@@ -35,8 +35,10 @@ CHECK_SECONDS = 3.0
 """How often a server looks whether ush's code changed."""
 PROTOCOL = 2
 """The version of what a launcher and a server say to each other."""
-LOCAL_COMMANDS = frozenset({"login", "hash-password"})
-"""Commands that read a password from the terminal: a server's child has no terminal."""
+LOCAL_COMMANDS = frozenset({"login", "hash-password", "ssh"})
+"""Commands that need the terminal as their controlling terminal (a server's child has
+none): password prompts, and ``ush ssh``, which becomes ``ssh`` (exec) and may ask for a
+key's passphrase."""
 GLOBAL_OPTIONS_WITH_VALUES = frozenset({"--url", "--token", "--remote", "-o", "--output"})
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 SOCKET_NAME = "ush.sock"
