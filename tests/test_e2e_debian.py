@@ -21,6 +21,13 @@ SSH_READY = 420.0
 SSH_OPTIONS = ("BatchMode=yes", "ConnectTimeout=10", "LogLevel=ERROR")
 
 pytestmark = pytest.mark.timeout(900)
+USER_DATA = """#cloud-config
+hostname: not-the-site-s-choice
+write_files:
+  - path: /etc/usher-user-data
+    content: "the user's own part ran"
+"""
+"""A user's own cloud-config: its file is written, its host name loses to the site's."""
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +88,17 @@ def test_members_log_in_with_their_keys_and_others_cannot(world: dict[str, Any])
     alice = world["users"]["alice"]
     created = cluster.ush(
         "create", "--image", "debian", "--cluster", "lab", "--names", "web", "--memory", "512",
-        "--disk-size", "4G", "--disk", "1G", env={"USHER_TOKEN": alice["token"]},
+        "--disk-size", "4G", "--disk", "1G", "--user-data", "-",
+        env={"USHER_TOKEN": alice["token"]}, input=USER_DATA,
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
     print(f"debian guest: start to SSH in {wait_ssh(world, 'alice', 'web'):.1f} s")
 
     uname = ush_ssh(world, "alice", "web", "uname", "-a")
     assert uname.returncode == 0, uname.stderr
-    assert uname.stdout.startswith("Linux web ") and "amd64" in uname.stdout
+    assert uname.stdout.startswith("Linux web ") and "amd64" in uname.stdout  # the site's name
+    mine = ush_ssh(world, "alice", "web", "cat", "/etc/usher-user-data")
+    assert mine.stdout.strip() == "the user's own part ran", mine.stderr
     assert ush_ssh(world, "alice", "web", "sudo", "-n", "true").returncode == 0
     bob = ush_ssh(world, "bob", "web", "id", "-un")
     assert bob.returncode == 0 and bob.stdout.strip() == "bob", bob.stderr
