@@ -80,7 +80,7 @@ LOCK_FAILED = 'Failed to get "write" lock'
 """What QEMU says when another QEMU holds the image lock of the disk it should open."""
 
 
-def _host_memory_mb() -> int:
+def host_memory_mb() -> int:
     with open("/proc/meminfo", encoding="ascii") as file:
         for line in file:
             if line.startswith("MemTotal:"):
@@ -119,7 +119,7 @@ class QemuDriver(Driver):
             bridge=opts.get("bridge") or None,
             forward_host=str(opts.get("ssh_forward_host", "127.0.0.1")),
             vcpus=int(opts.get("vcpus") or os.cpu_count() or 1),
-            memory_mb=int(opts.get("memory_mb") or _host_memory_mb()),
+            memory_mb=int(opts.get("memory_mb") or host_memory_mb()),
             report=lambda vm_id, state, reason: self.on_state_change(vm_id, state, reason),
         )
         self._domains = self._guests.domains

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from usher.model import VMSpec
+from usher.images import catalog
+from usher.model import Image, ImageKind, VMSpec
 from usher.vmm.base import DriverError
 
 MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -88,6 +89,24 @@ class KernelBoot:
     kernel: str
     initrd: str | None
     append: str
+
+
+def kernel_boot(storage: str, image: Image, name: str) -> KernelBoot | None:
+    """How a guest named ``name`` of ``image`` boots: the image's kernel (and initrd) with its
+    command line plus ``usher.name=<name>`` (the tiny guest prints it when it is up), or None
+    for an image that boots from its disk. Raises :class:`DriverError` for a lost file."""
+    if image.kind is not ImageKind.KERNEL:
+        return None
+    try:
+        kernel = catalog.image_path(storage, image, "kernel")
+        initrd = catalog.image_path(storage, image, "initrd") if "initrd" in image.files else None
+    except catalog.ImageError as exc:
+        raise DriverError(f"cannot boot VM {name}: {exc}") from exc
+    return KernelBoot(
+        kernel=str(kernel),
+        initrd=str(initrd) if initrd else None,
+        append=f"{image.cmdline or ''} usher.name={name}".strip(),
+    )
 
 
 def qemu_argv(

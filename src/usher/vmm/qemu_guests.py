@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterator
 
 from usher.images import catalog
-from usher.model import ImageKind, VMSpec, VMState
+from usher.model import VMSpec, VMState
 from usher.vmm import qemu_process as proc
 from usher.vmm.base import (
     DriverError,
@@ -21,7 +21,7 @@ from usher.vmm.base import (
     StateCallback,
     UnknownVM,
 )
-from usher.vmm.qemu_argv import KernelBoot, Nic, bridge_of, qemu_argv, tap_name
+from usher.vmm.qemu_argv import Nic, bridge_of, kernel_boot, qemu_argv, tap_name
 from usher.vmm.qemu_domain import LIVE, Domain, ending
 from usher.vmm.qemu_files import (
     CONSOLE,
@@ -175,7 +175,7 @@ class Guests:
             qmp_socket=QMP_SOCKET,
             log=QEMU_LOG,
             nics=nics,
-            kernel=self._kernel_boot(dom),
+            kernel=kernel_boot(self.files.storage, dom.image, dom.name),
             incoming=dom.incoming,
             seed=self.files.shared(dom.id, SEED) if dom.seed else None,
             ssh_forward=dom.ssh_forward,
@@ -215,23 +215,6 @@ class Guests:
         except BaseException:
             await monitor.close()
             raise
-
-    def _kernel_boot(self, dom: Domain) -> KernelBoot | None:
-        if dom.image.kind is not ImageKind.KERNEL:
-            return None
-        storage = self.files.storage
-        try:
-            kernel = catalog.image_path(storage, dom.image, "kernel")
-            initrd = None
-            if "initrd" in dom.image.files:
-                initrd = catalog.image_path(storage, dom.image, "initrd")
-        except catalog.ImageError as exc:
-            raise DriverError(f"cannot boot VM {dom.id}: {exc}") from exc
-        return KernelBoot(
-            kernel=str(kernel),
-            initrd=str(initrd) if initrd else None,
-            append=f"{dom.image.cmdline or ''} usher.name={dom.name}".strip(),
-        )
 
     def watch(self, dom: Domain, pid: int, monitor: Monitor) -> None:
         """Watch ``dom``'s QEMU (process ``pid``, QMP session ``monitor``) from now on."""

@@ -30,6 +30,24 @@ def free_port(host: str) -> int:
         return port
 
 
+async def write_seed_file(files: VMFiles, guest: Guest) -> str:
+    """Write ``guest``'s cloud-init configuration as ``seed.iso`` in its shared dir; return
+    its path. DriverError if it cannot be written."""
+    path = files.shared(guest.id, SEED)
+    config = guest.config or {}
+    try:
+        await asyncio.to_thread(
+            build_seed,
+            Path(path),
+            meta_data=config.get("meta_data") or {},
+            user_data=str(config.get("user_data") or ""),
+            network_config=config.get("network_config"),
+        )
+    except (OSError, ValueError, ImageError) as exc:
+        raise DriverError(f"VM {guest.id}: cannot write its cloud-init seed: {exc}") from exc
+    return path
+
+
 async def prepare_guest_access(
     dom: Domain,
     guest: Guest,
@@ -43,17 +61,7 @@ async def prepare_guest_access(
     ``write_seed`` or if it is missing; DriverError if it cannot be written."""
     dom.seed = guest.config is not None
     if dom.seed and (write_seed or not Path(files.shared(dom.id, SEED)).exists()):
-        config = guest.config or {}
-        try:
-            await asyncio.to_thread(
-                build_seed,
-                Path(files.shared(dom.id, SEED)),
-                meta_data=config.get("meta_data") or {},
-                user_data=str(config.get("user_data") or ""),
-                network_config=config.get("network_config"),
-            )
-        except (OSError, ValueError, ImageError) as exc:
-            raise DriverError(f"VM {dom.id}: cannot write its cloud-init seed: {exc}") from exc
+        await write_seed_file(files, guest)
     user_mode = any(bridge_of(nic, bridge) is None for nic in dom.nics)
     dom.ssh_forward = None
     if dom.seed and user_mode:
