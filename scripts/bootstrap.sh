@@ -69,6 +69,13 @@ bootstrap() {
     rm -rf "$USHER_VENV"
     "$py" -m venv "$USHER_VENV" || die "could not create the virtualenv $USHER_VENV"
   fi
+  if [ -n "$extras" ]; then
+    # the dev extras hold libvirt-python, which PyPI has only as source: pip compiles it against
+    # the host's libvirt (its headers, found by pkg-config) and Python's headers
+    apt_install libvirt-dev pkg-config gcc
+    "$USHER_VENV/bin/python" -c 'import sys; sys.exit(sys.base_prefix != "/usr")' &&
+      apt_install python3-dev
+  fi
   stamp="$USHER_VENV/.usher-installed${extras:+-$extras}"
   want="$(sha256sum "$USHER_ROOT/pyproject.toml" | cut -d' ' -f1)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$USHER_VENV/bin/usher" ]; then
