@@ -42,6 +42,7 @@ imports only this module and :mod:`usher.model`. Its contract:
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import Any
@@ -246,11 +247,36 @@ class Driver(abc.ABC):
 
     async def cycle(self, guest: Guest) -> DomainInfo:
         """Power off (hard) if ``running`` or ``paused``, and boot again. Afterwards it is
-        ``running``, as after :meth:`start`."""
+        ``running``, as after :meth:`start`. Called off once the guest is off, the default
+        boots it to the end before it re-raises the cancellation (never leaving it in
+        between, ``stopped``)."""
         dom = await self.info(guest.id)
-        if dom.state in (VMState.RUNNING, VMState.PAUSED):
+        if dom.state not in (VMState.RUNNING, VMState.PAUSED):
+            return await self.start(guest)
+        try:
             await self.stop(guest.id, hard=True)
-        return await self.start(guest)
+        except asyncio.CancelledError:
+            if (await self.info(guest.id)).state is not VMState.STOPPED:
+                raise
+            await self._start_to_the_end(guest)
+            raise
+        info, cancelled = await self._start_to_the_end(guest)
+        if cancelled:
+            raise asyncio.CancelledError
+        return info
+
+    async def _start_to_the_end(self, guest: Guest) -> tuple[DomainInfo, bool]:
+        """:meth:`start` ``guest``, to its end even if called off meanwhile: its info, and
+        whether a cancellation came (for the caller to re-raise)."""
+        starting = asyncio.ensure_future(self.start(guest))
+        cancelled = False
+        while True:
+            try:
+                return await asyncio.shield(starting), cancelled
+            except asyncio.CancelledError:
+                if starting.cancelled():
+                    raise
+                cancelled = True
 
     # live migration (capability ``live_migrate``): the controller calls prepare_incoming on
     # the target, migrate on the source, then finish_incoming (or abort_incoming) on the
