@@ -449,6 +449,8 @@ class FakeDriver(Driver):
                     raise DriverError(
                         f"migration of VM {vm_id} timed out after {timeout} s"
                     ) from None
+                if isinstance(exc, DriverError):
+                    raise DriverError(f"migration of VM {vm_id} failed: {exc}") from exc
                 raise
             log.warning("VM %s: its disk left this host though the migration broke: %s", vm_id, exc)
             if not isinstance(exc, Exception):
