@@ -18,8 +18,9 @@ import libvirt
 import pytest
 
 from harness import wait_for
-from libvirt_hosts import LibvirtHost, LibvirtPair, libvirt_host, libvirt_pair, start_libvirt_host
+from libvirt_hosts import LibvirtPair, libvirt_host, libvirt_pair
 from test_e2e_qemu import tiny_storage
+from usher.vmm.libvirt_daemon import LibvirtHost, start_libvirt_host
 
 __all__ = ["libvirt_host", "libvirt_pair", "tiny_storage"]  # the fixtures
 

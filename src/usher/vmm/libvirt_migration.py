@@ -52,6 +52,10 @@ FLAGS = (
     | libvirt.VIR_MIGRATE_PEER2PEER
     | libvirt.VIR_MIGRATE_PERSIST_DEST
     | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+    # Usher's storage is shared by its own contract (an NFSv4 mount at a site); libvirt's
+    # check knows only NFS, Ceph, GFS2 and the like by their mounts, and would refuse a
+    # directory it cannot classify ("Migration without shared storage is unsafe")
+    | libvirt.VIR_MIGRATE_UNSAFE
 )
 ABORT_WAIT = 30.0
 """Seconds an aborted migration job may take to end."""
