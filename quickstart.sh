@@ -26,7 +26,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-bootstrap
+if [ "$driver" = libvirt ]; then
+  bootstrap --libvirt  # libvirt's daemon, and the driver's libvirt-python
+else
+  bootstrap
+fi
 
 venv=$USHER_VENV
 state="${USHER_HOME:-$HOME/.usher}/local"

@@ -54,10 +54,19 @@ _usher_python() {
   echo /usr/bin/python3
 }
 
-# bootstrap [--dev]: Debian packages (QEMU among them), the venv, and Usher installed in it.
+# bootstrap [--dev] [--libvirt]: Debian packages (QEMU among them), the venv, and Usher
+# installed in it; --dev adds the test tools, --libvirt libvirt's daemon and the libvirt driver.
 bootstrap() {
-  local extras="" spec=. stamp want py
-  [ "${1:-}" = --dev ] && { extras=dev; spec=".[dev]"; }
+  local extras="" spec=. stamp want py arg
+  for arg in "$@"; do
+    case "$arg" in
+      --dev) extras="${extras:+$extras,}dev" ;;
+      --libvirt) extras="${extras:+$extras,}libvirt"
+        apt_install libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients ;;
+      *) die "bootstrap: unknown option $arg" ;;
+    esac
+  done
+  [ -n "$extras" ] && spec=".[$extras]"
   # QEMU runs the guests; qemu-utils makes their disks; iproute2 serves bridges and the
   # network-namespace tests; mmdebstrap and e2fsprogs build the debian image; `ush ssh` runs
   # OpenSSH's client.
@@ -70,7 +79,7 @@ bootstrap() {
     "$py" -m venv "$USHER_VENV" || die "could not create the virtualenv $USHER_VENV"
   fi
   if [ -n "$extras" ]; then
-    # the dev extras hold libvirt-python, which PyPI has only as source: pip compiles it against
+    # both extras hold libvirt-python, which PyPI has only as source: pip compiles it against
     # the host's libvirt (its headers, found by pkg-config) and Python's headers
     apt_install libvirt-dev pkg-config gcc
     "$USHER_VENV/bin/python" -c 'import sys; sys.exit(sys.base_prefix != "/usr")' &&

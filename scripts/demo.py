@@ -55,7 +55,7 @@ def main() -> None:
     if not any(True for _ in client.iter_vms(cluster=name)):
         ush("start", "-n", "3", "--cluster", name)
     ush("list", "--cluster", name)
-    real = args.driver == "qemu"
+    real = args.driver in ("qemu", "libvirt")  # real guests, with a serial console
     first = f"{name}-1"
     if real:
         print("\nwaiting for the guests to boot (their serial consoles say USHER-READY)…")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import httpx
@@ -20,8 +21,12 @@ from usher.ctrl.config import ADMIN_TOKEN_FILE, DEFAULT_PORT, load_settings
 from usher.ctrl.tls import base_url, ca_file
 from usher.vmm.base import installed_drivers
 
+if TYPE_CHECKING:
+    from usher.vmm.libvirt_daemon import LibvirtHost
+
 DEFAULT_STATE = default_state()
 JOIN_TOKEN_FILE = "join.token"
+KEEP_VMS = "keep-vms"
 
 
 def _usher(*args: str) -> list[str]:
@@ -95,7 +100,9 @@ def _stop(state: Path, keep_vms: bool) -> None:
     pidfile = state / PIDFILE
     if not pidfile.exists():
         raise click.ClickException(f"no local cluster runs from {state}")
-    if not keep_vms:
+    if keep_vms:
+        (state / KEEP_VMS).touch()  # libvirt nodes: their daemons (and guests) run on
+    else:
         _power_off_vms(state)
     pid = int(pidfile.read_text())
     try:
@@ -253,6 +260,7 @@ def _run(
     if ca is not None:
         (state / CA_FILE).write_text(str(ca))
     procs: list[subprocess.Popen[bytes]] = []
+    daemons = _libvirt_daemons(state, n_nodes) if driver == "libvirt" else {}
 
     def spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
         out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
@@ -296,6 +304,7 @@ def _run(
                     "--memory-mb",
                     str(memory_mb),
                     *lnm_tls,
+                    *_libvirt_options(daemons.get(f"node-{i}")),
                 ],
             )
             for i in range(1, n_nodes + 1)
@@ -331,8 +340,47 @@ def _run(
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        keep = state / KEEP_VMS
+        if not keep.exists():
+            for daemon in daemons.values():
+                daemon.stop()
+        keep.unlink(missing_ok=True)
         (state / "ready").unlink(missing_ok=True)
         (state / PIDFILE).unlink(missing_ok=True)
+
+
+def _libvirt_daemons(state: Path, n_nodes: int) -> dict[str, LibvirtHost]:
+    """A private libvirtd per node (:mod:`usher.vmm.libvirt_daemon`), as if each node were a
+    host of its own: a live migration needs two daemons. One an earlier run left running
+    (``--stop --keep-vms``) is used again, with its guests."""
+    from usher.vmm.libvirt_daemon import adopt_libvirt_host, start_libvirt_host
+
+    daemons: dict[str, LibvirtHost] = {}
+    try:
+        for i in range(1, n_nodes + 1):
+            name = f"node-{i}"
+            root = state / "nodes" / name / "libvirtd"
+            daemon = adopt_libvirt_host(name, root)
+            if daemon is None:
+                click.echo(f"starting libvirtd for {name}…", err=True)
+                daemon = start_libvirt_host(name, root)
+            daemons[name] = daemon
+    except (OSError, RuntimeError) as exc:
+        for daemon in daemons.values():
+            daemon.stop()
+        raise click.ClickException(f"cannot start libvirtd: {exc}") from exc
+    return daemons
+
+
+def _libvirt_options(daemon: LibvirtHost | None) -> list[str]:
+    """The LNM options that point its libvirt driver at its own daemon."""
+    if daemon is None:
+        return []
+    connect = f"qemu+tcp://{{host}}:{daemon.tcp_port}/system"
+    return [
+        *("--driver-option", f"uri={daemon.uri}"),
+        *("--driver-option", f"migrate_connect={connect}"),
+    ]
 
 
 def _wait_nodes(

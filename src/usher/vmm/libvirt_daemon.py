@@ -111,12 +111,16 @@ class LibvirtHost:
     tcp_port: int
     host_uuid: str
     netns: str | None
-    process: subprocess.Popen[bytes] = field(repr=False)
+    process: subprocess.Popen[bytes] | None = field(repr=False)
+    """The daemon's process, if this process started it (None: one adopted from an earlier
+    run, see :func:`adopt_libvirt_host`)."""
 
     @property
     def pid(self) -> int:
         """The daemon's process id (in this machine's pid namespace)."""
-        return self.process.pid
+        if self.process is not None:
+            return self.process.pid
+        return int((self.root / "libvirtd.pid").read_text().strip())
 
     @property
     def socket_path(self) -> Path:
@@ -169,7 +173,9 @@ class LibvirtHost:
         """Kill the daemon and every QEMU it started, and wait until they are all gone."""
         _copy_caps(self.root / CAPS_DIR, CAPS_CACHE)
         victims = self.qemu_pids()
-        if self.process.poll() is None:
+        if self.process is None:
+            _end(self.pid)
+        elif self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(STOP_TIMEOUT)
@@ -201,6 +207,50 @@ def _alive(pid: int) -> bool:
         return False
     state = stat.rpartition(")")[2].split()[0]
     return state not in ("Z", "X")
+
+
+def _end(pid: int) -> None:
+    """SIGTERM, then SIGKILL, a daemon this process did not start; wait until it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def adopt_libvirt_host(name: str, root: Path) -> LibvirtHost | None:
+    """The daemon an earlier :func:`start_libvirt_host` left running under ``root`` (in this
+    machine's network namespace), if it still answers; None otherwise."""
+    root = root.resolve()
+    try:
+        pid = int((root / "libvirtd.pid").read_text().strip())
+        conf = (root / "etc" / "libvirt" / "libvirtd.conf").read_text()
+    except (OSError, ValueError):
+        return None
+    settings = dict(
+        (key.strip(), value.strip().strip('"'))
+        for key, _, value in (line.partition("=") for line in conf.splitlines())
+        if value
+    )
+    if not _alive(pid) or "tcp_port" not in settings:
+        return None
+    host = LibvirtHost(
+        name,
+        root,
+        settings.get("listen_addr", "127.0.0.1"),
+        int(settings["tcp_port"]),
+        settings.get("host_uuid", ""),
+        None,
+        None,
+    )
+    try:
+        libvirt.open(host.uri).close()
+    except libvirt.libvirtError:
+        return None
+    return host
 
 
 def _copy_caps(source: Path, target: Path) -> None:
@@ -272,7 +322,7 @@ def _wait_answering(host: LibvirtHost) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     last = ""
     while time.monotonic() < deadline:
-        if host.process.poll() is not None:
+        if host.process is not None and host.process.poll() is not None:
             raise RuntimeError(
                 f"libvirt host {host.name}: libvirtd exited with {host.process.returncode}; "
                 f"its log ends:\n{host.log_tail()}"
