@@ -186,17 +186,22 @@ class LibvirtHost:
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while any(_alive(pid) for pid in victims):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"libvirt host {self.name}: QEMU {victims} outlived SIGKILL")
-            time.sleep(0.05)
+        wait_gone(victims)
 
     def __enter__(self) -> LibvirtHost:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_gone(pids: list[int]) -> None:
+    """Wait until none of ``pids`` runs (orphans are reaped late: /proc tells, not kill)."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes {pids} outlived SIGKILL")
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:

@@ -60,7 +60,7 @@ from usher.vmm.base import (
     MigrationResult,
     UnknownVM,
 )
-from usher.vmm.libvirt_link import Link, message
+from usher.vmm.libvirt_link import Link, message, to_the_end
 from usher.vmm.libvirt_migration import Incoming, Migrations
 from usher.vmm.libvirt_xml import (
     NAMESPACE,
@@ -501,7 +501,11 @@ class LibvirtDriver(Driver):
     async def destroy(self, vm_id: str) -> None:
         """Destroy and undefine the domain, and remove its disks if this node runs it; a VM
         unknown here whose disks no node ever ran (a clone whose first boot failed) loses
-        them too."""
+        them too. Called off, it still ends (in a moment: libvirt's calls are short), as
+        if it had not been."""
+        await to_the_end(self._destroy(vm_id))
+
+    async def _destroy(self, vm_id: str) -> None:
         if vm_id in self._migrations.incoming:
             await self.abort_incoming(vm_id)
             return
@@ -515,11 +519,12 @@ class LibvirtDriver(Driver):
             log.info("VM %s: leaving its shared disk to the node that runs it now", vm_id)
 
     async def fence(self, vm_id: str) -> None:
-        """Destroy and undefine the domain here; its shared disks stay."""
+        """Destroy and undefine the domain here; its shared disks stay. Called off, it still
+        ends, as :meth:`destroy` does."""
         if vm_id in self._migrations.incoming:
             await self.abort_incoming(vm_id)
             return
-        await self._forget(vm_id)
+        await to_the_end(self._forget(vm_id))
 
     async def _forget(self, vm_id: str) -> bool:
         """Power off and undefine the VM's domain here; False if this node has no such VM."""
@@ -615,7 +620,7 @@ class LibvirtDriver(Driver):
                         vm_id,
                         "resize a disk of",
                         dom.blockResize,
-                        path,
+                        str(path),
                         size_gb * catalog.GIB,
                         libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES,
                     )

@@ -36,7 +36,7 @@ from usher.vmm.base import (
     MigrationResult,
     UnknownVM,
 )
-from usher.vmm.libvirt_link import message
+from usher.vmm.libvirt_link import message, to_the_end
 from usher.vmm.libvirt_xml import Record, with_console_socket
 from usher.vmm.qemu_argv import nics_of
 from usher.vmm.qemu_files import CONSOLE_SOCKET
@@ -208,6 +208,9 @@ class Migrations:
         return await self._driver.info(vm_id)
 
     async def abort_incoming(self, vm_id: str) -> None:
+        await to_the_end(self._abort_incoming(vm_id))
+
+    async def _abort_incoming(self, vm_id: str) -> None:
         if vm_id not in self.incoming:
             if vm_id in self._driver.records:
                 raise InvalidTransition(vm_id, VMState.RUNNING, "abort the migration of")

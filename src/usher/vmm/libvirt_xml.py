@@ -6,9 +6,10 @@ root disk and the data disks (virtio, in ``spec`` order, QEMU's image locks on),
 (user-mode networking, or a Linux bridge), the cloud-init seed as a read-only IDE CD-ROM, and
 the serial console as a Unix socket server whose output is appended to the shared
 ``console.log`` whether or not anyone reads. The domain is named by the VM's id (unique on a
-host and in the cluster), its UUID derived from that id, and titled by its name; Usher's record of the VM (:class:`Record`)
-rides along in the domain's ``<metadata>``, so a restarted LNM finds everything it needs in
-libvirt itself, and a domain without it is not Usher's (a site's libvirt may run others).
+host and in the cluster), its UUID derived from that id, and titled by its name; Usher's
+record of the VM (:class:`Record`) rides along in the domain's ``<metadata>``, so a restarted
+LNM finds everything it needs in libvirt itself, and a domain without it is not Usher's (a
+site's libvirt may run others).
 """
 
 from __future__ import annotations
