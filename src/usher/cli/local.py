@@ -132,7 +132,7 @@ def _stop(state: Path, keep_vms: bool) -> None:
     default="fake",
     show_default=True,
     callback=lambda _ctx, _param, value: _installed_driver(value),
-    help="The VMM driver of the nodes (fake, qemu, or a site's own installed one).",
+    help="The VMM driver of the nodes (fake, qemu, libvirt, or a site's own installed one).",
 )
 @click.option(
     "--state-dir",
