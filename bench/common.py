@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,12 +281,15 @@ class BenchCluster:
             log = self._log(f"swarm-{first}")
             self.swarms.append(subprocess.Popen(cmd, stdout=log, stderr=log))
 
-    def start_lnm(self, name: str, driver: str) -> None:
-        """One ``usher lnm`` process (as a host runs it), with the host's capacity."""
+    def start_lnm(self, name: str, driver: str, driver_options: Sequence[str] = ()) -> None:
+        """One ``usher lnm`` process (as a host runs it), with the host's capacity, and a
+        ``--driver-option`` for each ``KEY=VALUE`` of ``driver_options``."""
         self._join_token = self._join_token or self.join_token(100)
         cmd = [sys.executable, "-m", "usher.cli.usher_cmd", "lnm", "--ctrl", self.url]
         cmd += ["--name", name, "--driver", driver, "--state-dir", str(self.root / name)]
         cmd += ["--storage-dir", str(self.storage), "--join-token-file", str(self._join_token)]
+        for option in driver_options:
+            cmd += ["--driver-option", option]
         log = self._log(name)
         self.swarms.append(subprocess.Popen(cmd, stdout=log, stderr=log))
 

@@ -3,7 +3,8 @@
     python bench/realvm.py --rounds 5
 
 The tiny image (built first if the storage has none) is booted through Usher (controller,
-two qemu-driver LNMs) and by this script with plain ``qemu-system-x86_64`` and the command
+two qemu-driver LNMs, ``node-1`` and ``node-2``), by two qemu drivers in this process (as
+the LNM calls them) and by this script with plain ``qemu-system-x86_64`` and the command
 line the driver would build (:func:`usher.vmm.qemu_argv.qemu_argv`: same accelerator,
 machine, memory, disk overlay, NIC and kernel command line; ``-daemonize`` as the driver
 does), alternating, ``--rounds`` times each. Guest-ready is the ``USHER-READY`` line on the
@@ -13,6 +14,13 @@ Live migration: through Usher (``migrate`` to the other node, request to operati
 against a plain QMP migration of a plainly started guest (launch the incoming QEMU,
 ``migrate-incoming``, ``migrate`` with the driver's capabilities and parameters, until the
 target runs), same guest, same host, same run; downtime as QEMU reports it.
+
+Pause, resume and destroy: the Usher operations (request to done) against QMP ``stop`` and
+``cont`` and a SIGKILL (until the process is gone) of the plain guest.
+
+``--libvirt-rounds N`` (default ``--rounds``): the same figures for plain libvirt, the libvirt
+driver by itself and Usher with two libvirt-driver LNMs, on two private libvirt daemons, in
+the same rounds (:mod:`realvm_libvirt`).
 
 ``--debian-rounds N``: also the Debian image (cloud-init, systemd, sshd), request to SSH
 through Usher against plain QEMU with the same command line and seed
@@ -38,12 +46,24 @@ from typing import Any
 from common import RESULTS, BenchCluster, write_result
 from qemu.qmp import QMPClient
 from realvm_debian import measure_debian
+from realvm_libvirt import (
+    STEPS,
+    Daemons,
+    LibvirtBench,
+    Pair,
+    call_profile,
+    driver_round,
+    lnm_options,
+    missing_tool,
+    open_qemu_drivers,
+)
 
 from usher.client import AsyncClient
 from usher.images import catalog
 from usher.images.debian import build_debian
 from usher.images.tiny import build_tiny
 from usher.model import VMSpec
+from usher.vmm.libvirt_daemon import LibvirtHost
 from usher.vmm.qemu_accel import detect_accel
 from usher.vmm.qemu_argv import KernelBoot, Nic, default_mac, qemu_argv
 
@@ -52,6 +72,8 @@ READY = b"USHER-READY"
 SPEC = VMSpec(vcpus=1, memory_mb=256, image="tiny")
 DOWNTIME_MS = 300  # the qemu driver's defaults
 BANDWIDTH = 1024 * 2**20
+LIBVIRT_NODES = ("node-3", "node-4")
+"""The LNMs with the libvirt driver (``node-1`` and ``node-2`` run the qemu driver)."""
 
 
 async def wait_marker(path: Path, count: int = 1, timeout: float = 120) -> float:
@@ -127,28 +149,65 @@ async def qmp_client(path: Path) -> QMPClient:
     return client
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, or a dead orphan not reaped yet, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
 async def plain_boot(root: Path, storage: Path, accel: str, n: int) -> dict[str, float]:
+    """Launch → running → ready, then QMP ``stop`` and ``cont``, then SIGKILL until gone."""
     guest = PlainGuest(root, storage, accel, f"plain-boot-{n}")
     try:
         t0 = time.perf_counter()
-        guest.launch(guest.dir / "qmp.sock")
+        pid = guest.launch(guest.dir / "qmp.sock")
         running = time.perf_counter() - t0  # -daemonize returns once the guest runs
         ready = await wait_marker(guest.console) - t0
-        return {"running_s": running, "ready_s": ready}
+        qmp = await qmp_client(guest.dir / "qmp.sock")
+        t = time.perf_counter()
+        await qmp.execute("stop")
+        pause = time.perf_counter() - t
+        t = time.perf_counter()
+        await qmp.execute("cont")
+        resume = time.perf_counter() - t
+        await qmp.disconnect()
+        t = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        while alive(pid):
+            await asyncio.sleep(0.001)
+        destroy = time.perf_counter() - t
+        return {
+            "running_s": running,
+            "ready_s": ready,
+            "pause_s": pause,
+            "resume_s": resume,
+            "destroy_s": destroy,
+        }
     finally:
         guest.kill()
 
 
 async def usher_boot(client: AsyncClient, storage: Path, n: int) -> dict[str, float]:
+    """Request → running → ready, then the pause, resume and destroy operations."""
     t0 = time.perf_counter()
-    op = await client.create_vms(names=[f"boot-{n}"], vcpus=SPEC.vcpus, memory_mb=SPEC.memory_mb)
+    op = await client.create_vms(
+        names=[f"boot-{n}"], vcpus=SPEC.vcpus, memory_mb=SPEC.memory_mb, node="node-1"
+    )
     done = await client.wait(op, timeout=120, poll=30)
     running = time.perf_counter() - t0
     assert done.status.value == "succeeded", done.error
     vm_id = done.targets[0]
     ready = await wait_marker(catalog.vm_dir(storage, vm_id) / "console.log") - t0
-    await client.wait(await client.action("destroy", [vm_id]), timeout=60)
-    return {"running_s": running, "ready_s": ready}
+    took = {}
+    for kind in ("pause", "resume", "destroy"):
+        t = time.perf_counter()
+        done = await client.wait(await client.action(kind, [vm_id]), timeout=60, poll=30)
+        took[f"{kind}_s"] = time.perf_counter() - t
+        assert done.status.value == "succeeded", f"{kind}: {done.error}"
+    return {"running_s": running, "ready_s": ready, **took}
 
 
 async def plain_migration(root: Path, storage: Path, accel: str, n: int) -> dict[str, Any]:
@@ -212,29 +271,51 @@ def summary(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     }
 
 
+OPS = ("pause_s", "resume_s", "destroy_s")
+
+
+def summaries(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: summary(runs, key) for key in keys}
+
+
 async def measure(
-    cluster: BenchCluster, root: Path, storage: Path, rounds: int, debian_rounds: int
+    cluster: BenchCluster,
+    root: Path,
+    storage: Path,
+    rounds: int,
+    debian_rounds: int,
+    qemu_drivers: Pair,
+    libvirt: LibvirtBench | None,
+    libvirt_rounds: int,
 ) -> dict[str, Any]:
     accel = detect_accel(BINARY)
+    image = catalog.read_manifest(storage, SPEC.image)
+    assert image is not None
     boots: dict[str, list[dict[str, float]]] = {"usher": [], "plain": []}
+    qemu_driver: list[dict[str, Any]] = []
     migrations: dict[str, list[dict[str, Any]]] = {"usher": [], "plain": []}
     async with AsyncClient(cluster.url, cluster.token, timeout=300) as client:
-        for n in range(rounds):
-            boots["usher"].append(await usher_boot(client, storage, n))
-            boots["plain"].append(await plain_boot(root, storage, accel.accel, n))
-            migrations["usher"].append(await usher_migration(client, storage, n))
-            migrations["plain"].append(await plain_migration(root, storage, accel.accel, n))
-            print(f"round {n}: boot {boots['usher'][-1]} vs {boots['plain'][-1]}", flush=True)
-            print(f"  migration {migrations['usher'][-1]} vs {migrations['plain'][-1]}", flush=True)
+        for n in range(max(rounds, libvirt_rounds if libvirt else 0)):
+            if n < rounds:
+                boots["usher"].append(await usher_boot(client, storage, n))
+                boots["plain"].append(await plain_boot(root, storage, accel.accel, n))
+                migrations["usher"].append(await usher_migration(client, storage, n))
+                migrations["plain"].append(await plain_migration(root, storage, accel.accel, n))
+                qemu_driver.append(
+                    await driver_round(qemu_drivers, storage, image, SPEC, wait_marker, f"drv-{n}")
+                )
+                print(f"round {n}: boot {boots['usher'][-1]} vs {boots['plain'][-1]}", flush=True)
+                print(
+                    f"  migration {migrations['usher'][-1]} vs {migrations['plain'][-1]}",
+                    flush=True,
+                )
+                print(f"  qemu driver by itself {qemu_driver[-1]}", flush=True)
+            if libvirt is not None and n < libvirt_rounds:
+                await libvirt.round(client, LIBVIRT_NODES, n)
         debian = await measure_debian(client, root, storage, accel.accel, debian_rounds)
-    boot = {
-        who: {"running_s": summary(b, "running_s"), "ready_s": summary(b, "ready_s")}
-        for who, b in boots.items()
-    }
-    mig = {
-        who: {"total_s": summary(m, "total_s"), "downtime_ms": summary(m, "downtime_ms")}
-        for who, m in migrations.items()
-    }
+    boot = {who: summaries(b, ("running_s", "ready_s")) for who, b in boots.items()}
+    ops = {who: summaries(b, OPS) for who, b in boots.items()}
+    mig = {who: summaries(m, ("total_s", "downtime_ms")) for who, m in migrations.items()}
     u_ready, p_ready = boot["usher"]["ready_s"]["median"], boot["plain"]["ready_s"]["median"]
     u_mig, p_mig = mig["usher"]["total_s"]["median"], mig["plain"]["total_s"]["median"]
     debian_summary = {
@@ -248,11 +329,25 @@ async def measure(
         "spec": SPEC.model_dump(mode="json"),
         "rounds": rounds,
         "boot": boot,
+        "ops": ops,
         "boot_added_s": round(u_ready - p_ready, 3),
         "boot_ratio": round(u_ready / p_ready, 3),
         "migration": mig,
         "migration_added_s": round(u_mig - p_mig, 3),
         "migration_ratio": round(u_mig / p_mig, 3),
+        "qemu_driver": summaries(qemu_driver, STEPS),
+        "libvirt": libvirt_summary(libvirt) if libvirt is not None else None,
+    }
+
+
+def libvirt_summary(libvirt: LibvirtBench) -> dict[str, Any]:
+    """Each side's figures, the per-round runs, and where the driver's time went."""
+    steps = tuple(STEPS)
+    return {
+        "rounds": len(libvirt.runs["plain"]),
+        "sides": {who: summaries(runs, steps) for who, runs in libvirt.runs.items()},
+        "driver_calls_ms": call_profile(libvirt.runs["driver"]),
+        "runs": libvirt.runs,
     }
 
 
@@ -270,8 +365,19 @@ def main() -> None:
         default=0,
         help="also time the debian image (built first if missing) from request to SSH",
     )
+    parser.add_argument(
+        "--libvirt-rounds",
+        type=int,
+        default=None,
+        help="rounds of plain libvirt, the libvirt driver and Usher on libvirt nodes "
+        "(default: --rounds; 0: none)",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
+    libvirt_rounds = args.rounds if args.libvirt_rounds is None else args.libvirt_rounds
+    if libvirt_rounds and (tool := missing_tool()):
+        print(f"no libvirt rounds: {tool} is not on PATH", file=sys.stderr)
+        libvirt_rounds = 0
     storage = Path(args.storage)
     build_tiny(storage, progress=lambda line: print(line, file=sys.stderr))
     if args.debian_rounds:
@@ -279,21 +385,49 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="usher-bench-") as tmp:
         root = Path(tmp)
         cluster = BenchCluster(root, storage=storage)
+        libvirt = Daemons(root / "libvirt") if libvirt_rounds else None
+        daemons = libvirt.hosts if libvirt else []
         try:
             cluster.start_ctrl()
             for name in ("node-1", "node-2"):
                 cluster.start_lnm(name, driver="qemu")
-            cluster.wait_nodes(2, timeout=120)
-            result = asyncio.run(
-                measure(cluster, root / "plain", storage, args.rounds, args.debian_rounds)
-            )
+            for name, daemon in zip(LIBVIRT_NODES, daemons, strict=False):
+                cluster.start_lnm(name, driver="libvirt", driver_options=lnm_options(daemon))
+            cluster.wait_nodes(2 + len(daemons), timeout=120)
+            result = asyncio.run(run(cluster, root, storage, args, daemons, libvirt_rounds))
         finally:
             cluster.stop()
+            if libvirt is not None:
+                libvirt.stop()
     path = write_result("realvm", result, Path(args.out))
     print(
         f"{path.name}: ready +{result['boot_added_s']} s (x{result['boot_ratio']}), "
         f"migration +{result['migration_added_s']} s (x{result['migration_ratio']})"
     )
+
+
+async def run(
+    cluster: BenchCluster,
+    root: Path,
+    storage: Path,
+    args: argparse.Namespace,
+    daemons: list[LibvirtHost],
+    libvirt_rounds: int,
+) -> dict[str, Any]:
+    plain, rounds, debian_rounds = root / "plain", args.rounds, args.debian_rounds
+    qemu_drivers = await open_qemu_drivers(root / "qemu-drivers", storage)
+    try:
+        if not daemons:
+            return await measure(
+                cluster, plain, storage, rounds, debian_rounds, qemu_drivers, None, 0
+            )
+        async with LibvirtBench(daemons, root / "libvirt", storage, SPEC, wait_marker) as lv:
+            return await measure(
+                cluster, plain, storage, rounds, debian_rounds, qemu_drivers, lv, libvirt_rounds
+            )
+    finally:
+        for driver, _ in qemu_drivers:
+            await driver.close()
 
 
 if __name__ == "__main__":

@@ -115,6 +115,18 @@ def targets(r: dict[str, dict[str, Any]]) -> list[str]:
                 verdict(real["migration_added_s"] <= 0.3),
             ]
         )
+    lv = (real or {}).get("libvirt")
+    if lv:
+        added = libvirt_added(lv)
+        worst = max(added, key=lambda step: added[step])
+        rows.append(
+            [
+                "added by the libvirt driver to plain libvirt (worst figure, paired rounds)",
+                "≤ 0.1 s",
+                f"{added[worst]:+} s ({LIBVIRT_FIGURES[worst][0]})",
+                verdict(added[worst] <= 0.1),
+            ]
+        )
     load = r.get("api-load")
     if load:
         rows.append(
@@ -291,6 +303,114 @@ def realvm(r: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+LIBVIRT_FIGURES = {
+    "running_s": ("request → running", 1000),
+    "ready_s": ("request → guest ready", 1000),
+    "pause_s": ("pause", 1000),
+    "resume_s": ("resume", 1000),
+    "destroy_s": ("destroy", 1000),
+    "migration_s": ("live migration", 1000),
+    "downtime_ms": ("migration downtime", 1),
+}
+"""The figures of the libvirt comparison: the row's name, and the factor to milliseconds."""
+
+
+def libvirt_added(lv: dict[str, Any]) -> dict[str, float]:
+    """Per time figure (not the downtime), in seconds: the median of the per-round
+    differences libvirt driver minus plain libvirt."""
+    runs = lv["runs"]
+    return {
+        step: round(
+            statistics.median(
+                d[step] - p[step] for d, p in zip(runs["driver"], runs["plain"], strict=True)
+            ),
+            3,
+        )
+        for step in LIBVIRT_FIGURES
+        if step != "downtime_ms"
+    }
+
+
+def _ms(figure: dict[str, Any] | None, factor: float) -> str:
+    """``median (min)`` in ms, or a dash."""
+    if not figure or figure.get("median") is None:
+        return "—"
+
+    def fmt(value: float) -> str:
+        ms = value * factor
+        return f"{ms:.1f}" if ms < 10 else f"{ms:.0f}"
+
+    return f"{fmt(figure['median'])} ({fmt(figure['min'])})"
+
+
+def realvm_libvirt(r: dict[str, dict[str, Any]]) -> list[str]:
+    real = r.get("realvm")
+    lv = (real or {}).get("libvirt")
+    if not real or not lv:
+        return []
+    sides = lv["sides"]
+    qemu_side = {
+        "plain": {**real["boot"]["plain"], **real.get("ops", {}).get("plain", {})},
+        "usher": {**real["boot"]["usher"], **real.get("ops", {}).get("usher", {})},
+    }
+    for who in ("plain", "usher"):
+        qemu_side[who]["migration_s"] = real["migration"][who]["total_s"]
+        qemu_side[who]["downtime_ms"] = real["migration"][who]["downtime_ms"]
+    driver = real.get("qemu_driver") or {}
+    added = libvirt_added(lv)
+    rows = []
+    for step, (name, factor) in LIBVIRT_FIGURES.items():
+        extra = added.get(step)
+        rows.append(
+            [
+                name,
+                _ms(qemu_side["plain"].get(step), factor),
+                _ms(driver.get(step), factor),
+                _ms(qemu_side["usher"].get(step), factor),
+                _ms(sides["plain"][step], factor),
+                _ms(sides["driver"][step], factor),
+                _ms(sides["usher"][step], factor),
+                "" if extra is None else f"{1000 * extra:+.0f} ({verdict(extra <= 0.1)})",
+            ]
+        )
+    calls = lv["driver_calls_ms"]
+    profile = "; ".join(
+        f"{step}: "
+        + ", ".join(f"{fn} {ms}" for fn, ms in sorted(fns.items(), key=lambda kv: -kv[1]) if ms)
+        for step, fns in calls.items()
+    )
+    note = (
+        f"Tiny image, {real['spec']['vcpus']} vCPU / {real['spec']['memory_mb']} MB, "
+        f"{real['accel']}; milliseconds, median (min) of {lv['rounds']} libvirt rounds and "
+        f"{real['rounds']} QEMU rounds, all alternating in one run. Usher: request → "
+        "operation done; drivers: the driver's call in the bench process; plain QEMU: "
+        "launch with `-daemonize`, QMP `stop`/`cont`, SIGKILL until gone; plain libvirt: "
+        "`defineXML`+`create`, `suspend`, `resume`, the driver's migration calls, "
+        "`destroy`+`undefine`."
+    )
+    return [
+        "### Real VMs: libvirt beside QEMU (issue 16)",
+        "",
+        note,
+        "",
+        *table(
+            [
+                "ms, median (min)",
+                "plain QEMU",
+                "qemu driver",
+                "Usher (qemu)",
+                "plain libvirt",
+                "libvirt driver",
+                "Usher (libvirt)",
+                "added by the libvirt driver (paired; target ≤ 100)",
+            ],
+            rows,
+        ),
+        f"The libvirt driver's calls, median ms per step (`(driver)`: outside them): {profile}.",
+        "",
+    ]
+
+
 def api_load(r: dict[str, dict[str, Any]]) -> list[str]:
     load = r.get("api-load")
     if not load:
@@ -316,7 +436,7 @@ def render(r: dict[str, dict[str, Any]]) -> str:
     for name, result in r.items():
         lines.append(f"- `{name}`: {machine_line(result)}")
     lines.append("")
-    for part in (targets, scale, scheduler, realvm, api_load):
+    for part in (targets, scale, scheduler, realvm, realvm_libvirt, api_load):
         lines += part(r)
     lines.append(END)
     return "\n".join(lines)
