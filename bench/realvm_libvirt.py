@@ -24,11 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -42,7 +37,7 @@ from usher.client import AsyncClient
 from usher.images import catalog
 from usher.model import Image, VMSpec
 from usher.vmm.base import Driver, Guest, load_driver
-from usher.vmm.libvirt_daemon import LibvirtHost, adopt_libvirt_host, start_libvirt_host
+from usher.vmm.libvirt_daemon import LibvirtHost, start_libvirt_host
 from usher.vmm.libvirt_driver import LibvirtDriver
 from usher.vmm.libvirt_migration import FLAGS
 from usher.vmm.libvirt_xml import Paths, Record, domain_xml, with_console_socket
@@ -50,7 +45,6 @@ from usher.vmm.qemu_argv import kernel_boot, nics_of
 
 DOWNTIME_MS = 300  # the libvirt driver's defaults
 BANDWIDTH_MIBPS = 1024
-PR_SET_CHILD_SUBREAPER = 36
 STEPS = ("running_s", "ready_s", "pause_s", "resume_s", "migration_s", "downtime_ms", "destroy_s")
 
 Marker = Callable[[Path], Any]
@@ -58,68 +52,25 @@ Marker = Callable[[Path], Any]
 
 
 class Daemons:
-    """Two private libvirt daemons, ``lv-a`` and ``lv-b``, under ``root``, started by a helper
-    process of their own (this module run as a script) that is the subreaper of their QEMUs.
-
-    libvirtd starts each QEMU as a daemon, an orphan, and when one ends it waits until the
-    process is gone from the process table (``virDomainDestroy``, the source's end of a live
-    migration). This machine's init reaps orphans about 2 s late, which would add 2 s to every
-    destroy and migration on libvirt; a host's init (systemd) reaps them at once, and so does
-    the helper (``waitpid(-1)``)."""
+    """Two private libvirt daemons, ``lv-a`` and ``lv-b``, under ``root``
+    (:func:`usher.vmm.libvirt_daemon.start_libvirt_host`: each under a subreaper of its own,
+    so a QEMU that ends is reaped at once, as a host's init does)."""
 
     NAMES = ("lv-a", "lv-b")
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        log = open(root / "helper.log", "ab")  # noqa: SIM115 - the child's
-        self.helper = subprocess.Popen(
-            [sys.executable, __file__, str(root)], stdout=log, stderr=log
-        )
         self.hosts: list[LibvirtHost] = []
         try:
-            deadline = time.monotonic() + 60
-            while not (root / "ready").exists():
-                if self.helper.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the libvirt daemons did not start; see {root}/helper.log")
-                time.sleep(0.1)
             for name in self.NAMES:
-                host = adopt_libvirt_host(name, root / name)
-                if host is None:
-                    raise RuntimeError(f"libvirt daemon {name} does not answer")
-                self.hosts.append(host)
+                self.hosts.append(start_libvirt_host(name, root / name))
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        """Stop the daemons (which kills their QEMUs), then the helper."""
+        """Stop the daemons (which kills their QEMUs)."""
         for host in self.hosts:
             host.stop()
-        self.helper.terminate()
-        self.helper.wait(30)
-
-
-def _serve(root: Path) -> None:
-    """The helper of :class:`Daemons`: start them, then reap every orphan until SIGTERM."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    hosts = []
-    try:
-        for name in Daemons.NAMES:
-            hosts.append(start_libvirt_host(name, root / name))
-        (root / "ready").write_text("")
-        while True:
-            try:
-                os.waitpid(-1, 0)
-            except ChildProcessError:
-                time.sleep(0.1)
-    finally:
-        for host in hosts:
-            with contextlib.suppress(Exception):
-                host.stop()
 
 
 def driver_options(daemon: LibvirtHost) -> dict[str, str]:
@@ -501,7 +452,3 @@ def _median(values: list[float]) -> float:
 def missing_tool() -> str | None:
     """A tool the private daemons need that is not on PATH, or None."""
     return next((tool for tool in ("libvirtd", "unshare", "taskset") if not which(tool)), None)
-
-
-if __name__ == "__main__":
-    _serve(Path(sys.argv[1]))

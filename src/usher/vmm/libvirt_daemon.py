@@ -38,12 +38,14 @@ destination.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -114,13 +116,15 @@ class LibvirtHost:
     process: subprocess.Popen[bytes] | None = field(repr=False)
     """The daemon's process, if this process started it (None: one adopted from an earlier
     run, see :func:`adopt_libvirt_host`)."""
+    _pid: int | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
-        """The daemon's process id (in this machine's pid namespace)."""
-        if self.process is not None:
-            return self.process.pid
-        return int((self.root / "libvirtd.pid").read_text().strip())
+        """libvirtd's process id (in this machine's pid namespace), from its pid file (read
+        once: libvirtd removes it when it ends)."""
+        if self._pid is None:
+            self._pid = int((self.root / "libvirtd.pid").read_text().strip())
+        return self._pid
 
     @property
     def socket_path(self) -> Path:
@@ -310,6 +314,7 @@ def start_libvirt_host(
     argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
     if netns is not None:
         argv = ["nsenter", f"--net={netns}", "--", *argv]
+    argv = [sys.executable, "-m", "usher.vmm.libvirt_daemon", "reap", *argv]
     with open(root / "libvirtd.log", "ab") as log:
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
@@ -339,9 +344,41 @@ def _wait_answering(host: LibvirtHost) -> None:
                 last = str(exc)
             else:
                 conn.close()
+                host.pid  # noqa: B018 - read while the pid file is there
                 return
         time.sleep(0.1)
     raise RuntimeError(
         f"libvirt host {host.name}: libvirtd did not answer on {host.uri} within "
         f"{START_TIMEOUT} s (last error: {last or 'no socket'}); its log ends:\n{host.log_tail()}"
     )
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def reap(argv: list[str]) -> int:
+    """Run ``argv`` (libvirtd, by way of unshare) as a child and be the subreaper of what it
+    leaves: libvirtd starts each QEMU as a daemon, an orphan, and when one ends it waits until
+    the process is gone from the process table (a destroy, the source's end of a migration).
+    A host's init reaps orphans at once; one that reaps late (this sandbox's, every ~2 s)
+    would add that to every such operation. SIGTERM goes on to the child; returns when it
+    ended, with its status (QEMUs still running then are left to init)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    child = os.posix_spawnp(argv[0], argv, os.environ)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: os.kill(child, received))
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 1
+        if pid == child:
+            return os.waitstatus_to_exitcode(status)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["reap"] or len(sys.argv) < 3:
+        sys.exit("usage: python -m usher.vmm.libvirt_daemon reap COMMAND [ARG...]")
+    sys.exit(reap(sys.argv[2:]))

@@ -60,7 +60,7 @@ from usher.vmm.base import (
     MigrationResult,
     UnknownVM,
 )
-from usher.vmm.libvirt_link import Link, message, to_the_end
+from usher.vmm.libvirt_link import LibvirtFailure, Link, to_the_end
 from usher.vmm.libvirt_migration import Incoming, Migrations
 from usher.vmm.libvirt_xml import (
     NAMESPACE,
@@ -189,8 +189,8 @@ class LibvirtDriver(Driver):
         await self.link.open()
         try:
             domains = await self.link.call(self.link.conn.listAllDomains, 0)
-        except libvirt.libvirtError as exc:
-            raise DriverError(f"libvirt at {self.link.uri}: {message(exc)}") from exc
+        except LibvirtFailure as exc:
+            raise DriverError(f"libvirt at {self.link.uri}: {exc}") from exc
         for dom in domains:
             record = await self._record_of(dom)
             if record is not None:
@@ -207,7 +207,7 @@ class LibvirtDriver(Driver):
             xml = await self.link.call(
                 dom.metadata, libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, 0
             )
-        except libvirt.libvirtError:
+        except LibvirtFailure:
             return None  # no Usher metadata: the site's own domain
         try:
             return record_of_metadata(xml)
@@ -221,8 +221,8 @@ class LibvirtDriver(Driver):
         """Every domain's libvirt state, reason and CPU time, by name (one call)."""
         try:
             found = await self.link.call(self.link.conn.getAllDomainStats, STATS, 0)
-        except libvirt.libvirtError as exc:
-            raise DriverError(f"libvirt at {self.link.uri}: {message(exc)}") from exc
+        except LibvirtFailure as exc:
+            raise DriverError(f"libvirt at {self.link.uri}: {exc}") from exc
         return {dom.name(): stats for dom, stats in found}
 
     def _info(self, record: Record, stats: dict[str, Any] | None) -> DomainInfo:
@@ -273,8 +273,8 @@ class LibvirtDriver(Driver):
         """``function(*args)`` (a libvirt call) through the link, its error a DriverError."""
         try:
             return await self.link.call(function, *args)
-        except libvirt.libvirtError as exc:
-            raise DriverError(f"cannot {action} VM {vm_id}: {message(exc)}") from exc
+        except LibvirtFailure as exc:
+            raise DriverError(f"cannot {action} VM {vm_id}: {exc}") from exc
 
     # capacity -------------------------------------------------------------------------------
 
@@ -445,10 +445,10 @@ class LibvirtDriver(Driver):
         definition back, or no trace of a new one."""
         dom = await self.link.lookup(vm_id)
         if dom is not None:
-            with self.expecting_end(vm_id), contextlib.suppress(libvirt.libvirtError):
+            with self.expecting_end(vm_id), contextlib.suppress(LibvirtFailure):
                 if await self.link.call(dom.isActive):
                     await self.link.call(dom.destroy)
-            with contextlib.suppress(libvirt.libvirtError):
+            with contextlib.suppress(LibvirtFailure):
                 if old_xml is not None:
                     await self.link.call(self.link.conn.defineXML, old_xml)
                 else:
@@ -476,9 +476,9 @@ class LibvirtDriver(Driver):
             if await self.link.call(dom.isActive):
                 try:
                     await self.link.call(dom.destroy)
-                except libvirt.libvirtError as exc:
+                except LibvirtFailure as exc:
                     if await self.link.call(dom.isActive):
-                        raise DriverError(f"cannot stop VM {vm_id}: {message(exc)}") from exc
+                        raise DriverError(f"cannot stop VM {vm_id}: {exc}") from exc
 
     async def _power_off(
         self, vm_id: str, dom: libvirt.virDomain, state: VMState, timeout: float | None
@@ -488,8 +488,8 @@ class LibvirtDriver(Driver):
             if state is VMState.PAUSED:
                 await self.link.call(dom.resume)
             await self.link.call(dom.shutdown)
-        except libvirt.libvirtError as exc:
-            log.warning("VM %s: graceful stop failed (%s); stopping it hard", vm_id, message(exc))
+        except LibvirtFailure as exc:
+            log.warning("VM %s: graceful stop failed (%s); stopping it hard", vm_id, exc)
             return
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
@@ -546,9 +546,9 @@ class LibvirtDriver(Driver):
             if await self.link.call(dom.isActive):
                 await self.link.call(dom.destroy)
             await self.link.call(dom.undefine)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise DriverError(f"cannot remove VM {vm_id}: {message(exc)}") from exc
+        except LibvirtFailure as exc:
+            if exc.code != libvirt.VIR_ERR_NO_DOMAIN:
+                raise DriverError(f"cannot remove VM {vm_id}: {exc}") from exc
 
     async def pause(self, vm_id: str) -> None:
         await self._state(vm_id, "pause", frozenset({VMState.RUNNING}))

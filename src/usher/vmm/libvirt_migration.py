@@ -36,7 +36,7 @@ from usher.vmm.base import (
     MigrationResult,
     UnknownVM,
 )
-from usher.vmm.libvirt_link import message, to_the_end
+from usher.vmm.libvirt_link import LibvirtFailure, message, to_the_end
 from usher.vmm.libvirt_xml import Record, with_console_socket
 from usher.vmm.qemu_argv import nics_of
 from usher.vmm.qemu_files import CONSOLE_SOCKET
@@ -181,7 +181,7 @@ class Migrations:
             return False
         try:
             state, reason = await self._driver.link.call(dom.state)
-        except libvirt.libvirtError:
+        except LibvirtFailure:
             return False
         if state == libvirt.VIR_DOMAIN_PAUSED:
             return reason not in (
@@ -246,7 +246,7 @@ class Migrations:
             libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: with_console_socket(persistent, target.console),
             libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: self._bandwidth,
         }
-        with contextlib.suppress(libvirt.libvirtError):
+        with contextlib.suppress(LibvirtFailure):
             await driver.link.call(dom.migrateSetMaxDowntime, self._downtime_ms, 0)
         started = time.monotonic()
         job = driver.link.submit(dom.migrateToURI3, target.connect, params, FLAGS)
@@ -265,14 +265,14 @@ class Migrations:
             text = message(error) if isinstance(error, libvirt.libvirtError) else repr(error)
             raise DriverError(f"live migration of VM {vm_id} failed: {text}")
         stats: dict[str, Any] = {}
-        with contextlib.suppress(libvirt.libvirtError):
+        with contextlib.suppress(LibvirtFailure):
             stats = await driver.link.call(dom.jobStats, libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
         await self._let_go(vm_id, dom)
         return _figures(stats, total_ms)
 
     async def _call_off(self, dom: libvirt.virDomain, job: asyncio.Future[Any]) -> bool:
         """Abort the migration job and wait for it to end; True if the guest left anyway."""
-        with contextlib.suppress(libvirt.libvirtError):
+        with contextlib.suppress(LibvirtFailure):
             await self._driver.link.call(dom.abortJob)
         await asyncio.wait([job], timeout=ABORT_WAIT)
         if not job.done():
@@ -283,12 +283,12 @@ class Migrations:
         """The domain here is off because it migrated (its guest runs on the target)."""
         try:
             state, reason = await self._driver.link.call(dom.state)
-        except libvirt.libvirtError:
+        except LibvirtFailure:
             return True
         return state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED
 
     async def _let_go(self, vm_id: str, dom: libvirt.virDomain) -> None:
         """Forget a VM that migrated away: undefine its (shut off) domain here."""
-        with self._driver.expecting_end(vm_id), contextlib.suppress(libvirt.libvirtError):
+        with self._driver.expecting_end(vm_id), contextlib.suppress(LibvirtFailure):
             await self._driver.link.call(dom.undefine)
         self._driver.left(vm_id)
