@@ -282,14 +282,18 @@ class QemuDriver(Driver):
             return
         monitor = self._guests.monitor(dom)
         dom.expect_exit = True
+        halting = False
         try:
             if not hard:
                 await self._power_off(dom, monitor, timeout)
+            halting = True
             await self._guests.halt(dom)
         except asyncio.CancelledError:
-            # called off: a QEMU that ended already is stopped; one that ends from now on
-            # ends on its own, and its watcher records and reports it
-            if dom.exited.is_set():
+            # called off: a QEMU that ended already, or that was told to quit, is stopped
+            # (the latter killed first); one that ends from now on (a guest that got the
+            # power button) ends on its own, and its watcher records and reports it
+            if halting or dom.exited.is_set():
+                await self._guests.end_leftover(dom)
                 self._guests.set_ended(dom, VMState.STOPPED, None)
             else:
                 dom.expect_exit = False
