@@ -244,6 +244,37 @@ def lnm(
         raise click.ClickException(f"the controller refused this node: {exc}") from exc
 
 
+@main.command(
+    "driver-check",
+    context_settings={"ignore_unknown_options": True},
+)
+@click.argument("driver")
+@click.option("--site", help="module:object, the usher.conformance.DriverSite to run it with.")
+@click.option(
+    "--driver-option",
+    "driver_options",
+    multiple=True,
+    metavar="KEY=JSON",
+    help="Driver option for every host, e.g. latency=0.05",
+)
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+def driver_check(
+    driver: str, site: str | None, driver_options: tuple[str, ...], pytest_args: tuple[str, ...]
+) -> None:
+    """Check that VMM driver DRIVER keeps the driver contract: run the conformance suite
+    (usher.conformance) on it; PYTEST_ARGS (after --) go to pytest, e.g. -- -x -k migration."""
+    from usher.conformance.run import run
+
+    try:
+        status = run(driver, site, driver_options, pytest_args)
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the conformance suite needs pytest and pytest-asyncio ({exc}): "
+            "pip install 'usher[conformance]'"
+        ) from exc
+    raise SystemExit(status)
+
+
 main.add_command(local)
 main.add_command(admin_token)
 main.add_command(image)
