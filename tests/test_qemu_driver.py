@@ -358,32 +358,6 @@ async def slow_migration(
     return source, target, guest, source_pid, migration
 
 
-async def test_failed_migration_leaves_the_vm_on_the_source(
-    make_driver: DriverFactory, tiny: Image, storage: Path
-) -> None:
-    source, target, guest, source_pid, migration = await slow_migration(make_driver, tiny, "stays")
-    os.kill(qemu_pid(target, guest.id), 9)
-    with pytest.raises(DriverError, match=r"live migration of VM .* failed"):
-        await asyncio.wait_for(migration, 10)
-    with pytest.raises(DriverError):
-        await target.finish_incoming(guest.id)
-    await target.abort_incoming(guest.id)
-    assert await target.list() == []
-    assert not (Path(str(target.state_dir)) / "vms" / guest.id).exists()
-
-    assert (await source.info(guest.id)).state is VMState.RUNNING
-    assert qemu_pid(source, guest.id) == source_pid
-    await beat_after(source, guest.id, max(heartbeats(await console(source, guest.id))))
-
-    uri = await target.prepare_incoming(guest, "127.0.0.1")
-    with pytest.raises(DriverError, match="timed out"):
-        await source.migrate(guest.id, uri, timeout=1)
-    await target.abort_incoming(guest.id)
-    assert (await source.info(guest.id)).state is VMState.RUNNING
-    await beat_after(source, guest.id, max(heartbeats(await console(source, guest.id))))
-    assert (vm_dir(storage, guest.id) / "disk.qcow2").exists()
-
-
 async def test_a_qemu_that_quits_on_an_error_says_why(
     make_driver: DriverFactory, tiny: Image, storage: Path
 ) -> None:
