@@ -218,6 +218,22 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _propagation() -> str:
+    """How the daemon's mount namespace keeps its bind mounts to itself: ``private`` on a
+    host; in a chroot, whose ``/`` is no mount point and cannot be made private, ``unchanged``,
+    which is as safe only where no mount propagates (none is ``shared``)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as file:
+        mounts = [line.split() for line in file]
+    if any(fields[4] == "/" for fields in mounts):
+        return "private"
+    if any(tag.startswith("shared:") for fields in mounts for tag in fields[6:]):
+        raise RuntimeError(
+            "cannot run a private libvirtd here: / is not a mount point (a chroot?) and "
+            "shared mounts would carry its bind mounts out of its namespace"
+        )
+    return "unchanged"
+
+
 def _end(pid: int) -> None:
     """SIGTERM, then SIGKILL, a daemon this process did not start; wait until it is gone."""
     with contextlib.suppress(ProcessLookupError):
@@ -311,7 +327,7 @@ def start_libvirt_host(
     script = " && ".join(
         [*binds, f"exec taskset -c 0 libvirtd --listen --pid-file {shlex.quote(str(pid_file))}"]
     )
-    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
+    argv = ["unshare", "--mount", "--propagation", _propagation(), "--", "sh", "-c", script]
     if netns is not None:
         argv = ["nsenter", f"--net={netns}", "--", *argv]
     argv = [sys.executable, "-m", "usher.vmm.libvirt_daemon", "reap", *argv]
