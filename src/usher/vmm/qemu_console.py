@@ -49,7 +49,8 @@ class ConsoleLink:
 
     async def write(self, data: bytes) -> None:
         self._writer.write(data)
-        await asyncio.wait_for(self._writer.drain(), WRITE_TIMEOUT)
+        async with asyncio.timeout(WRITE_TIMEOUT):  # not wait_for: it may lose a cancellation
+            await self._writer.drain()
 
     async def close(self) -> None:
         self._drainer.cancel()

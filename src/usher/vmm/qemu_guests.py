@@ -267,7 +267,8 @@ class Guests:
     async def exited(self, dom: Domain, timeout: float) -> bool:
         """Whether ``dom``'s QEMU ended within ``timeout`` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(dom.exited.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it may lose a cancellation
+                await dom.exited.wait()
         return dom.exited.is_set()
 
     async def halt(self, dom: Domain) -> None:

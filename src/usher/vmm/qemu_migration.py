@@ -1,6 +1,12 @@
 """Live migration for the ``qemu`` driver: an incoming QEMU on the target waits for the VM's
 state (``-incoming defer``, then ``migrate-incoming``), the source's QEMU sends it over TCP;
-the disk stays where it is, in the shared storage both nodes see."""
+the disk stays where it is, in the shared storage both nodes see.
+
+The source pauses before its switchover (QEMU's ``pause-before-switchover``): until then the
+target lacks the guest's device state and can never run it, so a migration called off then
+stays here for sure. Past it the driver lets QEMU finish and lets QEMU's end decide where the
+guest is; cancelling there could leave a target that got it all while the source runs on (a
+QEMU without a return path cannot tell), which is two copies of one VM."""
 
 from __future__ import annotations
 
@@ -25,6 +31,10 @@ FINISH_TIMEOUT = 30.0
 
 _ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
 _MIGRATION_OVER = frozenset({"completed", "failed", "cancelled"})
+SWITCHOVER = _MIGRATION_OVER | {"pre-switchover"}
+"""Where the source stops following a migration to decide: go on (``migrate-continue``), or
+call it off while the target cannot have the guest yet."""
+POLL = 0.005
 
 
 class Migrations:
@@ -100,27 +110,37 @@ class Migrations:
         began = loop.time()
         await monitor.execute(
             "migrate-set-capabilities",
-            {"capabilities": [{"capability": "auto-converge", "state": True}]},
+            {
+                "capabilities": [
+                    {"capability": "auto-converge", "state": True},
+                    {"capability": "pause-before-switchover", "state": True},
+                ]
+            },
         )
         await monitor.execute(
             "migrate-set-parameters",
             {"downtime-limit": self._downtime_ms, "max-bandwidth": self._bandwidth},
         )
-        await monitor.execute("migrate", {"uri": uri})
         try:
-            status = await _follow_migration(monitor, began + timeout)
-        except asyncio.CancelledError:  # called off: cancel it, and the guest runs on here
-            with contextlib.suppress(MonitorError):
-                await monitor.execute("migrate_cancel")
-            await _follow_migration(monitor, loop.time() + KILL_TIMEOUT)
+            # inside: called off while QEMU takes ``migrate``, it has begun all the same
+            await monitor.execute("migrate", {"uri": uri})
+            status = await _follow_migration(monitor, began + timeout, SWITCHOVER)
+        except asyncio.CancelledError:  # called off before the switchover: the guest stays
+            await self._call_off(monitor)
             await self._keep_running(dom)
             raise
+        if status["status"] == "pre-switchover":
+            status, called_off = await self._switch_over(monitor, began + timeout)
+            if called_off:
+                if status["status"] == "completed":
+                    await self._let_go(dom)
+                else:
+                    await self._keep_running(dom)
+                raise asyncio.CancelledError
         timed_out = status["status"] not in _MIGRATION_OVER
         if timed_out:
             log.warning("VM %s: migration timed out after %g s; cancelling it", vm_id, timeout)
-            with contextlib.suppress(MonitorError):
-                await monitor.execute("migrate_cancel")
-            status = await _follow_migration(monitor, loop.time() + KILL_TIMEOUT)
+            status = {"status": await self._call_off(monitor)}
         if status["status"] != "completed":
             await self._keep_running(dom)
             why = f"timed out after {timeout:g} s" if timed_out else status.get("error-desc")
@@ -128,9 +148,7 @@ class Migrations:
                 f"live migration of VM {vm_id} failed: {why or status['status']}; it runs on here"
             )
         total_ms = (loop.time() - began) * 1000
-        await guests.halt(dom)
-        del guests.domains[vm_id]
-        shutil.rmtree(self._files.local(vm_id), ignore_errors=True)
+        await self._let_go(dom)
         ram = status.get("ram", {})
         return MigrationResult(
             total_ms=total_ms,
@@ -199,6 +217,42 @@ class Migrations:
         await self.abort_incoming(vm_id)
         return None
 
+    @staticmethod
+    async def _call_off(monitor: Monitor) -> str:
+        """Cancel an outgoing migration that has not switched over (the target has not got
+        the guest's device state, so it cannot run it) and wait until QEMU says how it
+        ended."""
+        with contextlib.suppress(MonitorError):
+            await monitor.execute("migrate_cancel")
+        status = await _follow_migration(monitor, asyncio.get_running_loop().time() + KILL_TIMEOUT)
+        return str(status.get("status"))
+
+    @staticmethod
+    async def _switch_over(monitor: Monitor, deadline: float) -> tuple[dict[str, Any], bool]:
+        """Let a migration paused before its switchover go on, and follow it to its end,
+        called off or not: from here the guest either arrives whole or stays here, and only
+        QEMU's end tells which (a cancellation now could let both copies have it). Returns
+        the final status and whether the caller was called off meanwhile."""
+
+        async def finish() -> dict[str, Any]:
+            await monitor.execute("migrate-continue", {"state": "pre-switchover"})
+            loop = asyncio.get_running_loop()
+            return await _follow_migration(monitor, max(deadline, loop.time() + KILL_TIMEOUT))
+
+        task = asyncio.ensure_future(finish())
+        try:
+            return await asyncio.shield(task), False
+        except asyncio.CancelledError:
+            await asyncio.wait([task])
+            return task.result(), True
+
+    async def _let_go(self, dom: Domain) -> None:
+        """The guest went to the target: end this QEMU and forget the VM here (its shared
+        disk stays)."""
+        await self._guests.halt(dom)
+        del self._guests.domains[dom.id]
+        shutil.rmtree(self._files.local(dom.id), ignore_errors=True)
+
     async def _keep_running(self, dom: Domain) -> None:
         """After a failed migration QEMU resumes the guest itself; make sure it did."""
         monitor = self._guests.monitor(dom)
@@ -207,11 +261,14 @@ class Migrations:
             await monitor.execute("cont")
 
 
-async def _follow_migration(monitor: Monitor, deadline: float) -> dict[str, Any]:
-    """Poll ``query-migrate`` until the migration is over or ``deadline`` passes."""
+async def _follow_migration(
+    monitor: Monitor, deadline: float, until: frozenset[str] = _MIGRATION_OVER
+) -> dict[str, Any]:
+    """Poll ``query-migrate`` (every :data:`POLL` s: the guest waits paused for the driver at
+    the switchover) until its status is one of ``until`` or ``deadline`` passes."""
     loop = asyncio.get_running_loop()
     while True:
         status: dict[str, Any] = await monitor.execute("query-migrate")
-        if status.get("status") in _MIGRATION_OVER or loop.time() >= deadline:
+        if status.get("status") in until or loop.time() >= deadline:
             return status
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL)

@@ -80,9 +80,12 @@ class Monitor:
         """Run ``command``; its ``return`` value. Raises :class:`MonitorError`."""
         timeout = timeout or COMMAND_TIMEOUT
         try:
-            return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+            # comes as the answer does (the caller is then never told it was called off)
+            async with asyncio.timeout(timeout):
+                return await self._client.execute(command, arguments)
         except ExecuteError as exc:
-            raise MonitorError(f"QEMU refused {command}: {exc.error.desc}") from exc
+            raise MonitorError(f"QEMU refused {command}: {exc}") from exc
         except (QMPError, OSError, EOFError) as exc:
             raise MonitorError(f"QEMU did not answer {command}: QMP connection lost") from exc
         except TimeoutError:
