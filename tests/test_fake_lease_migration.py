@@ -59,8 +59,8 @@ def drop_link_after_taking(target: FakeDriver) -> None:
     source hears ``ok`` (a network fault, or the target's host dying)."""
     take = target._received
 
-    def received_then_cut(vm_id: str, nonce: str) -> bool:
-        taken = take(vm_id, nonce)
+    def received_then_cut(vm_id: str, nonce: str, paused: bool) -> bool:
+        taken = take(vm_id, nonce, paused)
         target._incoming[vm_id].close()
         return taken
 
@@ -95,7 +95,7 @@ async def test_a_source_that_withdrew_first_runs_on_and_the_target_cannot_take_i
     with pytest.raises(DriverError, match="timed out"):
         await a.migrate(VM.id, uri, timeout=0.1)
     assert await active(a) and holder_of(tmp_path) == name_of(a)
-    assert not b._received(VM.id, nonce_of(uri))  # a "done" arriving now is refused
+    assert not b._received(VM.id, nonce_of(uri), False)  # a "done" arriving now is refused
     assert not received(b)
     assert await b.settle_incoming(VM.id) is None
     with pytest.raises(DriverError, match="in use"):
@@ -113,8 +113,8 @@ async def test_a_source_killed_after_the_target_took_the_guest_forgets_it_on_ret
     taken = asyncio.Event()
     take = b._received
 
-    def received_then_source_dies(vm_id: str, nonce: str) -> bool:
-        ok = take(vm_id, nonce)
+    def received_then_source_dies(vm_id: str, nonce: str, paused: bool) -> bool:
+        ok = take(vm_id, nonce, paused)
         taken.set()
         return ok
 
@@ -146,7 +146,7 @@ async def test_a_source_killed_before_the_target_took_the_guest_keeps_it(tmp_pat
     back = await host(tmp_path, "a")
     assert await active(back) and holder_of(tmp_path) == name_of(back)
     assert not back._domains[VM.id].sent
-    assert not b._received(VM.id, nonce_of(uri))  # the offer went with a's return
+    assert not b._received(VM.id, nonce_of(uri), False)  # the offer went with a's return
     await back.close()
     await b.close()
 
@@ -178,7 +178,7 @@ async def test_a_source_whose_target_took_the_guest_no_longer_reports_it(tmp_pat
     uri = await b.prepare_incoming(VM, "127.0.0.1")
     a._offer(a._domains[VM.id], nonce_of(uri))  # the source is sending its last state
     assert await active(a)
-    assert b._received(VM.id, nonce_of(uri))  # the target took it
+    assert b._received(VM.id, nonce_of(uri), False)  # the target took it
     with pytest.raises(UnknownVM):
         await a.info(VM.id)
     assert not await active(a)

@@ -11,8 +11,9 @@ each leaves, refusals (``UnknownVM``, ``InvalidTransition``, ``InsufficientCapac
 console, live migrations (whole, failed, called off, settled), disks and snapshots, and every
 method cancelled at a few points in time. A :class:`DriverSite` says how to run the driver
 at the site (options, image, how to tell a guest is up and alive, how to end one behind the
-driver's back); the built-in ones (:data:`SITES`) are for ``fake`` and ``qemu``, and any
-other driver gets a plain :class:`DriverSite` unless ``--site`` names one.
+driver's back: :func:`crash` does it through a driver's own ``crash(vm_id)``); the built-in
+ones (:data:`SITES`) are for ``fake`` and ``qemu``, and any other driver gets a plain
+:class:`DriverSite` unless ``--site`` names one.
 
 Modules: :mod:`~usher.conformance.site` (the sites), :mod:`~usher.conformance.hosts` (the
 harness), ``checks_*`` (the tests), :mod:`~usher.conformance.suite` (all of them, the module
@@ -20,6 +21,6 @@ pytest collects), :mod:`~usher.conformance.plugin` (the pytest options), and
 :mod:`~usher.conformance.run` (the command).
 """
 
-from usher.conformance.site import FAKE, QEMU, SITES, CannotEnd, DriverSite, load_site
+from usher.conformance.site import FAKE, QEMU, SITES, CannotEnd, DriverSite, crash, load_site
 
-__all__ = ["FAKE", "QEMU", "SITES", "CannotEnd", "DriverSite", "load_site"]
+__all__ = ["FAKE", "QEMU", "SITES", "CannotEnd", "DriverSite", "crash", "load_site"]

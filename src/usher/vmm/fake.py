@@ -381,7 +381,7 @@ class FakeDriver(Driver):
         nonce = secrets.token_hex(8)
         with self._host.claim(guest.id, guest.spec):
             await self._faults.act("prepare_incoming", guest.id)
-            incoming = Incoming(guest.id, lambda: self._received(guest.id, nonce))
+            incoming = Incoming(guest.id, lambda paused: self._received(guest.id, nonce, paused))
             try:
                 port = await incoming.listen(ipv6=":" in listen_host)
             except OSError as exc:
@@ -391,12 +391,15 @@ class FakeDriver(Driver):
         host = f"[{listen_host}]" if ":" in listen_host else listen_host
         return f"fake://{host}:{port}/{guest.id}?to={nonce}"
 
-    def _received(self, vm_id: str, nonce: str) -> bool:
-        """The source sent all of ``vm_id``: take it (and its disk, which the source offers
-        this target, ``nonce``), if it is still expected here."""
+    def _received(self, vm_id: str, nonce: str, paused: bool) -> bool:
+        """The source sent all of ``vm_id`` (``paused`` there, or running): take it (and its
+        disk, which the source offers this target, ``nonce``), if it is still expected here."""
         dom = self._domains.get(vm_id)
         if dom is None or dom.state not in INCOMING or dom.received:
             return False
+        if dom.paused != paused:  # journaled first: the disk may be this host's any moment
+            dom.paused = paused
+            self._changed(dom)
         if self._leases is not None and not self._leases.accept(vm_id, nonce):
             return False  # the source withdrew: its migration broke, the guest runs there
         dom.received = True  # (a host killed before this line finds the disk its own)
@@ -442,7 +445,13 @@ class FakeDriver(Driver):
         self._offer(dom, nonce)
         try:
             async with asyncio.timeout(timeout):
-                await send(host, port, vm_id, lambda: self._faults.act("migrate", vm_id))
+                await send(
+                    host,
+                    port,
+                    vm_id,
+                    lambda: self._faults.act("migrate", vm_id),
+                    lambda: dom.state is VMState.PAUSED,
+                )
         except BaseException as exc:
             if self._withdraw(dom):
                 if isinstance(exc, TimeoutError):
@@ -483,14 +492,15 @@ class FakeDriver(Driver):
         return True
 
     async def finish_incoming(self, vm_id: str) -> DomainInfo:
-        """Run an incoming VM here once its source sent all of it."""
+        """Run an incoming VM here once its source sent all of it (paused if it was paused
+        there)."""
         dom = self._get(vm_id)
         self._require(dom, "finish incoming migration of", INCOMING)
         if not self._arrived(dom):
             raise DriverError(f"incoming migration of VM {vm_id} is not complete")
         await self._faults.act("finish_incoming", vm_id)
         self._stop_listening(vm_id)
-        self._set_state(dom, VMState.RUNNING)
+        self._set_state(dom, VMState.PAUSED if dom.paused else VMState.RUNNING)
         return dom.info(now())
 
     async def abort_incoming(self, vm_id: str) -> None:
@@ -512,7 +522,7 @@ class FakeDriver(Driver):
             self._remove(dom)
             return None
         self._stop_listening(vm_id)
-        self._set_state(dom, VMState.RUNNING)
+        self._set_state(dom, VMState.PAUSED if dom.paused else VMState.RUNNING)
         return dom.info(now())
 
     # disks ---------------------------------------------------------------------------------

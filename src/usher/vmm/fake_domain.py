@@ -48,6 +48,8 @@ class FakeDomain:
     """Its snapshots, oldest first (:mod:`usher.vmm.fake_snapshots`)."""
     received: bool = False
     """An incoming VM whose whole state arrived (the source let go of it)."""
+    paused: bool = False
+    """An incoming VM that its source sent paused: it arrives paused."""
     sent: bool = False
     """A migration's source offered the VM's disk to its target (until the migration ends):
     once the target took it, this copy is inactive, as a QEMU source after it sent all."""
@@ -84,6 +86,7 @@ class FakeDomain:
             "line": self.line,
             "unread": self.unread,
             "received": self.received,
+            "paused": self.paused,
             "sent": self.sent,
             "snapshots": [snap.model_dump(mode="json") for snap in self.snapshots],
         }
@@ -102,6 +105,7 @@ class FakeDomain:
             line=str(data.get("line", "")),
             unread=str(data.get("unread", "")),
             received=bool(data.get("received", False)),
+            paused=bool(data.get("paused", False)),
             sent=bool(data.get("sent", False)),
             snapshots=[Snapshot.model_validate(snap) for snap in data.get("snapshots", [])],
         )

@@ -1,9 +1,10 @@
 """The fake driver's live-migration wire: a real TCP connection from source to target.
 
 The target listens, one server per incoming VM. The source connects, "transfers" for the
-migration's latency while watching the connection, then sends ``done <vm_id>`` and waits
-for ``ok``. The target answers ``ok`` only if it still holds the incoming VM, and marks it
-received first. So, as with QEMU, a target that dies, aborts the migration or cannot be
+migration's latency while watching the connection, then sends ``done <vm_id> <state>`` (the
+guest's state as its last bytes left: ``running`` or ``paused``) and waits for ``ok``. The
+target answers ``ok`` only if it still holds the incoming VM, and marks it received (in that
+state) first. So, as with QEMU, a target that dies, aborts the migration or cannot be
 reached makes the source's migration fail and the VM run on at the source.
 """
 
@@ -15,17 +16,19 @@ from collections.abc import Awaitable, Callable
 from usher.vmm.base import DriverError
 
 OK = b"ok\n"
+RUNNING, PAUSED = "running", "paused"
 
 
-def done_line(vm_id: str) -> bytes:
-    return f"done {vm_id}\n".encode()
+def done_line(vm_id: str, paused: bool) -> bytes:
+    return f"done {vm_id} {PAUSED if paused else RUNNING}\n".encode()
 
 
 class Incoming:
     """The listening end of one incoming migration; ``received`` is called when the source
-    says it sent everything and answers whether the VM was taken."""
+    says it sent everything, with whether the guest was paused then, and answers whether the
+    VM was taken."""
 
-    def __init__(self, vm_id: str, received: Callable[[], bool]) -> None:
+    def __init__(self, vm_id: str, received: Callable[[bool], bool]) -> None:
         self.vm_id = vm_id
         self._received = received
         self._server: asyncio.Server | None = None
@@ -40,7 +43,8 @@ class Incoming:
         self._peers.add(writer)
         try:
             line = await reader.readline()
-            if line == done_line(self.vm_id) and self._received():
+            paused = next((p for p in (False, True) if line == done_line(self.vm_id, p)), None)
+            if paused is not None and self._received(paused):
                 writer.write(OK)
                 await writer.drain()
         except OSError:
@@ -59,8 +63,15 @@ class Incoming:
         self._peers.clear()
 
 
-async def send(host: str, port: int, vm_id: str, transfer: Callable[[], Awaitable[None]]) -> None:
-    """Migrate ``vm_id`` to ``host:port``: raise DriverError unless the target took it."""
+async def send(
+    host: str,
+    port: int,
+    vm_id: str,
+    transfer: Callable[[], Awaitable[None]],
+    paused: Callable[[], bool],
+) -> None:
+    """Migrate ``vm_id`` to ``host:port``: raise DriverError unless the target took it.
+    ``paused`` tells, once ``transfer`` is over, whether the guest arrives paused."""
     try:
         reader, writer = await asyncio.open_connection(host, port)
     except OSError as exc:
@@ -73,7 +84,7 @@ async def send(host: str, port: int, vm_id: str, transfer: Callable[[], Awaitabl
         if first.done():
             raise DriverError(f"the migration target {host}:{port} closed the connection")
         moving.result()  # raises a simulated failure of the transfer
-        writer.write(done_line(vm_id))
+        writer.write(done_line(vm_id, paused()))
         await writer.drain()
         answer = await first + await reader.readline()
     except OSError as exc:
