@@ -40,14 +40,17 @@ async def call_off(call: Awaitable[Any], delay: float) -> bool:
 
 @dataclass
 class Bench:
-    """One guest (``guest``) on host ``a`` (``here``), and host ``b`` (``there``), both with
-    the site's slow options; what each case runs on."""
+    """One guest (``guest``) on host ``here`` (``a`` at first), and host ``there`` (``b``),
+    both with the site's slow options; what each case runs on."""
 
     hosts: Hosts
     here: Driver
     there: Driver
     guest: Guest
     notes: dict[str, Any] = field(default_factory=dict)
+    here_name: str = "a"
+    there_name: str = "b"
+    """The names of the hosts ``here`` and ``there`` (for :meth:`listen`)."""
 
     @property
     def site(self) -> DriverSite:
@@ -57,8 +60,12 @@ class Bench:
         await asyncio.sleep(self.site.settle_seconds)
         return (await states(driver or self.here)).get(self.guest.id)
 
+    def listen(self) -> str:
+        """The address incoming migrations to host ``there`` listen on."""
+        return self.site.listen_host(self.there_name)
+
     async def ensure(self, want: VMState | None) -> None:
-        """Bring the guest on host ``a`` to ``want`` (None: gone)."""
+        """Bring the guest on host ``here`` to ``want`` (None: gone)."""
         driver, vm_id = self.here, self.guest.id
         now = (await states(driver)).get(vm_id)
         if now == want:
@@ -78,8 +85,9 @@ class Bench:
             await driver.pause(vm_id)
 
     async def swap(self) -> None:
-        """The guest moved to host ``b``: call that host ``a`` from now on."""
+        """The guest moved to host ``there``: call that host ``here`` from now on."""
         self.here, self.there = self.there, self.here
+        self.here_name, self.there_name = self.there_name, self.here_name
 
 
 Case = Callable[[Bench, float], Awaitable[None]]
@@ -265,8 +273,7 @@ async def _export_disk(bench: Bench, delay: float) -> None:
 @case("prepare_incoming", Capability.LIVE_MIGRATE)
 async def _prepare_incoming(bench: Bench, delay: float) -> None:
     await bench.ensure(VMState.RUNNING)
-    listen = bench.site.listen_host("b")
-    done = await call_off(bench.there.prepare_incoming(bench.guest, listen), delay)
+    done = await call_off(bench.there.prepare_incoming(bench.guest, bench.listen()), delay)
     one_of(await bench.state(bench.there), VMState.MIGRATING, *(() if done else (None,)))
     await bench.there.abort_incoming(bench.guest.id)
     assert await bench.state(bench.there) is None
@@ -275,7 +282,7 @@ async def _prepare_incoming(bench: Bench, delay: float) -> None:
 @case("migrate", Capability.LIVE_MIGRATE)
 async def _migrate(bench: Bench, delay: float) -> None:
     await bench.ensure(VMState.RUNNING)
-    uri = await bench.there.prepare_incoming(bench.guest, bench.site.listen_host("b"))
+    uri = await bench.there.prepare_incoming(bench.guest, bench.listen())
     done = await call_off(bench.here.migrate(bench.guest.id, uri, timeout=60), delay)
     stayed = await bench.state()
     one_of(stayed, None, *(() if done else (VMState.RUNNING,)))
@@ -291,7 +298,7 @@ async def _migrate(bench: Bench, delay: float) -> None:
 @case("finish_incoming", Capability.LIVE_MIGRATE)
 async def _finish_incoming(bench: Bench, delay: float) -> None:
     await bench.ensure(VMState.RUNNING)
-    uri = await bench.there.prepare_incoming(bench.guest, bench.site.listen_host("b"))
+    uri = await bench.there.prepare_incoming(bench.guest, bench.listen())
     await bench.here.migrate(bench.guest.id, uri, timeout=60)
     await bench.swap()
     done = await call_off(bench.here.finish_incoming(bench.guest.id), delay)
@@ -304,7 +311,7 @@ async def _finish_incoming(bench: Bench, delay: float) -> None:
 @case("abort_incoming", Capability.LIVE_MIGRATE)
 async def _abort_incoming(bench: Bench, delay: float) -> None:
     await bench.ensure(VMState.RUNNING)
-    await bench.there.prepare_incoming(bench.guest, bench.site.listen_host("b"))
+    await bench.there.prepare_incoming(bench.guest, bench.listen())
     done = await call_off(bench.there.abort_incoming(bench.guest.id), delay)
     one_of(await bench.state(bench.there), None, *(() if done else (VMState.MIGRATING,)))
     await bench.there.abort_incoming(bench.guest.id)
@@ -313,7 +320,7 @@ async def _abort_incoming(bench: Bench, delay: float) -> None:
 @case("settle_incoming", Capability.LIVE_MIGRATE)
 async def _settle_incoming(bench: Bench, delay: float) -> None:
     await bench.ensure(VMState.RUNNING)
-    await bench.there.prepare_incoming(bench.guest, bench.site.listen_host("b"))
+    await bench.there.prepare_incoming(bench.guest, bench.listen())
     done = await call_off(bench.there.settle_incoming(bench.guest.id), delay)
     one_of(await bench.state(bench.there), None, *(() if done else (VMState.MIGRATING,)))
     await bench.there.abort_incoming(bench.guest.id)
