@@ -4,28 +4,36 @@ entry in ``SITES`` below."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import example_driver
-from usher.conformance import FAKE, QEMU, DriverSite
+from usher.conformance import FAKE, QEMU, DriverSite, crash
 from usher.conformance.suite import *  # noqa: F403 - the suite's tests, collected here
 from usher.model import Image
-from usher.vmm.base import DriverError, load_driver
+from usher.vmm.base import Driver, DriverError, load_driver
 
-MEMORY = DriverSite(
-    example_driver.NAME,
-    ready=None,
-    heartbeat=None,
-    slow={"boot_seconds": 0.2},
-    known_failures={
-        "test_a_restarted_lnm_finds_its_vms_in_their_true_states": "its guests live in the "
-        "driver object: a new one on the same state dir knows none of them"
-    },
-)
-"""The example ``memory`` driver: guests in memory, no image, no heartbeat."""
-MEMORY.image = lambda storage: None  # type: ignore[method-assign]
+
+@dataclass
+class MemorySite(DriverSite):
+    """The example ``memory`` driver: guests in a table, no image, no heartbeat; its
+    ``crash`` ends one."""
+
+    ready: str | None = None
+    heartbeat: str | None = None
+    slow: dict[str, Any] = field(default_factory=lambda: {"boot_seconds": 0.2})
+
+    def image(self, storage: Path) -> Image | None:
+        return None
+
+    async def end_guest(self, driver: Driver, vm_id: str, *, attached: bool) -> None:
+        await crash(driver, vm_id, attached=attached)
+
+
+MEMORY = MemorySite(example_driver.NAME)
 
 SITES = {"fake": FAKE, "qemu": QEMU, example_driver.NAME: MEMORY}
 

@@ -1,10 +1,13 @@
 """An example Usher VMM driver shipped as a package of its own: ``memory``.
 
-Its guests are records in the LNM's memory: they run as long as the LNM does, honestly (a
-start that does not fit the host is refused, a paused guest cannot be rebooted, …), and end
-with it. It imports only the public driver interface (:mod:`usher.vmm.base`) and the
-vocabulary (:mod:`usher.model`), and follows the contract stated in :mod:`usher.vmm.base`.
-It declares no ``live_migrate`` capability, so the controller refuses to migrate its VMs.
+Its guests are records in a table, kept honestly (a start that does not fit the host is
+refused, a paused guest cannot be rebooted, …). The table stands for the memory of a
+hypervisor that outlives the LNM: it is written to ``<state_dir>/memory-vms.json`` on every
+change and read again by :meth:`MemoryDriver.open`, so a restarted LNM finds its guests as
+they were, running ones still running. It imports only the public driver interface
+(:mod:`usher.vmm.base`) and the vocabulary (:mod:`usher.model`), and follows the contract
+stated in :mod:`usher.vmm.base`. It declares no ``live_migrate`` capability, so the
+controller refuses to migrate its VMs.
 
 Install it next to Usher on a node and start the LNM with it::
 
@@ -18,6 +21,8 @@ long a start takes; default 0).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +56,13 @@ class _Record:
     def info(self) -> DomainInfo:
         return DomainInfo(id=self.id, name=self.name, spec=self.spec, state=self.state)
 
-    def becomes(self, state: VMState) -> None:
-        self.state = state
-        self.console.append(f"{self.name}: {state.value}\n")
+    def to_json(self) -> dict[str, Any]:
+        return {**vars(self), "spec": self.spec.model_dump(mode="json")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Record:
+        spec, state = VMSpec.model_validate(data["spec"]), VMState(data["state"])
+        return cls(**{**data, "spec": spec, "state": state})
 
 
 class MemoryDriver(Driver):
@@ -74,6 +83,21 @@ class MemoryDriver(Driver):
         self._records: dict[str, _Record] = {}
         self._booting: dict[str, VMSpec] = {}
         """Specs of starts under way: they hold their vCPUs and memory while they boot."""
+        self._path = os.path.join(self.state_dir, "memory-vms.json") if self.state_dir else None
+
+    async def open(self) -> None:
+        """Read the table an earlier driver on this state dir left, if any."""
+        if self._path is None:
+            return
+        os.makedirs(os.path.dirname(self._path), exist_ok=True)
+        try:
+            with open(self._path, encoding="utf-8") as file:
+                records = [_Record.from_json(data) for data in json.load(file)]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DriverError(f"memory driver: cannot read {self._path}: {exc}") from None
+        self._records = {record.id: record for record in records}
 
     # inventory ------------------------------------------------------------------------------
 
@@ -98,18 +122,19 @@ class MemoryDriver(Driver):
         if record is None:
             record = self._records[guest.id] = _Record(guest.id, guest.name, guest.spec)
         record.name, record.spec = guest.name, guest.spec
-        record.becomes(VMState.RUNNING)
+        self._become(record, VMState.RUNNING)
         return record.info()
 
     async def stop(self, vm_id: str, *, timeout: float | None = None, hard: bool = False) -> None:
         record = self._get(vm_id)
         self._require(record, "stop", _ACTIVE)
         await asyncio.sleep(0)
-        record.becomes(VMState.STOPPED)
+        self._become(record, VMState.STOPPED)
 
     async def destroy(self, vm_id: str) -> None:
         await asyncio.sleep(0)
-        self._records.pop(vm_id, None)
+        if self._records.pop(vm_id, None) is not None:
+            self._save()
 
     async def pause(self, vm_id: str) -> None:
         await self._change(vm_id, "pause", VMState.RUNNING, VMState.PAUSED)
@@ -122,6 +147,13 @@ class MemoryDriver(Driver):
 
     async def console_log(self, vm_id: str, *, offset: int = 0) -> bytes:
         return "".join(self._get(vm_id).console).encode()[offset:]
+
+    async def crash(self, vm_id: str) -> None:
+        """Test helper: the guest dies (``error``), and ``on_state_change`` hears of it."""
+        record = self._get(vm_id)
+        self._require(record, "crash", _ACTIVE)
+        self._become(record, VMState.ERROR)
+        await self.on_state_change(vm_id, VMState.ERROR, "crashed")
 
     # helpers --------------------------------------------------------------------------------
 
@@ -140,7 +172,20 @@ class MemoryDriver(Driver):
         record = self._get(vm_id)
         self._require(record, action, frozenset({before}))
         await asyncio.sleep(0)
-        record.becomes(after)
+        self._become(record, after)
+
+    def _become(self, record: _Record, state: VMState) -> None:
+        record.state = state
+        record.console.append(f"{record.name}: {state.value}\n")
+        self._save()
+
+    def _save(self) -> None:
+        """Write the table atomically: a crash leaves the old one or the new one."""
+        if self._path is None:
+            return
+        with open(f"{self._path}.tmp", "w", encoding="utf-8") as file:
+            json.dump([record.to_json() for record in self._records.values()], file)
+        os.replace(f"{self._path}.tmp", self._path)
 
     def _check_fits(self, vm_id: str, spec: VMSpec) -> None:
         held = [r.spec for r in self._records.values() if r.state in _ACTIVE and r.id != vm_id]
