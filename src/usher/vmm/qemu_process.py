@@ -119,6 +119,17 @@ def read_pid(pidfile: str) -> int | None:
         return None
 
 
+async def _end_launched(proc: asyncio.subprocess.Process, pidfile: str) -> None:
+    """Kill a QEMU being launched: the launcher, and the daemon it forked (by its pidfile)."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    pid = read_pid(pidfile)
+    if pid is not None and runs_with(pid, pidfile):
+        kill(pid)
+        await wait_gone(pid, 5.0)
+
+
 async def launch(argv: list[str], *, cwd: str, pidfile: str, log: str | None = None) -> int:
     """Start ``argv`` (a QEMU command line) detached; return the daemon's pid once it is set
     up. Raises :class:`DriverError` with QEMU's own message when it cannot start (from its
@@ -139,15 +150,17 @@ async def launch(argv: list[str], *, cwd: str, pidfile: str, log: str | None = N
         )
     except FileNotFoundError:
         raise DriverError(f"{argv[0]} is not installed (Debian package qemu-system-x86)") from None
+    talk = asyncio.ensure_future(proc.communicate())
     try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), LAUNCH_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        pid = read_pid(pidfile)
-        if pid is not None and runs_with(pid, pidfile):
-            kill(pid)
-        raise DriverError(f"QEMU did not get ready within {LAUNCH_TIMEOUT:g} s") from None
+        done, _ = await asyncio.wait([talk], timeout=LAUNCH_TIMEOUT)
+    except asyncio.CancelledError:  # called off: let QEMU say it runs (or not), then end it
+        await asyncio.wait([talk], timeout=LAUNCH_TIMEOUT)
+        await _end_launched(proc, pidfile)
+        raise
+    if not done:
+        await _end_launched(proc, pidfile)
+        raise DriverError(f"QEMU did not get ready within {LAUNCH_TIMEOUT:g} s")
+    _, stderr = talk.result()
     message = stderr.decode(errors="replace").strip()
     if not message and log is not None:
         with contextlib.suppress(OSError), open(os.path.join(cwd, log), "rb") as file:
