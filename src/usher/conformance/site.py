@@ -155,14 +155,6 @@ class QemuSite(DriverSite):
     """The ``qemu`` driver on the ``tiny`` image; a guest ends when its QEMU is killed."""
 
     settle_seconds: float = 1.0
-    known_failures: dict[str, str] = field(
-        default_factory=lambda: {
-            "test_a_call_called_off_leaves_the_vm_as_it_was_or_would_have_been[migrate]": "a "
-            "migrate called off as the stream completes resumes the guest at the source while "
-            "the target got all of it (settle_incoming then runs it there too), or fails with "
-            "QEMU's disk lock error"
-        }
-    )
     slow_migration: dict[str, Any] = field(default_factory=lambda: {"migrate_bandwidth_mbps": 1})
 
     def host_options(self, host: str, storage: Path) -> dict[str, Any]:
