@@ -4,6 +4,7 @@ under it, the site's own domains beside Usher's, and the XML it writes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from usher.images.tiny import build_tiny
 from usher.model import Image, ImageKind, VMSpec, VMState
-from usher.vmm.base import Guest, load_driver
+from usher.vmm.base import Driver, Guest, load_driver
 from usher.vmm.libvirt_daemon import LibvirtHost, start_libvirt_host
 from usher.vmm.libvirt_xml import Paths, Record, domain_xml, record_of_metadata
 from usher.vmm.qemu_argv import KernelBoot, nics_of
@@ -127,3 +128,56 @@ async def test_a_libvirtd_restart_is_survived_and_site_domains_are_left_alone(
         conn.lookupByName("vm-restart1")
     conn.close()
     await driver.close()
+
+
+async def test_a_migration_libvirtd_finished_while_the_source_lnm_was_away_keeps_the_disk(
+    tmp_path: Path,
+) -> None:
+    """libvirtd carries a peer-to-peer migration on after the source's LNM went away: the
+    source's next driver forgets the VM (its domain migrated), and destroying it there
+    leaves the disk the target's guest runs on."""
+    storage = tmp_path / "storage"
+    image = build_tiny(storage)
+    hosts = [start_libvirt_host(name, tmp_path / name) for name in ("a", "b")]
+    try:
+
+        def opened(host: LibvirtHost, name: str, **extra: object) -> Driver:
+            options = {
+                "uri": host.uri,
+                "migrate_connect": f"qemu+tcp://{{host}}:{host.tcp_port}/system",
+                "storage_dir": str(storage),
+                **extra,
+            }
+            return load_driver("libvirt", state_dir=str(tmp_path / f"lnm-{name}"), options=options)
+
+        source, target = opened(hosts[0], "a", migrate_bandwidth_mbps=8), opened(hosts[1], "b")
+        await source.open()
+        await target.open()
+        guest = Guest(id="vm-away1", name="away", spec=VMSpec(memory_mb=128), image=image)
+        await source.start(guest)
+        uri = await target.prepare_incoming(guest, "127.0.0.1")
+        moving = asyncio.ensure_future(source.migrate(guest.id, uri, timeout=300))
+        conn = hosts[0].connect()
+        while conn.lookupByName(guest.id).jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+            await asyncio.sleep(0.1)
+        await source.close()  # the source's LNM goes away mid-migration
+        while conn.lookupByName(guest.id).isActive():
+            await asyncio.sleep(0.2)
+        conn.close()
+        with contextlib.suppress(Exception):  # its driver is gone: what it says is moot
+            await moving
+
+        again = opened(hosts[0], "a")
+        await again.open()
+        assert await again.list() == []
+        await again.destroy(guest.id)
+        assert (storage / "vms" / guest.id / "disk.qcow2").exists()
+        settled = await target.settle_incoming(guest.id)
+        assert settled is not None and settled.state is VMState.RUNNING
+        await target.destroy(guest.id)
+        assert not (storage / "vms" / guest.id).exists()
+        await again.close()
+        await target.close()
+    finally:
+        for host in hosts:
+            host.stop()

@@ -392,6 +392,17 @@ def virtual_size(path: Path) -> int:
     return int(info["virtual-size"])
 
 
+def disk_in_use(path: Path) -> bool:
+    """Whether a QEMU (on any host of an NFSv4 storage) holds the disk at ``path`` open for
+    writing: its image lock stops ``qemu-img`` from opening it (the check a node makes before
+    it removes disks another node's copy may run on)."""
+    try:
+        qemu_img("info", "--output=json", str(path))
+    except ImageError as exc:
+        return "lock" in str(exc)
+    return False
+
+
 def create_overlay(storage: StrPath, image: Image, vm_id: str, size_gb: int | None = None) -> Path:
     """Create ``<storage>/vms/<vm_id>/disk.qcow2``, a qcow2 overlay on ``image``'s base disk,
     of ``size_gb`` GiB (None: the base disk's size). A size smaller than the base disk's is

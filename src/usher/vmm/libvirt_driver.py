@@ -82,6 +82,8 @@ log = logging.getLogger(__name__)
 
 ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED})
 STARTABLE = frozenset({VMState.STOPPED, VMState.ERROR})
+MAX_NAME = 255
+"""Longest guest name (it is the domain's title, and goes on a kernel command line)."""
 POLL = 0.05
 """Seconds between looks at a guest that is powering off."""
 EXPECTED_END_GRACE = 5.0
@@ -124,7 +126,7 @@ def _ending(event: int, detail: int) -> tuple[VMState, str] | None:
     ):
         return None
     if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED:
-        return VMState.ERROR, "the domain was destroyed outside Usher"
+        return VMState.STOPPED, "powered off outside Usher (virDomainDestroy)"
     return VMState.ERROR, "QEMU ended unexpectedly (crashed or killed)"
 
 
@@ -193,8 +195,13 @@ class LibvirtDriver(Driver):
             raise DriverError(f"libvirt at {self.link.uri}: {exc}") from exc
         for dom in domains:
             record = await self._record_of(dom)
-            if record is not None:
-                self.records[record.id] = record
+            if record is None:
+                continue
+            if await self._migrations.left_meanwhile(dom):
+                log.warning("VM %s migrated away while the LNM was not running", record.id)
+                await self._migrations.forget_source(record.id, dom)
+                continue
+            self.records[record.id] = record
         self._migrations.load()
 
     async def close(self) -> None:
@@ -365,10 +372,16 @@ class LibvirtDriver(Driver):
             self._expected.pop(vm_id, None)
 
     def _lifecycle(self, name: str, event: int, detail: int) -> None:
-        """A domain event from libvirt (in the loop): report an end nobody asked for."""
-        if name not in self.records or name in self._expected:
+        """A domain event from libvirt (in the loop): report an end nobody asked for. An end
+        an operation caused uses up its expectation; a new boot drops what is left of them,
+        so a crash right after an operation is reported all the same."""
+        if name not in self.records or name in self._migrations.incoming:
             return
-        if name in self._migrations.incoming:
+        if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
+            self._expected.pop(name, None)
+            return
+        if event == libvirt.VIR_DOMAIN_EVENT_STOPPED and name in self._expected:
+            self._unexpect(name)
             return
         ending = _ending(event, detail)
         if ending is not None:
@@ -386,6 +399,11 @@ class LibvirtDriver(Driver):
             raise InvalidTransition(guest.id, VMState.MIGRATING, "start")
         if old is not None:
             await self._state(guest.id, "start", STARTABLE)
+        if not guest.name.isprintable() or len(guest.name) > MAX_NAME:
+            raise DriverError(
+                f"cannot start VM {guest.id}: its name must be at most {MAX_NAME} printable "
+                "characters"
+            )
         image: Image | None = guest.image or (old.image if old else None)
         if image is None:
             raise DriverError(
@@ -406,8 +424,9 @@ class LibvirtDriver(Driver):
             except catalog.ImageError as exc:
                 raise DriverError(f"cannot start VM {guest.id}: {exc}") from exc
             old_xml = None
-            if old is not None:
-                old_xml = await self.run(guest.id, "read", (await self.domain(guest.id)).XMLDesc, 0)
+            found = await self.link.lookup(guest.id) if old is not None else None
+            if found is not None:  # (a domain undefined by hand is defined anew)
+                old_xml = await self.run(guest.id, "read", found.XMLDesc, 0)
             try:
                 os.makedirs(self.files.local(guest.id), exist_ok=True)
                 if record.seed:
@@ -513,10 +532,13 @@ class LibvirtDriver(Driver):
             if self.files.never_ran(vm_id):
                 await asyncio.to_thread(catalog.remove_vm_disks, self.files.storage, vm_id)
             return
-        if self.files.holds_lease(vm_id):
-            await asyncio.to_thread(catalog.remove_vm_disks, self.files.storage, vm_id)
-        else:
+        disk = Path(self.files.shared(vm_id, catalog.DISK))
+        if not self.files.holds_lease(vm_id):
             log.info("VM %s: leaving its shared disk to the node that runs it now", vm_id)
+        elif disk.exists() and await asyncio.to_thread(catalog.disk_in_use, disk):
+            log.warning("VM %s: its disk is in use by a QEMU elsewhere: left alone", vm_id)
+        else:
+            await asyncio.to_thread(catalog.remove_vm_disks, self.files.storage, vm_id)
 
     async def fence(self, vm_id: str) -> None:
         """Destroy and undefine the domain here; its shared disks stay. Called off, it still

@@ -45,6 +45,9 @@ def _start_event_thread() -> None:
     global _events_started
     with _events_lock:
         if not _events_started:
+            # errors reach the caller as exceptions; libvirt's default handler also prints
+            # each one (every "domain not found" of a lookup) on stderr
+            libvirt.registerErrorHandler(lambda _context, _error: None, None)
             libvirt.virEventRegisterDefaultImpl()
             threading.Thread(target=_run_events, name="libvirt-events", daemon=True).start()
             _events_started = True

@@ -57,8 +57,9 @@ FLAGS = (
     # directory it cannot classify ("Migration without shared storage is unsafe")
     | libvirt.VIR_MIGRATE_UNSAFE
 )
-ABORT_WAIT = 30.0
-"""Seconds an aborted migration job may take to end."""
+ABORT_WAIT = 10.0
+"""Seconds an aborted migration job may take to end (libvirt may hold it longer against a
+target that does not answer, until its keepalive gives up)."""
 
 
 @dataclass
@@ -104,6 +105,12 @@ def _figures(stats: dict[str, Any], total_ms: float) -> MigrationResult:
         transferred_bytes=int(data) if data is not None else None,
         extra={"libvirt_time_ms": stats.get("time_elapsed")},
     )
+
+
+def _retrieved(job: asyncio.Future[Any]) -> None:
+    """Take a finished job's outcome, so that one nobody awaits any more logs no warning."""
+    if not job.cancelled():
+        job.exception()
 
 
 class Migrations:
@@ -250,12 +257,13 @@ class Migrations:
             await driver.link.call(dom.migrateSetMaxDowntime, self._downtime_ms, 0)
         started = time.monotonic()
         job = driver.link.submit(dom.migrateToURI3, target.connect, params, FLAGS)
+        job.add_done_callback(_retrieved)  # a job given up on may still fail later
         try:
             done, _ = await asyncio.wait([job], timeout=timeout)
         except asyncio.CancelledError:
-            if not await self._call_off(dom, job):
-                raise
-            await self._let_go(vm_id, dom)
+            with contextlib.suppress(DriverError):  # the cancellation goes on, whatever came
+                if await self._call_off(dom, job):
+                    await self._let_go(vm_id, dom)
             raise
         if not done and not await self._call_off(dom, job):
             raise DriverError(f"live migration of VM {vm_id} timed out after {timeout:g} s")
@@ -278,6 +286,20 @@ class Migrations:
         if not job.done():
             raise DriverError(f"VM {dom.name()}: its migration did not end when aborted")
         return job.exception() is None or await self._gone(dom)
+
+    async def left_meanwhile(self, dom: libvirt.virDomain) -> bool:
+        """Whether ``dom`` (found at open) is shut off because it migrated: its libvirtd
+        finished a migration while no LNM ran here, and the guest is the target's. (A domain
+        whose state cannot be read is not taken for gone.)"""
+        try:
+            state, reason = await self._driver.link.call(dom.state)
+        except LibvirtFailure:
+            return False
+        return state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED
+
+    async def forget_source(self, vm_id: str, dom: libvirt.virDomain) -> None:
+        """Undefine the domain a migration left here (its disks are the target's)."""
+        await self._let_go(vm_id, dom)
 
     async def _gone(self, dom: libvirt.virDomain) -> bool:
         """The domain here is off because it migrated (its guest runs on the target)."""
