@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from usher.conformance.hosts import Reports
 from usher.images import catalog
 from usher.images.catalog import vm_dir
 from usher.images.tiny import build_tiny
@@ -48,27 +49,6 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny(storage: Path) -> Image:
     return build_tiny(storage)
-
-
-class Reports:
-    """Records what drivers report through ``on_state_change``."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, VMState, str | None]] = []
-
-    async def __call__(self, vm_id: str, state: VMState, reason: str | None) -> None:
-        self.seen.append((vm_id, state, reason))
-
-    async def next_for(self, vm_id: str, timeout: float) -> tuple[VMState, str | None]:
-        """Wait for a report about ``vm_id`` and take it off the list."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for index, (seen_id, state, reason) in enumerate(self.seen):
-                if seen_id == vm_id:
-                    del self.seen[index]
-                    return state, reason
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no state change reported for {vm_id} within {timeout} s")
 
 
 DriverFactory = Callable[..., Awaitable[QemuDriver]]

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from usher.bounds import NAME_RE
 from usher.images import disk_formats
-from usher.model import Image, ImageKind
+from usher.model import Image, ImageKind, VMSpec
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +447,17 @@ def create_data_disks(storage: StrPath, vm_id: str, sizes_gb: list[int]) -> list
             os.replace(tmp, disk)
         disks.append(disk)
     return disks
+
+
+def create_vm_disks(storage: StrPath, image: Image, vm_id: str, spec: VMSpec) -> None:
+    """A new VM's disks: its root overlay on ``image`` of ``spec.disk_gb`` GiB and its data
+    disks of ``spec.disks``; none of them is left if one cannot be made."""
+    try:
+        create_overlay(storage, image, vm_id, spec.disk_gb)
+        create_data_disks(storage, vm_id, [int(disk["size_gb"]) for disk in spec.disks])
+    except BaseException:
+        remove_vm_disks(storage, vm_id)
+        raise
 
 
 def grow_disk(path: Path, size_gb: int) -> None:

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 from usher.model import Capacity, VMSpec
-from usher.vmm.base import InsufficientCapacity
+from usher.vmm.capacity import require_room
 
 
 class HostCapacity:
@@ -33,13 +33,13 @@ class HostCapacity:
     def claim(self, vm_id: str, spec: VMSpec) -> Iterator[None]:
         """Hold ``spec``'s resources while an operation runs, so concurrent ones cannot
         overbook the host; the caller reserves them for good by changing the VM's state."""
-        free_vcpus = self.total.vcpus - self._used_vcpus
-        free_memory_mb = self.total.memory_mb - self._used_memory_mb
-        if spec.vcpus > free_vcpus or spec.memory_mb > free_memory_mb:
-            raise InsufficientCapacity(
-                f"VM {vm_id} needs {spec.vcpus} vCPUs and {spec.memory_mb} MB, but only "
-                f"{free_vcpus} vCPUs and {free_memory_mb} MB are free on this host"
-            )
+        require_room(
+            vm_id,
+            spec,
+            (),
+            vcpus=self.total.vcpus - self._used_vcpus,
+            memory_mb=self.total.memory_mb - self._used_memory_mb,
+        )
         self.reserve(spec)
         try:
             yield

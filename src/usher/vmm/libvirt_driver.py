@@ -55,11 +55,11 @@ from usher.vmm.base import (
     Driver,
     DriverError,
     Guest,
-    InsufficientCapacity,
     InvalidTransition,
     MigrationResult,
     UnknownVM,
 )
+from usher.vmm.capacity import require_room
 from usher.vmm.libvirt_link import LibvirtFailure, Link, to_the_end
 from usher.vmm.libvirt_migration import Incoming, Migrations
 from usher.vmm.libvirt_xml import (
@@ -298,13 +298,7 @@ class LibvirtDriver(Driver):
                 if other != vm_id and found and self._info(record, found).state in ACTIVE:
                     held[other] = record.spec
             held.pop(vm_id, None)
-            free_vcpus = self._vcpus - sum(s.vcpus for s in held.values())
-            free_memory_mb = self._memory_mb - sum(s.memory_mb for s in held.values())
-            if spec.vcpus > free_vcpus or spec.memory_mb > free_memory_mb:
-                raise InsufficientCapacity(
-                    f"VM {vm_id} needs {spec.vcpus} vCPUs and {spec.memory_mb} MB, but only "
-                    f"{free_vcpus} vCPUs and {free_memory_mb} MB are free on this host"
-                )
+            require_room(vm_id, spec, held.values(), vcpus=self._vcpus, memory_mb=self._memory_mb)
             self._claims[vm_id] = spec
         try:
             yield
@@ -420,7 +414,10 @@ class LibvirtDriver(Driver):
         async with self.claim(guest.id, guest.spec):
             disk_was_there = self.files.has_disk(guest.id)
             try:
-                await asyncio.to_thread(self._create_disks, record, disk_was_there)
+                if not disk_was_there:
+                    await asyncio.to_thread(
+                        catalog.create_vm_disks, self.files.storage, image, guest.id, guest.spec
+                    )
             except catalog.ImageError as exc:
                 raise DriverError(f"cannot start VM {guest.id}: {exc}") from exc
             old_xml = None
@@ -444,20 +441,6 @@ class LibvirtDriver(Driver):
             self.records[guest.id] = record
             self.files.take_lease(guest.id)
         return await self.info(guest.id)
-
-    def _create_disks(self, record: Record, disk_was_there: bool) -> None:
-        """A new VM's disks (as the qemu driver makes them)."""
-        if disk_was_there:
-            return
-        storage = self.files.storage
-        try:
-            catalog.create_overlay(storage, record.image, record.id, record.spec.disk_gb)
-            catalog.create_data_disks(
-                storage, record.id, [int(disk["size_gb"]) for disk in record.spec.disks]
-            )
-        except BaseException:
-            catalog.remove_vm_disks(storage, record.id)
-            raise
 
     async def _undo_start(self, vm_id: str, old_xml: str | None, disk_was_there: bool) -> None:
         """Leave a VM whose start failed (or was called off) as it was: off, its earlier

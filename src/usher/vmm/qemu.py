@@ -57,7 +57,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from usher.images import catalog
-from usher.model import LEASE_HELD, Capability, Image, Snapshot, VMState
+from usher.model import LEASE_HELD, Capability, Snapshot, VMState
 from usher.vmm import qemu_process as proc
 from usher.vmm.base import DomainInfo, Driver, DriverError, Guest, MigrationResult
 from usher.vmm.qemu_accel import DEFAULT_BINARY, detect_accel
@@ -228,7 +228,10 @@ class QemuDriver(Driver):
         with self._guests.claim(guest.id, guest.spec):
             disk_was_there = self._files.has_disk(guest.id)
             try:
-                await asyncio.to_thread(self._create_disks, guest, image, disk_was_there)
+                if not disk_was_there:  # one it has keeps what it holds; a lost data disk
+                    await asyncio.to_thread(  # is not made anew, blank: QEMU says it lacks it
+                        catalog.create_vm_disks, self._files.storage, image, guest.id, guest.spec
+                    )
             except catalog.ImageError as exc:
                 raise DriverError(f"cannot start VM {guest.id}: {exc}") from exc
             if old is not None:
@@ -252,22 +255,6 @@ class QemuDriver(Driver):
             self._domains[guest.id] = dom
             self._files.take_lease(guest.id)
         return dom.info()
-
-    def _create_disks(self, guest: Guest, image: Image, disk_was_there: bool) -> None:
-        """A new VM's disks: its root overlay of ``spec.disk_gb`` GiB and its data disks.
-        A VM that has its root disk already keeps what it has (a data disk that went
-        missing is not made anew, blank: QEMU then says which file it lacks)."""
-        storage = self._files.storage
-        if disk_was_there:
-            return
-        try:
-            catalog.create_overlay(storage, image, guest.id, guest.spec.disk_gb)
-            catalog.create_data_disks(
-                storage, guest.id, [int(disk["size_gb"]) for disk in guest.spec.disks]
-            )
-        except BaseException:
-            catalog.remove_vm_disks(storage, guest.id)
-            raise
 
     async def stop(self, vm_id: str, *, timeout: float | None = None, hard: bool = False) -> None:
         """ACPI power button, then ``quit`` (and SIGKILL) if the guest is not off in time.

@@ -16,11 +16,11 @@ from usher.vmm import qemu_process as proc
 from usher.vmm.base import (
     DriverError,
     Guest,
-    InsufficientCapacity,
     InvalidTransition,
     StateCallback,
     UnknownVM,
 )
+from usher.vmm.capacity import require_room
 from usher.vmm.qemu_argv import Nic, bridge_of, kernel_boot, qemu_argv, tap_name
 from usher.vmm.qemu_domain import LIVE, Domain, ending
 from usher.vmm.qemu_files import (
@@ -93,13 +93,7 @@ class Guests:
         overbook the host; a booted VM holds them by being live."""
         held = [d.spec for d in self.domains.values() if d.state in LIVE and d.id != vm_id]
         held += self._claims.values()
-        free_vcpus = self._vcpus - sum(s.vcpus for s in held)
-        free_memory_mb = self._memory_mb - sum(s.memory_mb for s in held)
-        if spec.vcpus > free_vcpus or spec.memory_mb > free_memory_mb:
-            raise InsufficientCapacity(
-                f"VM {vm_id} needs {spec.vcpus} vCPUs and {spec.memory_mb} MB, but only "
-                f"{free_vcpus} vCPUs and {free_memory_mb} MB are free on this host"
-            )
+        require_room(vm_id, spec, held, vcpus=self._vcpus, memory_mb=self._memory_mb)
         self._claims[vm_id] = spec
         try:
             yield
