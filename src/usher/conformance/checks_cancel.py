@@ -167,6 +167,9 @@ async def _resume(bench: Bench, delay: float) -> None:
 @case("reboot", Capability.REBOOT)
 async def _reboot(bench: Bench, delay: float) -> None:
     await bench.ensure(VMState.RUNNING)
+    # up first (its heartbeat rises): a reset in the middle of a boot tests the guest (a TCG
+    # guest reset while it loads its kernel may hang), not the driver
+    await alive(bench.site, bench.here, bench.guest.id, timeout=bench.site.boot_timeout)
     await call_off(bench.here.reboot(bench.guest.id), delay)
     one_of(await bench.state(), VMState.RUNNING)
 

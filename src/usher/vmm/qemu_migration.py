@@ -35,6 +35,8 @@ SWITCHOVER = _MIGRATION_OVER | {"pre-switchover"}
 """Where the source stops following a migration to decide: go on (``migrate-continue``), or
 call it off while the target cannot have the guest yet."""
 POLL = 0.005
+SETTLE_WAIT = 5.0
+"""Seconds a target being settled may take to load the rest of a stream still coming in."""
 
 
 class Migrations:
@@ -208,10 +210,7 @@ class Migrations:
         dom = self._guests.get(vm_id)
         if not dom.incoming:
             raise InvalidTransition(vm_id, dom.state, "settle incoming migration of")
-        status = None
-        if not dom.exited.is_set():
-            with contextlib.suppress(MonitorError, DriverError):
-                status = (await self._guests.monitor(dom).execute("query-status"))["status"]
+        status = await self._arrival(dom)
         if status in ("running", "paused"):
             return await self.finish_incoming(vm_id)
         await self.abort_incoming(vm_id)
@@ -252,6 +251,26 @@ class Migrations:
         await self._guests.halt(dom)
         del self._guests.domains[dom.id]
         shutil.rmtree(self._files.local(dom.id), ignore_errors=True)
+
+    async def _arrival(self, dom: Domain) -> str | None:
+        """The incoming QEMU's run state once its migration stream is over: a source reports
+        "completed" once it has sent everything, a moment before the target has loaded it,
+        so a stream still coming in is waited for (up to :data:`SETTLE_WAIT` s). None once
+        QEMU is gone."""
+        deadline = asyncio.get_running_loop().time() + SETTLE_WAIT
+        while not dom.exited.is_set():
+            try:
+                monitor = self._guests.monitor(dom)
+                status = str((await monitor.execute("query-status"))["status"])
+                if status != "inmigrate" or asyncio.get_running_loop().time() > deadline:
+                    return status
+                incoming = (await monitor.execute("query-migrate")).get("status")
+            except DriverError:
+                return None
+            if incoming not in ("active", "device", "completed"):
+                return status  # nothing is coming in
+            await asyncio.sleep(POLL)
+        return None
 
     async def _keep_running(self, dom: Domain) -> None:
         """After a failed migration QEMU resumes the guest itself; make sure it did."""
