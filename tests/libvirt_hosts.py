@@ -3,6 +3,7 @@ pair, each in a network namespace of its own, as two hosts."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -13,8 +14,10 @@ from netns import two_hosts
 from usher.vmm.libvirt_daemon import LibvirtHost, start_libvirt_host
 
 PAIR_PREFIX = "usher-lv"
-PAIR_SUBNET = "10.213.21"
-"""The bridge and subnet of :func:`libvirt_pair` (other tests use 10.213.7 and 10.213.9)."""
+PAIR_SUBNETS = itertools.count(21)
+"""The third octet of each :func:`libvirt_pair`'s subnet, ``10.213.N`` (other tests use
+10.213.7 and 10.213.9): every module that imports the fixture gets a pair of its own, and
+two bridges of one subnet would leave this host reaching one pair's daemons for the other's."""
 
 
 @pytest.fixture(scope="session")
@@ -34,10 +37,10 @@ class LibvirtPair(NamedTuple):
 @pytest.fixture(scope="session")
 def libvirt_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibvirtPair]:
     """Two libvirt daemons, ``a`` and ``b``, each in a network namespace of its own (see
-    :func:`netns.two_hosts`: bridge ``usher-lvXXXX-br`` at ``10.213.21.1``, ``a`` at ``.2``,
+    :func:`netns.two_hosts`: bridge ``usher-lvXXXX-br`` at ``10.213.N.1``, ``a`` at ``.2``,
     ``b`` at ``.3``), listening on its namespace's address."""
     suffix = uuid.uuid4().hex[:4]
-    with two_hosts(f"{PAIR_PREFIX}{suffix}", PAIR_SUBNET) as (_, hosts):
+    with two_hosts(f"{PAIR_PREFIX}{suffix}", f"10.213.{next(PAIR_SUBNETS)}") as (_, hosts):
         (ns_a, addr_a), (ns_b, addr_b) = hosts.items()
         root = tmp_path_factory.mktemp("libvirt-pair")
         with (
