@@ -43,6 +43,7 @@ import shutil
 import socket
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,15 @@ def _ending(event: int, detail: int) -> tuple[VMState, str] | None:
     return VMState.ERROR, "QEMU ended unexpectedly (crashed or killed)"
 
 
+@dataclass(eq=False)
+class Expectation:
+    """An operation's end of a guest, expected until its event comes (or for
+    :data:`EXPECTED_END_GRACE` s after the operation, if none does)."""
+
+    done: bool = False
+    """The operation is over (a new boot of the guest drops what it expected)."""
+
+
 class LibvirtDriver(Driver):
     """Guests as persistent libvirt domains; see the module documentation for the options."""
 
@@ -169,7 +179,7 @@ class LibvirtDriver(Driver):
         self.records: dict[str, Record] = {}
         self._claims: dict[str, VMSpec] = {}
         self._claim_lock = asyncio.Lock()
-        self._expected: dict[str, int] = {}
+        self._expected: dict[str, list[Expectation]] = {}
         self._reports: set[asyncio.Future[None]] = set()
         self._consoles = Consoles(self.files)
         self._migrations = Migrations(
@@ -352,17 +362,23 @@ class LibvirtDriver(Driver):
     def expecting_end(self, vm_id: str) -> Any:
         """While this runs (and shortly after), the guest's end is the caller's doing: its
         lifecycle event reports nothing."""
-        self._expected[vm_id] = self._expected.get(vm_id, 0) + 1
+        token = Expectation()
+        self._expected.setdefault(vm_id, []).append(token)
         try:
             yield
         finally:
-            asyncio.get_running_loop().call_later(EXPECTED_END_GRACE, self._unexpect, vm_id)
+            token.done = True
+            loop = asyncio.get_running_loop()
+            loop.call_later(EXPECTED_END_GRACE, self._unexpect, vm_id, token)
 
-    def _unexpect(self, vm_id: str) -> None:
-        left = self._expected.get(vm_id, 0) - 1
-        if left > 0:
-            self._expected[vm_id] = left
-        else:
+    def _unexpect(self, vm_id: str, token: Expectation | None = None) -> None:
+        """Drop ``token`` (None: the oldest expectation, which an end used up)."""
+        tokens = self._expected.get(vm_id, [])
+        if token is None and tokens:
+            tokens.pop(0)
+        elif token in tokens:
+            tokens.remove(token)
+        if not tokens:
             self._expected.pop(vm_id, None)
 
     def _lifecycle(self, name: str, event: int, detail: int) -> None:
@@ -371,8 +387,10 @@ class LibvirtDriver(Driver):
         so a crash right after an operation is reported all the same."""
         if name not in self.records or name in self._migrations.incoming:
             return
-        if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
-            self._expected.pop(name, None)
+        if event == libvirt.VIR_DOMAIN_EVENT_STARTED:  # what finished operations expected
+            left = [token for token in self._expected.get(name, []) if not token.done]
+            self._expected[name] = left
+            self._unexpect(name, Expectation())  # (drops the entry if none is left)
             return
         if event == libvirt.VIR_DOMAIN_EVENT_STOPPED and name in self._expected:
             self._unexpect(name)
