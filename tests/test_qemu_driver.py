@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from usher.conformance.hosts import Reports
+from usher.conformance.hosts import Reports, wait_console
 from usher.images import catalog
 from usher.images.catalog import vm_dir
 from usher.images.tiny import build_tiny
@@ -114,16 +114,7 @@ async def wait_for_text(
     driver: QemuDriver, vm_id: str, pattern: str, offset: int = 0, timeout: float = BOOT_TIMEOUT
 ) -> str:
     """The console from ``offset`` once ``pattern`` (a regex) shows in it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = await console(driver, vm_id, offset)
-        if re.search(pattern, text):
-            return text
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{pattern!r} not on the console within {timeout} s: {text[-500:]}"
-            )
-        await asyncio.sleep(0.1)
+    return await wait_console(driver, vm_id, pattern, offset=offset, timeout=timeout)
 
 
 async def beat_after(driver: QemuDriver, vm_id: str, beat: int) -> int:
