@@ -271,7 +271,19 @@ class LibvirtDriver(Driver):
         record = incoming.record if incoming else self.records.get(vm_id)
         if record is None:
             raise UnknownVM(vm_id)
-        return self._info(record, (await self._stats()).get(vm_id))
+        return self._info(record, await self._stats_of(vm_id))
+
+    async def _stats_of(self, vm_id: str) -> dict[str, Any] | None:
+        """One domain's libvirt state, reason and CPU time (None: libvirt has no such
+        domain): two short calls, where :meth:`_stats` reads every domain of the host."""
+        dom = await self.link.lookup(vm_id)
+        if dom is None:
+            return None
+        try:
+            found = await self.link.call(self.link.conn.domainListGetStats, [dom], STATS, 0)
+        except LibvirtFailure as exc:
+            raise DriverError(f"libvirt at {self.link.uri}: {exc}") from exc
+        return found[0][1] if found else None
 
     async def _state(self, vm_id: str, action: str, allowed: frozenset[VMState]) -> VMState:
         """The VM's state, if it is one of ``allowed``; InvalidTransition otherwise."""
