@@ -20,6 +20,7 @@ from usher.ctrl.nodecreds import NodeCredentials
 from usher.ctrl.nodes import NodeLink, NodeRegistry
 from usher.ctrl.plugins import PluginError, PluginHost
 from usher.ctrl.ratelimit import Window
+from usher.ctrl.statelock import StateLock
 from usher.ctrl.store import Store
 from usher.ctrl.tokens import issue_token
 from usher.ctrl.usage import UsageHistory
@@ -68,9 +69,11 @@ class Controller:
         self._rejoin: asyncio.Task[None] | None = None
         self.first_admin_token: str | None = None
         self.node_refusals = Window(limit=100)  # refused and malformed node messages
+        self.state_lock = StateLock(settings.state_dir, "a controller")
 
     async def start(self) -> None:
         _private(self.settings.state_dir)
+        self.state_lock.acquire()  # one controller on a state dir; none during a restore
         quarantined = await self.store.open()
         await self.metrics.start()
         were_up = await self.nodes.load()
@@ -118,6 +121,7 @@ class Controller:
         await self.plugins.stop()
         await self.metrics.stop()
         await self.store.close()
+        self.state_lock.release()
 
     async def _bootstrap_admin_token(self) -> None:
         """At first start: an admin token, written to a file only (never to the log)."""
