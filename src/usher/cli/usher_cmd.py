@@ -12,6 +12,7 @@ import click
 from usher import gctune, logsafe
 from usher.bounds import MAX_LINK_MESSAGE
 from usher.cli.admin_cmd import admin_token
+from usher.cli.backup_cmd import backup, restore
 from usher.cli.image_cmd import image
 from usher.cli.local import local
 from usher.cli.node_cmd import node
@@ -279,6 +280,8 @@ main.add_command(local)
 main.add_command(admin_token)
 main.add_command(image)
 main.add_command(node)
+main.add_command(backup)
+main.add_command(restore)
 
 
 if __name__ == "__main__":
