@@ -154,3 +154,23 @@ def test_no_role_no_access(world: dict[str, Any]) -> None:
     nobody = world["cluster"].issue_token("nobody", [])
     response = world["cluster"].http("GET", "/v1/vms", token=nobody)
     assert response.status_code == 403
+
+
+def test_cluster_create_fires_once_per_cluster(world: dict[str, Any]) -> None:
+    """Made by a PUT (asked twice) or by a first start: one ``cluster_create`` each, naming the
+    owner; a cluster that existed already gives none."""
+    cluster: Cluster = world["cluster"]
+    bob = cluster.client(world["tokens"][BOB])
+    for _ in range(2):
+        assert bob.request("PUT", "/clusters/made-by-put")["owner"] == BOB
+    cluster.run(bob.create_vms(count=1, cluster="made-by-start"))
+    cluster.run(bob.create_vms(count=1, cluster="made-by-start"))
+    cluster.run(bob.create_vms(count=1, cluster="made-by-put"))
+    events = call(world, ADMIN, "GET", "/v1/events?name=cluster_create&limit=1000").json()["items"]
+    made = sorted((e["data"]["cluster"], e["data"]["owner"], e["principal"]) for e in events)
+    assert made == [
+        ("a", "alice", "alice"),
+        ("b", BOB, BOB),
+        ("made-by-put", BOB, BOB),
+        ("made-by-start", BOB, BOB),
+    ]

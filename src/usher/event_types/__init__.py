@@ -80,14 +80,17 @@ EVENTS: dict[str, type[BaseModel]] = {
     "user_delete": plugins.UserChange,
     "key_add": plugins.KeyChange,
     "key_remove": plugins.KeyChange,
+    "cluster_create": plugins.ClusterCreate,
     "cluster_member_add": plugins.ClusterMember,
     "cluster_member_remove": plugins.ClusterMember,
+    "ldap_failure": plugins.LdapFailure,
     "ha_protect": plugins.HAProtect,
     "ha_unprotect": plugins.HAProtect,
     "ha_restart": plugins.HARestart,
     "ha_failure": plugins.HAFailure,
     "script_failure": plugins.ScriptFailure,
     "webhook_failure": plugins.WebhookFailure,
+    "dns_failure": plugins.DnsFailure,
 }
 """Every event name, with the model of its ``data``."""
 

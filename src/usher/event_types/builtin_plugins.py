@@ -66,6 +66,24 @@ class ClusterMember(Payload):
     user: str
 
 
+class ClusterCreate(Payload):
+    """Plugin ``authz``: a virtual cluster was made (``PUT /v1/clusters/{name}`` or the first
+    start into it), once per cluster; the event's principal is its owner.
+    ``ldap_clusters`` makes its directory branch."""
+
+    sets = ("principal",)
+    cluster: str
+    owner: str
+
+
+class LdapFailure(Payload):
+    """Plugin ``ldap_clusters``: a virtual cluster's directory branch could not be brought up
+    to date (the change itself stands); retried every ``retry_interval`` until it is."""
+
+    cluster: str
+    error: str
+
+
 class HAProtect(Payload):
     """Plugin ``ha``: a virtual cluster was protected or no longer is."""
 
@@ -110,3 +128,20 @@ class WebhookFailure(Payload):
     url: str
     event: str
     error: str
+
+
+class DnsFailure(Payload):
+    """Plugin ``dns``: an update of the site's nameserver failed and is retried
+    (``retry_in``), or cannot be made at all (a name that is no DNS name, or in no zone
+    configured: ``retry_in`` None). The VM's operation is not affected."""
+
+    sets = ("vm_id",)
+    name: str = Field(description="the DNS name of the record set")
+    type: str = Field(description="`A`, `AAAA` or `PTR`")
+    action: str = Field(description="`add` or `remove`")
+    error: str
+    attempts: int = Field(description="failed tries of this update so far")
+    retry_in: float | None = Field(description="seconds until it is tried again")
+    waiting: int = Field(
+        description="updates this failure put off (an unreachable server: all due)"
+    )

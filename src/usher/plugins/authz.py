@@ -10,6 +10,8 @@ per-cluster LDAP groups of the original did):
 ``PUT /v1/clusters/{name}/members/{user}``,
 ``DELETE /v1/clusters/{name}/members/{user}``; ``ush cluster
 create|show|add-member|remove-member``.
+Events: ``cluster_create`` (once per cluster, however it was made), ``cluster_member_add``,
+``cluster_member_remove``.
 Guests of a cluster whose image runs cloud-init get an account for each member, with their
 SSH keys, and sudo for the cluster's administrator (hook ``guest_config``).
 
@@ -118,6 +120,24 @@ class Authorization:
 
         return await self.ctx.atomically(PLUGIN, apply)
 
+    async def _create(self, name: str, who: Principal) -> ClusterInfo:
+        """Cluster ``name`` as it is, made with ``who`` as its owner if there was none;
+        ``cluster_create`` fires once, for the call that made it."""
+        made = False
+
+        def create(old: ClusterInfo | None) -> ClusterInfo | None:
+            nonlocal made
+            made = old is None  # the change may run again: the last run's answer counts
+            return ClusterInfo(name=name, owner=who.name) if made else None
+
+        info = await self._change(name, create)
+        assert info is not None
+        if made:
+            await self.ctx.emit(
+                "cluster_create", principal=who.name, data={"cluster": name, "owner": who.name}
+            )
+        return info
+
     async def clusters_of(self, user: str) -> list[str]:
         """Virtual clusters ``user`` administers or is a member of."""
         return list((await self.ctx.get(PLUGIN, "member-index", {})).get(user, []))
@@ -190,11 +210,7 @@ class Authorization:
             return
         who = request.principal
 
-        def create(old: ClusterInfo | None) -> ClusterInfo | None:
-            return ClusterInfo(name=name, owner=who.name) if old is None else None
-
-        info = await self._change(name, create)
-        assert info is not None
+        info = await self._create(name, who)
         if not self._sees_all(who) and who.name not in (info.owner, *info.members):
             raise Veto(f"virtual cluster {name} belongs to {info.owner}; ask to become a member")
 
@@ -228,12 +244,7 @@ class Authorization:
             """Make a virtual cluster the caller administers before any VM is in it (so
             members can be added first); one the caller already has is left as it is."""
 
-            def creating(old: ClusterInfo | None) -> ClusterInfo | None:
-                return ClusterInfo(name=name, owner=principal.name) if old is None else None
-
-            await self._change(name, creating)
-            info = await self.cluster(name)
-            assert info is not None
+            info = await self._create(name, principal)
             if info.owner != principal.name and not self._sees_all(principal):
                 raise RequestError(409, f"virtual cluster {name} belongs to {info.owner}")
             return info
