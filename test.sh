@@ -62,6 +62,8 @@ apt_install libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
 # the debian image tests build it with mmdebstrap (cached in /var/cache/usher-ci) and read
 # its root file system with debugfs
 apt_install mmdebstrap e2fsprogs
+# the dns plugin's tests start a BIND 9 of their own (named -g, a tmp dir, a free port)
+apt_install bind9 bind9-dnsutils
 
 say "pytest $*"
 exec "$USHER_VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,239 @@
+"""The ``dns`` plugin against a real BIND 9 (``tests/bind_server.py``): VMs started through a
+real controller with ``ipam`` get A and PTR records that real lookups answer, lose them when
+renamed or destroyed; a nameserver that is down, restarted or holds another key never fails
+a VM's operation, gives ``dns_failure`` events, and gets the updates later on its own, also
+across a controller restart."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from bind_server import KEY_NAME, Bind
+from harness import Cluster, wait_for
+from usher.model import OpStatus
+from usher.plugins.dns_config import DnsConfig
+from usher.plugins.dns_names import BadName, changes, reverse_name, vm_names, zone_of
+from usher.plugins.dns_pending import Change, Names
+
+FORWARD = "usher.test"
+REVERSE = "9.213.10.in-addr.arpa"
+IPAM = {
+    "domain": FORWARD,
+    "ranges": [
+        {
+            "name": "lab",
+            "network": "10.213.9.0/24",
+            "first": "10.213.9.10",
+            "last": "10.213.9.60",
+            "gateway": "10.213.9.1",
+            "bridge": "usher-t-dns",
+        }
+    ],
+}
+FAST = {"timeout": 1.0, "retry_interval": 0.2, "retry_max": 1.0, "ttl": 30}
+SECRET = base64.b64encode(b"k" * 32).decode()
+
+
+@pytest.fixture
+def bind(tmp_path: Path) -> Iterator[Bind]:
+    server = Bind(tmp_path / "bind", FORWARD, REVERSE)
+    server.start()
+    yield server
+    server.stop()
+
+
+def dns_table(bind: Bind, **extra: Any) -> dict[str, Any]:
+    return {
+        "server": "127.0.0.1",
+        "port": bind.port,
+        "domain": FORWARD,
+        "reverse_zones": [REVERSE],
+        **FAST,
+        **extra,
+    }
+
+
+def with_dns(make_cluster: Callable[..., Cluster], table: dict[str, Any]) -> Cluster:
+    return make_cluster(
+        nodes=1,
+        plugins=["event_check:EventCheck", "ipam", "dns"],
+        plugin_tables={"ipam": IPAM, "dns": table},
+    )
+
+
+def ok(cluster: Cluster, op: Any) -> list[str]:
+    done = cluster.run(op)
+    assert done.status == OpStatus.SUCCEEDED, done.error
+    return done.targets
+
+
+def failures(cluster: Cluster, check: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The ``dns_failure`` events' data that pass ``check``, once there is one."""
+    client = cluster.client()
+
+    def found() -> list[dict[str, Any]]:
+        return [e.data for e in client.iter_events(name="dns_failure") if check(e.data)]
+
+    return wait_for("a dns_failure event", found, timeout=20)
+
+
+def resolves(bind: Bind, name: str, rdtype: str, expected: list[str] | None) -> None:
+    wait_for(
+        f"{rdtype} {name} to be {expected}",
+        lambda: bind.resolve(name, rdtype) == expected,
+        timeout=20,
+    )
+
+
+def no_wrong_events(cluster: Cluster) -> None:
+    assert cluster.http("GET", "/v1/event-check").json()["wrong"] == []
+
+
+def test_records_follow_the_vms(bind: Bind, make_cluster: Callable[..., Cluster]) -> None:
+    cluster = with_dns(make_cluster, dns_table(bind, key_file=str(bind.key_file)))
+    client = cluster.client()
+    vms = [client.get_vm(i) for i in ok(cluster, client.create_vms(count=3, cluster="web"))]
+    for vm in vms:
+        fqdn = f"{vm.name}.web.{FORWARD}."
+        resolves(bind, fqdn, "A", vm.addresses)
+        resolves(bind, reverse_name(vm.addresses[0]), "PTR", [fqdn])
+    first = vms[0]
+    assert bind.dig(f"{first.name}.web.{FORWARD}") == first.addresses[0]  # what dig sees
+    assert bind.dig("-x", first.addresses[0]) == f"{first.name}.web.{FORWARD}."
+
+    (solo,) = [client.get_vm(i) for i in ok(cluster, client.create_vms(names=["solo"]))]
+    resolves(bind, f"solo.{FORWARD}.", "A", solo.addresses)
+
+    client.change_vm(first.id, name="front")
+    resolves(bind, f"front.web.{FORWARD}.", "A", first.addresses)
+    resolves(bind, reverse_name(first.addresses[0]), "PTR", [f"front.web.{FORWARD}."])
+    resolves(bind, f"{first.name}.web.{FORWARD}.", "A", None)
+
+    # a name that is no DNS label: the VM runs, an event says why it has no record
+    (odd,) = ok(cluster, client.create_vms(names=["odd_name"], cluster="web"))
+    assert client.get_vm(odd).state == "running"
+    (event,) = failures(cluster, lambda d: d["name"].startswith("odd_name"))
+    assert event["retry_in"] is None and event["action"] == "add"
+    assert "'odd_name' is not a DNS label" in event["error"]
+
+    ok(cluster, client.destroy(cluster="web"))
+    for vm in vms:
+        resolves(bind, reverse_name(vm.addresses[0]), "PTR", None)
+    for name in ("front", vms[1].name, vms[2].name):
+        resolves(bind, f"{name}.web.{FORWARD}.", "A", None)
+    assert bind.resolve(f"solo.{FORWARD}.", "A") == solo.addresses
+    no_wrong_events(cluster)
+
+
+def test_a_nameserver_away_never_fails_a_vm_and_gets_its_updates_later(
+    bind: Bind, make_cluster: Callable[..., Cluster]
+) -> None:
+    cluster = with_dns(make_cluster, dns_table(bind, key_name=KEY_NAME, key_secret=bind.secret))
+    client = cluster.client()
+    bind.stop()
+    late, gone = ok(cluster, client.create_vms(names=["late", "gone"], cluster="web"))
+    down = failures(cluster, lambda d: "unreachable" in d["error"])
+    assert down[0]["retry_in"] > 0 and down[0]["waiting"] >= 1
+    assert f"127.0.0.1:{bind.port}" in down[0]["error"]
+    ok(cluster, client.destroy([gone]))  # its add, never made, is superseded by its removal
+    bind.start()
+    late_vm = client.get_vm(late)
+    resolves(bind, f"late.web.{FORWARD}.", "A", late_vm.addresses)
+    resolves(bind, reverse_name(late_vm.addresses[0]), "PTR", [f"late.web.{FORWARD}."])
+    assert bind.resolve(f"gone.web.{FORWARD}.", "A") is None
+
+    # pending updates survive a controller restart
+    bind.stop()
+    (after,) = ok(cluster, client.create_vms(names=["after"], cluster="web"))
+    failures(cluster, lambda d: d["name"] == f"after.web.{FORWARD}.")
+    cluster.kill_ctrl()
+    bind.start()
+    cluster.start_ctrl()
+    resolves(bind, f"after.web.{FORWARD}.", "A", cluster.client().get_vm(after).addresses)
+    no_wrong_events(cluster)
+
+
+def test_a_wrong_tsig_secret_is_an_event_and_is_retried(
+    bind: Bind, make_cluster: Callable[..., Cluster]
+) -> None:
+    cluster = with_dns(make_cluster, dns_table(bind, key_name=KEY_NAME, key_secret=SECRET))
+    client = cluster.client()
+    (vm,) = ok(cluster, client.create_vms(names=["keyed"], cluster="web"))
+    assert client.get_vm(vm).state == "running"
+    again = failures(cluster, lambda d: d["name"] == f"keyed.web.{FORWARD}." and d["attempts"] >= 2)
+    assert "(BADSIG): its secret is not the server's" in again[0]["error"]
+    assert again[0]["retry_in"] > 0
+    assert bind.resolve(f"keyed.web.{FORWARD}.", "A") is None
+    no_wrong_events(cluster)
+
+
+# --- the parts, without servers ---------------------------------------------------------
+
+
+def test_names_of_a_vm_and_what_changes() -> None:
+    names = vm_names("Web-1", "lab", "usher.test", ["10.0.0.2"])
+    assert names == Names("web-1.lab.usher.test.", ("10.0.0.2",))
+    assert vm_names("solo", None, "usher.test.", ["10.0.0.3"]).fqdn == "solo.usher.test."
+    for bad in ("web_1", "a.b", "-x", "x-", "y" * 64):
+        with pytest.raises(BadName, match="is not a DNS label"):
+            vm_names(bad, None, "usher.test", ["10.0.0.2"])
+    with pytest.raises(BadName, match="cluster name 'my_cluster'"):
+        vm_names("ok", "my_cluster", "usher.test", ["10.0.0.2"])
+    renamed = Names("front.lab.usher.test.", ("10.0.0.2",))
+    assert changes("vm-1", names, renamed) == [
+        Change("A", "web-1.lab.usher.test.", (), "vm-1"),
+        Change("A", "front.lab.usher.test.", ("10.0.0.2",), "vm-1"),
+        Change("PTR", "2.0.0.10.in-addr.arpa.", ("front.lab.usher.test.",), "vm-1"),
+    ]
+    assert changes("vm-1", names, names) == []
+    assert changes("vm-1", names, None) == [
+        Change("A", "web-1.lab.usher.test.", (), "vm-1"),
+        Change("PTR", "2.0.0.10.in-addr.arpa.", (), "vm-1"),
+    ]
+    assert zone_of("a.b.usher.test.", ["usher.test.", "b.usher.test."]) == "b.usher.test."
+    assert zone_of("a.other.", ["usher.test."]) is None
+
+
+def test_a_key_file_from_tsig_keygen(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.conf"
+    keys.write_text(
+        f'key "one" {{\n\talgorithm hmac-sha512;\n\tsecret "{SECRET}";\n}};\n'
+        f'key "two" {{ algorithm hmac-sha256; secret "{SECRET}"; }};\n'
+    )
+    config = DnsConfig.model_validate(
+        {"server": "127.0.0.1", "key_file": str(keys), "key_name": "two"}
+    )
+    assert (config.key_name, config.key_algorithm) == ("two", "hmac-sha256")
+    with pytest.raises(ValidationError, match="holds several keys \\(one, two\\): set key_name"):
+        DnsConfig.model_validate({"server": "127.0.0.1", "key_file": str(keys)})
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"key_secret": None}, "a TSIG key is needed: key_name and key_secret, or key_file"),
+        ({"key_secret": "not base64!"}, "the TSIG secret is not base64"),
+        (
+            {"key_secret": None, "key_file": "/nonexistent/key"},
+            "cannot read TSIG key file /nonexistent/key",
+        ),
+        ({"key_algorithm": "rot13"}, "key_algorithm"),
+        ({"server": "ns.example.org"}, "server"),
+        ({"port": 0}, "port"),
+        ({"domain": "usher.test", "forward_zones": ["other.test"]}, "in none of the forward"),
+        ({"reverse_zones": ["usher.test"]}, "not under in-addr.arpa or ip6.arpa"),
+        ({"retry_interval": 60, "retry_max": 10}, "retry_max is shorter than retry_interval"),
+        ({"ttl": -1}, "ttl"),
+        ({"zone": "x"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_configs_are_refused(change: dict[str, Any], error: str) -> None:
+    good = {"server": "127.0.0.1", "key_name": "k", "key_secret": SECRET}
+    with pytest.raises(ValidationError, match=error):
+        DnsConfig.model_validate({**good, **change})
