@@ -84,7 +84,7 @@ class Manifest:
 def safe_name(name: str) -> PurePosixPath:
     """``name`` as a relative path that stays where it is put, or :class:`BadBackup`."""
     path = PurePosixPath(name)
-    if path.is_absolute() or not path.parts or any(p in ("..", ".", "") for p in path.parts):
+    if path.is_absolute() or path.as_posix() != name or ".." in path.parts:
         raise BadBackup(f"the backup names an unsafe path {name!r}")
     if name != DATABASE and not name.startswith(FILES):
         raise BadBackup(f"the backup holds an unexpected member {name!r}")

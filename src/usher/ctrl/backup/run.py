@@ -60,11 +60,13 @@ def backup(settings: Settings, target: Path, progress: Progress) -> dict[str, An
     if target.is_dir():
         raise OSError(f"{target} is a directory: name the backup file")
     if not target.parent.is_dir():
-        raise OSError(f"cannot write {target}: no directory {target.parent}")
-    if not os.access(target.parent, os.W_OK | os.X_OK):
-        raise OSError(f"cannot write {target}: {target.parent} is not writable")
+        raise OSError(f"cannot write {target}: there is no directory {target.parent}")
     db_kind = databases.kind(settings.db_url)
-    with _workdir(target.parent) as work:
+    try:
+        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=target.parent))
+    except OSError as exc:
+        raise OSError(f"cannot write {target}: {exc.strerror or exc}") from None
+    with _removed(work):
         dump = work / "database"
         pg_schema = None
         if db_kind == "sqlite":
@@ -108,7 +110,7 @@ def restore(
     lock = StateLock(state, "usher restore")
     lock.acquire()
     try:
-        with _workdir(state) as work:
+        with _removed(Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=state))) as work:
             progress(f"checking {source}")
             manifest, members = _checked(source, work, db_kind)
             previous = None
@@ -195,9 +197,9 @@ def _put_files(state: Path, members: dict[str, Path]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _workdir(parent: Path) -> Iterator[Path]:
-    """A private scratch directory in ``parent`` (same file system: renames are atomic)."""
-    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=parent))
+def _removed(work: Path) -> Iterator[Path]:
+    """The private scratch directory ``work`` (made beside where its files go: renames
+    there are atomic), removed with what is left in it when the block ends."""
     try:
         yield work
     finally:
