@@ -7,6 +7,7 @@ across a controller restart."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,14 @@ from pydantic import ValidationError
 
 from bind_server import KEY_NAME, Bind
 from harness import Cluster, wait_for
-from usher.model import OpStatus
+from usher.ctrl.config import Settings
+from usher.ctrl.context import PluginContext
+from usher.ctrl.events import EventBus
+from usher.ctrl.store import Store
+from usher.model import OpKind, OpStatus
 from usher.plugins.dns_config import DnsConfig
 from usher.plugins.dns_names import BadName, changes, reverse_name, vm_names, zone_of
-from usher.plugins.dns_pending import Change, Names
+from usher.plugins.dns_pending import Change, Ledger, Names
 
 FORWARD = "usher.test"
 REVERSE = "9.213.10.in-addr.arpa"
@@ -59,9 +64,11 @@ def dns_table(bind: Bind, **extra: Any) -> dict[str, Any]:
     }
 
 
-def with_dns(make_cluster: Callable[..., Cluster], table: dict[str, Any]) -> Cluster:
+def with_dns(
+    make_cluster: Callable[..., Cluster], table: dict[str, Any], nodes: int = 1
+) -> Cluster:
     return make_cluster(
-        nodes=1,
+        nodes=nodes,
         plugins=["event_check:EventCheck", "ipam", "dns"],
         plugin_tables={"ipam": IPAM, "dns": table},
     )
@@ -96,9 +103,9 @@ def no_wrong_events(cluster: Cluster) -> None:
 
 
 def test_records_follow_the_vms(bind: Bind, make_cluster: Callable[..., Cluster]) -> None:
-    cluster = with_dns(make_cluster, dns_table(bind, key_file=str(bind.key_file)))
+    cluster = with_dns(make_cluster, dns_table(bind, key_file=str(bind.key_file)), nodes=2)
     client = cluster.client()
-    vms = [client.get_vm(i) for i in ok(cluster, client.create_vms(count=3, cluster="web"))]
+    vms = [client.get_vm(i) for i in ok(cluster, client.create_vms(count=12, cluster="web"))]
     for vm in vms:
         fqdn = f"{vm.name}.web.{FORWARD}."
         resolves(bind, fqdn, "A", vm.addresses)
@@ -125,10 +132,62 @@ def test_records_follow_the_vms(bind: Bind, make_cluster: Callable[..., Cluster]
     ok(cluster, client.destroy(cluster="web"))
     for vm in vms:
         resolves(bind, reverse_name(vm.addresses[0]), "PTR", None)
-    for name in ("front", vms[1].name, vms[2].name):
+    for name in ("front", *(vm.name for vm in vms[1:])):
         resolves(bind, f"{name}.web.{FORWARD}.", "A", None)
     assert bind.resolve(f"solo.{FORWARD}.", "A") == solo.addresses
     no_wrong_events(cluster)
+
+
+def test_a_failed_start_takes_the_records_away_and_a_new_start_brings_them_back(
+    bind: Bind, make_cluster: Callable[..., Cluster]
+) -> None:
+    cluster = with_dns(make_cluster, dns_table(bind, key_name=KEY_NAME, key_secret=bind.secret))
+    cluster.start_lnm("node-2", driver_options={"fail": {"start": 1.0}})
+    client = cluster.client()
+    fqdn = f"broken.web.{FORWARD}."
+    op = cluster.run(client.create_vms(names=["broken"], cluster="web", node="node-2"))
+    assert op.status == OpStatus.FAILED
+    (vm,) = [client.get_vm(i) for i in op.targets]
+    address = vm.spec.nics[0]["address"]
+    events = [e.name for e in client.iter_events(vm=vm.id)]
+    assert "register" in events and "start_failure" in events
+    resolves(bind, fqdn, "A", None)
+    resolves(bind, reverse_name(address), "PTR", None)
+    ok(cluster, client.action(OpKind.START, [vm.id], target_node="node-1"))
+    resolves(bind, fqdn, "A", [address])
+    resolves(bind, reverse_name(address), "PTR", [fqdn])
+    no_wrong_events(cluster)
+
+
+async def test_a_removal_supersedes_an_add_under_way(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'usher.db'}")
+    await store.open()
+    try:
+        ledger = Ledger(PluginContext(store=store, bus=EventBus(), settings=Settings()))
+        names = Names("web-1.usher.test.", ("10.0.0.2",))
+        await ledger.set_names("vm-1", names, lambda old, new: changes("vm-1", old, new))
+        under_way = await ledger.pending()
+        assert [(e["key"], e["values"]) for e in under_way] == [
+            ("A web-1.usher.test.", ["10.0.0.2"]),
+            ("PTR 2.0.0.10.in-addr.arpa.", ["web-1.usher.test."]),
+        ]
+        await ledger.set_names("vm-1", None, lambda old, new: changes("vm-1", old, new))
+        for entry in under_way:  # the adds were made meanwhile: their success settles nothing
+            await ledger.settle(entry)
+        assert [(e["key"], e["values"]) for e in await ledger.pending()] == [
+            ("A web-1.usher.test.", []),
+            ("PTR 2.0.0.10.in-addr.arpa.", []),
+        ]
+        assert await ledger.published("vm-1") is None
+        kept = await ledger.postpone(under_way[:1], lambda attempts: 30.0 * attempts)
+        assert kept == []  # a failure of the replaced add counts against nothing
+        removal = await ledger.pending()
+        kept = await ledger.postpone(removal[:1], lambda attempts: 30.0 * attempts)
+        assert kept[0]["attempts"] == 1 and kept[0]["due"] > time.time() + 25
+        await ledger.settle(removal[1])
+        assert [e["key"] for e in await ledger.pending()] == ["A web-1.usher.test."]
+    finally:
+        await store.close()
 
 
 def test_a_nameserver_away_never_fails_a_vm_and_gets_its_updates_later(
