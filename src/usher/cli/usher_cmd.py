@@ -14,6 +14,8 @@ from usher.bounds import MAX_LINK_MESSAGE
 from usher.cli.admin_cmd import admin_token
 from usher.cli.backup_cmd import backup, restore
 from usher.cli.image_cmd import image
+from usher.cli.install_cmd import install
+from usher.cli.lnm_config import load_defaults
 from usher.cli.local import local
 from usher.cli.node_cmd import node
 from usher.ctrl.config import DEFAULT_PORT, load_settings
@@ -116,6 +118,15 @@ def _host_capacity() -> tuple[int, int]:
 
 
 @main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=load_defaults,
+    help="TOML file of these options (e.g. /etc/usher/lnm.toml); flags given here win.",
+)
 @click.option(
     "--ctrl",
     "ctrl_url",
@@ -277,6 +288,7 @@ def driver_check(
 
 
 main.add_command(local)
+main.add_command(install)
 main.add_command(admin_token)
 main.add_command(image)
 main.add_command(node)

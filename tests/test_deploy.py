@@ -1,0 +1,229 @@
+"""docs/deploy.md, walked through: a controller with PostgreSQL and two LNMs installed with
+``usher install`` on three hosts (network and mount namespaces, :mod:`site_hosts`), joined
+over TLS with a join token, sharing storage, and a real guest live-migrated between them."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import wait_for
+from site_hosts import STORAGE, Host, site_hosts
+from usher.images.tiny import build_tiny
+from usher.install.units import render
+
+DOC = Path(__file__).parent.parent / "docs" / "deploy.md"
+BLOCK = re.compile(r"<!-- site-test: (ctrl|lnm) -->\n```sh\n(.*?)```", re.S)
+USHER_UID = 960
+HEARTBEAT = re.compile(r"usher-heartbeat (\d+)")
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+
+
+def doc_steps() -> list[tuple[str, str]]:
+    """The ``site-test`` blocks of docs/deploy.md in order: (the host role, the commands)."""
+    steps = BLOCK.findall(DOC.read_text())
+    assert [role for role, _ in steps].count("lnm") >= 1, "deploy.md lost its LNM steps"
+    return steps
+
+
+def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    for role, groups in (("ctrl", []), ("lnm", ["kvm"])):
+        unit = tmp_path / f"usher-{role}.service"
+        unit.write_text(
+            render(
+                role,  # type: ignore[arg-type]
+                usher=Path(sys.prefix) / "bin" / "usher",
+                user="usher",
+                storage=Path(STORAGE),
+                config_dir=Path("/etc/usher"),
+                groups=groups,
+            )
+        )
+        done = subprocess.run(
+            ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+        )
+        assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def test_a_unit_with_a_missing_executable_fails_the_check(tmp_path: Path) -> None:
+    """The check above can fail: the same verify refuses a unit whose program is missing."""
+    unit = tmp_path / "usher-ctrl.service"
+    unit.write_text(
+        render(
+            "ctrl",
+            usher=tmp_path / "no-such-usher",
+            user="usher",
+            storage=Path(STORAGE),
+            config_dir=Path("/etc/usher"),
+        )
+    )
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert done.returncode != 0 and "no-such-usher" in done.stderr
+
+
+def _processes_in(host: Host) -> list[int]:
+    inode = os.readlink(f"/proc/{host.holder.pid}/ns/net")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != host.holder.pid:
+            try:
+                if os.readlink(entry / "ns/net") == inode:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _kill_all(hosts: list[Host]) -> None:
+    """Whatever still runs in the hosts (daemons, guests, PostgreSQL) is killed."""
+    for host in hosts:
+        for pid in _processes_in(host):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                continue
+
+
+def _start_postgres(host: Host) -> None:
+    """PostgreSQL on the controller host, as Debian's package leaves it: a cluster owned by
+    ``postgres``, peer authentication on the socket in /run/postgresql."""
+    host.sh(
+        f"""
+        install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/main
+        install -d -o postgres -g postgres -m 2775 /run/postgresql
+        cd /
+        runuser -u postgres -- {PG_BIN}/initdb -D /var/lib/postgresql/main \
+            --auth-local=peer --auth-host=scram-sha-256 >/dev/null
+        runuser -u postgres -- {PG_BIN}/pg_ctl -D /var/lib/postgresql/main -w \
+            -l /var/lib/postgresql/main/log \
+            -o "-k /run/postgresql -c listen_addresses=''" start >/dev/null
+        """
+    )
+
+
+def _copy(source: Host, path: str, target: Host, name: str) -> None:
+    """``scp`` between hosts: ``path`` on ``source`` becomes /root/``name`` on ``target``."""
+    data = source.file(path).read_bytes()
+    dest = target.file(f"/root/{name}")
+    dest.write_bytes(data)
+    dest.chmod(0o600)
+
+
+def _ush(host: Host, *args: str) -> object:
+    done = host.sh("/opt/usher/bin/ush " + " ".join(args) + " -o json")
+    return json.loads(done.stdout)
+
+
+def _owner(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid in /proc/{pid}/status")
+
+
+def _daemon_pid(host: Host, unit: str) -> int:
+    return int(host.sh(f"systemctl show -p MainPID --value {unit}").stdout)
+
+
+def _qemu_pids(host: Host) -> list[int]:
+    return [
+        pid
+        for pid in _processes_in(host)
+        if "qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    ]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[list[Host]]:
+    storage = tmp_path / "storage"
+    build_tiny(storage)
+    for path in [storage, *storage.rglob("*")]:
+        os.chown(path, USHER_UID, USHER_UID, follow_symlinks=False)
+    subnet = f"10.{random.randint(150, 199)}.{random.randint(1, 254)}"
+    prefix = f"ud{random.randint(1000, 9999)}"
+    with site_hosts(prefix, subnet, ["ctrl", "node1", "node2"], tmp_path / "hosts", storage) as h:
+        try:
+            yield h
+        finally:
+            _kill_all(h)
+
+
+def test_deploy_md_installs_a_site_that_live_migrates(site: list[Host]) -> None:
+    ctrl, *nodes = site
+    _start_postgres(ctrl)
+    env = {"CTRL": ctrl.name}
+    copied = False
+    for role, script in doc_steps():
+        if role == "ctrl":
+            ctrl.sh(script, env, timeout=110)
+            continue
+        for node in nodes:
+            if not copied:  # what the page says to scp over
+                _copy(ctrl, "/root/join.token", node, "join.token")
+                _copy(ctrl, "/var/lib/usher/tls/ca.pem", node, "ca.pem")
+            node.sh(script, {**env, "NODE": node.name}, timeout=110)
+        copied = True
+
+    # the page's last step migrated "first" to node2: it runs there, booted once
+    vm = _ush(ctrl, "show", "first")
+    assert isinstance(vm, dict)
+    assert (vm["node"], vm["state"]) == ("node2", "running"), vm
+    assert len(_qemu_pids(nodes[1])) == 1 and not _qemu_pids(nodes[0])
+
+    # the daemons run as the service user, with the files the page promises
+    for host, unit in ((ctrl, "usher-ctrl"), *((n, "usher-lnm") for n in nodes)):
+        assert _owner(_daemon_pid(host, unit)) == USHER_UID, f"{unit} on {host.name} runs as root"
+    token = nodes[0].file("/etc/usher/join.token").stat()
+    assert (token.st_uid, token.st_mode & 0o777) == (USHER_UID, 0o600)
+    assert nodes[0].file("/var/lib/usher-lnm/node.credential").exists()
+    assert "postgresql" in ctrl.file("/etc/usher/ctrl.toml").read_text()
+    assert not ctrl.file("/var/lib/usher/usher.db").exists(), "the state went to SQLite"
+
+    # an LNM restart leaves its guest running (KillMode=process) and the node comes back
+    guest = _qemu_pids(nodes[1])
+    old_lnm = _daemon_pid(nodes[1], "usher-lnm")
+    nodes[1].sh("systemctl restart usher-lnm")
+    assert _daemon_pid(nodes[1], "usher-lnm") != old_lnm
+    assert _qemu_pids(nodes[1]) == guest, "the LNM's restart ended its guest"
+
+    def node2_back() -> bool:
+        listed = _ush(ctrl, "nodes")
+        assert isinstance(listed, list)
+        return any(n["name"] == "node2" and n["state"] == "up" for n in listed)
+
+    wait_for("node2 back after its LNM restarted", node2_back, timeout=30)
+    back = _ush(ctrl, "show", "first")
+    assert isinstance(back, dict) and (back["node"], back["state"]) == ("node2", "running")
+
+    # the guest runs on through all that: it booted once, and its heartbeat goes on
+    def console() -> str:
+        return ctrl.sh("/opt/usher/bin/ush console first").stdout
+
+    wait_for("the guest's boot", lambda: "USHER-READY" in console(), timeout=30)
+    before = max(int(n) for n in HEARTBEAT.findall(console()) or ["0"])
+    nodes[1].sh("systemctl restart usher-lnm")
+    wait_for("node2 back after a second restart", node2_back, timeout=30)
+
+    def beating() -> bool:
+        text = console()
+        assert text.count("USHER-READY") == 1, f"the guest booted again:\n{text}"
+        return max(int(n) for n in HEARTBEAT.findall(text) or ["0"]) > before + 1
+
+    wait_for("the guest's heartbeat going on", beating, timeout=20)
+
+    # and back to node1, booted and beating: a live migration between the two hosts
+    before = max(int(n) for n in HEARTBEAT.findall(console()))
+    ctrl.sh("/opt/usher/bin/ush migrate first --to node1")
+    moved = _ush(ctrl, "show", "first")
+    assert isinstance(moved, dict) and (moved["node"], moved["state"]) == ("node1", "running")
+    assert len(_qemu_pids(nodes[0])) == 1
+    wait_for("the source's QEMU gone", lambda: not _qemu_pids(nodes[1]), timeout=10)
+    wait_for("the guest's heartbeat going on after the migration", beating, timeout=20)
