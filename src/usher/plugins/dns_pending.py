@@ -69,7 +69,10 @@ class Ledger:
         changes: Callable[[Names | None, Names | None], list[Change]],
     ) -> list[Change]:
         """Record that ``vm_id`` now has ``names`` (None: nothing) and queue the updates
-        that ``changes(old, new)`` derives from what it had; returns them."""
+        that ``changes(old, new)`` derives from what it had; returns them. Nothing is
+        written when its names are as they were (every start of a VM asks again)."""
+        if await self.published(vm_id) == names:
+            return []
 
         async def apply(data: PluginData) -> list[Change]:
             published: dict[str, Any] = await data.get("published", {})
