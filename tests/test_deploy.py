@@ -227,3 +227,69 @@ def test_deploy_md_installs_a_site_that_live_migrates(site: list[Host]) -> None:
     assert len(_qemu_pids(nodes[0])) == 1
     wait_for("the source's QEMU gone", lambda: not _qemu_pids(nodes[1]), timeout=10)
     wait_for("the guest's heartbeat going on after the migration", beating, timeout=20)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    """One host of its own (its own /etc, /var/lib, /run, /root, /opt)."""
+    subnet = f"10.{random.randint(150, 199)}.{random.randint(1, 254)}"
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    with site_hosts(
+        f"ui{random.randint(1000, 9999)}", subnet, ["solo"], tmp_path / "hosts", storage
+    ) as (solo,):
+        try:
+            yield solo
+        finally:
+            _kill_all([solo])
+
+
+LNM = "/opt/usher/bin/usher install lnm --ctrl https://solo:8760 --join-token-file /root/t"
+
+
+def test_usher_install_refuses_bad_input_and_writes_nothing(host: Host) -> None:
+    host.file("/root/t").write_text("tok-abc.secret\n")
+    host.file("/root/empty").write_text("\n")
+    host.file("/root/binary").write_bytes(b"\x00\xff" * 100)
+    refused = {
+        f"{LNM} --name 'bad name'": "is not a node name",
+        f"{LNM} --name {'n' * 64}": "is not a node name",
+        f"{LNM} --driver '../x'": "is not a driver name",
+        f"{LNM} --driver-option nokey": "is not KEY=VALUE",
+        LNM.replace("/root/t", "/root/empty"): "does not hold a join token",
+        LNM.replace("/root/t", "/root/binary"): "",
+        LNM.replace("https://solo:8760", "ftp://solo"): "expected https://HOST:PORT",
+        "/opt/usher/bin/usher install ctrl --listen nonsense": "is not HOST:PORT",
+        "/opt/usher/bin/usher install ctrl --listen 0.0.0.0:99999": "is not HOST:PORT",
+        "/opt/usher/bin/usher install ctrl --name 'a b'": "is not a host name",
+        "/opt/usher/bin/usher install ctrl --name $'x\\ny'": "is not a host name",
+    }
+    for command, message in refused.items():
+        done = host.sh(command, check=False)
+        assert done.returncode != 0, command
+        assert message in done.stderr, (command, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+    assert not host.file("/etc/usher").exists(), "a refused install wrote files"
+    assert "usher:" not in host.file("/etc/passwd").read_text()
+
+
+def test_usher_install_keeps_configs_rewrites_units_and_checks_the_uid(host: Host) -> None:
+    host.file("/root/t").write_text("tok-abc.secret\n")
+    first = host.sh(f"{LNM} --uid 970 --name solo --driver fake --driver-option latency=0.5")
+    assert "wrote /etc/usher/lnm.toml" in first.stdout
+    config = host.file("/etc/usher/lnm.toml")
+    config.write_text(config.read_text() + "vcpus = 3\n")  # the site's own change
+    unit = host.file("/etc/systemd/system/usher-lnm.service")
+    unit.write_text("stale\n")
+    again = host.sh(f"{LNM} --uid 970 --name solo")
+    assert "kept /etc/usher/lnm.toml" in again.stdout
+    assert "vcpus = 3" in config.read_text()
+    assert "ExecStart=" in unit.read_text() and "KillMode=process" in unit.read_text()
+    clash = host.sh(f"{LNM} --uid 971", check=False)
+    assert clash.returncode != 0 and "exists with uid 970, not 971" in clash.stderr
+    host.sh(f"{LNM} --uid 970 --name other --force")
+    assert '"other"' in config.read_text() and "vcpus = 3" not in config.read_text()
+    # the LNM reads the file back: a bad key or type is a clear error, flags win
+    config.write_text(config.read_text() + "colour = 'blue'\n")
+    bad = host.sh("/opt/usher/bin/usher lnm --config /etc/usher/lnm.toml", check=False)
+    assert bad.returncode == 2 and "unknown key 'colour'" in bad.stderr, bad.stderr

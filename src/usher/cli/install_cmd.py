@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pwd
+import re
 import shutil
 import socket
 import sys
@@ -33,6 +34,8 @@ from usher.install.units import UNIT_DIR, Role, render, unit_name
 
 CONFIG_DIR = Path("/etc/usher")
 DEFAULT_STORAGE = Path("/var/lib/usher/storage")
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
+"""A DNS name or an IPv4/IPv6 address, as a certificate's subject names take them."""
 LNM_GROUPS = ["kvm", "libvirt"]
 """Groups the LNM's user joins where the host has them: /dev/kvm, libvirtd's socket."""
 
@@ -125,6 +128,12 @@ def install_ctrl(
     database_url: str | None,
 ) -> None:
     """Install the controller: user, /etc/usher/ctrl.toml, usher-ctrl.service."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    for name in names:
+        if not HOST_NAME.fullmatch(name):
+            raise click.BadParameter(f"{name!r} is not a host name or address", param_hint="--name")
     try:
         owner = ensure_user(user, Path("/var/lib/usher"), uid)
         ensure_dir(Path("/var/lib/usher"), owner, 0o700)
@@ -214,12 +223,16 @@ def install_lnm(
     name = name or socket.gethostname().split(".")[0]
     if not NAME_RE.fullmatch(name):
         raise click.BadParameter(f"{name!r} is not a node name", param_hint="--name")
+    if not NAME_RE.fullmatch(driver):
+        raise click.BadParameter(f"{driver!r} is not a driver name", param_hint="--driver")
     try:
-        owner = ensure_user(user, Path("/var/lib/usher-lnm"), uid)
-        ensure_dir(storage_dir, owner, 0o750)
         token = join_token_file.read_text().strip()
         if not token or len(token) > 4096 or not token.isprintable():
             raise InstallError(f"{join_token_file} does not hold a join token")
+        migration_host = migration_host or _route_address(ctrl_url)
+        options = _driver_options(driver_options)
+        owner = ensure_user(user, Path("/var/lib/usher-lnm"), uid)
+        ensure_dir(storage_dir, owner, 0o750)
         token_file = CONFIG_DIR / "join.token"
         write_file(token_file, token + "\n", mode=0o600, owner=owner)
         click.echo(f"wrote {token_file}")
@@ -235,12 +248,12 @@ def install_lnm(
             storage=storage_dir,
             join_token_file=token_file,
             ca_file=ca_copy,
-            migration_host=migration_host or _route_address(ctrl_url),
-            driver_options=_driver_options(driver_options),
+            migration_host=migration_host,
+            driver_options=options,
             vcpus=vcpus,
             memory_mb=memory_mb,
         )
         _config(CONFIG_DIR / "lnm.toml", text, force, owner=owner)
         _finish("lnm", owner, storage_dir, existing_groups(LNM_GROUPS))
-    except (InstallError, OSError) as exc:
+    except (InstallError, OSError, UnicodeDecodeError) as exc:
         raise click.ClickException(str(exc)) from exc
