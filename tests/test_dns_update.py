@@ -242,6 +242,8 @@ def test_names_of_a_vm_and_what_changes() -> None:
     for bad in ("web_1", "a.b", "-x", "x-", "y" * 64):
         with pytest.raises(BadName, match="is not a DNS label"):
             vm_names(bad, None, "usher.test", ["10.0.0.2"])
+    with pytest.raises(BadName, match="is longer than a DNS name may be"):
+        vm_names("a" * 63, "b" * 63, "c" * 63 + "." + "d" * 63, ["10.0.0.2"])
     with pytest.raises(BadName, match="cluster name 'my_cluster'"):
         vm_names("ok", "my_cluster", "usher.test", ["10.0.0.2"])
     renamed = Names("front.lab.usher.test.", ("10.0.0.2",))
