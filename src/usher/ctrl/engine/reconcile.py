@@ -7,7 +7,9 @@ of the VM on that node (a command's reply came later) is dropped."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from usher.ctrl.engine.crew import Crew
@@ -24,11 +26,14 @@ class Reconciler:
     def __init__(self, crew: Crew, fencer: Fencer) -> None:
         self.crew = crew
         self.fencer = fencer
+        self._started = time.monotonic()
+        self._dialled: set[str] = set()  # nodes that said hello since the controller started
 
     async def node_joined(self, name: str, domains: list[dict[str, Any]], number: int) -> None:
         """Reconcile records with what a (re)connected node really runs, as its hello (the
         message numbered ``number``) says."""
         crew = self.crew
+        self._dialled.add(name)
         reported = {d["id"]: d for d in domains}
         for vm in await crew.store.vms_where(node=name):
             dom = reported.pop(vm.id, None)
@@ -77,7 +82,7 @@ class Reconciler:
             elif node == vm.target_node:
                 await self._from_target(vm, node, dom)
             elif dom is not None:
-                await self._fence_claim(vm, node)
+                await self._claimed(vm, node, dom)
 
     async def _match_report(self, vm: VM, node: str, dom: dict[str, Any] | None) -> None:
         """The record places ``vm`` on ``node``: take the state the node reports."""
@@ -106,16 +111,50 @@ class Reconciler:
             state = VMState(dom["state"])
             await set_state(vm, state, f"found on node {node}", node=node, target_node=None)
 
-    async def _fence_claim(self, vm: VM, node: str) -> None:
+    async def _claimed(self, vm: VM, node: str, dom: dict[str, Any]) -> None:
         """``node`` reports a copy of ``vm``, which is recorded on another node and is not
-        migrating to it: whatever that copy is (left from before the VM was lost and moved,
-        or claimed by a confused or hostile node), it is fenced there and the record stays
-        where it is. (The recorded node is never fenced on another node's word.)"""
+        migrating to it. If the recorded node is connected and has no copy, this copy is
+        the VM: it moved while the controller did not hear of it (a migration after the
+        backup a restored controller runs on), and the record follows it. Otherwise,
+        whatever the copy is (left from before the VM was lost and moved, or claimed by a
+        confused or hostile node), it is fenced there and the record stays where it is
+        (the recorded node is never fenced on another node's word)."""
+        if await self._recorded_node_lacks(vm):
+            reason = f"found on node {node}; its recorded node {vm.node} has no copy"
+            log.warning("%s: %s", vm.name, reason)
+            await self.crew.set_state(vm, VMState(dom["state"]), reason, node=node)
+            return
         reason = (
             f"copy of {vm.name} on node {node}, which the record does not name "
             f"(it is recorded on {vm.node})"
         )
         await self.fencer.fence_copy(vm.id, node, reason, recorded_node=vm.node)
+
+    async def _recorded_node_lacks(self, vm: VM) -> bool:
+        """Whether the node the record places ``vm`` on is connected and says it has no
+        copy. A recorded node that has not dialled since the controller started is waited
+        for while it may still come back (``rejoin_grace``): after a restore all nodes dial
+        at once, and the one a VM moved to may be heard before the one it left."""
+        nodes = self.crew.nodes
+        until = self._started + self.crew.settings.rejoin_grace
+        while (
+            vm.node is not None
+            and vm.node not in self._dialled
+            and vm.node not in nodes.links
+            and time.monotonic() < until
+        ):
+            await asyncio.sleep(0.5)
+        if vm.node is None or vm.node not in nodes.links:
+            return False
+        try:
+            await nodes.link(vm.node).call(
+                "info", vm_id=vm.id, timeout=self.crew.settings.command_timeout
+            )
+        except CommandFailed:
+            return True
+        except NodeGone:
+            return False
+        return False
 
     async def _unrecorded(self, vm_id: str, node: str, dom: dict[str, Any]) -> None:
         """``node`` has a VM without a record: a copy of a VM destroyed while the node was
