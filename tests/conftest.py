@@ -13,7 +13,8 @@ from sqlalchemy import Engine, create_engine, text
 
 from harness import Cluster
 
-pytest_plugins = ["guest_images"]  # the debian_image fixture, cached between runs
+# the debian_image fixture, cached between runs; a real slapd (slapd, slapd_server)
+pytest_plugins = ["guest_images", "ldap_server"]
 
 PG_ENV = "USHER_TEST_PG_URL"
 SCHEMA_PREFIX = "usher_t_"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
 
 from usher import Veto, hookimpl
 from usher.ctrl.api.deps import PrincipalDep
+from usher.guest_config import GuestConfig
 from usher.model import VM, Event, OpRequest, Principal, Scope
 
 
@@ -120,3 +123,18 @@ class Students:
         if token == "ush_t1":
             return Principal(name="t1", roles=["user"])
         return None
+
+
+class SeedRecorder:
+    """Writes each guest's cloud-config, as the plugins before it left it, to
+    ``<dir>/<vm name>.json`` (enable it last)."""
+
+    directory: str = ""
+
+    @hookimpl
+    def usher_configure(self, config: dict[str, Any]) -> None:
+        self.directory = config["dir"]
+
+    @hookimpl
+    def guest_config(self, vm: VM, config: GuestConfig) -> None:
+        Path(self.directory, f"{vm.name}.json").write_text(json.dumps(config.cloud_config()))

@@ -1,106 +1,14 @@
-"""LDAP login against a real OpenLDAP slapd that these tests start and seed themselves."""
+"""LDAP login against a real OpenLDAP slapd that these tests start and seed themselves
+(fixture ``slapd`` of tests/ldap_server.py)."""
 
 from __future__ import annotations
-
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import argon2
 import pytest
 
 from harness import free_port
+from ldap_server import SUFFIX
 from test_auth_passwords import login
-
-SLAPD = "/usr/sbin/slapd"
-SUFFIX = "dc=usher,dc=test"
-ROOT_DN = f"cn=admin,{SUFFIX}"
-ROOT_PW = "root-secret"
-
-SLAPD_CONF = """\
-include /etc/ldap/schema/core.schema
-include /etc/ldap/schema/cosine.schema
-include /etc/ldap/schema/inetorgperson.schema
-pidfile {root}/slapd.pid
-modulepath /usr/lib/ldap
-moduleload back_mdb
-database mdb
-maxsize 16777216
-suffix "{suffix}"
-rootdn "{root_dn}"
-rootpw {root_pw}
-directory {root}/data
-access to attrs=userPassword by self write by anonymous auth by * none
-access to * by users read by * none
-"""
-
-
-def _person(uid: str, password: str) -> str:
-    return f"""\
-dn: uid={uid},ou=people,{SUFFIX}
-objectClass: inetOrgPerson
-uid: {uid}
-cn: {uid.title()}
-sn: {uid.title()}
-userPassword: {password}
-"""
-
-
-def _group(cn: str, *members: str) -> str:
-    lines = [f"dn: cn={cn},ou=groups,{SUFFIX}", "objectClass: groupOfNames", f"cn: {cn}"]
-    lines += [f"member: uid={m},ou=people,{SUFFIX}" for m in members]
-    return "\n".join(lines) + "\n"
-
-
-SEED = "\n".join(
-    [
-        f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: usher\no: Usher\n",
-        f"dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n",
-        f"dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n",
-        _person("ada", "ada-ldap-pw"),
-        _person("bob", "bob-ldap-pw"),
-        _person("cyd", "cyd-ldap-pw"),
-        _group("usher-admins", "ada"),
-        _group("ops", "ada", "bob"),
-        _group("physics", "bob", "cyd"),
-    ]
-)
-
-
-@pytest.fixture(scope="module")
-def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real slapd on a free loopback port, seeded with people and groups; its URL."""
-    root = tmp_path_factory.mktemp("slapd")
-    (root / "data").mkdir()
-    conf = root / "slapd.conf"
-    conf.write_text(SLAPD_CONF.format(root=root, suffix=SUFFIX, root_dn=ROOT_DN, root_pw=ROOT_PW))
-    url = f"ldap://127.0.0.1:{free_port()}"
-    log = open(root / "slapd.log", "wb")  # noqa: SIM115 - closed after slapd stops
-    proc = subprocess.Popen([SLAPD, "-d", "0", "-h", f"{url}/", "-f", str(conf)], stderr=log)
-    try:
-        _seed(url, root, proc)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
-
-
-def _seed(url: str, root: Path, proc: subprocess.Popen[bytes]) -> None:
-    seed = root / "seed.ldif"
-    seed.write_text(SEED)
-    add = ["ldapadd", "-x", "-H", url, "-D", ROOT_DN, "-w", ROOT_PW, "-f", str(seed)]
-    deadline = time.monotonic() + 20
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"slapd exited: {(root / 'slapd.log').read_text()[-2000:]}")
-        result = subprocess.run(add, capture_output=True, text=True)
-        if result.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"cannot seed slapd: {result.stderr}")
-        time.sleep(0.2)
 
 
 def ldap_table(url: str) -> dict[str, object]:
