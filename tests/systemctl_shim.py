@@ -3,10 +3,13 @@
 It starts a unit's ``ExecStart`` the way systemd would in what the test can check: as its
 ``User`` and ``Group`` with ``SupplementaryGroups``, ``AmbientCapabilities`` and
 ``NoNewPrivileges`` (through ``setpriv``), its ``UMask``, a clean environment with ``HOME``,
-``USER`` and ``STATE_DIRECTORY``, and its ``StateDirectory`` made and owned by the user; it
-stops one by its ``KillMode`` (``process``: the main process only). The sandboxing options
-(``ProtectSystem`` and the like) are not applied: ``systemd-analyze verify`` checks those
-units. Output goes to ``/run/usher-units/UNIT.log``, the main pid to ``UNIT.pid``.
+``USER``, ``STATE_DIRECTORY`` and its ``Environment``, its ``StateDirectory`` made and owned
+by the user, in a mount namespace of its own with ``ProtectSystem=strict``,
+``ReadWritePaths`` and ``PrivateTmp`` applied; it stops one by its ``KillMode``
+(``process``: the main process only). The other sandboxing options (``ProtectHome``,
+``PrivateDevices``, the ``Protect*``/``Restrict*`` family, the capability bounding set) are
+not applied: ``systemd-analyze verify`` checks those. Output goes to
+``/run/usher-units/UNIT.log``, the main pid to ``UNIT.pid``.
 
 Usage: ``systemctl_shim.py daemon-reload | enable [--now] UNIT | start|stop|restart UNIT |
 is-active UNIT | show -p MainPID --value UNIT``.
@@ -16,12 +19,16 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
+
+from usher.vmm.libvirt_daemon import _propagation
 
 UNIT_DIR = Path("/etc/systemd/system")
 RUN_DIR = Path("/run/usher-units")
@@ -29,7 +36,8 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def parse(unit: str) -> dict[str, str]:
-    """The unit's ``Section.Key`` settings (a repeated key: the last one, as these units use)."""
+    """The unit's ``Section.Key`` settings: the last of a repeated key, except ``Environment``
+    lines, which add up (space-separated, as systemd reads them)."""
     settings: dict[str, str] = {}
     section = ""
     for raw in (UNIT_DIR / unit).read_text().splitlines():
@@ -40,8 +48,42 @@ def parse(unit: str) -> dict[str, str]:
             section = line.strip("[]")
             continue
         key, _, value = line.partition("=")
-        settings[f"{section}.{key.strip()}"] = value.strip()
+        name = f"{section}.{key.strip()}"
+        if key.strip() == "Environment" and name in settings:
+            value = f"{settings[name]} {value.strip()}"
+        settings[name] = value.strip()
     return settings
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo") as fh:
+        points = [line.split()[4] for line in fh]
+    return [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), p) for p in points]
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+def sandbox(unit: str, command: list[str]) -> NoReturn:
+    """Run in a mount namespace of the service's own: ``ProtectSystem=strict`` (everything but
+    /dev, /proc and /sys read-only; ``ReadWritePaths`` and the ``StateDirectory`` writable) and
+    ``PrivateTmp``, then exec ``command``."""
+    s = parse(unit)
+    if s.get("Service.ProtectSystem") == "strict":
+        for point in _mount_points():
+            if point.split("/")[1] not in ("dev", "proc", "sys"):
+                subprocess.run(["mount", "-o", "remount,bind,ro", point], capture_output=True)
+        writable = s.get("Service.ReadWritePaths", "").split()
+        if s.get("Service.StateDirectory"):
+            writable.append(f"/var/lib/{s['Service.StateDirectory']}")
+        for path in sorted(writable, key=len):  # outer first: an inner one stays on top
+            _mount("--rbind", path, path)
+            _mount("-o", "remount,bind,rw", path)
+    if s.get("Service.PrivateTmp") == "yes":
+        for path in ("/tmp", "/var/tmp"):
+            _mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", path)
+    os.execvp(command[0], command)
 
 
 def _alive(pid: int) -> bool:
@@ -68,6 +110,7 @@ def start(unit: str) -> None:
     state = s.get("Service.StateDirectory")
     env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": user.pw_dir, "USER": user.pw_name}
     env["LOGNAME"] = user.pw_name
+    env.update(dict(item.split("=", 1) for item in shlex.split(s.get("Service.Environment", ""))))
     if state:
         directory = Path("/var/lib") / state
         directory.mkdir(parents=True, exist_ok=True)
@@ -92,8 +135,10 @@ def start(unit: str) -> None:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     log = open(RUN_DIR / f"{unit}.log", "ab")  # noqa: SIM115 - handed to the daemon
     os.umask(int(s.get("Service.UMask", "0022"), 8))
+    own_mounts = ["unshare", "--mount", f"--propagation={_propagation()}", "--"]
+    shim = [sys.executable, __file__, "sandbox", unit, "--"]
     process = subprocess.Popen(
-        [*setpriv, "--", *shlex.split(s["Service.ExecStart"])],
+        [*own_mounts, *shim, *setpriv, "--", *shlex.split(s["Service.ExecStart"])],
         env=env,
         cwd="/",
         stdin=subprocess.DEVNULL,
@@ -122,6 +167,8 @@ def stop(unit: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    if argv[0] == "sandbox":  # sandbox UNIT -- COMMAND…
+        sandbox(argv[1], argv[3:])
     words = [a for a in argv if not a.startswith("-")]
     verb, units = words[0], [u if u.endswith(".service") else f"{u}.service" for u in words[1:]]
     if verb == "daemon-reload":

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -133,6 +134,20 @@ def _daemon_pid(host: Host, unit: str) -> int:
     return int(host.sh(f"systemctl show -p MainPID --value {unit}").stdout)
 
 
+def _can_write(host: Host, unit: str, directory: str) -> bool:
+    """Can ``unit``'s process, as its user in its mount namespace and environment, make a file
+    in ``directory`` (a shell word, expanded there)?"""
+    pid = _daemon_pid(host, unit)
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    env = " ".join(shlex.quote(v.decode()) for v in environ if v)
+    done = host.sh(
+        f"nsenter --target={pid} --mount --setuid={USHER_UID} --setgid={USHER_UID} -- "
+        f"env -i {env} sh -c 'f=$(mktemp -p {directory}) && rm \"$f\"'",
+        check=False,
+    )
+    return done.returncode == 0
+
+
 def _qemu_pids(host: Host) -> list[int]:
     return [
         pid
@@ -181,6 +196,14 @@ def test_deploy_md_installs_a_site_that_live_migrates(site: list[Host]) -> None:
     # the daemons run as the service user, with the files the page promises
     for host, unit in ((ctrl, "usher-ctrl"), *((n, "usher-lnm") for n in nodes)):
         assert _owner(_daemon_pid(host, unit)) == USHER_UID, f"{unit} on {host.name} runs as root"
+    # each runs in the units' sandbox: a read-only system, its state and the storage writable
+    for host, unit in ((ctrl, "usher-ctrl"), (nodes[0], "usher-lnm")):
+        assert _can_write(host, unit, "/etc") is False
+        assert _can_write(host, unit, "/var/lib/usher/storage") is True
+        assert _can_write(host, unit, "$STATE_DIRECTORY") is True
+        assert _can_write(
+            host, unit, '"$(python3 -c "import tempfile; print(tempfile.gettempdir())")"'
+        )
     token = nodes[0].file("/etc/usher/join.token").stat()
     assert (token.st_uid, token.st_mode & 0o777) == (USHER_UID, 0o600)
     assert nodes[0].file("/var/lib/usher-lnm/node.credential").exists()
