@@ -198,12 +198,13 @@ def test_deploy_md_installs_a_site_that_live_migrates(site: list[Host]) -> None:
         assert _owner(_daemon_pid(host, unit)) == USHER_UID, f"{unit} on {host.name} runs as root"
     # each runs in the units' sandbox: a read-only system, its state and the storage writable
     for host, unit in ((ctrl, "usher-ctrl"), (nodes[0], "usher-lnm")):
-        assert _can_write(host, unit, "/etc") is False
+        assert _can_write(host, unit, "/dev/shm") is True  # an API file system stays writable
         assert _can_write(host, unit, "/var/lib/usher/storage") is True
         assert _can_write(host, unit, "$STATE_DIRECTORY") is True
         assert _can_write(
             host, unit, '"$(python3 -c "import tempfile; print(tempfile.gettempdir())")"'
         )
+    assert _can_write(nodes[0], "usher-lnm", "/tmp") is False, "ProtectSystem=strict not applied"
     token = nodes[0].file("/etc/usher/join.token").stat()
     assert (token.st_uid, token.st_mode & 0o777) == (USHER_UID, 0o600)
     assert nodes[0].file("/var/lib/usher-lnm/node.credential").exists()
