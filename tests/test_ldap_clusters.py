@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import ldap3
 import pytest
 from ldap3.utils.conv import escape_filter_chars
 
+import nslcd_host
 from conftest import _start
 from harness import Cluster, wait_for
 from ldap_server import (
@@ -380,3 +382,47 @@ def test_guests_admit_members_and_refuse_others(site: dict[str, Any]) -> None:
     # a VM outside any cluster gets no directory settings
     cluster.run(dan.create_vms(names=["loner"], image="cloudy"))
     assert "write_files" not in json.loads((site["seeds"] / "loner.json").read_text())
+
+
+def test_real_nslcd_admits_members_and_refuses_others(site: dict[str, Any], tmp_path: Path) -> None:
+    """Debian's nslcd itself, on this host with a guest's settings (tests/nslcd_host.py), asked
+    as a guest's sshd asks it through NSS and PAM."""
+    lacking = nslcd_host.missing()
+    if lacking:
+        pytest.fail(f"this host lacks {lacking}: run the suite through ./test.sh as root")
+    cluster: Cluster = site["cluster"]
+    url = site["slapd"].url
+    dan = cluster.client(site["tokens"]["dan"])
+    dan.request("PUT", "/clusters/nss")
+    dan.request("PUT", "/clusters/nss/members/bob")
+    found = wait_branch(url, "nss", ["bob", "dan"])
+    cluster.run(dan.create_vms(cluster="nss", names=["nss-1"], image="cloudy"))
+    config = json.loads((site["seeds"] / "nss-1.json").read_text())
+    (conf,) = [f["content"] for f in config["write_files"] if f["path"] == "/etc/nslcd.conf"]
+    (nsswitch,) = [c[2] for c in config["runcmd"] if c[:2] == ["sh", "-c"] and "nsswitch" in c[2]]
+    answers = nslcd_host.ask(
+        tmp_path,
+        conf,
+        nsswitch,
+        names=["bob", "dan", "cyd", "members", "admin"],
+        logins=[
+            ("bob", "bob-ldap-pw"),
+            ("bob", "cyd-ldap-pw"),
+            ("cyd", "cyd-ldap-pw"),
+            ("dan", "dan"),
+            ("bob*", "bob-ldap-pw"),
+        ],
+    )
+    bob_uid = str(found["people"]["bob"]["uidNumber"][0])
+    members_gid = str(found["gids"]["members"])
+    assert answers.passwd["bob"][2:] == [bob_uid, members_gid, "bob", "/home/bob", "/bin/bash"]
+    assert set(answers.passwd) == {"bob", "dan"}, answers.log[-2000:]  # cyd: no account here
+    assert answers.group["members"][2:] == [members_gid, "dan,bob"]
+    assert answers.group["admin"][3] == "dan"
+    assert answers.logins == {
+        "bob:bob-ldap-pw": True,  # a member, with his site password
+        "bob:cyd-ldap-pw": False,
+        "cyd:cyd-ldap-pw": False,  # the right password, but not a member
+        "dan:dan": False,  # a member without a site entry has no password to log in with
+        "bob*:bob-ldap-pw": False,
+    }, answers.log[-3000:]
