@@ -8,7 +8,6 @@ Nothing is started: ``systemctl enable --now usher-ctrl`` (or ``usher-lnm``) doe
 
 from __future__ import annotations
 
-import json
 import pwd
 import re
 import shutil
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 import click
 
 from usher.bounds import NAME_RE
+from usher.cli.ush_options import parse_kwargs
 from usher.install.configs import ctrl_config, lnm_config
 from usher.install.host import (
     InstallError,
@@ -167,19 +167,6 @@ def _route_address(url: str) -> str:
         raise InstallError(f"cannot find a route to {parts.hostname}: {exc}") from exc
 
 
-def _driver_options(items: tuple[str, ...]) -> dict[str, object]:
-    options: dict[str, object] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--driver-option")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    return options
-
-
 @install.command("lnm")
 @_common
 @click.option("--ctrl", "ctrl_url", required=True, help="The controller, https://HOST:8760.")
@@ -201,7 +188,9 @@ def _driver_options(items: tuple[str, ...]) -> dict[str, object]:
     help="Address incoming live migrations listen on (default: this host's address on the "
     "route to the controller).",
 )
-@click.option("--driver-option", "driver_options", multiple=True, metavar="KEY=JSON")
+@click.option(
+    "--driver-option", "driver_options", multiple=True, metavar="KEY=JSON", callback=parse_kwargs
+)
 @click.option("--vcpus", type=click.IntRange(min=1), help="vCPUs to offer (default: host's).")
 @click.option("--memory-mb", type=click.IntRange(min=1), help="Memory to offer (default: host's).")
 def install_lnm(
@@ -215,7 +204,7 @@ def install_lnm(
     name: str | None,
     driver: str,
     migration_host: str | None,
-    driver_options: tuple[str, ...],
+    driver_options: dict[str, object],
     vcpus: int | None,
     memory_mb: int | None,
 ) -> None:
@@ -230,7 +219,6 @@ def install_lnm(
         if not token or len(token) > 4096 or not token.isprintable():
             raise InstallError(f"{join_token_file} does not hold a join token")
         migration_host = migration_host or _route_address(ctrl_url)
-        options = _driver_options(driver_options)
         owner = ensure_user(user, Path("/var/lib/usher-lnm"), uid)
         ensure_dir(storage_dir, owner, 0o750)
         token_file = CONFIG_DIR / "join.token"
@@ -249,7 +237,7 @@ def install_lnm(
             join_token_file=token_file,
             ca_file=ca_copy,
             migration_host=migration_host,
-            driver_options=options,
+            driver_options=driver_options,
             vcpus=vcpus,
             memory_mb=memory_mb,
         )

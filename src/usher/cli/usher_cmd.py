@@ -18,6 +18,7 @@ from usher.cli.install_cmd import install
 from usher.cli.lnm_config import load_defaults
 from usher.cli.local import local
 from usher.cli.node_cmd import node
+from usher.cli.ush_options import parse_kwargs
 from usher.ctrl.config import DEFAULT_PORT, load_settings
 from usher.lnm.agent import CREDENTIAL_FILE
 
@@ -179,6 +180,7 @@ def _host_capacity() -> tuple[int, int]:
     "driver_options",
     multiple=True,
     metavar="KEY=JSON",
+    callback=parse_kwargs,
     help="Driver option, e.g. latency=0.05",
 )
 @click.option("-v", "--verbose", is_flag=True)
@@ -194,11 +196,10 @@ def lnm(
     join_token_file: str | None,
     ca_file: str | None,
     migration_host: str,
-    driver_options: tuple[str, ...],
+    driver_options: dict[str, object],
     verbose: bool,
 ) -> None:
     """Run a local node manager for this host."""
-    import json
 
     from usher.lnm.agent import LNM, LNMConfig, Refused
     from usher.vmm.base import DriverError, load_driver
@@ -214,17 +215,8 @@ def lnm(
         )
     host_vcpus, host_mem = _host_capacity()
     vcpus, memory_mb = vcpus or host_vcpus, memory_mb or host_mem
-    options: dict[str, object] = {
-        "vcpus": vcpus,
-        "memory_mb": memory_mb,
-        "storage_dir": storage_dir,
-    }
-    for item in driver_options:
-        key, _, raw = item.partition("=")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
+    options = {"vcpus": vcpus, "memory_mb": memory_mb, "storage_dir": storage_dir}
+    options.update(driver_options)
     try:
         drv = load_driver(driver, state_dir=str(node_dir / driver), options=options)
     except DriverError as exc:
