@@ -14,6 +14,7 @@ from typing import Any
 import ldap3
 import pytest
 from ldap3.utils.conv import escape_filter_chars
+from pydantic import ValidationError
 
 import nslcd_host
 from conftest import _start
@@ -32,6 +33,7 @@ from ldap_server import (
 )
 from usher.guest_config import account_name
 from usher.plugins.ldap_branch import Branch, Layout, Person, sync_branch
+from usher.plugins.ldap_clusters import ClustersConfig
 
 RETRY = 0.5
 
@@ -426,3 +428,48 @@ def test_real_nslcd_admits_members_and_refuses_others(site: dict[str, Any], tmp_
         "dan:dan": False,  # a member without a site entry has no password to log in with
         "bob*:bob-ldap-pw": False,
     }, answers.log[-3000:]
+
+
+def test_clusters_made_before_the_plugin_get_branches(
+    tmp_path: Path, db_kind: str, slapd_server: Slapd
+) -> None:
+    """A site that enables ldap_clusters later: at its first start, every cluster ``authz``
+    knows gets its branch."""
+    first = _start(tmp_path / "site", db_kind, 0, None, plugins=["authz"])
+    try:
+        assert first.http("PUT", "/v1/clusters/early").status_code == 200
+        assert first.http("PUT", "/v1/clusters/early/members/bob").status_code == 200
+    finally:
+        first.stop()
+    second = Cluster(
+        tmp_path / "site",
+        first.db_url,
+        plugins=["authz", "ldap_clusters"],
+        plugin_tables={"ldap_clusters": table(slapd_server.url)},
+    )
+    second.start_ctrl()
+    try:
+        found = wait_branch(slapd_server.url, "early", sorted([account_name("admin"), "bob"]))
+        assert found["groups"]["admin"] == [account_name("admin")]
+    finally:
+        second.stop()
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"url": "http://ldap.example.org"}, "must start with ldap:// or ldaps://"),
+        ({"bind_password": None}, "give bind_password or bind_password_file"),
+        ({"bind_password_file": "/etc/x"}, "give bind_password or bind_password_file"),
+        ({"user_dn_template": "uid={user},dc=x"}, "may hold {username} and no other"),
+        ({"user_dn_template": "uid=x,dc=x"}, "must contain {username}"),
+        ({"home": "/home/all"}, "must contain {account}"),
+        ({"site_person_filter": "objectClass=person"}, "an LDAP filter in parentheses"),
+        ({"retry_interval": 0}, "greater than 0"),
+        ({"colour": "blue"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_config_is_refused(change: dict[str, Any], error: str) -> None:
+    config = {k: v for k, v in (table("ldap://127.0.0.1:1") | change).items() if v is not None}
+    with pytest.raises(ValidationError, match=re.escape(error)):
+        ClustersConfig.model_validate(config)

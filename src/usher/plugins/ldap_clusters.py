@@ -94,10 +94,9 @@ class ClustersConfig(Strict):
             raise ValueError("give bind_password or bind_password_file (one of them)")
         if self.user_dn_template is None and self.people_base is not None:
             self.user_dn_template = f"uid={{username}},{self.people_base}"
-        if self.user_dn_template is not None and "{username}" not in self.user_dn_template:
-            raise ValueError("user_dn_template must contain {username}")
-        if "{account}" not in self.home:
-            raise ValueError("home must contain {account}")
+        if self.user_dn_template is not None:
+            _template(self.user_dn_template, "username")
+        _template(self.home, "account")
         return self
 
     def password(self) -> str:
@@ -105,6 +104,16 @@ class ClustersConfig(Strict):
             return self.bind_password
         assert self.bind_password_file is not None
         return self.bind_password_file.read_text().strip()
+
+
+def _template(template: str, name: str) -> None:
+    """``template`` has ``{name}`` and no other placeholder; ValueError saying so if not."""
+    try:
+        filled = template.format(**{name: "\0"})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"{template!r} may hold {{{name}}} and no other placeholder") from exc
+    if "\0" not in filled:
+        raise ValueError(f"{template!r} must contain {{{name}}}")
 
 
 class LdapClusters:
@@ -230,6 +239,11 @@ class LdapClusters:
             except (DirectoryError, LDAPException) as exc:
                 left = True
                 await self._failed(cluster, str(exc))
+                continue
+            except Exception as exc:  # a bug or a bad record: this cluster only
+                self.log.exception("directory branch of %s", cluster)
+                left = True
+                await self._failed(cluster, f"{type(exc).__name__}: {exc}")
                 continue
             await self._done(cluster, generation)
             if self.failing.pop(cluster, None) is not None:
