@@ -32,7 +32,7 @@ from ldap_server import (
     Slapd,
 )
 from usher.guest_config import account_name
-from usher.plugins.ldap_branch import Branch, Layout, Person, sync_branch
+from usher.plugins.ldap_branch import Branch, DirectoryError, Layout, Person, sync_branch
 from usher.plugins.ldap_clusters import ClustersConfig
 
 RETRY = 0.5
@@ -183,7 +183,8 @@ def test_a_directory_down_fails_nothing_and_catches_up(site: dict[str, Any]) -> 
             "an ldap_failure",
             lambda: [e for e in events(cluster, "ldap_failure") if e["data"]["cluster"] == "down"],
         )
-        assert "127.0.0.1" in failures[0]["data"]["error"] or failures[0]["data"]["error"]
+        error = failures[0]["data"]["error"]
+        assert error.startswith(f"{slapd.url}: LDAPSocketOpenError") and "refused" in error
         shown = cluster.client(site["tokens"]["alice"]).request("GET", "/clusters/down")
         assert shown["members"] == ["dan"]
     finally:
@@ -473,3 +474,18 @@ def test_a_bad_config_is_refused(change: dict[str, Any], error: str) -> None:
     config = {k: v for k, v in (table("ldap://127.0.0.1:1") | change).items() if v is not None}
     with pytest.raises(ValidationError, match=re.escape(error)):
         ClustersConfig.model_validate(config)
+
+
+def test_the_writer_writes_nowhere_else(slapd_server: Slapd) -> None:
+    """The writer's ACL holds: a layout pointing outside the clusters' subtree is refused
+    with the directory's reason, and nothing is written."""
+    before = all_dns(slapd_server.url)
+    layout = Layout(PEOPLE, None)
+    owner = Person("mallory", "mallory", 40100)
+    conn = ldap3.Connection(ldap3.Server(slapd_server.url), WRITER_DN, WRITER_PW, auto_bind=True)
+    try:
+        with pytest.raises(DirectoryError, match="insufficientAccessRights"):
+            sync_branch(conn, layout, Branch("outside", owner, (), 40101, 40102))
+    finally:
+        conn.unbind()
+    assert all_dns(slapd_server.url) == before

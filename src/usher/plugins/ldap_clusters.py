@@ -236,7 +236,7 @@ class LdapClusters:
         for cluster, generation in sorted(pending.items()):
             try:
                 await self._sync(cluster)
-            except (DirectoryError, LDAPException) as exc:
+            except DirectoryError as exc:
                 left = True
                 await self._failed(cluster, str(exc))
                 continue
@@ -311,8 +311,12 @@ class LdapClusters:
         try:
             if not conn.bind():
                 raise DirectoryError(
-                    f"cannot bind to {cfg.url} as {cfg.bind_dn}: {conn.result.get('description')}"
+                    f"cannot bind as {cfg.bind_dn}: {conn.result.get('description')}"
                 )
             sync_branch(conn, self.layout, branch)
+        except DirectoryError as exc:
+            raise DirectoryError(f"{cfg.url}: {exc}") from exc
+        except LDAPException as exc:  # unreachable, timed out
+            raise DirectoryError(f"{cfg.url}: {type(exc).__name__}: {exc}") from exc
         finally:
             conn.unbind()
