@@ -121,6 +121,7 @@ class LdapClusters:
     config: ClustersConfig
     layout: Layout
     log: logging.Logger
+    _password: str  # the writer's
 
     def __init__(self) -> None:
         self.wake = asyncio.Event()
