@@ -317,3 +317,89 @@ def test_usher_install_keeps_configs_rewrites_units_and_checks_the_uid(host: Hos
     config.write_text(config.read_text() + "colour = 'blue'\n")
     bad = host.sh("/opt/usher/bin/usher lnm --config /etc/usher/lnm.toml", check=False)
     assert bad.returncode == 2 and "unknown key 'colour'" in bad.stderr, bad.stderr
+
+
+def test_usher_install_refuses_odd_files_urls_and_paths(host: Host) -> None:
+    """Inputs that would hang the installer, break a unit's syntax or a config's meaning are
+    refused with a message, before anything is written."""
+    host.file("/root/t").write_text("tok-abc.secret\n")
+    host.file("/root/huge").write_text("x" * 5000)
+    host.file("/root/dir").mkdir()
+    os.mkfifo(host.file("/root/fifo"))  # nobody writes it: reading it would wait for ever
+    host.file("/root/ca.pem").write_text("not a certificate\n")
+    refused = {
+        LNM.replace("/root/t", "/root/fifo"): "is not a regular file",
+        LNM.replace("/root/t", "/root/dir"): "is not a regular file",
+        LNM.replace("/root/t", "/dev/zero"): "is not a regular file",
+        LNM.replace("/root/t", "/root/huge"): "is larger than 4096 bytes",
+        LNM.replace("/root/t", "/root/missing"): "cannot read /root/missing",
+        f"{LNM} --ca-file /root/ca.pem": "holds no PEM certificate",
+        f"{LNM} --ca-file /root/fifo": "is not a regular file",
+        LNM.replace("solo:8760", "solo:99999"): "expected https://HOST:PORT",
+        LNM.replace("solo:8760", "admin:pw@solo:8760"): "expected https://HOST:PORT",
+        LNM.replace("solo:8760", "solo:8760/x?y=1"): "expected https://HOST:PORT",
+        f"{LNM} --migration-host 'a,b'": "is not a host name or address",
+        f"{LNM} --storage-dir 'shared'": "is not an absolute path",
+        f"{LNM} --storage-dir '/srv/a b'": "is not an absolute path",
+        f"{LNM} --storage-dir $'/srv/a\\nExecStartPre=/bin/true'": "is not an absolute path",
+        f"{LNM} --storage-dir /srv/%h": "is not an absolute path",
+        f"{LNM} --storage-dir /srv/../etc": "is not an absolute path",
+        "/opt/usher/bin/usher install ctrl --storage-dir '/srv/a b'": "is not an absolute path",
+        "/opt/usher/bin/usher install lnm --name solo": "needs --ctrl and --join-token-file",
+    }
+    for command, message in refused.items():
+        done = host.sh(command, check=False, timeout=20)
+        assert done.returncode != 0, command
+        assert message in done.stderr, (command, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+    assert not host.file("/etc/usher").exists(), "a refused install wrote files"
+    assert "usher:" not in host.file("/etc/passwd").read_text()
+
+
+def test_usher_install_ctrl_owns_its_state_dir_not_the_storage_below(host: Host) -> None:
+    """systemd chowns a StateDirectory recursively when its top is not the service user's:
+    with the storage mounted below /var/lib/usher that would be every VM's disk over NFS. The
+    admin's `mkdir -p /var/lib/usher/storage` made the top root's; the install takes it."""
+    state = host.file("/var/lib/usher/storage").parent
+    assert state.stat().st_uid == 0
+    host.sh("/opt/usher/bin/usher install ctrl --uid 970 --name solo")
+    assert (state.stat().st_uid, state.stat().st_mode & 0o777) == (970, 0o700)
+    assert host.file("/var/lib/usher/storage").stat().st_uid != 970  # the storage: untouched
+
+
+def test_usher_install_again_for_an_upgrade_needs_no_token(host: Host) -> None:
+    """An upgrade runs `usher install lnm` again after the join token was used up and
+    removed: the kept config needs neither --ctrl nor a token, and the new unit names the
+    storage that config names."""
+    host.file("/root/t").write_text("tok-abc.secret\n")
+    host.sh(f"{LNM} --uid 970 --name solo --storage-dir /var/lib/usher/storage/site")
+    host.file("/root/t").unlink()
+    unit = host.file("/etc/systemd/system/usher-lnm.service")
+    unit.write_text("stale\n")
+    again = host.sh("/opt/usher/bin/usher install lnm --uid 970")
+    assert "kept /etc/usher/lnm.toml" in again.stdout
+    assert "ReadWritePaths=/var/lib/usher/storage/site\n" in unit.read_text()
+    assert "RequiresMountsFor=/var/lib/usher/storage/site\n" in unit.read_text()
+    token = host.file("/etc/usher/join.token")
+    assert token.read_text() == "tok-abc.secret\n"
+
+
+def test_usher_lnm_config_refuses_dates_and_mangled_labels(tmp_path: Path) -> None:
+    base = 'ctrl = "https://solo:8760"\nname = "n"\ndriver = "fake"\n'
+    cases = {
+        "driver_options = {a = 1979-05-27}": "JSON cannot carry",
+        'labels = {"a,b" = "c"}': "without ',' or '='",
+        'labels = {a = "b=c"}': "without ',' or '='",
+        "labels = {a = [1]}": "without ',' or '='",
+    }
+    for extra, message in cases.items():
+        config = tmp_path / "lnm.toml"
+        config.write_text(base + extra + "\n")
+        done = subprocess.run(
+            [Path(sys.prefix) / "bin" / "usher", "lnm", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 2 and message in done.stderr, (extra, done.stderr)
+        assert "Traceback" not in done.stderr

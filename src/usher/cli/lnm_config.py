@@ -30,13 +30,27 @@ def _defaults(command: click.Command, data: dict[str, Any]) -> dict[str, Any]:
             kind = "a table" if name in TABLES else "not a table"
             raise click.BadParameter(f"{key} must be {kind}")
         if name == "labels":
-            value = ",".join(f"{k}={v}" for k, v in value.items())
+            value = ",".join(f"{k}={_label(k, v)}" for k, v in value.items())
         elif name == "driver_options":
-            value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
+            value = [f"{k}={_json(key, v)}" for k, v in value.items()]
         elif isinstance(value, dict | list):
             raise click.BadParameter(f"{key} must be a single value")
         defaults[name] = value if isinstance(value, list | bool | int) else str(value)
     return defaults
+
+
+def _label(key: str, value: Any) -> str:
+    """A label's value as ``--labels`` takes it: a string or number, no ``,`` or ``=``."""
+    if isinstance(value, dict | list) or any(c in f"{key}{value}" for c in ",="):
+        raise click.BadParameter(f"labels.{key} must be a string or number without ',' or '='")
+    return str(value)
+
+
+def _json(table: str, value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except TypeError as exc:  # TOML's dates and times
+        raise click.BadParameter(f"{table} holds a value JSON cannot carry: {exc}") from exc
 
 
 def load_defaults(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 import subprocess
 from pathlib import Path
 
@@ -53,6 +54,36 @@ def ensure_dir(path: Path, owner: pwd.struct_passwd, mode: int) -> None:
     path.mkdir(parents=True, mode=mode)
     os.chown(path, owner.pw_uid, owner.pw_gid)
     path.chmod(mode)
+
+
+def own_dir(path: Path, owner: pwd.struct_passwd, mode: int) -> None:
+    """Make ``path`` if missing and give it (itself, not what is below) to ``owner`` with
+    ``mode``, as systemd wants a ``StateDirectory``: one whose top belongs to someone else
+    is chowned recursively at every start, into whatever is mounted below it (the shared
+    storage under /var/lib/usher)."""
+    ensure_dir(path, owner, mode)
+    os.chown(path, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
+    path.chmod(mode)
+
+
+def read_small(path: Path, limit: int) -> str:
+    """The text of the regular file ``path`` of at most ``limit`` bytes; a FIFO, device,
+    directory or longer file is refused without waiting on it or reading it whole."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise InstallError(f"cannot read {path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InstallError(f"{path} is not a regular file")
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise InstallError(f"{path} is larger than {limit} bytes")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise InstallError(f"{path} is not UTF-8 text") from None
 
 
 def write_file(
