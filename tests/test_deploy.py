@@ -403,3 +403,19 @@ def test_usher_lnm_config_refuses_dates_and_mangled_labels(tmp_path: Path) -> No
         )
         assert done.returncode == 2 and message in done.stderr, (extra, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_the_lnm_unit_leaves_its_guests_alone() -> None:
+    """The guests' QEMUs live in the LNM's cgroup: the unit's stop, task limit and OOM policy
+    apply to them too, so none of them may end or cap the guests."""
+    unit = render(
+        "lnm",
+        usher=Path("/opt/usher/bin/usher"),
+        user="usher",
+        storage=Path(STORAGE),
+        config_dir=Path("/etc/usher"),
+    )
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line[:30])
+    assert settings["KillMode"] == "process"
+    assert settings["TasksMax"] == "infinity"  # the default, 15% of pid_max, caps QEMU threads
+    assert settings["OOMPolicy"] == "continue"  # stop: one guest's OOM kill would stop the LNM
