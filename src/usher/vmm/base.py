@@ -45,14 +45,15 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from usher.model import Capability, Image, Snapshot, VMSpec, VMState
 
 __all__ = [
     "DRIVER_GROUP",
+    "META_LIMITS",
     "Capability",
     "DomainInfo",
     "Driver",
@@ -60,6 +61,7 @@ __all__ = [
     "Guest",
     "InsufficientCapacity",
     "InvalidTransition",
+    "Meta",
     "MigrationResult",
     "StateCallback",
     "UnknownVM",
@@ -69,6 +71,26 @@ __all__ = [
 
 DRIVER_GROUP = "usher.drivers"
 """The entry-point group drivers are found in: ``name = "package.module:DriverClass"``."""
+
+
+META_LIMITS = (16, 64, 4096)
+"""A VM's ``meta`` holds at most 16 keys of at most 64 characters, each value at most 4096."""
+
+
+def _check_meta(meta: dict[str, str]) -> dict[str, str]:
+    keys, key_len, value_len = META_LIMITS
+    if len(meta) > keys:
+        raise ValueError(f"meta holds {len(meta)} keys; at most {keys}")
+    for key, value in meta.items():
+        if not key or len(key) > key_len:
+            raise ValueError(f"meta key {key[:key_len]!r}… must have 1 to {key_len} characters")
+        if len(value) > value_len:
+            raise ValueError(f"meta value of {key!r} is longer than {value_len} characters")
+    return meta
+
+
+Meta = Annotated[dict[str, str], AfterValidator(_check_meta)]
+"""What the controller keeps with a VM on its node (:attr:`Guest.meta`): opaque, bounded."""
 
 
 class DriverError(Exception):
@@ -103,6 +125,14 @@ class Guest(BaseModel):
     None), which a driver hands to the guest as a NoCloud seed
     (:func:`usher.images.nocloud.build_seed`) at every boot, and keeps attached on the target
     of a live migration.
+
+    ``meta`` is what the controller asks the driver to keep with the VM (who it belongs to,
+    as Nova keeps an instance's owner in its libvirt domain): opaque to the driver, small
+    (:data:`META_LIMITS`). The driver keeps it with the VM on this host, beyond an LNM
+    restart, and :meth:`Driver.info` and :meth:`Driver.list` report it back unchanged in
+    :attr:`DomainInfo.meta`, also on the target of a live migration (from the ``guest`` of
+    :meth:`Driver.prepare_incoming`). A later :meth:`Driver.start` or :meth:`Driver.cycle`
+    replaces it by its ``guest``'s.
     """
 
     id: str
@@ -110,16 +140,20 @@ class Guest(BaseModel):
     spec: VMSpec
     image: Image | None = None
     config: dict[str, Any] | None = None
+    meta: Meta = Field(default_factory=dict)
 
 
 class DomainInfo(BaseModel):
-    """What the driver knows about one VM it runs: the truth about that VM."""
+    """What the driver knows about one VM it runs: the truth about that VM. ``meta`` is the
+    :attr:`Guest.meta` it was last started (or received) with, unchanged ({} for a VM a
+    driver recorded before drivers kept it)."""
 
     id: str
     name: str
     spec: VMSpec
     state: VMState
     reason: str | None = None
+    meta: Meta = Field(default_factory=dict)
     cpu_seconds: float = 0.0
     memory_used_mb: float = 0.0
     endpoints: dict[str, str] = Field(

@@ -255,7 +255,7 @@ class FakeDriver(Driver):
             raise InvalidTransition(dom.id, dom.state, action)
 
     def _add(self, guest: Guest) -> FakeDomain:
-        self._domains[guest.id] = FakeDomain(guest.id, guest.name, guest.spec)
+        self._domains[guest.id] = FakeDomain(guest.id, guest.name, guest.spec, meta=guest.meta)
         return self._domains[guest.id]
 
     def _remove(self, dom: FakeDomain) -> None:
@@ -323,7 +323,7 @@ class FakeDriver(Driver):
                 raise
         if dom is None:
             dom = self._add(guest)
-        dom.name, dom.spec = guest.name, guest.spec
+        dom.name, dom.spec, dom.meta = guest.name, guest.spec, dict(guest.meta)
         dom.console.append(
             f"fake BIOS: booting {dom.spec.image} with {dom.spec.vcpus} vCPUs, "
             f"{dom.spec.memory_mb} MB\n"

@@ -36,6 +36,8 @@ class FakeDomain:
     spec: VMSpec
     state: VMState = VMState.STOPPED
     reason: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    """What the controller keeps with the guest (``Guest.meta``), reported back as given."""
     cpu_seconds: float = 0.0
     """CPU time burnt before ``running_since``."""
     running_since: float | None = None
@@ -69,6 +71,7 @@ class FakeDomain:
             spec=self.spec,
             state=self.state,
             reason=self.reason,
+            meta=self.meta,
             cpu_seconds=self.burnt(t),
             memory_used_mb=self.spec.memory_mb * MEMORY_LOAD if self.state in ACTIVE else 0.0,
         )
@@ -80,6 +83,7 @@ class FakeDomain:
             "spec": self.spec.model_dump(mode="json"),
             "state": self.state.value,
             "reason": self.reason,
+            "meta": self.meta,
             "cpu_seconds": self.cpu_seconds,
             "running_since": self.running_since,
             "console": self.console,
@@ -99,6 +103,7 @@ class FakeDomain:
             spec=VMSpec.model_validate(data["spec"]),
             state=VMState(data["state"]),
             reason=data["reason"],
+            meta=dict(data.get("meta") or {}),
             cpu_seconds=data["cpu_seconds"],
             running_since=data["running_since"],
             console=list(data["console"]),

@@ -256,6 +256,7 @@ class LibvirtDriver(Driver):
             spec=record.spec,
             state=state,
             reason=reason,
+            meta=record.meta,
             cpu_seconds=cpu,
             memory_used_mb=float(record.spec.memory_mb) if state in ACTIVE else 0.0,
         )
@@ -440,6 +441,7 @@ class LibvirtDriver(Driver):
             image=image,
             nics=nics_of(guest.id, guest.spec.nics),
             seed=guest.config is not None,
+            meta=dict(guest.meta),
         )
         async with self.claim(guest.id, guest.spec):
             disk_was_there = self.files.has_disk(guest.id)

@@ -168,6 +168,7 @@ class Migrations:
             image=guest.image,
             nics=nics_of(guest.id, guest.spec.nics),
             seed=guest.config is not None,
+            meta=dict(guest.meta),
         )
         async with driver.claim(guest.id, guest.spec):
             incoming = Incoming(record)

@@ -39,6 +39,8 @@ class Record:
     image: Image
     nics: list[Nic]
     seed: bool = False
+    meta: dict[str, str] = field(default_factory=dict)
+    """What the controller keeps with the VM (``Guest.meta``), reported back as given."""
     crash_seen: bool = False
     """The VM was stopped after it crashed: libvirt still says "crashed", Usher "stopped"."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +54,7 @@ class Record:
                 "image": self.image.model_dump(mode="json"),
                 "nics": [nic.to_json() for nic in self.nics],
                 "seed": self.seed,
+                "meta": self.meta,
                 "crash_seen": self.crash_seen,
             },
             separators=(",", ":"),
@@ -67,6 +70,7 @@ class Record:
             image=Image.model_validate(data["image"]),
             nics=[Nic(**nic) for nic in data["nics"]],
             seed=bool(data.get("seed", False)),
+            meta={str(k): str(v) for k, v in (data.get("meta") or {}).items()},
             crash_seen=bool(data.get("crash_seen", False)),
         )
 

@@ -220,6 +220,7 @@ class QemuDriver(Driver):
             id=guest.id,
             name=guest.name,
             spec=guest.spec,
+            meta=dict(guest.meta),
             image=image,
             nics=nics_of(guest.id, guest.spec.nics),
             accel=await self._accelerator(),

@@ -28,6 +28,8 @@ class Domain:
     accel: str
     state: VMState = VMState.STOPPED
     reason: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    """What the controller keeps with the VM (``Guest.meta``), reported back as given."""
     incoming: bool = False
     seed: bool = False
     """The guest has a cloud-init seed (``seed.iso`` in its shared dir) as a CD-ROM."""
@@ -50,6 +52,7 @@ class Domain:
             "accel": self.accel,
             "state": self.state.value,
             "reason": self.reason,
+            "meta": self.meta,
             "incoming": self.incoming,
             "seed": self.seed,
             "ssh_forward": self.ssh_forward,
@@ -66,6 +69,7 @@ class Domain:
             accel=data["accel"],
             state=VMState(data["state"]),
             reason=data["reason"],
+            meta=dict(data.get("meta") or {}),
             incoming=data["incoming"],
             seed=data.get("seed", False),
             ssh_forward=data.get("ssh_forward"),
@@ -86,6 +90,7 @@ class Domain:
             spec=self.spec,
             state=self.state,
             reason=self.reason,
+            meta=self.meta,
             cpu_seconds=cpu_seconds,
             memory_used_mb=memory_used_mb,
             endpoints={"ssh": self.ssh_forward} if self.ssh_forward else {},

@@ -73,6 +73,7 @@ class Migrations:
             id=guest.id,
             name=guest.name,
             spec=guest.spec,
+            meta=dict(guest.meta),
             image=guest.image,
             nics=nics_of(guest.id, guest.spec.nics),
             accel=await self._accelerator(),

@@ -52,9 +52,13 @@ class _Record:
     spec: VMSpec
     state: VMState = VMState.STOPPED
     console: list[str] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+    """What the controller keeps with the guest (``Guest.meta``), reported back as given."""
 
     def info(self) -> DomainInfo:
-        return DomainInfo(id=self.id, name=self.name, spec=self.spec, state=self.state)
+        return DomainInfo(
+            id=self.id, name=self.name, spec=self.spec, state=self.state, meta=self.meta
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {**vars(self), "spec": self.spec.model_dump(mode="json")}
@@ -121,7 +125,7 @@ class MemoryDriver(Driver):
             del self._booting[guest.id]
         if record is None:
             record = self._records[guest.id] = _Record(guest.id, guest.name, guest.spec)
-        record.name, record.spec = guest.name, guest.spec
+        record.name, record.spec, record.meta = guest.name, guest.spec, dict(guest.meta)
         self._become(record, VMState.RUNNING)
         return record.info()
 
