@@ -35,7 +35,10 @@ class Host:
     holder: subprocess.Popen[bytes]
 
     def enter(self) -> list[str]:
-        return ["nsenter", f"--target={self.holder.pid}", "--net", "--mount", "--"]
+        """The command prefix that runs a command on this host. ``--root``: entering a mount
+        namespace moves a process to its real root, which in a chroot is not this one's."""
+        target = f"--target={self.holder.pid}"
+        return ["nsenter", target, "--net", "--mount", "--root", "--wd", "--"]
 
     def sh(
         self,

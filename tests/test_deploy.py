@@ -141,7 +141,7 @@ def _can_write(host: Host, unit: str, directory: str) -> bool:
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     env = " ".join(shlex.quote(v.decode()) for v in environ if v)
     done = host.sh(
-        f"nsenter --target={pid} --mount --setuid={USHER_UID} --setgid={USHER_UID} -- "
+        f"nsenter --target={pid} --mount --root --setuid={USHER_UID} --setgid={USHER_UID} -- "
         f"env -i {env} sh -c 'f=$(mktemp -p {directory}) && rm \"$f\"'",
         check=False,
     )
