@@ -1,5 +1,5 @@
-"""Conformance: the life cycle of a VM, refusals, capacity, capabilities, an LNM restart, and
-ends nobody asked for."""
+"""Conformance: the life cycle of a VM, refusals, capacity, capabilities, an LNM restart (which
+keeps each VM's state and ``meta``), and ends nobody asked for."""
 
 from __future__ import annotations
 
@@ -213,6 +213,9 @@ async def test_a_restarted_lnm_finds_its_vms_in_their_true_states(hosts: Hosts) 
 
     again = await hosts.restart("a")
     assert await states(again) == expected
+    kept = {guest.id: guest.meta for guest in (running, paused, stopped)}
+    assert {dom.id: dom.meta for dom in await again.list()} == kept, "meta lost in a restart"
+    assert (await again.info(stopped.id)).meta == stopped.meta
     await alive(site, again, running.id)
     assert await boots(site, again, running) in (None, 1), "the guest booted again"
     if pausing:

@@ -1,5 +1,6 @@
 """Conformance: live migration between hosts ``a`` and ``b`` (capability ``live_migrate``):
-one that succeeds, one that fails midway, one called off, and incoming VMs settled."""
+one that succeeds (the target keeps the VM's ``meta``), one that fails midway, one called off,
+and incoming VMs settled."""
 
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ async def test_a_live_migration_moves_the_guest_without_a_reboot(hosts: Hosts) -
     dom = await target.finish_incoming(guest.id)
     assert dom.state is VMState.RUNNING and dom.id == guest.id
     assert await states(target) == {guest.id: VMState.RUNNING}
+    assert dom.meta == guest.meta, "the target must keep the VM's meta"
+    assert [d.meta for d in await target.list()] == [guest.meta]
+    target = await hosts.restart("b")  # and keep it beyond an LNM restart
+    assert (await target.info(guest.id)).meta == guest.meta
     await alive(site, target, guest.id)
     assert await boots(site, target, guest) in (None, 1), "the guest booted again"
     after = await beats(site, target, guest.id)

@@ -16,7 +16,7 @@ from typing import Any
 
 from usher.conformance.site import DriverSite
 from usher.model import Capability, Image, VMSpec, VMState
-from usher.vmm.base import Driver, DriverError, Guest, load_driver
+from usher.vmm.base import META_LIMITS, Driver, DriverError, Guest, load_driver
 
 
 class Reports:
@@ -75,13 +75,18 @@ class Hosts:
         return await self.open(host, **options)
 
     def guest(self, name: str = "guest", **spec: Any) -> Guest:
-        """A new guest of the site's image, with a unique id."""
+        """A new guest of the site's image, with a unique id, and a ``meta`` for the driver
+        to keep (of the most keys a meta holds, one of them of the longest value)."""
         spec.setdefault("memory_mb", self.site.guest_memory_mb)
+        keys, key_len, value_len = META_LIMITS
+        meta = {f"k{i}": f'{name} ünïcode "quoted" <x>&{i}' for i in range(keys - 1)}
+        meta["l" * key_len] = "v" * value_len
         return Guest(
             id=f"vm-{uuid.uuid4().hex[:12]}",
             name=f"{name}-{uuid.uuid4().hex[:4]}",
             spec=VMSpec(**spec),
             image=self.image,
+            meta=meta,
         )
 
     async def close_all(self) -> None:
