@@ -6,6 +6,7 @@ across a controller restart."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from bind_server import KEY_NAME, Bind
+from dns_proxy import Proxy
 from harness import Cluster, wait_for
 from usher.ctrl.config import Settings
 from usher.ctrl.context import PluginContext
@@ -25,6 +27,7 @@ from usher.model import OpKind, OpStatus
 from usher.plugins.dns_config import DnsConfig
 from usher.plugins.dns_names import BadName, changes, reverse_name, vm_names, zone_of
 from usher.plugins.dns_pending import Change, Ledger, Names
+from usher.plugins.dns_update import DnsUpdate
 
 FORWARD = "usher.test"
 REVERSE = "9.213.10.in-addr.arpa"
@@ -190,6 +193,33 @@ async def test_a_removal_supersedes_an_add_under_way(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_a_failed_pass_is_tried_again_on_its_own(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'usher.db'}")
+    await store.open()
+    plugin = DnsUpdate()
+    passes: list[bool] = []
+
+    async def flaky(everything: bool) -> None:
+        passes.append(everything)
+        if len(passes) == 1:
+            raise RuntimeError("the database went away")
+
+    plugin._pass = flaky  # type: ignore[method-assign]
+    config = {"server": "127.0.0.1", "key_name": "k", "key_secret": SECRET, "retry_interval": 0.05}
+    try:
+        await plugin.usher_configure(
+            PluginContext(store=store, bus=EventBus(), settings=Settings()), config
+        )
+        for _ in range(100):
+            if len(passes) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert passes[:2] == [True, True]  # no event woke it; a restart's pass is redone
+    finally:
+        await plugin.usher_shutdown()
+        await store.close()
+
+
 def test_a_nameserver_away_never_fails_a_vm_and_gets_its_updates_later(
     bind: Bind, make_cluster: Callable[..., Cluster]
 ) -> None:
@@ -229,6 +259,30 @@ def test_a_wrong_tsig_secret_is_an_event_and_is_retried(
     assert "(BADSIG): its secret is not the server's" in again[0]["error"]
     assert again[0]["retry_in"] > 0
     assert bind.resolve(f"keyed.web.{FORWARD}.", "A") is None
+    no_wrong_events(cluster)
+
+
+@pytest.fixture
+def proxy(bind: Bind) -> Iterator[Proxy]:
+    server = Proxy(bind.port)
+    yield server
+    server.stop()
+
+
+def test_a_nameserver_that_hangs_up_is_an_event_and_is_retried(
+    bind: Bind, proxy: Proxy, make_cluster: Callable[..., Cluster]
+) -> None:
+    proxy.hangup = True
+    table = dns_table(bind, key_name=KEY_NAME, key_secret=bind.secret, port=proxy.port)
+    cluster = with_dns(make_cluster, table)
+    client = cluster.client()
+    (vm,) = ok(cluster, client.create_vms(names=["hung"], cluster="web"))
+    fqdn = f"hung.web.{FORWARD}."
+    again = failures(cluster, lambda d: d["name"] == fqdn and d["attempts"] >= 2)
+    assert "closed the connection without answering" in again[0]["error"]
+    assert again[0]["retry_in"] > 0
+    proxy.hangup = False  # the updates still pending go through on their own
+    resolves(bind, fqdn, "A", client.get_vm(vm).addresses)
     no_wrong_events(cluster)
 
 

@@ -26,8 +26,8 @@ HINTS = {
 
 
 class UpdateFailed(Exception):
-    """The update was not made. ``unreachable``: no answer at all (down, refused, timed out),
-    so other updates would fare no better now."""
+    """The update was not made. ``unreachable``: no answer at all (down, refused, timed out,
+    hung up), so other updates would fare no better now."""
 
     def __init__(self, message: str, *, unreachable: bool = False) -> None:
         super().__init__(message)
@@ -56,6 +56,10 @@ async def send(config: DnsConfig, zone: str, entry: dict[str, Any]) -> None:
     except OSError as exc:
         raise UpdateFailed(
             f"nameserver {where} is unreachable: {exc.strerror or exc}", unreachable=True
+        ) from exc
+    except EOFError as exc:  # dnspython's TCP read of a connection closed under it
+        raise UpdateFailed(
+            f"nameserver {where} closed the connection without answering", unreachable=True
         ) from exc
     except dns.tsig.PeerBadKey as exc:
         raise UpdateFailed(

@@ -86,7 +86,7 @@ class DnsUpdate:
             return
         if event.name in REMOVING_EVENTS:
             await self._set(vm_id, None)
-        elif event.name == "register":
+        elif event.name in ("register", "vm_adopted"):
             data = event.data
             await self._publish(vm_id, data["name"], data.get("cluster"), data["addresses"])
         elif event.name == "start" or (event.name == "vm_change" and event.data.get("old_name")):
@@ -128,15 +128,15 @@ class DnsUpdate:
         everything = True
         while True:
             self.wake.clear()
+            wait: float | None
             try:
                 await self._pass(everything)
                 everything = False
                 entries = await self.ledger.pending()
-            except Exception:
+                wait = max(0.0, min(e["due"] for e in entries) - time.time()) if entries else None
+            except Exception:  # the database, say: the pending updates are tried again later
                 self.log.exception("dns: a pass over the pending updates failed")
-                entries = []
-                await asyncio.sleep(self.config.retry_interval)
-            wait = max(0.0, min(e["due"] for e in entries) - time.time()) if entries else None
+                wait = self.config.retry_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), wait)
 
@@ -158,7 +158,7 @@ class DnsUpdate:
                 )
                 continue
             try:
-                await send(self.config, zone, entry)
+                await self._send(zone, entry)
             except UpdateFailed as exc:
                 failed = due[i:] if exc.unreachable else [entry]
                 kept = await self.ledger.postpone(failed, self._delay)
@@ -179,6 +179,17 @@ class DnsUpdate:
             else:
                 await self.ledger.settle(entry)
                 self.log.info("dns: %s %s %s", action, entry["type"], entry["name"])
+
+    async def _send(self, zone: str, entry: dict[str, Any]) -> None:
+        """:func:`send`, with an error it did not foresee turned into a failure of this
+        update (retried, as others are), so it cannot stop the ones after it."""
+        try:
+            await send(self.config, zone, entry)
+        except UpdateFailed:
+            raise
+        except Exception as exc:
+            self.log.exception("dns: unexpected error updating %s %s", entry["type"], entry["name"])
+            raise UpdateFailed(f"{type(exc).__name__}: {exc}") from exc
 
     async def _failed(
         self,
