@@ -100,6 +100,7 @@ class Controller:
         was down would keep its VMs ``running`` for as long as it stays away."""
         grace = self.settings.rejoin_grace
         await asyncio.sleep(grace)
+        self.engine.reconciler.after_restore.end()  # no adoption after the nodes' rejoin
         for name in were_up:
             reason = f"did not dial again within {grace:g} s of the controller's start"
             if await self.nodes.declare_lost(name, reason):

@@ -66,6 +66,7 @@ EVENTS: dict[str, type[BaseModel]] = {
     "unregister": core.Unregister,
     "vm_change": core.VMChangeData,
     "unknown_vm": core.UnknownVM,
+    "vm_adopted": core.VMAdopted,
     "incoming_settled": core.IncomingSettled,
     "fenced": core.Fenced,
     "fence_failure": core.FenceFailure,
@@ -91,6 +92,7 @@ EVENTS: dict[str, type[BaseModel]] = {
     "script_failure": plugins.ScriptFailure,
     "webhook_failure": plugins.WebhookFailure,
     "dns_failure": plugins.DnsFailure,
+    "ipam_conflict": plugins.IpamConflict,
 }
 """Every event name, with the model of its ``data``."""
 

@@ -130,6 +130,18 @@ class WebhookFailure(Payload):
     error: str
 
 
+class IpamConflict(Payload):
+    """Plugin ``ipam``: a VM adopted after a restore (``vm_adopted``) has an address another VM
+    holds (it was handed out again between the backup and the restore). The address stays
+    with its holder; the adopted VM keeps running with it, so two guests may answer at it:
+    stop or re-address one of them."""
+
+    sets = ("vm_id",)
+    address: str
+    holder_id: str = Field(description="the VM that holds the address")
+    holder: str = Field(description="that VM's name")
+
+
 class DnsFailure(Payload):
     """Plugin ``dns``: an update of the site's nameserver failed and is retried
     (``retry_in``), or cannot be made at all (a name that is no DNS name, or in no zone

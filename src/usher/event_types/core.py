@@ -280,26 +280,48 @@ class VMChangeData(Payload):
 
 
 class Unregister(Payload):
-    """A VM's record was deleted (by ``destroy``). ``ipam`` frees its address; the dashboard drops
-    it."""
+    """A VM's record was deleted (by ``destroy``, or after a restore: see ``reason``).
+    ``ipam`` frees its address; the dashboard drops it."""
 
     sets = ("vm_id", "node", "operation_id")
     name: str
     cluster: str | None
+    reason: str | None = Field(
+        None,
+        description="why a record was removed without a destroy: after a restore, the VM "
+        "was destroyed since the backup (its node has no copy, its disks are gone)",
+    )
 
 
 # --- reconciliation -------------------------------------------------------------------------
 
 
 class UnknownVM(Payload):
-    """A node reports a VM that has no record and never had; it is left alone. ``data`` is the
-    node's report. For an operator."""
+    """A node reports a VM that has no record and never had; it is left alone (after a restore,
+    within its window, one with Usher's meta is adopted instead: ``vm_adopted``). ``data`` is
+    the node's report. For an operator."""
 
     sets = ("vm_id", "node")
     id: str
     name: str = ""
     state: VMState
     reason: str | None = None
+    not_adopted: str | None = Field(
+        None, description="after a restore: why the VM was not adopted (no Usher meta, …)"
+    )
+
+
+class VMAdopted(Payload):
+    """After a restore, a VM made since the backup, which its node reports with the meta the
+    controller gave it (owner, cluster, tags, …), was recorded again from that report.
+    ``ipam`` holds its address again (or fires ``ipam_conflict``), ``dns`` publishes it."""
+
+    sets = ("vm_id", "node")
+    name: str
+    owner: str
+    cluster: str | None
+    state: VMState
+    addresses: list[str]
 
 
 class IncomingSettled(Payload):

@@ -25,6 +25,8 @@ Allocations are plugin data (one list per range), changed under the plugin's own
 written through at once, so no address is handed out twice, also across controller restarts.
 They are released when the VM is destroyed or its start fails; starting such a VM again takes
 its old address back if it is still free and is refused if it is not.
+A VM adopted after a restore (``vm_adopted``) takes its address back; if another VM holds it,
+it stays with that VM and an ``ipam_conflict`` event names both.
 
 With dnsmasq enabled, a dnsmasq per bridge on the controller host (see
 :mod:`usher.plugins.dnsmasq`) serves static DHCP leases and the DNS names of the allocations.
@@ -317,8 +319,38 @@ class IPAM:
     async def usher_event(self, event: Event) -> None:
         if event.name in RELEASING_EVENTS and event.vm_id:
             await self.release(event.vm_id)
+        elif event.name == "vm_adopted" and event.vm_id:
+            await self.adopt(event.vm_id)
         elif event.name == "vm_change" and event.vm_id and event.data.get("old_name"):
             await self.rename(event.vm_id)
+
+    async def adopt(self, vm_id: str) -> None:
+        """A VM adopted after a restore (made after the backup, so its address is free in
+        the restored allocations) holds its address again; an address another VM took
+        meanwhile stays with that VM, and an ``ipam_conflict`` event says so."""
+        vm = await self.ctx.records.get_vm(vm_id)
+        if vm is None:
+            return
+        async with self.lock:
+            for nic in vm.spec.nics:
+                address = nic.get("address")
+                r = next((r for r in self.ranges.values() if address in r.addresses()), None)
+                if r is None or not nic.get("mac"):
+                    continue
+                record = self.held[r.name].get(address)
+                if record is None:
+                    record = self._record(vm, address, nic["mac"])
+                    await self._save(r, {**self.held[r.name], address: record})
+                elif record["vm_id"] != vm.id:
+                    await self.ctx.emit(
+                        "ipam_conflict",
+                        vm_id=vm.id,
+                        data={
+                            "address": address,
+                            "holder_id": record["vm_id"],
+                            "holder": record["vm"],
+                        },
+                    )
 
     async def rename(self, vm_id: str) -> None:
         """A renamed VM's address gets its new DNS name (and dnsmasq serves it)."""

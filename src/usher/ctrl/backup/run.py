@@ -25,11 +25,12 @@ from usher.ctrl.backup import archive, databases
 from usher.ctrl.backup.archive import DATABASE, FILES, BadBackup, Manifest
 from usher.ctrl.backup.databases import RestoreRefused
 from usher.ctrl.config import Settings
+from usher.ctrl.restore_window import MARKER, mark_restored
 from usher.ctrl.statelock import LOCK_FILE, StateLock
 
 Progress = Callable[[str], None]
 PRE_RESTORE = "pre-restore-"  # the state a restore replaced, kept in the state dir
-NOT_STATE = {LOCK_FILE, "dnsmasq"}  # top-level names of the state dir never backed up
+NOT_STATE = {LOCK_FILE, "dnsmasq", MARKER}  # top-level names of the state dir never backed up
 WORK_PREFIX = ".usher-backup-"
 
 
@@ -126,6 +127,7 @@ def restore(
                     ) from exc
             _put_database(settings, db_kind, manifest, members[DATABASE], progress)
             restored = _put_files(state, members)
+            mark_restored(state, manifest.created_at)  # the next start adopts what nodes kept
         progress(f"restored the state of {time.ctime(manifest.created_at)}")
     finally:
         lock.release()

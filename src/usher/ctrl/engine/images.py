@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from usher.ctrl.engine.adoption import meta_of
 from usher.ctrl.engine.errors import RequestError, StepFailed
 from usher.ctrl.engine.guest_seeds import GuestSeeds
 from usher.images import catalog
@@ -61,8 +62,9 @@ class ImageCache:
         return spec.disk_gb
 
     async def guest(self, vm: VM) -> dict[str, Any]:
-        """What a node needs to run ``vm``: its spec, its image's catalogue entry and, if the
-        image runs cloud-init, the guest's configuration (``config``, its NoCloud seed)."""
+        """What a node needs to run ``vm``: its spec, its image's catalogue entry, what its
+        node keeps with it (``meta``: :func:`~usher.ctrl.engine.adoption.meta_of`) and, if
+        the image runs cloud-init, the guest's configuration (``config``, its NoCloud seed)."""
         try:
             found, image = await self._entry(vm.spec.image)
         except RequestError as exc:
@@ -72,6 +74,7 @@ class ImageCache:
             "name": vm.name,
             "spec": vm.spec.model_dump(mode="json"),
             "image": image,
+            "meta": meta_of(vm),
         }
         if found.cloud_init and self.seeds is not None:
             guest["config"] = await self.seeds.seed(vm)

@@ -3,7 +3,12 @@ own, a command's late outcome) against the records.
 
 Only the node the record names, or the target of its migration, is believed about a VM: a
 copy anywhere else is fenced there and the record stays. A report older than what is known
-of the VM on that node (a command's reply came later) is dropped."""
+of the VM on that node (a command's reply came later) is dropped.
+
+After a restore, for ``rejoin_grace`` seconds (:mod:`usher.ctrl.restore_window`), nodes are
+also believed about what the restored records cannot know: an unrecorded VM that carries
+Usher's meta (:mod:`.adoption`) is adopted, and a recorded VM its node does not have and
+whose disks are gone from the shared storage was destroyed (its record is removed)."""
 
 from __future__ import annotations
 
@@ -12,10 +17,13 @@ import logging
 import time
 from typing import Any
 
+from usher.ctrl.engine.adoption import NotAdoptable, adopted_vm
 from usher.ctrl.engine.crew import Crew
 from usher.ctrl.engine.fencing import Fencer
 from usher.ctrl.engine.incoming import settle_incoming
 from usher.ctrl.nodes import CommandFailed, NodeGone
+from usher.ctrl.restore_window import RestoreWindow
+from usher.images import catalog
 from usher.model import VM, VMState
 
 log = logging.getLogger("usher.engine")
@@ -28,6 +36,8 @@ class Reconciler:
         self.fencer = fencer
         self._started = time.monotonic()
         self._dialled: set[str] = set()  # nodes that said hello since the controller started
+        settings = crew.settings
+        self.after_restore = RestoreWindow(settings.state_dir, settings.rejoin_grace)
 
     async def node_joined(self, name: str, domains: list[dict[str, Any]], number: int) -> None:
         """Reconcile records with what a (re)connected node really runs, as its hello (the
@@ -85,9 +95,14 @@ class Reconciler:
                 await self._claimed(vm, node, dom)
 
     async def _match_report(self, vm: VM, node: str, dom: dict[str, Any] | None) -> None:
-        """The record places ``vm`` on ``node``: take the state the node reports."""
+        """The record places ``vm`` on ``node``: take the state the node reports. After a
+        restore, a VM its node does not have whose disks are gone was destroyed since the
+        backup: its record is removed."""
         if dom is not None:
             state, reason = VMState(dom["state"]), dom.get("reason")
+        elif vm.state is not S.PENDING and await self._destroyed_since_backup(vm):
+            await self._remove_destroyed(vm, node)
+            return
         elif vm.state in (S.STOPPED, S.PENDING):
             return
         else:
@@ -159,13 +174,82 @@ class Reconciler:
     async def _unrecorded(self, vm_id: str, node: str, dom: dict[str, Any]) -> None:
         """``node`` has a VM without a record: a copy of a VM destroyed while the node was
         away (lost with it and moved, or its migration's outcome never heard) is fenced; one
-        Usher never recorded is left alone (``unknown_vm``)."""
+        made after the backup a restored controller runs on is adopted (only within the
+        window after the restore); any other is left alone (``unknown_vm``)."""
         if await self.crew.store.was_destroyed(vm_id):
             name = dom.get("name") or vm_id
             reason = f"stale copy: {name} was destroyed while node {node} was away"
             await self.fencer.fence_copy(vm_id, node, reason, recorded_node=None)
-        else:
-            await self.crew.bus.emit("unknown_vm", vm_id=vm_id, node=node, data=dom)
+            return
+        why_not = None
+        if self.after_restore.open():
+            why_not = await self._adopt(vm_id, node)
+            if why_not is None:
+                return
+        data = {**dom, "not_adopted": why_not} if why_not else dom
+        await self.crew.bus.emit("unknown_vm", vm_id=vm_id, node=node, data=data)
+
+    async def _adopt(self, vm_id: str, node: str) -> str | None:
+        """Record the VM ``node`` runs as ``vm_id`` from its node's full report (its spec and
+        the meta the controller gave it) and fire ``vm_adopted``; None if it was adopted,
+        otherwise why not."""
+        crew = self.crew
+        try:
+            info = await crew.nodes.link(node).call(
+                "info", vm_id=vm_id, timeout=crew.settings.command_timeout
+            )
+            vm = adopted_vm(info, node)
+        except (CommandFailed, NodeGone, NotAdoptable) as exc:
+            return f"not adopted: {exc}"
+        if vm.id != vm_id:
+            return f"not adopted: node {node} answered for {vm.id}"
+        holder = await crew.store.get_vm(vm.name)
+        if holder is not None:
+            return f"not adopted: its name {vm.name} is taken by {holder.id}"
+        await crew.store.add_vms([vm])
+        log.warning(
+            "adopted %s (%s) of %s from node %s after a restore", vm.name, vm.id, vm.owner, node
+        )
+        await crew.bus.emit(
+            "vm_adopted",
+            vm_id=vm.id,
+            node=node,
+            data={
+                "name": vm.name,
+                "owner": vm.owner,
+                "cluster": vm.cluster,
+                "state": vm.state.value,
+                "addresses": vm.addresses,
+            },
+        )
+        return None
+
+    async def _destroyed_since_backup(self, vm: VM) -> bool:
+        """Whether ``vm``, which its node (connected) has no copy of, was destroyed after the
+        backup a restored controller runs on: only within the window after the restore, and
+        only when the shared storage is there (``<storage>/vms``) but the VM's disks are not."""
+        if not self.after_restore.open():
+            return False
+        storage = self.crew.settings.storage_dir
+        vms, disks = storage / "vms", catalog.vm_dir(storage, vm.id)
+        return await asyncio.to_thread(lambda: vms.is_dir() and not disks.exists())
+
+    async def _remove_destroyed(self, vm: VM, node: str) -> None:
+        """Remove the record of ``vm``, destroyed after the backup, as a destroy would."""
+        crew = self.crew
+        reason = (
+            f"destroyed after the backup: node {node} has no copy and its disks are gone from "
+            "the shared storage"
+        )
+        log.warning("%s (%s): %s; its record is removed", vm.name, vm.id, reason)
+        await crew.store.delete_vm(vm)
+        crew.observations.forget(vm.id)
+        await crew.bus.emit(
+            "unregister",
+            vm_id=vm.id,
+            node=vm.node,
+            data={"name": vm.name, "cluster": vm.cluster, "reason": reason},
+        )
 
     async def _settle_incoming(self, vm: VM, node: str) -> dict[str, Any] | None:
         """Have ``node`` settle an incoming copy of ``vm`` an interrupted migration left:
