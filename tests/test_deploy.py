@@ -283,6 +283,8 @@ def test_usher_install_refuses_bad_input_and_writes_nothing(host: Host) -> None:
         LNM.replace("/root/t", "/root/empty"): "does not hold a join token",
         LNM.replace("/root/t", "/root/binary"): "",
         LNM.replace("https://solo:8760", "ftp://solo"): "expected https://HOST:PORT",
+        "/opt/usher/bin/usher install ctrl --user root": "never as root",
+        "/opt/usher/bin/usher install ctrl --user 'a:b'": "is not a user name",
         "/opt/usher/bin/usher install ctrl --listen nonsense": "is not HOST:PORT",
         "/opt/usher/bin/usher install ctrl --listen 0.0.0.0:99999": "is not HOST:PORT",
         "/opt/usher/bin/usher install ctrl --name 'a b'": "is not a host name",

@@ -5,9 +5,12 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import stat
 import subprocess
 from pathlib import Path
+
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 class InstallError(Exception):
@@ -17,6 +20,10 @@ class InstallError(Exception):
 def ensure_user(name: str, home: Path, uid: int | None = None) -> pwd.struct_passwd:
     """The system user ``name`` (with a group of its own), made if missing. With ``uid``, an
     existing user must have it: hosts sharing storage over NFS need one uid for it."""
+    if not USER_NAME.fullmatch(name):
+        raise InstallError(f"{name!r} is not a user name (a-z, 0-9, _ and -, at most 32)")
+    if name == "root" or uid == 0:
+        raise InstallError("the daemons run as a user of their own, never as root")
     try:
         found = pwd.getpwnam(name)
     except KeyError:
@@ -28,6 +35,8 @@ def ensure_user(name: str, home: Path, uid: int | None = None) -> pwd.struct_pas
         if done.returncode != 0:
             raise InstallError(f"cannot make user {name}: {done.stderr.strip()}") from None
         return pwd.getpwnam(name)
+    if found.pw_uid == 0:
+        raise InstallError(f"user {name} is root (uid 0): the daemons need a user of their own")
     if uid is not None and found.pw_uid != uid:
         raise InstallError(f"user {name} exists with uid {found.pw_uid}, not {uid}")
     return found
