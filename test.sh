@@ -54,8 +54,6 @@ export USHER_TEST_PG_URL
 # the LDAP tests start their own slapd and seed it with ldapadd; the dashboard test drives
 # Debian's chromium through Playwright (no browser download; its node driver needs libatomic1)
 apt_install slapd ldap-utils dnsmasq-base chromium libatomic1
-# a guest's LDAP client (ldap_clusters): nslcd runs in a private mount namespace of a test
-apt_install nslcd libnss-ldapd libpam-ldapd pamtester
 # the libvirt driver's tests run libvirtd daemons of their own (tests/libvirt_hosts.py), each in
 # private directories; without systemd as init the packages start no system daemon (their
 # postinst starts one only when /run/systemd/system exists), and with it that daemon shares
