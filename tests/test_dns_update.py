@@ -262,6 +262,20 @@ def test_a_wrong_tsig_secret_is_an_event_and_is_retried(
     no_wrong_events(cluster)
 
 
+def test_a_rejected_key_is_one_event_per_try_for_all_the_updates(
+    bind: Bind, make_cluster: Callable[..., Cluster]
+) -> None:
+    cluster = with_dns(make_cluster, dns_table(bind, key_name="unknown-key", key_secret=SECRET))
+    client = cluster.client()
+    ok(cluster, client.create_vms(names=["unkeyed"], cluster="web"))  # its A and PTR at once
+    failures(cluster, lambda d: d["attempts"] >= 2)
+    first = [e.data for e in client.iter_events(name="dns_failure") if e.data["attempts"] == 1]
+    assert len(first) == 1, first  # not one per record set
+    assert "does not know TSIG key unknown-key (BADKEY)" in first[0]["error"]
+    assert first[0]["waiting"] == 2
+    no_wrong_events(cluster)
+
+
 @pytest.fixture
 def proxy(bind: Bind) -> Iterator[Proxy]:
     server = Proxy(bind.port)

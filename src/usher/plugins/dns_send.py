@@ -26,12 +26,13 @@ HINTS = {
 
 
 class UpdateFailed(Exception):
-    """The update was not made. ``unreachable``: no answer at all (down, refused, timed out,
-    hung up), so other updates would fare no better now."""
+    """The update was not made. ``server_wide``: the server takes no update now (no answer at
+    all: down, refused, timed out, hung up; or it rejects the TSIG key), so the others
+    would fare no better."""
 
-    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+    def __init__(self, message: str, *, server_wide: bool = False) -> None:
         super().__init__(message)
-        self.unreachable = unreachable
+        self.server_wide = server_wide
 
 
 async def send(config: DnsConfig, zone: str, entry: dict[str, Any]) -> None:
@@ -51,28 +52,31 @@ async def send(config: DnsConfig, zone: str, entry: dict[str, Any]) -> None:
         answer = await query(update, str(config.server), timeout=config.timeout, port=config.port)
     except dns.exception.Timeout as exc:
         raise UpdateFailed(
-            f"nameserver {where} did not answer within {config.timeout:g} s", unreachable=True
+            f"nameserver {where} did not answer within {config.timeout:g} s", server_wide=True
         ) from exc
     except OSError as exc:
         raise UpdateFailed(
-            f"nameserver {where} is unreachable: {exc.strerror or exc}", unreachable=True
+            f"nameserver {where} is unreachable: {exc.strerror or exc}", server_wide=True
         ) from exc
     except EOFError as exc:  # dnspython's TCP read of a connection closed under it
         raise UpdateFailed(
-            f"nameserver {where} closed the connection without answering", unreachable=True
+            f"nameserver {where} closed the connection without answering", server_wide=True
         ) from exc
     except dns.tsig.PeerBadKey as exc:
         raise UpdateFailed(
-            f"nameserver {where} does not know TSIG key {config.key_name} (BADKEY)"
+            f"nameserver {where} does not know TSIG key {config.key_name} (BADKEY)",
+            server_wide=True,
         ) from exc
     except dns.tsig.PeerBadSignature as exc:
         raise UpdateFailed(
             f"nameserver {where} rejected the signature of TSIG key {config.key_name} "
-            "(BADSIG): its secret is not the server's"
+            "(BADSIG): its secret is not the server's",
+            server_wide=True,
         ) from exc
     except dns.tsig.PeerBadTime as exc:
         raise UpdateFailed(
-            f"nameserver {where} rejected the signature's time (BADTIME): the clocks differ"
+            f"nameserver {where} rejected the signature's time (BADTIME): the clocks differ",
+            server_wide=True,
         ) from exc
     except dns.exception.DNSException as exc:
         raise UpdateFailed(
