@@ -77,6 +77,12 @@ class Host:
         raise ValueError(f"{path} is not in a private directory of {self.name}")
 
 
+def _below_root(*paths: Path) -> set[Path]:
+    return {
+        Path("/root", p.relative_to("/root").parts[0]) for p in paths if p.is_relative_to("/root")
+    }
+
+
 def _mounts(host: Host, storage: Path) -> None:
     for mount in ("var/lib", "run", "root", "opt"):
         (host.root / mount).mkdir(parents=True)
@@ -89,12 +95,13 @@ def _mounts(host: Host, storage: Path) -> None:
     shim.chmod(0o755)
     binds = [(host.root / m, f"/{m}") for m in ("etc", "var/lib", "run", "root", "opt")]
     binds.append((storage, STORAGE))
-    python = Path(sys.base_prefix)
-    if python.is_relative_to("/root"):  # a pyenv Python: keep it where the venv points
-        inner = host.root / "root" / python.relative_to("/root")
-        inner.mkdir(parents=True)
+    # what runs Usher stays where it is when it is in root's home (a clone in /root/project,
+    # a pyenv Python): the first directory below /root of each is mounted at the same place
+    for kept in _below_root(Path(sys.prefix), Path(sys.base_prefix), Path(__file__).parent):
+        inner = host.root / "root" / kept.name
+        inner.mkdir(exist_ok=True)
         (host.root / "root").chmod(0o711)
-        binds.insert(0, (python, str(inner)))
+        binds.insert(0, (kept, str(inner)))
     script = "\n".join(f"mount --rbind {source} {target}" for source, target in binds)
     run(*host.enter(), "sh", "-e", "-c", script)
 

@@ -95,7 +95,10 @@ def _kill_all(hosts: list[Host]) -> None:
 
 def _start_postgres(host: Host) -> None:
     """PostgreSQL on the controller host, as Debian's package leaves it: a cluster owned by
-    ``postgres``, peer authentication on the socket in /run/postgresql."""
+    ``postgres``, peer authentication on the socket in /run/postgresql, port 5432 (which
+    Debian's wrappers of ``createuser`` and the like read from /etc/postgresql)."""
+    for conf in host.file("/etc/postgresql").glob("*/main/postgresql.conf"):
+        conf.write_text(re.sub(r"(?m)^port\s*=.*$", "port = 5432", conf.read_text()))
     host.sh(
         f"""
         install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/main
