@@ -18,12 +18,12 @@ from pydantic import ValidationError
 
 from bind_server import KEY_NAME, Bind
 from dns_proxy import Proxy
-from harness import Cluster, wait_for
+from harness import Cluster, free_port, wait_for
 from usher.ctrl.config import Settings
 from usher.ctrl.context import PluginContext
 from usher.ctrl.events import EventBus
 from usher.ctrl.store import Store
-from usher.model import OpKind, OpStatus
+from usher.model import VM, OpKind, OpStatus, VMSpec, VMState
 from usher.plugins.dns_config import DnsConfig
 from usher.plugins.dns_names import BadName, changes, reverse_name, vm_names, zone_of
 from usher.plugins.dns_pending import Change, Ledger, Names
@@ -215,6 +215,54 @@ async def test_a_failed_pass_is_tried_again_on_its_own(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.02)
         assert passes[:2] == [True, True]  # no event woke it; a restart's pass is redone
+    finally:
+        await plugin.usher_shutdown()
+        await store.close()
+
+
+async def test_a_restart_catches_up_with_events_a_crash_lost(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'usher.db'}")
+    await store.open()
+    ctx = PluginContext(store=store, bus=EventBus(), settings=Settings())
+
+    def vm(vm_id: str, name: str, state: VMState, address: str) -> VM:
+        return VM(
+            id=vm_id, name=name, owner="alice", cluster="web", spec=VMSpec(), state=state,
+            addresses=[address],
+        )  # fmt: skip
+
+    await store.add_vms(
+        [
+            vm("vm-new", "new", VMState.RUNNING, "10.0.0.2"),  # its register was lost
+            vm("vm-moved", "moved", VMState.RUNNING, "10.0.0.3"),  # its rename was lost
+            vm("vm-failed", "failed", VMState.STOPPED, "10.0.0.4"),  # start failed: no names
+        ]
+    )
+    ledger = Ledger(ctx)
+    for vm_id, names in (
+        ("vm-moved", Names(f"before.web.{FORWARD}.", ("10.0.0.3",))),
+        ("vm-gone", Names(f"gone.web.{FORWARD}.", ("10.0.0.5",))),  # its unregister was lost
+    ):
+        await ledger.set_names(vm_id, names, lambda old, new, i=vm_id: changes(i, old, new))
+    for entry in await ledger.pending():
+        await ledger.settle(entry)  # made before the crash
+    plugin = DnsUpdate()
+    config = {"server": "127.0.0.1", "port": free_port(), "domain": FORWARD}
+    try:
+        await plugin.usher_configure(ctx, {**config, "key_name": "k", "key_secret": SECRET})
+        assert await ledger.all_published() == {
+            "vm-new": Names(f"new.web.{FORWARD}.", ("10.0.0.2",)),
+            "vm-moved": Names(f"moved.web.{FORWARD}.", ("10.0.0.3",)),
+        }
+        assert {e["key"]: e["values"] for e in await ledger.pending()} == {
+            f"A new.web.{FORWARD}.": ["10.0.0.2"],
+            "PTR 2.0.0.10.in-addr.arpa.": [f"new.web.{FORWARD}."],
+            f"A before.web.{FORWARD}.": [],
+            f"A moved.web.{FORWARD}.": ["10.0.0.3"],
+            "PTR 3.0.0.10.in-addr.arpa.": [f"moved.web.{FORWARD}."],
+            f"A gone.web.{FORWARD}.": [],
+            "PTR 5.0.0.10.in-addr.arpa.": [],
+        }
     finally:
         await plugin.usher_shutdown()
         await store.close()

@@ -93,6 +93,11 @@ class Ledger:
         value = (await self.ctx.get(PLUGIN, "published", {})).get(vm_id)
         return Names.from_json(value) if value else None
 
+    async def all_published(self) -> dict[str, Names]:
+        """The names of every VM, by VM id."""
+        published = await self.ctx.get(PLUGIN, "published", {})
+        return {vm_id: Names.from_json(value) for vm_id, value in published.items()}
+
     async def pending(self) -> list[dict[str, Any]]:
         """Every pending entry, oldest change first."""
         entries: dict[str, dict[str, Any]] = await self.ctx.get(PLUGIN, "pending", {})

@@ -44,7 +44,7 @@ import logging
 import time
 from typing import Any
 
-from usher.model import Event
+from usher.model import Event, VMState
 from usher.plugin import PluginContext, hookimpl
 from usher.plugins.dns_config import DnsConfig
 from usher.plugins.dns_names import changes, vm_names, zone_of
@@ -52,6 +52,8 @@ from usher.plugins.dns_pending import Ledger, Names
 from usher.plugins.dns_send import UpdateFailed, send
 
 REMOVING_EVENTS = frozenset({"unregister", "destroy", "start_failure"})
+LIVE_STATES = frozenset({VMState.RUNNING, VMState.PAUSED, VMState.MIGRATING})
+"""States a VM reaches only by a start that kept its addresses."""
 
 
 class DnsUpdate:
@@ -68,6 +70,7 @@ class DnsUpdate:
         self.ledger = Ledger(ctx)
         self.log = ctx.logger("dns")
         self.wake = asyncio.Event()
+        await self._reconcile()
         self.task = asyncio.create_task(self._run(), name="dns-updates")
 
     @hookimpl
@@ -94,6 +97,31 @@ class DnsUpdate:
             vm = await self.ctx.records.get_vm(vm_id)
             if vm is not None:
                 await self._publish(vm_id, vm.name, vm.cluster, vm.addresses)
+
+    async def _reconcile(self) -> None:
+        """Catch up with what the events lost in a crash told no one (they are not kept):
+        the names of VMs whose records are gone are removed, those of running VMs made or
+        renamed. Run at start, before any event comes, so no operation races it."""
+        published = await self.ledger.all_published()
+        seen: set[str] = set()
+        cursor: str | None = None
+        while True:
+            page = await self.ctx.records.list_vms(limit=500, cursor=cursor)
+            for vm in page.items:
+                seen.add(vm.id)
+                if vm.state not in LIVE_STATES or not vm.addresses:
+                    continue  # a failed start's address may be someone else's by now
+                try:
+                    wanted = vm_names(vm.name, vm.cluster, self.config.domain, vm.addresses)
+                except ValueError:
+                    wanted = None  # _publish knows whether it said so already
+                if wanted is None or published.get(vm.id) != wanted:
+                    await self._publish(vm.id, vm.name, vm.cluster, vm.addresses)
+            cursor = page.next
+            if cursor is None:
+                break
+        for vm_id in published.keys() - seen:
+            await self._set(vm_id, None)
 
     async def _publish(
         self, vm_id: str, name: str, cluster: str | None, addresses: list[str]
