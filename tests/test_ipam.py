@@ -274,3 +274,36 @@ async def test_guests_get_their_address_as_cloud_init_network_config(
     untouched = GuestConfig("vm-9", "web-9")
     await plugin.guest_config(vm(9), untouched)  # holds no address: left to DHCP
     assert untouched.network is None and untouched.fqdn is None
+
+
+async def test_an_adopted_vm_holds_its_address_again_unless_another_took_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """After a restore, a VM adopted from its node (``vm_adopted``) takes back the address
+    it has; one another VM holds meanwhile stays with that VM: ``ipam_conflict``."""
+    bus = EventBus()
+    seen: list[Event] = []
+
+    async def notify(event: Event) -> None:
+        seen.append(event)
+
+    bus.notifier = notify
+    plugin = IPAM()
+    ctx = PluginContext(store=store, bus=bus, settings=Settings(state_dir=tmp_path))
+    await plugin.usher_configure(ctx, CONFIG)
+    holder = vm(1)
+    await plugin.allocate_address(holder, start(ALICE))  # 10.213.9.2
+    nic = {"mac": mac_of("10.213.9.3"), "network": "bridge:usher-t-lab", "address": "10.213.9.3"}
+    clash = {**nic, "mac": mac_of("10.213.9.2"), "address": "10.213.9.2"}
+    back = vm(2).model_copy(update={"spec": VMSpec(nics=[nic]), "addresses": ["10.213.9.3"]})
+    other = vm(3).model_copy(update={"spec": VMSpec(nics=[clash]), "addresses": ["10.213.9.2"]})
+    await store.add_vms([holder, back, other])
+    for adopted in (back, other):
+        await plugin.usher_event(Event(name="vm_adopted", vm_id=adopted.id, data={}))
+    held = {r["address"]: r["vm_id"] for r in await store.plugin_get("ipam", "range:lab")}
+    assert held == {"10.213.9.2": "vm-1", "10.213.9.3": "vm-2"}
+    conflicts = [e for e in seen if e.name == "ipam_conflict"]
+    assert [(e.vm_id, e.data) for e in conflicts] == [
+        ("vm-3", {"address": "10.213.9.2", "holder_id": "vm-1", "holder": "web-1"})
+    ]
+    assert (await plugin.allocate_address(vm(4), start(ALICE)))[0]["address"] == "10.213.9.4"
