@@ -23,7 +23,7 @@ from usher.ctrl.config import Settings
 from usher.ctrl.context import PluginContext
 from usher.ctrl.events import EventBus
 from usher.ctrl.store import Store
-from usher.model import VM, OpKind, OpStatus, VMSpec, VMState
+from usher.model import VM, Event, OpKind, OpStatus, VMSpec, VMState
 from usher.plugins.dns_config import DnsConfig
 from usher.plugins.dns_names import BadName, changes, reverse_name, vm_names, zone_of
 from usher.plugins.dns_pending import Change, Ledger, Names
@@ -262,6 +262,30 @@ async def test_a_restart_catches_up_with_events_a_crash_lost(tmp_path: Path) -> 
             "PTR 3.0.0.10.in-addr.arpa.": [f"moved.web.{FORWARD}."],
             f"A gone.web.{FORWARD}.": [],
             "PTR 5.0.0.10.in-addr.arpa.": [],
+        }
+    finally:
+        await plugin.usher_shutdown()
+        await store.close()
+
+
+async def test_a_vm_adopted_after_a_restore_gets_its_names(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'usher.db'}")
+    await store.open()
+    ctx = PluginContext(store=store, bus=EventBus(), settings=Settings())
+    plugin = DnsUpdate()
+    config = {"server": "127.0.0.1", "port": free_port(), "domain": FORWARD}
+    try:
+        await plugin.usher_configure(ctx, {**config, "key_name": "k", "key_secret": SECRET})
+        adopted = VM(
+            id="vm-1", name="late", owner="alice", cluster="web", spec=VMSpec(),
+            state=VMState.RUNNING, addresses=["10.0.0.2"],
+        )  # fmt: skip
+        await store.add_vms([adopted])
+        data = {"name": "late", "owner": "alice", "cluster": "web", "state": "running"}
+        event = Event(name="vm_adopted", vm_id="vm-1", data={**data, "addresses": ["10.0.0.2"]})
+        await plugin.usher_event(event)
+        assert await Ledger(ctx).all_published() == {
+            "vm-1": Names(f"late.web.{FORWARD}.", ("10.0.0.2",))
         }
     finally:
         await plugin.usher_shutdown()
