@@ -10,6 +10,7 @@ it), and the read-only account ``cn=guest-reader`` a guest's nslcd reads with.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 from collections.abc import Iterator
@@ -135,6 +136,21 @@ class Slapd:
         result = subprocess.run(add, capture_output=True, text=True)
         if result.returncode != 0:
             raise AssertionError(f"cannot seed slapd: {result.stderr}")
+
+    def clear_clusters(self) -> None:
+        """Remove every branch below ``ou=clusters`` (one test's branches are not the next's:
+        two controllers of one module would both own a cluster of the same name)."""
+        search = ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", self.url]
+        search += ["-D", ROOT_DN, "-w", ROOT_PW, "-b", CLUSTERS, "-s", "one", "dn"]
+        listed = subprocess.run(search, capture_output=True, text=True, check=True)
+        branches = [
+            base64.b64decode(line[5:]).decode() if line.startswith("dn:: ") else line[4:]
+            for line in listed.stdout.splitlines()
+            if line.startswith("dn:")
+        ]
+        if branches:
+            delete = ["ldapdelete", "-x", "-r", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PW]
+            subprocess.run([*delete, *branches], capture_output=True, text=True, check=True)
 
     def _wait_answering(self) -> None:
         probe = ["ldapwhoami", "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PW]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from guest_images import CACHE_ENV, DEFAULT_CACHE
 from usher.images.debs import AptError, DebCache, extract
+from usher.vmm.libvirt_daemon import _propagation
 
 PACKAGES = ("nslcd", "libnss-ldapd", "libpam-ldapd", "pamtester")
 # the auth and account stacks Debian's pam-auth-update writes once libpam-ldapd is installed,
@@ -189,7 +190,7 @@ def ask(
         ]
     )
     done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        ["unshare", "--mount", "--propagation", _propagation(), "sh", "-c", script],
         capture_output=True,
         text=True,
         timeout=60,

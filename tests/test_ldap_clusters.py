@@ -59,6 +59,7 @@ def site(
     """A controller with authz and ldap_clusters (and a recorder of guests' cloud-config),
     one fake node, an image ``cloudy`` that runs cloud-init, and user tokens for alice, bob
     and dan."""
+    slapd_server.clear_clusters()
     root = tmp_path_factory.mktemp("ldapc")
     seeds = root / "seeds"
     seeds.mkdir()
