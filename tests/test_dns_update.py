@@ -141,6 +141,32 @@ def test_records_follow_the_vms(bind: Bind, make_cluster: Callable[..., Cluster]
     no_wrong_events(cluster)
 
 
+def test_names_that_differ_only_in_case_keep_the_first_vms_records(
+    bind: Bind, make_cluster: Callable[..., Cluster]
+) -> None:
+    cluster = with_dns(make_cluster, dns_table(bind, key_name=KEY_NAME, key_secret=bind.secret))
+    client = cluster.client()
+    (first,) = [
+        client.get_vm(i) for i in ok(cluster, client.create_vms(names=["Twin"], cluster="web"))
+    ]
+    fqdn = f"twin.web.{FORWARD}."
+    resolves(bind, fqdn, "A", first.addresses)
+    (second,) = [
+        client.get_vm(i) for i in ok(cluster, client.create_vms(names=["twin"], cluster="web"))
+    ]
+    (event,) = failures(cluster, lambda d: d["name"] == fqdn)
+    assert event["retry_in"] is None and "is VM Twin's name in DNS" in event["error"]
+    assert bind.resolve(reverse_name(second.addresses[0]), "PTR") is None
+    ok(cluster, client.destroy([second.id]))
+    (late,) = [
+        client.get_vm(i) for i in ok(cluster, client.create_vms(names=["late"], cluster="web"))
+    ]
+    resolves(bind, f"late.web.{FORWARD}.", "A", late.addresses)  # the destroy went through
+    assert bind.resolve(fqdn, "A") == first.addresses  # the destroy of the other took nothing
+    assert bind.resolve(reverse_name(first.addresses[0]), "PTR") == [fqdn]
+    no_wrong_events(cluster)
+
+
 def test_a_failed_start_takes_the_records_away_and_a_new_start_brings_them_back(
     bind: Bind, make_cluster: Callable[..., Cluster]
 ) -> None:

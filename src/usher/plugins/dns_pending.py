@@ -67,25 +67,39 @@ class Ledger:
         vm_id: str,
         names: Names | None,
         changes: Callable[[Names | None, Names | None], list[Change]],
-    ) -> list[Change]:
+    ) -> tuple[list[Change], str | None]:
         """Record that ``vm_id`` now has ``names`` (None: nothing) and queue the updates
-        that ``changes(old, new)`` derives from what it had; returns them. Nothing is
-        written when its names are as they were (every start of a VM asks again)."""
+        that ``changes(old, new)`` derives from what it had; returns them, and the VM that
+        has the name already if another does (then ``vm_id`` gets no address under it: two
+        VM names may differ only in case). Nothing is written when its names are as they
+        were (every start of a VM asks again)."""
         if await self.published(vm_id) == names:
-            return []
+            return [], None
 
-        async def apply(data: PluginData) -> list[Change]:
+        async def apply(data: PluginData) -> tuple[list[Change], str | None]:
             published: dict[str, Any] = await data.get("published", {})
-            old = published.get(vm_id)
-            made: list[Change] = changes(Names.from_json(old) if old else None, names)
-            if names is None:
+            old = Names.from_json(published[vm_id]) if vm_id in published else None
+            new, holder = names, None
+            if names is not None and names.addresses:
+                holder = next(
+                    (
+                        other
+                        for other, value in published.items()
+                        if other != vm_id and value["fqdn"] == names.fqdn and value["addresses"]
+                    ),
+                    None,
+                )
+                if holder is not None:
+                    new = Names(names.fqdn, ())
+            made: list[Change] = changes(old, new)
+            if new is None:
                 published.pop(vm_id, None)
             else:
-                published[vm_id] = names.to_json()
+                published[vm_id] = new.to_json()
             await data.put("published", published)
             if made:
                 await _queue(data, made)
-            return made
+            return made, holder if old != new else None
 
         return await self.ctx.atomically(PLUGIN, apply)
 

@@ -143,9 +143,18 @@ class DnsUpdate:
         await self._set(vm_id, names)
 
     async def _set(self, vm_id: str, names: Names | None) -> None:
-        made = await self.ledger.set_names(vm_id, names, lambda old, new: changes(vm_id, old, new))
+        made, holder = await self.ledger.set_names(
+            vm_id, names, lambda old, new: changes(vm_id, old, new)
+        )
         if made:
             self.wake.set()
+        if holder is not None and names is not None:
+            vm = await self.ctx.records.get_vm(holder)
+            error = (
+                f"{names.fqdn} is VM {vm.name if vm else holder}'s name in DNS "
+                "(VM names that differ only in case make the same DNS name)"
+            )
+            await self._failed(vm_id, "A", names.fqdn, "add", error, 0, None)
 
     # --- making it so ------------------------------------------------------------------
 
