@@ -446,6 +446,7 @@ def test_a_key_file_from_tsig_keygen(tmp_path: Path) -> None:
     [
         ({"key_secret": None}, "a TSIG key is needed: key_name and key_secret, or key_file"),
         ({"key_secret": "not base64!"}, "the TSIG secret is not base64"),
+        ({"key_secret": ""}, "the TSIG secret is empty"),
         (
             {"key_secret": None, "key_file": "/nonexistent/key"},
             "cannot read TSIG key file /nonexistent/key",

@@ -47,6 +47,8 @@ def zone_name(text: str) -> str:
 
 
 def _secret(text: str) -> str:
+    if not text:
+        raise ValueError("the TSIG secret is empty")
     try:
         base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
