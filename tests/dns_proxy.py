@@ -1,6 +1,7 @@
 """A TCP proxy in front of the tests' ``named`` that misbehaves on demand: it forwards, hangs
-up on every connection once it has read the question (``hangup``), or holds each connection
-``delay`` seconds before forwarding it (a nameserver that answers slowly)."""
+up on every connection once it has read the question (``hangup``), answers it with bytes that
+are no DNS message (``garbage``), or holds each connection ``delay`` seconds before
+forwarding it (a nameserver that answers slowly)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Proxy:
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream
         self.hangup = False
+        self.garbage = False
         self.delay = 0.0
         self.connections = 0
         self.port = free_port()
@@ -43,10 +45,12 @@ class Proxy:
 
     def _serve(self, client: socket.socket) -> None:
         with client:
-            if self.hangup:  # reads the question, then closes: no answer, no reset
+            if self.hangup or self.garbage:  # reads the question: no reset
                 client.settimeout(5)
                 with contextlib.suppress(OSError):
                     client.recv(65536)
+                    if self.garbage:  # a length-prefixed message that is no DNS message
+                        client.sendall(b"\x00\x05hello")
                 return
             deadline = time.monotonic() + self.delay
             while time.monotonic() < deadline and not self._stopped.is_set():

@@ -398,6 +398,23 @@ def test_a_nameserver_that_hangs_up_is_an_event_and_is_retried(
     no_wrong_events(cluster)
 
 
+def test_a_nameserver_that_answers_garbage_is_one_event_per_try(
+    bind: Bind, proxy: Proxy, make_cluster: Callable[..., Cluster]
+) -> None:
+    proxy.garbage = True
+    table = dns_table(bind, key_name=KEY_NAME, key_secret=bind.secret, port=proxy.port)
+    cluster = with_dns(make_cluster, table)
+    client = cluster.client()
+    (vm,) = ok(cluster, client.create_vms(names=["noise"], cluster="web"))  # its A and PTR
+    failures(cluster, lambda d: d["attempts"] >= 2)
+    first = [e.data for e in client.iter_events(name="dns_failure") if e.data["attempts"] == 1]
+    assert len(first) == 1 and first[0]["waiting"] == 2, first
+    assert "gave no usable answer: ShortHeader" in first[0]["error"]
+    proxy.garbage = False
+    resolves(bind, f"noise.web.{FORWARD}.", "A", client.get_vm(vm).addresses)
+    no_wrong_events(cluster)
+
+
 # --- the parts, without servers ---------------------------------------------------------
 
 

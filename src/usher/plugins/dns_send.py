@@ -27,8 +27,8 @@ HINTS = {
 
 class UpdateFailed(Exception):
     """The update was not made. ``server_wide``: the server takes no update now (no answer at
-    all: down, refused, timed out, hung up; or it rejects the TSIG key), so the others
-    would fare no better."""
+    all: down, refused, timed out, hung up; no usable answer; or it rejects the TSIG key),
+    so the others would fare no better."""
 
     def __init__(self, message: str, *, server_wide: bool = False) -> None:
         super().__init__(message)
@@ -78,9 +78,10 @@ async def send(config: DnsConfig, zone: str, entry: dict[str, Any]) -> None:
             f"nameserver {where} rejected the signature's time (BADTIME): the clocks differ",
             server_wide=True,
         ) from exc
-    except dns.exception.DNSException as exc:
+    except dns.exception.DNSException as exc:  # garbage, an unsigned answer: from any update
         raise UpdateFailed(
-            f"nameserver {where} gave no usable answer: {type(exc).__name__}: {exc}"
+            f"nameserver {where} gave no usable answer: {type(exc).__name__}: {exc}",
+            server_wide=True,
         ) from exc
     rcode = answer.rcode()
     if rcode != dns.rcode.NOERROR:

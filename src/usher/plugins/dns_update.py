@@ -28,8 +28,8 @@ in one message), or deletes it, so making it again is harmless.
 Updates are made in the background and never hold up or fail a VM's operation. One that
 fails (the server down, refusing, a TSIG key it rejects, no answer in time) is published as
 a ``dns_failure`` event and retried with growing delays until it is made, with no further
-request; when the server does not answer at all or rejects the TSIG key, one event covers
-every update waiting.
+request; when the server does not answer at all, answers garbage or rejects the TSIG key,
+one event covers every update waiting.
 Pending updates are plugin data (:mod:`usher.plugins.dns_pending`): they survive a restart,
 and a later change of the same name supersedes them. A VM or cluster name that is not a DNS
 label (``web_1``, ``a.b``) or a name in none of the zones gives a ``dns_failure`` event with
