@@ -318,6 +318,53 @@ async def test_a_vm_adopted_after_a_restore_gets_its_names(tmp_path: Path) -> No
         await store.close()
 
 
+async def test_updates_made_are_settled_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'usher.db'}")
+    await store.open()
+    ctx = PluginContext(store=store, bus=EventBus(), settings=Settings())
+    ledger = Ledger(ctx)
+    addresses = [f"10.0.{n // 256}.{n % 256}" for n in range(150)]  # 300 record sets
+    running = VMState.RUNNING
+    vms = [
+        VM(id=f"vm-{n}", name=f"vm-{n}", owner="a", spec=VMSpec(), state=running, addresses=[a])
+        for n, a in enumerate(addresses)
+    ]
+    await store.add_vms(vms)
+    for vm in vms:
+        names = vm_names(vm.name, None, FORWARD, vm.addresses)
+        await ledger.set_names(vm.id, names, lambda old, new, i=vm.id: changes(i, old, new))
+    sent: list[str] = []
+
+    async def send(config: DnsConfig, zone: str, entry: dict[str, Any]) -> None:
+        sent.append(entry["key"])
+
+    monkeypatch.setattr("usher.plugins.dns_update.send", send)
+    writes = 0
+    atomically = ctx.atomically
+
+    async def counted(plugin: str, change: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        return await atomically(plugin, change)
+
+    monkeypatch.setattr(ctx, "atomically", counted)
+    plugin = DnsUpdate()
+    config = {"server": "127.0.0.1", "domain": FORWARD, "reverse_zones": ["10.in-addr.arpa"]}
+    try:
+        await plugin.usher_configure(ctx, {**config, "key_name": "k", "key_secret": SECRET})
+        for _ in range(200):
+            if not await ledger.pending():
+                break
+            await asyncio.sleep(0.05)
+        assert len(sent) == 300 and await ledger.pending() == []
+        assert writes <= 4  # not one rewrite of all the pending updates per update made
+    finally:
+        await plugin.usher_shutdown()
+        await store.close()
+
+
 def test_a_nameserver_away_never_fails_a_vm_and_gets_its_updates_later(
     bind: Bind, make_cluster: Callable[..., Cluster]
 ) -> None:

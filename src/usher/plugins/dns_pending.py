@@ -117,13 +117,18 @@ class Ledger:
         entries: dict[str, dict[str, Any]] = await self.ctx.get(PLUGIN, "pending", {})
         return sorted(entries.values(), key=lambda e: e["seq"])
 
-    async def settle(self, entry: dict[str, Any]) -> None:
-        """``entry`` was made (or given up): drop it unless a newer change replaced it."""
+    async def settle(self, *made: dict[str, Any]) -> None:
+        """The entries ``made`` were made (or given up): drop each unless a newer change
+        replaced it. One write for all: the pending entries are one value, rewritten whole."""
+        if not made:
+            return
 
         async def apply(data: PluginData) -> None:
             entries = await data.get("pending", {})
-            if entries.get(entry["key"], {}).get("seq") == entry["seq"]:
-                del entries[entry["key"]]
+            done = [e["key"] for e in made if entries.get(e["key"], {}).get("seq") == e["seq"]]
+            for key in done:
+                del entries[key]
+            if done:
                 await data.put("pending", entries)
 
         await self.ctx.atomically(PLUGIN, apply)

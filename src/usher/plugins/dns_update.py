@@ -52,6 +52,8 @@ from usher.plugins.dns_pending import Ledger, Names
 from usher.plugins.dns_send import UpdateFailed, send
 
 REMOVING_EVENTS = frozenset({"unregister", "destroy", "start_failure"})
+SETTLE_BATCH = 100
+"""Updates made that are settled in one write."""
 LIVE_STATES = frozenset({VMState.RUNNING, VMState.PAUSED, VMState.MIGRATING})
 """States a VM reaches only by a start that kept its addresses."""
 
@@ -181,14 +183,18 @@ class DnsUpdate:
     async def _pass(self, everything: bool) -> None:
         now = time.time()
         due = [e for e in await self.ledger.pending() if everything or e["due"] <= now]
+        made: list[dict[str, Any]] = []  # settled in batches: each write rewrites them all
         for i, entry in enumerate(due):
+            if len(made) >= SETTLE_BATCH:
+                await self.ledger.settle(*made)
+                made.clear()
             action = "add" if entry["values"] else "remove"
             zones = (
                 self.config.reverse_zones if entry["type"] == "PTR" else self.config.forward_zones
             )
             zone = zone_of(entry["name"], zones)
             if zone is None:
-                await self.ledger.settle(entry)
+                made.append(entry)
                 known = ", ".join(zones) or "none"
                 error = f"{entry['name']} is in none of the zones configured ({known})"
                 await self._failed(
@@ -213,10 +219,11 @@ class DnsUpdate:
                     waiting=len(kept),
                 )
                 if exc.server_wide:
-                    return
+                    break
             else:
-                await self.ledger.settle(entry)
+                made.append(entry)
                 self.log.info("dns: %s %s %s", action, entry["type"], entry["name"])
+        await self.ledger.settle(*made)
 
     async def _send(self, zone: str, entry: dict[str, Any]) -> None:
         """:func:`send`, with an error it did not foresee turned into a failure of this
