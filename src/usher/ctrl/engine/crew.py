@@ -83,6 +83,20 @@ class Crew:
                 data={"from": old.value, "to": state.value, "reason": reason, **changes},
             )
 
+    async def remove_vm(
+        self, vm: VM, op: Operation | None = None, reason: str | None = None
+    ) -> None:
+        """Delete the record of ``vm`` (destroyed) and fire ``unregister``, on which plugins
+        release what it held (addresses, names)."""
+        await self.store.delete_vm(vm)
+        self.observations.forget(vm.id)
+        data: dict[str, Any] = {"name": vm.name, "cluster": vm.cluster}
+        if reason is not None:
+            data["reason"] = reason
+        await self.bus.emit(
+            "unregister", vm_id=vm.id, node=vm.node, operation_id=op.id if op else None, data=data
+        )
+
     async def end_unrun(self, op: Operation, status: OpStatus, error: str, new: bool) -> None:
         """Record an operation that ends without running (refused, or cut short by a
         restart) and fire its ``<op>_failure`` event."""

@@ -236,20 +236,12 @@ class Reconciler:
 
     async def _remove_destroyed(self, vm: VM, node: str) -> None:
         """Remove the record of ``vm``, destroyed after the backup, as a destroy would."""
-        crew = self.crew
         reason = (
             f"destroyed after the backup: node {node} has no copy and its disks are gone from "
             "the shared storage"
         )
         log.warning("%s (%s): %s; its record is removed", vm.name, vm.id, reason)
-        await crew.store.delete_vm(vm)
-        crew.observations.forget(vm.id)
-        await crew.bus.emit(
-            "unregister",
-            vm_id=vm.id,
-            node=vm.node,
-            data={"name": vm.name, "cluster": vm.cluster, "reason": reason},
-        )
+        await self.crew.remove_vm(vm, reason=reason)
 
     async def _settle_incoming(self, vm: VM, node: str) -> dict[str, Any] | None:
         """Have ``node`` settle an incoming copy of ``vm`` an interrupted migration left:

@@ -128,15 +128,7 @@ class Steps:
                 )
             except (CommandFailed, NodeGone) as exc:
                 raise StepFailed(f"{vm.name}: {exc}; the VM record is kept") from exc
-        await crew.store.delete_vm(vm)
-        crew.observations.forget(vm.id)
-        await crew.bus.emit(
-            "unregister",
-            vm_id=vm.id,
-            node=vm.node,
-            operation_id=op.id,
-            data={"name": vm.name, "cluster": vm.cluster},
-        )
+        await crew.remove_vm(vm, op)
         return None
 
     def migrate(self, req: OpRequest, moves: Moves) -> Step:
