@@ -65,11 +65,27 @@ def _mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True, capture_output=True)
 
 
+def _usher_in_tmp() -> list[Path]:
+    """The directories below /tmp that hold the Usher being tested (CI's clone and its
+    virtualenv): a site has it in /opt/usher, which a private /tmp leaves alone."""
+    tmp = Path("/tmp")
+    here = (Path(sys.prefix), Path(__file__).resolve().parent)
+    return sorted({tmp / p.relative_to(tmp).parts[0] for p in here if p.is_relative_to(tmp)})
+
+
 def sandbox(unit: str, command: list[str]) -> NoReturn:
     """Run in a mount namespace of the service's own: ``ProtectSystem=strict`` (everything but
     /dev, /proc and /sys read-only; ``ReadWritePaths`` and the ``StateDirectory`` writable) and
-    ``PrivateTmp``, then exec ``command``."""
+    ``PrivateTmp`` (an empty /tmp, but for the Usher under test: :func:`_usher_in_tmp`), then
+    exec ``command``."""
     s = parse(unit)
+    private_tmp = s.get("Service.PrivateTmp") == "yes"
+    held = []
+    for i, kept in enumerate(_usher_in_tmp() if private_tmp else []):
+        hold = RUN_DIR / f"held-{os.getpid()}-{i}"
+        hold.mkdir(parents=True)
+        _mount("--rbind", str(kept), str(hold))
+        held.append((hold, kept))
     if s.get("Service.ProtectSystem") == "strict":
         for point in _mount_points():
             if point.split("/")[1] not in ("dev", "proc", "sys"):
@@ -80,9 +96,12 @@ def sandbox(unit: str, command: list[str]) -> NoReturn:
         for path in sorted(writable, key=len):  # outer first: an inner one stays on top
             _mount("--rbind", path, path)
             _mount("-o", "remount,bind,rw", path)
-    if s.get("Service.PrivateTmp") == "yes":
+    if private_tmp:
         for path in ("/tmp", "/var/tmp"):
             _mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", path)
+        for hold, kept in held:
+            kept.mkdir()
+            _mount("--rbind", str(hold), str(kept))
     os.execvp(command[0], command)
 
 
