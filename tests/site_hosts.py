@@ -77,14 +77,20 @@ class Host:
         raise ValueError(f"{path} is not in a private directory of {self.name}")
 
 
-def _below_root(*paths: Path) -> set[Path]:
-    return {
-        Path("/root", p.relative_to("/root").parts[0]) for p in paths if p.is_relative_to("/root")
-    }
+PRIVATE = ("var/lib", "run", "root", "opt")
+"""The directories each host has of its own (and ``/etc``, a copy)."""
+
+
+def _usher_below(mount: str) -> set[Path]:
+    """The first directories below ``/<mount>`` that hold the Usher under test (the clone, its
+    virtualenv, the Python behind it, e.g. /root/project or a pyenv's /root/.pyenv)."""
+    top = Path("/", mount)
+    here = (Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parent)
+    return {top / p.relative_to(top).parts[0] for p in here if p.is_relative_to(top)}
 
 
 def _mounts(host: Host, storage: Path) -> None:
-    for mount in ("var/lib", "run", "root", "opt"):
+    for mount in PRIVATE:
         (host.root / mount).mkdir(parents=True)
     shutil.copytree("/etc", host.root / "etc", symlinks=True)
     (host.root / "var/lib/usher/storage").mkdir(parents=True)
@@ -93,15 +99,15 @@ def _mounts(host: Host, storage: Path) -> None:
     shim = host.root / "opt/shim/systemctl"
     shim.write_text(f'#!/bin/sh\nexec {sys.executable} {SHIM} "$@"\n')
     shim.chmod(0o755)
-    binds = [(host.root / m, f"/{m}") for m in ("etc", "var/lib", "run", "root", "opt")]
+    binds = [(host.root / m, f"/{m}") for m in ("etc", *PRIVATE)]
     binds.append((storage, STORAGE))
-    # what runs Usher stays where it is when it is in root's home (a clone in /root/project,
-    # a pyenv Python): the first directory below /root of each is mounted at the same place
-    for kept in _below_root(Path(sys.prefix), Path(sys.base_prefix), Path(__file__).parent):
-        inner = host.root / "root" / kept.name
-        inner.mkdir(exist_ok=True)
-        (host.root / "root").chmod(0o711)
-        binds.insert(0, (kept, str(inner)))
+    # the Usher under test stays where it is when it is below a private directory
+    for mount in PRIVATE:
+        for kept in _usher_below(mount):
+            inner = host.root / mount / kept.name
+            inner.mkdir(exist_ok=True)
+            (host.root / mount).chmod(0o711 if mount == "root" else 0o755)
+            binds.insert(0, (kept, str(inner)))
     script = "\n".join(f"mount --rbind {source} {target}" for source, target in binds)
     run(*host.enter(), "sh", "-e", "-c", script)
 
