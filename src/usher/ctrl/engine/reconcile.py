@@ -130,11 +130,14 @@ class Reconciler:
         """``node`` reports a copy of ``vm``, which is recorded on another node and is not
         migrating to it. If the recorded node is connected and has no copy, this copy is
         the VM: it moved while the controller did not hear of it (a migration after the
-        backup a restored controller runs on), and the record follows it. Otherwise,
+        backup a restored controller runs on), and the record follows it; this is believed
+        only in the window after a restore (a claim at any other time is a stale copy, or a
+        node's word against the record's, and asking the recorded node would hold the VM's
+        lock meanwhile). Otherwise,
         whatever the copy is (left from before the VM was lost and moved, or claimed by a
         confused or hostile node), it is fenced there and the record stays where it is
         (the recorded node is never fenced on another node's word)."""
-        if await self._recorded_node_lacks(vm):
+        if self.after_restore.open() and await self._recorded_node_lacks(vm):
             reason = f"found on node {node}; its recorded node {vm.node} has no copy"
             log.warning("%s: %s", vm.name, reason)
             await self.crew.set_state(vm, VMState(dom["state"]), reason, node=node)
