@@ -23,6 +23,24 @@ def _teardown(prefix: str) -> None:
     subprocess.run(["ip", "link", "del", f"{prefix}-br"], capture_output=True)
 
 
+def plug(pid: int, bridge: str, outside: str, inside: str, address: str) -> None:
+    """Join the network namespace of process ``pid`` (once it has one of its own) to
+    ``bridge`` by a veth pair (``outside`` on the bridge, ``inside`` in the namespace at
+    ``address``/24), with its loopback up."""
+    ns = f"/proc/{pid}/ns/net"
+    wait_for(
+        "the namespace", lambda: os.readlink(ns) != os.readlink("/proc/self/ns/net"), timeout=5
+    )
+    subprocess.run(["ip", "link", "del", outside], capture_output=True)
+    run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", str(pid))
+    run("ip", "link", "set", outside, "master", bridge)
+    run("ip", "link", "set", outside, "up")
+    inner = ("nsenter", f"--net={ns}", "--", "ip")
+    run(*inner, "addr", "add", f"{address}/24", "dev", inside)
+    run(*inner, "link", "set", inside, "up")
+    run(*inner, "link", "set", "lo", "up")
+
+
 @contextlib.contextmanager
 def two_hosts(prefix: str, subnet: str) -> Iterator[tuple[str, dict[str, str]]]:
     """Bridge ``<prefix>-br`` at ``<subnet>.1`` and two hosts at ``.2`` and ``.3``; yields this
@@ -38,33 +56,8 @@ def two_hosts(prefix: str, subnet: str) -> Iterator[tuple[str, dict[str, str]]]:
         for i in (2, 3):
             holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
             holders.append(holder)
-            ns = f"/proc/{holder.pid}/ns/net"
-            wait_for(
-                "the namespace",
-                lambda ns=ns: os.readlink(ns) != os.readlink("/proc/self/ns/net"),
-                timeout=5,
-            )
-            inside = ("nsenter", f"--net={ns}", "--", "ip")
-            host_end, ns_end = f"{prefix}-h{i}", f"{prefix}-n{i}"
-            run(
-                "ip",
-                "link",
-                "add",
-                host_end,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                ns_end,
-                "netns",
-                str(holder.pid),
-            )
-            run("ip", "link", "set", host_end, "master", bridge)
-            run("ip", "link", "set", host_end, "up")
-            run(*inside, "addr", "add", f"{subnet}.{i}/24", "dev", ns_end)
-            run(*inside, "link", "set", ns_end, "up")
-            run(*inside, "link", "set", "lo", "up")
-            hosts[ns] = f"{subnet}.{i}"
+            plug(holder.pid, bridge, f"{prefix}-h{i}", f"{prefix}-n{i}", f"{subnet}.{i}")
+            hosts[f"/proc/{holder.pid}/ns/net"] = f"{subnet}.{i}"
         yield f"{subnet}.1", hosts
     finally:
         for holder in holders:

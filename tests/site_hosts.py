@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import wait_for
-from netns import run
+from netns import plug, run
 from usher.vmm.libvirt_daemon import _propagation
 
 SHIM = Path(__file__).with_name("systemctl_shim.py")
@@ -130,22 +129,7 @@ def site_hosts(
             )
             host = Host(name, f"{subnet}.{i}", root / name, holder)
             hosts.append(host)
-            ns = f"/proc/{holder.pid}/ns/net"
-            wait_for(
-                "the namespace",
-                lambda ns=ns: os.readlink(ns) != os.readlink("/proc/self/ns/net"),
-                timeout=5,
-            )
-            outside, inside = f"{prefix}-h{i}", f"{prefix}-n{i}"
-            subprocess.run(["ip", "link", "del", outside], capture_output=True)
-            run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
-            run("ip", "link", "set", inside, "netns", str(holder.pid))
-            run("ip", "link", "set", outside, "master", bridge)
-            run("ip", "link", "set", outside, "up")
-            ip = (*host.enter(), "ip")
-            run(*ip, "addr", "add", f"{subnet}.{i}/24", "dev", inside)
-            run(*ip, "link", "set", inside, "up")
-            run(*ip, "link", "set", "lo", "up")
+            plug(holder.pid, bridge, f"{prefix}-h{i}", f"{prefix}-n{i}", host.address)
             _mounts(host, storage)
             hosts_file = host.root / "etc/hosts"
             hosts_file.write_text(
