@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -382,6 +383,38 @@ async def test_cancelled_and_interrupted_migrations_settle(
     await beat_after(target, guest.id, beat + 1)
     with pytest.raises(InvalidTransition):
         await target.settle_incoming(guest.id)
+
+
+async def test_a_migration_called_off_as_the_source_ends_leaves_one_copy(
+    make_driver: DriverFactory, tiny: Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Called off after the switchover, while the source ends its QEMU (a CI run landed
+    there: the source kept its record ``running`` beside the target's running copy), the
+    migration still ends the source before the cancellation is re-raised."""
+    source, target = await make_driver("a"), await make_driver("b")
+    guest = new_guest(tiny, "late-call")
+    await source.start(guest)
+    await wait_for_text(source, guest.id, r"USHER-READY late-call\b")
+    source_pid = qemu_pid(source, guest.id)
+    ending = asyncio.Event()
+    halt = source._guests.halt
+
+    async def slow_halt(dom: Any) -> None:
+        ending.set()
+        await asyncio.sleep(0.2)  # the cancellation lands here
+        await halt(dom)
+
+    monkeypatch.setattr(source._guests, "halt", slow_halt)
+    uri = await target.prepare_incoming(guest, "127.0.0.1")
+    migration = asyncio.create_task(source.migrate(guest.id, uri, timeout=60))
+    await asyncio.wait_for(ending.wait(), 30)
+    migration.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await migration
+    assert await source.list() == [] and not proc.is_alive(source_pid)
+    settled = await target.settle_incoming(guest.id)
+    assert settled is not None and settled.state is VMState.RUNNING
+    await target.destroy(guest.id)
 
 
 async def test_bridge_nic(make_driver: DriverFactory, tiny: Image, storage: Path) -> None:

@@ -43,9 +43,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from importlib.metadata import entry_points
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -91,6 +91,21 @@ def _check_meta(meta: dict[str, str]) -> dict[str, str]:
 
 Meta = Annotated[dict[str, str], AfterValidator(_check_meta)]
 """What the controller keeps with a VM on its node (:attr:`Guest.meta`): opaque, bounded."""
+
+
+T = TypeVar("T")
+
+
+async def to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end even if the caller is called off meanwhile (the cancellation
+    is re-raised once it ended): for steps that must not stop halfway, such as destroying a
+    domain and then undefining it, or ending a source whose guest went to its target."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 class DriverError(Exception):

@@ -59,9 +59,10 @@ from usher.vmm.base import (
     InvalidTransition,
     MigrationResult,
     UnknownVM,
+    to_the_end,
 )
 from usher.vmm.capacity import require_room
-from usher.vmm.libvirt_link import LibvirtFailure, Link, to_the_end
+from usher.vmm.libvirt_link import LibvirtFailure, Link
 from usher.vmm.libvirt_migration import Incoming, Migrations
 from usher.vmm.libvirt_xml import (
     NAMESPACE,

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -51,18 +51,6 @@ def _start_event_thread() -> None:
             libvirt.virEventRegisterDefaultImpl()
             threading.Thread(target=_run_events, name="libvirt-events", daemon=True).start()
             _events_started = True
-
-
-async def to_the_end(work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` to its end even if the caller is called off meanwhile (the cancellation
-    is re-raised once it ended): for steps that must not stop halfway, such as destroying a
-    domain and then undefining it."""
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        raise
 
 
 def message(exc: libvirt.libvirtError) -> str:

@@ -35,8 +35,9 @@ from usher.vmm.base import (
     InvalidTransition,
     MigrationResult,
     UnknownVM,
+    to_the_end,
 )
-from usher.vmm.libvirt_link import LibvirtFailure, message, to_the_end
+from usher.vmm.libvirt_link import LibvirtFailure, message
 from usher.vmm.libvirt_xml import Record, with_console_socket
 from usher.vmm.qemu_argv import nics_of
 from usher.vmm.qemu_files import CONSOLE_SOCKET

@@ -18,7 +18,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from usher.model import VMState
-from usher.vmm.base import DomainInfo, DriverError, Guest, InvalidTransition, MigrationResult
+from usher.vmm.base import (
+    DomainInfo,
+    DriverError,
+    Guest,
+    InvalidTransition,
+    MigrationResult,
+    to_the_end,
+)
 from usher.vmm.qemu_argv import nics_of
 from usher.vmm.qemu_domain import Domain
 from usher.vmm.qemu_guests import KILL_TIMEOUT, Guests
@@ -145,13 +152,14 @@ class Migrations:
             log.warning("VM %s: migration timed out after %g s; cancelling it", vm_id, timeout)
             status = {"status": await self._call_off(monitor)}
         if status["status"] != "completed":
-            await self._keep_running(dom)
+            await to_the_end(self._keep_running(dom))
             why = f"timed out after {timeout:g} s" if timed_out else status.get("error-desc")
             raise DriverError(
                 f"live migration of VM {vm_id} failed: {why or status['status']}; it runs on here"
             )
         total_ms = (loop.time() - began) * 1000
-        await self._let_go(dom)
+        # past the switchover the guest is the target's: called off now, this QEMU still ends
+        await to_the_end(self._let_go(dom))
         ram = status.get("ram", {})
         return MigrationResult(
             total_ms=total_ms,
