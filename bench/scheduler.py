@@ -14,13 +14,16 @@ engine does: with a snapshot of the nodes and what their VM records reserve.
 * ``gang``: one request of 1,000 VMs (32 per node on smaller clusters) — milliseconds per VM;
 * ``packing``: VMs of a standard size (2 vCPUs, 4 GiB) asked one by one on nodes of
   16 vCPUs and 64 GiB until one does not fit — how many fit, against the 8 per node that
-  capacity allows; and a mix of sizes on nodes of mixed capacity, as a share of the memory.
+  capacity allows; and a mix of sizes on nodes of mixed capacity, as a share of the memory;
+* ``shapes``: issue 18's placement-quality test, per weigher and seed (see :func:`shapes`):
+  the share of memory in use when the first VM is turned away, and what was placed in all.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from usher.ctrl.reservations import ChangeLog
 from usher.model import Capacity, Node, NodeState, OpKind, OpRequest, Principal, VMSpec
 from usher.plugins.scheduler import Scheduler
 
-WEIGHERS = ("spread", "pack", "balanced")
+WEIGHERS = ("fit", "spread", "pack", "balanced")
 ADMIN = Principal(name="bench", roles=["admin"])
 
 
@@ -169,6 +172,173 @@ def pack_mixed(plugin: Scheduler, n: int, seed: int = 7) -> dict[str, Any]:
     }
 
 
+# issue 18: (name, CPUs, memory MB, disk GB) of the three node shapes, one node in three each
+SHAPES = (
+    ("64 GiB / 24 CPUs", 24, 65536, 2048),
+    ("128 GiB / 16 CPUs", 16, 131072, 2048),
+    ("64 GiB / 24 CPUs, less disk", 24, 65536, 512),
+)
+# (vCPUs, GiB) of the stream's VMs, each as likely
+MIX = ((1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (8, 32))
+PREFILL = 0.4
+VCPU_RATIO = 4.0
+MISSES = 20  # the stream stops after this many VMs in a row are turned away ...
+STREAM = 5000  # ... or after this many VMs
+
+
+def shaped_cluster(n: int) -> list[Node]:
+    return [
+        Node(
+            name=f"node-{i}",
+            capacity=Capacity(vcpus=v, memory_mb=m, disk_gb=d),
+            state=NodeState.UP,
+            connected=True,
+            labels={"shape": name},
+        )
+        for i, (name, v, m, d) in enumerate(SHAPES[i % len(SHAPES)] for i in range(n))
+    ]
+
+
+def prefill(rng: random.Random, nodes: list[Node]) -> dict[str, dict[str, Any]]:
+    """VMs of the mix on nodes chosen at random (among those with room at the overcommit)
+    until ``PREFILL`` of all memory is reserved: the same for every weigher of a seed."""
+    reserved: dict[str, dict[str, Any]] = {}
+    total = sum(node.capacity.memory_mb for node in nodes)
+    used = 0
+    while used < PREFILL * total:
+        v, gib = rng.choice(MIX)
+        spec = VMSpec(vcpus=v, memory_mb=gib * 1024)
+        room = [
+            node
+            for node in nodes
+            if reserved.get(node.name, {}).get("vcpus", 0) + v <= node.capacity.vcpus * VCPU_RATIO
+            and reserved.get(node.name, {}).get("memory_mb", 0) + spec.memory_mb
+            <= node.capacity.memory_mb
+        ]
+        reserve(reserved, rng.choice(room).name, spec)
+        used += spec.memory_mb
+    return reserved
+
+
+def shapes(name: str, table: dict[str, Any], seed: int, n: int = 100) -> dict[str, Any]:
+    """Issue 18's mixed sizes on mixed node shapes, through the plugin as the engine calls it,
+    configured with ``table`` (plus ``vcpu_ratio``); ``name`` labels the result.
+
+    ``n`` nodes of :data:`SHAPES` (in turn), ``PREFILL`` of their memory reserved by a seeded
+    pre-fill, vCPU overcommit ``VCPU_RATIO``; then a seeded stream of VMs of :data:`MIX`
+    (the same for every weigher), each asked alone, until ``MISSES`` in a row are turned
+    away or ``STREAM`` were asked. Reports the share of memory in use when the first VM was
+    turned away, and the memory and VMs the stream placed."""
+    plugin = Scheduler()
+    plugin.usher_configure({**table, "vcpu_ratio": VCPU_RATIO})
+    nodes = shaped_cluster(n)
+    reserved = prefill(random.Random(seed), nodes)
+    stream = random.Random(seed + 1_000_003)
+    log = ChangeLog()
+    total_m = sum(node.capacity.memory_mb for node in nodes)
+    total_v = sum(node.capacity.vcpus * VCPU_RATIO for node in nodes)
+
+    def pct(key: str, total: float) -> float:
+        return round(100 * sum(r[key] for r in reserved.values()) / total, 2)
+
+    start_m = sum(r["memory_mb"] for r in reserved.values())
+    first: dict[str, Any] | None = None
+    asked = placed = misses = 0
+    while misses < MISSES and asked < STREAM:
+        v, gib = stream.choice(MIX)
+        spec = VMSpec(vcpus=v, memory_mb=gib * 1024)
+        asked += 1
+        placement = plugin.schedule(
+            nodes=nodes, specs=[spec], request=request(1), reserved=reserved, changes=log
+        )
+        if placement.error:
+            misses += 1
+            if first is None:
+                first = {
+                    "memory_used_pct": pct("memory_mb", total_m),
+                    "vcpus_used_pct": pct("vcpus", total_v),
+                    "vm": f"{v} vCPUs / {gib} GiB",
+                    "after_vms": placed,
+                }
+            continue
+        misses = 0
+        reserve(reserved, placement.nodes[0], spec)
+        log.mark(placement.nodes[0])
+        placed += 1
+    return {
+        "weigher": name,
+        "seed": seed,
+        "prefill_memory_pct": round(100 * start_m / total_m, 2),
+        "first_refusal": first,
+        "asked": asked,
+        "vms": placed,
+        "memory_placed_gib": (sum(r["memory_mb"] for r in reserved.values()) - start_m) // 1024,
+        "memory_used_pct": pct("memory_mb", total_m),
+        "vcpus_used_pct": pct("vcpus", total_v),
+    }
+
+
+# what the shapes benchmark runs: each weigher, and fit expecting other VM shapes than its
+# default 1.5 GiB per vCPU (the stream's VMs average 10.5 GiB and 6.5 vCPUs: 1.6 GiB per vCPU)
+SHAPED = {
+    **{w: {"weigher": w} for w in WEIGHERS},
+    "fit, 1 GiB/vCPU": {"weigher": "fit", "memory_per_vcpu": 1.0},
+    "fit, 3 GiB/vCPU": {"weigher": "fit", "memory_per_vcpu": 3.0},
+}
+
+
+def spread_of(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def shaped(seeds: int, n: int) -> dict[str, Any]:
+    """:func:`shapes` for every configuration of :data:`SHAPED` and seeds 1 to ``seeds``,
+    with each configuration's spread over the seeds, and its memory placed against
+    ``spread``'s in the same seed."""
+    runs = [
+        shapes(name, table, s, n) for name, table in SHAPED.items() for s in range(1, seeds + 1)
+    ]
+    placed = {(r["weigher"], r["seed"]): r["memory_placed_gib"] for r in runs}
+    summary = []
+    for name in SHAPED:
+        mine = [r for r in runs if r["weigher"] == name]
+        first = [
+            r["first_refusal"]["memory_used_pct"] if r["first_refusal"] else 100.0 for r in mine
+        ]
+        summary.append(
+            {
+                "weigher": name,
+                "first_refusal_pct": spread_of(first),
+                "memory_placed_gib": spread_of([r["memory_placed_gib"] for r in mine]),
+                "vms": spread_of([r["vms"] for r in mine]),
+                "memory_used_pct": spread_of([r["memory_used_pct"] for r in mine]),
+                "placed_vs_spread_pct": spread_of(
+                    [
+                        round(100 * r["memory_placed_gib"] / placed["spread", r["seed"]], 1)
+                        for r in mine
+                    ]
+                ),
+            }
+        )
+    return {
+        "nodes": n,
+        "seeds": seeds,
+        "node_shapes": [
+            f"{name}: {v} CPUs, {m // 1024} GiB, {d} GB disk" for name, v, m, d in SHAPES
+        ],
+        "vm_sizes": [f"{v} vCPUs / {gib} GiB" for v, gib in MIX],
+        "prefill_memory_pct": 100 * PREFILL,
+        "vcpu_ratio": VCPU_RATIO,
+        "rule": (
+            f"VMs of the sizes above, each as likely, asked one at a time until {MISSES} in a "
+            f"row are turned away (or {STREAM} were asked); memory placed counts the stream's "
+            "VMs only, not the pre-fill"
+        ),
+        "summary": summary,
+        "runs": runs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", default="10,100,1000,10000")
@@ -176,6 +346,8 @@ def main() -> None:
     parser.add_argument("--gang", type=int, default=1000, help="VMs in one request")
     parser.add_argument("--gang-rounds", type=int, default=5)
     parser.add_argument("--packing-nodes", type=int, default=100)
+    parser.add_argument("--shapes-nodes", type=int, default=100, help="issue 18's test")
+    parser.add_argument("--shapes-seeds", type=int, default=10)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     sizes = [int(x) for x in args.nodes.split(",")]
@@ -214,7 +386,11 @@ def main() -> None:
             }
         )
         print(f"{weigher:8} packing: {packing[-1]}")
-    path = write_result("scheduler", {"timing": timing, "packing": packing}, Path(args.out))
+    shaped_runs = shaped(args.shapes_seeds, args.shapes_nodes)
+    for row in shaped_runs["summary"]:
+        print(f"shapes {row}")
+    result = {"timing": timing, "packing": packing, "shapes": shaped_runs}
+    path = write_result("scheduler", result, Path(args.out))
     print(path)
 
 

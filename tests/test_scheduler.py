@@ -65,6 +65,66 @@ def test_weights_combine_weighers() -> None:
     assert chosen.rejected["c"] == "weigher: spread*1 + balanced*2 preferred other nodes"
 
 
+GIB = 1024
+
+
+def test_fit_keeps_the_large_hole_that_spread_fills() -> None:
+    """A 16 GiB hole and a 48 GiB one: under fit, five 4 GiB VMs fill the small hole first
+    and a 32 GiB VM still has room after them; spread puts them all into the large hole,
+    and the 32 GiB VM is turned away."""
+    nodes = [node("a", vcpus=96, mem=64 * GIB), node("b", vcpus=96, mem=64 * GIB)]
+    small, large = VMSpec(vcpus=2, memory_mb=4 * GIB), VMSpec(vcpus=8, memory_mb=32 * GIB)
+    free_memory = {}
+    for weigher, large_fits in (("fit", True), ("spread", False)):
+        reserved = {
+            "a": {"vcpus": 16, "memory_mb": 48 * GIB},
+            "b": {"vcpus": 4, "memory_mb": 16 * GIB},
+        }
+        for _ in range(5):
+            (chosen,) = place(nodes, [small], reserved, config(weigher=weigher)).nodes
+            reserved[chosen]["vcpus"] += small.vcpus
+            reserved[chosen]["memory_mb"] += small.memory_mb
+        free_memory[weigher] = {n: (64 * GIB - r["memory_mb"]) // GIB for n, r in reserved.items()}
+        assert (
+            place(nodes, [large], reserved, config(weigher=weigher)).error is None
+        ) is large_fits
+    assert free_memory == {"fit": {"a": 0, "b": 44}, "spread": {"a": 16, "b": 28}}
+
+
+# c: 24 CPUs, 64 GiB, overcommit 4 (96 vCPUs): memory runs out first. d: 16 CPUs, 128 GiB
+# (64 vCPUs) with half its vCPUs taken: at 1.5 GiB per vCPU, its vCPUs run out first.
+MIXED = [node("c", vcpus=24, mem=64 * GIB), node("d", vcpus=16, mem=128 * GIB)]
+MIXED_USE = {"d": {"vcpus": 32, "memory_mb": 32 * GIB, "vms": 4}}
+
+
+def test_fit_sends_each_vm_where_it_strands_the_least() -> None:
+    fit = config(weigher="fit", vcpu_ratio=4)
+    memory_heavy = VMSpec(vcpus=8, memory_mb=32 * GIB)
+    vcpu_heavy = VMSpec(vcpus=4, memory_mb=4 * GIB)
+    # d's spare memory needs few vCPUs: the memory-heavy VM uses it; spread would take c
+    assert place(MIXED, [memory_heavy], MIXED_USE, fit).nodes == ["d"]
+    assert place(
+        MIXED, [memory_heavy], MIXED_USE, config(weigher="spread", vcpu_ratio=4)
+    ).nodes == ["c"]
+    # on d the vCPU-heavy VM would take vCPUs that d's free memory needs
+    assert place(MIXED, [vcpu_heavy], MIXED_USE, fit).nodes == ["c"]
+    # expecting VMs of 0.5 GiB per vCPU, d's vCPUs are not what runs out: the fuller d wins
+    thin = config(weigher="fit", vcpu_ratio=4, memory_per_vcpu=0.5)
+    assert place(MIXED, [vcpu_heavy], MIXED_USE, thin).nodes == ["d"]
+
+
+def test_fit_spreads_small_vms_over_equal_nodes_and_packs_large_ones() -> None:
+    nodes = [
+        node("a", vcpus=64, mem=256 * GIB),
+        node("b", vcpus=64, mem=256 * GIB),
+        node("c", vcpus=64, mem=256 * GIB),
+    ]
+    tiny = place(nodes, [VMSpec(vcpus=1, memory_mb=256)] * 6, {}, config(weigher="fit"))
+    assert sorted(tiny.nodes) == ["a", "a", "b", "b", "c", "c"]
+    large = place(nodes, [VMSpec(vcpus=8, memory_mb=32 * GIB)] * 3, {}, config(weigher="fit"))
+    assert large.nodes == ["a", "a", "a"]
+
+
 # --- filters ------------------------------------------------------------------------------
 
 
@@ -223,6 +283,8 @@ def test_mixed_sizes_are_placed_largest_first() -> None:
         ({"memory_ratio": True}, "memory_ratio must be a number above 0"),
         ({"max_vms_per_node": 0}, "max_vms_per_node must be an integer ≥ 1"),
         ({"max_vms_per_node": 2.5}, "max_vms_per_node must be an integer ≥ 1"),
+        ({"memory_per_vcpu": 0}, "memory_per_vcpu must be a number above 0"),
+        ({"memory_per_vcpu": "2G"}, "memory_per_vcpu must be a number above 0"),
         ({"overcommit": 2}, "unknown setting(s) overcommit"),
     ],
 )
@@ -236,10 +298,13 @@ def test_config_defaults_and_shortcut() -> None:
     scheduler = Scheduler()
     scheduler.usher_configure({})
     assert scheduler.config == SchedulerConfig()
-    assert scheduler.config.weights == {"spread": 1.0}
-    scheduler.usher_configure({"weigher": "balanced", "vcpu_ratio": 4, "max_vms_per_node": 3})
+    assert scheduler.config.weights == {"fit": 1.0}
+    assert scheduler.config.memory_per_vcpu == 1.5
+    scheduler.usher_configure(
+        {"weigher": "balanced", "vcpu_ratio": 4, "max_vms_per_node": 3, "memory_per_vcpu": 2}
+    )
     assert scheduler.config == SchedulerConfig(
-        weights={"balanced": 1.0}, vcpu_ratio=4.0, max_vms_per_node=3
+        weights={"balanced": 1.0}, vcpu_ratio=4.0, max_vms_per_node=3, memory_per_vcpu=2.0
     )
 
 

@@ -204,13 +204,15 @@ def test_change_log_says_what_changed_while_it_remembers() -> None:
 
 
 def test_equal_keys_with_other_usage_are_all_scored() -> None:
-    """Two nodes whose shares after the VM tie (one busier in vcpus, one in memory): the
-    full computation takes the first by name, and so must the index, for each weigher."""
+    """Two nodes whose scores after the VM tie with other usage (for the share weighers, one
+    busier in vcpus, one in memory; for fit, one with a vcpu more that its memory does not
+    need): the full computation takes the first by name, and so must the index."""
     for weigher in WEIGHERS:
         plugin = Scheduler()
         plugin.usher_configure({"weigher": weigher})
         record = {"capacity": Capacity(vcpus=4, memory_mb=4096), "connected": True}
         ctrl = Controller([record] * 2)
-        ctrl.reserved = {"n0": {"vcpus": 1, "vms": 1}, "n1": {"memory_mb": 1024, "vms": 1}}
+        other = {"vms": 1} if weigher == "fit" else {"memory_mb": 1024, "vms": 1}
+        ctrl.reserved = {"n0": {"vcpus": 1, "vms": 1}, "n1": other}
         ctrl.log.mark("n0", "n1")
         assert compare(plugin, ctrl, VMSpec(vcpus=1, memory_mb=1024), {}) == "n0"

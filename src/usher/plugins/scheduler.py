@@ -7,15 +7,19 @@ what ``--dry-run`` prints). ``start -n N`` is placed as a gang: all N VMs fit or
 Config, all keys optional::
 
     [plugins.scheduler]
-    weigher = "spread"            # shortcut for weighers = {spread = 1.0}
+    weigher = "fit"               # the default; shortcut for weighers = {fit = 1.0}
     weighers = {spread = 1.0, balanced = 0.5}   # instead of weigher: summed, weighted scores
     vcpu_ratio = 4.0              # overcommit: capacity * ratio can be reserved (default 1.0)
     memory_ratio = 1.0
     max_vms_per_node = 20         # default: unlimited
+    memory_per_vcpu = 1.5         # GiB per vCPU the fit weigher expects of VMs (default 1.5)
 
-Weighers: ``spread`` (the emptiest node), ``pack`` (the fullest node that fits), ``balanced``
-(the node whose vcpu and memory usage shares stay closest to each other). Unknown keys,
-unknown weighers and ratios that are not numbers above 0 stop the controller at start.
+Weighers: ``fit`` (the node where the VM strands the least memory or vCPUs, then the fullest,
+then the one with the fewest VMs: large holes stay open for large VMs; see
+:func:`~usher.plugins.scheduler_place.fit`), ``spread`` (the emptiest node), ``pack`` (the
+fullest node that fits), ``balanced`` (the node whose vcpu and memory usage shares stay
+closest to each other). Unknown keys, unknown weighers and ratios that are not numbers above
+0 stop the controller at start.
 
 Filters, in order: ``request`` (the node asked for with ``--node``), ``state`` (up, connected,
 not drained), ``labels``, ``affinity`` / ``anti-affinity``, ``max-vms``, ``capacity``. A

@@ -7,16 +7,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-WEIGHERS = ("spread", "pack", "balanced")
-KEYS = ("weigher", "weighers", "vcpu_ratio", "memory_ratio", "max_vms_per_node")
+WEIGHERS = ("fit", "spread", "pack", "balanced")
+DEFAULT_WEIGHER = "fit"
+KEYS = ("weigher", "weighers", "vcpu_ratio", "memory_ratio", "max_vms_per_node", "memory_per_vcpu")
+MEMORY_PER_VCPU = 1.5  # GiB: what the fit weigher expects of the VMs to come, unless told
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _ratio(config: Mapping[str, Any], key: str) -> float:
-    value = config.get(key, 1.0)
+def _ratio(config: Mapping[str, Any], key: str, default: float = 1.0) -> float:
+    value = config.get(key, default)
     if not _number(value) or value <= 0:
         raise ValueError(f"scheduler: {key} must be a number above 0, not {value!r}")
     return float(value)
@@ -26,7 +28,7 @@ def _weights(config: Mapping[str, Any]) -> dict[str, float]:
     if "weigher" in config and "weighers" in config:
         raise ValueError("scheduler: give weigher or weighers, not both")
     if "weighers" not in config:
-        name = config.get("weigher", "spread")
+        name = config.get("weigher", DEFAULT_WEIGHER)
         if name not in WEIGHERS:
             raise ValueError(f"scheduler: unknown weigher {name!r} (one of {', '.join(WEIGHERS)})")
         return {name: 1.0}
@@ -45,12 +47,16 @@ def _weights(config: Mapping[str, Any]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """Validated settings; :meth:`parse` turns the TOML table into one or says what is wrong."""
+    """Validated settings; :meth:`parse` turns the TOML table into one or says what is wrong.
 
-    weights: Mapping[str, float] = field(default_factory=lambda: {"spread": 1.0})
+    ``memory_per_vcpu``: the GiB of memory per vCPU the ``fit`` weigher expects of the VMs
+    to come (see :func:`usher.plugins.scheduler_place.fit`)."""
+
+    weights: Mapping[str, float] = field(default_factory=lambda: {DEFAULT_WEIGHER: 1.0})
     vcpu_ratio: float = 1.0
     memory_ratio: float = 1.0
     max_vms_per_node: int | None = None
+    memory_per_vcpu: float = MEMORY_PER_VCPU
 
     @classmethod
     def parse(cls, config: Mapping[str, Any]) -> SchedulerConfig:
@@ -70,6 +76,7 @@ class SchedulerConfig:
             vcpu_ratio=_ratio(config, "vcpu_ratio"),
             memory_ratio=_ratio(config, "memory_ratio"),
             max_vms_per_node=limit,
+            memory_per_vcpu=_ratio(config, "memory_per_vcpu", MEMORY_PER_VCPU),
         )
 
     def describe_weights(self) -> str:

@@ -64,7 +64,7 @@ class PlacementIndex:
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
-        self.score = scorer(config.weights)
+        self.score = scorer(config)
         self._source: Changes | None = None
         self._generation = 0
         self._entries: dict[str, _Entry] = {}

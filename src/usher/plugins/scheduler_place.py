@@ -20,19 +20,49 @@ from usher.plugins.scheduler_filters import Constraints, Slot, usable
 
 Score = Callable[[Slot, int, int], float]
 
+HOLE = 0.1  # fit: weight of the node's free memory share left (the best fit)
+PER_VM = 0.005  # fit: weight of each VM the node runs already (evens out VM counts)
 
-def scorer(weights: Mapping[str, float]) -> Score:
-    """Higher is better; each weigher looks at the node's usage shares after taking the VM.
 
-    ``spread`` prefers free nodes, ``pack`` full ones, ``balanced`` the node whose vcpu and
-    memory shares stay closest to each other."""
-    spread, pack, balanced = (weights.get(k, 0.0) for k in ("spread", "pack", "balanced"))
+def fit(slot: Slot, vcpus: int, memory_mb: int, mb_per_vcpu: float) -> float:
+    """The ``fit`` weigher: higher for the node where the VM wastes least and leaves the
+    large holes open.
+
+    A node's *usable* free memory is what VMs needing ``mb_per_vcpu`` per vCPU could still
+    take: ``min(free memory, free vCPUs * mb_per_vcpu)``. The VM costs the node what it takes
+    from that, per MB of its own: 1 where memory is what runs out, more where it takes
+    vCPUs that the node's free memory needs (that memory would be stranded), less where it
+    uses memory that the node's vCPUs could not have served. Then, a little, the best fit:
+    the node left with the least free memory share keeps the emptier nodes' holes for large
+    VMs. And a little less for each VM the node runs already, so that small VMs on equal
+    nodes are spread out rather than piled on one.
+    """
+    free_m = slot.cap_m - slot.used_m
+    free_v = slot.cap_v - slot.used_v
+    before = min(free_m, free_v * mb_per_vcpu)
+    after = min(free_m - memory_mb, (free_v - vcpus) * mb_per_vcpu)
+    cost = (before - after) / max(memory_mb, 1)
+    return -cost - HOLE * (free_m - memory_mb) / max(slot.cap_m, 1) - PER_VM * (slot.vms + 1)
+
+
+def scorer(config: SchedulerConfig) -> Score:
+    """Higher is better: the weighted sum of the configured weighers' scores.
+
+    ``fit`` (the default): see :func:`fit`. The others look at the node's usage shares after
+    taking the VM: ``spread`` prefers free nodes, ``pack`` full ones, ``balanced`` the node
+    whose vcpu and memory shares stay closest to each other."""
+    weights = config.weights
+    fitted, spread, pack, balanced = (
+        weights.get(k, 0.0) for k in ("fit", "spread", "pack", "balanced")
+    )
+    mb_per_vcpu = config.memory_per_vcpu * 1024
 
     def score(slot: Slot, vcpus: int, memory_mb: int) -> float:
         v = (slot.used_v + vcpus) / max(slot.cap_v, 1)
         m = (slot.used_m + memory_mb) / max(slot.cap_m, 1)
         load = (v + m) / 2
-        return spread * (1 - load) + pack * load - balanced * abs(v - m)
+        shares = spread * (1 - load) + pack * load - balanced * abs(v - m)
+        return shares + (fitted * fit(slot, vcpus, memory_mb, mb_per_vcpu) if fitted else 0.0)
 
     return score
 
@@ -159,7 +189,7 @@ def place(
         return Placement(rejected=rejected, error=_none_usable(rejected, len(nodes)))
     strategy = _together if want.affinity else _apart
     weigher = config.describe_weights() if explain else None
-    chosen, more, error = strategy(slots, specs, scorer(config.weights), want, weigher)
+    chosen, more, error = strategy(slots, specs, scorer(config), want, weigher)
     rejected.update(more)
     if error is not None:
         return Placement(
