@@ -94,6 +94,7 @@ def targets(r: dict[str, dict[str, Any]]) -> list[str]:
                     verdict(one <= 0.1),
                 ]
             )
+        rows += shapes_targets(sch.get("shapes"))
     real = r.get("realvm")
     if real:
         ready = paired(real, "boot", "ready_s")
@@ -235,7 +236,73 @@ def scheduler(r: dict[str, dict[str, Any]]) -> list[str]:
         "",
     ]
     out += table(["weigher", "standard VMs fit", "mixed: VMs", "memory used", "vCPUs used"], rows)
-    return out
+    return out + shapes(sch.get("shapes"))
+
+
+def spread(figure: dict[str, float]) -> str:
+    """``min / median / max`` of a figure over the seeds."""
+    return " / ".join(f"{figure[k]:g}" for k in ("min", "median", "max"))
+
+
+def shapes(sh: dict[str, Any] | None) -> list[str]:
+    """Issue 18 item 3: placement quality on mixed VM sizes, per weigher over the seeds."""
+    if not sh:
+        return []
+    rows = [
+        [
+            f"{s['weigher']} (default)" if s["weigher"] == sh["default_weigher"] else s["weigher"],
+            spread(s["first_refusal_pct"]),
+            spread(s["memory_placed_gib"]),
+            spread(s["placed_vs_spread_pct"]),
+            spread(s["vms"]),
+            spread(s["memory_used_pct"]),
+        ]
+        for s in sh["summary"]
+    ]
+    return [
+        f"Placement on mixed VM sizes (issue 18): {sh['nodes']} nodes of three shapes "
+        f"({'; '.join(sh['node_shapes'])}), one in three each, {sh['prefill_memory_pct']:g} % of "
+        f"their memory reserved by a seeded pre-fill, vCPU overcommit {sh['vcpu_ratio']:g}; "
+        f"then {sh['rule']}. VM sizes: {', '.join(sh['vm_sizes'])}. Min / median / max over "
+        f"{sh['seeds']} seeds (each weigher gets the same pre-fill and stream in a seed); the "
+        "memory placed against `spread`'s is per seed.",
+        "",
+        *table(
+            [
+                "weigher",
+                "first VM turned away at % of memory used",
+                "memory placed, GiB",
+                "against spread's, %",
+                "VMs placed",
+                "memory used at the end, %",
+            ],
+            rows,
+        ),
+    ]
+
+
+def shapes_targets(sh: dict[str, Any] | None) -> list[list[Any]]:
+    """The Targets rows of issue 18 item 3, for the default weigher (its worst seed)."""
+    if not sh:
+        return []
+    (mine,) = [s for s in sh["summary"] if s["weigher"] == sh["default_weigher"]]
+    first, versus = mine["first_refusal_pct"], mine["placed_vs_spread_pct"]
+    seeds = f"{sh['seeds']} seeds"
+    return [
+        [
+            f"mixed VM sizes, default weigher ({mine['weigher']}): first VM turned away, worst of "
+            f"{seeds}",
+            "≥ 93 % of memory used",
+            f"{first['min']:g} % (median {first['median']:g} %)",
+            verdict(first["min"] >= 93),
+        ],
+        [
+            f"mixed VM sizes, default weigher: memory placed against spread's, worst of {seeds}",
+            "≥ 100 %",
+            f"{versus['min']:g} % (median {versus['median']:g} %)",
+            verdict(versus["min"] >= 100),
+        ],
+    ]
 
 
 def paired(real: dict[str, Any], part: str, key: str) -> float:

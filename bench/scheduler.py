@@ -32,7 +32,7 @@ from common import RESULTS, percentiles, write_result
 
 from usher.ctrl.reservations import ChangeLog
 from usher.model import Capacity, Node, NodeState, OpKind, OpRequest, Principal, VMSpec
-from usher.plugins.scheduler import Scheduler
+from usher.plugins.scheduler import Scheduler, SchedulerConfig
 
 WEIGHERS = ("fit", "spread", "pack", "balanced")
 ADMIN = Principal(name="bench", roles=["admin"])
@@ -288,7 +288,7 @@ SHAPED = {
 
 
 def spread_of(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+    return {"min": min(values), "median": round(statistics.median(values), 2), "max": max(values)}
 
 
 def shaped(seeds: int, n: int) -> dict[str, Any]:
@@ -321,12 +321,11 @@ def shaped(seeds: int, n: int) -> dict[str, Any]:
             }
         )
     return {
+        "default_weigher": SchedulerConfig().describe_weights(),
         "nodes": n,
         "seeds": seeds,
-        "node_shapes": [
-            f"{name}: {v} CPUs, {m // 1024} GiB, {d} GB disk" for name, v, m, d in SHAPES
-        ],
-        "vm_sizes": [f"{v} vCPUs / {gib} GiB" for v, gib in MIX],
+        "node_shapes": [f"{v} CPUs / {m // 1024} GiB / {d} GB disk" for _, v, m, d in SHAPES],
+        "vm_sizes": [f"{v} vCPU / {gib} GiB" for v, gib in MIX],
         "prefill_memory_pct": 100 * PREFILL,
         "vcpu_ratio": VCPU_RATIO,
         "rule": (

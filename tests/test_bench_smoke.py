@@ -45,13 +45,27 @@ def test_benchmarks_run_at_tiny_scale(tmp_path: Path) -> None:
     assert scale["list"]["vms_listed"] == 50
     assert scale["rss_mb"]["peak"] > 0
 
-    run("scheduler.py", out, "--nodes", "10,20", "--decisions", "5", "--gang", "20")
+    run(
+        "scheduler.py",
+        out,
+        *("--nodes", "10,20", "--decisions", "5", "--gang", "20"),
+        *("--shapes-nodes", "12", "--shapes-seeds", "2"),
+    )
     sched = result(out, "scheduler")
     assert {(t["weigher"], t["nodes"]) for t in sched["timing"]} == {
-        (w, n) for w in ("spread", "pack", "balanced") for n in (10, 20)
+        (w, n) for w in ("fit", "spread", "pack", "balanced") for n in (10, 20)
     }
     standard = sched["packing"][0]["standard"]
     assert standard["fit"] == standard["capacity_allows"]
+    shapes = sched["shapes"]
+    assert shapes["default_weigher"] == "fit" and shapes["nodes"] == 12
+    assert {(r["weigher"], r["seed"]) for r in shapes["runs"]} == {
+        (s["weigher"], seed) for s in shapes["summary"] for seed in (1, 2)
+    }
+    for run_ in shapes["runs"]:  # pre-filled, then filled up to a refusal
+        assert 40 <= run_["prefill_memory_pct"] < run_["memory_used_pct"] <= 100
+        assert run_["first_refusal"] is not None and run_["vms"] > 0
+        assert run_["first_refusal"]["memory_used_pct"] <= run_["memory_used_pct"]
 
     run("api_load.py", out, "--clients", "4", "--vms", "40", "--nodes", "3", "--seconds", "2")
     load = result(out, "api-load")
@@ -68,4 +82,5 @@ def test_benchmarks_run_at_tiny_scale(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "hand-written analysis" in text
     assert "### Control-plane scale" in text and "### Scheduler" in text
+    assert "Placement on mixed VM sizes" in text and "| fit (default) |" in text
     assert "### API under load" in text
