@@ -157,6 +157,7 @@ def test_live_migration_keeps_the_guest_running(cluster: Cluster) -> None:
     print(f"migration: total {details['total_ms']:.0f} ms, downtime {details['downtime_ms']} ms")
     assert details["from"] == "node-1" and details["to"] == "node-2"
     assert details["total_ms"] > 0 and details["downtime_ms"] is not None
+    assert 0 < details["paused_ms"] < details["total_ms"]  # the source's stop to the target's run
 
     vm = client.get_vm(vm_id)
     assert vm.node == "node-2" and vm.state == VMState.RUNNING

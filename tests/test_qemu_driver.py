@@ -24,6 +24,7 @@ from usher.images import catalog
 from usher.images.catalog import vm_dir
 from usher.images.tiny import build_tiny
 from usher.model import Image, VMSpec, VMState
+from usher.vmm import qemu_migration
 from usher.vmm import qemu_process as proc
 from usher.vmm.base import (
     DriverError,
@@ -315,6 +316,33 @@ async def test_live_migration(make_driver: DriverFactory, tiny: Image, storage: 
     assert (vm_dir(storage, guest.id) / "disk.qcow2").exists()
     await target.destroy(guest.id)
     assert not vm_dir(storage, guest.id).exists()
+
+
+async def test_both_ends_of_a_migration_follow_qemus_events(
+    make_driver: DriverFactory, tiny: Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source goes on at its switchover, and the target's finish returns once the guest
+    runs there, as QEMU's events say (their timed looks are a minute apart here); the guest's
+    pause is told from QEMU's stamps of its stop on the source and its start on the target."""
+    monkeypatch.setattr(qemu_migration, "RECHECK", 60.0)
+    monkeypatch.setattr(qemu_migration, "FINISH_POLL", 60.0)
+    source, target = await make_driver("a"), await make_driver("b")
+    guest = new_guest(tiny, "evented")
+    await source.start(guest)
+    await wait_for_text(source, guest.id, r"USHER-READY evented\b")
+    uri = await target.prepare_incoming(guest, "127.0.0.1")
+    finishing = asyncio.create_task(target.finish_incoming(guest.id))
+    await asyncio.sleep(0.2)
+    assert not finishing.done()  # waiting for the guest
+    began = time.time()
+    result = await asyncio.wait_for(source.migrate(guest.id, uri, timeout=60), 30)
+    dom = await asyncio.wait_for(finishing, 10)
+    ended = time.time()
+    assert dom.state is VMState.RUNNING
+    stopped, resumed = result.extra["stopped_at"], dom.resumed_at
+    assert stopped is not None and resumed is not None
+    assert began < stopped < resumed < ended
+    await target.destroy(guest.id)
 
 
 async def slow_migration(

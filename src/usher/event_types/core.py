@@ -207,7 +207,12 @@ class Migrated(Moved):
     uri: str | None = None
     total_ms: float | None = Field(None, description="all of it, as the user waited")
     migration_ms: float | None = Field(None, description="the hypervisor's transfer alone")
-    downtime_ms: float | None = None
+    downtime_ms: float | None = Field(None, description="the hypervisor's figure")
+    paused_ms: float | None = Field(
+        None,
+        description="the guest's pause, from its stop on the source to its run on the target, "
+        "as the two nodes' clocks stamped them (the qemu driver)",
+    )
     transferred_bytes: int | None = None
 
 

@@ -176,6 +176,11 @@ class DomainInfo(BaseModel):
         description="how to reach the guest's services from outside, by name: "
         "``ssh`` is ``host:port`` where the guest's port 22 is forwarded (user-mode networking)",
     )
+    resumed_at: float | None = Field(
+        default=None,
+        description="from finish_incoming: when the arrived guest began to run here (seconds "
+        "since the epoch, this host's clock, as the hypervisor stamped it); None if unknown",
+    )
 
 
 class MigrationResult(BaseModel):

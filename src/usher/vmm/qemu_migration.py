@@ -17,6 +17,8 @@ import shutil
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from qemu.qmp import EventListener
+
 from usher.model import VMState
 from usher.vmm.base import (
     DomainInfo,
@@ -42,6 +44,10 @@ SWITCHOVER = _MIGRATION_OVER | {"pre-switchover"}
 """Where the source stops following a migration to decide: go on (``migrate-continue``), or
 call it off while the target cannot have the guest yet."""
 POLL = 0.005
+RECHECK = 0.25
+"""Seconds between looks at a migration's status when QEMU sends no event meanwhile."""
+FINISH_POLL = 0.05
+"""Seconds between looks at an incoming QEMU's run state when no event came meanwhile."""
 SETTLE_WAIT = 5.0
 """Seconds a target being settled may take to load the rest of a stream still coming in."""
 
@@ -63,6 +69,8 @@ class Migrations:
         self._accelerator = accelerator
         self._downtime_ms = downtime_ms
         self._bandwidth = bandwidth
+        self._arrivals: dict[str, EventListener] = {}
+        """Per incoming VM, QEMU's events telling that its guest arrived (or did not)."""
 
     async def prepare_incoming(self, guest: Guest, listen_host: str) -> str:
         """Start QEMU with the guest's devices waiting for its state on ``tcp:<host>:<port>``."""
@@ -98,6 +106,11 @@ class Migrations:
             guests.domains[guest.id] = dom
             try:
                 monitor = guests.monitor(dom)
+                self._arrivals[guest.id] = monitor.listener("RESUME", "MIGRATION")
+                await monitor.execute(
+                    "migrate-set-capabilities",
+                    {"capabilities": [{"capability": "events", "state": True}]},
+                )
                 await monitor.execute("migrate-incoming", {"uri": f"tcp:{host}:0"})
                 listening = await monitor.execute("query-migrate")
                 port = int(listening["socket-address"][0]["port"])
@@ -124,6 +137,7 @@ class Migrations:
                 "capabilities": [
                     {"capability": "auto-converge", "state": True},
                     {"capability": "pause-before-switchover", "state": True},
+                    {"capability": "events", "state": True},
                 ]
             },
         )
@@ -131,26 +145,28 @@ class Migrations:
             "migrate-set-parameters",
             {"downtime-limit": self._downtime_ms, "max-bandwidth": self._bandwidth},
         )
-        try:
-            # inside: called off while QEMU takes ``migrate``, it has begun all the same
-            await monitor.execute("migrate", {"uri": uri})
-            status = await _follow_migration(monitor, began + timeout, SWITCHOVER)
-        except asyncio.CancelledError:  # called off before the switchover: the guest stays
-            await self._call_off(monitor)
-            await self._keep_running(dom)
-            raise
-        if status["status"] == "pre-switchover":
-            status, called_off = await self._switch_over(monitor, began + timeout)
-            if called_off:
-                if status["status"] == "completed":
-                    await self._let_go(dom)
-                else:
-                    await self._keep_running(dom)
-                raise asyncio.CancelledError
-        timed_out = status["status"] not in _MIGRATION_OVER
-        if timed_out:
-            log.warning("VM %s: migration timed out after %g s; cancelling it", vm_id, timeout)
-            status = {"status": await self._call_off(monitor)}
+        with monitor.listen("MIGRATION", "STOP") as events:
+            try:
+                # inside: called off while QEMU takes ``migrate``, it has begun all the same
+                await monitor.execute("migrate", {"uri": uri})
+                status = await _follow_migration(monitor, events, began + timeout, SWITCHOVER)
+            except asyncio.CancelledError:  # called off before the switchover: the guest stays
+                await self._call_off(monitor, events)
+                await self._keep_running(dom)
+                raise
+            if status["status"] == "pre-switchover":
+                status, called_off = await self._switch_over(monitor, events, began + timeout)
+                if called_off:
+                    if status["status"] == "completed":
+                        await self._let_go(dom)
+                    else:
+                        await self._keep_running(dom)
+                    raise asyncio.CancelledError
+            timed_out = status["status"] not in _MIGRATION_OVER
+            if timed_out:
+                log.warning("VM %s: migration timed out after %g s; cancelling it", vm_id, timeout)
+                status = {"status": await self._call_off(monitor, events)}
+            stopped_at = _last_stamp(events, "STOP")
         if status["status"] != "completed":
             await to_the_end(self._keep_running(dom))
             why = f"timed out after {timeout:g} s" if timed_out else status.get("error-desc")
@@ -169,15 +185,19 @@ class Migrations:
                 "qemu_total_ms": status.get("total-time"),
                 "setup_ms": status.get("setup-time"),
                 "mbps": ram.get("mbps"),
+                "stopped_at": stopped_at,
             },
         )
 
     async def finish_incoming(self, vm_id: str) -> DomainInfo:
-        """Wait until the incoming QEMU runs the guest (the migration stream is complete)."""
+        """Wait until the incoming QEMU runs the guest (the migration stream is complete):
+        QEMU starts it by itself once it has loaded it, and this looks at once when QEMU
+        says so (``RESUME``, or the end of the incoming migration)."""
         guests = self._guests
         dom = guests.get(vm_id)
         if not dom.incoming:
             raise InvalidTransition(vm_id, dom.state, "finish incoming migration of")
+        events = self._arrivals.get(vm_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FINISH_TIMEOUT
         while True:
@@ -197,12 +217,14 @@ class Migrations:
                 raise DriverError(
                     f"incoming migration of VM {vm_id} did not finish within {FINISH_TIMEOUT:g} s"
                 )
-            await asyncio.sleep(0.05)
+            await _next_event(events, FINISH_POLL)
+        resumed_at = _last_stamp(events, "RESUME") if events is not None else None
+        self._forget_arrival(dom.monitor, vm_id)
         dom.incoming = False
         dom.state = VMState.RUNNING if status == "running" else VMState.PAUSED
         guests.save(dom)
         self._files.take_lease(vm_id)
-        return dom.info()
+        return dom.info().model_copy(update={"resumed_at": resumed_at})
 
     async def abort_incoming(self, vm_id: str) -> None:
         """Kill an incoming QEMU and drop its records here; the shared disk stays."""
@@ -211,7 +233,13 @@ class Migrations:
             return
         if not dom.incoming:
             raise InvalidTransition(vm_id, dom.state, "abort incoming migration of")
+        self._forget_arrival(dom.monitor, vm_id)
         await self._guests.forget(vm_id)
+
+    def _forget_arrival(self, monitor: Monitor | None, vm_id: str) -> None:
+        events = self._arrivals.pop(vm_id, None)
+        if events is not None and monitor is not None:
+            monitor.unlisten(events)
 
     async def settle_incoming(self, vm_id: str) -> DomainInfo | None:
         """An incoming QEMU still in ``inmigrate`` has not got the whole VM: kill it (its
@@ -226,17 +254,20 @@ class Migrations:
         return None
 
     @staticmethod
-    async def _call_off(monitor: Monitor) -> str:
+    async def _call_off(monitor: Monitor, events: EventListener) -> str:
         """Cancel an outgoing migration that has not switched over (the target has not got
         the guest's device state, so it cannot run it) and wait until QEMU says how it
         ended."""
         with contextlib.suppress(MonitorError):
             await monitor.execute("migrate_cancel")
-        status = await _follow_migration(monitor, asyncio.get_running_loop().time() + KILL_TIMEOUT)
+        deadline = asyncio.get_running_loop().time() + KILL_TIMEOUT
+        status = await _follow_migration(monitor, events, deadline)
         return str(status.get("status"))
 
     @staticmethod
-    async def _switch_over(monitor: Monitor, deadline: float) -> tuple[dict[str, Any], bool]:
+    async def _switch_over(
+        monitor: Monitor, events: EventListener, deadline: float
+    ) -> tuple[dict[str, Any], bool]:
         """Let a migration paused before its switchover go on, and follow it to its end,
         called off or not: from here the guest either arrives whole or stays here, and only
         QEMU's end tells which (a cancellation now could let both copies have it). Returns
@@ -245,7 +276,9 @@ class Migrations:
         async def finish() -> dict[str, Any]:
             await monitor.execute("migrate-continue", {"state": "pre-switchover"})
             loop = asyncio.get_running_loop()
-            return await _follow_migration(monitor, max(deadline, loop.time() + KILL_TIMEOUT))
+            return await _follow_migration(
+                monitor, events, max(deadline, loop.time() + KILL_TIMEOUT)
+            )
 
         task = asyncio.ensure_future(finish())
         try:
@@ -290,13 +323,38 @@ class Migrations:
 
 
 async def _follow_migration(
-    monitor: Monitor, deadline: float, until: frozenset[str] = _MIGRATION_OVER
+    monitor: Monitor,
+    events: EventListener,
+    deadline: float,
+    until: frozenset[str] = _MIGRATION_OVER,
 ) -> dict[str, Any]:
-    """Poll ``query-migrate`` (every :data:`POLL` s: the guest waits paused for the driver at
-    the switchover) until its status is one of ``until`` or ``deadline`` passes."""
+    """Follow an outgoing migration until its status (``query-migrate``) is one of ``until``
+    or ``deadline`` passes: looked at again at each of QEMU's events in ``events`` (its
+    ``MIGRATION`` events, at once: the guest waits paused for the driver at the switchover),
+    and every :data:`RECHECK` s whatever comes."""
     loop = asyncio.get_running_loop()
     while True:
         status: dict[str, Any] = await monitor.execute("query-migrate")
         if status.get("status") in until or loop.time() >= deadline:
             return status
-        await asyncio.sleep(POLL)
+        await _next_event(events, min(RECHECK, deadline - loop.time()))
+
+
+async def _next_event(events: EventListener | None, wait: float) -> None:
+    """Return at the next event ``events`` hears, or after ``wait`` s."""
+    if events is None:
+        await asyncio.sleep(wait)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, wait)):
+            await events.get()
+
+
+def _last_stamp(events: EventListener, name: str) -> float | None:
+    """When QEMU sent its last event ``name`` that ``events`` heard (seconds since the epoch,
+    QEMU's host clock), or None."""
+    for event in reversed(events.history):
+        if event["event"] == name:
+            stamp = event["timestamp"]
+            return float(stamp["seconds"]) + float(stamp["microseconds"]) / 1e6
+    return None

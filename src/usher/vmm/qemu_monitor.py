@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError, Runstate
@@ -90,6 +91,26 @@ class Monitor:
             raise MonitorError(f"QEMU did not answer {command}: QMP connection lost") from exc
         except TimeoutError:
             raise MonitorError(f"QEMU did not answer {command} within {timeout:g} s") from None
+
+    @contextlib.contextmanager
+    def listen(self, *names: str) -> Iterator[EventListener]:
+        """Queue QEMU's events named ``names`` while inside (all of them in its ``history``)."""
+        listener = self.listener(*names)
+        try:
+            yield listener
+        finally:
+            self.unlisten(listener)
+
+    def listener(self, *names: str) -> EventListener:
+        """Queue QEMU's events named ``names`` from now on, until :meth:`unlisten`."""
+        listener = EventListener(names)
+        self._client.register_listener(listener)
+        return listener
+
+    def unlisten(self, listener: EventListener) -> None:
+        """Stop queueing events for ``listener``; harmless if it was not listening here."""
+        with contextlib.suppress(ValueError):
+            self._client.remove_listener(listener)
 
     async def wait_closed(self) -> None:
         """Return when the connection is gone (QEMU ended or hung up)."""

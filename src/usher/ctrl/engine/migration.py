@@ -68,7 +68,7 @@ class Migration:
             if isinstance(exc, asyncio.CancelledError):  # timed out: the runner settles it
                 raise
             if info is not None:
-                return self._details(prepared, result, source, target, started)
+                return self._details(prepared, result, info, source, target, started)
             cancelled = self.runner.is_cancelled(op, vm.id)
             why = "cancelled" if cancelled else str(exc)
             await self._settle_after_failure(op, vm, src_link, before, why)
@@ -78,23 +78,28 @@ class Migration:
         await crew.set_state(
             vm, VMState(info.get("state", before)), op=op, node=target, target_node=None
         )
-        return self._details(prepared, result, source, target, started)
+        return self._details(prepared, result, info, source, target, started)
 
     @staticmethod
     def _details(
         prepared: dict[str, Any],
         result: dict[str, Any],
+        arrived: dict[str, Any],
         source: str | None,
         target: str,
         started: float,
     ) -> dict[str, Any]:
+        stopped, resumed = result.get("extra", {}).get("stopped_at"), arrived.get("resumed_at")
         return {
             "from": source,
             "to": target,
             "uri": prepared.get("uri"),
             "total_ms": round((now() - started) * 1000, 1),  # all of it, as the user waits
             "migration_ms": result.get("total_ms"),  # the hypervisor's transfer alone
-            "downtime_ms": result.get("downtime_ms"),
+            "downtime_ms": result.get("downtime_ms"),  # the hypervisor's figure, the source's
+            # the guest's pause, from its stop on the source to its run on the target (as the
+            # two nodes' clocks stamped them)
+            "paused_ms": round((resumed - stopped) * 1000, 1) if stopped and resumed else None,
             "transferred_bytes": result.get("transferred_bytes"),
         }
 
