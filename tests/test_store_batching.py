@@ -6,11 +6,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from usher.ctrl.store import Store
-from usher.model import VM, Event, Node, NodeState, VMSpec, VMState, new_id
+from usher.model import (
+    VM,
+    Event,
+    Node,
+    NodeState,
+    Operation,
+    OpKind,
+    OpStatus,
+    VMSpec,
+    VMState,
+    new_id,
+    now,
+)
 
 
 @pytest.fixture
@@ -61,3 +74,66 @@ async def test_a_saved_node_wins_over_queued_usage(store: Store) -> None:
     node.usage.vms = 3
     store.save_node_later(node)
     assert (await store.get_node("n1")).usage.vms == 3  # type: ignore[union-attr]
+
+
+def op(kind: OpKind = OpKind.START) -> Operation:
+    return Operation(id=new_id("op"), kind=kind, principal="alice")
+
+
+async def test_operations_share_transactions_and_keep_their_order(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many operations created and changed at once are committed in a few transactions
+    (not one each), every change is there, and they are listed in the order they came."""
+    transactions = 0
+    write = store.db.write
+
+    def counted() -> Any:
+        nonlocal transactions
+        transactions += 1
+        return write()
+
+    monkeypatch.setattr(store.db, "write", counted)
+    ops = [op() for _ in range(60)]
+
+    async def life(one: Operation) -> None:
+        await store.add_op(one)
+        one.status, one.started_at = OpStatus.RUNNING, now()
+        await store.update_op(one)
+        one.status, one.finished_at = OpStatus.SUCCEEDED, now()
+        await store.update_op(one)
+
+    await asyncio.gather(*(life(one) for one in ops))
+    assert transactions <= 10, f"{transactions} transactions for 180 writes"
+    listed = (await store.list_ops(limit=100)).items
+    assert [o.id for o in listed] == [o.id for o in reversed(ops)]  # newest first
+    assert all(o.status is OpStatus.SUCCEEDED and o.finished_at for o in listed)
+
+
+async def test_a_change_queued_with_its_insert_is_written_with_it(store: Store) -> None:
+    one = op()
+    added = asyncio.ensure_future(store.add_op(one))
+    changed = one.model_copy(update={"status": OpStatus.FAILED, "error": "gone"})
+    await asyncio.gather(added, store.update_op(changed))
+    got = await store.get_op(one.id)
+    assert got is not None and got.status is OpStatus.FAILED and got.error == "gone"
+
+
+async def test_a_bad_operation_fails_only_its_own_caller(store: Store) -> None:
+    """An operation whose row cannot be written (here: an id taken) fails its caller; the
+    writes batched with it (another operation, a VM update, an event) are committed."""
+    taken, other, mine = op(), op(), vm("mine")
+    await store.add_op(taken)
+    await store.add_vms([mine])
+    mine.state = VMState.RUNNING
+    store.add_events([Event(name="register", vm_id=mine.id)])
+    results = await asyncio.gather(
+        store.add_op(taken.model_copy(update={"kind": OpKind.STOP})),
+        store.add_op(other),
+        store.update_vm(mine),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Exception) and results[1:] == [None, None]
+    assert await store.get_op(other.id) is not None
+    assert (await store.get_op(taken.id)).kind is OpKind.START  # type: ignore[union-attr]
+    assert (await store.get_vm(mine.id)).state is VMState.RUNNING  # type: ignore[union-attr]

@@ -1,5 +1,7 @@
-"""Write batching: concurrent small writes (VM state changes, events, node usage) share one
-transaction and one executemany per statement, for everything queued while the last one ran."""
+"""Write batching: concurrent small writes (operations, VM state changes, events, node usage)
+share one transaction and one executemany per statement, for everything queued while the last
+one ran (a group commit: SQLite takes one writer at a time, and under load a transaction per
+write made every writer queue behind the others)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from usher.ctrl.listing import Text
 from usher.ctrl.store.database import Database
 from usher.ctrl.store.derived import DerivedViews
 from usher.ctrl.store.rows import row_values
-from usher.ctrl.tables import EventRow, NodeRow, VMRow
+from usher.ctrl.tables import EventRow, NodeRow, OperationRow, VMRow
 from usher.model import Node
 
 log = logging.getLogger("usher.store")
@@ -23,21 +25,33 @@ log = logging.getLogger("usher.store")
 _VMS = VMRow.__table__
 _UPDATE_VM = update(_VMS).where(_VMS.c.id == bindparam("_vm_id"))
 _INSERT_EVENTS = EventRow.__table__.insert()
+_OPS = OperationRow.__table__
+_INSERT_OPS = _OPS.insert()
+_UPDATE_OPS = update(_OPS).where(_OPS.c.id == bindparam("_op_id"))
 
 
 @dataclass
 class Batch:
-    """Writes queued for the next flush: VM updates (whose callers wait for the commit),
-    event rows and node records (written behind: nobody waits, but reads flush first)."""
+    """Writes queued for the next flush: new and changed operations and VM updates (whose
+    callers wait for the commit), event rows and node records (written behind: nobody waits,
+    but reads flush first)."""
 
+    new_ops: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id, in order
+    changed_ops: dict[str, dict[str, Any]] = field(default_factory=dict)  # the last of each
     vm_updates: list[dict[str, Any]] = field(default_factory=list)
     vm_texts: list[Text] = field(default_factory=list)  # their JSON, for listings
     events: list[dict[str, Any]] = field(default_factory=list)
     nodes: dict[str, Node] = field(default_factory=dict)  # as they are when written
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    waiters: list[tuple[asyncio.Future[None], str | None]] = field(default_factory=list)
+    """Each caller's future, with the id of the operation it wrote (None: any other write)."""
 
     def __bool__(self) -> bool:
-        return bool(self.vm_updates or self.events or self.nodes or self.waiters)
+        return bool(self.awaited or self.events or self.nodes or self.waiters)
+
+    @property
+    def awaited(self) -> bool:
+        """Whether it holds writes whose callers wait for their commit (or its error)."""
+        return bool(self.new_ops or self.changed_ops or self.vm_updates)
 
 
 class WriteBatcher:
@@ -54,9 +68,26 @@ class WriteBatcher:
     async def update_vms(self, rows: list[dict[str, Any]], texts: list[Text]) -> None:
         """Queue VM rows (with ``_vm_id``) and their JSON; returns once committed."""
         self.batch.vm_texts.extend(texts)
-        waiter = asyncio.get_running_loop().create_future()
         self.batch.vm_updates.extend(rows)
-        self.batch.waiters.append(waiter)
+        await self._committed()
+
+    async def add_op(self, row: dict[str, Any]) -> None:
+        """Queue a new operation's row; returns once committed."""
+        self.batch.new_ops[row["id"]] = row
+        await self._committed(row["id"])
+
+    async def update_op(self, row: dict[str, Any]) -> None:
+        """Queue an operation's row as it is now; returns once committed. Queued with its
+        insert, it replaces the row to insert; queued after another change, that one."""
+        if row["id"] in self.batch.new_ops:
+            self.batch.new_ops[row["id"]] = row
+        else:
+            self.batch.changed_ops[row["id"]] = {**row, "_op_id": row["id"]}
+        await self._committed(row["id"])
+
+    async def _committed(self, op_id: str | None = None) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self.batch.waiters.append((waiter, op_id))
         self._queued()
         await waiter
 
@@ -76,10 +107,7 @@ class WriteBatcher:
         """Wait until every write queued so far (events too) is committed."""
         if not self.batch and (self._flusher is None or self._flusher.done()):
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self.batch.waiters.append(waiter)
-        self._queued()
-        await waiter
+        await self._committed()
 
     def _queued(self) -> None:
         if self._flusher is None or self._flusher.done():
@@ -88,47 +116,59 @@ class WriteBatcher:
     async def _flush_batches(self) -> None:
         while self.batch:
             batch, self.batch = self.batch, Batch()
-            error: Exception | None = None
             try:
-                await self.write_batch(batch.events, batch.vm_updates, batch.nodes)
-            except Exception as exc:
+                await self.write_batch(batch)
+            except Exception:
                 log.exception(
-                    "could not write %d VM updates, %d events and %d nodes",
+                    "could not write %d operations, %d VM updates, %d events and %d nodes",
+                    len(batch.new_ops) + len(batch.changed_ops),
                     len(batch.vm_updates),
                     len(batch.events),
                     len(batch.nodes),
                 )
-                error = exc
-                if (batch.events or batch.nodes) and batch.vm_updates:  # others may be to blame
-                    try:
-                        await self.write_batch([], batch.vm_updates, {})
-                        error = None
-                    except Exception as again:
-                        error = again
-            if error is None:
+                failed = await self._write_apart(batch)
+            else:
+                failed = {}
+            if None not in failed:
                 self._derived.updated(batch.vm_updates, batch.vm_texts)
-            for waiter in batch.waiters:
+            for waiter, op_id in batch.waiters:
                 if waiter.done():
                     continue
-                if error is not None and batch.vm_updates:
-                    waiter.set_exception(error)
+                if op_id in failed:
+                    waiter.set_exception(failed[op_id])
                 else:
                     waiter.set_result(None)
 
-    async def write_batch(
-        self,
-        events: list[dict[str, Any]],
-        vm_updates: list[dict[str, Any]],
-        nodes: dict[str, Node],
-    ) -> None:
-        """One transaction: the nodes, then the events, then the VM updates."""
-        if not events and not vm_updates and not nodes:
+    async def _write_apart(self, batch: Batch) -> dict[str | None, Exception]:
+        """After ``batch`` failed as a whole: its VM updates in one transaction and each
+        operation in one of its own, so a bad row fails only its own caller (the batch's
+        events and node records, often to blame, are dropped: logged above). Returns the
+        error of each part that failed again: by operation id, None for the VM updates."""
+        parts: list[tuple[str | None, Batch]] = [(None, Batch(vm_updates=batch.vm_updates))]
+        parts += [(i, Batch(new_ops={i: row})) for i, row in batch.new_ops.items()]
+        parts += [(i, Batch(changed_ops={i: row})) for i, row in batch.changed_ops.items()]
+        failed: dict[str | None, Exception] = {}
+        for key, part in parts:
+            try:
+                await self.write_batch(part)
+            except Exception as exc:
+                failed[key] = exc
+        return failed
+
+    async def write_batch(self, batch: Batch) -> None:
+        """One transaction: the nodes, the new operations, the events, the changed
+        operations, then the VM updates."""
+        if not batch.awaited and not batch.events and not batch.nodes:
             return
         async with self._db.write() as s:
-            if nodes:
-                rows = [row_values(node, NodeRow) for node in nodes.values()]
+            if batch.nodes:
+                rows = [row_values(node, NodeRow) for node in batch.nodes.values()]
                 await s.execute(self._upsert_nodes, rows)
-            if events:
-                await s.execute(_INSERT_EVENTS, events)
-            if vm_updates:
-                await s.execute(_UPDATE_VM, vm_updates)
+            if batch.new_ops:
+                await s.execute(_INSERT_OPS, list(batch.new_ops.values()))
+            if batch.events:
+                await s.execute(_INSERT_EVENTS, batch.events)
+            if batch.changed_ops:
+                await s.execute(_UPDATE_OPS, list(batch.changed_ops.values()))
+            if batch.vm_updates:
+                await s.execute(_UPDATE_VM, batch.vm_updates)

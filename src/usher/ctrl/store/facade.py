@@ -64,7 +64,7 @@ class Store:
         self.save_node, self.save_node_later = self.nodes.save_node, self.nodes.save_node_later
         self.get_node, self.list_nodes = self.nodes.get_node, self.nodes.list_nodes
 
-        self.operations = Operations(self.db)
+        self.operations = Operations(self.db, self.batcher)
         self.add_op, self.update_op = self.operations.add_op, self.operations.update_op
         self.get_op, self.list_ops = self.operations.get_op, self.operations.list_ops
         self.unfinished_ops = self.operations.unfinished_ops

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import String, cast, func, select, update
+from sqlalchemy import String, cast, func, select
 
+from usher.ctrl.store.batcher import WriteBatcher
 from usher.ctrl.store.database import Database
 from usher.ctrl.store.rows import cursor as seq_before
 from usher.ctrl.store.rows import page, page_size, row_values
@@ -12,17 +13,18 @@ from usher.model import Operation, OpStatus, Page, Scope
 
 
 class Operations:
-    def __init__(self, db: Database) -> None:
+    """Operations are written through the write batcher (one transaction with the other
+    writes queued meanwhile); each call returns once its row is committed."""
+
+    def __init__(self, db: Database, batcher: WriteBatcher) -> None:
         self._db = db
+        self._batcher = batcher
 
     async def add_op(self, op: Operation) -> None:
-        async with self._db.write() as s:
-            await s.execute(self._db.insert(OperationRow), [row_values(op, OperationRow)])
+        await self._batcher.add_op(row_values(op, OperationRow))
 
     async def update_op(self, op: Operation) -> None:
-        async with self._db.write() as s:
-            values = row_values(op, OperationRow)
-            await s.execute(update(OperationRow).where(OperationRow.id == op.id).values(**values))
+        await self._batcher.update_op(row_values(op, OperationRow))
 
     async def get_op(self, op_id: str) -> Operation | None:
         async with self._db.sessions() as s:
