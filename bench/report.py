@@ -210,6 +210,7 @@ def scheduler(r: dict[str, dict[str, Any]]) -> list[str]:
             t["nodes"],
             t["single"]["ms_per_vm"]["p50"],
             t["single"]["ms_per_vm"]["p99"],
+            t["single"].get("cpu_ms_per_vm", {}).get("p50", "—"),
             t["gang"]["vms"],
             t["gang"]["ms_per_vm"]["p50"],
         ]
@@ -217,7 +218,16 @@ def scheduler(r: dict[str, dict[str, Any]]) -> list[str]:
     ]
     out = ["### Scheduler", ""]
     out += table(
-        ["weigher", "nodes", "one VM: ms p50", "one VM: ms p99", "batch VMs", "batch: ms/VM"], rows
+        [
+            "weigher",
+            "nodes",
+            "one VM: ms p50",
+            "one VM: ms p99",
+            "one VM: CPU ms p50",
+            "batch VMs",
+            "batch: ms/VM",
+        ],
+        rows,
     )
     rows = [
         [
@@ -283,6 +293,38 @@ def shapes(sh: dict[str, Any] | None) -> list[str]:
             ],
             rows,
         ),
+        *shapes_timing(sh),
+    ]
+
+
+def shapes_timing(sh: dict[str, Any]) -> list[str]:
+    """CPU time per decision of issue 18's stream on 1,000 nodes, placed or turned away."""
+    rows = [
+        [
+            t["weigher"],
+            t["vms"],
+            f"{t['cpu_ms_placed']['p50']} / {t['cpu_ms_placed']['p99']}",
+            t["cpu_ms_refused"]["n"],
+            f"{t['cpu_ms_refused']['p50']} / {t['cpu_ms_refused']['p99']}",
+        ]
+        for t in sh.get("at_1000", [])
+    ]
+    if not rows:
+        return []
+    return [
+        f"The same stream (seed 1) on {sh['timing_nodes']} nodes of those shapes: the CPU time "
+        "of each decision (a VM turned away is the full computation, which says why).",
+        "",
+        *table(
+            [
+                "weigher",
+                "VMs placed",
+                "placed: CPU ms p50 / p99",
+                "turned away",
+                "CPU ms p50 / p99",
+            ],
+            rows,
+        ),
     ]
 
 
@@ -307,6 +349,17 @@ def shapes_targets(sh: dict[str, Any] | None) -> list[list[Any]]:
             f"{versus['min']:g} % (median {versus['median']:g} %)",
             verdict(versus["min"] >= 100),
         ],
+        *(
+            [
+                f"mixed VM sizes, default weigher, {t['vms']} VMs one by one on "
+                f"{sh['timing_nodes']} nodes: CPU per placed VM, p50 (p99)",
+                "≤ 0.1 ms",
+                f"{t['cpu_ms_placed']['p50']} ms ({t['cpu_ms_placed']['p99']} ms)",
+                verdict(t["cpu_ms_placed"]["p50"] <= 0.1),
+            ]
+            for t in sh.get("at_1000", [])
+            if t["weigher"] == sh["default_weigher"]
+        ),
     ]
 
 

@@ -75,21 +75,23 @@ def single(plugin: Scheduler, nodes: list[Node], decisions: int, indexed: bool) 
     reserved: dict[str, dict[str, Any]] = {}
     log = ChangeLog() if indexed else None
     chosen: list[str] = []
-    times = []
+    times, cpu = [], []
     for _ in range(decisions):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if log is not None and chosen:
             log.mark(chosen[-1])
         placement = plugin.schedule(
             nodes=nodes, specs=[spec], request=request(1), reserved=reserved, changes=log
         )
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         assert placement.error is None, placement.error
         chosen.append(placement.nodes[0])
         reserve(reserved, chosen[-1], spec)
     return {
         "decisions": decisions,
         "ms_per_vm": percentiles([t * 1000 for t in times]),
+        "cpu_ms_per_vm": percentiles([t * 1000 for t in cpu]),
         "first_ms": round(times[0] * 1000, 3),
         "chosen": chosen,
     }
@@ -254,13 +256,16 @@ def shapes(
     start_m = sum(r["memory_mb"] for r in reserved.values())
     first: dict[str, Any] | None = None
     asked = placed = misses = 0
+    cpu: dict[bool, list[float]] = {True: [], False: []}  # ms per decision, placed or not
     while misses < MISSES and asked < STREAM:
         v, gib = stream.choice(mix)
         spec = VMSpec(vcpus=v, memory_mb=gib * 1024)
         asked += 1
+        c0 = time.process_time()
         placement = plugin.schedule(
             nodes=nodes, specs=[spec], request=request(1), reserved=reserved, changes=log
         )
+        cpu[placement.error is None].append(1000 * (time.process_time() - c0))
         if placement.error:
             misses += 1
             if first is None:
@@ -285,6 +290,8 @@ def shapes(
         "memory_placed_gib": (sum(r["memory_mb"] for r in reserved.values()) - start_m) // 1024,
         "memory_used_pct": pct("memory_mb", total_m),
         "vcpus_used_pct": pct("vcpus", total_v),
+        "cpu_ms_placed": percentiles(cpu[True]),
+        "cpu_ms_refused": percentiles(cpu[False]),
     }
 
 
@@ -307,10 +314,11 @@ def spread_of(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": round(statistics.median(values), 2), "max": max(values)}
 
 
-def shaped(seeds: int, n: int) -> dict[str, Any]:
+def shaped(seeds: int, n: int, timing_nodes: int = 1000) -> dict[str, Any]:
     """:func:`shapes` for every configuration of :data:`SHAPED` and seeds 1 to ``seeds``,
     with each configuration's spread over the seeds, and its memory placed against
-    ``spread``'s on the same mix in the same seed."""
+    ``spread``'s on the same mix in the same seed; and the CPU time of each decision with
+    issue 18's mix on ``timing_nodes`` nodes."""
     runs = [
         {**shapes(name, table, s, n, MIXES[mix]), "mix": mix}
         for name, table, mix in SHAPED
@@ -357,6 +365,16 @@ def shaped(seeds: int, n: int) -> dict[str, Any]:
         ),
         "summary": summary,
         "runs": runs,
+        # the same stream on 1,000 nodes (seed 1): the CPU time of each decision, placed or not
+        "at_1000": [
+            {
+                key: value
+                for key, value in shapes(w, {"weigher": w}, 1, timing_nodes).items()
+                if key in ("weigher", "asked", "vms", "cpu_ms_placed", "cpu_ms_refused")
+            }
+            for w in WEIGHERS
+        ],
+        "timing_nodes": timing_nodes,
     }
 
 
@@ -369,6 +387,7 @@ def main() -> None:
     parser.add_argument("--packing-nodes", type=int, default=100)
     parser.add_argument("--shapes-nodes", type=int, default=100, help="issue 18's test")
     parser.add_argument("--shapes-seeds", type=int, default=10)
+    parser.add_argument("--shapes-timing-nodes", type=int, default=1000)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     sizes = [int(x) for x in args.nodes.split(",")]
@@ -407,8 +426,8 @@ def main() -> None:
             }
         )
         print(f"{weigher:8} packing: {packing[-1]}")
-    shaped_runs = shaped(args.shapes_seeds, args.shapes_nodes)
-    for row in shaped_runs["summary"]:
+    shaped_runs = shaped(args.shapes_seeds, args.shapes_nodes, args.shapes_timing_nodes)
+    for row in shaped_runs["summary"] + shaped_runs["at_1000"]:
         print(f"shapes {row}")
     result = {"timing": timing, "packing": packing, "shapes": shaped_runs}
     path = write_result("scheduler", result, Path(args.out))

@@ -49,7 +49,7 @@ def test_benchmarks_run_at_tiny_scale(tmp_path: Path) -> None:
         "scheduler.py",
         out,
         *("--nodes", "10,20", "--decisions", "5", "--gang", "20"),
-        *("--shapes-nodes", "12", "--shapes-seeds", "2"),
+        *("--shapes-nodes", "12", "--shapes-seeds", "2", "--shapes-timing-nodes", "30"),
     )
     sched = result(out, "scheduler")
     assert {(t["weigher"], t["nodes"]) for t in sched["timing"]} == {
@@ -66,6 +66,8 @@ def test_benchmarks_run_at_tiny_scale(tmp_path: Path) -> None:
         assert 40 <= run_["prefill_memory_pct"] < run_["memory_used_pct"] <= 100
         assert run_["first_refusal"] is not None and run_["vms"] > 0
         assert run_["first_refusal"]["memory_used_pct"] <= run_["memory_used_pct"]
+    assert {t["weigher"] for t in shapes["at_1000"]} == {"fit", "spread", "pack", "balanced"}
+    assert all(t["cpu_ms_placed"]["n"] == t["vms"] > 0 for t in shapes["at_1000"])
 
     run("api_load.py", out, "--clients", "4", "--vms", "40", "--nodes", "3", "--seconds", "2")
     load = result(out, "api-load")
