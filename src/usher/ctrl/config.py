@@ -103,6 +103,14 @@ class Settings(BaseModel):
         description="seconds after a controller start within which a node that was up must "
         "dial again; then it is declared lost like a node that went silent",
     )
+    link_admissions: int = Field(
+        128,
+        ge=1,
+        le=10_000,
+        description="LNM links admitted at a time (handshake to reconciled); a few more wait "
+        "their turn and any other is told to come back later (503, Retry-After), so that "
+        "all nodes dialling at once after a restart come back in waves",
+    )
     login_failures: int = Field(
         10, ge=1, description="failed logins per minute allowed per user name and per address"
     )

@@ -14,6 +14,7 @@ from usher.ctrl.consoles import ConsoleHub
 from usher.ctrl.context import PluginContext
 from usher.ctrl.engine import Engine, RequestError
 from usher.ctrl.events import EventBus
+from usher.ctrl.linkgate import LinkGate
 from usher.ctrl.metrics import Metrics
 from usher.ctrl.nodecreds import ROLES as NODE_ROLES
 from usher.ctrl.nodecreds import NodeCredentials
@@ -69,6 +70,7 @@ class Controller:
         self._rejoin: asyncio.Task[None] | None = None
         self.first_admin_token: str | None = None
         self.node_refusals = Window(limit=100)  # refused and malformed node messages
+        self.link_gate = LinkGate(settings.link_admissions)  # LNM links admitted in waves
         self.state_lock = StateLock(settings.state_dir, "a controller")
 
     async def start(self) -> None:

@@ -41,6 +41,7 @@ class NodeCredentials:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = asyncio.Lock()
+        self._caps: dict[str, Capacity | None] = {}  # cap_of, by node
 
     async def issue_join_token(
         self, ttl: float, uses: int, max_capacity: Capacity | None = None
@@ -56,25 +57,31 @@ class NodeCredentials:
             await self.store.plugin_set(USES, f"cap:{row.id}", max_capacity.model_dump())
         return JoinToken(row.id, secret, row.expires_at, uses)
 
-    async def known(self, secret: str | None) -> bool:
-        """Whether ``secret`` is a node credential or a join token at all (checked before a
-        connection's hello is read: a stranger is refused without being listened to)."""
+    async def known(self, secret: str | None) -> TokenRow | None:
+        """The token ``secret`` is if it is a node credential or a join token at all (checked
+        before a connection's hello is read: a stranger is refused without being listened
+        to); hand it to :meth:`admit`, which then need not read it again."""
         if not secret:
-            return False
+            return None
         row = await self.store.find_token(digest(secret))
-        return row is not None and row.roles == ROLES
+        return row if row is not None and row.roles == ROLES else None
 
     async def cap_of(self, node: str) -> Capacity | None:
-        """The capacity limit the join token of ``node`` set, if it set one."""
-        found = await self.store.plugin_get(USES, f"cap-node:{node}")
-        return Capacity.model_validate(found) if found else None
+        """The capacity limit the join token of ``node`` set, if it set one (read once: it
+        is set when the node joins, through this object)."""
+        if node not in self._caps:
+            found = await self.store.plugin_get(USES, f"cap-node:{node}")
+            self._caps[node] = Capacity.model_validate(found) if found else None
+        return self._caps[node]
 
-    async def admit(self, secret: str | None, node: str) -> str | None:
-        """Check what ``node`` presents. A valid credential of this node: None. A valid join
-        token: a new credential for the node, returned once. Anything else: NodeRefused."""
+    async def admit(self, secret: str | None, node: str, row: TokenRow | None = None) -> str | None:
+        """Check what ``node`` presents (``row``: its token as :meth:`known` found it). A
+        valid credential of this node: None. A valid join token: a new credential for the
+        node, returned once. Anything else: NodeRefused."""
         if not secret:
             raise NodeRefused("no credential and no join token")
-        row = await self.store.find_token(digest(secret))
+        if row is None or row.digest != digest(secret):
+            row = await self.store.find_token(digest(secret))
         if row is None or row.roles != ROLES:
             raise NodeRefused("unknown credential or join token")
         if row.principal != JOIN_PRINCIPAL:
@@ -96,6 +103,7 @@ class NodeCredentials:
         await self.store.plugin_set(USES, row.id, uses - 1)
         cap = await self.store.plugin_get(USES, f"cap:{row.id}")
         await self.store.plugin_set(USES, f"cap-node:{node}", cap)
+        self._caps.pop(node, None)
         return await issue_token(
             self.store, credential_principal(node), ROLES, description=f"credential of {node}"
         )

@@ -224,7 +224,9 @@ class NodeRegistry:
         self._changed(name)
         self.links[name] = link
         self.dialled.add(name)
-        await self.store.save_node(node)
+        # written with the next batch (reads of nodes flush first): after a restart,
+        # thousands of nodes saying hello are a few writes, not one each
+        self.store.save_node_later(node)
         await self.bus.emit(
             "node_join",
             node=name,

@@ -20,6 +20,7 @@ from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 from usher import wire
 from usher.bounds import MAX_LINK_MESSAGE, NAME_RE
@@ -35,6 +36,52 @@ __all__ = ["CREDENTIAL_FILE", "INVENTORY_CHUNK", "LNM", "LNMConfig", "Refused"]
 log = logging.getLogger("usher.lnm")
 REFUSED_CODE = 4001
 """The close code of a controller that refuses this node (the reason says why)."""
+
+
+BACKOFF_BASE = 0.25
+"""The first reconnect waits up to this long (seconds); each failure doubles the bound."""
+NOBODY_CAP = 2.0
+"""The most a reconnect waits when nobody listens at the controller's address (a restart):
+a refused TCP connection costs the controller nothing, and the sooner the LNM dials again
+once it listens, the sooner the node is back; a controller that answers but is busy says
+when to come back (``Retry-After``), one that does not answer is backed off from up to
+``backoff_max``."""
+RETRY_JITTER = 1.0
+"""Seconds added at random to a controller's ``Retry-After`` (which is in whole seconds)."""
+MAX_RETRY_AFTER = 600.0
+"""The longest ``Retry-After`` believed."""
+STABLE_LINK = 10.0
+"""A link welcomed and up this long ends an outage: the next reconnect starts over."""
+OPEN_TIMEOUT = 30.0
+"""Seconds for the TCP, TLS and WebSocket handshakes: a controller admitting nodes in waves
+may keep a new link waiting for its turn a few seconds before it upgrades it."""
+
+
+def next_delay(
+    attempt: int, cap: float, retry_after: float | None = None, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait before reconnect number ``attempt`` (0 first): with a controller's
+    ``retry_after``, that plus up to :data:`RETRY_JITTER`; otherwise "full jitter", uniform
+    between 0 and ``min(cap, BACKOFF_BASE * 2**attempt)``, so that LNMs that lost their link
+    at the same moment do not dial again at the same moment."""
+    draw = (rng or random).uniform
+    if retry_after is not None:
+        return retry_after + draw(0, RETRY_JITTER)
+    return draw(0, min(cap, BACKOFF_BASE * 2 ** min(attempt, 30)))
+
+
+def retry_after(exc: InvalidStatus) -> float | None:
+    """The ``Retry-After`` of a controller that answered the upgrade with 503 (or 429), in
+    seconds; None for any other answer, or a ``Retry-After`` that is no number of seconds."""
+    response = exc.response
+    if response.status_code not in (429, 503):
+        return None
+    value = response.headers.get("Retry-After", "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return min(seconds, MAX_RETRY_AFTER) if math.isfinite(seconds) and seconds >= 0 else None
 
 
 class Refused(Exception):
@@ -56,53 +103,78 @@ class LNM:
             driver, node=config.name, migration_host=config.migration_host, cancel=self._cancel
         )
         self._send_lock = asyncio.Lock()  # one message at a time, in the order observed
+        self._tls_context: ssl.SSLContext | None = None
+        self._joined_at: float | None = None  # when the current link was welcomed
         self.connected = asyncio.Event()
 
     # --- the link ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Stay connected until ``stop`` is set, reconnecting with exponential backoff."""
+        """Stay connected until ``stop`` is set, reconnecting with jittered backoff
+        (:func:`next_delay`)."""
         stop = stop or asyncio.Event()
         await self.driver.open()
-        delay = 0.2
+        attempt = 0
         try:
             while not stop.is_set():
                 started = time.monotonic()
+                busy: float | None = None
+                nobody = False
+                # an outage is told a few times, then every so often: not once a second
+                say = log.warning if attempt < 3 or attempt % 30 == 0 else log.debug
                 try:
                     await self._session(stop)
                 except Refused:
                     raise
+                except InvalidStatus as exc:
+                    busy = retry_after(exc)
+                    if busy is None:
+                        say("controller link: %s", exc)
+                    else:
+                        log.debug("controller busy: dialling again in %.0f s or so", busy)
+                except ConnectionRefusedError as exc:
+                    nobody = True
+                    say("controller link: %s", exc)
                 except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                    log.warning("controller link: %s", exc or type(exc).__name__)
+                    say("controller link: %s", exc or type(exc).__name__)
                 except Exception:  # nothing a controller sends may end this process
                     log.exception("controller link failed; reconnecting")
-                if time.monotonic() - started > 10:
-                    delay = 0.2
+                if self._joined_at is not None and time.monotonic() - started > STABLE_LINK:
+                    attempt = 0  # the link was up a while: this is a new outage
+                self._joined_at = None
+                cap = (
+                    min(self.config.backoff_max, NOBODY_CAP) if nobody else self.config.backoff_max
+                )
+                delay = next_delay(attempt, cap, busy)
+                attempt += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.config.backoff_max)
+                    await asyncio.wait_for(stop.wait(), delay)
         finally:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.driver.close()
 
+    def _tls(self, url: str) -> ssl.SSLContext | None:
+        """The TLS context to dial ``url`` with (made once: each reconnect reuses it)."""
+        if not url.startswith("wss:"):
+            return None
+        if self._tls_context is None:
+            self._tls_context = ssl.create_default_context(cafile=self.config.ca_file)
+        return self._tls_context
+
     async def _session(self, stop: asyncio.Event) -> None:
         secret = self.config.secret()
         headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         url = ws_url(self.config.ctrl_url)
-        tls = (
-            ssl.create_default_context(cafile=self.config.ca_file)
-            if url.startswith("wss:")
-            else None
-        )
         async with connect(
             url,
-            ssl=tls,
+            ssl=self._tls(url),
             additional_headers=headers,
             max_size=MAX_LINK_MESSAGE,
             ping_interval=20,
             compression=None,  # small JSON messages: deflating them costs more than it saves
+            open_timeout=OPEN_TIMEOUT,
         ) as ws:
             try:
                 await self._linked(ws, stop)
@@ -135,6 +207,7 @@ class LNM:
             self.config.save_credential(str(welcome["credential"]))
             log.info("saved this node's credential in %s", self.config.credential_file)
         self.connected.set()
+        self._joined_at = time.monotonic()
         log.info("joined controller %s as node %s", self.config.ctrl_url, self.config.name)
         beat = asyncio.create_task(self._heartbeats(ws, interval))
         stopper = asyncio.create_task(stop.wait())

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from usher import wire
@@ -25,6 +26,7 @@ from usher.ctrl.link_messages import (
     Reply,
     StateReport,
 )
+from usher.ctrl.linkgate import Place, retry_after_header
 from usher.ctrl.nodecreds import NodeRefused
 from usher.ctrl.nodes import NodeLink
 from usher.model import Capacity, Principal, Strict
@@ -36,6 +38,9 @@ REFUSALS_LOGGED = 10
 """Refused connections logged (and announced) per address and minute; more are quiet."""
 MAX_INVENTORY = 100_000
 """Most VMs one node may report."""
+RECONCILE_WAIT = 5.0
+"""How long a node's admission waits for its VMs' reconciliation before the next node's
+turn (one waiting on a VM's lock behind a long operation does not hold up the others)."""
 
 
 class NewJoinToken(Strict):
@@ -128,12 +133,42 @@ async def _receive(ws: WebSocket) -> Any:
 @router.websocket("/v1/lnm")
 async def lnm_link(ws: WebSocket) -> None:
     """An LNM's link: it says hello (with the start of its inventory, the rest following in
-    ``inventory`` messages), is welcomed, then sends heartbeats, reports and replies."""
+    ``inventory`` messages), is welcomed, then sends heartbeats, reports and replies.
+
+    Links are admitted in waves (:mod:`usher.ctrl.linkgate`): beyond what the gate takes,
+    the LNM is answered ``503`` with a ``Retry-After`` before the upgrade. A link that
+    fails before it is served (the LNM gave up waiting, left mid-handshake) ends quietly."""
     ctrl: Controller = ws.app.state.ctrl
+    gate = ctrl.link_gate
+    wait = gate.retry_after()
+    if wait is not None:
+        with contextlib.suppress(Exception):  # it may be gone already
+            busy = PlainTextResponse(
+                "busy admitting other nodes: come back later",
+                status_code=503,
+                headers={"Retry-After": retry_after_header(wait)},
+            )
+            await ws.send_denial_response(busy)
+        return
+    place = await gate.enter()
+    try:
+        await _handshake(ctrl, ws, place)
+    except (OSError, WebSocketDisconnect, RuntimeError) as exc:
+        # the LNM went away before it was served (uvicorn's ClientDisconnected is an OSError;
+        # starlette raises RuntimeError for a send on a closed socket)
+        log.info("an LNM link ended during its handshake: %r", exc)
+    finally:
+        place.release()
+
+
+async def _handshake(ctrl: Controller, ws: WebSocket, place: Place) -> None:
+    """Accept the link, check the LNM's credential, read its hello and inventory, then serve
+    it (:func:`_serve` frees ``place`` once the node is reconciled)."""
     await ws.accept()
     header = ws.headers.get("authorization", "")
     secret = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
-    if not secret or not await ctrl.node_credentials.known(secret):
+    token = await ctrl.node_credentials.known(secret)
+    if not secret or token is None:
         why = "unknown credential or join token" if secret else "no credential and no join token"
         await _refuse(ctrl, ws, None, why)
         return
@@ -150,7 +185,7 @@ async def lnm_link(ws: WebSocket) -> None:
     number = ctrl.nodes.observations.stamp()  # what the inventory tells is as of now
     name = hello.node
     try:
-        credential = await ctrl.node_credentials.admit(secret, name)
+        credential = await ctrl.node_credentials.admit(secret, name, token)
     except NodeRefused as exc:
         await _refuse(ctrl, ws, name, str(exc))
         return
@@ -164,7 +199,7 @@ async def lnm_link(ws: WebSocket) -> None:
     except (ValueError, ValidationError) as exc:
         await _refuse(ctrl, ws, name, f"a malformed inventory: {_first_line(exc)}")
         return
-    await _serve(ctrl, ws, hello, inventory, number, credential)
+    await _serve(ctrl, ws, hello, inventory, number, credential, place)
 
 
 async def _inventory(ws: WebSocket, hello: Hello) -> list[dict[str, Any]]:
@@ -190,9 +225,11 @@ async def _serve(
     inventory: list[dict[str, Any]],
     number: int,
     credential: str | None,
+    place: Place,
 ) -> None:
-    """Attach the node, welcome it, reconcile its VMs, then read its messages until the
-    link ends; whatever happens, the node is detached when it does."""
+    """Attach the node, welcome it, reconcile its VMs (then free its ``place`` in the wave
+    of admissions), then read its messages until the link ends; whatever happens, the node
+    is detached when it does."""
 
     async def send(text: str) -> None:
         await ws.send_text(text)
@@ -205,6 +242,7 @@ async def _serve(
         cap = Capacity(**{k: min(getattr(cap, k), getattr(token_cap, k)) for k in cap.model_fields})
     await ctrl.nodes.attach(hello, link, cap)
     reason = "connection closed"
+    turn: asyncio.Task[None] | None = None
     try:
         welcome: dict[str, Any] = {
             "type": "welcome",
@@ -215,7 +253,10 @@ async def _serve(
         if credential is not None:
             welcome["credential"] = credential
         await ws.send_json(welcome)
-        await ctrl.engine.node_joined(name, inventory, number)
+        reconciling = await ctrl.engine.node_joined(name, inventory, number)
+        # the next node's turn once these are through, or have had their time; meanwhile
+        # the link is read (a reconciliation may send the node a command and await its reply)
+        turn = asyncio.create_task(_free_after(place, reconciling))
         while True:
             try:
                 msg = await _receive(ws)
@@ -229,7 +270,18 @@ async def _serve(
         reason = f"link error: {exc!r}"
         log.warning("link to node %s failed: %r", name, exc)
     finally:
+        if turn is not None:
+            turn.cancel()
         await ctrl.node_gone(link, reason)
+
+
+async def _free_after(place: Place, reconciling: list[asyncio.Future[Any]]) -> None:
+    """Free ``place`` once ``reconciling`` is done, or after :data:`RECONCILE_WAIT`."""
+    try:
+        if reconciling:
+            await asyncio.wait(reconciling, timeout=RECONCILE_WAIT)
+    finally:
+        place.release()
 
 
 def _malformed(ctrl: Controller, node: str, exc: Exception) -> None:

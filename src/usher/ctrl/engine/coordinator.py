@@ -12,6 +12,7 @@ Steps on the same VM never overlap (a lock per VM); steps on different VMs run c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -440,8 +441,11 @@ class Engine:
 
     # --- what LNMs report --------------------------------------------------------------
 
-    async def node_joined(self, name: str, domains: list[dict[str, Any]], number: int) -> None:
-        await self.reconciler.node_joined(name, domains, number)
+    async def node_joined(
+        self, name: str, domains: list[dict[str, Any]], number: int
+    ) -> list[asyncio.Future[Any]]:
+        """Reconcile a node that said hello; the reconciliations under way."""
+        return await self.reconciler.node_joined(name, domains, number)
 
     async def node_lost(self, name: str, reason: str) -> None:
         await self.reconciler.node_lost(name, reason)

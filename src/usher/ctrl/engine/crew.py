@@ -45,12 +45,13 @@ class Crew:
         self.create_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro: Awaitable[Any], name: str) -> None:
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Future[Any]:
         """Run ``coro`` in the background until it ends or :meth:`close` cancels it."""
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def close(self) -> None:
         for task in list(self._tasks):

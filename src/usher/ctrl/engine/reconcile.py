@@ -39,20 +39,26 @@ class Reconciler:
         settings = crew.settings
         self.after_restore = RestoreWindow(settings.state_dir, settings.rejoin_grace)
 
-    async def node_joined(self, name: str, domains: list[dict[str, Any]], number: int) -> None:
+    async def node_joined(
+        self, name: str, domains: list[dict[str, Any]], number: int
+    ) -> list[asyncio.Future[Any]]:
         """Reconcile records with what a (re)connected node really runs, as its hello (the
-        message numbered ``number``) says."""
+        message numbered ``number``) says; returns the reconciliations under way."""
         crew = self.crew
         self._dialled.add(name)
         reported = {d["id"]: d for d in domains}
+        tasks = []
         for vm in await crew.store.vms_where(node=name):
             dom = reported.pop(vm.id, None)
-            crew.spawn(self.reconcile(vm.id, name, dom, number), f"reconcile-{vm.id}")
+            tasks.append(crew.spawn(self.reconcile(vm.id, name, dom, number), f"reconcile-{vm.id}"))
         for vm in await crew.store.vms_where(target_node=name):
             if vm.id not in reported:  # a migration's target that has nothing of it
-                crew.spawn(self.reconcile(vm.id, name, None, number), f"target-{vm.id}")
+                tasks.append(
+                    crew.spawn(self.reconcile(vm.id, name, None, number), f"target-{vm.id}")
+                )
         for vm_id, dom in reported.items():
-            crew.spawn(self.reconcile(vm_id, name, dom, number), f"adopt-{vm_id}")
+            tasks.append(crew.spawn(self.reconcile(vm_id, name, dom, number), f"adopt-{vm_id}"))
+        return tasks
 
     async def node_lost(self, name: str, reason: str) -> None:
         for vm in await self.crew.store.vms_where(node=name):
