@@ -39,6 +39,7 @@ configs = st.builds(
     vcpu_ratio=st.sampled_from([0.5, 1.0, 1.5, 4.0]),
     memory_ratio=st.sampled_from([0.75, 1.0, 2.0]),
     max_vms_per_node=st.none() | st.integers(1, 5),
+    memory_per_vcpu=st.sampled_from([0.25, 1.0, 1.5, 4.0]),
 )
 specs = st.builds(VMSpec, vcpus=st.integers(1, 3), memory_mb=st.sampled_from([256, 512, 1024]))
 capacities = st.builds(
