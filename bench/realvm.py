@@ -12,8 +12,12 @@ serial console (the console file is polled every 10 ms in both cases).
 
 Live migration: through Usher (``migrate`` to the other node, request to operation done)
 against a plain QMP migration of a plainly started guest (launch the incoming QEMU,
-``migrate-incoming``, ``migrate`` with the driver's capabilities and parameters, until the
-target runs), same guest, same host, same run; downtime as QEMU reports it.
+``migrate-incoming``, ``migrate`` with the driver's parameters, until the target runs, as
+QEMU's events tell), same guest, same host, same run. The guest's pause on both sides is from
+the source's ``STOP`` event to the target's ``RESUME`` event, as QEMU stamped them (Usher's
+operation reports it as ``paused_ms``, from the qemu driver's events); QEMU's own
+``downtime`` (the source's figure, which leaves out the target's loading and start) is kept
+beside it.
 
 Pause, resume and destroy: the Usher operations (request to done) against QMP ``stop`` and
 ``cont`` and a SIGKILL (until the process is gone) of the plain guest.
@@ -44,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, BenchCluster, write_result
-from qemu.qmp import QMPClient
+from qemu.qmp import EventListener, QMPClient
 from realvm_debian import measure_debian
 from realvm_libvirt import (
     STEPS,
@@ -211,6 +215,8 @@ async def usher_boot(client: AsyncClient, storage: Path, n: int) -> dict[str, fl
 
 
 async def plain_migration(root: Path, storage: Path, accel: str, n: int) -> dict[str, Any]:
+    """A plain QMP migration, following QEMU's events as the driver does: done when the
+    source reports it completed and the target runs the guest."""
     guest = PlainGuest(root, storage, accel, f"plain-mig-{n}")
     source_qmp, target_qmp = guest.dir / "src.sock", guest.dir / "dst.sock"
     try:
@@ -220,31 +226,47 @@ async def plain_migration(root: Path, storage: Path, accel: str, n: int) -> dict
         t0 = time.perf_counter()
         guest.launch(target_qmp, incoming=True)
         target = await qmp_client(target_qmp)
-        await target.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
-        listening = await target.execute("query-migrate")
-        port = listening["socket-address"][0]["port"]
-        await source.execute(
-            "migrate-set-capabilities",
-            {"capabilities": [{"capability": "auto-converge", "state": True}]},
-        )
-        await source.execute(
-            "migrate-set-parameters", {"downtime-limit": DOWNTIME_MS, "max-bandwidth": BANDWIDTH}
-        )
-        await source.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
-        while True:
+        resumed, stopped = EventListener("RESUME"), EventListener(("STOP", "MIGRATION"))
+        with target.listen(resumed), source.listen(stopped):
+            await target.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+            listening = await target.execute("query-migrate")
+            port = listening["socket-address"][0]["port"]
+            await source.execute(
+                "migrate-set-capabilities",
+                {
+                    "capabilities": [
+                        {"capability": "auto-converge", "state": True},
+                        {"capability": "events", "state": True},
+                    ]
+                },
+            )
+            await source.execute(
+                "migrate-set-parameters",
+                {"downtime-limit": DOWNTIME_MS, "max-bandwidth": BANDWIDTH},
+            )
+            await source.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+            async for event in stopped:
+                if event.get("data", {}).get("status") in ("completed", "failed", "cancelled"):
+                    break
             status = await source.execute("query-migrate")
-            if status["status"] in ("completed", "failed", "cancelled"):
-                break
-            await asyncio.sleep(0.01)
-        while (await target.execute("query-status"))["status"] != "running":
-            await asyncio.sleep(0.01)
-        total = time.perf_counter() - t0
-        assert status["status"] == "completed", status
+            assert status["status"] == "completed", status
+            await resumed.get()
+            total = time.perf_counter() - t0
         await source.disconnect()
         await target.disconnect()
-        return {"total_s": total, "downtime_ms": status.get("downtime")}
+        return {
+            "total_s": total,
+            "paused_ms": round(1000 * (stamp(resumed, "RESUME") - stamp(stopped, "STOP")), 1),
+            "downtime_ms": status.get("downtime"),
+        }
     finally:
         guest.kill()
+
+
+def stamp(events: EventListener, name: str) -> float:
+    """QEMU's timestamp of the last event ``name`` in ``events`` (seconds since the epoch)."""
+    event = [e for e in events.history if e["event"] == name][-1]
+    return event["timestamp"]["seconds"] + event["timestamp"]["microseconds"] / 1e6
 
 
 async def usher_migration(client: AsyncClient, storage: Path, n: int) -> dict[str, Any]:
@@ -259,19 +281,29 @@ async def usher_migration(client: AsyncClient, storage: Path, n: int) -> dict[st
     assert done.status.value == "succeeded", done.error
     details = done.result.get("details", {}).get(vm_id, {})
     await client.wait(await client.action("destroy", [vm_id]), timeout=60)
-    return {"total_s": total, "downtime_ms": details.get("downtime_ms")}
+    return {
+        "total_s": total,
+        "paused_ms": details.get("paused_ms"),
+        "downtime_ms": details.get("downtime_ms"),
+    }
 
 
 def summary(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     values = [r[key] for r in runs if r.get(key) is not None]
+    p90 = statistics.quantiles(values, n=10, method="inclusive")[8] if len(values) > 1 else None
     return {
         "median": round(statistics.median(values), 3) if values else None,
         "min": round(min(values), 3) if values else None,
+        "p90": round(p90, 3) if p90 is not None else (values[0] if values else None),
+        "max": round(max(values), 3) if values else None,
         "runs": [round(v, 3) for v in values],
     }
 
 
 OPS = ("pause_s", "resume_s", "destroy_s")
+MIGRATION_FIGURES = ("total_s", "paused_ms", "downtime_ms")
+"""A live migration's figures: its time, the guest's pause (source's STOP → target's RESUME)
+and QEMU's own downtime figure."""
 
 
 def summaries(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -315,7 +347,7 @@ async def measure(
         debian = await measure_debian(client, root, storage, accel.accel, debian_rounds)
     boot = {who: summaries(b, ("running_s", "ready_s")) for who, b in boots.items()}
     ops = {who: summaries(b, OPS) for who, b in boots.items()}
-    mig = {who: summaries(m, ("total_s", "downtime_ms")) for who, m in migrations.items()}
+    mig = {who: summaries(m, MIGRATION_FIGURES) for who, m in migrations.items()}
     u_ready, p_ready = boot["usher"]["ready_s"]["median"], boot["plain"]["ready_s"]["median"]
     u_mig, p_mig = mig["usher"]["total_s"]["median"], mig["plain"]["total_s"]["median"]
     debian_summary = {
@@ -335,7 +367,7 @@ async def measure(
         "migration": mig,
         "migration_added_s": round(u_mig - p_mig, 3),
         "migration_ratio": round(u_mig / p_mig, 3),
-        "qemu_driver": summaries(qemu_driver, STEPS),
+        "qemu_driver": summaries(qemu_driver, (*STEPS, "paused_ms", "held_ms")),
         "libvirt": libvirt_summary(libvirt) if libvirt is not None else None,
     }
 

@@ -290,9 +290,13 @@ async def driver_round(
         ):
             uri = await target.prepare_incoming(guest, "127.0.0.1")
             figures = await source.migrate(vm_id, uri, timeout=120)
-            await target.finish_incoming(vm_id)
+            arrived = await target.finish_incoming(vm_id)
         result["migration_s"] = t.lap()
         result["downtime_ms"] = figures.downtime_ms
+        stopped, switched = figures.extra.get("stopped_at"), figures.extra.get("switched_at")
+        if stopped and switched and arrived.resumed_at:  # the qemu driver: QEMU's stamps
+            result["paused_ms"] = round(1000 * (arrived.resumed_at - stopped), 1)
+            result["held_ms"] = round(1000 * (switched - stopped), 1)
         result["driver_migration_ms"] = figures.total_ms
         with _step(target_log, calls, "destroy_s"):
             await target.destroy(vm_id)
