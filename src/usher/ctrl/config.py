@@ -111,6 +111,13 @@ class Settings(BaseModel):
         "their turn and any other is told to come back later (503, Retry-After), so that "
         "all nodes dialling at once after a restart come back in waves",
     )
+    link_wait: float = Field(
+        3.0,
+        gt=0,
+        le=60,
+        description="seconds of admissions (at the rate links are being admitted) that may "
+        "wait their turn before the upgrade; beyond that an LNM is told to come back later",
+    )
     login_failures: int = Field(
         10, ge=1, description="failed logins per minute allowed per user name and per address"
     )

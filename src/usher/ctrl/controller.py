@@ -70,7 +70,7 @@ class Controller:
         self._rejoin: asyncio.Task[None] | None = None
         self.first_admin_token: str | None = None
         self.node_refusals = Window(limit=100)  # refused and malformed node messages
-        self.link_gate = LinkGate(settings.link_admissions)  # LNM links admitted in waves
+        self.link_gate = LinkGate(settings.link_admissions, settings.link_wait)  # in waves
         self.state_lock = StateLock(settings.state_dir, "a controller")
 
     async def start(self) -> None:

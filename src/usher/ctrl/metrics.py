@@ -93,6 +93,13 @@ class Metrics:
         self.stream_clients = Gauge(
             "usher_event_stream_clients", "Clients of the live event stream", registry=r
         )
+        self.link_admissions = Gauge(
+            "usher_lnm_link_admissions",
+            "LNM links since the controller started: admitted, of which waited their turn, "
+            "and deferred (told to come back later: 503 with Retry-After)",
+            ["outcome"],
+            registry=r,
+        )
         node = ["node"]
         self.node_up = Gauge(
             "usher_node_link_up", "1 if the node's LNM is connected", node, registry=r
@@ -229,6 +236,9 @@ class Metrics:
             self.vms.labels(state.value).set(counts.get(state.value, 0))
         own = 1 if self._listener is not None and not self._listener.done() else 0
         self.stream_clients.set(max(0, self.ctrl.bus.subscriber_count - own))
+        gate = self.ctrl.link_gate.stats
+        for outcome in ("admitted", "waited", "deferred"):
+            self.link_admissions.labels(outcome).set(getattr(gate, outcome))
         for node in self.ctrl.nodes.snapshot():
             self.node_up.labels(node.name).set(1 if node.connected else 0)
             for state in NodeState:

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field, ValidationError
+from starlette.websockets import WebSocketState
 
 from usher import wire
 from usher.ctrl.api.deps import CtrlDep, PrincipalDep, allow
@@ -149,6 +150,7 @@ async def lnm_link(ws: WebSocket) -> None:
                 headers={"Retry-After": retry_after_header(wait)},
             )
             await ws.send_denial_response(busy)
+        _UNUPGRADED.expect()
         return
     place = await gate.enter()
     try:
@@ -157,8 +159,35 @@ async def lnm_link(ws: WebSocket) -> None:
         # the LNM went away before it was served (uvicorn's ClientDisconnected is an OSError;
         # starlette raises RuntimeError for a send on a closed socket)
         log.info("an LNM link ended during its handshake: %r", exc)
+        if ws.client_state is WebSocketState.CONNECTING:
+            _UNUPGRADED.expect()
     finally:
         place.release()
+
+
+class _Unupgraded(logging.Filter):
+    """Drops uvicorn's error "ASGI callable returned without completing handshake." once
+    for each link this route ended before its upgrade on purpose (a ``503``, or an LNM that
+    left while it waited): uvicorn says so of every denial response too."""
+
+    MESSAGE = "ASGI callable returned without completing handshake."
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expected = 0
+
+    def expect(self) -> None:
+        self.expected += 1
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.expected and record.getMessage() == self.MESSAGE:
+            self.expected -= 1
+            return False
+        return True
+
+
+_UNUPGRADED = _Unupgraded()
+logging.getLogger("uvicorn.error").addFilter(_UNUPGRADED)
 
 
 async def _handshake(ctrl: Controller, ws: WebSocket, place: Place) -> None:
