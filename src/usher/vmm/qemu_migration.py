@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from qemu.qmp import EventListener
+from qemu.qmp import EventListener, Message
 
 from usher.model import VMState
 from usher.vmm.base import (
@@ -167,6 +167,7 @@ class Migrations:
                 log.warning("VM %s: migration timed out after %g s; cancelling it", vm_id, timeout)
                 status = {"status": await self._call_off(monitor, events)}
             stopped_at = _last_stamp(events, "STOP")
+            switched_at = _last_stamp(events, "MIGRATION", "device")
         if status["status"] != "completed":
             await to_the_end(self._keep_running(dom))
             why = f"timed out after {timeout:g} s" if timed_out else status.get("error-desc")
@@ -185,7 +186,9 @@ class Migrations:
                 "qemu_total_ms": status.get("total-time"),
                 "setup_ms": status.get("setup-time"),
                 "mbps": ram.get("mbps"),
+                # QEMU's stamps: the guest stopped here, then its last state began to go
                 "stopped_at": stopped_at,
+                "switched_at": switched_at,
             },
         )
 
@@ -329,32 +332,37 @@ async def _follow_migration(
     until: frozenset[str] = _MIGRATION_OVER,
 ) -> dict[str, Any]:
     """Follow an outgoing migration until its status (``query-migrate``) is one of ``until``
-    or ``deadline`` passes: looked at again at each of QEMU's events in ``events`` (its
-    ``MIGRATION`` events, at once: the guest waits paused for the driver at the switchover),
-    and every :data:`RECHECK` s whatever comes."""
+    or ``deadline`` passes: looked at again at each of QEMU's events in ``events``, and every
+    :data:`RECHECK` s whatever comes. ``pre-switchover`` is taken from its ``MIGRATION`` event
+    without a look (``{"status": "pre-switchover"}``): the stopped guest waits for the
+    driver there."""
     loop = asyncio.get_running_loop()
     while True:
         status: dict[str, Any] = await monitor.execute("query-migrate")
         if status.get("status") in until or loop.time() >= deadline:
             return status
-        await _next_event(events, min(RECHECK, deadline - loop.time()))
+        event = await _next_event(events, min(RECHECK, deadline - loop.time()))
+        announced = event.get("data", {}).get("status") if event is not None else None
+        if announced == "pre-switchover" and announced in until:
+            return {"status": announced}
 
 
-async def _next_event(events: EventListener | None, wait: float) -> None:
-    """Return at the next event ``events`` hears, or after ``wait`` s."""
+async def _next_event(events: EventListener | None, wait: float) -> Message | None:
+    """The next event ``events`` hears, or None after ``wait`` s."""
     if events is None:
         await asyncio.sleep(wait)
-        return
+        return None
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(max(0.0, wait)):
-            await events.get()
+            return await events.get()
+    return None
 
 
-def _last_stamp(events: EventListener, name: str) -> float | None:
-    """When QEMU sent its last event ``name`` that ``events`` heard (seconds since the epoch,
-    QEMU's host clock), or None."""
+def _last_stamp(events: EventListener, name: str, status: str | None = None) -> float | None:
+    """When QEMU sent its last event ``name`` (a ``MIGRATION`` event: with ``status``) that
+    ``events`` heard (seconds since the epoch, QEMU's host clock), or None."""
     for event in reversed(events.history):
-        if event["event"] == name:
+        if event["event"] == name and status in (None, event.get("data", {}).get("status")):
             stamp = event["timestamp"]
             return float(stamp["seconds"]) + float(stamp["microseconds"]) / 1e6
     return None
