@@ -20,7 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, BenchCluster, RSSSampler, percentiles, raise_nofile, write_result
+from common import (
+    RESULTS,
+    BenchCluster,
+    RSSSampler,
+    percentiles,
+    profiled,
+    raise_nofile,
+    top_frames,
+    write_result,
+)
 from scale import cpu_seconds, start_all
 
 from usher.client import AsyncClient
@@ -36,12 +45,19 @@ class Tally:
 
 
 async def client_loop(
-    url: str, token: str, vms: list[str], all_ids: list[str], until: float, tally: Tally, seed: int
+    url: str,
+    token: str,
+    vms: list[str],
+    all_ids: list[str],
+    until: float,
+    tally: Tally,
+    seed: int,
+    mix: dict[str, float] = MIX,
 ) -> None:
     rng = random.Random(seed)
     running = set(vms)
     stopped: set[str] = set()
-    kinds, weights = list(MIX), list(MIX.values())
+    kinds, weights = list(mix), list(mix.values())
     async with AsyncClient(url, token, timeout=120) as client:
         while time.monotonic() < until:
             kind = rng.choices(kinds, weights)[0]
@@ -77,26 +93,78 @@ async def client_loop(
             tally.latency[kind].append(time.perf_counter() - t0)
 
 
+async def run_clients(
+    cluster: BenchCluster,
+    shares: list[list[str]],
+    ids: list[str],
+    seconds: float,
+    mix: dict[str, float],
+) -> Tally:
+    """Each share's client runs the ``mix`` for ``seconds``; what they measured."""
+    tally = Tally()
+    until = time.monotonic() + seconds
+    await asyncio.gather(
+        *(
+            client_loop(cluster.url, cluster.token, share, ids, until, tally, seed, mix)
+            for seed, share in enumerate(shares)
+        )
+    )
+    return tally
+
+
+async def cpu_per_kind(
+    cluster: BenchCluster,
+    shares: list[list[str]],
+    ids: list[str],
+    seconds: float,
+    pid: int,
+    profiles: Path | None,
+) -> dict[str, Any]:
+    """The controller's CPU per request of each kind, each kind alone for ``seconds`` (a
+    start or stop counts with its whole operation: the 202, the run on the node, the wait);
+    with ``profiles``, where it goes (a py-spy profile of each kind in that directory)."""
+    figures: dict[str, Any] = {}
+    for name, mix in (
+        ("show", {"show": 1.0}),
+        ("list", {"list": 1.0}),
+        ("start_stop", {"start": 0.5, "stop": 0.5}),
+    ):
+        before = cpu_seconds([pid])
+        profile = profiles / f"{name}.txt" if profiles else None
+        with profiled(pid, profile, gil=True):
+            tally = await run_clients(cluster, shares, ids, seconds, mix)
+        used = cpu_seconds([pid]) - before
+        done = sum(len(v) for k, v in tally.latency.items() if k != "op_wait")
+        figures[name] = {
+            "requests": done,
+            "ctrl_cpu_ms_per_request": round(1000 * used / done, 3) if done else None,
+            "errors": len(tally.errors),
+        }
+        if profile is not None:
+            figures[name]["profile"] = top_frames(profile, 30)
+    return figures
+
+
 async def measure(cluster: BenchCluster, args: argparse.Namespace, pid: int) -> dict[str, Any]:
     async with AsyncClient(cluster.url, cluster.token, timeout=1800) as client:
         wall, _, _, _, errors = await start_all(client, args.vms, 500, 4)
         ids = [vm.id async for vm in client.iter_vms() if vm.state == VMState.RUNNING]
+    started = len(ids)
     shares = [ids[i :: args.clients] for i in range(args.clients)]
-    tally = Tally()
-    until = time.monotonic() + args.seconds
+    per_kind = await cpu_per_kind(cluster, shares, ids, args.per_kind_seconds, pid, args.profile)
+    async with AsyncClient(cluster.url, cluster.token, timeout=1800) as client:
+        # what the starts and stops alone left running is each client's to stop and start
+        ids = [vm.id async for vm in client.iter_vms() if vm.state == VMState.RUNNING]
+    shares = [ids[i :: args.clients] for i in range(args.clients)]
     ctrl_cpu, own_cpu = cpu_seconds([pid]), cpu_seconds([os.getpid()])
     t0 = time.perf_counter()
-    await asyncio.gather(
-        *(
-            client_loop(cluster.url, cluster.token, share, ids, until, tally, seed)
-            for seed, share in enumerate(shares)
-        )
-    )
+    with profiled(pid, args.profile / "mix.txt" if args.profile else None, gil=True):
+        tally = await run_clients(cluster, shares, ids, args.seconds, MIX)
     elapsed = time.perf_counter() - t0
     ctrl_cpu, own_cpu = cpu_seconds([pid]) - ctrl_cpu, cpu_seconds([os.getpid()]) - own_cpu
     requests = sum(len(v) for k, v in tally.latency.items() if k != "op_wait")
     return {
-        "setup": {"vms_started": len(ids), "start_wall_s": round(wall, 1), "errors": errors},
+        "setup": {"vms_started": started, "start_wall_s": round(wall, 1), "errors": errors},
         "clients": args.clients,
         "seconds": round(elapsed, 1),
         "mix": MIX,
@@ -105,6 +173,8 @@ async def measure(cluster: BenchCluster, args: argparse.Namespace, pid: int) -> 
         "latency_ms": {k: percentiles([x * 1000 for x in v]) for k, v in tally.latency.items()},
         # where the time went: the controller's CPU, and the clients' own (same machine)
         "controller_cpu_pct": round(100 * ctrl_cpu / elapsed, 1),
+        "controller_cpu_ms_per_request": round(1000 * ctrl_cpu / requests, 3),
+        "cpu_per_kind": per_kind,
         "clients_cpu_pct": round(100 * own_cpu / elapsed, 1),
         "errors": len(tally.errors),
         "error_samples": tally.errors[:10],
@@ -117,8 +187,16 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=10000)
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument(
+        "--per-kind-seconds", type=float, default=10, help="each kind of request alone, first"
+    )
     parser.add_argument("--db-url", help="database URL (default: SQLite in the state dir)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="a directory: py-spy profiles of the controller (each kind alone, and the mix)",
+    )
     args = parser.parse_args()
     raise_nofile(max(4096, 3 * args.nodes + 4 * args.clients + 1024))
     with tempfile.TemporaryDirectory(prefix="usher-bench-") as tmp:
@@ -139,6 +217,8 @@ def main() -> None:
         **result,
         "rss_peak_mb": round(rss.peak_mb, 1),
     }
+    if args.profile is not None:
+        result["profile"] = top_frames(args.profile / "mix.txt", 30)
     path = write_result("api-load", result, Path(args.out))
     lat = result["latency_ms"]
     print(

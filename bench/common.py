@@ -121,9 +121,11 @@ class RSSSampler:
 
 
 @contextlib.contextmanager
-def profiled(pid: int, out: Path | None, rate: int = 250) -> Iterator[None]:
+def profiled(pid: int, out: Path | None, rate: int = 250, *, gil: bool = False) -> Iterator[None]:
     """Record a py-spy profile of ``pid`` while the block runs (nothing if ``out`` is None).
-    Writes collapsed stacks to ``out`` (``.txt``); :func:`top_frames` summarizes them."""
+    Writes collapsed stacks to ``out`` (``.txt``); :func:`top_frames` summarizes them. With
+    ``gil``, only the thread holding the GIL is sampled: where the process's Python CPU goes,
+    without its idle threads and its event loop waiting."""
     if out is None:
         yield
         return
@@ -133,6 +135,7 @@ def profiled(pid: int, out: Path | None, rate: int = 250) -> Iterator[None]:
         [
             *(str(spy), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw"),
             *("--nonblocking", "--output", str(out)),
+            *(("--gil",) if gil else ()),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

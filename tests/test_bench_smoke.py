@@ -69,10 +69,15 @@ def test_benchmarks_run_at_tiny_scale(tmp_path: Path) -> None:
     assert {t["weigher"] for t in shapes["at_1000"]} == {"fit", "spread", "pack", "balanced"}
     assert all(t["cpu_ms_placed"]["n"] == t["vms"] > 0 for t in shapes["at_1000"])
 
-    run("api_load.py", out, "--clients", "4", "--vms", "40", "--nodes", "3", "--seconds", "2")
+    tiny_load = ("--clients", "4", "--vms", "40", "--nodes", "3", "--seconds", "2")
+    run("api_load.py", out, *tiny_load, "--per-kind-seconds", "1")
     load = result(out, "api-load")
     assert load["setup"]["vms_started"] == 40
     assert load["errors"] == 0 and load["requests"] > 0
+    for kind in ("show", "list", "start_stop"):  # each kind alone, and the controller's CPU
+        alone = load["cpu_per_kind"][kind]
+        assert alone["requests"] > 0 and alone["ctrl_cpu_ms_per_request"] > 0
+        assert alone["errors"] == 0
 
     doc = tmp_path / "performance.md"
     doc.write_text("# Performance\n\nhand-written analysis\n")

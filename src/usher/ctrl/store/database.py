@@ -8,12 +8,13 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from sqlalchemy import Table, event
+from sqlalchemy import Table, event, make_url
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from usher import wire
+from usher.ctrl.store.sqlite_inline import inline_creator
 
 
 def async_url(url: str) -> str:
@@ -39,7 +40,7 @@ class Database:
             "hide_parameters": True,  # errors and logs never show values (hashes, digests)
         }
         if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["async_creator"] = inline_creator(str(make_url(self.url).database), 30)
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine = create_async_engine(self.url, **kwargs)
