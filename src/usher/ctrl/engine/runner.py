@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,10 @@ class _Run:
     inflight: dict[str, tuple[NodeLink, str, str]] = field(default_factory=dict)  # link, id, action
 
 
+FINISHED_KEPT = 10_000
+"""Operations that ended here kept in memory for readers (an operation's waiter asks for it
+as it ends), newest last; older ones are read from the store."""
+
 HARD_STOP_MARGIN = 30.0
 """Seconds a stop step has beyond the guest's grace, for the hard stop after it."""
 
@@ -42,13 +47,14 @@ class Runner:
         self.crew = crew
         self.parallel = asyncio.Semaphore(crew.settings.max_parallel)
         self.live: dict[str, Operation] = {}
+        self.finished: OrderedDict[str, Operation] = OrderedDict()  # committed, final
         self._done: dict[str, asyncio.Event] = {}
         self._runs: dict[str, _Run] = {}
 
     # --- reading and waiting -----------------------------------------------------------
 
     async def get_op(self, op_id: str) -> Operation:
-        op = self.live.get(op_id) or await self.crew.store.get_op(op_id)
+        op = self.live.get(op_id) or self.finished.get(op_id) or await self.crew.store.get_op(op_id)
         if op is None:
             raise RequestError(404, f"unknown operation {op_id!r}")
         return op.model_copy(deep=True)
@@ -151,6 +157,9 @@ class Runner:
             self._conclude(op, last_step_end)
             await self.crew.store.update_op(op)
             self._runs.pop(op.id, None)
+            self.finished[op.id] = op
+            if len(self.finished) > FINISHED_KEPT:
+                self.finished.popitem(last=False)
             self._done.pop(op.id).set()
             self.live.pop(op.id, None)
 
