@@ -99,14 +99,23 @@ def kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+GONE_POLL = 0.05
+"""The longest wait between two looks at a process that is ending."""
+
+
 async def wait_gone(pid: int, timeout: float) -> bool:
-    """Wait up to ``timeout`` s for ``pid`` to end; whether it did."""
+    """Wait up to ``timeout`` s for ``pid`` to end; whether it did. Looks again after 1 ms,
+    then twice as long each time up to :data:`GONE_POLL` s: a QEMU that quit (its QMP
+    connection closed) is usually gone a few ms later, and a migration's source, a stop and a
+    destroy wait for that."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    wait = 0.001
     while is_alive(pid):
         if loop.time() >= deadline:
             return False
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(wait)
+        wait = min(2 * wait, GONE_POLL)
     return True
 
 
