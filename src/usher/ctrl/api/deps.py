@@ -17,13 +17,17 @@ from usher.model import VM, Principal, Scope
 bearer = HTTPBearer(auto_error=False, description="an Usher API token")
 
 
-def get_ctrl(request: Request) -> Controller:
+# The dependencies are coroutines, though they never wait: FastAPI runs a plain function
+# in its thread pool, a hand-off per request that cost more than the function.
+
+
+async def get_ctrl(request: Request) -> Controller:
     return request.app.state.ctrl
 
 
-def get_context(request: Request) -> PluginContext:
+async def get_context(request: Request) -> PluginContext:
     """What a plugin's route may use of the controller (``usher.plugin.ContextDep``)."""
-    return get_ctrl(request).ctx
+    return request.app.state.ctrl.ctx
 
 
 async def authenticate_token(ctrl: Controller, token: str | None) -> Principal:
@@ -38,7 +42,7 @@ async def get_principal(
     known = request.scope.get("state", {}).get(PRINCIPAL_KEY)
     if known is not None:  # authenticated before the body was read (usher.ctrl.api.guard)
         return known
-    return await authenticate_token(get_ctrl(request), creds.credentials if creds else None)
+    return await authenticate_token(request.app.state.ctrl, creds.credentials if creds else None)
 
 
 CtrlDep = Annotated[Controller, Depends(get_ctrl)]
