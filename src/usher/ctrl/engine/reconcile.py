@@ -48,11 +48,14 @@ class Reconciler:
         self._dialled.add(name)
         reported = {d["id"]: d for d in domains}
         tasks = []
-        for vm in await crew.store.vms_where(node=name):
+        recorded = await crew.store.vms_on(name)
+        for vm in recorded:
+            if vm.node != name:
+                continue
             dom = reported.pop(vm.id, None)
             tasks.append(crew.spawn(self.reconcile(vm.id, name, dom, number), f"reconcile-{vm.id}"))
-        for vm in await crew.store.vms_where(target_node=name):
-            if vm.id not in reported:  # a migration's target that has nothing of it
+        for vm in recorded:
+            if vm.node != name and vm.id not in reported:  # a migration's target without it
                 tasks.append(
                     crew.spawn(self.reconcile(vm.id, name, None, number), f"target-{vm.id}")
                 )

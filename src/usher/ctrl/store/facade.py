@@ -53,6 +53,7 @@ class Store:
         self.was_destroyed, self.get_vm = self.vms.was_destroyed, self.vms.get_vm
         self.get_vms, self.resolve_vms = self.vms.get_vms, self.vms.resolve_vms
         self.count_vms, self.vms_where = self.vms.count_vms, self.vms.vms_where
+        self.vms_on = self.vms.vms_on
         self.names_with_prefix = self.vms.names_with_prefix
         self.names_taken = self.vms.names_taken
 

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 
 from usher.ctrl.listing import text_of
 from usher.ctrl.store.batcher import WriteBatcher
@@ -150,6 +150,13 @@ class VMs:
                 stmt = select(VMRow.name).where(VMRow.name.in_(chunk))
                 taken.extend((await s.execute(stmt)).scalars())
         return taken
+
+    async def vms_on(self, node: str) -> list[VM]:
+        """The VMs recorded on ``node`` or migrating to it, in one query (what a node that
+        says hello is reconciled against)."""
+        stmt = select(VMRow).where(or_(VMRow.node == node, VMRow.target_node == node))
+        async with self._db.sessions() as s:
+            return [_vm(r) for r in (await s.execute(stmt.order_by(VMRow.seq))).scalars()]
 
     async def vms_where(
         self,
