@@ -9,6 +9,7 @@ import os
 import platform
 import resource
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -192,11 +193,13 @@ class BenchCluster:
         node_timeout: float = 10.0,
         settings: dict[str, Any] | None = None,
         storage: Path | None = None,
+        tls: bool = False,
     ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.state = root / "ctrl"
         self.storage = storage or root / "storage"
         self.config = root / "ctrl.toml"
@@ -204,7 +207,9 @@ class BenchCluster:
             f'state_dir = "{self.state}"',
             f'storage_dir = "{self.storage}"',
             f"node_timeout = {node_timeout}",
-            "tls = false",  # plain HTTP/WS on loopback (TLS is the controller's default)
+            # plain HTTP/WS on loopback unless asked (TLS is the controller's default: it
+            # makes its own CA and certificate at first start, see usher.ctrl.tls)
+            f"tls = {'true' if tls else 'false'}",
         ]
         if db_url:
             lines.append(f'database_url = "{db_url}"')
@@ -222,8 +227,19 @@ class BenchCluster:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def start_ctrl(self, timeout: float = 60) -> int:
-        """Start the controller; return its pid once it answers."""
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA the controller made for its certificate (None without TLS)."""
+        return self.state / "tls" / "ca.pem" if self.tls else None
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client verifies the controller with."""
+        ca = self.ca_file
+        return ssl.create_default_context(cafile=str(ca)) if ca else True
+
+    def start_ctrl(self, timeout: float = 60, poll: float = 0.1) -> int:
+        """Start the controller; return its pid once it answers (asked every ``poll`` s)."""
         cmd = [sys.executable, "-m", "usher.cli.usher_cmd", "ctrl", "--config", str(self.config)]
         cmd += ["--listen", f"127.0.0.1:{self.port}"]
         log = self._log("ctrl")
@@ -236,10 +252,12 @@ class BenchCluster:
             if token_file.exists():
                 self.token = token_file.read_text().strip()
                 with contextlib.suppress(httpx.HTTPError):
-                    r = httpx.get(f"{self.url}/v1/whoami", headers=self.headers, timeout=2)
+                    r = httpx.get(
+                        f"{self.url}/v1/whoami", headers=self.headers, timeout=2, verify=self.verify
+                    )
                     if r.status_code == 200:
                         return self.ctrl.pid
-            time.sleep(0.1)
+            time.sleep(poll)
         raise RuntimeError("the controller did not answer")
 
     def add_blank_image(self, name: str = "tiny") -> None:
@@ -256,6 +274,7 @@ class BenchCluster:
             json={"ttl": 86400, "uses": uses},
             headers=self.headers,
             timeout=30,
+            verify=self.verify,
         )
         r.raise_for_status()
         path = self.root / "join.token"
@@ -281,6 +300,9 @@ class BenchCluster:
             cmd += ["--first", str(first), "--count", str(count)]
             cmd += ["--vcpus", str(vcpus), "--memory-mb", str(memory_mb)]
             cmd += ["--latency", str(latency)]
+            cmd += ["--status", str(self.root / f"status-{first}.json")]
+            if self.ca_file:
+                cmd += ["--ca-file", str(self.ca_file)]
             log = self._log(f"swarm-{first}")
             self.swarms.append(subprocess.Popen(cmd, stdout=log, stderr=log))
 
@@ -296,8 +318,17 @@ class BenchCluster:
         log = self._log(name)
         self.swarms.append(subprocess.Popen(cmd, stdout=log, stderr=log))
 
+    def joined(self) -> dict[str, float | None]:
+        """Each swarm node's time of joining on its current link (None: not linked now), as
+        the swarms last wrote it (bench/swarm.py ``--status``)."""
+        found: dict[str, float | None] = {}
+        for path in self.root.glob("status-*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                found.update(json.loads(path.read_bytes()))
+        return found
+
     def connected_nodes(self) -> int:
-        r = httpx.get(f"{self.url}/v1/nodes", headers=self.headers, timeout=60)
+        r = httpx.get(f"{self.url}/v1/nodes", headers=self.headers, timeout=60, verify=self.verify)
         r.raise_for_status()
         return sum(1 for n in r.json() if n.get("connected"))
 

@@ -7,12 +7,18 @@ Reports VM starts per second end to end (first request to the last VM ``running`
 latency of each batch's operation and of each VM (request to ``running``), the latency of
 listing every VM (pages of 1,000, as the API serves them) once the controller is at rest
 after the starts, and the controller's peak RSS.
+
+    python bench/scale.py --reconnect --nodes 1000 --vms 2000
+
+measures a reconnect storm instead (:mod:`reconnect`): over TLS, the controller killed and
+started again, every node dialling back at once; result ``reconnect-<nodes>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import tempfile
 import time
@@ -33,6 +39,7 @@ from common import (
     top_frames,
     write_result,
 )
+from reconnect import storm
 
 from usher.client import AsyncClient
 from usher.model import VMState
@@ -239,7 +246,14 @@ def main() -> None:
     parser.add_argument("--profile", help="write a py-spy profile of the starts here")
     parser.add_argument("--name", help="result name (default: scale-<nodes>)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--reconnect", action="store_true", help="measure a reconnect storm (over TLS)"
+    )
+    parser.add_argument("--keep", help="--reconnect: keep the state and logs in this directory")
     args = parser.parse_args()
+    if args.reconnect:
+        reconnect_main(args)
+        return
     nofile = raise_nofile(max(4096, 3 * args.nodes + 1024))
     node_timeout = args.node_timeout or max(10.0, args.nodes / 200)
     with tempfile.TemporaryDirectory(prefix="usher-bench-") as tmp:
@@ -283,6 +297,62 @@ def main() -> None:
         f"{path.name}: {args.nodes} nodes, {s['running']}/{args.vms} running in {s['wall_s']} s "
         f"= {s['vms_per_s']} VMs/s; list p99 {lst['full_list_ms']['p99']} ms; "
         f"peak RSS {result['rss_mb']['peak']} MB; errors {len(s['errors'])}"
+    )
+
+
+async def seed_vms(cluster: BenchCluster, args: argparse.Namespace) -> dict[str, Any]:
+    """Start ``--vms`` VMs over the nodes, as the starts benchmark does."""
+    ca = str(cluster.ca_file) if cluster.ca_file else None
+    async with AsyncClient(cluster.url, cluster.token, ca_file=ca, timeout=1800) as client:
+        wall, _op, _accept, _asked, errors = await start_all(
+            client, args.vms, args.batch, args.concurrency
+        )
+    return {"vms": args.vms, "wall_s": round(wall, 1), "errors": errors}
+
+
+def reconnect_main(args: argparse.Namespace) -> None:
+    """The reconnect storm (module doc): set up, kill and restart, write ``reconnect-N``."""
+    nofile = raise_nofile(max(4096, 3 * args.nodes + 1024))
+    node_timeout = args.node_timeout or max(10.0, args.nodes / 200)
+    profile = Path(args.profile) if args.profile else None
+    with contextlib.ExitStack() as stack:
+        tmp = args.keep or stack.enter_context(tempfile.TemporaryDirectory(prefix="usher-bench-"))
+        cluster = BenchCluster(Path(tmp), db_url=args.db_url, node_timeout=node_timeout, tls=True)
+        try:
+            t0 = time.monotonic()
+            cluster.start_ctrl()
+            cluster.add_blank_image()
+            vcpus = max(64, 2 * -(-args.vms // args.nodes))
+            cluster.start_swarms(args.nodes, args.swarms, vcpus=vcpus)
+            connect_s = cluster.wait_nodes(args.nodes, timeout=max(300, args.nodes / 5))
+            seeded = asyncio.run(seed_vms(cluster, args))
+            assert cluster.ctrl is not None
+            settled = wait_at_rest(cluster.ctrl.pid)
+            setup_s = time.monotonic() - t0
+            result = asyncio.run(storm(cluster, args.nodes, profile, timeout=600))
+        finally:
+            cluster.stop()
+    result = {
+        "nodes": args.nodes,
+        "lnm_processes": args.swarms,
+        "tls": True,
+        "database": "postgresql" if args.db_url else "sqlite",
+        "node_timeout_s": node_timeout,
+        "open_files_limit": nofile,
+        "first_join_s": round(connect_s, 1),
+        "seed": seeded,
+        "settled_s": round(settled, 1),
+        "setup_s": round(setup_s, 1),
+        "reconnect": result,
+    }
+    path = write_result(args.name or f"reconnect-{args.nodes}", result, Path(args.out))
+    r = result["reconnect"]
+    print(
+        f"{path.name}: {r['nodes_back']}/{args.nodes} nodes back, all connected "
+        f"{r['all_connected_s']} s, op succeeded at {r['total_s']} s after the first answer; "
+        f"per node p50 {r['per_node_s']['p50']} p99 {r['per_node_s']['p99']} max "
+        f"{r['per_node_s']['max']} s; ctrl CPU {r['controller_cpu_s']} s; "
+        f"tracebacks {r['tracebacks']}, handshake timeouts {r['handshake_timeouts']}"
     )
 
 
