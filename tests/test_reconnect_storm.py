@@ -117,18 +117,18 @@ async def test_an_lnm_told_to_come_back_later_waits_that_long(tmp_path: Path) ->
 
 
 async def test_the_gate_admits_a_wave_queues_a_few_and_spreads_the_rest() -> None:
-    gate = LinkGate(in_flight=2, max_wait=1.0, hold=0.5)  # 4 a second: 4 may wait
+    gate = LinkGate(in_flight=2, max_wait=3.0, hold=0.5)  # 4 a second: 12 may wait
     places = [await gate.enter() for _ in range(2)]
     assert gate.retry_after() is None  # the first to wait
-    waiting = [asyncio.create_task(gate.enter()) for _ in range(4)]
+    waiting = [asyncio.create_task(gate.enter()) for _ in range(12)]
     await asyncio.sleep(0)
     slots = [gate.retry_after() for _ in range(3)]
     assert all(s is not None for s in slots)
     # each refused link its own slot, one admission time (1 / rate) after the previous
-    assert slots[0] == pytest.approx(1.0, abs=0.05)  # after the 4 waiting, at 4 a second
+    assert slots[0] == pytest.approx(3.0, abs=0.05)  # after the 12 waiting, at 4 a second
     steps = [b - a for a, b in itertools.pairwise(s or 0.0 for s in slots)]
     assert steps == pytest.approx([0.25, 0.25], abs=0.05)
-    assert retry_after_header(slots[0] or 0) == "1" and retry_after_header(0.01) == "1"
+    assert retry_after_header(slots[0] or 0) == "3" and retry_after_header(0.01) == "1"
     for place in places:
         place.release()
         place.release()  # at most once
@@ -136,8 +136,22 @@ async def test_the_gate_admits_a_wave_queues_a_few_and_spreads_the_rest() -> Non
     assert sum(t.done() for t in waiting) == 2
     for task in waiting:
         (await task).release()
-    assert gate.stats.admitted == 6 and gate.stats.deferred == 3
+    assert gate.stats.admitted == 14 and gate.stats.deferred == 3
     assert gate.retry_after() is None  # all through: the next is let in
+
+
+async def test_the_gate_lets_a_few_waves_wait_whatever_its_rate() -> None:
+    """Right after a restart an admission holds its place long (every TLS handshake at
+    once): links still wait, up to four waves, rather than being sent away."""
+    gate = LinkGate(in_flight=2, max_wait=1.0, hold=10.0)  # 0.2 a second: none by the rate
+    places = [await gate.enter() for _ in range(2)]
+    waiting = [asyncio.create_task(gate.enter()) for _ in range(8)]
+    await asyncio.sleep(0)
+    assert gate.retry_after() is not None  # the ninth is sent away
+    for task in waiting:
+        task.cancel()
+    for place in places:
+        place.release()
 
 
 # --- a restart with 200 links ------------------------------------------------------------

@@ -5,10 +5,10 @@ its credential, the node's record, the reconciliation of its VMs) takes the cont
 time; taking thousands at once only makes all of them slow, and LNMs that time out dial again
 and add to the pile. So a bounded number of links are admitted at a time (``in_flight``);
 a few more wait their turn before the WebSocket upgrade, as many as the gate expects to admit
-within ``max_wait`` seconds; any other is answered ``503`` with a ``Retry-After`` at once,
-which costs the controller a TLS handshake and no more. Each refused LNM is given its own
-time to come back, one slot after another at the rate links are being admitted, so the
-refused come back spread out rather than all together again.
+within ``max_wait`` seconds (and at least :data:`QUEUE_FLOOR` waves); any other is answered
+``503`` with a ``Retry-After`` at once, which costs the controller a TLS handshake and no
+more. Each refused LNM is given its own time to come back, one slot after another at the rate
+links are being admitted, so the refused come back spread out rather than all together again.
 
 The rate is measured: an admission holds its place for a while (``hold``, a moving average),
 so ``in_flight / hold`` links are admitted a second.
@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 
 HOLD_SMOOTHING = 0.2
 """Weight of the newest admission in the moving average of how long one holds its place."""
+QUEUE_FLOOR = 4
+"""Links that may wait, at least, in waves of ``in_flight``: in the first seconds after a
+restart the loop is busy with every TLS handshake at once and an admission holds its place
+long, which alone would send away links that would have waited less than a comeback."""
 
 
 @dataclass
@@ -75,7 +79,7 @@ class LinkGate:
         after those waiting now are through)."""
         if self._busy < self.in_flight and not self._waiting:
             return None
-        if self._waiting < self.rate * self.max_wait:
+        if self._waiting < max(self.rate * self.max_wait, QUEUE_FLOOR * self.in_flight):
             return None
         now = time.monotonic()
         slot = max(self._next_retry, now + self._waiting / self.rate)
