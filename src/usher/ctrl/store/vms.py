@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import Select, delete, func, or_, select
 
 from usher.ctrl.listing import text_of
 from usher.ctrl.store.batcher import WriteBatcher
@@ -20,11 +20,8 @@ from usher.model import VM, now
 
 _VMS = VMRow.__table__
 _INSERT_VMS = _VMS.insert().returning(_VMS.c.id, _VMS.c.seq)
+_SELECT = select(_VMS)
 CHUNK = 500  # references per IN (...) of a query
-
-
-def _vm(row: VMRow) -> VM:
-    return VM.model_validate(row, from_attributes=True)
 
 
 class VMs:
@@ -105,27 +102,37 @@ class VMs:
                     if not waiter.done():
                         waiter.set_result(VM.model_validate(row) if row else None)
 
+    async def _read(self, *statements: Select[Any]) -> list[VM]:
+        """The VMs the ``statements`` (selects of whole rows) find, read as plain rows: the
+        ORM's objects took a tenth of the controller's CPU under API load."""
+        async with self._db.engine.connect() as conn:
+            return [
+                VM.model_validate(dict(row))
+                for stmt in statements
+                for row in (await conn.execute(stmt)).mappings()
+            ]
+
     async def get_vms(self, ids: Iterable[str]) -> dict[str, VM]:
         ids = list(ids)
-        found: dict[str, VM] = {}
-        async with self._db.sessions() as s:
-            for start in range(0, len(ids), CHUNK):
-                chunk = ids[start : start + CHUNK]
-                rows = (await s.execute(select(VMRow).where(VMRow.id.in_(chunk)))).scalars()
-                found.update((r.id, _vm(r)) for r in rows)
-        return found
+        chunks = (ids[start : start + CHUNK] for start in range(0, len(ids), CHUNK))
+        return {
+            vm.id: vm for vm in await self._read(*(_SELECT.where(_VMS.c.id.in_(c)) for c in chunks))
+        }
 
     async def resolve_vms(self, refs: Iterable[str]) -> tuple[list[VM], list[str]]:
-        """VMs by id or name, in the order given; also the references that match nothing."""
+        """VMs by id or name, in the order given; also the references that match nothing.
+        One reference is looked up with the lookups of other requests (:meth:`get_vm`)."""
         refs = list(dict.fromkeys(refs))
         by_ref: dict[str, VM] = {}
-        async with self._db.sessions() as s:
-            for start in range(0, len(refs), CHUNK):
-                chunk = refs[start : start + CHUNK]
-                stmt = select(VMRow).where(VMRow.id.in_(chunk) | VMRow.name.in_(chunk))
-                for row in (await s.execute(stmt)).scalars():
-                    vm = _vm(row)
-                    by_ref[vm.id] = by_ref[vm.name] = vm
+        if len(refs) == 1:
+            found = [vm] if (vm := await self.get_vm(refs[0])) else []
+        else:
+            chunks = (refs[start : start + CHUNK] for start in range(0, len(refs), CHUNK))
+            found = await self._read(
+                *(_SELECT.where(_VMS.c.id.in_(c) | _VMS.c.name.in_(c)) for c in chunks)
+            )
+        for vm in found:
+            by_ref[vm.id] = by_ref[vm.name] = vm
         missing = [r for r in refs if r not in by_ref]
         vms = list({by_ref[r].id: by_ref[r] for r in refs if r in by_ref}.values())
         return vms, missing
@@ -154,9 +161,8 @@ class VMs:
     async def vms_on(self, node: str) -> list[VM]:
         """The VMs recorded on ``node`` or migrating to it, in one query (what a node that
         says hello is reconciled against)."""
-        stmt = select(VMRow).where(or_(VMRow.node == node, VMRow.target_node == node))
-        async with self._db.sessions() as s:
-            return [_vm(r) for r in (await s.execute(stmt.order_by(VMRow.seq))).scalars()]
+        stmt = _SELECT.where(or_(_VMS.c.node == node, _VMS.c.target_node == node))
+        return await self._read(stmt.order_by(_VMS.c.seq))
 
     async def vms_where(
         self,
@@ -165,12 +171,11 @@ class VMs:
         cluster: str | None = None,
         target_node: str | None = None,
     ) -> list[VM]:
-        stmt = select(VMRow).order_by(VMRow.seq)
+        stmt = _SELECT.order_by(_VMS.c.seq)
         if node is not None:
-            stmt = stmt.where(VMRow.node == node)
+            stmt = stmt.where(_VMS.c.node == node)
         if target_node is not None:
-            stmt = stmt.where(VMRow.target_node == target_node)
+            stmt = stmt.where(_VMS.c.target_node == target_node)
         if cluster is not None:
-            stmt = stmt.where(VMRow.cluster == cluster)
-        async with self._db.sessions() as s:
-            return [_vm(r) for r in (await s.execute(stmt)).scalars()]
+            stmt = stmt.where(_VMS.c.cluster == cluster)
+        return await self._read(stmt)
