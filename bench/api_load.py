@@ -186,6 +186,7 @@ async def measure(cluster: BenchCluster, args: argparse.Namespace, pid: int) -> 
     return {
         "setup": {"vms_started": started, "start_wall_s": round(wall, 1), "errors": errors},
         "clients": args.clients,
+        "per_kind_seconds": args.per_kind_seconds,
         "seconds": round(elapsed, 1),
         "mix": MIX,
         "requests": requests,
