@@ -178,12 +178,14 @@ async def measure(cluster: BenchCluster, args: argparse.Namespace, pid: int) -> 
         # what the starts and stops alone left running is each client's to stop and start
         ids = [vm.id async for vm in client.iter_vms() if vm.state == VMState.RUNNING]
     shares = [ids[i :: args.clients] for i in range(args.clients)]
-    ctrl_cpu, own_cpu = cpu_seconds([pid]), cpu_seconds([os.getpid()])
+    lnms = [swarm.pid for swarm in cluster.swarms]
+    ctrl_cpu, own_cpu, lnm_cpu = cpu_seconds([pid]), cpu_seconds([os.getpid()]), cpu_seconds(lnms)
     t0 = time.perf_counter()
     with profiled(pid, args.profile / "mix.txt" if args.profile else None, gil=True):
         tally = await run_clients(cluster, shares, ids, args.seconds, MIX)
     elapsed = time.perf_counter() - t0
     ctrl_cpu, own_cpu = cpu_seconds([pid]) - ctrl_cpu, cpu_seconds([os.getpid()]) - own_cpu
+    lnm_cpu = cpu_seconds(lnms) - lnm_cpu
     requests = sum(len(v) for k, v in tally.latency.items() if k != "op_wait")
     return {
         "setup": {"vms_started": started, "start_wall_s": round(wall, 1), "errors": errors},
@@ -200,6 +202,7 @@ async def measure(cluster: BenchCluster, args: argparse.Namespace, pid: int) -> 
         "cpu_per_kind": per_kind,
         "clients_cpu_pct": round(100 * own_cpu / elapsed, 1),
         "clients_cpu_ms_per_request": round(1000 * own_cpu / requests, 3),
+        "lnm_swarm_cpu_pct": round(100 * lnm_cpu / elapsed, 1),
         "errors": len(tally.errors),
         "error_samples": tally.errors[:10],
     }
