@@ -33,6 +33,10 @@ bench-scale:
 	$(PYTHON) bench/scale.py --nodes 1000 --vms 10000 --out /tmp/usher-bench-profiled --profile /tmp/usher-bench-scale-1000.txt
 	# 10,000 LNM links: the joins alone take about five minutes here
 	-$(PYTHON) bench/scale.py --nodes 10000 --vms 10000 --swarms 4 --out $(BENCH_OUT)
+	# reconnect storms (issue 18 item 4): over TLS, the controller killed and restarted with
+	# every node dialling back; result reconnect-<nodes>
+	$(PYTHON) bench/scale.py --reconnect --nodes 1000 --vms 2000 --out $(BENCH_OUT)
+	-$(PYTHON) bench/scale.py --reconnect --nodes 10000 --vms 10000 --swarms 4 --out $(BENCH_OUT)
 
 bench-scheduler:
 	$(PYTHON) bench/scheduler.py --out $(BENCH_OUT)

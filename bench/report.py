@@ -236,10 +236,11 @@ def reconnect(r: dict[str, dict[str, Any]]) -> list[str]:
     note = (
         "`bench/scale.py --reconnect`: N fake-driver LNMs (swarm processes) with VMs joined to "
         "a controller over TLS; the controller is killed (`kill -9`) and started again. Times "
-        "are from its first answer; a node is back at its `node_join` event; the run ends "
-        "when a stop of a VM on the node that came back last has succeeded. `down s`: from the "
-        "kill to the first answer (the LNMs dial meanwhile). `503s / waited`: links the "
-        "controller told to come back later, and links that waited their turn."
+        "are from its first answer; a node is back when its LNM is welcomed on a new link (as "
+        "its swarm wrote it); the run ends when a stop of a VM on the node that came back last "
+        "has succeeded. `down s`: from the kill to the first answer (the LNMs dial meanwhile). "
+        "`503s / waited`: links the controller told to come back later, and links that waited "
+        "their turn. `API p99`: `GET /v1/whoami`, asked every half second during the storm."
     )
     return ["### Reconnect storms", "", note, "", *table(header, rows)]
 

@@ -45,6 +45,12 @@ def test_benchmarks_run_at_tiny_scale(tmp_path: Path) -> None:
     assert scale["list"]["vms_listed"] == 50
     assert scale["rss_mb"]["peak"] > 0
 
+    run("scale.py", out, "--reconnect", "--nodes", "5", "--vms", "10", "--batch", "5")
+    storm = result(out, "reconnect-5")["reconnect"]
+    assert storm["nodes_back"] == 5 and storm["operation"]["status"] == "succeeded"
+    assert storm["per_node_s"]["n"] == 5 and storm["tracebacks"] == 0
+    assert storm["gate"]["admitted"] >= 5  # the restarted controller's own count
+
     run(
         "scheduler.py",
         out,
@@ -91,3 +97,4 @@ def test_benchmarks_run_at_tiny_scale(tmp_path: Path) -> None:
     assert "### Control-plane scale" in text and "### Scheduler" in text
     assert "Placement on mixed VM sizes" in text and "| fit (default) |" in text
     assert "### API under load" in text
+    assert "### Reconnect storms" in text and "5 (2)" in text
