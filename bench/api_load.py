@@ -63,8 +63,13 @@ async def client_loop(
     tally: Tally,
     seed: int,
     mix: dict[str, float] = MIX,
+    every: float = 0.0,
 ) -> None:
+    """One client: requests of the ``mix`` one after the other until ``until``, each begun
+    ``every`` seconds after the one before (0: at once; a client that falls behind goes on
+    at once until it has caught up)."""
     rng = random.Random(seed)
+    next_at = time.monotonic() + rng.uniform(0, every)
     running = set(vms)
     stopped: set[str] = set()
     kinds, weights = list(mix), list(mix.values())
@@ -72,6 +77,9 @@ async def client_loop(
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(url, headers=headers, timeout=timeout) as http:
         while time.monotonic() < until:
+            if every:
+                await asyncio.sleep(next_at - time.monotonic())
+                next_at += every
             kind = rng.choices(kinds, weights)[0]
             if kind == "stop" and not running:
                 kind = "start"
@@ -121,13 +129,16 @@ async def run_clients(
     ids: list[str],
     seconds: float,
     mix: dict[str, float],
+    rate: float = 0.0,
 ) -> Tally:
-    """Each share's client runs the ``mix`` for ``seconds``; what they measured."""
+    """Each share's client runs the ``mix`` for ``seconds``, together ``rate`` requests a
+    second (0: each as fast as it is answered); what they measured."""
     tally = Tally()
     until = time.monotonic() + seconds
+    every = len(shares) / rate if rate else 0.0
     await asyncio.gather(
         *(
-            client_loop(cluster.url, cluster.token, share, ids, until, tally, seed, mix)
+            client_loop(cluster.url, cluster.token, share, ids, until, tally, seed, mix, every)
             for seed, share in enumerate(shares)
         )
     )
@@ -182,7 +193,7 @@ async def measure(cluster: BenchCluster, args: argparse.Namespace, pid: int) -> 
     ctrl_cpu, own_cpu, lnm_cpu = cpu_seconds([pid]), cpu_seconds([os.getpid()]), cpu_seconds(lnms)
     t0 = time.perf_counter()
     with profiled(pid, args.profile / "mix.txt" if args.profile else None, gil=True):
-        tally = await run_clients(cluster, shares, ids, args.seconds, MIX)
+        tally = await run_clients(cluster, shares, ids, args.seconds, MIX, args.rate)
     elapsed = time.perf_counter() - t0
     ctrl_cpu, own_cpu = cpu_seconds([pid]) - ctrl_cpu, cpu_seconds([os.getpid()]) - own_cpu
     lnm_cpu = cpu_seconds(lnms) - lnm_cpu
@@ -190,6 +201,7 @@ async def measure(cluster: BenchCluster, args: argparse.Namespace, pid: int) -> 
     return {
         "setup": {"vms_started": started, "start_wall_s": round(wall, 1), "errors": errors},
         "clients": args.clients,
+        "offered_per_s": args.rate or None,
         "per_kind_seconds": args.per_kind_seconds,
         "seconds": round(elapsed, 1),
         "mix": MIX,
@@ -214,6 +226,13 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=10000)
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="requests a second the clients offer together (0: each as fast as answered)",
+    )
+    parser.add_argument("--name", default="api-load", help="result name")
     parser.add_argument(
         "--per-kind-seconds", type=float, default=10, help="each kind of request alone, first"
     )
@@ -246,7 +265,7 @@ def main() -> None:
     }
     if args.profile is not None:
         result["profile"] = top_frames(args.profile / "mix.txt", 30)
-    path = write_result("api-load", result, Path(args.out))
+    path = write_result(args.name, result, Path(args.out))
     lat = result["latency_ms"]
     print(
         f"{path.name}: {args.clients} clients, {result['requests']} requests in "

@@ -160,7 +160,7 @@ def targets(r: dict[str, dict[str, Any]]) -> list[str]:
                 verdict(load["errors"] == 0),
             ]
         )
-    rows += api_targets(load)
+    rows += api_targets(r.get("api-load-paced") or load)
     rows += reconnect_targets(r)
     return ["### Targets", "", *table(["what", "target", "measured", ""], rows)]
 
@@ -549,6 +549,7 @@ MIGRATION_FIGURES = {
     "total_s": ("live migration total (s)", "≤ +0.1 s", 0.1),
     "paused_ms": ("live migration, guest paused STOP → RESUME (ms)", "≤ +10 ms", 10),
     "held_ms": ("of which waiting at pre-switchover, STOP → `device` (ms)", None, None),
+    "landing_ms": ("of which after the source sent all, `completed` → RESUME (ms)", None, None),
     "downtime_ms": ("QEMU's downtime figure (ms)", None, None),
 }
 """The live migration's figures: the row's name, and Usher's target over plain QEMU (issue 18
@@ -720,14 +721,17 @@ API_TARGET_MS = 100
 
 
 def api_targets(load: dict[str, Any] | None) -> list[list[Any]]:
-    """The Targets rows of the API load benchmark."""
+    """The Targets rows of the API load benchmark: of its paced run (``api-load-paced``,
+    the clients offering 1,000 requests a second) if there is one, else of the run where
+    each client asks as fast as it is answered."""
     if not load:
         return []
     lat = load["latency_ms"]
     answers = max(lat[k]["p99"] for k in ("show", "list", "start", "stop"))
+    offered = f", {load['offered_per_s']:g} offered" if load.get("offered_per_s") else ""
     return [
         [
-            f"API load, {load['clients']} clients: requests/s",
+            f"API load, {load['clients']} clients{offered}: requests/s served",
             "≥ 1,000",
             load["requests_per_s"],
             verdict(load["requests_per_s"] >= 1000),
@@ -748,12 +752,21 @@ def api_targets(load: dict[str, Any] | None) -> list[list[Any]]:
 
 
 def api_load(r: dict[str, dict[str, Any]]) -> list[str]:
-    load = r.get("api-load")
+    return [*api_run(r.get("api-load")), *api_run(r.get("api-load-paced"))]
+
+
+def api_run(load: dict[str, Any] | None) -> list[str]:
     if not load:
         return []
     rows = [[kind, v["n"], v["p50"], v["p99"], v["max"]] for kind, v in load["latency_ms"].items()]
+    pace = (
+        f"together offering {load['offered_per_s']:g} requests a second"
+        if load.get("offered_per_s")
+        else "each asking as soon as it is answered"
+    )
     note = (
-        f"{load['clients']} clients for {load['seconds']} s against {load['vms']} VMs on "
+        f"{load['clients']} clients ({pace}) for {load['seconds']} s against "
+        f"{load['vms']} VMs on "
         f"{load['nodes']} nodes ({load['database']}): {load['requests']} requests "
         f"({load['requests_per_s']}/s), {load['errors']} errors; mix {load['mix']}. "
         "`op_wait` is the wait for a start's or stop's operation after its 202. "
@@ -777,8 +790,9 @@ def api_load(r: dict[str, dict[str, Any]]) -> list[str]:
         if kinds
         else []
     )
+    title = " (paced)" if load.get("offered_per_s") else ""
     return [
-        "### API under load",
+        f"### API under load{title}",
         "",
         note,
         "",
