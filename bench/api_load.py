@@ -157,6 +157,8 @@ async def cpu_per_kind(
     start or stop counts with its whole operation: the 202, the run on the node, the wait);
     with ``profiles``, where it goes (a py-spy profile of each kind in that directory)."""
     figures: dict[str, Any] = {}
+    if seconds <= 0:
+        return figures
     for name, mix in (
         ("show", {"show": 1.0}),
         ("list", {"list": 1.0}),
