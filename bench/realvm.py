@@ -257,6 +257,7 @@ async def plain_migration(root: Path, storage: Path, accel: str, n: int) -> dict
         return {
             "total_s": total,
             "paused_ms": round(1000 * (stamp(resumed, "RESUME") - stamp(stopped, "STOP")), 1),
+            "landing_ms": round(1000 * (stamp(resumed, "RESUME") - stamp(stopped, "MIGRATION")), 1),
             "downtime_ms": status.get("downtime"),
         }
     finally:
@@ -264,7 +265,8 @@ async def plain_migration(root: Path, storage: Path, accel: str, n: int) -> dict
 
 
 def stamp(events: EventListener, name: str) -> float:
-    """QEMU's timestamp of the last event ``name`` in ``events`` (seconds since the epoch)."""
+    """QEMU's timestamp of the last event ``name`` in ``events`` (seconds since the epoch; the
+    last ``MIGRATION`` event is its end, ``completed``)."""
     event = [e for e in events.history if e["event"] == name][-1]
     return event["timestamp"]["seconds"] + event["timestamp"]["microseconds"] / 1e6
 
@@ -301,9 +303,10 @@ def summary(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 
 OPS = ("pause_s", "resume_s", "destroy_s")
-MIGRATION_FIGURES = ("total_s", "paused_ms", "downtime_ms")
-"""A live migration's figures: its time, the guest's pause (source's STOP → target's RESUME)
-and QEMU's own downtime figure."""
+MIGRATION_FIGURES = ("total_s", "paused_ms", "landing_ms", "downtime_ms")
+"""A live migration's figures: its time, the guest's pause (source's STOP → target's RESUME),
+the pause's last part (source's ``MIGRATION`` ``completed`` → target's RESUME: the target loads
+the last of the stream and starts the guest) and QEMU's own downtime figure."""
 
 
 def summaries(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -367,7 +370,7 @@ async def measure(
         "migration": mig,
         "migration_added_s": round(u_mig - p_mig, 3),
         "migration_ratio": round(u_mig / p_mig, 3),
-        "qemu_driver": summaries(qemu_driver, (*STEPS, "paused_ms", "held_ms")),
+        "qemu_driver": summaries(qemu_driver, (*STEPS, "paused_ms", "held_ms", "landing_ms")),
         "libvirt": libvirt_summary(libvirt) if libvirt is not None else None,
     }
 

@@ -293,10 +293,14 @@ async def driver_round(
             arrived = await target.finish_incoming(vm_id)
         result["migration_s"] = t.lap()
         result["downtime_ms"] = figures.downtime_ms
-        stopped, switched = figures.extra.get("stopped_at"), figures.extra.get("switched_at")
-        if stopped and switched and arrived.resumed_at:  # the qemu driver: QEMU's stamps
-            result["paused_ms"] = round(1000 * (arrived.resumed_at - stopped), 1)
+        stopped, switched, sent = (
+            figures.extra.get(stamp) for stamp in ("stopped_at", "switched_at", "completed_at")
+        )
+        resumed = arrived.resumed_at
+        if stopped and switched and sent and resumed:  # the qemu driver: QEMU's stamps
+            result["paused_ms"] = round(1000 * (resumed - stopped), 1)
             result["held_ms"] = round(1000 * (switched - stopped), 1)
+            result["landing_ms"] = round(1000 * (resumed - sent), 1)
         result["driver_migration_ms"] = figures.total_ms
         with _step(target_log, calls, "destroy_s"):
             await target.destroy(vm_id)

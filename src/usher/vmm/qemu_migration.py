@@ -168,6 +168,7 @@ class Migrations:
                 status = {"status": await self._call_off(monitor, events)}
             stopped_at = _last_stamp(events, "STOP")
             switched_at = _last_stamp(events, "MIGRATION", "device")
+            completed_at = _last_stamp(events, "MIGRATION", "completed")
         if status["status"] != "completed":
             await to_the_end(self._keep_running(dom))
             why = f"timed out after {timeout:g} s" if timed_out else status.get("error-desc")
@@ -186,9 +187,10 @@ class Migrations:
                 "qemu_total_ms": status.get("total-time"),
                 "setup_ms": status.get("setup-time"),
                 "mbps": ram.get("mbps"),
-                # QEMU's stamps: the guest stopped here, then its last state began to go
+                # QEMU's stamps: the guest stopped here, its last state began to go, all was sent
                 "stopped_at": stopped_at,
                 "switched_at": switched_at,
+                "completed_at": completed_at,
             },
         )
 
