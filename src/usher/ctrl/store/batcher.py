@@ -140,10 +140,11 @@ class WriteBatcher:
                     waiter.set_result(None)
 
     async def _write_apart(self, batch: Batch) -> dict[str | None, Exception]:
-        """After ``batch`` failed as a whole: its VM updates in one transaction and each
-        operation in one of its own, so a bad row fails only its own caller (the batch's
-        events and node records, often to blame, are dropped: logged above). Returns the
-        error of each part that failed again: by operation id, None for the VM updates."""
+        """After ``batch`` failed as a whole: its VM updates in one transaction, each
+        operation in one of its own, so a bad row fails only its own caller, then its events
+        and node records together (a bad operation must not lose them; if they fail again,
+        they are to blame and dropped, logged). Returns the error of each awaited part that
+        failed again: by operation id, None for the VM updates."""
         parts: list[tuple[str | None, Batch]] = [(None, Batch(vm_updates=batch.vm_updates))]
         parts += [(i, Batch(new_ops={i: row})) for i, row in batch.new_ops.items()]
         parts += [(i, Batch(changed_ops={i: row})) for i, row in batch.changed_ops.items()]
@@ -153,6 +154,14 @@ class WriteBatcher:
                 await self.write_batch(part)
             except Exception as exc:
                 failed[key] = exc
+        try:
+            await self.write_batch(Batch(events=batch.events, nodes=batch.nodes))
+        except Exception:
+            log.exception(
+                "dropped %d events and %d node records that could not be written",
+                len(batch.events),
+                len(batch.nodes),
+            )
         return failed
 
     async def write_batch(self, batch: Batch) -> None:
