@@ -4,6 +4,8 @@ and what is written behind (events, node usage) is there for whoever reads it ne
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -139,3 +141,35 @@ async def test_a_bad_operation_fails_only_its_own_caller(store: Store) -> None:
     assert (await store.get_vm(mine.id)).state is VMState.RUNNING  # type: ignore[union-attr]
     events = (await store.list_events(vm=mine.id)).items
     assert [e.name for e in events] == ["register"]  # not dropped with the bad operation
+
+
+async def test_a_locked_database_fails_each_caller_once_after_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds SQLite's write lock past the timeout: every operation of the
+    batch fails with "locked" after one timeout, not after one more each (a write split
+    apart only when a row may be to blame)."""
+    from sqlalchemy.exc import OperationalError
+
+    import usher.ctrl.store.database as database
+
+    real = database.inline_creator
+    monkeypatch.setattr(database, "inline_creator", lambda path, _timeout: real(path, 0.5))
+    path = tmp_path / "usher.db"
+    store = Store(f"sqlite:///{path}")
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        began = time.monotonic()
+        results = await asyncio.gather(
+            *(store.add_op(op()) for _ in range(4)), return_exceptions=True
+        )
+        took = time.monotonic() - began
+        other.execute("ROLLBACK")
+        assert all(isinstance(r, OperationalError) and "locked" in str(r) for r in results)
+        assert took < 1.5, f"four operations held {took:.1f} s by a 0.5 s timeout"
+        assert (await store.list_ops(limit=10)).items == []
+    finally:
+        other.close()
+        await store.close()

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from usher.ctrl.listing import Text
 from usher.ctrl.store.database import Database
 from usher.ctrl.store.derived import DerivedViews
 from usher.ctrl.store.rows import row_values
+from usher.ctrl.store.sqlite_inline import busy
 from usher.ctrl.tables import EventRow, NodeRow, OperationRow, VMRow
 from usher.model import Node
 
@@ -118,7 +121,7 @@ class WriteBatcher:
             batch, self.batch = self.batch, Batch()
             try:
                 await self.write_batch(batch)
-            except Exception:
+            except Exception as exc:
                 log.exception(
                     "could not write %d operations, %d VM updates, %d events and %d nodes",
                     len(batch.new_ops) + len(batch.changed_ops),
@@ -126,7 +129,11 @@ class WriteBatcher:
                     len(batch.events),
                     len(batch.nodes),
                 )
-                failed = await self._write_apart(batch)
+                if _database_wide(exc):  # locked past the timeout, or out of reach: no row
+                    # is to blame, and each part again would keep its caller one more timeout
+                    failed = dict.fromkeys([None, *batch.new_ops, *batch.changed_ops], exc)
+                else:
+                    failed = await self._write_apart(batch)
             else:
                 failed = {}
             if None not in failed:
@@ -181,3 +188,16 @@ class WriteBatcher:
                 await s.execute(_UPDATE_OPS, list(batch.changed_ops.values()))
             if batch.vm_updates:
                 await s.execute(_UPDATE_VM, batch.vm_updates)
+
+
+def _database_wide(exc: Exception) -> bool:
+    """Whether a write failed for the database as a whole (SQLite locked past its timeout, a
+    connection lost), not for one of its rows nor a conflict that a retry may escape (a
+    PostgreSQL deadlock)."""
+    if isinstance(exc, InterfaceError) or getattr(exc, "connection_invalidated", False):
+        return True
+    return (
+        isinstance(exc, OperationalError)
+        and isinstance(exc.orig, sqlite3.OperationalError)
+        and busy(exc.orig)
+    )

@@ -64,7 +64,7 @@ class InlineConnection(aiosqlite.Connection):
             try:
                 return fn(*args, **kwargs)
             except sqlite3.OperationalError as exc:
-                if not _busy(exc) or loop.time() >= deadline:
+                if not busy(exc) or loop.time() >= deadline:
                     raise
             await asyncio.sleep(pause)
             pause = min(2 * pause, BUSY_PAUSE_MAX)
@@ -84,7 +84,7 @@ class InlineConnection(aiosqlite.Connection):
             self._connection = None
 
 
-def _busy(exc: sqlite3.OperationalError) -> bool:
+def busy(exc: sqlite3.OperationalError) -> bool:
     """Whether SQLite refused because another connection holds a lock (``SQLITE_BUSY``,
     ``SQLITE_LOCKED`` and their extended codes)."""
     code = getattr(exc, "sqlite_errorcode", None)
