@@ -7,14 +7,17 @@ import asyncio
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from harness import Cluster, wait_for
 from usher.ctrl.store import Store
-from usher.ctrl.usage import UsagePoint, UsageSampleRow, downsample
+from usher.ctrl.usage import UsageHistory, UsagePoint, UsageSampleRow, downsample
+from usher.model import Node, Usage
 
 INTERVAL = 0.5
 RETENTION = 3.0
@@ -120,3 +123,41 @@ def test_downsample_averages_equal_time_slots() -> None:
     ]
     gaps = [UsagePoint(time=0, cpu_percent=None, memory_used_mb=1)] * 3
     assert downsample(gaps, 1)[0].cpu_percent is None
+
+
+async def test_a_large_sample_lets_the_event_loop_run(tmp_path: Path) -> None:
+    """SQLite runs on the event loop's thread: a sample of 5,000 VMs, and the pruning of the
+    5,000 samples gone past the retention, are written a part at a time with the loop's
+    other tasks running in between (in one statement each, 10,000 VMs held the loop about
+    0.25 s every sample), and all of it is written and pruned."""
+    store = Store(f"sqlite:///{tmp_path / 'usher.db'}")
+    await store.open()
+    per_vm = {f"vm-{i:05d}": {"cpu_seconds": 1.0, "memory_used_mb": 64.0} for i in range(5000)}
+    node = Node(name="n1", connected=True, usage=Usage(per_vm=per_vm))
+    history = UsageHistory(store, SimpleNamespace(nodes={"n1": node}), {"usage_retention": 60})
+    try:
+        await history.sample()
+        async with store.sessions() as s, s.begin():  # an old sample, past the retention
+            await s.execute(update(UsageSampleRow).values(time=UsageSampleRow.time - 120))
+        turns = 0
+
+        async def other_task() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        running = asyncio.ensure_future(other_task())
+        await asyncio.sleep(0)
+        before = turns
+        await history.sample()
+        during = turns - before
+        running.cancel()
+        async with store.sessions() as s:
+            oldest, count = (
+                await s.execute(select(func.min(UsageSampleRow.time), func.count()))
+            ).one()
+        assert count == 5001 and oldest > time.time() - 60
+        assert during >= 8, f"the loop ran {during} times while 10,000 rows were written"
+    finally:
+        await store.close()
