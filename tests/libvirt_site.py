@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from libvirt_hosts import LibvirtPair
 from usher.conformance import DriverSite
 from usher.vmm.base import Driver
 from usher.vmm.libvirt_daemon import LibvirtHost, wait_gone
+
+SEEN_TIMEOUT = 30.0
+"""Seconds libvirtd may take to see a killed QEMU's end."""
 
 
 @dataclass
@@ -71,8 +75,24 @@ class LibvirtSite(DriverSite):
 
 
 def _kill_qemu(daemon: LibvirtHost, vm_id: str) -> None:
-    """SIGKILL the QEMU of domain ``vm_id`` on ``daemon`` and wait until it is gone."""
+    """SIGKILL the QEMU of domain ``vm_id`` on ``daemon`` and wait until it is gone and
+    libvirtd has seen it end: libvirtd reads its monitor's end a moment after the process is
+    gone, and a driver that asked meanwhile found the domain running, then not (a CI run
+    under load: "info and list differ")."""
     pidfile = daemon.root / "run" / "libvirt" / "qemu" / f"{vm_id}.pid"
     pid = int(pidfile.read_text().strip())
     os.kill(pid, signal.SIGKILL)
     wait_gone([pid])
+    conn = daemon.connect()
+    try:
+        deadline = time.monotonic() + SEEN_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if not conn.lookupByName(vm_id).isActive():
+                    return
+            except libvirt.libvirtError:
+                return  # a transient domain (an incoming migration's): gone with its QEMU
+            time.sleep(0.02)
+    finally:
+        conn.close()
+    raise AssertionError(f"libvirtd still runs {vm_id} {SEEN_TIMEOUT:g} s after its QEMU died")
